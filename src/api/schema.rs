@@ -1,0 +1,63 @@
+//! Schema fragments the derive cannot express: list-map markers and quantity rules.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde_json::{Value, json};
+
+/// Mark an array schema as `x-kubernetes-list-type: map` keyed by `key`, with at most `max` items.
+fn list_map(mut schema: Schema, key: &str, max: Option<u64>) -> Schema {
+    schema.insert("x-kubernetes-list-type".into(), json!("map"));
+    schema.insert("x-kubernetes-list-map-keys".into(), json!([key]));
+    if let Some(max) = max {
+        schema.insert("maxItems".into(), json!(max));
+    }
+    schema
+}
+
+/// `conditions`: a list map keyed by `type`.
+pub fn conditions(g: &mut SchemaGenerator) -> Schema {
+    list_map(g.subschema_for::<Vec<Condition>>(), "type", Some(32))
+}
+
+/// Generic list map keyed by `name`, at most `MAX` entries, with a CEL rule that names must be unique
+/// (the list-map marker makes the API server enforce it too; the rule gives a readable message).
+pub fn named_list<T: JsonSchema, const MAX: u64>(g: &mut SchemaGenerator) -> Schema {
+    let mut s = list_map(g.subschema_for::<Vec<T>>(), "name", Some(MAX));
+    s.insert(
+        "x-kubernetes-validations".into(),
+        json!([{
+            "rule": "self.all(a, self.exists_one(b, b.name == a.name))",
+            "message": "names must be unique"
+        }]),
+    );
+    s
+}
+
+/// Plain list map keyed by `name` without a uniqueness rule (status lists written by the controller).
+pub fn status_named_list<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    list_map(g.subschema_for::<Vec<T>>(), "name", None)
+}
+
+/// A Kubernetes quantity written as a string (`512Mi`, `4Gi`) between `min` and `max`.
+pub fn quantity_between(min: &str, max: &str, what: &str) -> Schema {
+    let rule = format!(
+        "isQuantity(self) && quantity(self).compareTo(quantity('{min}')) >= 0 && quantity(self).compareTo(quantity('{max}')) <= 0"
+    );
+    let message = format!("{what} must be a quantity between {min} and {max}, such as 2Gi");
+    let v: Value = json!({
+        "type": "string",
+        "maxLength": 32,
+        "x-kubernetes-validations": [{ "rule": rule, "message": message }]
+    });
+    Schema::try_from(v).unwrap_or_default()
+}
+
+/// VM memory: 16Mi to 4Ti.
+pub fn vm_memory(_: &mut SchemaGenerator) -> Schema {
+    quantity_between("16Mi", "4Ti", "memory")
+}
+
+/// Optional disk size: 1Mi to 64Ti.
+pub fn disk_size(_: &mut SchemaGenerator) -> Schema {
+    quantity_between("1Mi", "64Ti", "size")
+}

@@ -1,0 +1,392 @@
+//! `VirtualMachine`: what should run, where it may run, and how it is doing.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::schema;
+
+/// A virtual machine that ferry runs as a libvirt domain on one of the hosts of a HostPool.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ferry.dev",
+    version = "v1alpha1",
+    kind = "VirtualMachine",
+    namespaced,
+    status = "VirtualMachineStatus",
+    shortname = "fvm",
+    category = "ferry",
+    doc = "A virtual machine that ferry runs as a libvirt domain on a host of a HostPool.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Host", type_ = "string", json_path = ".status.host"),
+    printcolumn(
+        name = "IP",
+        type_ = "string",
+        json_path = ".status.interfaces[0].ipAddress"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".spec.runStrategy",
+        priority = 1
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineSpec {
+    /// When the VM should run. `Always` (default): keep it running, start it again whatever stopped it.
+    /// `RerunOnFailure`: run it, start it again after a crash, but leave it stopped when the guest shuts
+    /// itself down. `Manual`: ferry never starts or stops it on its own; the `ferry.dev/power` annotation
+    /// (`on` / `off`, set by `kubectl ferry start|stop`) decides. `Halted`: keep it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_strategy: Option<RunStrategy>,
+
+    /// Name of the HostPool (same namespace) whose hosts may run this VM. Cannot be changed.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("hostPool cannot be changed; create a new VirtualMachine instead"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub host_pool: String,
+
+    /// Virtual CPUs.
+    pub cpu: CpuSpec,
+
+    /// Guest memory as a quantity, from 16Mi to 4Ti (for example `512Mi`, `4Gi`).
+    #[schemars(schema_with = "schema::vm_memory")]
+    pub memory: String,
+
+    /// Disks, attached in list order (the first one boots unless `boot.kernel` is set). Names are unique.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::named_list::<Disk, 16>")]
+    pub disks: Vec<Disk>,
+
+    /// Network interfaces, in list order. Names are unique.
+    #[serde(default)]
+    #[schemars(schema_with = "schema::named_list::<Nic, 8>")]
+    pub networks: Vec<Nic>,
+
+    /// Direct kernel boot: boot a kernel and initrd that exist on the host instead of the first disk's
+    /// boot loader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootSpec>,
+
+    /// Where the VM may be placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
+
+    /// Seconds to wait for the guest to shut down after an ACPI power-button press before the domain is
+    /// forced off (stop, restart, delete). Default 60; 0 forces off at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub termination_grace_period_seconds: Option<i32>,
+}
+
+/// When the VM should run.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum RunStrategy {
+    /// Keep the VM running; start it again whatever stopped it.
+    #[default]
+    Always,
+    /// Start it again after a crash; leave it stopped when the guest shuts itself down.
+    RerunOnFailure,
+    /// Never start or stop it on ferry's own initiative; the `ferry.dev/power` annotation decides.
+    Manual,
+    /// Keep it stopped.
+    Halted,
+}
+
+/// Virtual CPUs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuSpec {
+    /// Number of virtual CPUs, 1 to 256.
+    #[schemars(range(min = 1, max = 256))]
+    pub cores: i32,
+    /// CPU model: `host-model` (default), `host-passthrough`, or a named libvirt model such as
+    /// `Skylake-Server`. Use a model every host of the pool supports if the VM must live-migrate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    )]
+    pub model: Option<String>,
+}
+
+/// A disk of the VM.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.image) != has(self.volume)").message("a disk needs exactly one of image or volume"))]
+pub struct Disk {
+    /// Name of the disk, unique within the VM (a DNS label).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Golden image: the name of a volume in the HostPool's storage pool. ferry creates a qcow2
+    /// overlay on top of it for this VM (the image itself is never written to) and removes the
+    /// overlay when the VM is deleted. Cannot be changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("image cannot be changed; add a new disk instead"))]
+    #[schemars(length(min = 1, max = 255))]
+    pub image: Option<String>,
+    /// An existing volume in the HostPool's storage pool, used as it is and never deleted by ferry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub volume: Option<String>,
+    /// Virtual size of the overlay created from `image` (at least the image's size). Default: the
+    /// image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::disk_size")]
+    pub size: Option<String>,
+    /// Bus the guest sees: `virtio` (default), `sata` or `scsi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
+}
+
+/// Where a disk's data comes from, resolved from a [`Disk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskSource<'a> {
+    /// A per-VM overlay on this golden image.
+    Image(&'a str),
+    /// An existing volume.
+    Volume(&'a str),
+}
+
+impl Disk {
+    /// The source of this disk, or `None` when the spec names neither or both.
+    pub fn source(&self) -> Option<DiskSource<'_>> {
+        match (&self.image, &self.volume) {
+            (Some(i), None) => Some(DiskSource::Image(i)),
+            (None, Some(v)) => Some(DiskSource::Volume(v)),
+            _ => None,
+        }
+    }
+}
+
+/// Disk bus.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    /// Paravirtual block device (`vdX`).
+    #[default]
+    Virtio,
+    /// SATA (`sdX`), for guests without virtio drivers.
+    Sata,
+    /// virtio-scsi (`sdX`).
+    Scsi,
+}
+
+/// A network interface of the VM.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.network) != has(self.bridge)").message("a network interface needs exactly one of network or bridge"))]
+pub struct Nic {
+    /// Name of the interface, unique within the VM (a DNS label).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// A libvirt virtual network defined on every host of the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub network: Option<String>,
+    /// A Linux bridge that exists on every host of the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 15))]
+    pub bridge: Option<String>,
+    /// Device model: `virtio` (default), `e1000` or `rtl8139`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<NicModel>,
+    /// Fixed MAC address. When unset, ferry chooses one when it first defines the VM, records it
+    /// in status and keeps it for the VM's whole life. Cannot be changed once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("mac cannot be changed once set"))]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"))]
+    pub mac: Option<String>,
+}
+
+/// Where a NIC connects, resolved from a [`Nic`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkSource<'a> {
+    /// A libvirt network.
+    Network(&'a str),
+    /// A host bridge.
+    Bridge(&'a str),
+}
+
+impl Nic {
+    /// Where this interface connects, or `None` when the spec names neither or both.
+    pub fn source(&self) -> Option<NetworkSource<'_>> {
+        match (&self.network, &self.bridge) {
+            (Some(n), None) => Some(NetworkSource::Network(n)),
+            (None, Some(b)) => Some(NetworkSource::Bridge(b)),
+            _ => None,
+        }
+    }
+}
+
+/// NIC device model.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum NicModel {
+    /// Paravirtual NIC.
+    #[default]
+    Virtio,
+    /// Intel e1000 emulation.
+    E1000,
+    /// Realtek 8139 emulation.
+    Rtl8139,
+}
+
+/// Direct kernel boot.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BootSpec {
+    /// Absolute path of the kernel on every host of the pool.
+    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/"))]
+    pub kernel: String,
+    /// Absolute path of the initrd on every host of the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/"))]
+    pub initrd: Option<String>,
+    /// Kernel command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub cmdline: Option<String>,
+}
+
+/// Placement constraints.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// Only hosts whose Node carries all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Observed state of a VirtualMachine.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineStatus {
+    /// Where the VM is in its life: Pending, Provisioning, Starting, Running, Stopping, Stopped,
+    /// Failed, Unknown (its host does not answer) or Terminating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<VmPhase>,
+    /// Node name of the host the VM is placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// UUID of the libvirt domain (the VM's own UID, kept for its whole life).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_uuid: Option<String>,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions: Ready, Scheduled, RestartRequired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// Network interfaces with the MAC address ferry chose (kept for the VM's life) and, when known,
+    /// the guest's IP address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::status_named_list::<InterfaceStatus>")]
+    pub interfaces: Vec<InterfaceStatus>,
+    /// Volumes ferry created for this VM (removed when it is deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::status_named_list::<DiskStatus>")]
+    pub disks: Vec<DiskStatus>,
+    /// The last `ferry.dev/restart` annotation value that was acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart_request: Option<String>,
+}
+
+/// Life-cycle phase of a VM.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmPhase {
+    /// Not placed yet (no host, host pool missing, or nothing fits).
+    Pending,
+    /// Disks and domain are being created on the host.
+    Provisioning,
+    /// The domain is being started.
+    Starting,
+    /// The domain runs.
+    Running,
+    /// The guest is being shut down.
+    Stopping,
+    /// The domain is defined but not running, as the run strategy asks.
+    Stopped,
+    /// The VM cannot run; the Ready condition says why.
+    Failed,
+    /// The host does not answer, so the VM's state is not known.
+    Unknown,
+    /// The VM is being deleted.
+    Terminating,
+}
+
+impl std::fmt::Display for VmPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A network interface as ferry configured it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceStatus {
+    /// Interface name from the spec.
+    pub name: String,
+    /// MAC address in use.
+    pub mac: String,
+    /// Guest IP address, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+}
+
+/// A volume ferry created for the VM.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskStatus {
+    /// Disk name from the spec.
+    pub name: String,
+    /// libvirt storage pool holding the volume.
+    pub pool: String,
+    /// Volume name in that pool.
+    pub volume: String,
+}
+
+/// Annotation that sets the power state of a `Manual` VM: `on` or `off`.
+pub const POWER_ANNOTATION: &str = "ferry.dev/power";
+/// Annotation whose new value asks for one restart of the VM (any unique token, e.g. a timestamp).
+pub const RESTART_ANNOTATION: &str = "ferry.dev/restart";
+/// Annotation that lets deletion finish without cleaning up a host that does not answer.
+pub const ABANDON_ANNOTATION: &str = "ferry.dev/abandon-host-resources";
+
+impl VirtualMachine {
+    /// The effective run strategy (default `Always`).
+    pub fn run_strategy(&self) -> RunStrategy {
+        self.spec.run_strategy.unwrap_or_default()
+    }
+
+    /// Grace period for guest shutdown (default 60 s).
+    pub fn grace_seconds(&self) -> u64 {
+        self.spec
+            .termination_grace_period_seconds
+            .map(|s| s.max(0) as u64)
+            .unwrap_or(60)
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared registry of open host connections, keyed by URI.

@@ -1,0 +1,1 @@
+//! [`Hypervisor`](super::Hypervisor) over the `virt` crate.

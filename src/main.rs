@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", ferry::api::crds_yaml().expect("CRDs serialize"));
+}
