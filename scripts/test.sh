@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# ferry's whole test suite: formatting, lints, unit and schema tests, real-libvirt tests
+# (each brings up its own lab hosts), the Kubernetes API stand-in's own tests, and the e2e
+# suite against $KUBECONFIG (or, when unset, the in-repo API stand-in).
+# Usage: scripts/test.sh            (run as root: the lab uses network namespaces)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/opt/ferry-tools/bin:$HOME/.cargo/bin:$PATH"
+VENV=${FERRY_VENV:-/opt/ferry-venv}
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== cargo test (unit, schema, request-level, real libvirt, stand-in compatibility)"
+# Lab tests start QEMU guests; two at a time suit a 2-core machine.
+cargo test --locked -- --test-threads=2
+
+if [ -d e2e/standin ]; then
+  echo "== API stand-in tests"
+  "$VENV/bin/python" -m pytest -q e2e/standin
+fi
+
+echo "== e2e"
+e2e/run.sh

@@ -1,0 +1,134 @@
+//! Controllers: one module per resource (fetch → plan → act → report), and what they share.
+
+pub mod host_pool;
+pub mod run;
+pub mod status;
+pub mod virtual_machine;
+
+use crate::api::HostPool;
+use crate::hypervisor::connections::{ConnectOptions, HostConnections};
+use crate::hypervisor::{HostInfo, HvResult, Hypervisor};
+use crate::metrics::Metrics;
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Field manager of every server-side apply ferry makes.
+pub const FIELD_MANAGER: &str = "ferry";
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    /// The one Event recorder.
+    pub recorder: Recorder,
+    /// Open libvirt connections.
+    pub hosts: HostConnections,
+    pub metrics: Arc<Metrics>,
+    /// HostPools, from a reflector.
+    pub pools: Store<HostPool>,
+    /// Nodes, from a reflector.
+    pub nodes: Store<Node>,
+    /// When ferry asked a VM's guest to shut down, by VM UID.
+    pub stopping: Mutex<HashMap<String, Instant>>,
+    /// Consecutive failures per object, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Last facts read from each host, by URI.
+    host_facts: Mutex<HashMap<String, HostInfo>>,
+}
+
+impl Context {
+    /// A context over the given client, stores and metrics.
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        pools: Store<HostPool>,
+        nodes: Store<Node>,
+    ) -> Self {
+        let observer = metrics.clone();
+        Context {
+            client,
+            recorder,
+            hosts: HostConnections::new(Some(Arc::new(
+                move |op: &'static str, secs: f64, ok: bool| observer.libvirt_call(op, secs, ok),
+            ))),
+            metrics,
+            pools,
+            nodes,
+            stopping: Mutex::default(),
+            failures: Mutex::default(),
+            host_facts: Mutex::default(),
+        }
+    }
+
+    /// A connection to the host at `uri`, with the pool's timeouts.
+    pub async fn connect(&self, uri: &str, pool: &HostPool) -> HvResult<Arc<dyn Hypervisor>> {
+        let (interval, count) = pool.keepalive();
+        let opts = ConnectOptions {
+            connect_timeout: pool.connect_timeout(),
+            keepalive_interval: interval,
+            keepalive_count: count,
+            ..ConnectOptions::default()
+        };
+        self.hosts.get(uri, &opts).await
+    }
+
+    /// Host facts, read once per connection and then cached.
+    pub async fn host_info(&self, hv: &dyn Hypervisor) -> HvResult<HostInfo> {
+        if let Some(info) = lock(&self.host_facts).get(hv.uri()) {
+            return Ok(info.clone());
+        }
+        let info = hv.host_info().await?;
+        lock(&self.host_facts).insert(hv.uri().to_string(), info.clone());
+        Ok(info)
+    }
+
+    /// Remember fresh host facts (the HostPool controller reads them on every probe).
+    pub fn remember_host_info(&self, uri: &str, info: HostInfo) {
+        lock(&self.host_facts).insert(uri.to_string(), info);
+    }
+
+    /// Delay before retrying `key` after one more failure: 2 s doubling to 5 min.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut f = lock(&self.failures);
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs((1u64 << (*n).min(8)).min(300))
+    }
+
+    /// Forget `key`'s failures after a success.
+    pub fn reset_backoff(&self, key: &str) {
+        lock(&self.failures).remove(key);
+    }
+
+    /// Publish an Event about `obj`; failures to record are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not record Event");
+        }
+    }
+}
+
+/// Lock a mutex, recovering the data if a panicking thread poisoned it.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

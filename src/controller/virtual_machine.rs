@@ -1,0 +1,984 @@
+//! The VirtualMachine controller: place the VM, create its disks and domain on the host, drive the
+//! domain to the state the run strategy asks for, report status, and clean up on deletion.
+
+use super::{Context, lock, status::apply_status};
+use crate::api::condition::{ConditionStatus, find, set_condition};
+use crate::api::virtual_machine::{
+    ABANDON_ANNOTATION, DiskStatus, POWER_ANNOTATION, RESTART_ANNOTATION,
+};
+use crate::api::{
+    DiskSource, FINALIZER, HostPool, HostState, RunStrategy, VirtualMachine, VirtualMachineStatus,
+    VmPhase,
+};
+use crate::error::{Error, Result};
+use crate::hypervisor::domain_xml::{self, VirtType};
+use crate::hypervisor::{DomainInfo, DomainState, Hypervisor, HypervisorError, VolumeInfo};
+use crate::plan::definition::{self, ResolvedDisk};
+use crate::plan::lifecycle::{self, Action, Power};
+use crate::plan::placement::{self, Candidate};
+use crate::plan::validate::{ValidSpec, validate};
+use crate::plan::{naming, uri};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CONTROLLER: &str = "virtualmachine";
+/// How often a VM in a steady state is looked at again (crash detection until host event
+/// streams replace polling).
+const RESYNC: Duration = Duration::from_secs(30);
+/// How often a VM in transition is looked at.
+const TRANSITION: Duration = Duration::from_secs(2);
+
+/// Reconcile one VirtualMachine.
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Requeue> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = vm.namespace().unwrap_or_default();
+    let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, vm, |event| async {
+        match event {
+            Finalizer::Apply(vm) => apply(&vm, &api, &ctx).await,
+            Finalizer::Cleanup(vm) => cleanup(&vm, &api, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// What to do after a failed reconcile: invalid specs wait for a change, the rest back off.
+pub fn error_policy(vm: Arc<VirtualMachine>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.failure(CONTROLLER, err.category());
+    if err.is_permanent() {
+        return Requeue::await_change();
+    }
+    let delay = ctx.backoff(&key(&vm));
+    tracing::warn!(vm = %vm.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    Requeue::requeue(delay)
+}
+
+fn key(vm: &VirtualMachine) -> String {
+    vm.metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any()))
+}
+
+/// Why a reconcile could not finish, as it is shown to the user.
+struct Blocked {
+    phase: VmPhase,
+    reason: &'static str,
+    message: String,
+    retry: Retry,
+}
+
+enum Retry {
+    /// Nothing will change until the spec (or a watched object) does.
+    OnChange,
+    /// Look again after this long (a watched object will usually trigger earlier).
+    After(Duration),
+    /// Transient: back off.
+    Backoff,
+}
+
+impl Blocked {
+    fn new(phase: VmPhase, reason: &'static str, message: impl Into<String>, retry: Retry) -> Self {
+        Blocked {
+            phase,
+            reason,
+            message: message.into(),
+            retry,
+        }
+    }
+}
+
+/// The host a VM is placed on, connected.
+struct Placed {
+    name: String,
+    pool: HostPool,
+    hv: Arc<dyn Hypervisor>,
+}
+
+async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) -> Result<Requeue> {
+    let mut st = vm.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let outcome = drive(vm, api, ctx, &mut st, now).await;
+    let requeue = match outcome {
+        Ok(after) => {
+            ctx.reset_backoff(&key(vm));
+            Ok(Requeue::requeue(after))
+        }
+        Err(b) => {
+            let previous =
+                find(&st.conditions, "Ready").map(|c| (c.reason.clone(), c.message.clone()));
+            if previous.as_ref() != Some(&(b.reason.to_string(), b.message.clone())) {
+                ctx.event(
+                    vm,
+                    EventType::Warning,
+                    b.reason,
+                    "Reconcile",
+                    b.message.clone(),
+                )
+                .await;
+            }
+            st.phase = Some(b.phase);
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                ConditionStatus::False,
+                b.reason,
+                b.message.clone(),
+                vm.metadata.generation,
+                now,
+            );
+            if matches!(
+                b.reason,
+                "HostPoolNotFound" | "NoHostAvailable" | "InvalidSpec"
+            ) && st.host.is_none()
+            {
+                set_condition(
+                    &mut st.conditions,
+                    "Scheduled",
+                    ConditionStatus::False,
+                    b.reason,
+                    b.message.clone(),
+                    vm.metadata.generation,
+                    now,
+                );
+            }
+            match b.retry {
+                Retry::OnChange => Ok(Requeue::await_change()),
+                Retry::After(d) => Ok(Requeue::requeue(d)),
+                Retry::Backoff => Ok(Requeue::requeue(ctx.backoff(&key(vm)))),
+            }
+        }
+    };
+    st.observed_generation = vm.metadata.generation;
+    apply_status(api, vm, vm.status.as_ref(), &st).await?;
+    requeue
+}
+
+/// Drive the VM one step towards its spec; `st` is updated with what was observed and done.
+async fn drive(
+    vm: &VirtualMachine,
+    api: &Api<VirtualMachine>,
+    ctx: &Context,
+    st: &mut VirtualMachineStatus,
+    now: Timestamp,
+) -> Result<Duration, Blocked> {
+    let generation = vm.metadata.generation;
+    let valid = validate(&vm.spec).map_err(|m| {
+        Blocked::new(
+            VmPhase::Failed,
+            "InvalidSpec",
+            format!("fix the spec: {m}"),
+            Retry::OnChange,
+        )
+    })?;
+    let placed = place(vm, api, ctx, st, now).await?;
+    let hv = placed.hv.as_ref();
+    let pool = &placed.pool;
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let prior_phase = st.phase;
+    let host_error =
+        |e: HypervisorError, what: &str| host_blocked(&placed.name, e, what, prior_phase);
+
+    let facts = ctx
+        .host_info(hv)
+        .await
+        .map_err(|e| host_error(e, "reading host facts"))?;
+    let virt_type = if facts.kvm {
+        VirtType::Kvm
+    } else {
+        VirtType::Qemu
+    };
+    let storage = &pool.spec.storage;
+    hv.ensure_pool(&storage.pool, storage.path.as_deref())
+        .await
+        .map_err(|e| match e {
+            e if e.is_connection_lost() => host_error(e, "preparing storage"),
+            e => Blocked::new(
+                VmPhase::Pending,
+                "StoragePoolUnavailable",
+                format!(
+                    "storage pool {:?} is not usable on host {}: {e}; define it there or set spec.storage.path in HostPool {}",
+                    storage.pool, placed.name, pool.name_any()
+                ),
+                Retry::Backoff,
+            ),
+        })?;
+
+    let disks = provision_disks(vm, &valid, hv, &storage.pool, &placed.name, st, ctx).await?;
+    let interfaces = definition::macs(vm);
+    st.interfaces = interfaces.clone();
+    let def = definition::build(
+        vm,
+        &valid,
+        &disks,
+        &interfaces,
+        virt_type,
+        pool.console_dir(),
+    );
+    let hash = domain_xml::definition_hash(&def);
+    let desired_shape = domain_xml::shape(&def);
+
+    let mut dom = hv
+        .lookup_domain(&uid)
+        .await
+        .map_err(|e| host_error(e, "looking up the domain"))?;
+    if let Some(d) = &dom
+        && d.config.is_none()
+    {
+        return Err(Blocked::new(
+            VmPhase::Failed,
+            "DomainConflict",
+            format!(
+                "host {} has a domain {:?} with this VM's UUID {uid} that ferry did not create; remove it or recreate the VirtualMachine",
+                placed.name, d.name
+            ),
+            Retry::Backoff,
+        ));
+    }
+    let configured = dom
+        .as_ref()
+        .and_then(|d| d.config.as_ref())
+        .map(|m| m.definition_hash.as_str());
+    if configured != Some(hash.as_str()) {
+        let xml = domain_xml::to_xml(&def).map_err(|e| {
+            Blocked::new(
+                VmPhase::Failed,
+                "InvalidSpec",
+                format!("cannot build the domain: {e}"),
+                Retry::OnChange,
+            )
+        })?;
+        hv.define_domain(&xml).await.map_err(|e| match e {
+            e if e.is_connection_lost() => host_error(e, "defining the domain"),
+            e => Blocked::new(
+                VmPhase::Failed,
+                "DefineFailed",
+                format!(
+                    "libvirt on host {} refused the domain definition: {e}",
+                    placed.name
+                ),
+                Retry::Backoff,
+            ),
+        })?;
+        let verb = if dom.is_some() {
+            "Updated the domain definition"
+        } else {
+            "Defined the domain"
+        };
+        ctx.event(
+            vm,
+            EventType::Normal,
+            "Defined",
+            "Define",
+            format!("{verb} {} on host {}", def.name, placed.name),
+        )
+        .await;
+        dom = hv
+            .lookup_domain(&uid)
+            .await
+            .map_err(|e| host_error(e, "looking up the domain"))?;
+    }
+    let Some(dom) = dom else {
+        return Err(Blocked::new(
+            VmPhase::Provisioning,
+            "DefineFailed",
+            format!(
+                "host {} accepted the domain definition but does not list it",
+                placed.name
+            ),
+            Retry::Backoff,
+        ));
+    };
+
+    // Changes that need a restart.
+    let changes = match (dom.state.is_active(), dom.live.as_ref()) {
+        (true, Some(live)) if live.definition_hash != hash => {
+            domain_xml::restart_changes(&live.shape, &desired_shape)
+        }
+        _ => Vec::new(),
+    };
+    let restart_required = !changes.is_empty();
+    let was_required = crate::api::condition::is_true(&st.conditions, "RestartRequired");
+    set_condition(
+        &mut st.conditions,
+        "RestartRequired",
+        restart_required.into(),
+        if restart_required {
+            "SpecChanged"
+        } else {
+            "UpToDate"
+        },
+        if restart_required {
+            format!(
+                "restart the VM to apply: {} (annotate ferry.dev/restart=<token>, or kubectl ferry restart)",
+                changes.join("; ")
+            )
+        } else {
+            "the running domain matches the spec".to_string()
+        },
+        generation,
+        now,
+    );
+    if restart_required && !was_required {
+        ctx.event(
+            vm,
+            EventType::Normal,
+            "RestartRequired",
+            "Update",
+            format!("Restart needed to apply: {}", changes.join("; ")),
+        )
+        .await;
+    }
+
+    // Run state.
+    st.stopped_by_guest = lifecycle::stopped_by_guest(st.stopped_by_guest, st.phase, dom.state);
+    if !dom.state.is_active() {
+        lock(&ctx.stopping).remove(&uid);
+    }
+    let restart_token = vm.annotations().get(RESTART_ANNOTATION).cloned();
+    let restart_pending = restart_token.is_some() && restart_token != st.last_restart_request;
+    let inputs = lifecycle::Inputs {
+        strategy: vm.run_strategy(),
+        power: vm
+            .annotations()
+            .get(POWER_ANNOTATION)
+            .and_then(|v| Power::parse(v)),
+        restart_pending,
+        state: dom.state,
+        stopped_by_guest: st.stopped_by_guest,
+        stopping_for: lock(&ctx.stopping).get(&uid).map(Instant::elapsed),
+        grace: Duration::from_secs(vm.grace_seconds()),
+    };
+    let decision = lifecycle::decide(&inputs);
+    act(vm, ctx, hv, &placed.name, &dom, decision.action).await?;
+    if decision.restart_handled {
+        st.last_restart_request = restart_token;
+    }
+    if decision.action == Action::Start {
+        st.stopped_by_guest = false;
+    }
+    let state = if decision.action == Action::None {
+        dom.state
+    } else {
+        hv.lookup_domain(&uid)
+            .await
+            .map_err(|e| host_error(e, "looking up the domain"))?
+            .map(|d| d.state)
+            .unwrap_or(dom.state)
+    };
+    let phase = lifecycle::phase(Some(state), decision.action);
+    if phase == VmPhase::Running && st.phase != Some(VmPhase::Running) {
+        ctx.reset_backoff(&key(vm));
+    }
+    st.phase = Some(phase);
+    let (ready, reason, message) = readiness(vm, phase, state, &placed.name, st.stopped_by_guest);
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        ready,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    Ok(match phase {
+        VmPhase::Starting | VmPhase::Stopping => match decision.action {
+            Action::WaitForShutdown(d) => d.min(TRANSITION),
+            _ => TRANSITION,
+        },
+        _ => RESYNC,
+    })
+}
+
+/// Find or choose the VM's host and connect to it.
+async fn place(
+    vm: &VirtualMachine,
+    api: &Api<VirtualMachine>,
+    ctx: &Context,
+    st: &mut VirtualMachineStatus,
+    now: Timestamp,
+) -> Result<Placed, Blocked> {
+    let ns = vm.namespace().unwrap_or_default();
+    let pool_name = &vm.spec.host_pool;
+    let pool = ctx
+        .pools
+        .get(&ObjectRef::new(pool_name).within(&ns))
+        .ok_or_else(|| {
+            Blocked::new(
+                VmPhase::Pending,
+                "HostPoolNotFound",
+                format!("HostPool {pool_name:?} does not exist in namespace {ns:?}: create it or fix spec.hostPool"),
+                Retry::After(Duration::from_secs(300)),
+            )
+        })?;
+    let host = match st.host.clone() {
+        Some(h) => h,
+        None => {
+            let candidates = candidates(&pool, ctx);
+            let selector = vm
+                .spec
+                .placement
+                .as_ref()
+                .map(|p| p.node_selector.clone())
+                .unwrap_or_default();
+            let host = placement::choose_host(&candidates, &selector).map_err(|m| {
+                Blocked::new(
+                    VmPhase::Pending,
+                    "NoHostAvailable",
+                    format!("waiting for a host in HostPool {pool_name}: {m}"),
+                    Retry::After(Duration::from_secs(60)),
+                )
+            })?;
+            // Record the choice before anything is created on the host, so that a crash here can
+            // never lead to a second copy somewhere else.
+            st.host = Some(host.clone());
+            st.domain_uuid = vm.metadata.uid.clone();
+            st.phase = Some(VmPhase::Provisioning);
+            set_condition(
+                &mut st.conditions,
+                "Scheduled",
+                ConditionStatus::True,
+                "Placed",
+                format!("placed on host {host}"),
+                vm.metadata.generation,
+                now,
+            );
+            apply_status(api, vm, vm.status.as_ref(), st)
+                .await
+                .map_err(|e| {
+                    Blocked::new(
+                        VmPhase::Pending,
+                        "StatusWriteFailed",
+                        format!("could not record the placement: {e}"),
+                        Retry::Backoff,
+                    )
+                })?;
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "Scheduled",
+                "Schedule",
+                format!("Placed on host {host}"),
+            )
+            .await;
+            host
+        }
+    };
+    let node = ctx.nodes.get(&ObjectRef::new(&host)).ok_or_else(|| {
+        Blocked::new(
+            VmPhase::Unknown,
+            "HostGone",
+            format!("host {host} no longer exists as a Node; the VM stays assigned to it until it returns"),
+            Retry::After(Duration::from_secs(60)),
+        )
+    })?;
+    let uri = host_uri(&pool, &node).map_err(|m| {
+        Blocked::new(
+            VmPhase::Pending,
+            "HostMisconfigured",
+            format!("cannot reach host {host}: {m}; fix spec.libvirt in HostPool {pool_name}"),
+            Retry::After(Duration::from_secs(300)),
+        )
+    })?;
+    let hv = ctx
+        .connect(&uri, &pool)
+        .await
+        .map_err(|e| host_blocked(&host, e, "connecting", st.phase))?;
+    Ok(Placed {
+        name: host,
+        pool: (*pool).clone(),
+        hv,
+    })
+}
+
+/// The libvirt URI of `node` in `pool`.
+pub fn host_uri(pool: &HostPool, node: &Node) -> Result<String, String> {
+    uri::render(
+        &pool.spec.libvirt.uri_template,
+        node,
+        pool.spec.libvirt.address_type.unwrap_or_default(),
+    )
+}
+
+/// Placement candidates: the pool's hosts with their Node's state.
+fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
+    let hosts = pool
+        .status
+        .as_ref()
+        .map(|s| s.hosts.as_slice())
+        .unwrap_or(&[]);
+    hosts
+        .iter()
+        .map(|h| {
+            let node = ctx.nodes.get(&ObjectRef::new(&h.name));
+            Candidate {
+                name: h.name.clone(),
+                reachable: matches!(h.state, HostState::Ready | HostState::Cordoned),
+                node_ready: node.as_deref().is_some_and(node_ready),
+                cordoned: node.as_deref().is_some_and(cordoned),
+                labels: node.map(|n| n.labels().clone()).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// Whether the Node's `Ready` condition is `True`.
+pub fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the Node is cordoned.
+pub fn cordoned(n: &Node) -> bool {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+fn host_blocked(host: &str, e: HypervisorError, what: &str, phase: Option<VmPhase>) -> Blocked {
+    if e.is_connection_lost() {
+        let phase = match phase {
+            None | Some(VmPhase::Pending) => VmPhase::Pending,
+            _ => VmPhase::Unknown,
+        };
+        Blocked::new(
+            phase,
+            "HostUnreachable",
+            format!(
+                "libvirt on host {host} does not answer ({what}): {e}; ferry keeps retrying with backoff"
+            ),
+            Retry::Backoff,
+        )
+    } else {
+        Blocked::new(
+            VmPhase::Failed,
+            "HostOperationFailed",
+            format!("{what} on host {host} failed: {e}"),
+            Retry::Backoff,
+        )
+    }
+}
+
+/// Make sure every disk has its volume on the host, creating overlays for image disks.
+/// Every golden image and volume is checked before anything is created, and overlays created in
+/// this call are removed again if a later one fails: a failure leaves the host as it was.
+async fn provision_disks(
+    vm: &VirtualMachine,
+    valid: &ValidSpec,
+    hv: &dyn Hypervisor,
+    pool: &str,
+    host: &str,
+    st: &mut VirtualMachineStatus,
+    ctx: &Context,
+) -> Result<Vec<ResolvedDisk>, Blocked> {
+    let ns = vm.namespace().unwrap_or_default();
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let lost = |e: HypervisorError| host_blocked(host, e, "looking up volumes", st.phase);
+    enum Plan {
+        Ready(VolumeInfo),
+        Create {
+            golden: VolumeInfo,
+            name: String,
+            capacity: u64,
+        },
+    }
+    let mut plans = Vec::new();
+    for (i, d) in vm.spec.disks.iter().enumerate() {
+        let plan = match d.source() {
+            Some(DiskSource::Volume(v)) => match hv.lookup_volume(pool, v).await.map_err(lost)? {
+                Some(vol) => Plan::Ready(vol),
+                None => {
+                    return Err(Blocked::new(
+                        VmPhase::Pending,
+                        "VolumeNotFound",
+                        format!(
+                            "volume {v:?} (spec.disks[{i}].volume) does not exist in storage pool {pool:?} on host {host}: create it or fix the spec"
+                        ),
+                        Retry::Backoff,
+                    ));
+                }
+            },
+            Some(DiskSource::Image(image)) => {
+                let name = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
+                match hv.lookup_volume(pool, &name).await.map_err(lost)? {
+                    Some(vol) => Plan::Ready(vol),
+                    None => {
+                        let golden = hv.lookup_volume(pool, image).await.map_err(lost)?.ok_or_else(|| {
+                            Blocked::new(
+                                VmPhase::Pending,
+                                "ImageNotFound",
+                                format!("golden image {image:?} (spec.disks[{i}].image) is not in storage pool {pool:?} on host {host}: upload it (virsh vol-upload) or fix the spec"),
+                                Retry::Backoff,
+                            )
+                        })?;
+                        let wanted = valid
+                            .disk_sizes
+                            .iter()
+                            .find(|(n, _)| n == &d.name)
+                            .map(|(_, s)| *s);
+                        if let Some(w) = wanted
+                            && w < golden.capacity
+                        {
+                            return Err(Blocked::new(
+                                VmPhase::Failed,
+                                "InvalidSpec",
+                                format!(
+                                    "fix the spec: spec.disks[{i}].size {} is smaller than image {image:?} ({} bytes)",
+                                    d.size.as_deref().unwrap_or_default(),
+                                    golden.capacity
+                                ),
+                                Retry::OnChange,
+                            ));
+                        }
+                        let capacity = wanted.unwrap_or(golden.capacity);
+                        Plan::Create {
+                            golden,
+                            name,
+                            capacity,
+                        }
+                    }
+                }
+            }
+            None => {
+                return Err(Blocked::new(
+                    VmPhase::Failed,
+                    "InvalidSpec",
+                    format!("fix the spec: spec.disks[{i}] needs exactly one of image or volume"),
+                    Retry::OnChange,
+                ));
+            }
+        };
+        plans.push(plan);
+    }
+    let mut created: Vec<String> = Vec::new();
+    let mut resolved = Vec::new();
+    for (d, plan) in vm.spec.disks.iter().zip(plans) {
+        let vol = match plan {
+            Plan::Ready(v) => v,
+            Plan::Create {
+                golden,
+                name,
+                capacity,
+            } => match hv.create_overlay(pool, &name, &golden, capacity).await {
+                Ok(v) => {
+                    created.push(name.clone());
+                    v
+                }
+                Err(e) => {
+                    for c in &created {
+                        if let Err(err) = hv.delete_volume(pool, c).await {
+                            tracing::warn!(volume = %c, error = %err, "could not roll back overlay");
+                        }
+                    }
+                    return Err(if e.is_connection_lost() {
+                        host_blocked(host, e, "creating disks", st.phase)
+                    } else {
+                        Blocked::new(
+                            VmPhase::Pending,
+                            "DiskCreateFailed",
+                            format!(
+                                "creating disk {} from image {:?} on host {host} failed: {e}",
+                                d.name, golden.name
+                            ),
+                            Retry::Backoff,
+                        )
+                    });
+                }
+            },
+        };
+        resolved.push(ResolvedDisk {
+            name: d.name.clone(),
+            path: vol.path.clone(),
+            format: vol.format.clone(),
+        });
+        if d.image.is_some()
+            && !st
+                .disks
+                .iter()
+                .any(|s| s.name == d.name && s.volume == vol.name)
+        {
+            st.disks.push(DiskStatus {
+                name: d.name.clone(),
+                pool: pool.to_string(),
+                volume: vol.name.clone(),
+            });
+        }
+    }
+    for c in &created {
+        ctx.event(
+            vm,
+            EventType::Normal,
+            "DiskCreated",
+            "Provision",
+            format!("Created disk {c} in pool {pool} on host {host}"),
+        )
+        .await;
+    }
+    Ok(resolved)
+}
+
+/// Carry out one lifecycle step.
+async fn act(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    hv: &dyn Hypervisor,
+    host: &str,
+    dom: &DomainInfo,
+    action: Action,
+) -> Result<(), Blocked> {
+    let uid = &dom.uuid;
+    let fail = |e: HypervisorError, what: &'static str, reason: &'static str| {
+        if e.is_connection_lost() {
+            host_blocked(host, e, what, Some(VmPhase::Running))
+        } else {
+            Blocked::new(
+                VmPhase::Failed,
+                reason,
+                format!("{what} on host {host} failed: {e}"),
+                Retry::Backoff,
+            )
+        }
+    };
+    match action {
+        Action::None | Action::WaitForShutdown(_) => {}
+        Action::Start => {
+            hv.start_domain(uid)
+                .await
+                .map_err(|e| fail(e, "starting the domain", "StartFailed"))?;
+            lock(&ctx.stopping).remove(uid);
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "Started",
+                "Start",
+                format!("Started on host {host}"),
+            )
+            .await;
+        }
+        Action::Shutdown => {
+            hv.shutdown_domain(uid)
+                .await
+                .map_err(|e| fail(e, "shutting down the guest", "StopFailed"))?;
+            lock(&ctx.stopping).insert(uid.clone(), Instant::now());
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "ShuttingDown",
+                "Stop",
+                format!(
+                    "Asked the guest to shut down; forced off after {}s",
+                    vm.grace_seconds()
+                ),
+            )
+            .await;
+        }
+        Action::Destroy => {
+            hv.destroy_domain(uid)
+                .await
+                .map_err(|e| fail(e, "forcing the domain off", "StopFailed"))?;
+            lock(&ctx.stopping).remove(uid);
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "ForcedOff",
+                "Stop",
+                format!("Forced the domain off on host {host}"),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// The Ready condition for a phase.
+fn readiness(
+    vm: &VirtualMachine,
+    phase: VmPhase,
+    state: DomainState,
+    host: &str,
+    stopped_by_guest: bool,
+) -> (ConditionStatus, &'static str, String) {
+    use ConditionStatus::{False, True};
+    match phase {
+        VmPhase::Running if state == DomainState::Paused => (
+            False,
+            "Paused",
+            format!("the domain is paused on host {host}"),
+        ),
+        VmPhase::Running => (True, "Running", format!("running on host {host}")),
+        VmPhase::Starting => (False, "Starting", format!("starting on host {host}")),
+        VmPhase::Stopping => (
+            False,
+            "Stopping",
+            format!("the guest is shutting down on host {host}"),
+        ),
+        VmPhase::Stopped => {
+            let why = match vm.run_strategy() {
+                RunStrategy::Halted => "stopped as requested (runStrategy Halted)".to_string(),
+                RunStrategy::Manual => "stopped (runStrategy Manual; set annotation ferry.dev/power=on to start)".to_string(),
+                RunStrategy::RerunOnFailure if stopped_by_guest => {
+                    "the guest shut itself down (runStrategy RerunOnFailure leaves it off; annotate ferry.dev/restart to start it)".to_string()
+                }
+                _ => "stopped".to_string(),
+            };
+            (False, "Stopped", why)
+        }
+        VmPhase::Provisioning => (
+            False,
+            "Provisioning",
+            format!("creating disks and domain on host {host}"),
+        ),
+        other => (False, "NotRunning", format!("{other} on host {host}")),
+    }
+}
+
+async fn cleanup(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) -> Result<Requeue> {
+    let Some(host) = vm.status.as_ref().and_then(|s| s.host.clone()) else {
+        // Never placed: nothing was created anywhere.
+        return Ok(Requeue::await_change());
+    };
+    let ns = vm.namespace().unwrap_or_default();
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let domain = naming::domain_name(&ns, &vm.name_any());
+    let pool = ctx
+        .pools
+        .get(&ObjectRef::new(&vm.spec.host_pool).within(&ns));
+    let volumes = owned_volumes(vm, pool.as_ref().map(|p| p.spec.storage.pool.as_str()));
+    let node = ctx.nodes.get(&ObjectRef::new(&host));
+    let abandon = vm
+        .annotations()
+        .get(ABANDON_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let gone_reason = match (&pool, &node) {
+        (None, _) => Some(format!("HostPool {} is gone", vm.spec.host_pool)),
+        (_, None) => Some(format!("Node {host} is gone")),
+        (Some(p), Some(n)) if !crate::controller::host_pool::selects(p, n) => Some(format!(
+            "Node {host} has left HostPool {}",
+            vm.spec.host_pool
+        )),
+        _ if abandon => Some(format!("annotation {ABANDON_ANNOTATION}=true")),
+        _ => None,
+    };
+    let connected = match (&pool, &node) {
+        (Some(p), Some(n)) => match host_uri(p, n) {
+            Ok(uri) => ctx.connect(&uri, p).await.map_err(|e| e.to_string()),
+            Err(m) => Err(m),
+        },
+        _ => Err("no HostPool or Node to reach it through".to_string()),
+    };
+    let hv = match connected {
+        Ok(hv) => hv,
+        Err(why) => {
+            if let Some(gone) = gone_reason {
+                let left: Vec<String> = volumes.iter().map(|(p, v)| format!("{p}/{v}")).collect();
+                ctx.event(
+                    vm,
+                    EventType::Warning,
+                    "LeftBehind",
+                    "Delete",
+                    format!(
+                        "Deleted without cleaning host {host} ({gone}; {why}): domain {domain} (UUID {uid}) and volumes [{}] may remain there; remove them if the host returns",
+                        left.join(", ")
+                    ),
+                )
+                .await;
+                return Ok(Requeue::await_change());
+            }
+            let mut st = vm.status.clone().unwrap_or_default();
+            st.phase = Some(VmPhase::Terminating);
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                ConditionStatus::False,
+                "HostUnreachable",
+                format!(
+                    "deletion waits for host {host} ({why}); to finish without cleaning it, annotate {ABANDON_ANNOTATION}=true"
+                ),
+                vm.metadata.generation,
+                Timestamp::now(),
+            );
+            apply_status(api, vm, vm.status.as_ref(), &st).await?;
+            return Err(Error::Missing(format!(
+                "host {host} unreachable during deletion: {why}"
+            )));
+        }
+    };
+    stop_for_delete(vm, hv.as_ref(), &uid).await?;
+    hv.undefine_domain(&uid).await?;
+    for (pool, volume) in &volumes {
+        hv.delete_volume(pool, volume).await?;
+    }
+    lock(&ctx.stopping).remove(&uid);
+    ctx.reset_backoff(&key(vm));
+    ctx.event(
+        vm,
+        EventType::Normal,
+        "Deleted",
+        "Delete",
+        format!(
+            "Removed domain {domain} and {} disk(s) from host {host}",
+            volumes.len()
+        ),
+    )
+    .await;
+    Ok(Requeue::await_change())
+}
+
+/// Volumes ferry created for the VM: those recorded in status, plus the overlays its image disks
+/// would have in the pool (in case it was interrupted between creating one and recording it).
+fn owned_volumes(vm: &VirtualMachine, pool: Option<&str>) -> Vec<(String, String)> {
+    let ns = vm.namespace().unwrap_or_default();
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let mut out: std::collections::BTreeSet<(String, String)> = vm
+        .status
+        .as_ref()
+        .map(|s| {
+            s.disks
+                .iter()
+                .map(|d| (d.pool.clone(), d.volume.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(pool) = pool {
+        for d in vm.spec.disks.iter().filter(|d| d.image.is_some()) {
+            let name = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
+            out.insert((pool.to_string(), name));
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Shut the guest down gracefully for deletion, forcing it off after the grace period.
+async fn stop_for_delete(vm: &VirtualMachine, hv: &dyn Hypervisor, uid: &str) -> Result<()> {
+    let active = |d: &Option<DomainInfo>| d.as_ref().is_some_and(|d| d.state.is_active());
+    if !active(&hv.lookup_domain(uid).await?) {
+        return Ok(());
+    }
+    let grace = Duration::from_secs(vm.grace_seconds());
+    if !grace.is_zero() {
+        // A guest that ignores ACPI is forced off below.
+        if hv.shutdown_domain(uid).await.is_ok() {
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !active(&hv.lookup_domain(uid).await?) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    hv.destroy_domain(uid).await?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The domain definition of a VM on a given host, from its spec and the volumes resolved there.
+
+use crate::api::VirtualMachine;
+use crate::api::virtual_machine::{DiskBus, InterfaceStatus, NetworkSource, NicModel};
+use crate::hypervisor::domain_xml::{
+    Bus, CpuModel, DiskDef, DomainDefinition, KernelBoot, NicDef, NicSource, Owner, VirtType,
+    derive_mac,
+};
+use crate::plan::naming;
+use crate::plan::validate::ValidSpec;
+
+/// A disk resolved to a volume on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedDisk {
+    pub name: String,
+    pub path: String,
+    pub format: String,
+}
+
+/// MAC address per NIC: the spec's, else the one recorded in status, else derived from the UID.
+pub fn macs(vm: &VirtualMachine) -> Vec<InterfaceStatus> {
+    let uid = vm.metadata.uid.as_deref().unwrap_or_default();
+    let recorded = vm
+        .status
+        .as_ref()
+        .map(|s| s.interfaces.as_slice())
+        .unwrap_or(&[]);
+    vm.spec
+        .networks
+        .iter()
+        .map(|n| {
+            let previous = recorded.iter().find(|r| r.name == n.name);
+            let mac = n
+                .mac
+                .clone()
+                .or_else(|| previous.map(|r| r.mac.clone()))
+                .unwrap_or_else(|| derive_mac(uid, &n.name))
+                .to_ascii_lowercase();
+            InterfaceStatus {
+                name: n.name.clone(),
+                mac,
+                ip_address: previous.and_then(|p| p.ip_address.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Build the definition. `disks` must hold one resolved volume per spec disk, in spec order.
+pub fn build(
+    vm: &VirtualMachine,
+    valid: &ValidSpec,
+    disks: &[ResolvedDisk],
+    interfaces: &[InterfaceStatus],
+    virt_type: VirtType,
+    console_dir: &str,
+) -> DomainDefinition {
+    let namespace = vm.metadata.namespace.clone().unwrap_or_default();
+    let name = vm.metadata.name.clone().unwrap_or_default();
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let domain = naming::domain_name(&namespace, &name);
+    let cpu_model = match vm.spec.cpu.model.as_deref() {
+        None | Some("host-model") => CpuModel::HostModel,
+        Some("host-passthrough") => CpuModel::HostPassthrough,
+        Some(m) => CpuModel::Named(m.to_string()),
+    };
+    let disk_defs = vm
+        .spec
+        .disks
+        .iter()
+        .zip(disks)
+        .map(|(d, r)| DiskDef {
+            name: d.name.clone(),
+            path: r.path.clone(),
+            format: r.format.clone(),
+            bus: match d.bus.unwrap_or_default() {
+                DiskBus::Virtio => Bus::Virtio,
+                DiskBus::Sata => Bus::Sata,
+                DiskBus::Scsi => Bus::Scsi,
+            },
+            read_only: false,
+        })
+        .collect();
+    let nics = vm
+        .spec
+        .networks
+        .iter()
+        .filter_map(|n| {
+            let mac = interfaces.iter().find(|i| i.name == n.name)?.mac.clone();
+            let source = match n.source()? {
+                NetworkSource::Network(s) => NicSource::Network(s.to_string()),
+                NetworkSource::Bridge(s) => NicSource::Bridge(s.to_string()),
+            };
+            let model = match n.model.unwrap_or_default() {
+                NicModel::Virtio => "virtio",
+                NicModel::E1000 => "e1000",
+                NicModel::Rtl8139 => "rtl8139",
+            };
+            Some(NicDef {
+                name: n.name.clone(),
+                mac,
+                source,
+                model: model.into(),
+            })
+        })
+        .collect();
+    let boot = vm.spec.boot.as_ref().map(|b| KernelBoot {
+        kernel: b.kernel.clone(),
+        initrd: b.initrd.clone(),
+        cmdline: b.cmdline.clone(),
+    });
+    DomainDefinition {
+        console_log: Some(naming::console_log_path(console_dir, &domain)),
+        name: domain,
+        uuid: uid.clone(),
+        virt_type,
+        vcpus: valid.vcpus,
+        cpu_model,
+        memory_kib: valid.memory_bytes.div_ceil(1024),
+        disks: disk_defs,
+        nics,
+        boot,
+        owner: Owner {
+            namespace,
+            name,
+            uid,
+        },
+    }
+}

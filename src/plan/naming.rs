@@ -1,0 +1,40 @@
+//! Names ferry gives to things it creates on the hosts.
+//!
+//! Kubernetes names are DNS labels/subdomains (no `_`), so `_` separates the parts unambiguously.
+
+/// libvirt domain name of a VM: `<namespace>_<name>`.
+pub fn domain_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}")
+}
+
+/// Volume name of the overlay ferry creates for a VM's image disk.
+///
+/// The first 8 characters of the VM's UID make a VM created again under the same name get a fresh
+/// disk instead of an abandoned one.
+pub fn overlay_volume_name(namespace: &str, name: &str, disk: &str, uid: &str) -> String {
+    let short: String = uid.chars().filter(|c| *c != '-').take(8).collect();
+    format!("{namespace}_{name}_{disk}_{short}.qcow2")
+}
+
+/// Console log file of a VM's domain inside the pool's console directory.
+pub fn console_log_path(dir: &str, domain: &str) -> String {
+    format!("{}/{domain}.console.log", dir.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_collide_across_namespaces() {
+        assert_ne!(domain_name("a-b", "c"), domain_name("a", "b-c"));
+        assert_eq!(
+            overlay_volume_name("ns", "vm", "root", "1234abcd-ef00-1111-2222-333344445555"),
+            "ns_vm_root_1234abcd.qcow2"
+        );
+        assert_eq!(
+            console_log_path("/logs/", "ns_vm"),
+            "/logs/ns_vm.console.log"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! libvirt URIs rendered from a HostPool's template and a Node.
+
+use crate::api::host_pool::AddressType;
+use k8s_openapi::api::core::v1::Node;
+
+/// Fill `{address}` and `{name}` in `template` for `node`, or say why it cannot be done.
+pub fn render(template: &str, node: &Node, address_type: AddressType) -> Result<String, String> {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let mut out = template.replace("{name}", name);
+    if out.contains("{address}") {
+        let wanted = match address_type {
+            AddressType::InternalIP => "InternalIP",
+            AddressType::ExternalIP => "ExternalIP",
+            AddressType::Hostname => "Hostname",
+        };
+        let address = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == wanted))
+            .map(|a| a.address.clone())
+            .ok_or_else(|| format!("Node {name} has no {wanted} address to fill {{address}}"))?;
+        let address = if address.contains(':') && !address.starts_with('[') {
+            format!("[{address}]") // IPv6 literal in a URI authority
+        } else {
+            address
+        };
+        out = out.replace("{address}", &address);
+    }
+    check(&out)?;
+    Ok(out)
+}
+
+/// Reject URIs libvirt cannot use: no scheme, unknown placeholders, whitespace or control characters.
+fn check(uri: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err(format!(
+            "{uri:?} is not a libvirt URI (expected e.g. qemu+tls://host/system)"
+        ));
+    };
+    let scheme_ok = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.');
+    if !scheme_ok {
+        return Err(format!("{uri:?} has an invalid scheme {scheme:?}"));
+    }
+    if let Some(i) = rest.find(['{', '}']) {
+        return Err(format!(
+            "{uri:?} has an unknown placeholder near {:?} (only {{address}} and {{name}} exist)",
+            &rest[i..]
+        ));
+    }
+    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{uri:?} contains whitespace or control characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+
+    fn node(addrs: &[(&str, &str)]) -> Node {
+        Node {
+            metadata: kube::api::ObjectMeta {
+                name: Some("h1".into()),
+                ..Default::default()
+            },
+            status: Some(NodeStatus {
+                addresses: Some(
+                    addrs
+                        .iter()
+                        .map(|(t, a)| NodeAddress {
+                            type_: t.to_string(),
+                            address: a.to_string(),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fills_placeholders() {
+        let n = node(&[("InternalIP", "10.0.0.5"), ("Hostname", "h1.lab")]);
+        assert_eq!(
+            render("qemu+tls://{address}/system", &n, AddressType::InternalIP),
+            Ok("qemu+tls://10.0.0.5/system".into())
+        );
+        assert_eq!(
+            render(
+                "qemu+ssh://root@{address}/system",
+                &n,
+                AddressType::Hostname
+            ),
+            Ok("qemu+ssh://root@h1.lab/system".into())
+        );
+        assert_eq!(
+            render(
+                "qemu+unix:///system?socket=/run/{name}/sock",
+                &n,
+                AddressType::InternalIP
+            ),
+            Ok("qemu+unix:///system?socket=/run/h1/sock".into())
+        );
+        let v6 = node(&[("InternalIP", "fd00::5")]);
+        assert_eq!(
+            render("qemu+tcp://{address}/system", &v6, AddressType::InternalIP),
+            Ok("qemu+tcp://[fd00::5]/system".into())
+        );
+    }
+
+    #[test]
+    fn explains_what_is_wrong() {
+        let n = node(&[("Hostname", "h1")]);
+        let e = render("qemu+tls://{address}/system", &n, AddressType::InternalIP).unwrap_err();
+        assert!(e.contains("no InternalIP"), "{e}");
+        let e = render("qemu+tls://{adress}/system", &n, AddressType::InternalIP).unwrap_err();
+        assert!(e.contains("unknown placeholder"), "{e}");
+        let e = render("not a uri", &n, AddressType::InternalIP).unwrap_err();
+        assert!(e.contains("not a libvirt URI"), "{e}");
+        let e = render("qemu+tls://h 1/system", &n, AddressType::InternalIP).unwrap_err();
+        assert!(e.contains("whitespace"), "{e}");
+    }
+}

@@ -1,0 +1,174 @@
+//! The CRDs in `crds/` are exactly what the types generate, and their schemas enforce the
+//! invariants users rely on (ranges, unique names, immutable fields) with CEL rules.
+
+use ferry::api::crds;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube_cel::Validator;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+fn crd_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds")
+}
+
+fn file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"))
+}
+
+#[test]
+fn crd_files_match_the_types() {
+    let bless = std::env::var_os("FERRY_BLESS").is_some();
+    let mut stale = Vec::new();
+    for crd in crds() {
+        let path = crd_dir().join(file_name(&crd));
+        let generated = serde_yaml::to_string(&crd).expect("CRD serializes");
+        if bless {
+            std::fs::write(&path, &generated).expect("write CRD file");
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(on_disk) if on_disk == generated => {}
+            _ => stale.push(path.display().to_string()),
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "CRD files differ from the types: {stale:?}; regenerate with FERRY_BLESS=1 cargo test --test crds"
+    );
+}
+
+#[test]
+fn crds_have_no_schema_defaults_and_the_expected_names() {
+    for crd in crds() {
+        let text = serde_json::to_string(&crd).expect("serializes");
+        assert!(!text.contains("\"default\":"), "{} has a schema default", file_name(&crd));
+        let names = &crd.spec.names;
+        assert_eq!(names.categories.as_deref(), Some(&["ferry".to_string()][..]));
+        assert!(names.short_names.as_ref().is_some_and(|s| !s.is_empty()));
+        let v = &crd.spec.versions[0];
+        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    }
+    let vm = crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "VirtualMachine")
+        .expect("VM CRD");
+    let cols: Vec<String> = vm.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect();
+    for c in ["Phase", "Host", "IP", "Ready", "Age"] {
+        assert!(cols.contains(&c.to_string()), "missing printer column {c}: {cols:?}");
+    }
+}
+
+fn schema(kind: &str) -> Value {
+    let crd = crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .expect("CRD exists");
+    let s = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("schema");
+    serde_json::to_value(s).expect("schema serializes")
+}
+
+fn vm() -> Value {
+    json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "hostPool": "lab",
+            "cpu": {"cores": 2},
+            "memory": "512Mi",
+            "disks": [{"name": "root", "image": "debian.qcow2", "size": "10Gi"}],
+            "networks": [{"name": "eth0", "network": "default"}]
+        }
+    })
+}
+
+fn errors(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<String> {
+    match Validator::new().validate(&schema(kind), obj, old) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.into_vec().into_iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_good_vm_passes_every_rule() {
+    assert_eq!(errors("VirtualMachine", &vm(), None), Vec::<String>::new());
+    assert_eq!(errors("VirtualMachine", &vm(), Some(&vm())), Vec::<String>::new());
+}
+
+#[test]
+fn memory_outside_the_range_is_rejected() {
+    for bad in ["8Ki", "5Ti", "lots"] {
+        let mut v = vm();
+        v["spec"]["memory"] = json!(bad);
+        let e = errors("VirtualMachine", &v, None);
+        assert!(e.iter().any(|m| m.contains("memory must be a quantity between")), "{bad}: {e:?}");
+    }
+}
+
+#[test]
+fn disks_and_nics_need_unique_names_and_one_source() {
+    let mut v = vm();
+    v["spec"]["disks"] = json!([
+        {"name": "root", "image": "a.qcow2"},
+        {"name": "root", "volume": "b"}
+    ]);
+    assert!(errors("VirtualMachine", &v, None).iter().any(|m| m.contains("names must be unique")));
+
+    let mut v = vm();
+    v["spec"]["disks"] = json!([{"name": "root", "image": "a.qcow2", "volume": "b"}]);
+    assert!(errors("VirtualMachine", &v, None).iter().any(|m| m.contains("exactly one of image or volume")));
+
+    let mut v = vm();
+    v["spec"]["networks"] = json!([{"name": "eth0"}]);
+    assert!(errors("VirtualMachine", &v, None).iter().any(|m| m.contains("exactly one of network or bridge")));
+}
+
+#[test]
+fn fields_that_may_not_change_are_protected() {
+    let old = vm();
+    let mut v = vm();
+    v["spec"]["hostPool"] = json!("other");
+    assert!(errors("VirtualMachine", &v, Some(&old)).iter().any(|m| m.contains("hostPool cannot be changed")));
+
+    let mut v = vm();
+    v["spec"]["disks"][0]["image"] = json!("other.qcow2");
+    assert!(errors("VirtualMachine", &v, Some(&old)).iter().any(|m| m.contains("image cannot be changed")));
+
+    let mut old_mac = vm();
+    old_mac["spec"]["networks"][0]["mac"] = json!("52:54:00:00:00:01");
+    let mut v = old_mac.clone();
+    v["spec"]["networks"][0]["mac"] = json!("52:54:00:00:00:02");
+    assert!(errors("VirtualMachine", &v, Some(&old_mac)).iter().any(|m| m.contains("mac cannot be changed")));
+
+    // Changing what may change (size, CPU) is fine.
+    let mut v = vm();
+    v["spec"]["cpu"]["cores"] = json!(4);
+    assert_eq!(errors("VirtualMachine", &v, Some(&old)), Vec::<String>::new());
+}
+
+#[test]
+fn hostpool_uri_template_must_be_a_uri() {
+    let pool = json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "HostPool",
+        "metadata": {"name": "lab", "namespace": "default"},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"ferry.dev/hypervisor": "true"}},
+            "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
+            "storage": {"pool": "ferry"}
+        }
+    });
+    assert_eq!(errors("HostPool", &pool, None), Vec::<String>::new());
+    let mut bad = pool.clone();
+    bad["spec"]["libvirt"]["uriTemplate"] = json!("just-a-host");
+    assert!(errors("HostPool", &bad, None).iter().any(|m| m.contains("must be a libvirt URI")));
+}

@@ -1,0 +1,165 @@
+//! The exact Kubernetes requests one VirtualMachine reconcile makes, against a mocked API server
+//! (kube-rs's tower-test pattern). Hypervisor-side behaviour is tested against real libvirt
+//! elsewhere; these cases never reach a host.
+
+use ferry::api::{FINALIZER, HostPool, VirtualMachine};
+use ferry::controller::Context;
+use ferry::controller::virtual_machine::reconcile;
+use ferry::metrics::Metrics;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::Client;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn vm(finalizer: bool, status: Option<Value>) -> VirtualMachine {
+    let mut v = json!({
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "VirtualMachine",
+        "metadata": {
+            "name": "web", "namespace": "apps", "uid": "0b6f1b7e-1111-2222-3333-444455556666",
+            "generation": 3, "resourceVersion": "41"
+        },
+        "spec": {"hostPool": "missing", "cpu": {"cores": 1}, "memory": "256Mi",
+                 "disks": [{"name": "root", "image": "tiny.qcow2"}]}
+    });
+    if finalizer {
+        v["metadata"]["finalizers"] = json!([FINALIZER]);
+    }
+    if let Some(s) = status {
+        v["status"] = s;
+    }
+    serde_json::from_value(v).expect("valid VM")
+}
+
+fn context() -> (Arc<Context>, Handle) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let recorder = Recorder::new(client.clone(), Reporter::from("ferry-test"));
+    let (pools, _pw) = reflector::store::<HostPool>();
+    let (nodes, _nw) = reflector::store::<Node>();
+    let ctx = Context::new(client, recorder, Arc::new(Metrics::default()), pools, nodes);
+    (Arc::new(ctx), handle)
+}
+
+async fn body_json(req: Request<Body>) -> Value {
+    let bytes = req.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+fn respond(send: tower_test::mock::SendResponse<Response<Body>>, v: &Value) {
+    let bytes = serde_json::to_vec(v).expect("json");
+    send.send_response(Response::builder().body(Body::from(bytes)).expect("response"));
+}
+
+/// Next request, or `None` if the reconcile made no further request within a short wait.
+async fn next(handle: &mut Handle) -> Option<(Request<Body>, tower_test::mock::SendResponse<Response<Body>>)> {
+    tokio::time::timeout(Duration::from_millis(300), handle.next_request())
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test]
+async fn a_new_vm_gets_the_finalizer_first() {
+    let (ctx, mut handle) = context();
+    let obj = vm(false, None);
+    let task = tokio::spawn(reconcile(Arc::new(obj.clone()), ctx));
+    let (req, send) = next(&mut handle).await.expect("a request");
+    assert_eq!(req.method(), http::Method::PATCH);
+    assert_eq!(
+        req.uri().path(),
+        "/apis/ferry.dev/v1alpha1/namespaces/apps/virtualmachines/web"
+    );
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(ct, "application/json-patch+json");
+    let patch = body_json(req).await;
+    assert!(patch.to_string().contains(FINALIZER), "{patch}");
+    let mut patched = serde_json::to_value(&obj).expect("json");
+    patched["metadata"]["finalizers"] = json!([FINALIZER]);
+    respond(send, &patched);
+    let action = task.await.expect("join").expect("reconcile ok");
+    assert_eq!(action, Action::await_change());
+    assert!(next(&mut handle).await.is_none(), "nothing else is written");
+}
+
+#[tokio::test]
+async fn a_missing_hostpool_is_reported_once_then_nothing_is_written() {
+    let (ctx, mut handle) = context();
+    let obj = vm(true, None);
+    let task = tokio::spawn(reconcile(Arc::new(obj.clone()), ctx.clone()));
+
+    // 1. A Warning Event that says what to fix.
+    let (req, send) = next(&mut handle).await.expect("event");
+    assert_eq!(req.method(), http::Method::POST);
+    assert_eq!(req.uri().path(), "/apis/events.k8s.io/v1/namespaces/apps/events");
+    let ev = body_json(req).await;
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["reason"], "HostPoolNotFound");
+    assert!(ev["note"].as_str().unwrap_or_default().contains("create it or fix spec.hostPool"), "{ev}");
+    respond(send, &ev);
+
+    // 2. Status by server-side apply, with the field manager, forced.
+    let (req, send) = next(&mut handle).await.expect("status patch");
+    assert_eq!(req.method(), http::Method::PATCH);
+    assert_eq!(
+        req.uri().path(),
+        "/apis/ferry.dev/v1alpha1/namespaces/apps/virtualmachines/web/status"
+    );
+    let query = req.uri().query().unwrap_or_default().to_string();
+    assert!(query.contains("fieldManager=ferry") && query.contains("force=true"), "{query}");
+    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(ct, "application/apply-patch+yaml");
+    let body = body_json(req).await;
+    let status = body["status"].clone();
+    assert_eq!(status["phase"], "Pending");
+    assert_eq!(status["observedGeneration"], 3);
+    let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready").expect("Ready condition");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "HostPoolNotFound");
+    assert_eq!(ready["observedGeneration"], 3);
+    let scheduled = conditions.iter().find(|c| c["type"] == "Scheduled").expect("Scheduled condition");
+    assert_eq!(scheduled["reason"], "HostPoolNotFound");
+    let mut stored = serde_json::to_value(&obj).expect("json");
+    stored["status"] = status.clone();
+    respond(send, &stored);
+    let action = task.await.expect("join").expect("reconcile ok");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+
+    // 3. The same VM again, with the status it now has: not a single request.
+    let again = vm(true, Some(status));
+    let action = reconcile(Arc::new(again), ctx).await.expect("reconcile ok");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert!(next(&mut handle).await.is_none(), "a steady VM causes no API writes");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_waits_for_a_change() {
+    let (ctx, mut handle) = context();
+    let mut obj = vm(true, None);
+    obj.spec.memory = "lots".into();
+    let task = tokio::spawn(reconcile(Arc::new(obj.clone()), ctx));
+    let (req, send) = next(&mut handle).await.expect("event");
+    let ev = body_json(req).await;
+    assert_eq!(ev["reason"], "InvalidSpec");
+    respond(send, &ev);
+    let (req, send) = next(&mut handle).await.expect("status patch");
+    let body = body_json(req).await;
+    assert_eq!(body["status"]["phase"], "Failed");
+    let msg = body["status"]["conditions"][0]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("spec.memory"), "{msg}");
+    let mut stored = serde_json::to_value(&obj).expect("json");
+    stored["status"] = body["status"].clone();
+    respond(send, &stored);
+    let action = task.await.expect("join").expect("reconcile ok");
+    assert_eq!(action, Action::await_change());
+}
