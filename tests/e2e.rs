@@ -1,0 +1,301 @@
+//! End-to-end: the real `ferry controller` process against the cluster `KUBECONFIG` names and a
+//! real libvirt lab host running real QEMU guests. Runs unchanged against a real cluster; in CI
+//! `e2e/run.sh` points it at the in-repo API stand-in (see e2e/README.md for what that cannot
+//! prove). Every wait is bounded; labs, processes and cluster objects are removed on drop.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/lab.rs"]
+mod lab;
+
+use cluster::{Cluster, wait_for};
+use ferry::api::{VirtualMachine, VmPhase};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use std::time::Duration;
+
+const LABEL: &str = "ferry.dev/e2e-hypervisor";
+const BOOT: Duration = Duration::from_secs(180);
+
+fn condition<'a>(vm: &'a VirtualMachine, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    vm.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+fn ready_reason(vm: &VirtualMachine) -> Option<(String, String)> {
+    condition(vm, "Ready").map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Wait until `f` holds for the VM; on timeout the assertion names what was awaited.
+async fn wait_vm(c: &Cluster, name: &str, what: &str, timeout: Duration, f: impl Fn(&VirtualMachine) -> bool) -> VirtualMachine {
+    let api = c.vms();
+    wait_for(&format!("VM {name}: {what}"), timeout, || {
+        let api = api.clone();
+        let name = name.to_string();
+        let f = &f;
+        async move { api.get(&name).await.ok().filter(|vm| f(vm)) }
+    })
+    .await
+}
+
+fn pool_manifest(name: &str, lab: &lab::Lab) -> serde_json::Value {
+    json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "HostPool",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"matchLabels": {LABEL: "true"}},
+            "libvirt": {"uriTemplate": lab.hosts[0].unix_uri, "connectTimeoutSeconds": 5,
+                        "keepaliveIntervalSeconds": 2, "keepaliveCount": 3},
+            "storage": {"pool": "ferry", "path": lab.pool_dir},
+            "console": {"logDirectory": lab.console_dir}
+        }
+    })
+}
+
+fn vm_manifest(name: &str, pool: &str, lab: &lab::Lab, strategy: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {
+            "hostPool": pool, "runStrategy": strategy,
+            "cpu": {"cores": 1}, "memory": "128Mi",
+            "terminationGracePeriodSeconds": 20,
+            "disks": [{"name": "root", "image": lab.golden}],
+            "boot": {"kernel": lab.kernel, "initrd": lab.initrd, "cmdline": lab.cmdline}
+        }
+    })
+}
+
+fn console(lab: &lab::Lab, ns: &str, vm: &str) -> std::path::PathBuf {
+    std::path::Path::new(&lab.console_dir).join(format!("{ns}_{vm}.console.log"))
+}
+
+/// Names of the domains defined on the lab host.
+fn domains(lab: &lab::Lab) -> Vec<String> {
+    lab.virsh(&lab.hosts[0].name, &["list", "--all", "--name"])
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn volumes(lab: &lab::Lab) -> Vec<String> {
+    std::fs::read_dir(&lab.pool_dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_lifecycle_on_a_real_host() {
+    if !cluster::enabled() {
+        return;
+    }
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-life").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let ctl = c.controller("e2e-a");
+    let ns = c.namespace.clone();
+
+    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab)).await;
+    let pools = c.pools();
+    wait_for("HostPool Ready with one host", Duration::from_secs(60), || {
+        let pools = pools.clone();
+        async move {
+            let p = pools.get("lab").await.ok()?;
+            let s = p.status?;
+            (s.ready_hosts == 1 && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")).then_some(())
+        }
+    })
+    .await;
+
+    // Create: the guest boots from its own overlay on the golden image.
+    let golden_before = std::fs::read(std::path::Path::new(&lab.pool_dir).join(&lab.golden)).expect("golden image");
+    c.apply::<VirtualMachine>(vm_manifest("web", "lab", &lab, "Always")).await;
+    let vm = wait_vm(&c, "web", "Ready", BOOT, |vm| ready_reason(vm) == Some(("True".into(), "Running".into()))).await;
+    let st = vm.status.clone().expect("status");
+    assert_eq!(st.phase, Some(VmPhase::Running));
+    assert_eq!(st.host.as_deref(), Some(node.as_str()));
+    assert_eq!(st.domain_uuid.as_deref(), vm.metadata.uid.as_deref());
+    assert_eq!(st.observed_generation, vm.metadata.generation);
+    assert!(condition(&vm, "Scheduled").is_some_and(|c| c.status == "True"));
+    assert_eq!(st.disks.len(), 1, "the overlay is recorded: {:?}", st.disks);
+    let overlay = st.disks[0].volume.clone();
+    assert!(volumes(&lab).contains(&overlay), "overlay {overlay} exists");
+    let log = console(&lab, &ns, "web");
+    lab::wait_for_console(&log, "FERRY-BOOT 1", BOOT).expect("guest booted once");
+    lab::wait_for_console(&log, "FERRY-READY", BOOT).expect("guest ready");
+    assert_eq!(domains(&lab), vec![format!("{ns}_web")]);
+
+    // Steady state: no status writes while nothing changes.
+    let rv = c.vms().get("web").await.expect("vm").resource_version();
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert_eq!(c.vms().get("web").await.expect("vm").resource_version(), rv, "a steady VM is not rewritten");
+
+    // Stop on purpose: healthy, Stopped, guest shut down.
+    c.vms()
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"runStrategy": "Halted"}})))
+        .await
+        .expect("halt");
+    let vm = wait_vm(&c, "web", "Stopped", Duration::from_secs(90), |vm| {
+        vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Stopped)
+    })
+    .await;
+    assert_eq!(ready_reason(&vm), Some(("False".into(), "Stopped".into())));
+    assert!(condition(&vm, "Ready").is_some_and(|c| c.message.contains("runStrategy Halted")));
+    let state = lab.virsh(&lab.hosts[0].name, &["domstate", &format!("{ns}_web")]);
+    assert!(state.contains("shut off"), "domain state: {state}");
+
+    // Start again: same disk, second boot.
+    c.vms()
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"runStrategy": "Always"}})))
+        .await
+        .expect("start");
+    wait_vm(&c, "web", "Ready again", BOOT, |vm| ready_reason(vm) == Some(("True".into(), "Running".into()))).await;
+    lab::wait_for_console(&log, "FERRY-BOOT 2", BOOT).expect("second boot from the same disk");
+
+    // A change that needs a restart is reported, not applied behind the user's back.
+    c.vms()
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"memory": "192Mi"}})))
+        .await
+        .expect("resize");
+    let vm = wait_vm(&c, "web", "RestartRequired", Duration::from_secs(60), |vm| {
+        condition(vm, "RestartRequired").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let msg = condition(&vm, "RestartRequired").map(|c| c.message.clone()).unwrap_or_default();
+    assert!(msg.contains("memory"), "{msg}");
+    assert!(!lab::console_log(&log).contains("FERRY-BOOT 3"), "no reboot behind the user's back");
+
+    // Restart on request applies it.
+    c.vms()
+        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/restart": "r1"}}})))
+        .await
+        .expect("restart request");
+    wait_vm(&c, "web", "restarted with the new size", BOOT, |vm| {
+        condition(vm, "RestartRequired").is_some_and(|c| c.status == "False")
+            && ready_reason(vm) == Some(("True".into(), "Running".into()))
+            && vm.status.as_ref().and_then(|s| s.last_restart_request.as_deref()) == Some("r1")
+    })
+    .await;
+    lab::wait_for_console(&log, "FERRY-BOOT 3", BOOT).expect("third boot after the restart");
+
+    // Metrics are served.
+    let (code, body) = ctl.http_get("/metrics").expect("metrics endpoint answers");
+    assert_eq!(code, 200);
+    assert!(body.contains("ferry_reconciles_total"), "{body}");
+    assert!(body.contains("ferry_libvirt_call_duration_seconds"), "{body}");
+
+    // Delete: domain and overlay gone, golden image untouched.
+    c.vms().delete("web", &DeleteParams::default()).await.expect("delete");
+    let vms = c.vms();
+    wait_for("VM gone", Duration::from_secs(90), || {
+        let vms = vms.clone();
+        async move { vms.get_opt("web").await.ok().flatten().is_none().then_some(()) }
+    })
+    .await;
+    assert!(domains(&lab).is_empty(), "domain undefined: {:?}", domains(&lab));
+    assert!(!volumes(&lab).contains(&overlay), "overlay removed");
+    let golden_after = std::fs::read(std::path::Path::new(&lab.pool_dir).join(&lab.golden)).expect("golden image");
+    assert!(golden_before == golden_after, "the golden image is never written");
+    drop(ctl);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_failures_end_in_clear_conditions() {
+    if !cluster::enabled() {
+        return;
+    }
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-bad").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let mut first = c.controller("e2e-first");
+    let ns = c.namespace.clone();
+
+    // A VM naming a HostPool that does not exist.
+    c.apply::<VirtualMachine>(vm_manifest("orphan", "nope", &lab, "Always")).await;
+    let vm = wait_vm(&c, "orphan", "HostPoolNotFound", Duration::from_secs(60), |vm| {
+        ready_reason(vm).is_some_and(|(_, r)| r == "HostPoolNotFound")
+    })
+    .await;
+    assert!(condition(&vm, "Ready").is_some_and(|c| c.message.contains("spec.hostPool")));
+    assert_eq!(vm.status.as_ref().and_then(|s| s.phase), Some(VmPhase::Pending));
+
+    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab)).await;
+
+    // A missing golden image: a clear condition, nothing created on the host.
+    let mut m = vm_manifest("noimage", "lab", &lab, "Always");
+    m["spec"]["disks"] = json!([{"name": "root", "image": "does-not-exist.qcow2"}]);
+    c.apply::<VirtualMachine>(m).await;
+    let vm = wait_vm(&c, "noimage", "ImageNotFound", Duration::from_secs(60), |vm| {
+        ready_reason(vm).is_some_and(|(_, r)| r == "ImageNotFound")
+    })
+    .await;
+    assert!(condition(&vm, "Ready").is_some_and(|c| c.message.contains("does-not-exist.qcow2")));
+    assert!(!domains(&lab).contains(&format!("{ns}_noimage")), "no domain for a VM without its image");
+    assert!(!volumes(&lab).iter().any(|v| v.contains("noimage")), "no half-created disk");
+
+    // An impossible memory size: rejected by the API server's CEL rule, or (on a server that does
+    // not evaluate CEL) reported by the controller. Never a crash loop.
+    let mut m = vm_manifest("huge", "lab", &lab, "Always");
+    m["spec"]["memory"] = json!("64Ti");
+    let api: Api<VirtualMachine> = c.vms();
+    let obj: VirtualMachine = serde_json::from_value(m).expect("vm");
+    match api.create(&PostParams::default(), &obj).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422);
+            assert!(e.message.contains("memory"), "{}", e.message);
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => {
+            let vm = wait_vm(&c, "huge", "InvalidSpec", Duration::from_secs(60), |vm| {
+                ready_reason(vm).is_some_and(|(_, r)| r == "InvalidSpec")
+            })
+            .await;
+            assert!(condition(&vm, "Ready").is_some_and(|c| c.message.contains("spec.memory")));
+        }
+    }
+
+    // libvirtd dies while a VM is being started: reported, then converged with one domain.
+    lab.stop_libvirtd(&lab.hosts[0].name).expect("stop libvirtd");
+    c.apply::<VirtualMachine>(vm_manifest("survivor", "lab", &lab, "Always")).await;
+    wait_vm(&c, "survivor", "HostUnreachable", Duration::from_secs(60), |vm| {
+        ready_reason(vm).is_some_and(|(_, r)| r == "HostUnreachable")
+    })
+    .await;
+    lab.start_libvirtd(&lab.hosts[0].name).expect("start libvirtd");
+    wait_vm(&c, "survivor", "Ready after libvirtd returned", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let defined: Vec<String> = domains(&lab).into_iter().filter(|d| d.ends_with("_survivor")).collect();
+    assert_eq!(defined, vec![format!("{ns}_survivor")], "exactly one domain");
+
+    // Leader election: a second replica stands by, then takes over when the first dies.
+    let second = c.controller("e2e-second");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    first.kill();
+    c.vms()
+        .patch("survivor", &PatchParams::default(), &Patch::Merge(json!({"spec": {"runStrategy": "Halted"}})))
+        .await
+        .expect("halt");
+    wait_vm(&c, "survivor", "stopped by the new leader", Duration::from_secs(90), |vm| {
+        vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Stopped)
+    })
+    .await;
+    assert!(second.log_text().contains("acquired leadership"), "the standby took over");
+
+    for name in ["survivor", "noimage", "orphan", "huge"] {
+        let _ = c.vms().delete(name, &DeleteParams::default()).await;
+    }
+    let vms = c.vms();
+    wait_for("all VMs deleted", Duration::from_secs(120), || {
+        let vms = vms.clone();
+        async move { vms.list(&Default::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ()) }
+    })
+    .await;
+    assert!(domains(&lab).is_empty(), "nothing left on the host: {:?}", domains(&lab));
+    let _ = ResourceExt::name_any(&obj);
+}

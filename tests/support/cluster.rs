@@ -1,0 +1,339 @@
+//! e2e support: a test namespace on the cluster `KUBECONFIG` names, a Node object standing for a
+//! lab host (kept Ready with kubelet-style heartbeats), and `ferry controller` processes.
+//! Everything is removed when the values drop, also when a test fails.
+#![allow(dead_code)]
+
+use ferry::api::{HostPool, VirtualMachine, crds};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether the e2e suite should run (it needs a cluster and root for the lab).
+pub fn enabled() -> bool {
+    if std::env::var_os("FERRY_E2E").is_some() {
+        return true;
+    }
+    eprintln!("skipping: set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both) to run the e2e suite");
+    false
+}
+
+/// Poll `f` every 250 ms until it returns `Some`, or fail after `timeout` saying what was awaited.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A test's footprint on the cluster.
+pub struct Cluster {
+    pub client: Client,
+    pub namespace: String,
+    pub kubeconfig: PathBuf,
+    nodes: Vec<String>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Cluster {
+    /// Connect, install the CRDs (server-side apply) and create a fresh namespace.
+    pub async fn new(prefix: &str) -> Cluster {
+        let kubeconfig = PathBuf::from(std::env::var("KUBECONFIG").expect("KUBECONFIG names the cluster"));
+        let client = Client::try_default().await.expect("Kubernetes client");
+        let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crds() {
+            let name = crd.name_any();
+            crd_api
+                .patch(&name, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&crd))
+                .await
+                .expect("apply CRD");
+            let api = crd_api.clone();
+            wait_for(&format!("CRD {name} Established"), Duration::from_secs(30), || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    let c = api.get(&name).await.ok()?;
+                    c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+                }
+            })
+            .await;
+        }
+        let namespace = format!("{prefix}-{}-{}", std::process::id(), Timestamp::now().as_millisecond() % 100_000);
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        Cluster {
+            client,
+            namespace,
+            kubeconfig,
+            nodes: Vec::new(),
+            heartbeat: None,
+        }
+    }
+
+    /// Create a Node object for a lab host, Ready, labelled for the pool, with `InternalIP` set;
+    /// keep it Ready with heartbeats (node Lease + Ready condition) as a kubelet would.
+    pub async fn add_node(&mut self, name: &str, internal_ip: &str, label: &str) {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {label: "true", "kubernetes.io/hostname": name}},
+            "spec": {}
+        }))
+        .expect("node");
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes.create(&PostParams::default(), &node).await.expect("create Node");
+        self.nodes.push(name.to_string());
+        set_node_ready(&self.client, name, internal_ip, true).await;
+        let client = self.client.clone();
+        let names = self.nodes.clone();
+        let ip = internal_ip.to_string();
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        self.heartbeat = Some(tokio::spawn(async move {
+            loop {
+                for n in &names {
+                    heartbeat(&client, n, &ip).await;
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }));
+    }
+
+    pub fn vms(&self) -> Api<VirtualMachine> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub fn pools(&self) -> Api<HostPool> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Server-side apply a ferry object in the test namespace.
+    pub async fn apply<K>(&self, obj: serde_json::Value) -> K
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
+        let name = obj["metadata"]["name"].as_str().expect("name").to_string();
+        api.patch(&name, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&obj))
+            .await
+            .expect("apply")
+    }
+
+    /// Start `ferry controller` for this namespace.
+    pub fn controller(&self, identity: &str) -> ControllerProcess {
+        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity)
+    }
+
+    async fn teardown(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        let vms = self.vms();
+        if let Ok(list) = vms.list(&Default::default()).await {
+            for vm in list {
+                // The controller may be gone: drop finalizers so nothing blocks.
+                let _ = vms
+                    .patch(&vm.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+                    .await;
+                let _ = vms.delete(&vm.name_any(), &DeleteParams::default()).await;
+            }
+        }
+        let pools = self.pools();
+        if let Ok(list) = pools.list(&Default::default()).await {
+            for p in list {
+                let _ = pools.delete(&p.name_any(), &DeleteParams::default()).await;
+            }
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        for n in &self.nodes {
+            let _ = nodes.delete(n, &DeleteParams::default()).await;
+        }
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut me = Cluster {
+            client: self.client.clone(),
+            namespace: self.namespace.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            nodes: std::mem::take(&mut self.nodes),
+            heartbeat: self.heartbeat.take(),
+        };
+        // Drop runs inside the test's runtime: clean up on a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(30), me.teardown()).await;
+                });
+            }
+            me.nodes.clear();
+        })
+        .join();
+    }
+}
+
+/// Set a Node's Ready condition (as its kubelet would) and its InternalIP.
+pub async fn set_node_ready(client: &Client, name: &str, internal_ip: &str, ready: bool) {
+    let now = Timestamp::now().to_string();
+    let status = json!({"status": {
+        "addresses": [{"type": "InternalIP", "address": internal_ip}, {"type": "Hostname", "address": name}],
+        "conditions": [{
+            "type": "Ready", "status": if ready { "True" } else { "False" },
+            "reason": if ready { "KubeletReady" } else { "KubeletNotReady" },
+            "message": "set by the ferry e2e suite", "lastHeartbeatTime": now, "lastTransitionTime": now
+        }]
+    }});
+    Api::<Node>::all(client.clone())
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch Node status");
+}
+
+async fn heartbeat(client: &Client, name: &str, ip: &str) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
+                 "renewTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}
+    });
+    let _ = leases
+        .patch(name, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&lease))
+        .await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    if let Ok(n) = nodes.get(name).await {
+        let ready = n
+            .status
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if ready {
+            set_node_ready(client, name, ip, true).await;
+        }
+    }
+}
+
+/// A running `ferry controller`; killed on drop. Its log is kept in a temporary file.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub http_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ControllerProcess {
+    fn start(kubeconfig: &std::path::Path, namespace: &str, identity: &str) -> ControllerProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join(format!("{identity}.log"));
+        let port = free_port();
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["controller", "--namespace", namespace, "--lease-namespace", namespace])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--http-addr", &format!("127.0.0.1:{port}"), "--identity", identity])
+            .args(["--lease-duration", "6", "--lease-grace", "2"])
+            .env("RUST_LOG", "info,ferry=debug")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start ferry controller");
+        ControllerProcess {
+            child: Some(child),
+            log,
+            http_port: port,
+            _dir: dir,
+        }
+    }
+
+    /// Kill the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Ask the process to stop (SIGTERM) and wait up to 10 s.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The controller's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET a path of the controller's HTTP endpoint; `None` when it does not answer.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], self.http_port)),
+            Duration::from_secs(2),
+        )
+        .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((code, body))
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- ferry controller log ({}) ----\n{}", self.log.display(), tail(&self.log_text(), 120));
+        }
+        self.kill();
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
