@@ -512,6 +512,8 @@ class StandIn:
             raise errors.bad_request("timeoutSeconds must be a number") from None
         form = accept_form(request.headers.get("Accept", ""))
         initial, watcher = self.store.start_watch(rt, namespace, labels, fields, q.get("resourceVersion"), send_initial)
+        if self.request_log is not None:
+            print(f"{time.strftime('%H:%M:%S')} WATCH-START {request.path_qs}", file=self.request_log, flush=True)
         resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         loop = asyncio.get_running_loop()

@@ -266,9 +266,15 @@ class Managers:
             )
         merged = apply_merge(current, applied, list_types)
         old_set = self.entries.get(me, {}).get("fields", set())
-        for p in sorted(old_set - new_set, key=len, reverse=True):
-            if not self._owned_by_others(p, me) and get_at(merged, p, list_types) is not _MISSING:
-                remove_at(merged, p, list_types)
+        # Shortest first: a list-map item nobody else owns goes as a whole, before its key fields
+        # are gone (they identify it). Key fields of items that stay are never removed.
+        for p in sorted(old_set - new_set, key=len):
+            if self._owned_by_others(p, me) or get_at(merged, p, list_types) is _MISSING:
+                continue
+            if len(p) >= 2 and isinstance(p[-1], str) and not isinstance(p[-2], str) and p[-2][0] == "k" \
+                    and p[-1] in json.loads(p[-2][1]):
+                continue
+            remove_at(merged, p, list_types)
         if me in self.entries and self.entries[me]["fields"] == new_set:
             now = self.entries[me]["time"]  # an unchanged apply leaves managedFields as they were
         self._set(me, new_set, now, api_version)

@@ -645,6 +645,11 @@ class Store:
         ct = content_type.split(";")[0].strip().lower()
         if ct == "application/apply-patch+yaml":
             return self.apply(rt, namespace, name, body, opts, subresource)
+        accepted = ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
+        if not rt.is_custom:
+            accepted.append("application/strategic-merge-patch+json")
+        if ct not in accepted:
+            raise errors.unsupported_media_type(ct, accepted)
         st = self._get_stored(rt, namespace, name)
         current = rt.view(st.obj)
         current["metadata"].pop("managedFields", None)
@@ -653,18 +658,11 @@ class Store:
                 raise errors.bad_request("merge patch must be a JSON object")
             new = merge_patch(current, body)
         elif ct == "application/strategic-merge-patch+json":
-            if rt.is_custom:
-                raise errors.unsupported_media_type(ct, ["application/json-patch+json", "application/merge-patch+json",
-                                                         "application/apply-patch+yaml"])
             if not isinstance(body, dict):
                 raise errors.bad_request("strategic merge patch must be a JSON object")
             new = strategic_merge_patch(current, body, rt.list_types())
-        elif ct == "application/json-patch+json":
-            new = json_patch(current, body)
         else:
-            raise errors.unsupported_media_type(ct, ["application/json-patch+json", "application/merge-patch+json",
-                                                     "application/apply-patch+yaml",
-                                                     "application/strategic-merge-patch+json"])
+            new = json_patch(current, body)
         if not isinstance(new, dict):
             raise errors.bad_request("the patched object is not a JSON object")
         self._check_kind(rt, new)
