@@ -434,6 +434,25 @@ def test_delete_without_finalizers_and_preconditions(kube: Kube, ns: str) -> Non
     assert kube.call("DELETE", f"/api/v1/namespaces/{ns}/configmaps/d")[0] == 404
 
 
+def test_dry_run_and_delete_collection(kube: Kube, ns: str) -> None:
+    base = f"/api/v1/namespaces/{ns}/configmaps"
+    before = kube.ok("GET", base)["metadata"]["resourceVersion"]
+    out = kube.ok("POST", base, cm("dry"), query={"dryRun": "All"})
+    assert out["metadata"]["name"] == "dry" and kube.call("GET", f"{base}/dry")[0] == 404
+    assert kube.call("POST", base, cm("dry"), query={"dryRun": "Bogus"})[0] == 400
+    kube.ok("POST", base, cm("k1", {"del": "yes"}))
+    kube.ok("POST", base, cm("k2", {"del": "yes"}))
+    kube.ok("POST", base, cm("k3", {"del": "no"}))
+    kube.ok("PATCH", f"{base}/k1", {"data": {"x": "y"}}, ctype=MERGE, query={"dryRun": "All"})
+    assert "data" not in kube.ok("GET", f"{base}/k1") or not kube.ok("GET", f"{base}/k1")["data"]
+    out = kube.ok("DELETE", base, query={"labelSelector": "del=yes"})
+    assert sorted(i["metadata"]["name"] for i in out["items"]) == ["k1", "k2"]
+    assert names(kube.ok("GET", base)) == ["k3"]
+    assert int(kube.ok("GET", base)["metadata"]["resourceVersion"]) > int(before)
+    status, body = kube.call("DELETE", "/api/v1/namespaces/default")
+    assert status == 403 and body["reason"] == "Forbidden"
+
+
 def test_owner_references_are_garbage_collected(kube: Kube, ns: str) -> None:
     owner = kube.ok("POST", wpath(ns), widget("owner"))
     dep = cm("dep")

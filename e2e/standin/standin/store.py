@@ -726,6 +726,8 @@ class Store:
                opts: WriteOptions) -> tuple[dict[str, Any], bool]:
         """DELETE: returns (object, removed). Finalizers keep the object with a deletionTimestamp."""
         st = self._get_stored(rt, namespace, name)
+        if rt.plural == "namespaces" and name in ("default", "kube-system", "kube-public"):
+            raise ApiError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be deleted')
         pre = (options or {}).get("preconditions") or {}
         om = st.obj["metadata"]
         if pre.get("uid") and pre["uid"] != om["uid"]:
