@@ -314,6 +314,16 @@ def test_create_get_list_and_errors(kube: Kube, ns: str) -> None:
     status, body = kube.call("POST", wpath(ns), {"apiVersion": f"{GROUP}/v1", "kind": "Widget", "metadata": {},
                                                  "spec": {"size": 1}})
     assert status == 422 and "name or generateName is required" in body["message"]
+    # label and annotation syntax
+    for meta in ({"labels": {"ok": "bad value!"}}, {"labels": {"bad key!": "v"}}, {"annotations": {"-x": "v"}},
+                 {"labels": {"a": "x" * 64}}, {"labels": {"a": 1}}):
+        body = widget("lbl")
+        body["metadata"].update(meta)
+        status, out = kube.call("POST", wpath(ns), body)
+        assert status == 422 and out["details"]["causes"][0]["field"].startswith("metadata."), (meta, out)
+    body = widget("lbl")
+    body["metadata"].update({"labels": {"ferry.dev/host": "true", "empty": ""}, "annotations": {"a/b": "any: thing"}})
+    kube.ok("POST", wpath(ns), body)
     # kind mismatch
     status, body = kube.call("POST", wpath(ns), dict(widget("k"), kind="Gadget"))
     assert status == 400 and body["reason"] == "BadRequest"

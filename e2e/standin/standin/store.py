@@ -41,6 +41,52 @@ def now_micro() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _key_error(key: str) -> str | None:
+    """Why ``key`` is not a valid label/annotation key (``[prefix/]name``), or None."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
+        return "prefix part must be a lowercase RFC 1123 subdomain"
+    if not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
+        return ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+                "with an alphanumeric character, at most 63 characters")
+    return None
+
+
+def _metadata_causes(meta: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Label and annotation checks of ``ValidateObjectMeta``."""
+    causes = []
+    for kind in ("labels", "annotations"):
+        value = meta.get(kind)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            causes.append(("FieldValueTypeInvalid", f"metadata.{kind}", "Invalid value: must be a map"))
+            continue
+        for k, v in value.items():
+            why = _key_error(k)
+            if why:
+                causes.append(("FieldValueInvalid", f"metadata.{kind}", f'Invalid value: "{k}": {why}'))
+            if not isinstance(v, str):
+                causes.append(("FieldValueTypeInvalid", f"metadata.{kind}.{k}", "Invalid value: must be a string"))
+            elif kind == "labels" and (len(v) > 63 or not _LABEL_VALUE.match(v)):
+                causes.append(("FieldValueInvalid", f"metadata.labels", f'Invalid value: "{v}": a valid label must be '
+                               "an empty string or consist of alphanumeric characters, '-', '_' or '.', and must "
+                               "start and end with an alphanumeric character, at most 63 characters"))
+    if isinstance(meta.get("annotations"), dict):
+        size = sum(len(k) + len(v) for k, v in meta["annotations"].items() if isinstance(v, str))
+        if size > 256 * 1024:
+            causes.append(("FieldValueTooLong", "metadata.annotations",
+                           "Too long: must have at most 262144 bytes"))
+    fin = meta.get("finalizers")
+    if fin is not None and (not isinstance(fin, list) or not all(isinstance(f, str) for f in fin)):
+        causes.append(("FieldValueTypeInvalid", "metadata.finalizers", "Invalid value: must be a list of strings"))
+    return causes
+
+
 # Lists with merge semantics in built-in kinds (strategic merge patch and server-side apply).
 BUILTIN_LIST_TYPES: dict[tuple[str, ...], tuple[str, list[str]]] = {
     ("metadata", "finalizers"): ("set", []),
@@ -423,14 +469,9 @@ class Store:
         """Type hooks, pruning and validation of a candidate object (storage form)."""
         name = obj["metadata"].get("name", "")
         meta = obj["metadata"]
-        for k in ("labels", "annotations"):
-            if meta.get(k) is not None and not isinstance(meta.get(k), dict):
-                raise self._invalid(rt, name, [("FieldValueInvalid", f"metadata.{k}", "Invalid value: must be a map")])
-            if isinstance(meta.get(k), dict):
-                bad = [key for key, v in meta[k].items() if not isinstance(v, str)]
-                if bad:
-                    raise self._invalid(rt, name, [("FieldValueTypeInvalid", f"metadata.{k}.{bad[0]}",
-                                                    "Invalid value: must be a string")])
+        causes = _metadata_causes(meta)
+        if causes:
+            raise self._invalid(rt, name, causes)
         for k in ("labels", "annotations", "finalizers", "ownerReferences"):
             if meta.get(k) in ({}, [], None):
                 meta.pop(k, None)
