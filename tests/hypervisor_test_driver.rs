@@ -46,10 +46,8 @@ fn opts() -> ConnectOptions {
     ConnectOptions {
         connect_timeout: Duration::from_secs(5),
         call_timeout: Duration::from_secs(10),
-        keepalive: Some(Keepalive {
-            interval_seconds: 2,
-            count: 3,
-        }),
+        keepalive_interval: 2,
+        keepalive_count: 3,
         observer: None,
     }
 }
@@ -788,6 +786,37 @@ async fn registry_closes_lost_connections_it_replaces() {
         reg.close_all().await;
         assert_eq!(made(1).closed.load(Ordering::SeqCst), 1);
         assert_eq!(made(2).closed.load(Ordering::SeqCst), 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn registry_observer_sees_connects_and_calls() {
+    bounded(async {
+        let h = test_host();
+        let seen: Arc<Mutex<Vec<(&'static str, bool)>>> = Arc::default();
+        let sink = seen.clone();
+        let reg = HostConnections::new(Some(Arc::new(
+            move |op: &'static str, secs: f64, ok: bool| {
+                assert!(secs >= 0.0);
+                if let Ok(mut v) = sink.lock() {
+                    v.push((op, ok));
+                }
+            },
+        )));
+        let host = reg.get(&h.uri, &opts()).await.expect("connect");
+        host.host_info().await.expect("host_info");
+        assert!(host.lookup_domain(UUID).await.expect("lookup").is_none());
+        reg.close_all().await;
+        let seen = seen.lock().map(|v| v.clone()).unwrap_or_default();
+        assert_eq!(
+            seen,
+            vec![
+                ("connect", true),
+                ("host_info", true),
+                ("lookup_domain", true)
+            ]
+        );
     })
     .await
 }

@@ -19,7 +19,9 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::time::Instant;
 
 use super::libvirt::LibvirtHost;
-use super::{ConnectOptions, HvResult, Hypervisor, HypervisorError};
+use super::{HvResult, Hypervisor, HypervisorError};
+
+pub use super::{CallObserver, ConnectOptions};
 
 /// Opens connections for a [`HostConnections`] registry. The default is [`LibvirtConnector`];
 /// tests of the controller can plug in fakes.
@@ -49,6 +51,7 @@ pub struct HostConnections {
 
 struct Inner {
     connector: Arc<dyn Connector>,
+    observer: Option<Arc<dyn CallObserver>>,
     min_backoff: Duration,
     max_backoff: Duration,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
@@ -86,21 +89,28 @@ impl std::fmt::Debug for HostConnections {
 
 impl Default for HostConnections {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 impl HostConnections {
     /// A registry of libvirt connections with the default backoff (1 s doubling to 30 s).
-    pub fn new() -> Self {
-        Self::with_connector(Arc::new(LibvirtConnector))
+    /// `observer` is told about every libvirt call (and every connection attempt) made through
+    /// connections of this registry whose options name no observer of their own.
+    pub fn new(observer: Option<Arc<dyn CallObserver>>) -> Self {
+        let mut reg = Self::with_connector(Arc::new(LibvirtConnector));
+        if let Some(inner) = Arc::get_mut(&mut reg.inner) {
+            inner.observer = observer;
+        }
+        reg
     }
 
-    /// A registry that opens connections with `connector`.
+    /// A registry that opens connections with `connector` (a fake, in tests), without observer.
     pub fn with_connector(connector: Arc<dyn Connector>) -> Self {
         HostConnections {
             inner: Arc::new(Inner {
                 connector,
+                observer: None,
                 min_backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(30),
                 entries: Mutex::new(HashMap::new()),
@@ -120,6 +130,7 @@ impl HostConnections {
         HostConnections {
             inner: Arc::new(Inner {
                 connector: self.inner.connector.clone(),
+                observer: self.inner.observer.clone(),
                 min_backoff: min,
                 max_backoff: max.max(min),
                 entries: Mutex::new(entries),
@@ -127,7 +138,8 @@ impl HostConnections {
         }
     }
 
-    /// The open connection to `uri`, or a new one.
+    /// The open connection to `uri`, or a new one opened with `opts` (options apply to new
+    /// connections only: an open connection keeps the options it was opened with).
     ///
     /// Waits for an attempt already under way to the same URI instead of starting another. Within
     /// the backoff window after a failed attempt, returns that attempt's error at once.
@@ -147,6 +159,17 @@ impl HostConnections {
         {
             return Err(f.error.clone());
         }
+        let with_observer;
+        let opts = match (&opts.observer, &self.inner.observer) {
+            (None, Some(o)) => {
+                with_observer = ConnectOptions {
+                    observer: Some(o.clone()),
+                    ..opts.clone()
+                };
+                &with_observer
+            }
+            _ => opts,
+        };
         match self.inner.connector.connect(uri, opts).await {
             Ok(conn) => {
                 state.failure = None;

@@ -160,7 +160,8 @@ impl LibvirtHost {
         let (tx, rx) = mpsc::channel::<Msg>();
         let (ready_tx, ready_rx) = oneshot::channel();
         let thread_shared = shared.clone();
-        let keepalive = opts.keepalive;
+        let keepalive = (opts.keepalive_interval > 0)
+            .then_some((opts.keepalive_interval, opts.keepalive_count));
         std::thread::Builder::new()
             .name(thread_name(uri))
             .spawn(move || connection_thread(thread_shared, keepalive, ready_tx, rx))
@@ -309,7 +310,7 @@ unsafe extern "C" fn tick(_timer: c_int, _opaque: *mut c_void) {}
 
 fn connection_thread(
     shared: Arc<Shared>,
-    keepalive: Option<super::Keepalive>,
+    keepalive: Option<(i32, u32)>,
     ready: oneshot::Sender<HvResult<()>>,
     rx: mpsc::Receiver<Msg>,
 ) {
@@ -323,8 +324,8 @@ fn connection_thread(
             return;
         }
     };
-    if let Some(k) = keepalive
-        && let Err(e) = conn.set_keep_alive(k.interval_seconds, k.count)
+    if let Some((interval, count)) = keepalive
+        && let Err(e) = conn.set_keep_alive(interval, count)
         && e.code().to_raw() as i32 != VIR_ERR_NO_SUPPORT
     {
         tracing::warn!(uri = %shared.uri, error = %e, "cannot enable libvirt keepalive");

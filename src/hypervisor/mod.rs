@@ -79,10 +79,13 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Give up on a single call after this long; the connection then counts as lost.
     pub call_timeout: Duration,
-    /// libvirt keepalive: the connection is closed after `interval × (count + 1)` seconds without
-    /// an answer from the host. `None` leaves libvirt's default (off for clients).
-    pub keepalive: Option<Keepalive>,
-    /// Told the duration and outcome of every call (for metrics).
+    /// Seconds between libvirt keepalive probes; 0 or less leaves keepalive off.
+    pub keepalive_interval: i32,
+    /// Unanswered keepalive probes before libvirt closes the connection: a dead host is noticed
+    /// after `keepalive_interval × (keepalive_count + 1)` seconds.
+    pub keepalive_count: u32,
+    /// Told the duration and outcome of every call (for metrics). A [`HostConnections`] registry
+    /// fills in its own observer when this is `None`.
     pub observer: Option<Arc<dyn CallObserver>>,
 }
 
@@ -93,10 +96,8 @@ impl Default for ConnectOptions {
         ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(60),
-            keepalive: Some(Keepalive {
-                interval_seconds: 5,
-                count: 3,
-            }),
+            keepalive_interval: 5,
+            keepalive_count: 3,
             observer: None,
         }
     }
@@ -107,19 +108,11 @@ impl std::fmt::Debug for ConnectOptions {
         f.debug_struct("ConnectOptions")
             .field("connect_timeout", &self.connect_timeout)
             .field("call_timeout", &self.call_timeout)
-            .field("keepalive", &self.keepalive)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_count", &self.keepalive_count)
             .field("observer", &self.observer.is_some())
             .finish()
     }
-}
-
-/// libvirt keepalive settings (`virConnectSetKeepAlive`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
-    /// Seconds between probes (at least 1).
-    pub interval_seconds: i32,
-    /// Unanswered probes before the connection is closed.
-    pub count: u32,
 }
 
 /// Receives the latency of each hypervisor call, so the controller can export metrics without
@@ -128,6 +121,16 @@ pub trait CallObserver: Send + Sync {
     /// `op` is the operation (`"connect"`, `"define_domain"`, ...), `seconds` its duration as the
     /// caller saw it (queueing included), `ok` whether it succeeded.
     fn observe(&self, op: &'static str, seconds: f64, ok: bool);
+}
+
+/// Any `Fn(op, seconds, ok)` closure is an observer.
+impl<F> CallObserver for F
+where
+    F: Fn(&'static str, f64, bool) + Send + Sync,
+{
+    fn observe(&self, op: &'static str, seconds: f64, ok: bool) {
+        self(op, seconds, ok)
+    }
 }
 
 /// Facts about a host.
