@@ -1,1 +1,255 @@
 //! Shared registry of open host connections, keyed by URI.
+//!
+//! [`HostConnections::get`] hands out the open connection to a host, or opens one. Attempts to
+//! the same URI are single-flight (concurrent callers wait for the one attempt and share its
+//! outcome), and after a failed attempt further callers get the last error at once until a backoff
+//! delay has passed (1 s doubling to 30 s by default): an unreachable host costs one connect
+//! timeout per backoff period, not one per reconcile, and never slows down other hosts.
+//!
+//! A handle whose connection was lost ([`Hypervisor::is_connected`] turned false: a call failed
+//! with `ConnectionLost`, libvirt's close callback fired, or a call timed out) is closed and
+//! replaced at the next `get`. [`HostConnections::invalidate`] does the same on request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tokio::time::Instant;
+
+use super::libvirt::LibvirtHost;
+use super::{HvResult, Hypervisor, HypervisorError};
+
+pub use super::{CallObserver, ConnectOptions};
+
+/// Opens connections for a [`HostConnections`] registry. The default is [`LibvirtConnector`];
+/// tests of the controller can plug in fakes.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// Opens a connection to `uri`, bounded in time by `opts.connect_timeout`.
+    async fn connect(&self, uri: &str, opts: &ConnectOptions) -> HvResult<Arc<dyn Hypervisor>>;
+}
+
+/// Opens real libvirt connections ([`LibvirtHost::connect`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LibvirtConnector;
+
+#[async_trait]
+impl Connector for LibvirtConnector {
+    async fn connect(&self, uri: &str, opts: &ConnectOptions) -> HvResult<Arc<dyn Hypervisor>> {
+        let host = LibvirtHost::connect(uri, opts.clone()).await?;
+        Ok(host)
+    }
+}
+
+/// Shared registry of host connections; cheap to clone (all clones share the connections).
+#[derive(Clone)]
+pub struct HostConnections {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Arc<dyn Connector>,
+    observer: Option<Arc<dyn CallObserver>>,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+/// One host. The async mutex makes connection attempts single-flight.
+#[derive(Default)]
+struct Entry {
+    state: tokio::sync::Mutex<EntryState>,
+}
+
+#[derive(Default)]
+struct EntryState {
+    conn: Option<Arc<dyn Hypervisor>>,
+    failure: Option<Failure>,
+}
+
+/// The last failed attempt and when the next one may be made.
+struct Failure {
+    error: HypervisorError,
+    retry_at: Instant,
+    delays: ExponentialBackoff,
+}
+
+impl std::fmt::Debug for HostConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hosts = self.inner.entries.lock().map(|e| e.len()).unwrap_or(0);
+        f.debug_struct("HostConnections")
+            .field("hosts", &hosts)
+            .field("min_backoff", &self.inner.min_backoff)
+            .field("max_backoff", &self.inner.max_backoff)
+            .finish()
+    }
+}
+
+impl Default for HostConnections {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl HostConnections {
+    /// A registry of libvirt connections with the default backoff (1 s doubling to 30 s).
+    /// `observer` is told about every libvirt call (and every connection attempt) made through
+    /// connections of this registry whose options name no observer of their own.
+    pub fn new(observer: Option<Arc<dyn CallObserver>>) -> Self {
+        let mut reg = Self::with_connector(Arc::new(LibvirtConnector));
+        if let Some(inner) = Arc::get_mut(&mut reg.inner) {
+            inner.observer = observer;
+        }
+        reg
+    }
+
+    /// A registry that opens connections with `connector` (a fake, in tests), without observer.
+    pub fn with_connector(connector: Arc<dyn Connector>) -> Self {
+        HostConnections {
+            inner: Arc::new(Inner {
+                connector,
+                observer: None,
+                min_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(30),
+                entries: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The same registry with another backoff after failed attempts: `min` after the first
+    /// failure, doubling up to `max`. Call before sharing the registry.
+    pub fn with_backoff(self, min: Duration, max: Duration) -> Self {
+        let entries = self
+            .inner
+            .entries
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default();
+        HostConnections {
+            inner: Arc::new(Inner {
+                connector: self.inner.connector.clone(),
+                observer: self.inner.observer.clone(),
+                min_backoff: min,
+                max_backoff: max.max(min),
+                entries: Mutex::new(entries),
+            }),
+        }
+    }
+
+    /// The open connection to `uri`, or a new one opened with `opts` (options apply to new
+    /// connections only: an open connection keeps the options it was opened with).
+    ///
+    /// Waits for an attempt already under way to the same URI instead of starting another. Within
+    /// the backoff window after a failed attempt, returns that attempt's error at once.
+    pub async fn get(&self, uri: &str, opts: &ConnectOptions) -> HvResult<Arc<dyn Hypervisor>> {
+        let entry = self.entry(uri);
+        let mut state = entry.state.lock().await;
+        if let Some(conn) = &state.conn {
+            if conn.is_connected() {
+                return Ok(conn.clone());
+            }
+            if let Some(old) = state.conn.take() {
+                close_in_background(old);
+            }
+        }
+        if let Some(f) = &state.failure
+            && Instant::now() < f.retry_at
+        {
+            return Err(f.error.clone());
+        }
+        let with_observer;
+        let opts = match (&opts.observer, &self.inner.observer) {
+            (None, Some(o)) => {
+                with_observer = ConnectOptions {
+                    observer: Some(o.clone()),
+                    ..opts.clone()
+                };
+                &with_observer
+            }
+            _ => opts,
+        };
+        match self.inner.connector.connect(uri, opts).await {
+            Ok(conn) => {
+                state.failure = None;
+                state.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(error) => {
+                let mut delays = match state.failure.take() {
+                    Some(f) => f.delays,
+                    None => ExponentialBuilder::default()
+                        .with_min_delay(self.inner.min_backoff)
+                        .with_max_delay(self.inner.max_backoff)
+                        .with_factor(2.0)
+                        .without_max_times()
+                        .build(),
+                };
+                let delay = delays.next().unwrap_or(self.inner.max_backoff);
+                tracing::debug!(uri, %error, ?delay, "connection attempt failed");
+                state.failure = Some(Failure {
+                    error: error.clone(),
+                    retry_at: Instant::now() + delay,
+                    delays,
+                });
+                Err(error)
+            }
+        }
+    }
+
+    /// The open connection to `uri` if there is a usable one; never connects.
+    pub async fn existing(&self, uri: &str) -> Option<Arc<dyn Hypervisor>> {
+        let entry = self.inner.entries.lock().ok()?.get(uri).cloned()?;
+        let state = entry.state.lock().await;
+        state.conn.clone().filter(|c| c.is_connected())
+    }
+
+    /// Drops and closes the connection to `uri` (after a call reported it lost, for example); the
+    /// next [`get`](Self::get) reconnects at once. Does not touch the backoff of failed attempts.
+    pub async fn invalidate(&self, uri: &str) {
+        let entry = match self.inner.entries.lock() {
+            Ok(entries) => entries.get(uri).cloned(),
+            Err(_) => None,
+        };
+        let Some(entry) = entry else { return };
+        let old = entry.state.lock().await.conn.take();
+        if let Some(old) = old {
+            old.close().await;
+        }
+    }
+
+    /// Closes every connection (at shutdown). The registry stays usable.
+    pub async fn close_all(&self) {
+        let entries: Vec<Arc<Entry>> = match self.inner.entries.lock() {
+            Ok(entries) => entries.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut open = Vec::new();
+        for entry in entries {
+            if let Some(conn) = entry.state.lock().await.conn.take() {
+                open.push(conn);
+            }
+        }
+        futures::future::join_all(open.iter().map(|c| c.close())).await;
+    }
+
+    fn entry(&self, uri: &str) -> Arc<Entry> {
+        let mut entries = match self.inner.entries.lock() {
+            Ok(e) => e,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        entries.entry(uri.to_string()).or_default().clone()
+    }
+}
+
+/// Closes a replaced connection without making the caller wait for it.
+fn close_in_background(conn: Arc<dyn Hypervisor>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move { conn.close().await });
+        }
+        // No runtime: dropping the last handle closes the connection on its own thread.
+        Err(_) => drop(conn),
+    }
+}

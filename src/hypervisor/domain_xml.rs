@@ -225,8 +225,16 @@ pub fn to_xml(def: &DomainDefinition) -> Result<String, XmlError> {
     Ok(out)
 }
 
-type W = Writer<Cursor<Vec<u8>>>;
-type IoResult = std::io::Result<()>;
+pub(crate) type W = Writer<Cursor<Vec<u8>>>;
+pub(crate) type IoResult = std::io::Result<()>;
+
+/// Runs `body` on a fresh indented writer and returns the document (for the small storage XML
+/// documents the libvirt module writes).
+pub(crate) fn write_document(body: impl FnOnce(&mut W) -> IoResult) -> Result<String, XmlError> {
+    let mut w = Writer::new_with_indent(Cursor::new(Vec::new()), b' ', 2);
+    body(&mut w).map_err(|e| XmlError::Write(e.to_string()))?;
+    String::from_utf8(w.into_inner().into_inner()).map_err(|e| XmlError::Write(e.to_string()))
+}
 
 fn validate(def: &DomainDefinition) -> Result<(), XmlError> {
     let mut values: Vec<(String, &str)> = vec![
@@ -313,7 +321,7 @@ fn check_device_name(field: &str, name: &str) -> Result<(), XmlError> {
 }
 
 /// `Char` production of XML 1.0 (Rust strings cannot hold surrogates).
-fn is_xml_char(c: char) -> bool {
+pub(crate) fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
@@ -351,7 +359,7 @@ fn text(value: &str) -> BytesText<'_> {
 }
 
 /// `<name a="v" ...>text</name>`.
-fn text_elem(w: &mut W, name: &str, attrs: &[(&str, &str)], value: &str) -> IoResult {
+pub(crate) fn text_elem(w: &mut W, name: &str, attrs: &[(&str, &str)], value: &str) -> IoResult {
     let mut e = w.create_element(name);
     for (k, v) in attrs {
         e = e.with_attribute(attr(k, v));
@@ -361,7 +369,7 @@ fn text_elem(w: &mut W, name: &str, attrs: &[(&str, &str)], value: &str) -> IoRe
 }
 
 /// `<name a="v" .../>`.
-fn empty_elem(w: &mut W, name: &str, attrs: &[(&str, &str)]) -> IoResult {
+pub(crate) fn empty_elem(w: &mut W, name: &str, attrs: &[(&str, &str)]) -> IoResult {
     let mut e = w.create_element(name);
     for (k, v) in attrs {
         e = e.with_attribute(attr(k, v));
@@ -370,7 +378,7 @@ fn empty_elem(w: &mut W, name: &str, attrs: &[(&str, &str)]) -> IoResult {
     Ok(())
 }
 
-fn start(w: &mut W, name: &str, attrs: &[(&str, &str)]) -> IoResult {
+pub(crate) fn start(w: &mut W, name: &str, attrs: &[(&str, &str)]) -> IoResult {
     let mut e = BytesStart::new(name);
     for (k, v) in attrs {
         e.push_attribute(attr(k, v));
@@ -378,7 +386,7 @@ fn start(w: &mut W, name: &str, attrs: &[(&str, &str)]) -> IoResult {
     w.write_event(Event::Start(e))
 }
 
-fn end(w: &mut W, name: &str) -> IoResult {
+pub(crate) fn end(w: &mut W, name: &str) -> IoResult {
     w.write_event(Event::End(BytesEnd::new(name)))
 }
 

@@ -7,7 +7,13 @@ pub mod connections;
 pub mod domain_xml;
 pub mod libvirt;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
+
+pub use connections::{Connector, HostConnections, LibvirtConnector};
+pub use libvirt::LibvirtHost;
 
 /// Result of a hypervisor call.
 pub type HvResult<T> = std::result::Result<T, HypervisorError>;
@@ -32,6 +38,21 @@ pub enum HypervisorError {
     },
 }
 
+/// libvirt error codes (`virErrorNumber`) ferry looks at; the full list is libvirt's
+/// `virterror.h`.
+pub mod error_code {
+    /// `VIR_ERR_OPERATION_INVALID`: not possible in the object's current state.
+    pub const OPERATION_INVALID: i32 = 55;
+    /// `VIR_ERR_NO_DOMAIN`.
+    pub const NO_DOMAIN: i32 = 42;
+    /// `VIR_ERR_NO_STORAGE_POOL`.
+    pub const NO_STORAGE_POOL: i32 = 49;
+    /// `VIR_ERR_NO_STORAGE_VOL`.
+    pub const NO_STORAGE_VOL: i32 = 50;
+    /// `VIR_ERR_STORAGE_VOL_EXIST`: creating a volume whose name is taken.
+    pub const STORAGE_VOL_EXIST: i32 = 90;
+}
+
 impl HypervisorError {
     /// Whether the connection is gone and must be reopened.
     pub fn is_connection_lost(&self) -> bool {
@@ -39,6 +60,76 @@ impl HypervisorError {
             self,
             HypervisorError::ConnectionLost { .. } | HypervisorError::ConnectTimeout { .. }
         )
+    }
+
+    /// Whether the host answered that the domain, pool or volume does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            HypervisorError::OperationFailed { code, .. }
+                if matches!(*code, error_code::NO_DOMAIN | error_code::NO_STORAGE_POOL | error_code::NO_STORAGE_VOL)
+        )
+    }
+}
+
+/// How to open and use a connection to one host.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    /// Give up connecting after this long (libvirt itself waits 40–70 s for an unreachable host).
+    pub connect_timeout: Duration,
+    /// Give up on a single call after this long; the connection then counts as lost.
+    pub call_timeout: Duration,
+    /// Seconds between libvirt keepalive probes; 0 or less leaves keepalive off.
+    pub keepalive_interval: i32,
+    /// Unanswered keepalive probes before libvirt closes the connection: a dead host is noticed
+    /// after `keepalive_interval × (keepalive_count + 1)` seconds.
+    pub keepalive_count: u32,
+    /// Told the duration and outcome of every call (for metrics). A [`HostConnections`] registry
+    /// fills in its own observer when this is `None`.
+    pub observer: Option<Arc<dyn CallObserver>>,
+}
+
+impl Default for ConnectOptions {
+    /// 10 s to connect, 60 s per call, keepalive every 5 s with 3 misses allowed (the HostPool
+    /// defaults).
+    fn default() -> Self {
+        ConnectOptions {
+            connect_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(60),
+            keepalive_interval: 5,
+            keepalive_count: 3,
+            observer: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("call_timeout", &self.call_timeout)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_count", &self.keepalive_count)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// Receives the latency of each hypervisor call, so the controller can export metrics without
+/// this module depending on them.
+pub trait CallObserver: Send + Sync {
+    /// `op` is the operation (`"connect"`, `"define_domain"`, ...), `seconds` its duration as the
+    /// caller saw it (queueing included), `ok` whether it succeeded.
+    fn observe(&self, op: &'static str, seconds: f64, ok: bool);
+}
+
+/// Any `Fn(op, seconds, ok)` closure is an observer.
+impl<F> CallObserver for F
+where
+    F: Fn(&'static str, f64, bool) + Send + Sync,
+{
+    fn observe(&self, op: &'static str, seconds: f64, ok: bool) {
+        self(op, seconds, ok)
     }
 }
 
@@ -55,6 +146,10 @@ pub struct HostInfo {
     pub cpus: u32,
     /// Memory in KiB.
     pub memory_kib: u64,
+    /// Whether libvirt offers `kvm` domains for x86_64 on this host. This only says `/dev/kvm`
+    /// exists: a host whose KVM cannot actually run guests (nested or emulated KVM) still says
+    /// yes, so an operator setting must be able to force `qemu`.
+    pub kvm: bool,
 }
 
 /// Run state of a domain, as libvirt reports it.
@@ -138,6 +233,11 @@ pub struct VolumeInfo {
 pub trait Hypervisor: Send + Sync {
     /// The URI this handle is connected to.
     fn uri(&self) -> &str;
+    /// Whether the connection still looks usable: false once it was closed, a call found it
+    /// lost, or libvirt reported it closed (keepalive, daemon gone). A `true` is no promise.
+    fn is_connected(&self) -> bool {
+        true
+    }
     /// Host facts; doubles as a liveness probe.
     async fn host_info(&self) -> HvResult<HostInfo>;
     /// Every domain on the host, ferry's and others'.
@@ -147,13 +247,16 @@ pub trait Hypervisor: Send + Sync {
     /// Define (or redefine) a persistent domain from XML. A running domain keeps running; the new
     /// definition applies at its next start.
     async fn define_domain(&self, xml: &str) -> HvResult<()>;
-    /// Start a defined domain.
+    /// Start a defined domain. Succeeds when it already runs.
     async fn start_domain(&self, uuid: &str) -> HvResult<()>;
-    /// Ask the guest to shut down (ACPI power button).
+    /// Ask the guest to shut down (ACPI power button). Succeeds when the domain is already off;
+    /// the guest may ignore the request, so poll the state and destroy after a grace period.
     async fn shutdown_domain(&self, uuid: &str) -> HvResult<()>;
     /// Force a domain off. Succeeds when it is already off.
     async fn destroy_domain(&self, uuid: &str) -> HvResult<()>;
-    /// Remove a domain's persistent definition (it must be off). Succeeds when it is already gone.
+    /// Remove a domain's persistent definition, with its managed-save image and snapshot and
+    /// checkpoint metadata. Succeeds when it is already gone (or only transient). A running domain
+    /// keeps running as a transient one: destroy it first to remove it completely.
     async fn undefine_domain(&self, uuid: &str) -> HvResult<()>;
     /// Make sure the storage pool exists and is active; define a `dir` pool at `path` when it is
     /// missing and a path is given. Returns the pool's directory.
@@ -161,7 +264,8 @@ pub trait Hypervisor: Send + Sync {
     /// A volume of a pool, if it exists (the pool is refreshed first).
     async fn lookup_volume(&self, pool: &str, name: &str) -> HvResult<Option<VolumeInfo>>;
     /// Create a qcow2 volume `name` in `pool` backed by `backing` (never written to), with the given
-    /// virtual size (at least the backing volume's).
+    /// virtual size (at least the backing volume's). Fails with code
+    /// [`error_code::STORAGE_VOL_EXIST`] when the name is taken.
     async fn create_overlay(
         &self,
         pool: &str,
@@ -173,4 +277,13 @@ pub trait Hypervisor: Send + Sync {
     async fn delete_volume(&self, pool: &str, name: &str) -> HvResult<()>;
     /// Close the connection; later calls fail with `ConnectionLost`.
     async fn close(&self);
+}
+
+impl std::fmt::Debug for dyn Hypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hypervisor")
+            .field("uri", &self.uri())
+            .field("connected", &self.is_connected())
+            .finish()
+    }
 }
