@@ -594,39 +594,58 @@ fn host_info(conn: &Connect) -> CallResult<HostInfo> {
     })
 }
 
-/// Whether the capabilities XML offers `<domain type='kvm'>` for an x86_64 guest.
+/// Whether KVM can run x86_64 guests on the host, from its capabilities XML: libvirt must offer
+/// `<domain type='kvm'>` for an x86_64 guest (it does whenever `/dev/kvm` opens) *and* the host
+/// CPU must list hardware virtualisation (`vmx` or `svm`). The second check matters: a `/dev/kvm`
+/// without VT-x/AMD-V behind it (such as the `kvm_pvm` module on cloud VMs) is offered by libvirt
+/// but cannot boot a stock kernel, and only TCG works there.
 fn capabilities_offer_kvm(xml: &str) -> bool {
     let mut reader = Reader::from_str(xml);
-    let mut in_guest = false;
+    let mut path: Vec<Vec<u8>> = Vec::new();
     let mut x86_64 = false;
+    let (mut kvm_domain, mut hw_virt) = (false, false);
     loop {
         let event = match reader.read_event() {
             Ok(e) => e,
             Err(_) => return false,
         };
-        match event {
-            Event::Start(e) | Event::Empty(e) => match e.local_name().as_ref() {
-                b"guest" => in_guest = true,
-                b"arch" if in_guest => {
-                    x86_64 = attribute(&e, b"name").as_deref() == Some("x86_64");
-                }
-                b"domain"
-                    if in_guest && x86_64 && attribute(&e, b"type").as_deref() == Some("kvm") =>
-                {
-                    return true;
-                }
-                _ => {}
-            },
-            Event::End(e) => match e.local_name().as_ref() {
-                b"guest" => {
-                    in_guest = false;
+        let (e, empty) = match event {
+            Event::Start(e) => (e, false),
+            Event::Empty(e) => (e, true),
+            Event::End(_) => {
+                if path.pop().as_deref() == Some(b"arch".as_slice()) {
                     x86_64 = false;
                 }
-                b"arch" => x86_64 = false,
-                _ => {}
-            },
-            Event::Eof => return false,
+                continue;
+            }
+            Event::Eof => return kvm_domain && hw_virt,
+            _ => continue,
+        };
+        let local = e.local_name().as_ref().to_vec();
+        let under = |names: &[&[u8]]| {
+            path.len() == names.len() && path.iter().zip(names).all(|(p, n)| p == n)
+        };
+        match local.as_slice() {
+            b"arch" if under(&[b"capabilities", b"guest"]) => {
+                x86_64 = attribute(&e, b"name").as_deref() == Some("x86_64");
+            }
+            b"domain"
+                if x86_64
+                    && under(&[b"capabilities", b"guest", b"arch"])
+                    && attribute(&e, b"type").as_deref() == Some("kvm") =>
+            {
+                kvm_domain = true;
+            }
+            b"feature"
+                if under(&[b"capabilities", b"host", b"cpu"])
+                    && matches!(attribute(&e, b"name").as_deref(), Some("vmx" | "svm")) =>
+            {
+                hw_virt = true;
+            }
             _ => {}
+        }
+        if !empty {
+            path.push(local);
         }
     }
 }
@@ -1152,24 +1171,26 @@ mod tests {
     }
 
     #[test]
-    fn kvm_is_read_from_capabilities() {
-        let caps = |domains: &str, arch: &str| {
+    fn kvm_needs_a_kvm_domain_and_hardware_virtualisation() {
+        let caps = |host_features: &str, domains: &str, arch: &str| {
             format!(
-                "<capabilities><host><cpu><arch>x86_64</arch></cpu></host>\
+                "<capabilities><host><cpu><arch>x86_64</arch><model>Broadwell</model>\
+                 <feature name='vme'/>{host_features}</cpu></host>\
                  <guest><os_type>hvm</os_type><arch name='i686'><domain type='kvm'/></arch></guest>\
                  <guest><os_type>hvm</os_type><arch name='{arch}'><wordsize>64</wordsize>\
-                 <domain type='qemu'/>{domains}</arch></guest></capabilities>"
+                 <domain type='qemu'/>{domains}</arch>\
+                 <features><feature name='vmx'/></features></guest></capabilities>"
             )
         };
-        assert!(capabilities_offer_kvm(&caps(
-            "<domain type='kvm'/>",
-            "x86_64"
-        )));
-        assert!(!capabilities_offer_kvm(&caps("", "x86_64")));
-        assert!(!capabilities_offer_kvm(&caps(
-            "<domain type='kvm'/>",
-            "aarch64"
-        )));
+        let kvm = "<domain type='kvm'/>";
+        let vmx = "<feature name='vmx'/>";
+        let svm = "<feature name='svm'/>";
+        assert!(capabilities_offer_kvm(&caps(vmx, kvm, "x86_64")));
+        assert!(capabilities_offer_kvm(&caps(svm, kvm, "x86_64")));
+        // /dev/kvm without VT-x/AMD-V (kvm_pvm), as on the lab machines: TCG only.
+        assert!(!capabilities_offer_kvm(&caps("", kvm, "x86_64")));
+        assert!(!capabilities_offer_kvm(&caps(vmx, "", "x86_64")));
+        assert!(!capabilities_offer_kvm(&caps(vmx, kvm, "aarch64")));
         assert!(!capabilities_offer_kvm("<capabilities><guest>"));
         assert!(!capabilities_offer_kvm("not xml <"));
     }

@@ -146,9 +146,10 @@ pub struct HostInfo {
     pub cpus: u32,
     /// Memory in KiB.
     pub memory_kib: u64,
-    /// Whether libvirt offers `kvm` domains for x86_64 on this host. This only says `/dev/kvm`
-    /// exists: a host whose KVM cannot actually run guests (nested or emulated KVM) still says
-    /// yes, so an operator setting must be able to force `qemu`.
+    /// Whether KVM can run x86_64 guests: libvirt offers `kvm` domains for x86_64 and the host
+    /// CPU has VT-x or AMD-V (`vmx`/`svm`). A `/dev/kvm` without either (the `kvm_pvm` module of
+    /// some cloud VMs, as on the lab machines) is not counted: it cannot boot a stock kernel.
+    /// Still a heuristic from capabilities, not a boot test.
     pub kvm: bool,
 }
 
