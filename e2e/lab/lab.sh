@@ -277,8 +277,9 @@ setup_host_mounts() {
       mkdir -p "$p"
       mount --bind "$d$p" "$p"
     done
-    mount --bind "$d/etc-files/hosts" /etc/hosts
-    mount --bind "$d/etc-files/resolv.conf" /etc/resolv.conf
+    for f in hosts resolv.conf; do
+      if [ -e "/etc/$f" ]; then mount --bind "$d/etc-files/$f" "/etc/$f"; fi
+    done
     # Hide KVM: a read-only empty file, so access(W_OK) fails with EROFS and libvirt
     # consistently reports no KVM (with /dev/null, libvirt thinks KVM is usable, finds it
     # is not, and re-probes QEMU on every define).
