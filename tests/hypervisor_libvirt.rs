@@ -1,0 +1,440 @@
+//! `LibvirtHost` and `HostConnections` against real libvirtd + QEMU hosts of the lab
+//! (`e2e/lab/lab.sh`): storage, the domain XML ferry writes, the tiny guest's console protocol,
+//! ACPI shutdown, and failure injection (libvirtd stopped, killed, frozen).
+//!
+//! Needs root, libvirt and QEMU (see scripts/setup.sh); skipped elsewhere unless `CI` is set.
+//! Every wait is bounded; the lab is torn down by `Drop` even when an assertion fails.
+
+#[path = "support/lab.rs"]
+mod lab;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry::hypervisor::domain_xml::*;
+use ferry::hypervisor::*;
+use lab::{Lab, console_len, wait_for_console, wait_for_console_since};
+
+/// Guest boot to FERRY-READY takes ~4–8 s under TCG on an idle machine; leave room for a busy one.
+const BOOT: Duration = Duration::from_secs(120);
+const POOL: &str = "ferry-test";
+
+async fn bounded<T>(limit: Duration, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("test took longer than {limit:?}"))
+}
+
+fn opts() -> ConnectOptions {
+    ConnectOptions {
+        connect_timeout: Duration::from_secs(10),
+        call_timeout: Duration::from_secs(60),
+        keepalive_interval: 1,
+        keepalive_count: 2,
+        observer: None,
+    }
+}
+
+/// Blocking helpers from the lab harness, run off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// Polls `lookup_domain` until the state satisfies `pred` (at most `limit`).
+async fn wait_state(
+    host: &Arc<LibvirtHost>,
+    uuid: &str,
+    limit: Duration,
+    pred: impl Fn(DomainState) -> bool,
+) -> DomainInfo {
+    let deadline = Instant::now() + limit;
+    loop {
+        let d = host
+            .lookup_domain(uuid)
+            .await
+            .expect("lookup")
+            .expect("domain exists");
+        if pred(d.state) {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "domain still {:?} after {limit:?}",
+            d.state
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn file_digest(path: &Path) -> (u64, u64) {
+    let bytes = std::fs::read(path).expect("read file");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in &bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    }
+    (bytes.len() as u64, h)
+}
+
+fn virt_type(lab: &Lab) -> VirtType {
+    if lab.virt_type == "kvm" {
+        VirtType::Kvm
+    } else {
+        VirtType::Qemu
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_guest_life_cycle_on_a_real_host() {
+    if !Lab::should_run("tiny_guest_life_cycle_on_a_real_host") {
+        return;
+    }
+    let lab = blocking(|| Lab::up(1)).await.expect("lab up");
+    bounded(Duration::from_secs(600), async {
+        let h1 = lab.host("h1").clone();
+        let t = Instant::now();
+        let host = LibvirtHost::connect(&h1.unix_uri, opts())
+            .await
+            .expect("connect");
+        let connect_time = t.elapsed();
+
+        let info = host.host_info().await.expect("host_info");
+        assert_eq!(info.hostname, h1.hostname);
+        assert!(info.libvirt_version.starts_with("9."), "{info:?}");
+        assert!(info.cpus >= 1 && info.memory_kib > 0);
+        // The lab decides by booting a guest under KVM; the capabilities heuristic must agree.
+        assert_eq!(info.kvm, lab.virt_type == "kvm", "{info:?}");
+
+        // Storage: the lab has a directory with the golden image but no libvirt pool.
+        let pool_dir = lab.pool_dir.to_string_lossy().to_string();
+        let path = host
+            .ensure_pool(POOL, Some(&pool_dir))
+            .await
+            .expect("define the pool");
+        assert_eq!(Path::new(&path), lab.pool_dir.as_path());
+        assert_eq!(host.ensure_pool(POOL, None).await.expect("exists"), path);
+        let golden_file = lab.golden_path();
+        let golden_before = file_digest(&golden_file);
+        let golden = host
+            .lookup_volume(POOL, &lab.golden)
+            .await
+            .expect("lookup golden")
+            .expect("golden image is in the pool");
+        assert_eq!(golden.format, "qcow2");
+        assert_eq!(Path::new(&golden.path), golden_file.as_path());
+
+        let overlay = host
+            .create_overlay(POOL, "vm1-root.qcow2", &golden, 0)
+            .await
+            .expect("create overlay");
+        assert_eq!(overlay.format, "qcow2");
+        assert_eq!(overlay.capacity, golden.capacity);
+        assert!(Path::new(&overlay.path).exists());
+        let err = host
+            .create_overlay(POOL, "vm1-root.qcow2", &golden, 0)
+            .await
+            .expect_err("name taken");
+        assert!(
+            matches!(err, HypervisorError::OperationFailed { code, .. } if code == error_code::STORAGE_VOL_EXIST),
+            "{err:?}"
+        );
+
+        // The domain, written by ferry's XML writer.
+        let uuid = format!("{:08x}-f0f0-4000-8000-000000000001", lab.id);
+        let console = lab.console_path("vm1");
+        let def = DomainDefinition {
+            name: format!("ferry-lab{}_vm1", lab.id),
+            uuid: uuid.clone(),
+            virt_type: virt_type(&lab),
+            vcpus: 1,
+            cpu_model: CpuModel::HostModel,
+            memory_kib: 128 * 1024,
+            disks: vec![DiskDef {
+                name: "root".into(),
+                path: overlay.path.clone(),
+                format: "qcow2".into(),
+                bus: Bus::Virtio,
+                read_only: false,
+            }],
+            nics: vec![],
+            boot: Some(KernelBoot {
+                kernel: lab.kernel.to_string_lossy().into(),
+                initrd: Some(lab.initrd.to_string_lossy().into()),
+                cmdline: Some(lab.cmdline.clone()),
+            }),
+            console_log: Some(console.to_string_lossy().into()),
+            owner: Owner {
+                namespace: "ferry-test".into(),
+                name: "vm1".into(),
+                uid: uuid.clone(),
+            },
+        };
+        let xml = to_xml(&def).expect("xml");
+        let t = Instant::now();
+        host.define_domain(&xml).await.expect("define");
+        let define_time = t.elapsed();
+        let d = host
+            .lookup_domain(&uuid)
+            .await
+            .expect("lookup")
+            .expect("defined");
+        assert!(d.persistent);
+        assert!(matches!(d.state, DomainState::ShutOff(_)), "{:?}", d.state);
+        let meta = d.config.expect("ferry metadata read back from libvirt");
+        assert_eq!(meta.owner, def.owner);
+        assert_eq!(meta.definition_hash, definition_hash(&def));
+        assert_eq!(meta.shape, shape(&def));
+
+        let t = Instant::now();
+        host.start_domain(&uuid).await.expect("start");
+        let start_time = t.elapsed();
+        let c = console.clone();
+        blocking(move || wait_for_console(&c, "FERRY-READY", BOOT))
+            .await
+            .expect("guest ready");
+        let boot_time = t.elapsed();
+        let c = console.clone();
+        let line = blocking(move || wait_for_console(&c, "FERRY-BOOT", BOOT))
+            .await
+            .expect("boot marker");
+        assert!(line.contains("FERRY-BOOT 1"), "{line}");
+        let d = host
+            .lookup_domain(&uuid)
+            .await
+            .expect("lookup")
+            .expect("defined");
+        assert_eq!(d.state, DomainState::Running);
+        assert_eq!(
+            d.live.map(|m| m.definition_hash),
+            Some(definition_hash(&def))
+        );
+        assert_eq!(
+            host.list_domains()
+                .await
+                .expect("list")
+                .iter()
+                .filter(|d| d.uuid == uuid)
+                .count(),
+            1
+        );
+
+        // ACPI shutdown: the guest powers itself off.
+        let t = Instant::now();
+        host.shutdown_domain(&uuid).await.expect("shutdown");
+        wait_state(&host, &uuid, Duration::from_secs(90), |s| {
+            s == DomainState::ShutOff(ShutOffReason::Shutdown)
+        })
+        .await;
+        let shutdown_time = t.elapsed();
+        host.shutdown_domain(&uuid).await.expect("shutdown when off");
+
+        // Second boot on the same disk.
+        let offset = console_len(&console);
+        host.start_domain(&uuid).await.expect("start again");
+        let c = console.clone();
+        let line = blocking(move || wait_for_console_since(&c, offset, "FERRY-BOOT", BOOT))
+            .await
+            .expect("second boot marker");
+        assert!(line.contains("FERRY-BOOT 2"), "{line}");
+
+        host.destroy_domain(&uuid).await.expect("destroy");
+        let d = wait_state(&host, &uuid, Duration::from_secs(30), |s| !s.is_active()).await;
+        assert_eq!(d.state, DomainState::ShutOff(ShutOffReason::Destroyed));
+        host.destroy_domain(&uuid).await.expect("destroy when off");
+        host.undefine_domain(&uuid).await.expect("undefine");
+        assert_eq!(host.lookup_domain(&uuid).await.expect("lookup"), None);
+        host.undefine_domain(&uuid).await.expect("undefine when gone");
+
+        host.delete_volume(POOL, "vm1-root.qcow2")
+            .await
+            .expect("delete overlay");
+        assert!(!Path::new(&overlay.path).exists());
+        assert_eq!(
+            host.lookup_volume(POOL, "vm1-root.qcow2")
+                .await
+                .expect("lookup"),
+            None
+        );
+        host.delete_volume(POOL, "vm1-root.qcow2")
+            .await
+            .expect("delete again");
+        assert_eq!(
+            file_digest(&golden_file),
+            golden_before,
+            "golden image untouched"
+        );
+        assert_eq!(
+            host.lookup_volume(POOL, &lab.golden).await.expect("lookup"),
+            Some(golden)
+        );
+        host.close().await;
+        eprintln!(
+            "timings ({}): connect {connect_time:?}, define {define_time:?}, start {start_time:?}, \
+             start→FERRY-READY {boot_time:?}, ACPI shutdown→shut off {shutdown_time:?}",
+            lab.virt_type
+        );
+    })
+    .await;
+    blocking(move || lab.down()).await.expect("lab down");
+}
+
+/// Sends `signal` to the host's libvirtd; `Drop` of the returned guard sends SIGCONT.
+struct Frozen(String);
+
+impl Frozen {
+    fn freeze(lab: &Lab, host: &str) -> Frozen {
+        let pid = std::fs::read_to_string(lab.dir.join(host).join("libvirtd.pid"))
+            .expect("libvirtd pid file")
+            .trim()
+            .to_string();
+        let out = lab::run_cmd("kill", &["-STOP", &pid], Duration::from_secs(5));
+        assert!(out.success(), "kill -STOP: {out:?}");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = lab::run_cmd("kill", &["-CONT", &self.0], Duration::from_secs(5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connections_are_detected_and_replaced() {
+    if !Lab::should_run("lost_connections_are_detected_and_replaced") {
+        return;
+    }
+    let lab = Arc::new(blocking(|| Lab::up(1)).await.expect("lab up"));
+    let uri = lab.host("h1").unix_uri.clone();
+    bounded(Duration::from_secs(300), async {
+        let reg = HostConnections::new(None)
+            .with_backoff(Duration::from_millis(300), Duration::from_secs(2));
+
+        // 1. libvirtd stopped while calls are running.
+        let first = reg.get(&uri, &opts()).await.expect("connect");
+        first.host_info().await.expect("host_info");
+        let caller = {
+            let h = first.clone();
+            tokio::spawn(async move {
+                loop {
+                    match h.list_domains().await {
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        Err(e) => return e,
+                    }
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let l = lab.clone();
+        let t = Instant::now();
+        blocking(move || l.stop_libvirtd("h1"))
+            .await
+            .expect("stop libvirtd");
+        let err = bounded(Duration::from_secs(20), caller)
+            .await
+            .expect("join");
+        eprintln!(
+            "call during stop-libvirtd failed after {:?}: {err}",
+            t.elapsed()
+        );
+        assert!(err.is_connection_lost(), "{err:?}");
+        assert!(!first.is_connected());
+
+        // While it is down: a fast failure, then the same error from the backoff window.
+        let t = Instant::now();
+        let down = reg.get(&uri, &opts()).await.expect_err("daemon down");
+        assert!(down.is_connection_lost(), "{down:?}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert_eq!(reg.get(&uri, &opts()).await.expect_err("backoff"), down);
+
+        // Back up: the registry reconnects once the window has passed.
+        let l = lab.clone();
+        blocking(move || l.start_libvirtd("h1"))
+            .await
+            .expect("start libvirtd");
+        let t = Instant::now();
+        let second = loop {
+            match reg.get(&uri, &opts()).await {
+                Ok(h) => break h,
+                Err(e) => {
+                    assert!(t.elapsed() < Duration::from_secs(30), "no reconnect: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        assert!(!Arc::ptr_eq(&first, &second));
+        second.host_info().await.expect("host_info after restart");
+
+        // 2. libvirtd killed (SIGKILL): the close callback fires without any call.
+        let l = lab.clone();
+        let t = Instant::now();
+        blocking(move || l.kill_libvirtd("h1"))
+            .await
+            .expect("kill libvirtd");
+        assert!(
+            lab::wait_until(Duration::from_secs(10), || !second.is_connected()),
+            "the close callback did not fire"
+        );
+        eprintln!("kill-libvirtd noticed after {:?}", t.elapsed());
+        let l = lab.clone();
+        blocking(move || l.start_libvirtd("h1"))
+            .await
+            .expect("start libvirtd");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let third = reg.get(&uri, &opts()).await.expect("reconnect");
+        third.host_info().await.expect("host_info");
+
+        // 3. libvirtd frozen (a hung host): keepalive closes the connection (1 s × (2 + 1)),
+        //    a call is bounded by the call timeout, and connecting by the connect timeout.
+        let short = ConnectOptions {
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(2),
+            keepalive_interval: 0,
+            keepalive_count: 0,
+            observer: None,
+        };
+        let no_keepalive = LibvirtHost::connect(&uri, short.clone())
+            .await
+            .expect("connect");
+        let frozen = Frozen::freeze(&lab, "h1");
+        let t = Instant::now();
+        let err = no_keepalive.host_info().await.expect_err("frozen host");
+        assert!(err.is_connection_lost(), "{err:?}");
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        assert!(!no_keepalive.is_connected());
+        assert!(
+            lab::wait_until(Duration::from_secs(10), || !third.is_connected()),
+            "keepalive did not close the connection"
+        );
+        eprintln!(
+            "keepalive (1 s × 2) closed the connection after {:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        let err = LibvirtHost::connect(&uri, short)
+            .await
+            .expect_err("connect to a frozen host");
+        assert!(
+            matches!(err, HypervisorError::ConnectTimeout { .. }),
+            "{err:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(4));
+        drop(frozen);
+        let fourth = loop {
+            match reg.get(&uri, &opts()).await {
+                Ok(h) => break h,
+                Err(e) => {
+                    assert!(t.elapsed() < Duration::from_secs(30), "no reconnect: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        fourth.host_info().await.expect("host_info after thaw");
+        no_keepalive.close().await;
+        reg.close_all().await;
+    })
+    .await;
+    let lab = Arc::try_unwrap(lab).expect("no other lab handles");
+    blocking(move || lab.down()).await.expect("lab down");
+}
