@@ -41,12 +41,24 @@ fn crd_files_match_the_types() {
 fn crds_have_no_schema_defaults_and_the_expected_names() {
     for crd in crds() {
         let text = serde_json::to_string(&crd).expect("serializes");
-        assert!(!text.contains("\"default\":"), "{} has a schema default", file_name(&crd));
+        assert!(
+            !text.contains("\"default\":"),
+            "{} has a schema default",
+            file_name(&crd)
+        );
         let names = &crd.spec.names;
-        assert_eq!(names.categories.as_deref(), Some(&["ferry".to_string()][..]));
+        assert_eq!(
+            names.categories.as_deref(),
+            Some(&["ferry".to_string()][..])
+        );
         assert!(names.short_names.as_ref().is_some_and(|s| !s.is_empty()));
         let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
     }
     let vm = crds()
         .into_iter()
@@ -59,7 +71,10 @@ fn crds_have_no_schema_defaults_and_the_expected_names() {
         .map(|c| c.name.clone())
         .collect();
     for c in ["Phase", "Host", "IP", "Ready", "Age"] {
-        assert!(cols.contains(&c.to_string()), "missing printer column {c}: {cols:?}");
+        assert!(
+            cols.contains(&c.to_string()),
+            "missing printer column {c}: {cols:?}"
+        );
     }
 }
 
@@ -101,7 +116,10 @@ fn errors(kind: &str, obj: &Value, old: Option<&Value>) -> Vec<String> {
 #[test]
 fn a_good_vm_passes_every_rule() {
     assert_eq!(errors("VirtualMachine", &vm(), None), Vec::<String>::new());
-    assert_eq!(errors("VirtualMachine", &vm(), Some(&vm())), Vec::<String>::new());
+    assert_eq!(
+        errors("VirtualMachine", &vm(), Some(&vm())),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -110,7 +128,11 @@ fn memory_outside_the_range_is_rejected() {
         let mut v = vm();
         v["spec"]["memory"] = json!(bad);
         let e = errors("VirtualMachine", &v, None);
-        assert!(e.iter().any(|m| m.contains("memory must be a quantity between")), "{bad}: {e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("memory must be a quantity between")),
+            "{bad}: {e:?}"
+        );
     }
 }
 
@@ -121,15 +143,27 @@ fn disks_and_nics_need_unique_names_and_one_source() {
         {"name": "root", "image": "a.qcow2"},
         {"name": "root", "volume": "b"}
     ]);
-    assert!(errors("VirtualMachine", &v, None).iter().any(|m| m.contains("names must be unique")));
+    assert!(
+        errors("VirtualMachine", &v, None)
+            .iter()
+            .any(|m| m.contains("names must be unique"))
+    );
 
     let mut v = vm();
     v["spec"]["disks"] = json!([{"name": "root", "image": "a.qcow2", "volume": "b"}]);
-    assert!(errors("VirtualMachine", &v, None).iter().any(|m| m.contains("exactly one of image or volume")));
+    assert!(
+        errors("VirtualMachine", &v, None)
+            .iter()
+            .any(|m| m.contains("exactly one of image or volume"))
+    );
 
     let mut v = vm();
     v["spec"]["networks"] = json!([{"name": "eth0"}]);
-    assert!(errors("VirtualMachine", &v, None).iter().any(|m| m.contains("exactly one of network or bridge")));
+    assert!(
+        errors("VirtualMachine", &v, None)
+            .iter()
+            .any(|m| m.contains("exactly one of network or bridge"))
+    );
 }
 
 #[test]
@@ -137,22 +171,37 @@ fn fields_that_may_not_change_are_protected() {
     let old = vm();
     let mut v = vm();
     v["spec"]["hostPool"] = json!("other");
-    assert!(errors("VirtualMachine", &v, Some(&old)).iter().any(|m| m.contains("hostPool cannot be changed")));
+    assert!(
+        errors("VirtualMachine", &v, Some(&old))
+            .iter()
+            .any(|m| m.contains("hostPool cannot be changed"))
+    );
 
     let mut v = vm();
     v["spec"]["disks"][0]["image"] = json!("other.qcow2");
-    assert!(errors("VirtualMachine", &v, Some(&old)).iter().any(|m| m.contains("image cannot be changed")));
+    assert!(
+        errors("VirtualMachine", &v, Some(&old))
+            .iter()
+            .any(|m| m.contains("image cannot be changed"))
+    );
 
     let mut old_mac = vm();
     old_mac["spec"]["networks"][0]["mac"] = json!("52:54:00:00:00:01");
     let mut v = old_mac.clone();
     v["spec"]["networks"][0]["mac"] = json!("52:54:00:00:00:02");
-    assert!(errors("VirtualMachine", &v, Some(&old_mac)).iter().any(|m| m.contains("mac cannot be changed")));
+    assert!(
+        errors("VirtualMachine", &v, Some(&old_mac))
+            .iter()
+            .any(|m| m.contains("mac cannot be changed"))
+    );
 
     // Changing what may change (size, CPU) is fine.
     let mut v = vm();
     v["spec"]["cpu"]["cores"] = json!(4);
-    assert_eq!(errors("VirtualMachine", &v, Some(&old)), Vec::<String>::new());
+    assert_eq!(
+        errors("VirtualMachine", &v, Some(&old)),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -170,5 +219,9 @@ fn hostpool_uri_template_must_be_a_uri() {
     assert_eq!(errors("HostPool", &pool, None), Vec::<String>::new());
     let mut bad = pool.clone();
     bad["spec"]["libvirt"]["uriTemplate"] = json!("just-a-host");
-    assert!(errors("HostPool", &bad, None).iter().any(|m| m.contains("must be a libvirt URI")));
+    assert!(
+        errors("HostPool", &bad, None)
+            .iter()
+            .any(|m| m.contains("must be a libvirt URI"))
+    );
 }

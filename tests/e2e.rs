@@ -18,8 +18,15 @@ use std::time::Duration;
 const LABEL: &str = "ferry.dev/e2e-hypervisor";
 const BOOT: Duration = Duration::from_secs(180);
 
-fn condition<'a>(vm: &'a VirtualMachine, type_: &str) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    vm.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+fn condition<'a>(
+    vm: &'a VirtualMachine,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    vm.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 fn ready_reason(vm: &VirtualMachine) -> Option<(String, String)> {
@@ -27,7 +34,13 @@ fn ready_reason(vm: &VirtualMachine) -> Option<(String, String)> {
 }
 
 /// Wait until `f` holds for the VM; on timeout the assertion names what was awaited.
-async fn wait_vm(c: &Cluster, name: &str, what: &str, timeout: Duration, f: impl Fn(&VirtualMachine) -> bool) -> VirtualMachine {
+async fn wait_vm(
+    c: &Cluster,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&VirtualMachine) -> bool,
+) -> VirtualMachine {
     let api = c.vms();
     wait_for(&format!("VM {name}: {what}"), timeout, || {
         let api = api.clone();
@@ -73,6 +86,7 @@ fn console(lab: &lab::Lab, ns: &str, vm: &str) -> std::path::PathBuf {
 /// Names of the domains defined on the lab host.
 fn domains(lab: &lab::Lab) -> Vec<String> {
     lab.virsh(&lab.hosts[0].name, &["list", "--all", "--name"])
+        .stdout
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
@@ -82,7 +96,11 @@ fn domains(lab: &lab::Lab) -> Vec<String> {
 
 fn volumes(lab: &lab::Lab) -> Vec<String> {
     std::fs::read_dir(&lab.pool_dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -98,22 +116,36 @@ async fn vm_lifecycle_on_a_real_host() {
     let ctl = c.controller("e2e-a");
     let ns = c.namespace.clone();
 
-    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab)).await;
+    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
+        .await;
     let pools = c.pools();
-    wait_for("HostPool Ready with one host", Duration::from_secs(60), || {
-        let pools = pools.clone();
-        async move {
-            let p = pools.get("lab").await.ok()?;
-            let s = p.status?;
-            (s.ready_hosts == 1 && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")).then_some(())
-        }
-    })
+    wait_for(
+        "HostPool Ready with one host",
+        Duration::from_secs(60),
+        || {
+            let pools = pools.clone();
+            async move {
+                let p = pools.get("lab").await.ok()?;
+                let s = p.status?;
+                (s.ready_hosts == 1
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True"))
+                .then_some(())
+            }
+        },
+    )
     .await;
 
     // Create: the guest boots from its own overlay on the golden image.
-    let golden_before = std::fs::read(std::path::Path::new(&lab.pool_dir).join(&lab.golden)).expect("golden image");
-    c.apply::<VirtualMachine>(vm_manifest("web", "lab", &lab, "Always")).await;
-    let vm = wait_vm(&c, "web", "Ready", BOOT, |vm| ready_reason(vm) == Some(("True".into(), "Running".into()))).await;
+    let golden_before =
+        std::fs::read(std::path::Path::new(&lab.pool_dir).join(&lab.golden)).expect("golden image");
+    c.apply::<VirtualMachine>(vm_manifest("web", "lab", &lab, "Always"))
+        .await;
+    let vm = wait_vm(&c, "web", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
     let st = vm.status.clone().expect("status");
     assert_eq!(st.phase, Some(VmPhase::Running));
     assert_eq!(st.host.as_deref(), Some(node.as_str()));
@@ -131,11 +163,19 @@ async fn vm_lifecycle_on_a_real_host() {
     // Steady state: no status writes while nothing changes.
     let rv = c.vms().get("web").await.expect("vm").resource_version();
     tokio::time::sleep(Duration::from_secs(35)).await;
-    assert_eq!(c.vms().get("web").await.expect("vm").resource_version(), rv, "a steady VM is not rewritten");
+    assert_eq!(
+        c.vms().get("web").await.expect("vm").resource_version(),
+        rv,
+        "a steady VM is not rewritten"
+    );
 
     // Stop on purpose: healthy, Stopped, guest shut down.
     c.vms()
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"runStrategy": "Halted"}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runStrategy": "Halted"}})),
+        )
         .await
         .expect("halt");
     let vm = wait_vm(&c, "web", "Stopped", Duration::from_secs(90), |vm| {
@@ -144,39 +184,69 @@ async fn vm_lifecycle_on_a_real_host() {
     .await;
     assert_eq!(ready_reason(&vm), Some(("False".into(), "Stopped".into())));
     assert!(condition(&vm, "Ready").is_some_and(|c| c.message.contains("runStrategy Halted")));
-    let state = lab.virsh(&lab.hosts[0].name, &["domstate", &format!("{ns}_web")]);
+    let state = lab
+        .virsh(&lab.hosts[0].name, &["domstate", &format!("{ns}_web")])
+        .stdout;
     assert!(state.contains("shut off"), "domain state: {state}");
 
     // Start again: same disk, second boot.
     c.vms()
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"runStrategy": "Always"}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runStrategy": "Always"}})),
+        )
         .await
         .expect("start");
-    wait_vm(&c, "web", "Ready again", BOOT, |vm| ready_reason(vm) == Some(("True".into(), "Running".into()))).await;
+    wait_vm(&c, "web", "Ready again", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
     lab::wait_for_console(&log, "FERRY-BOOT 2", BOOT).expect("second boot from the same disk");
 
     // A change that needs a restart is reported, not applied behind the user's back.
     c.vms()
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"memory": "192Mi"}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"memory": "192Mi"}})),
+        )
         .await
         .expect("resize");
-    let vm = wait_vm(&c, "web", "RestartRequired", Duration::from_secs(60), |vm| {
-        condition(vm, "RestartRequired").is_some_and(|c| c.status == "True")
-    })
+    let vm = wait_vm(
+        &c,
+        "web",
+        "RestartRequired",
+        Duration::from_secs(60),
+        |vm| condition(vm, "RestartRequired").is_some_and(|c| c.status == "True"),
+    )
     .await;
-    let msg = condition(&vm, "RestartRequired").map(|c| c.message.clone()).unwrap_or_default();
+    let msg = condition(&vm, "RestartRequired")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
     assert!(msg.contains("memory"), "{msg}");
-    assert!(!lab::console_log(&log).contains("FERRY-BOOT 3"), "no reboot behind the user's back");
+    assert!(
+        !lab::console_log(&log).contains("FERRY-BOOT 3"),
+        "no reboot behind the user's back"
+    );
 
     // Restart on request applies it.
     c.vms()
-        .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/restart": "r1"}}})))
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/restart": "r1"}}})),
+        )
         .await
         .expect("restart request");
     wait_vm(&c, "web", "restarted with the new size", BOOT, |vm| {
         condition(vm, "RestartRequired").is_some_and(|c| c.status == "False")
             && ready_reason(vm) == Some(("True".into(), "Running".into()))
-            && vm.status.as_ref().and_then(|s| s.last_restart_request.as_deref()) == Some("r1")
+            && vm
+                .status
+                .as_ref()
+                .and_then(|s| s.last_restart_request.as_deref())
+                == Some("r1")
     })
     .await;
     lab::wait_for_console(&log, "FERRY-BOOT 3", BOOT).expect("third boot after the restart");
@@ -185,20 +255,41 @@ async fn vm_lifecycle_on_a_real_host() {
     let (code, body) = ctl.http_get("/metrics").expect("metrics endpoint answers");
     assert_eq!(code, 200);
     assert!(body.contains("ferry_reconciles_total"), "{body}");
-    assert!(body.contains("ferry_libvirt_call_duration_seconds"), "{body}");
+    assert!(
+        body.contains("ferry_libvirt_call_duration_seconds"),
+        "{body}"
+    );
 
     // Delete: domain and overlay gone, golden image untouched.
-    c.vms().delete("web", &DeleteParams::default()).await.expect("delete");
+    c.vms()
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
     let vms = c.vms();
     wait_for("VM gone", Duration::from_secs(90), || {
         let vms = vms.clone();
-        async move { vms.get_opt("web").await.ok().flatten().is_none().then_some(()) }
+        async move {
+            vms.get_opt("web")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
     })
     .await;
-    assert!(domains(&lab).is_empty(), "domain undefined: {:?}", domains(&lab));
+    assert!(
+        domains(&lab).is_empty(),
+        "domain undefined: {:?}",
+        domains(&lab)
+    );
     assert!(!volumes(&lab).contains(&overlay), "overlay removed");
-    let golden_after = std::fs::read(std::path::Path::new(&lab.pool_dir).join(&lab.golden)).expect("golden image");
-    assert!(golden_before == golden_after, "the golden image is never written");
+    let golden_after =
+        std::fs::read(std::path::Path::new(&lab.pool_dir).join(&lab.golden)).expect("golden image");
+    assert!(
+        golden_before == golden_after,
+        "the golden image is never written"
+    );
     drop(ctl);
 }
 
@@ -215,27 +306,46 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
     let ns = c.namespace.clone();
 
     // A VM naming a HostPool that does not exist.
-    c.apply::<VirtualMachine>(vm_manifest("orphan", "nope", &lab, "Always")).await;
-    let vm = wait_vm(&c, "orphan", "HostPoolNotFound", Duration::from_secs(60), |vm| {
-        ready_reason(vm).is_some_and(|(_, r)| r == "HostPoolNotFound")
-    })
+    c.apply::<VirtualMachine>(vm_manifest("orphan", "nope", &lab, "Always"))
+        .await;
+    let vm = wait_vm(
+        &c,
+        "orphan",
+        "HostPoolNotFound",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "HostPoolNotFound"),
+    )
     .await;
     assert!(condition(&vm, "Ready").is_some_and(|c| c.message.contains("spec.hostPool")));
-    assert_eq!(vm.status.as_ref().and_then(|s| s.phase), Some(VmPhase::Pending));
+    assert_eq!(
+        vm.status.as_ref().and_then(|s| s.phase),
+        Some(VmPhase::Pending)
+    );
 
-    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab)).await;
+    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
+        .await;
 
     // A missing golden image: a clear condition, nothing created on the host.
     let mut m = vm_manifest("noimage", "lab", &lab, "Always");
     m["spec"]["disks"] = json!([{"name": "root", "image": "does-not-exist.qcow2"}]);
     c.apply::<VirtualMachine>(m).await;
-    let vm = wait_vm(&c, "noimage", "ImageNotFound", Duration::from_secs(60), |vm| {
-        ready_reason(vm).is_some_and(|(_, r)| r == "ImageNotFound")
-    })
+    let vm = wait_vm(
+        &c,
+        "noimage",
+        "ImageNotFound",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "ImageNotFound"),
+    )
     .await;
     assert!(condition(&vm, "Ready").is_some_and(|c| c.message.contains("does-not-exist.qcow2")));
-    assert!(!domains(&lab).contains(&format!("{ns}_noimage")), "no domain for a VM without its image");
-    assert!(!volumes(&lab).iter().any(|v| v.contains("noimage")), "no half-created disk");
+    assert!(
+        !domains(&lab).contains(&format!("{ns}_noimage")),
+        "no domain for a VM without its image"
+    );
+    assert!(
+        !volumes(&lab).iter().any(|v| v.contains("noimage")),
+        "no half-created disk"
+    );
 
     // An impossible memory size: rejected by the API server's CEL rule, or (on a server that does
     // not evaluate CEL) reported by the controller. Never a crash loop.
@@ -259,33 +369,62 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
     }
 
     // libvirtd dies while a VM is being started: reported, then converged with one domain.
-    lab.stop_libvirtd(&lab.hosts[0].name).expect("stop libvirtd");
-    c.apply::<VirtualMachine>(vm_manifest("survivor", "lab", &lab, "Always")).await;
-    wait_vm(&c, "survivor", "HostUnreachable", Duration::from_secs(60), |vm| {
-        ready_reason(vm).is_some_and(|(_, r)| r == "HostUnreachable")
-    })
+    lab.stop_libvirtd(&lab.hosts[0].name)
+        .expect("stop libvirtd");
+    c.apply::<VirtualMachine>(vm_manifest("survivor", "lab", &lab, "Always"))
+        .await;
+    wait_vm(
+        &c,
+        "survivor",
+        "HostUnreachable",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "HostUnreachable"),
+    )
     .await;
-    lab.start_libvirtd(&lab.hosts[0].name).expect("start libvirtd");
-    wait_vm(&c, "survivor", "Ready after libvirtd returned", BOOT, |vm| {
-        ready_reason(vm) == Some(("True".into(), "Running".into()))
-    })
+    lab.start_libvirtd(&lab.hosts[0].name)
+        .expect("start libvirtd");
+    wait_vm(
+        &c,
+        "survivor",
+        "Ready after libvirtd returned",
+        BOOT,
+        |vm| ready_reason(vm) == Some(("True".into(), "Running".into())),
+    )
     .await;
-    let defined: Vec<String> = domains(&lab).into_iter().filter(|d| d.ends_with("_survivor")).collect();
-    assert_eq!(defined, vec![format!("{ns}_survivor")], "exactly one domain");
+    let defined: Vec<String> = domains(&lab)
+        .into_iter()
+        .filter(|d| d.ends_with("_survivor"))
+        .collect();
+    assert_eq!(
+        defined,
+        vec![format!("{ns}_survivor")],
+        "exactly one domain"
+    );
 
     // Leader election: a second replica stands by, then takes over when the first dies.
     let second = c.controller("e2e-second");
     tokio::time::sleep(Duration::from_secs(3)).await;
     first.kill();
     c.vms()
-        .patch("survivor", &PatchParams::default(), &Patch::Merge(json!({"spec": {"runStrategy": "Halted"}})))
+        .patch(
+            "survivor",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runStrategy": "Halted"}})),
+        )
         .await
         .expect("halt");
-    wait_vm(&c, "survivor", "stopped by the new leader", Duration::from_secs(90), |vm| {
-        vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Stopped)
-    })
+    wait_vm(
+        &c,
+        "survivor",
+        "stopped by the new leader",
+        Duration::from_secs(90),
+        |vm| vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Stopped),
+    )
     .await;
-    assert!(second.log_text().contains("acquired leadership"), "the standby took over");
+    assert!(
+        second.log_text().contains("acquired leadership"),
+        "the standby took over"
+    );
 
     for name in ["survivor", "noimage", "orphan", "huge"] {
         let _ = c.vms().delete(name, &DeleteParams::default()).await;
@@ -293,9 +432,19 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
     let vms = c.vms();
     wait_for("all VMs deleted", Duration::from_secs(120), || {
         let vms = vms.clone();
-        async move { vms.list(&Default::default()).await.ok().filter(|l| l.items.is_empty()).map(|_| ()) }
+        async move {
+            vms.list(&Default::default())
+                .await
+                .ok()
+                .filter(|l| l.items.is_empty())
+                .map(|_| ())
+        }
     })
     .await;
-    assert!(domains(&lab).is_empty(), "nothing left on the host: {:?}", domains(&lab));
+    assert!(
+        domains(&lab).is_empty(),
+        "nothing left on the host: {:?}",
+        domains(&lab)
+    );
     let _ = ResourceExt::name_any(&obj);
 }

@@ -9,11 +9,11 @@ use ferry::metrics::Metrics;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Node;
+use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
-use kube::Client;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,11 +57,20 @@ async fn body_json(req: Request<Body>) -> Value {
 
 fn respond(send: tower_test::mock::SendResponse<Response<Body>>, v: &Value) {
     let bytes = serde_json::to_vec(v).expect("json");
-    send.send_response(Response::builder().body(Body::from(bytes)).expect("response"));
+    send.send_response(
+        Response::builder()
+            .body(Body::from(bytes))
+            .expect("response"),
+    );
 }
 
 /// Next request, or `None` if the reconcile made no further request within a short wait.
-async fn next(handle: &mut Handle) -> Option<(Request<Body>, tower_test::mock::SendResponse<Response<Body>>)> {
+async fn next(
+    handle: &mut Handle,
+) -> Option<(
+    Request<Body>,
+    tower_test::mock::SendResponse<Response<Body>>,
+)> {
     tokio::time::timeout(Duration::from_millis(300), handle.next_request())
         .await
         .ok()
@@ -79,7 +88,12 @@ async fn a_new_vm_gets_the_finalizer_first() {
         req.uri().path(),
         "/apis/ferry.dev/v1alpha1/namespaces/apps/virtualmachines/web"
     );
-    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     assert_eq!(ct, "application/json-patch+json");
     let patch = body_json(req).await;
     assert!(patch.to_string().contains(FINALIZER), "{patch}");
@@ -100,11 +114,20 @@ async fn a_missing_hostpool_is_reported_once_then_nothing_is_written() {
     // 1. A Warning Event that says what to fix.
     let (req, send) = next(&mut handle).await.expect("event");
     assert_eq!(req.method(), http::Method::POST);
-    assert_eq!(req.uri().path(), "/apis/events.k8s.io/v1/namespaces/apps/events");
+    assert_eq!(
+        req.uri().path(),
+        "/apis/events.k8s.io/v1/namespaces/apps/events"
+    );
     let ev = body_json(req).await;
     assert_eq!(ev["type"], "Warning");
     assert_eq!(ev["reason"], "HostPoolNotFound");
-    assert!(ev["note"].as_str().unwrap_or_default().contains("create it or fix spec.hostPool"), "{ev}");
+    assert!(
+        ev["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("create it or fix spec.hostPool"),
+        "{ev}"
+    );
     respond(send, &ev);
 
     // 2. Status by server-side apply, with the field manager, forced.
@@ -115,19 +138,33 @@ async fn a_missing_hostpool_is_reported_once_then_nothing_is_written() {
         "/apis/ferry.dev/v1alpha1/namespaces/apps/virtualmachines/web/status"
     );
     let query = req.uri().query().unwrap_or_default().to_string();
-    assert!(query.contains("fieldManager=ferry") && query.contains("force=true"), "{query}");
-    let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(
+        query.contains("fieldManager=ferry") && query.contains("force=true"),
+        "{query}"
+    );
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     assert_eq!(ct, "application/apply-patch+yaml");
     let body = body_json(req).await;
     let status = body["status"].clone();
     assert_eq!(status["phase"], "Pending");
     assert_eq!(status["observedGeneration"], 3);
     let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
-    let ready = conditions.iter().find(|c| c["type"] == "Ready").expect("Ready condition");
+    let ready = conditions
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready condition");
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "HostPoolNotFound");
     assert_eq!(ready["observedGeneration"], 3);
-    let scheduled = conditions.iter().find(|c| c["type"] == "Scheduled").expect("Scheduled condition");
+    let scheduled = conditions
+        .iter()
+        .find(|c| c["type"] == "Scheduled")
+        .expect("Scheduled condition");
     assert_eq!(scheduled["reason"], "HostPoolNotFound");
     let mut stored = serde_json::to_value(&obj).expect("json");
     stored["status"] = status.clone();
@@ -139,7 +176,10 @@ async fn a_missing_hostpool_is_reported_once_then_nothing_is_written() {
     let again = vm(true, Some(status));
     let action = reconcile(Arc::new(again), ctx).await.expect("reconcile ok");
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    assert!(next(&mut handle).await.is_none(), "a steady VM causes no API writes");
+    assert!(
+        next(&mut handle).await.is_none(),
+        "a steady VM causes no API writes"
+    );
 }
 
 #[tokio::test]
@@ -155,7 +195,10 @@ async fn an_invalid_spec_waits_for_a_change() {
     let (req, send) = next(&mut handle).await.expect("status patch");
     let body = body_json(req).await;
     assert_eq!(body["status"]["phase"], "Failed");
-    let msg = body["status"]["conditions"][0]["message"].as_str().unwrap_or_default().to_string();
+    let msg = body["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(msg.contains("spec.memory"), "{msg}");
     let mut stored = serde_json::to_value(&obj).expect("json");
     stored["status"] = body["status"].clone();

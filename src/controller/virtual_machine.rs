@@ -302,7 +302,12 @@ async fn drive(
     // Changes that need a restart.
     let changes = match (dom.state.is_active(), dom.live.as_ref()) {
         (true, Some(live)) if live.definition_hash != hash => {
-            domain_xml::restart_changes(&live.shape, &desired_shape)
+            let c = domain_xml::restart_changes(&live.shape, &desired_shape);
+            if c.is_empty() {
+                vec!["domain definition changed".to_string()]
+            } else {
+                c
+            }
         }
         _ => Vec::new(),
     };

@@ -20,7 +20,9 @@ pub fn enabled() -> bool {
     if std::env::var_os("FERRY_E2E").is_some() {
         return true;
     }
-    eprintln!("skipping: set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both) to run the e2e suite");
+    eprintln!(
+        "skipping: set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both) to run the e2e suite"
+    );
     false
 }
 
@@ -35,7 +37,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -47,33 +52,52 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     nodes: Vec<String>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
+    torn_down: bool,
 }
 
 impl Cluster {
     /// Connect, install the CRDs (server-side apply) and create a fresh namespace.
     pub async fn new(prefix: &str) -> Cluster {
-        let kubeconfig = PathBuf::from(std::env::var("KUBECONFIG").expect("KUBECONFIG names the cluster"));
+        let kubeconfig =
+            PathBuf::from(std::env::var("KUBECONFIG").expect("KUBECONFIG names the cluster"));
         let client = Client::try_default().await.expect("Kubernetes client");
         let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
         for crd in crds() {
             let name = crd.name_any();
             crd_api
-                .patch(&name, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&crd))
+                .patch(
+                    &name,
+                    &PatchParams::apply("ferry-e2e").force(),
+                    &Patch::Apply(&crd),
+                )
                 .await
                 .expect("apply CRD");
             let api = crd_api.clone();
-            wait_for(&format!("CRD {name} Established"), Duration::from_secs(30), || {
-                let api = api.clone();
-                let name = name.clone();
-                async move {
-                    let c = api.get(&name).await.ok()?;
-                    c.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-                }
-            })
+            wait_for(
+                &format!("CRD {name} Established"),
+                Duration::from_secs(30),
+                || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move {
+                        let c = api.get(&name).await.ok()?;
+                        c.status?
+                            .conditions?
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                            .then_some(())
+                    }
+                },
+            )
             .await;
         }
-        let namespace = format!("{prefix}-{}-{}", std::process::id(), Timestamp::now().as_millisecond() % 100_000);
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("namespace");
+        let namespace = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_millisecond() % 100_000
+        );
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("namespace");
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
             .await
@@ -84,6 +108,7 @@ impl Cluster {
             kubeconfig,
             nodes: Vec::new(),
             heartbeat: None,
+            torn_down: false,
         }
     }
 
@@ -96,7 +121,10 @@ impl Cluster {
         }))
         .expect("node");
         let nodes: Api<Node> = Api::all(self.client.clone());
-        nodes.create(&PostParams::default(), &node).await.expect("create Node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create Node");
         self.nodes.push(name.to_string());
         set_node_ready(&self.client, name, internal_ip, true).await;
         let client = self.client.clone();
@@ -133,9 +161,13 @@ impl Cluster {
     {
         let api: Api<K> = Api::namespaced(self.client.clone(), &self.namespace);
         let name = obj["metadata"]["name"].as_str().expect("name").to_string();
-        api.patch(&name, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&obj))
-            .await
-            .expect("apply")
+        api.patch(
+            &name,
+            &PatchParams::apply("ferry-e2e").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .expect("apply")
     }
 
     /// Start `ferry controller` for this namespace.
@@ -152,7 +184,11 @@ impl Cluster {
             for vm in list {
                 // The controller may be gone: drop finalizers so nothing blocks.
                 let _ = vms
-                    .patch(&vm.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+                    .patch(
+                        &vm.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                    )
                     .await;
                 let _ = vms.delete(&vm.name_any(), &DeleteParams::default()).await;
             }
@@ -175,21 +211,27 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
         let mut me = Cluster {
             client: self.client.clone(),
             namespace: self.namespace.clone(),
             kubeconfig: self.kubeconfig.clone(),
             nodes: std::mem::take(&mut self.nodes),
             heartbeat: self.heartbeat.take(),
+            torn_down: true,
         };
         // Drop runs inside the test's runtime: clean up on a thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 rt.block_on(async {
                     let _ = tokio::time::timeout(Duration::from_secs(30), me.teardown()).await;
                 });
             }
-            me.nodes.clear();
         })
         .join();
     }
@@ -221,7 +263,11 @@ async fn heartbeat(client: &Client, name: &str, ip: &str) {
                  "renewTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}
     });
     let _ = leases
-        .patch(name, &PatchParams::apply("ferry-e2e").force(), &Patch::Apply(&lease))
+        .patch(
+            name,
+            &PatchParams::apply("ferry-e2e").force(),
+            &Patch::Apply(&lease),
+        )
         .await;
     let nodes: Api<Node> = Api::all(client.clone());
     if let Ok(n) = nodes.get(name).await {
@@ -251,10 +297,21 @@ impl ControllerProcess {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["controller", "--namespace", namespace, "--lease-namespace", namespace])
+            .args([
+                "controller",
+                "--namespace",
+                namespace,
+                "--lease-namespace",
+                namespace,
+            ])
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--http-addr", &format!("127.0.0.1:{port}"), "--identity", identity])
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+                "--identity",
+                identity,
+            ])
             .args(["--lease-duration", "6", "--lease-grace", "2"])
             .env("RUST_LOG", "info,ferry=debug")
             .stdin(Stdio::null())
@@ -281,7 +338,10 @@ impl ControllerProcess {
     /// Ask the process to stop (SIGTERM) and wait up to 10 s.
     pub fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -308,11 +368,18 @@ impl ControllerProcess {
         )
         .ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
         let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Some((code, body))
     }
 }
@@ -320,7 +387,11 @@ impl ControllerProcess {
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- ferry controller log ({}) ----\n{}", self.log.display(), tail(&self.log_text(), 120));
+            eprintln!(
+                "---- ferry controller log ({}) ----\n{}",
+                self.log.display(),
+                tail(&self.log_text(), 120)
+            );
         }
         self.kill();
     }
