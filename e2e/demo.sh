@@ -8,7 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/ferry-tools/bin:$PATH"
-VENV=${FERRY_VENV:-/opt/ferry-venv}
+# Without a cluster, run against the API stand-in (e2e/with-cluster.sh starts and stops it).
+if [ -z "${KUBECONFIG:-}" ]; then
+  exec e2e/with-cluster.sh "$0" "$@"
+fi
+
 LAB_ID=${FERRY_DEMO_LAB_ID:-90}
 NS=ferry-demo
 work=$(mktemp -d /tmp/ferry-demo.XXXXXX)
@@ -18,7 +22,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 cleanup() {
   set +e
   step "cleaning up"
-  if [ -n "${KUBECONFIG:-}" ] && [ -z "${standin:-}" ]; then
+  if [ -z "${FERRY_STANDIN:-}" ]; then
     kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1
     kubectl delete node ferry-demo-h1 >/dev/null 2>&1
   fi
@@ -29,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-[ -x target/release/ferry ] || cargo build --release --locked
+cargo build --release --locked --quiet --bin ferry
 FERRY=target/release/ferry
 
 step "starting a lab hypervisor host (libvirtd in its own namespaces)"
@@ -37,16 +41,6 @@ e2e/lab/lab.sh up --id "$LAB_ID" --hosts 1 >/dev/null
 # shellcheck disable=SC1090
 source "/tmp/ferry-lab-$LAB_ID/lab.env"
 echo "host h1: $LAB_H1_UNIX_URI (guests run under ${LAB_VIRT_TYPE})"
-
-if [ -z "${KUBECONFIG:-}" ]; then
-  step "no KUBECONFIG: starting the Kubernetes API stand-in on loopback"
-  "$VENV/bin/python" e2e/standin/kube_standin.py --port 0 \
-    --kubeconfig-out "$work/kubeconfig" --ready-file "$work/ready" &
-  pids+=($!)
-  standin=1
-  for _ in $(seq 1 100); do [ -s "$work/ready" ] && break; sleep 0.2; done
-  export KUBECONFIG="$work/kubeconfig"
-fi
 
 step "installing the CRDs and a Node object for the lab host"
 "$FERRY" crds | kubectl apply --server-side -f - >/dev/null

@@ -1,34 +1,6 @@
 #!/usr/bin/env bash
-# Run the e2e suite (tests/e2e.rs): the real `ferry controller` against the cluster $KUBECONFIG
-# names and real libvirt lab hosts. When KUBECONFIG is unset (CI), an in-repo Kubernetes API
-# stand-in (e2e/standin) is started on loopback for the run; see e2e/README.md for what it cannot
-# prove. Needs root (the lab uses network and mount namespaces).
+# The e2e suite (tests/e2e.rs): the real `ferry controller` against $KUBECONFIG's cluster (or the
+# API stand-in) and real libvirt lab hosts. Needs root. Extra arguments go to the test binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${FERRY_VENV:-/opt/ferry-venv}
-work=$(mktemp -d /tmp/ferry-e2e.XXXXXX)
-standin_pid=""
-cleanup() {
-  if [ -n "$standin_pid" ]; then
-    kill "$standin_pid" 2>/dev/null || true
-    wait "$standin_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-if [ -z "${KUBECONFIG:-}" ]; then
-  echo "e2e: KUBECONFIG is unset; starting the API stand-in"
-  "$VENV/bin/python" e2e/standin/kube_standin.py --port 0 \
-    --kubeconfig-out "$work/kubeconfig" --ready-file "$work/ready" --log "$work/api.log" &
-  standin_pid=$!
-  for _ in $(seq 1 100); do
-    [ -s "$work/ready" ] && break
-    kill -0 "$standin_pid" 2>/dev/null || { echo "e2e: the stand-in exited"; exit 1; }
-    sleep 0.2
-  done
-  [ -s "$work/ready" ] || { echo "e2e: the stand-in did not start within 20 s"; exit 1; }
-  export KUBECONFIG="$work/kubeconfig"
-fi
-
-FERRY_E2E=1 timeout 1500 cargo test --locked --test e2e -- --test-threads=1 "$@"
+exec e2e/with-cluster.sh timeout 1500 cargo test --locked --test e2e -- --ignored --test-threads=1 "$@"

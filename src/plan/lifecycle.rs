@@ -74,7 +74,8 @@ pub fn decide(i: &Inputs) -> Decision {
         RunStrategy::Manual => match i.power {
             Some(Power::On) => true,
             Some(Power::Off) => false,
-            None => active,
+            // No power request: keep the current state; a restart request implies "running".
+            None => active || i.restart_pending,
         },
         RunStrategy::RerunOnFailure => !i.stopped_by_guest || i.restart_pending,
     };
@@ -222,6 +223,10 @@ mod tests {
         h.restart_pending = true;
         let d = decide(&h);
         assert_eq!((d.action, d.restart_handled), (Action::None, true));
+        // Manual without a power request: a restart brings it back up, it does not leave it off.
+        let mut m = inputs(Manual, GUEST_OFF);
+        m.restart_pending = true;
+        assert_eq!(decide(&m).action, Start);
         // RerunOnFailure after a guest shutdown: a restart request starts it again.
         let mut r = inputs(RerunOnFailure, GUEST_OFF);
         r.stopped_by_guest = true;
