@@ -25,7 +25,8 @@ VENV=${FERRY_VENV:-/opt/ferry-venv}
 if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q --disable-pip-version-check 'aiohttp>=3.9,<4' 'pyyaml>=6' 'jsonschema>=4.18,<5' 'pytest>=8' >/dev/null
+"$VENV/bin/pip" install -q --disable-pip-version-check 'aiohttp>=3.9,<4' 'pyyaml>=6' 'jsonschema>=4.18,<5' 'pytest>=8' \
+  'kubernetes-validate>=1.30' 'lupa>=2' >/dev/null
 # kmock was the previous API stand-in; e2e/standin replaces it.
 "$VENV/bin/pip" uninstall -q -y kmock >/dev/null 2>&1 || true
 

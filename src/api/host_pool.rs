@@ -73,6 +73,17 @@ pub struct LibvirtSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub keepalive_count: Option<i32>,
+    /// Name of a Secret in the HostPool's namespace holding the client credentials for
+    /// `uriTemplate`. For `qemu+tls`: the keys `clientcert.pem`, `clientkey.pem` and `cacert.pem`
+    /// (libvirt's own file names), which ferry hands to libvirt as the connection's `pkipath`.
+    /// Unset: libvirt's defaults on the controller (`/etc/pki/libvirt`, `~/.pki/libvirt`) or a
+    /// `?pkipath=` in the template apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub credentials_secret: Option<String>,
 }
 
 /// Node address kinds.

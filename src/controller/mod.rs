@@ -1,6 +1,7 @@
 //! Controllers: one module per resource (fetch → plan → act → report), and what they share.
 
 pub mod host_pool;
+pub mod permissions;
 pub mod run;
 pub mod status;
 pub mod virtual_machine;

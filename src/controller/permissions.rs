@@ -1,0 +1,130 @@
+//! The Kubernetes API permissions the controller needs, kept next to the code that makes the calls.
+//!
+//! The Helm chart (`charts/ferry/templates/rbac.yaml`) and the kustomize base (`config/rbac/`)
+//! must grant exactly these: `tests/deploy.rs` renders both and compares their rules with this
+//! table, and `scripts/check-deploy.sh` runs the real `ferry controller` against the API stand-in
+//! and checks every request it made against the table. Change a call, change the table.
+
+/// Where a permission is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PermissionScope {
+    /// Cluster-scoped resources (a ClusterRole).
+    Cluster,
+    /// The namespaces the controller watches: all of them (a ClusterRole), or the one given by
+    /// `--namespace` / `FERRY_NAMESPACE` (a Role there).
+    Watched,
+    /// The namespace of the leader-election Lease (`--lease-namespace`, a Role there).
+    Lease,
+}
+
+/// One resource and the verbs the controller uses on it.
+#[derive(Clone, Copy, Debug)]
+pub struct Permission {
+    /// API group; `""` is the core group.
+    pub group: &'static str,
+    /// Resource (plural), with `/status` for the status subresource.
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+    pub scope: PermissionScope,
+    /// The call sites that need it.
+    pub why: &'static str,
+}
+
+use PermissionScope::{Cluster, Lease, Watched};
+
+/// Every permission the controller needs, and nothing else.
+pub const REQUIRED_PERMISSIONS: &[Permission] = &[
+    Permission {
+        group: "",
+        resource: "nodes",
+        verbs: &["list", "watch"],
+        scope: Cluster,
+        why: "run::run: Node reflector (hosts, readiness, cordons, addresses)",
+    },
+    Permission {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "list", "watch"],
+        scope: Watched,
+        why: "HostPool spec.libvirt.credentialsSecret: libvirt TLS client files (pkipath)",
+    },
+    Permission {
+        group: "ferry.dev",
+        resource: "virtualmachines",
+        verbs: &["list", "watch", "patch"],
+        scope: Watched,
+        why: "run::run: VirtualMachine Controller watch; virtual_machine::reconcile: finalizer() JSON patches",
+    },
+    Permission {
+        group: "ferry.dev",
+        resource: "virtualmachines/status",
+        verbs: &["patch"],
+        scope: Watched,
+        why: "status::apply_status: server-side apply of status",
+    },
+    Permission {
+        group: "ferry.dev",
+        resource: "hostpools",
+        verbs: &["list", "watch"],
+        scope: Watched,
+        why: "run::run: HostPool reflector and HostPool Controller watch",
+    },
+    Permission {
+        group: "ferry.dev",
+        resource: "hostpools/status",
+        verbs: &["patch"],
+        scope: Watched,
+        why: "status::apply_status: server-side apply of status",
+    },
+    Permission {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        scope: Watched,
+        why: "Context::event: kube-runtime Recorder (create, then patch to count repeats)",
+    },
+    Permission {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "patch"],
+        scope: Lease,
+        why: "leader::acquire: kube-lease-manager (get, create when missing, apply/strategic patches)",
+    },
+];
+
+/// The table flattened to `(scope, group, resource, verb)`, sorted.
+pub fn flattened() -> Vec<(PermissionScope, &'static str, &'static str, &'static str)> {
+    let mut out: Vec<_> = REQUIRED_PERMISSIONS
+        .iter()
+        .flat_map(|p| p.verbs.iter().map(|v| (p.scope, p.group, p.resource, *v)))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_resource_appears_once_with_known_verbs() {
+        let known = [
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for p in REQUIRED_PERMISSIONS {
+            assert!(
+                seen.insert((p.group, p.resource)),
+                "{}/{} listed twice",
+                p.group,
+                p.resource
+            );
+            assert!(!p.verbs.is_empty() && !p.why.is_empty());
+            for v in p.verbs {
+                assert!(known.contains(v), "unknown verb {v}");
+            }
+        }
+        assert_eq!(flattened().len(), 17);
+    }
+}
