@@ -22,5 +22,8 @@ if [ -d e2e/standin ]; then
   "$VENV/bin/python" -m pytest -q e2e/standin
 fi
 
+echo "== deployment checks (chart, kustomize, samples, Argo CD health, RBAC)"
+scripts/check-deploy.sh
+
 echo "== e2e"
 e2e/run.sh

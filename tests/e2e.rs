@@ -79,6 +79,22 @@ fn vm_manifest(name: &str, pool: &str, lab: &lab::Lab, strategy: &str) -> serde_
     })
 }
 
+/// Run `kubectl-ferry` in the test namespace; returns (success, stdout + stderr).
+fn plugin(c: &Cluster, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+        .args(["-n", &c.namespace])
+        .args(args)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .expect("run kubectl-ferry");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 fn console(lab: &lab::Lab, ns: &str, vm: &str) -> std::path::PathBuf {
     std::path::Path::new(&lab.console_dir).join(format!("{ns}_{vm}.console.log"))
 }
@@ -232,26 +248,52 @@ async fn vm_lifecycle_on_a_real_host() {
         "no reboot behind the user's back"
     );
 
-    // Restart on request applies it.
-    c.vms()
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/restart": "r1"}}})),
-        )
+    // Restart on request (kubectl ferry restart) applies it.
+    let (ok, out) = plugin(&c, &["restart", "web"]);
+    assert!(ok, "kubectl ferry restart: {out}");
+    let token = c
+        .vms()
+        .get("web")
         .await
-        .expect("restart request");
+        .expect("vm")
+        .annotations()
+        .get("ferry.dev/restart")
+        .cloned();
+    assert!(token.is_some(), "the plugin set the restart annotation");
     wait_vm(&c, "web", "restarted with the new size", BOOT, |vm| {
         condition(vm, "RestartRequired").is_some_and(|c| c.status == "False")
             && ready_reason(vm) == Some(("True".into(), "Running".into()))
             && vm
                 .status
                 .as_ref()
-                .and_then(|s| s.last_restart_request.as_deref())
-                == Some("r1")
+                .and_then(|s| s.last_restart_request.clone())
+                == token
     })
     .await;
     lab::wait_for_console(&log, "FERRY-BOOT 3", BOOT).expect("third boot after the restart");
+
+    // The kubectl plugin reads what users look for.
+    let (ok, out) = plugin(&c, &["status", "web"]);
+    assert!(
+        ok && out.contains(&node) && out.contains("Running"),
+        "kubectl ferry status: {out}"
+    );
+    let (ok, out) = plugin(&c, &["hosts"]);
+    assert!(
+        ok && out.contains(&node) && out.contains("Ready"),
+        "kubectl ferry hosts: {out}"
+    );
+    let (ok, out) = plugin(&c, &["console", "web", "--no-attach"]);
+    assert!(
+        ok && out.contains(&format!("{ns}_web.console.log")),
+        "kubectl ferry console: {out}"
+    );
+    // stop on a runStrategy Always VM would fight GitOps: refused with an explanation.
+    let (ok, out) = plugin(&c, &["stop", "web"]);
+    assert!(
+        !ok && out.contains("Manual"),
+        "kubectl ferry stop without --force-spec: {out}"
+    );
 
     // Metrics are served.
     let (code, body) = ctl.http_get("/metrics").expect("metrics endpoint answers");

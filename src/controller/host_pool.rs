@@ -2,10 +2,11 @@
 //! state and pool conditions.
 
 use super::virtual_machine::{cordoned, host_uri};
-use super::{Context, status::apply_status};
+use super::{Context, credentials, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::{HostPool, HostState, HostStatus};
 use crate::error::{Error, Result};
+use crate::hypervisor::HypervisorError;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -185,7 +186,12 @@ async fn probe(pool: &HostPool, node: &Node, ctx: &Context) -> HostStatus {
             ctx.remember_host_info(&uri, info);
         }
         Err(e) => {
-            h.state = HostState::Unreachable;
+            let credentials = matches!(&e, HypervisorError::OperationFailed { operation, .. } if *operation == credentials::OPERATION);
+            h.state = if credentials {
+                HostState::Misconfigured
+            } else {
+                HostState::Unreachable
+            };
             h.message = Some(e.to_string());
         }
     }

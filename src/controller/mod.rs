@@ -1,5 +1,6 @@
 //! Controllers: one module per resource (fetch → plan → act → report), and what they share.
 
+pub mod credentials;
 pub mod host_pool;
 pub mod permissions;
 pub mod run;
@@ -40,6 +41,9 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Last facts read from each host, by URI.
     host_facts: Mutex<HashMap<String, HostInfo>>,
+    /// Where libvirt TLS client files from Secrets are written (`$FERRY_PKI_DIR`, default a
+    /// `ferry-pki` directory in the temporary directory).
+    pki_root: std::path::PathBuf,
 }
 
 impl Context {
@@ -64,10 +68,14 @@ impl Context {
             stopping: Mutex::default(),
             failures: Mutex::default(),
             host_facts: Mutex::default(),
+            pki_root: std::env::var_os("FERRY_PKI_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join("ferry-pki")),
         }
     }
 
-    /// A connection to the host at `uri`, with the pool's timeouts.
+    /// A connection to the host at `uri`, with the pool's timeouts and, when the pool names a
+    /// credentials Secret, its TLS client files as the connection's `pkipath`.
     pub async fn connect(&self, uri: &str, pool: &HostPool) -> HvResult<Arc<dyn Hypervisor>> {
         let (interval, count) = pool.keepalive();
         let opts = ConnectOptions {
@@ -76,7 +84,14 @@ impl Context {
             keepalive_count: count,
             ..ConnectOptions::default()
         };
-        self.hosts.get(uri, &opts).await
+        let uri = match &pool.spec.libvirt.credentials_secret {
+            Some(secret) => {
+                let ns = pool.metadata.namespace.as_deref().unwrap_or_default();
+                credentials::apply(&self.client, &self.pki_root, ns, secret, uri).await?
+            }
+            None => uri.to_string(),
+        };
+        self.hosts.get(&uri, &opts).await
     }
 
     /// Host facts, read once per connection and then cached.

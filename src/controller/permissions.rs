@@ -44,9 +44,9 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
     Permission {
         group: "",
         resource: "secrets",
-        verbs: &["get", "list", "watch"],
+        verbs: &["get"],
         scope: Watched,
-        why: "HostPool spec.libvirt.credentialsSecret: libvirt TLS client files (pkipath)",
+        why: "credentials::apply: HostPool spec.libvirt.credentialsSecret, libvirt TLS client files (pkipath)",
     },
     Permission {
         group: "ferry.dev",
