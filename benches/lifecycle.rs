@@ -91,6 +91,18 @@ async fn main() {
     })
     .await;
     let _ = vms.delete("warmup", &DeleteParams::default()).await;
+    wait_for("warm-up VM deleted", Duration::from_secs(120), || {
+        let vms = vms.clone();
+        async move {
+            vms.get_opt("warmup")
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
 
     let mut to_running = Vec::new();
     let mut to_ready = Vec::new();
@@ -121,7 +133,7 @@ async fn main() {
     // Steady state: nothing changes for STEADY; count what the controller does anyway.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before = ctl.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
-    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let w = writes.clone();
     let watch_api = vms.clone();
     let watch = tokio::spawn(async move {
@@ -130,8 +142,10 @@ async fn main() {
         while let Some(Ok(ev)) = s.next().await {
             match ev {
                 watcher::Event::InitDone => initial_done = true,
-                watcher::Event::Apply(_) | watcher::Event::Delete(_) if initial_done => {
-                    w.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                watcher::Event::Apply(o) | watcher::Event::Delete(o) if initial_done => {
+                    if let Ok(mut w) = w.lock() {
+                        w.push(kube::ResourceExt::name_any(&o));
+                    }
                 }
                 _ => {}
             }

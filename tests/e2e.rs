@@ -472,7 +472,59 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
         "the standby took over"
     );
 
-    for name in ["survivor", "noimage", "orphan", "huge"] {
+    // The host goes away for good (libvirtd down, Node deleted): deletion still completes and an
+    // Event says what was left behind where.
+    lab.stop_libvirtd(&lab.hosts[0].name)
+        .expect("stop libvirtd");
+    Api::<k8s_openapi::api::core::v1::Node>::all(c.client.clone())
+        .delete(&node, &DeleteParams::default())
+        .await
+        .expect("delete Node");
+    c.vms()
+        .delete("survivor", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let vms = c.vms();
+    wait_for(
+        "VM deleted although its host is gone",
+        Duration::from_secs(90),
+        || {
+            let vms = vms.clone();
+            async move {
+                vms.get_opt("survivor")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), &ns);
+    let left = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("LeftBehind"))
+        .and_then(|e| e.note)
+        .unwrap_or_default();
+    assert!(
+        left.contains(&format!("{ns}_survivor")) && left.contains(&node),
+        "LeftBehind Event: {left:?}"
+    );
+    lab.start_libvirtd(&lab.hosts[0].name)
+        .expect("start libvirtd");
+    let domain = format!("{ns}_survivor");
+    assert!(
+        domains(&lab).contains(&domain),
+        "the domain was left behind, as the Event says"
+    );
+    lab.virsh(&lab.hosts[0].name, &["undefine", &domain]);
+
+    for name in ["noimage", "orphan", "huge"] {
         let _ = c.vms().delete(name, &DeleteParams::default()).await;
     }
     let vms = c.vms();

@@ -11,6 +11,7 @@ use crate::api::HostPool;
 use crate::hypervisor::connections::{ConnectOptions, HostConnections};
 use crate::hypervisor::{HostInfo, HvResult, Hypervisor};
 use crate::metrics::Metrics;
+use crate::plan::definition::ResolvedDisk;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::Resource;
@@ -41,6 +42,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Last facts read from each host, by URI.
     host_facts: Mutex<HashMap<String, HostInfo>>,
+    /// Disks resolved for each VM (by UID), with the generation and host they were resolved for.
+    provisioned: Mutex<HashMap<String, Provisioned>>,
     /// Where libvirt TLS client files from Secrets are written (`$FERRY_PKI_DIR`, default a
     /// `ferry-pki` directory in the temporary directory).
     pki_root: std::path::PathBuf,
@@ -68,6 +71,7 @@ impl Context {
             stopping: Mutex::default(),
             failures: Mutex::default(),
             host_facts: Mutex::default(),
+            provisioned: Mutex::default(),
             pki_root: std::env::var_os("FERRY_PKI_DIR")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("ferry-pki")),
@@ -109,6 +113,42 @@ impl Context {
         lock(&self.host_facts).insert(uri.to_string(), info);
     }
 
+    /// The disks resolved for VM `uid` at `generation` on `host`, if still known.
+    pub fn provisioned(
+        &self,
+        uid: &str,
+        generation: Option<i64>,
+        host: &str,
+    ) -> Option<Vec<ResolvedDisk>> {
+        lock(&self.provisioned)
+            .get(uid)
+            .filter(|p| p.generation == generation && p.host == host)
+            .map(|p| p.disks.clone())
+    }
+
+    /// Remember the disks resolved for VM `uid`.
+    pub fn remember_provisioned(
+        &self,
+        uid: &str,
+        generation: Option<i64>,
+        host: &str,
+        disks: &[ResolvedDisk],
+    ) {
+        lock(&self.provisioned).insert(
+            uid.to_string(),
+            Provisioned {
+                generation,
+                host: host.to_string(),
+                disks: disks.to_vec(),
+            },
+        );
+    }
+
+    /// Forget what was resolved for VM `uid` (after a failure, or when it is deleted).
+    pub fn forget_provisioned(&self, uid: &str) {
+        lock(&self.provisioned).remove(uid);
+    }
+
     /// Delay before retrying `key` after one more failure: 2 s doubling to 5 min.
     pub fn backoff(&self, key: &str) -> Duration {
         let mut f = lock(&self.failures);
@@ -142,6 +182,13 @@ impl Context {
             tracing::warn!(error = %e, reason, "could not record Event");
         }
     }
+}
+
+/// Disks resolved for one VM.
+struct Provisioned {
+    generation: Option<i64>,
+    host: String,
+    disks: Vec<ResolvedDisk>,
 }
 
 /// Lock a mutex, recovering the data if a panicking thread poisoned it.

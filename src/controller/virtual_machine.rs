@@ -198,22 +198,33 @@ async fn drive(
         VirtType::Qemu
     };
     let storage = &pool.spec.storage;
-    hv.ensure_pool(&storage.pool, storage.path.as_deref())
-        .await
-        .map_err(|e| match e {
-            e if e.is_connection_lost() => host_error(e, "preparing storage"),
-            e => Blocked::new(
-                VmPhase::Pending,
-                "StoragePoolUnavailable",
-                format!(
-                    "storage pool {:?} is not usable on host {}: {e}; define it there or set spec.storage.path in HostPool {}",
-                    storage.pool, placed.name, pool.name_any()
+    // Disks are looked up and created once per spec generation and host; later reconciles reuse
+    // the result (any failure further on forgets it, so a volume removed behind ferry's back is
+    // noticed at the next attempt).
+    let disks = match ctx.provisioned(&uid, vm.metadata.generation, &placed.name) {
+        Some(disks) => disks,
+        None => {
+            hv.ensure_pool(&storage.pool, storage.path.as_deref())
+            .await
+            .map_err(|e| match e {
+                e if e.is_connection_lost() => host_error(e, "preparing storage"),
+                e => Blocked::new(
+                    VmPhase::Pending,
+                    "StoragePoolUnavailable",
+                    format!(
+                        "storage pool {:?} is not usable on host {}: {e}; define it there or set spec.storage.path in HostPool {}",
+                        storage.pool, placed.name, pool.name_any()
+                    ),
+                    Retry::Backoff,
                 ),
-                Retry::Backoff,
-            ),
-        })?;
+            })?;
 
-    let disks = provision_disks(vm, &valid, hv, &storage.pool, &placed.name, st, ctx).await?;
+            let disks =
+                provision_disks(vm, &valid, hv, &storage.pool, &placed.name, st, ctx).await?;
+            ctx.remember_provisioned(&uid, vm.metadata.generation, &placed.name, &disks);
+            disks
+        }
+    };
     let interfaces = definition::macs(vm);
     st.interfaces = interfaces.clone();
     let def = definition::build(
@@ -926,6 +937,7 @@ async fn cleanup(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) 
         hv.delete_volume(pool, volume).await?;
     }
     lock(&ctx.stopping).remove(&uid);
+    ctx.forget_provisioned(&uid);
     ctx.reset_backoff(&key(vm));
     ctx.event(
         vm,
