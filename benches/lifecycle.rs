@@ -198,14 +198,16 @@ async fn main() {
         to_ready.iter().cloned().fold(0.0, f64::max)
     );
     println!(
-        "| steady state: VirtualMachine writes in {}s | {} |",
+        "| steady state: VirtualMachine writes in {}s | {} {:?} |",
         STEADY.as_secs(),
-        writes.load(std::sync::atomic::Ordering::Relaxed)
+        written.len(),
+        written
     );
     println!(
-        "| steady state: Events created in {}s | {} |",
+        "| steady state: Events created in {}s | {} {:?} |",
         STEADY.as_secs(),
-        events_after.saturating_sub(events_before)
+        new_events.len(),
+        new_events
     );
     println!("| steady state: reconciles per VM per minute | {reconciles:.2} |");
     println!(
