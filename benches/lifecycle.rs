@@ -153,18 +153,29 @@ async fn main() {
     });
     let events_api: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::namespaced(c.client.clone(), &ns);
+    let reasons = |l: Vec<k8s_openapi::api::events::v1::Event>| -> Vec<String> {
+        l.into_iter()
+            .map(|e| e.reason.unwrap_or_default())
+            .collect()
+    };
     let events_before = events_api
         .list(&Default::default())
         .await
-        .map(|l| l.items.len())
-        .unwrap_or(0);
+        .map(|l| reasons(l.items))
+        .unwrap_or_default();
     tokio::time::sleep(STEADY).await;
     watch.abort();
     let events_after = events_api
         .list(&Default::default())
         .await
-        .map(|l| l.items.len())
-        .unwrap_or(0);
+        .map(|l| reasons(l.items))
+        .unwrap_or_default();
+    let new_events: Vec<String> = events_after
+        .iter()
+        .skip(events_before.len())
+        .cloned()
+        .collect();
+    let written = writes.lock().map(|w| w.clone()).unwrap_or_default();
     let after = ctl.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
     let minutes = STEADY.as_secs_f64() / 60.0;
     let reconciles = (metric_sum(
