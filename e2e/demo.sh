@@ -45,8 +45,11 @@ echo "host h1: $LAB_H1_UNIX_URI (guests run under ${LAB_VIRT_TYPE})"
 step "installing the CRDs and a Node object for the lab host"
 "$FERRY" crds | kubectl apply --server-side -f - >/dev/null
 kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null
-kubectl create namespace "$NS" >/dev/null
 kubectl apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Namespace
+metadata: {name: $NS}
+---
 apiVersion: v1
 kind: Node
 metadata: {name: ferry-demo-h1, labels: {ferry.dev/hypervisor: "true"}}

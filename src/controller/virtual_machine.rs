@@ -339,7 +339,11 @@ async fn drive(
                 changes.join("; ")
             )
         } else {
-            "the running domain matches the spec".to_string()
+            if dom.state.is_active() {
+                "the running domain matches the spec".to_string()
+            } else {
+                "the domain is not running; its next start uses the current spec".to_string()
+            }
         },
         generation,
         now,
