@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The ferry controller image: `ferry` (entry point) and the `kubectl-ferry` plugin binary.
 #   docker build -t ghcr.io/ferry-dev/ferry:0.1.0 .
+#   docker build --build-arg FEATURES=otel ...    # with OpenTelemetry trace export (README)
 # The binary links libvirt's client library (virt crate), so the build stage needs libvirt-dev and
 # the runtime needs libvirt0 from the same Debian release. openssh-client serves qemu+ssh:// URIs.
 
@@ -11,12 +12,13 @@ FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libvirt-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
+ARG FEATURES=""
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin ferry --bin kubectl-ferry \
+    cargo build --release --locked --features "${FEATURES}" --bin ferry --bin kubectl-ferry \
  && install -m 0755 target/release/ferry target/release/kubectl-ferry /usr/local/bin/
 
 FROM debian:${DEBIAN_RELEASE}-slim

@@ -11,7 +11,9 @@
 #     determinism, dashboard metrics), kustomize == chart Deployment, samples against the CRD
 #     schemas, Argo CD Lua health tests (lupa, Lua 5.1), the CRD upgrade path, and the real
 #     `ferry controller` against the API stand-in with every request checked against the chart's
-#     RBAC.
+#     RBAC;
+#   - the optional `otel` feature: builds, and exports spans to a local OTLP/HTTP receiver
+#     (tests/otel.rs).
 # Usage: scripts/check-deploy.sh        (after scripts/setup.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,5 +74,10 @@ cargo build --locked --bin ferry
 
 echo "== pytest tests/deploy"
 FERRY_BIN="${CARGO_TARGET_DIR:-target}/debug/ferry" "$VENV/bin/python" -m pytest -q tests/deploy
+
+# Last: this relinks target/debug/ferry with the feature, and the pytest run above uses the
+# default build.
+echo "== --features otel (OpenTelemetry trace export to a local OTLP/HTTP receiver)"
+cargo test --locked --features otel --test otel
 
 echo "check-deploy: all checks passed"

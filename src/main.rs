@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Controller(args) => {
-            telemetry::init(args.log_format);
+            let telemetry = telemetry::init(args.log_format);
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -87,13 +87,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(controller(args)) {
+            let code = match rt.block_on(controller(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "ferry controller stopped");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            // Outside the runtime: flushing exported spans blocks.
+            telemetry.shutdown();
+            code
         }
     }
 }

@@ -36,7 +36,12 @@ pub fn selects(pool: &HostPool, node: &Node) -> bool {
     }
 }
 
-/// Reconcile one HostPool.
+/// Reconcile one HostPool, in a `reconcile` span naming it (see the VirtualMachine controller).
+#[tracing::instrument(name = "reconcile", skip_all, fields(
+    object.kind = "HostPool",
+    object.namespace = %pool.namespace().unwrap_or_default(),
+    object.name = %pool.name_any(),
+))]
 pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = pool.namespace().unwrap_or_default();

@@ -88,7 +88,7 @@ pub async fn run(
     let ctx = Arc::new(Context::new(
         client.clone(),
         recorder,
-        metrics,
+        metrics.clone(),
         pool_store.clone(),
         node_store.clone(),
     ));
@@ -98,6 +98,21 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     );
     let vm_store = vm_controller.store();
+    // ferry_virtual_machines and ferry_hosts are computed from these caches at each scrape, once
+    // both hold a complete list (before that they would show zeros that are not true).
+    let gauges = {
+        let (vms, pools, metrics) = (vm_store.clone(), pool_store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if vms.wait_until_ready().await.is_ok() && pools.wait_until_ready().await.is_ok() {
+                metrics.set_inventory_source(Some(Box::new(move || {
+                    crate::metrics::inventory(
+                        vms.state().iter().map(|v| v.as_ref()),
+                        pools.state().iter().map(|p| p.as_ref()),
+                    )
+                })));
+            }
+        })
+    };
     let vms = vm_controller
         .watches_stream(pools, move |pool: HostPool| {
             let ns = pool.namespace();
@@ -148,6 +163,9 @@ pub async fn run(
         _ = futures::future::join(vms, hostpools) => {},
         _ = shutdown => {},
     }
+    gauges.abort();
+    let _ = gauges.await;
+    metrics.set_inventory_source(None);
     ctx.hosts.close_all().await;
 }
 

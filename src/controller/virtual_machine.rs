@@ -36,7 +36,13 @@ const RESYNC: Duration = Duration::from_secs(30);
 /// How often a VM in transition is looked at.
 const TRANSITION: Duration = Duration::from_secs(2);
 
-/// Reconcile one VirtualMachine.
+/// Reconcile one VirtualMachine. Runs in a `reconcile` span naming the object (inside
+/// kube-runtime's `reconciling object` span), so that logs and exported traces carry it.
+#[tracing::instrument(name = "reconcile", skip_all, fields(
+    object.kind = "VirtualMachine",
+    object.namespace = %vm.namespace().unwrap_or_default(),
+    object.name = %vm.name_any(),
+))]
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Requeue> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = vm.namespace().unwrap_or_default();

@@ -164,18 +164,22 @@ def test_no_schema_defaults_in_the_crds() -> None:
 def exported_metrics() -> tuple[set[str], set[str]]:
     """Names of the series src/metrics.rs exports, and its metric families."""
     text = (ROOT / "src" / "metrics.rs").read_text()
-    families = set(re.findall(r'register\(\s*"([a-z_]+)"', text))
-    assert families, "no metrics registered in src/metrics.rs"
+    registered = re.findall(r'register\(\s*"([a-z_]+)",\s*"[^"]*",\s*([a-z_]+)\.clone\(\)', text)
+    assert registered, "no metrics registered in src/metrics.rs"
+    assert len(registered) == len(re.findall(r"\.register\(", text)), "a registration this test cannot read"
     series = set()
-    for f in families:
-        name = f"ferry_{f}"
-        # prometheus-client: histograms (the *_seconds families here) expose _bucket/_count/_sum,
-        # counters _total.
-        if f.endswith("_seconds"):
-            series |= {name + s for s in ("_bucket", "_count", "_sum")}
-        else:
-            series.add(name + "_total")
-    return series, {f"ferry_{f}" for f in families}
+    for family, field in registered:
+        kind = re.search(rf"\b{field}: Family<\w+, (Counter|Gauge|Histogram)\b", text)
+        assert kind, f"type of {field} (metric {family}) not found in src/metrics.rs"
+        name = f"ferry_{family}"
+        # prometheus-client: histograms expose _bucket/_count/_sum, counters _total, gauges the
+        # bare name.
+        series |= {
+            "Histogram": {name + s for s in ("_bucket", "_count", "_sum")},
+            "Counter": {name + "_total"},
+            "Gauge": {name},
+        }[kind.group(1)]
+    return series, {f"ferry_{f}" for f, _ in registered}
 
 
 def test_dashboard_uses_only_exported_metrics() -> None:
@@ -193,6 +197,9 @@ def test_dashboard_uses_only_exported_metrics() -> None:
             used |= names
             for group in re.findall(r"by \(([^)]*)\)", t["expr"]):
                 labels = {label.strip() for label in group.split(",")}
-                assert labels <= {"le", "controller", "error", "operation", "result"}, (p["title"], labels)
+                assert labels <= {"le", "controller", "error", "operation", "result", "phase", "state"}, (
+                    p["title"],
+                    labels,
+                )
     for family in families:
         assert any(u.startswith(family) for u in used), f"{family} is not on the dashboard"
