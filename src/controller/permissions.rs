@@ -125,6 +125,6 @@ mod tests {
                 assert!(known.contains(v), "unknown verb {v}");
             }
         }
-        assert_eq!(flattened().len(), 17);
+        assert_eq!(flattened().len(), 15);
     }
 }
