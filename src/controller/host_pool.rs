@@ -88,10 +88,8 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         {
             keep_last_known(h, b);
         }
-        if let Some(b) = before.filter(|b| b.orphans != h.orphans)
-            && !h.orphans.is_empty()
-            && h.orphans.iter().any(|o| !b.orphans.contains(o))
-        {
+        let known_orphans = before.map(|b| b.orphans.as_slice()).unwrap_or_default();
+        if h.orphans.iter().any(|o| !known_orphans.contains(o)) {
             let note = format!(
                 "Host {}: ferry domains whose VirtualMachine no longer exists (left in place): {}",
                 h.name,
