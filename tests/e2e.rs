@@ -748,6 +748,54 @@ async fn placement_across_three_hosts() {
     );
     assert_eq!(host_of(&vm), Some(h1.clone()));
 
+    // Domains ferry does not own show up as foreign; a ferry domain whose VirtualMachine is gone
+    // (here: db-b's definition under another name and owner UID) as an orphan, left in place.
+    let db_b_uid = b.metadata.uid.clone().expect("uid");
+    let xml = lab
+        .virsh_ok("h3", &["dumpxml", "--inactive", &format!("{ns}_db-b")])
+        .expect("dumpxml");
+    let ghost_xml: String = xml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("<uuid>"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            &format!("<name>{ns}_db-b</name>"),
+            &format!("<name>{ns}_ghost</name>"),
+        )
+        .replace(&db_b_uid, "00000000-0000-0000-0000-00000000dead");
+    let foreign_xml = "<domain type='qemu'><name>foreign-1</name><memory unit='MiB'>64</memory>\
+        <vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>";
+    for (file, text) in [
+        ("ghost.xml", ghost_xml.as_str()),
+        ("foreign.xml", foreign_xml),
+    ] {
+        let path = lab.dir.join(file);
+        std::fs::write(&path, text).expect("write domain XML");
+        lab.virsh_ok("h3", &["define", &path.to_string_lossy()])
+            .expect("define");
+    }
+    let ghost = format!("{ns}_ghost");
+    let st = wait_for(
+        "h3 reports the orphan and the foreign domain",
+        Duration::from_secs(60),
+        || {
+            let pools = pools.clone();
+            let ghost = ghost.clone();
+            let h3 = h3.clone();
+            async move {
+                let s = pools.get("lab").await.ok()?.status?;
+                let h = s.hosts.iter().find(|h| h.name == h3)?;
+                (h.foreign_domains == Some(1) && h.orphans == vec![ghost]).then_some(s)
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "h3 after the orphan: {:?}",
+        st.hosts.iter().find(|h| h.name == h3)
+    );
+
     let remaining: Vec<String> = c
         .vms()
         .list(&Default::default())
@@ -771,6 +819,17 @@ async fn placement_across_three_hosts() {
         }
     })
     .await;
+    // The orphan and the foreign domain are never touched by ferry.
+    let left = lab
+        .virsh(&lab.hosts[2].name, &["list", "--all", "--name"])
+        .stdout;
+    assert!(
+        left.contains(&ghost) && left.contains("foreign-1"),
+        "orphan and foreign domain left in place: {left}"
+    );
+    for d in [ghost.as_str(), "foreign-1"] {
+        lab.virsh_ok("h3", &["undefine", d]).expect("undefine");
+    }
     for h in &lab.hosts {
         let left = lab.virsh(&h.name, &["list", "--all", "--name"]).stdout;
         assert!(left.trim().is_empty(), "nothing left on {}: {left}", h.name);

@@ -366,6 +366,40 @@ pub fn error_policy(pool: Arc<HostPool>, err: &Error, ctx: Arc<Context>) -> Requ
 mod tests {
     use super::*;
 
+    fn host(name: &str, state: HostState) -> HostStatus {
+        HostStatus {
+            name: name.into(),
+            uri: None,
+            state,
+            message: None,
+            libvirt_version: None,
+            hypervisor_version: None,
+            last_contact: None,
+            capacity: None,
+            allocatable: None,
+            allocated: None,
+            vm_count: None,
+            foreign_domains: None,
+            foreign_allocated: None,
+            orphans: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn degraded_names_the_hosts_that_fail_not_the_cordoned_ones() {
+        let healthy = [host("a", HostState::Ready), host("b", HostState::Cordoned)];
+        assert_eq!(degraded(&healthy).0, ConditionStatus::False);
+        let hosts = [
+            host("a", HostState::Ready),
+            host("b", HostState::Unreachable),
+            host("c", HostState::Misconfigured),
+            host("d", HostState::Cordoned),
+        ];
+        let (status, reason, message) = degraded(&hosts);
+        assert_eq!((status, reason), (ConditionStatus::True, "HostsUnhealthy"));
+        assert_eq!(message, "2 of 4 host(s): b Unreachable, c Misconfigured");
+    }
+
     #[test]
     fn uris_shown_without_secrets() {
         assert_eq!(
