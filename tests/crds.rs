@@ -225,3 +225,49 @@ fn hostpool_uri_template_must_be_a_uri() {
             .any(|m| m.contains("must be a libvirt URI"))
     );
 }
+
+#[test]
+fn placement_terms_and_capacity_rules() {
+    let term = |t: Value| {
+        let mut v = vm();
+        v["spec"]["placement"] = json!({"antiAffinity": [t]});
+        errors("VirtualMachine", &v, None)
+    };
+    let sel = json!({"matchLabels": {"app": "db"}});
+    assert_eq!(
+        term(json!({"labelSelector": sel, "required": true})),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        term(json!({"labelSelector": sel, "weight": 50})),
+        Vec::<String>::new()
+    );
+    let e = term(json!({"labelSelector": sel, "required": true, "weight": 5}));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("weight applies to preferred terms only")),
+        "{e:?}"
+    );
+
+    let pool = |reserved: &str| {
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "HostPool",
+            "metadata": {"name": "lab", "namespace": "default"},
+            "spec": {
+                "nodeSelector": {"matchLabels": {"a": "b"}},
+                "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
+                "storage": {"pool": "ferry"},
+                "capacity": {"cpuOvercommit": "4", "memoryOvercommit": "1.5",
+                             "reservedCpus": 1, "reservedMemory": reserved},
+                "placementStrategy": "Pack"
+            }
+        })
+    };
+    assert_eq!(errors("HostPool", &pool("2Gi"), None), Vec::<String>::new());
+    let e = errors("HostPool", &pool("lots"), None);
+    assert!(
+        e.iter()
+            .any(|m| m.contains("reservedMemory must be a quantity")),
+        "{e:?}"
+    );
+}

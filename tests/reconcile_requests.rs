@@ -46,7 +46,15 @@ fn context() -> (Arc<Context>, Handle) {
     let recorder = Recorder::new(client.clone(), Reporter::from("ferry-test"));
     let (pools, _pw) = reflector::store::<HostPool>();
     let (nodes, _nw) = reflector::store::<Node>();
-    let ctx = Context::new(client, recorder, Arc::new(Metrics::default()), pools, nodes);
+    let (vms, _vw) = reflector::store::<VirtualMachine>();
+    let ctx = Context::new(
+        client,
+        recorder,
+        Arc::new(Metrics::default()),
+        pools,
+        nodes,
+        vms,
+    );
     (Arc::new(ctx), handle)
 }
 

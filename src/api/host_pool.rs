@@ -45,6 +45,53 @@ pub struct HostPoolSpec {
     /// Where each VM's serial console is logged on the hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<ConsoleSpec>,
+    /// How much of each host VMs may use: overcommit ratios and reservations for the host itself.
+    /// Unset: no overcommit, nothing reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacitySpec>,
+    /// How a new VM's host is chosen among those that fit: `Spread` (default) puts it on the
+    /// least allocated host, `Pack` on the most allocated one that still fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_strategy: Option<PlacementStrategy>,
+}
+
+/// How much of each host VMs may use. Allocatable = (capacity − reserved) × overcommit, rounded
+/// down; VMs, and the running domains ferry does not manage, count against it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacitySpec {
+    /// vCPUs per physical CPU, a decimal from 1 to 64 such as `"4"` or `"1.5"`. Default `"1"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 5),
+        regex(pattern = r"^(64|[1-5][0-9]|6[0-3]|[1-9])(\.[0-9]{1,2})?$")
+    )]
+    pub cpu_overcommit: Option<String>,
+    /// Guest memory per byte of host memory, a decimal from 1 to 4 such as `"1.5"`. Default `"1"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4), regex(pattern = r"^[1-4](\.[0-9]{1,2})?$"))]
+    pub memory_overcommit: Option<String>,
+    /// Physical CPUs kept for the host itself (system daemons, QEMU overhead), 0 to 1024.
+    /// Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1024))]
+    pub reserved_cpus: Option<i32>,
+    /// Host memory kept for the host itself, a quantity from 0 to 64Ti such as `2Gi`. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::reserved_memory")]
+    pub reserved_memory: Option<String>,
+}
+
+/// How a host is chosen among those that fit.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum PlacementStrategy {
+    /// The least allocated host: VMs spread evenly.
+    #[default]
+    Spread,
+    /// The most allocated host that still fits: hosts fill up one after the other.
+    Pack,
 }
 
 /// How to reach each host's libvirt daemon.
@@ -52,8 +99,10 @@ pub struct HostPoolSpec {
 #[serde(rename_all = "camelCase")]
 pub struct LibvirtSpec {
     /// libvirt URI with placeholders filled per host: `{address}` (the Node's address chosen by
-    /// `addressType`), `{name}` (the Node's name). For example `qemu+tls://{address}/system`,
-    /// `qemu+ssh://root@{address}/system`, or `qemu+tcp://{address}/system` in labs.
+    /// `addressType`), `{name}` (the Node's name), `{label:KEY}` and `{annotation:KEY}` (a label
+    /// or annotation of the Node; a Node without it is Misconfigured). For example
+    /// `qemu+tls://{address}/system`, `qemu+ssh://root@{annotation:example.com/bmc-host}/system`,
+    /// or `qemu+tcp://{address}/system` in labs.
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(validation = kube::core::Rule::new("self.contains('://')").message("uriTemplate must be a libvirt URI such as qemu+tls://{address}/system"))]
     pub uri_template: String,
@@ -144,7 +193,8 @@ pub struct HostPoolStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::status_named_list::<HostStatus>")]
     pub hosts: Vec<HostStatus>,
-    /// Conditions: Ready.
+    /// Conditions: Ready (some host can take VMs), Degraded (some host cannot; the message names
+    /// them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
@@ -167,9 +217,46 @@ pub struct HostStatus {
     /// libvirt daemon version, as reported by the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt_version: Option<String>,
-    /// Last time the host's libvirt answered.
+    /// Hypervisor (QEMU) version, as reported by the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypervisor_version: Option<String>,
+    /// Last time the host's libvirt answered (kept while the state holds, so a steady pool causes
+    /// no writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_contact: Option<Time>,
+    /// The host's CPUs and memory as libvirt reports them (the last known values while the host
+    /// does not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Resources>,
+    /// What VMs may use: (capacity − the pool's reservations) × its overcommit ratios.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocatable: Option<Resources>,
+    /// vCPUs and memory of ferry's domains on the host, running or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<Resources>,
+    /// Number of ferry's domains on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_count: Option<i32>,
+    /// Number of domains on the host that ferry does not manage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_domains: Option<i32>,
+    /// vCPUs and memory of the running foreign domains; placement counts them as used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_allocated: Option<Resources>,
+    /// Names of ferry's domains whose VirtualMachine no longer exists. ferry never deletes them:
+    /// look, then remove them with virsh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphans: Vec<String>,
+}
+
+/// An amount of CPUs and memory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// CPUs (physical for capacity, virtual otherwise).
+    pub cpus: i64,
+    /// Memory as a quantity (`7936Mi`).
+    pub memory: String,
 }
 
 /// Host states.
@@ -208,6 +295,38 @@ impl HostPool {
             .as_ref()
             .map(|c| c.log_directory.as_str())
             .unwrap_or("/var/log/libvirt/qemu")
+    }
+}
+
+/// Default of every overcommit ratio.
+const NO_OVERCOMMIT: f64 = 1.0;
+
+impl HostPool {
+    /// The capacity policy with defaults applied: ratios (1 unless set), reserved CPUs and bytes.
+    /// Values the schema would reject fall back to the defaults.
+    pub fn capacity_policy(&self) -> crate::plan::capacity::Policy {
+        let c = self.spec.capacity.clone().unwrap_or_default();
+        let ratio = |v: &Option<String>, max: f64| {
+            v.as_deref()
+                .and_then(|s| s.parse::<f64>().ok())
+                .filter(|r| r.is_finite() && *r >= 1.0 && *r <= max)
+                .unwrap_or(NO_OVERCOMMIT)
+        };
+        crate::plan::capacity::Policy {
+            cpu_overcommit: ratio(&c.cpu_overcommit, 64.99),
+            memory_overcommit: ratio(&c.memory_overcommit, 4.99),
+            reserved_cpus: c.reserved_cpus.unwrap_or(0).max(0) as u64,
+            reserved_memory: c
+                .reserved_memory
+                .as_deref()
+                .and_then(|q| crate::plan::quantity::parse_bytes(q).ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The placement strategy (default `Spread`).
+    pub fn placement_strategy(&self) -> PlacementStrategy {
+        self.spec.placement_strategy.unwrap_or_default()
     }
 }
 

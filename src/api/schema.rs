@@ -61,3 +61,8 @@ pub fn vm_memory(_: &mut SchemaGenerator) -> Schema {
 pub fn disk_size(_: &mut SchemaGenerator) -> Schema {
     quantity_between("1Mi", "64Ti", "size")
 }
+
+/// Optional host memory reservation: 0 to 64Ti.
+pub fn reserved_memory(_: &mut SchemaGenerator) -> Schema {
+    quantity_between("0", "64Ti", "reservedMemory")
+}

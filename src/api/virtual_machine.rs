@@ -1,6 +1,6 @@
 //! `VirtualMachine`: what should run, where it may run, and how it is doing.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -271,13 +271,42 @@ pub struct BootSpec {
     pub cmdline: Option<String>,
 }
 
-/// Placement constraints.
+/// Placement constraints. They apply when the VM is placed; a VM never moves because of them.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PlacementSpec {
     /// Only hosts whose Node carries all these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
+    /// Run on a host that already runs VirtualMachines (of the same namespace) matching these
+    /// terms. A required term whose selector matches no other VM of the pool is ignored, so the
+    /// first VM of a group can be placed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub affinity: Vec<VmAffinityTerm>,
+    /// Run on a host that runs no VirtualMachine (of the same namespace) matching these terms;
+    /// the VM itself never counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub anti_affinity: Vec<VmAffinityTerm>,
+}
+
+/// One affinity or anti-affinity rule between VMs, per host.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.required) && self.required && has(self.weight))").message("weight applies to preferred terms only (required is false or unset)"))]
+pub struct VmAffinityTerm {
+    /// Which VirtualMachines (by their labels) the rule is about.
+    pub label_selector: LabelSelector,
+    /// `true`: a hard rule, hosts that break it are never chosen. Unset or `false`: a preference
+    /// of `weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+    /// How much a preferred term counts against other preferences and the pool's strategy,
+    /// 1 to 100. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: Option<i32>,
 }
 
 /// Observed state of a VirtualMachine.

@@ -4,9 +4,11 @@
 use super::virtual_machine::{cordoned, host_uri};
 use super::{Context, credentials, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
+use crate::api::host_pool::Resources;
 use crate::api::{HostPool, HostState, HostStatus};
 use crate::error::{Error, Result};
 use crate::hypervisor::HypervisorError;
+use crate::plan::capacity::{self, Amount};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -15,6 +17,7 @@ use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,7 +75,10 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         .filter(|n| selects(&pool, n))
         .collect();
     nodes.sort_by_key(|n| n.name_any());
-    let probes = nodes.iter().map(|n| probe(&pool, n, &ctx));
+    let vm_uids = known_vm_uids(&ctx).await;
+    let probes = nodes
+        .iter()
+        .map(|n| probe(&pool, n, &ctx, vm_uids.as_ref()));
     let mut hosts: Vec<HostStatus> = futures::future::join_all(probes).await;
     for h in &mut hosts {
         let before = previous.hosts.iter().find(|p| p.name == h.name);
@@ -81,6 +87,27 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
             h.last_contact = b.last_contact.clone();
         } else if h.state == HostState::Unreachable {
             h.last_contact = before.and_then(|b| b.last_contact.clone());
+        }
+        if h.capacity.is_none()
+            && let Some(b) = before
+        {
+            keep_last_known(h, b);
+        }
+        let known_orphans = before.map(|b| b.orphans.as_slice()).unwrap_or_default();
+        if h.orphans.iter().any(|o| !known_orphans.contains(o)) {
+            let note = format!(
+                "Host {}: ferry domains whose VirtualMachine no longer exists (left in place): {}",
+                h.name,
+                h.orphans.join(", ")
+            );
+            ctx.event(
+                pool.as_ref(),
+                EventType::Warning,
+                "OrphanDomains",
+                "Probe",
+                note,
+            )
+            .await;
         }
         if before.map(|b| b.state) != Some(h.state) {
             let (type_, reason) = match h.state {
@@ -143,13 +170,95 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         pool.metadata.generation,
         now,
     );
+    let (status, reason, message) = degraded(&hosts);
+    set_condition(
+        &mut st.conditions,
+        "Degraded",
+        status,
+        reason,
+        message,
+        pool.metadata.generation,
+        now,
+    );
     st.hosts = hosts;
     apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
     Ok(Requeue::requeue(PROBE_INTERVAL))
 }
 
-/// Probe one host.
-async fn probe(pool: &HostPool, node: &Node, ctx: &Context) -> HostStatus {
+/// `Degraded`: True while a selected host can neither take nor keep VMs (unreachable or
+/// misconfigured), naming them; a cordoned host is a choice, not a fault.
+fn degraded(hosts: &[HostStatus]) -> (ConditionStatus, &'static str, String) {
+    let bad: Vec<String> = hosts
+        .iter()
+        .filter(|h| matches!(h.state, HostState::Unreachable | HostState::Misconfigured))
+        .map(|h| format!("{} {:?}", h.name, h.state))
+        .collect();
+    if bad.is_empty() {
+        (
+            ConditionStatus::False,
+            "AllHostsHealthy",
+            "every selected host answers".to_string(),
+        )
+    } else {
+        (
+            ConditionStatus::True,
+            "HostsUnhealthy",
+            format!(
+                "{} of {} host(s): {}",
+                bad.len(),
+                hosts.len(),
+                bad.join(", ")
+            ),
+        )
+    }
+}
+
+/// The UIDs of all VirtualMachines, once the VM reflector has listed them (`None` before: then
+/// no domain is called an orphan).
+async fn known_vm_uids(ctx: &Context) -> Option<HashSet<String>> {
+    tokio::time::timeout(Duration::from_secs(5), ctx.vms.wait_until_ready())
+        .await
+        .ok()?
+        .ok()?;
+    Some(
+        ctx.vms
+            .state()
+            .iter()
+            .filter_map(|vm| vm.metadata.uid.clone())
+            .collect(),
+    )
+}
+
+/// While a host does not answer, show its last known capacity and usage.
+fn keep_last_known(h: &mut HostStatus, before: &HostStatus) {
+    h.hypervisor_version = h
+        .hypervisor_version
+        .take()
+        .or(before.hypervisor_version.clone());
+    h.libvirt_version = h.libvirt_version.take().or(before.libvirt_version.clone());
+    h.capacity = before.capacity.clone();
+    h.allocatable = before.allocatable.clone();
+    h.allocated = before.allocated.clone();
+    h.vm_count = before.vm_count;
+    h.foreign_domains = before.foreign_domains;
+    h.foreign_allocated = before.foreign_allocated.clone();
+    h.orphans = before.orphans.clone();
+}
+
+fn resources(a: Amount) -> Resources {
+    Resources {
+        cpus: i64::try_from(a.cpus).unwrap_or(i64::MAX),
+        memory: capacity::quantity(a.memory),
+    }
+}
+
+/// Probe one host: its facts, then its domains.
+async fn probe(
+    pool: &HostPool,
+    node: &Node,
+    ctx: &Context,
+    vm_uids: Option<&HashSet<String>>,
+) -> HostStatus {
     let name = node.name_any();
     let mut h = HostStatus {
         name: name.clone(),
@@ -157,7 +266,15 @@ async fn probe(pool: &HostPool, node: &Node, ctx: &Context) -> HostStatus {
         state: HostState::Misconfigured,
         message: None,
         libvirt_version: None,
+        hypervisor_version: None,
         last_contact: None,
+        capacity: None,
+        allocatable: None,
+        allocated: None,
+        vm_count: None,
+        foreign_domains: None,
+        foreign_allocated: None,
+        orphans: Vec::new(),
     };
     let uri = match host_uri(pool, node) {
         Ok(u) => u,
@@ -168,7 +285,7 @@ async fn probe(pool: &HostPool, node: &Node, ctx: &Context) -> HostStatus {
     };
     h.uri = Some(redact(&uri));
     let answer = match ctx.connect(&uri, pool).await {
-        Ok(hv) => match hv.host_info().await {
+        Ok(hv) => match read_host(hv.as_ref()).await {
             Ok(info) => Ok(info),
             Err(e) => {
                 if e.is_connection_lost() {
@@ -180,7 +297,23 @@ async fn probe(pool: &HostPool, node: &Node, ctx: &Context) -> HostStatus {
         Err(e) => Err(e),
     };
     match answer {
-        Ok(info) => {
+        Ok((info, domains)) => {
+            let t = capacity::tally(&domains, vm_uids);
+            let cap = Amount {
+                cpus: u64::from(info.cpus),
+                memory: info.memory_kib.saturating_mul(1024),
+            };
+            h.capacity = Some(resources(cap));
+            h.allocatable = Some(resources(capacity::allocatable(
+                cap,
+                &pool.capacity_policy(),
+            )));
+            h.allocated = Some(resources(t.ferry));
+            h.vm_count = Some(i32::try_from(t.ferry_domains).unwrap_or(i32::MAX));
+            h.foreign_domains = Some(i32::try_from(t.foreign_domains).unwrap_or(i32::MAX));
+            h.foreign_allocated = Some(resources(t.foreign));
+            h.orphans = t.orphans;
+            h.hypervisor_version = Some(info.hypervisor_version.clone());
             h.libvirt_version = Some(info.libvirt_version.clone());
             h.last_contact = Some(Time(Timestamp::now()));
             h.state = if cordoned(node) {
@@ -201,6 +334,18 @@ async fn probe(pool: &HostPool, node: &Node, ctx: &Context) -> HostStatus {
         }
     }
     h
+}
+
+/// Host facts and domains, in one go.
+async fn read_host(
+    hv: &dyn crate::hypervisor::Hypervisor,
+) -> crate::hypervisor::HvResult<(
+    crate::hypervisor::HostInfo,
+    Vec<crate::hypervisor::DomainInfo>,
+)> {
+    let info = hv.host_info().await?;
+    let domains = hv.list_domains().await?;
+    Ok((info, domains))
 }
 
 /// Drop user info and query parameters (they may name key files) from a URI shown in status.
@@ -225,6 +370,40 @@ pub fn error_policy(pool: Arc<HostPool>, err: &Error, ctx: Arc<Context>) -> Requ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn host(name: &str, state: HostState) -> HostStatus {
+        HostStatus {
+            name: name.into(),
+            uri: None,
+            state,
+            message: None,
+            libvirt_version: None,
+            hypervisor_version: None,
+            last_contact: None,
+            capacity: None,
+            allocatable: None,
+            allocated: None,
+            vm_count: None,
+            foreign_domains: None,
+            foreign_allocated: None,
+            orphans: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn degraded_names_the_hosts_that_fail_not_the_cordoned_ones() {
+        let healthy = [host("a", HostState::Ready), host("b", HostState::Cordoned)];
+        assert_eq!(degraded(&healthy).0, ConditionStatus::False);
+        let hosts = [
+            host("a", HostState::Ready),
+            host("b", HostState::Unreachable),
+            host("c", HostState::Misconfigured),
+            host("d", HostState::Cordoned),
+        ];
+        let (status, reason, message) = degraded(&hosts);
+        assert_eq!((status, reason), (ConditionStatus::True, "HostsUnhealthy"));
+        assert_eq!(message, "2 of 4 host(s): b Unreachable, c Misconfigured");
+    }
 
     #[test]
     fn uris_shown_without_secrets() {

@@ -4,14 +4,16 @@ pub mod credentials;
 pub mod host_pool;
 pub mod permissions;
 pub mod run;
+pub mod scheduling;
 pub mod status;
 pub mod virtual_machine;
 
-use crate::api::HostPool;
+use crate::api::{HostPool, VirtualMachine};
 use crate::hypervisor::connections::{ConnectOptions, HostConnections};
 use crate::hypervisor::{HostInfo, HvResult, Hypervisor};
 use crate::metrics::Metrics;
 use crate::plan::definition::ResolvedDisk;
+use crate::plan::placement::Placed;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::Resource;
@@ -36,6 +38,11 @@ pub struct Context {
     pub pools: Store<HostPool>,
     /// Nodes, from a reflector.
     pub nodes: Store<Node>,
+    /// VirtualMachines, from the VM controller's reflector.
+    pub vms: Store<VirtualMachine>,
+    /// Placements chosen but not yet seen in `vms`, by VM UID; held under this lock while a host
+    /// is chosen, so VMs placed at the same time see each other.
+    pub placing: Mutex<HashMap<String, Placed>>,
     /// When ferry asked a VM's guest to shut down, by VM UID.
     pub stopping: Mutex<HashMap<String, Instant>>,
     /// Consecutive failures per object, for backoff.
@@ -57,6 +64,7 @@ impl Context {
         metrics: Arc<Metrics>,
         pools: Store<HostPool>,
         nodes: Store<Node>,
+        vms: Store<VirtualMachine>,
     ) -> Self {
         let observer = metrics.clone();
         Context {
@@ -68,6 +76,8 @@ impl Context {
             metrics,
             pools,
             nodes,
+            vms,
+            placing: Mutex::default(),
             stopping: Mutex::default(),
             failures: Mutex::default(),
             host_facts: Mutex::default(),

@@ -77,6 +77,8 @@ pub async fn run(
             if let Some(s) = &p.status {
                 for host in &s.hosts {
                     (&host.name, format!("{:?}", host.state)).hash(&mut h);
+                    // Capacity that appears (or frees up) lets Pending VMs be placed.
+                    (&host.allocatable, &host.allocated, &host.foreign_allocated).hash(&mut h);
                 }
             }
             Some(h.finish())
@@ -84,6 +86,11 @@ pub async fn run(
         Default::default(),
     );
 
+    let vm_controller = Controller::new(
+        api::<VirtualMachine>(&client, &scope),
+        watcher::Config::default().any_semantic(),
+    );
+    let vm_store = vm_controller.store();
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -91,13 +98,8 @@ pub async fn run(
         metrics.clone(),
         pool_store.clone(),
         node_store.clone(),
+        vm_store.clone(),
     ));
-
-    let vm_controller = Controller::new(
-        api::<VirtualMachine>(&client, &scope),
-        watcher::Config::default().any_semantic(),
-    );
-    let vm_store = vm_controller.store();
     // ferry_virtual_machines and ferry_hosts are computed from these caches at each scrape, once
     // both hold a complete list (before that they would show zeros that are not true).
     let gauges = {

@@ -1,21 +1,20 @@
 //! The VirtualMachine controller: place the VM, create its disks and domain on the host, drive the
 //! domain to the state the run strategy asks for, report status, and clean up on deletion.
 
+use super::scheduling::{self, NotPlaced};
 use super::{Context, lock, status::apply_status};
 use crate::api::condition::{ConditionStatus, find, set_condition};
 use crate::api::virtual_machine::{
     ABANDON_ANNOTATION, DiskStatus, POWER_ANNOTATION, RESTART_ANNOTATION,
 };
 use crate::api::{
-    DiskSource, FINALIZER, HostPool, HostState, RunStrategy, VirtualMachine, VirtualMachineStatus,
-    VmPhase,
+    DiskSource, FINALIZER, HostPool, RunStrategy, VirtualMachine, VirtualMachineStatus, VmPhase,
 };
 use crate::error::{Error, Result};
 use crate::hypervisor::domain_xml::{self, VirtType};
 use crate::hypervisor::{DomainInfo, DomainState, Hypervisor, HypervisorError, VolumeInfo};
 use crate::plan::definition::{self, ResolvedDisk};
 use crate::plan::lifecycle::{self, Action, Power};
-use crate::plan::placement::{self, Candidate};
 use crate::plan::validate::{ValidSpec, validate};
 use crate::plan::{naming, uri};
 use k8s_openapi::api::core::v1::Node;
@@ -449,20 +448,16 @@ async fn place(
     let host = match st.host.clone() {
         Some(h) => h,
         None => {
-            let candidates = candidates(&pool, ctx);
-            let selector = vm
-                .spec
-                .placement
-                .as_ref()
-                .map(|p| p.node_selector.clone())
-                .unwrap_or_default();
-            let host = placement::choose_host(&candidates, &selector).map_err(|m| {
-                Blocked::new(
+            let host = scheduling::choose(vm, &pool, ctx).map_err(|e| match e {
+                NotPlaced::InvalidSpec(m) => {
+                    Blocked::new(VmPhase::Pending, "InvalidSpec", m, Retry::OnChange)
+                }
+                NotPlaced::NoHost(m) => Blocked::new(
                     VmPhase::Pending,
                     "NoHostAvailable",
                     format!("waiting for a host in HostPool {pool_name}: {m}"),
                     Retry::After(Duration::from_secs(60)),
-                )
+                ),
             })?;
             // Record the choice before anything is created on the host, so that a crash here can
             // never lead to a second copy somewhere else.
@@ -481,6 +476,7 @@ async fn place(
             apply_status(api, vm, vm.status.as_ref(), st)
                 .await
                 .map_err(|e| {
+                    scheduling::forget(ctx, vm.metadata.uid.as_deref().unwrap_or_default());
                     Blocked::new(
                         VmPhase::Pending,
                         "StatusWriteFailed",
@@ -533,28 +529,6 @@ pub fn host_uri(pool: &HostPool, node: &Node) -> Result<String, String> {
         node,
         pool.spec.libvirt.address_type.unwrap_or_default(),
     )
-}
-
-/// Placement candidates: the pool's hosts with their Node's state.
-fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
-    let hosts = pool
-        .status
-        .as_ref()
-        .map(|s| s.hosts.as_slice())
-        .unwrap_or(&[]);
-    hosts
-        .iter()
-        .map(|h| {
-            let node = ctx.nodes.get(&ObjectRef::new(&h.name));
-            Candidate {
-                name: h.name.clone(),
-                reachable: matches!(h.state, HostState::Ready | HostState::Cordoned),
-                node_ready: node.as_deref().is_some_and(node_ready),
-                cordoned: node.as_deref().is_some_and(cordoned),
-                labels: node.map(|n| n.labels().clone()).unwrap_or_default(),
-            }
-        })
-        .collect()
 }
 
 /// Whether the Node's `Ready` condition is `True`.
@@ -871,6 +845,7 @@ fn readiness(
 }
 
 async fn cleanup(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) -> Result<Requeue> {
+    scheduling::forget(ctx, vm.metadata.uid.as_deref().unwrap_or_default());
     let Some(host) = vm.status.as_ref().and_then(|s| s.host.clone()) else {
         // Never placed: nothing was created anywhere.
         return Ok(Requeue::await_change());

@@ -558,6 +558,7 @@ fn domain_info(dom: &Domain) -> CallResult<DomainInfo> {
     let (state, reason) = raw_state(dom)?;
     let state = map_state(state, reason);
     let persistent = dom.is_persistent()?;
+    let info = dom.info()?;
     let live = if state.is_active() {
         domain_xml::parse_metadata(&dom.xml_desc(0)?)
     } else {
@@ -573,6 +574,8 @@ fn domain_info(dom: &Domain) -> CallResult<DomainInfo> {
         uuid,
         state,
         persistent,
+        vcpus: info.nr_virt_cpu,
+        memory_kib: info.max_mem,
         live,
         config,
     })

@@ -209,6 +209,10 @@ pub struct DomainInfo {
     pub state: DomainState,
     /// Whether the domain is persistent (defined), not only running.
     pub persistent: bool,
+    /// Virtual CPUs of the domain (the running instance's when it runs).
+    pub vcpus: u32,
+    /// Maximum guest memory in KiB (the running instance's when it runs).
+    pub memory_kib: u64,
     /// ferry metadata of the running instance (live XML), when the domain runs and was made by ferry.
     pub live: Option<domain_xml::FerryMetadata>,
     /// ferry metadata of the persistent definition (inactive XML), when made by ferry.

@@ -1,5 +1,6 @@
 //! Pure decisions: no Kubernetes client, no libvirt, no clock (callers pass `now`).
 
+pub mod capacity;
 pub mod definition;
 pub mod lifecycle;
 pub mod naming;

@@ -1,9 +1,24 @@
-//! Choosing a host for a VM. A pure function of the candidates; the single place that decides.
+//! Choosing a host for a VM: a pure function of the hosts, the VMs already placed and the VM's
+//! requirements; the single place that decides.
+//!
+//! Rules, in order, per host (the first that fails is the reason counted for that host):
+//! the VM's `nodeSelector`; the Node is not cordoned; the Node is Ready; the host's libvirt
+//! answers; its capacity is known; required anti-affinity (no VM matching a term on the host);
+//! required affinity (a VM matching each term on the host, when such a VM exists anywhere in the
+//! pool); memory and vCPUs fit in what is allocatable after what is already there (ferry's VMs
+//! placed on the host, started or not, and running foreign domains). Among the hosts that fit,
+//! the highest score wins; ties go to the lowest name. The score is the pool strategy's (`Spread`:
+//! 0–1000, higher for less allocated; `Pack`: higher for more allocated), plus 10 × the weight of
+//! every preferred term the host satisfies.
 
+use super::capacity::Amount;
+use crate::api::host_pool::PlacementStrategy;
+use crate::api::virtual_machine::VmAffinityTerm;
+use kube::core::{Selector, SelectorExt};
 use std::collections::BTreeMap;
 
 /// A host of the pool as placement sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Candidate {
     /// Node name.
     pub name: String,
@@ -15,89 +30,188 @@ pub struct Candidate {
     pub cordoned: bool,
     /// The Node's labels.
     pub labels: BTreeMap<String, String>,
+    /// What VMs may use of the host; `None` until the host was probed.
+    pub allocatable: Option<Amount>,
+    /// What running domains ferry does not manage use.
+    pub foreign: Amount,
 }
 
-/// Pick the host for a new VM, or explain per reason why none fits
-/// (for example "no host fits: 2 unreachable, 1 cordoned").
+/// A VM that already has a host (placed, whether or not its domain exists or runs yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The VM's UID.
+    pub uid: String,
+    /// Node name of its host.
+    pub host: String,
+    /// The VM's labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its vCPUs and memory.
+    pub need: Amount,
+}
+
+/// An affinity or anti-affinity term, ready to match.
+#[derive(Debug, Clone)]
+pub struct Term {
+    /// Which VMs it is about.
+    pub selector: Selector,
+    /// A hard rule rather than a preference.
+    pub required: bool,
+    /// Weight of a preference (1–100).
+    pub weight: u64,
+}
+
+/// Turn the API's terms into [`Term`]s, or say which selector is invalid.
+pub fn terms(spec: &[VmAffinityTerm], what: &str) -> Result<Vec<Term>, String> {
+    spec.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let selector = Selector::try_from(t.label_selector.clone()).map_err(|e| {
+                format!("spec.placement.{what}[{i}].labelSelector is not a valid selector: {e}")
+            })?;
+            Ok(Term {
+                selector,
+                required: t.required.unwrap_or(false),
+                weight: t.weight.unwrap_or(1).clamp(1, 100) as u64,
+            })
+        })
+        .collect()
+}
+
+/// What the VM to place asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The VM's UID (the VM never counts against itself).
+    pub uid: &'a str,
+    /// Its vCPUs and memory.
+    pub need: Amount,
+    /// Labels its host's Node must carry.
+    pub node_selector: &'a BTreeMap<String, String>,
+    /// Affinity terms.
+    pub affinity: &'a [Term],
+    /// Anti-affinity terms.
+    pub anti_affinity: &'a [Term],
+}
+
+/// Pick the host for a new VM, or explain per reason why none fits (for example
+/// "no host fits: 3 lack memory, 1 libvirt unreachable"). `placed` holds the VMs of the pool that
+/// already have a host.
 pub fn choose_host(
     candidates: &[Candidate],
-    node_selector: &BTreeMap<String, String>,
+    placed: &[Placed],
+    req: &Request<'_>,
+    strategy: PlacementStrategy,
 ) -> Result<String, String> {
+    if candidates.is_empty() {
+        return Err("the HostPool has no hosts".into());
+    }
+    let others: Vec<&Placed> = placed.iter().filter(|p| p.uid != req.uid).collect();
     let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut fitting: Vec<&Candidate> = Vec::new();
+    let mut best: Option<(u64, &str)> = None;
     for c in candidates {
-        let reason = if !node_selector
-            .iter()
-            .all(|(k, v)| c.labels.get(k) == Some(v))
-        {
-            Some("not matching nodeSelector")
-        } else if c.cordoned {
-            Some("cordoned")
-        } else if !c.node_ready {
-            Some("Node not Ready")
-        } else if !c.reachable {
-            Some("libvirt unreachable")
-        } else {
-            None
-        };
-        match reason {
-            Some(r) => *reasons.entry(r).or_default() += 1,
-            None => fitting.push(c),
+        match judge(c, &others, req, strategy) {
+            Err(r) => *reasons.entry(r).or_default() += 1,
+            Ok(score) => {
+                let better = match best {
+                    None => true,
+                    Some((s, name)) => score > s || (score == s && c.name.as_str() < name),
+                };
+                if better {
+                    best = Some((score, c.name.as_str()));
+                }
+            }
         }
     }
-    // Deterministic tie-break: lowest name. Capacity-aware scoring extends this.
-    fitting.sort_by(|a, b| a.name.cmp(&b.name));
-    match fitting.first() {
-        Some(c) => Ok(c.name.clone()),
-        None if candidates.is_empty() => Err("the HostPool has no hosts".into()),
-        None => Err(format!(
-            "no host fits: {}",
-            reasons
-                .iter()
-                .map(|(r, n)| format!("{n} {r}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+    if let Some((_, name)) = best {
+        return Ok(name.to_string());
     }
+    let mut counted: Vec<(&str, usize)> = reasons.into_iter().collect();
+    counted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    Err(format!(
+        "no host fits: {}",
+        counted
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// The host's score, or the first rule it breaks.
+fn judge(
+    c: &Candidate,
+    others: &[&Placed],
+    req: &Request<'_>,
+    strategy: PlacementStrategy,
+) -> Result<u64, &'static str> {
+    if !req
+        .node_selector
+        .iter()
+        .all(|(k, v)| c.labels.get(k) == Some(v))
+    {
+        return Err("not matching nodeSelector");
+    }
+    if c.cordoned {
+        return Err("cordoned");
+    }
+    if !c.node_ready {
+        return Err("Node not Ready");
+    }
+    if !c.reachable {
+        return Err("libvirt unreachable");
+    }
+    let Some(allocatable) = c.allocatable else {
+        return Err("capacity not known yet");
+    };
+    let on_host: Vec<&Placed> = others
+        .iter()
+        .copied()
+        .filter(|p| p.host == c.name)
+        .collect();
+    let any_here = |t: &Term| on_host.iter().any(|p| t.selector.matches(&p.labels));
+    if req.anti_affinity.iter().any(|t| t.required && any_here(t)) {
+        return Err("run a VM the anti-affinity excludes");
+    }
+    let required_affinity_missed = req.affinity.iter().any(|t| {
+        t.required && others.iter().any(|p| t.selector.matches(&p.labels)) && !any_here(t)
+    });
+    if required_affinity_missed {
+        return Err("lack a VM the affinity requires");
+    }
+    let used = on_host
+        .iter()
+        .fold(c.foreign, |sum, p| sum.plus(p.need))
+        .plus(req.need);
+    if used.memory > allocatable.memory {
+        return Err("lack memory");
+    }
+    if used.cpus > allocatable.cpus {
+        return Err("lack CPU");
+    }
+    let share = |u: u64, a: u64| -> u64 {
+        if a == 0 {
+            1000
+        } else {
+            ((u as u128 * 1000) / a as u128).min(1000) as u64
+        }
+    };
+    let used_share =
+        (share(used.cpus, allocatable.cpus) + share(used.memory, allocatable.memory)) / 2;
+    let mut score = match strategy {
+        PlacementStrategy::Spread => 1000 - used_share,
+        PlacementStrategy::Pack => used_share,
+    };
+    for t in req.affinity.iter().filter(|t| !t.required) {
+        if any_here(t) {
+            score += 10 * t.weight;
+        }
+    }
+    for t in req.anti_affinity.iter().filter(|t| !t.required) {
+        if !any_here(t) {
+            score += 10 * t.weight;
+        }
+    }
+    Ok(score)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(name: &str, reachable: bool, ready: bool, cordoned: bool) -> Candidate {
-        Candidate {
-            name: name.into(),
-            reachable,
-            node_ready: ready,
-            cordoned,
-            labels: BTreeMap::from([("zone".to_string(), name.to_string())]),
-        }
-    }
-
-    #[test]
-    fn picks_a_fitting_host_deterministically() {
-        let hosts = [c("b", true, true, false), c("a", true, true, false)];
-        assert_eq!(choose_host(&hosts, &BTreeMap::new()), Ok("a".into()));
-        let sel = BTreeMap::from([("zone".to_string(), "b".to_string())]);
-        assert_eq!(choose_host(&hosts, &sel), Ok("b".into()));
-    }
-
-    #[test]
-    fn explains_why_nothing_fits() {
-        let hosts = [
-            c("a", false, true, false),
-            c("b", false, true, false),
-            c("c", true, true, true),
-            c("d", true, false, false),
-        ];
-        assert_eq!(
-            choose_host(&hosts, &BTreeMap::new()),
-            Err("no host fits: 1 Node not Ready, 1 cordoned, 2 libvirt unreachable".into())
-        );
-        assert_eq!(
-            choose_host(&[], &BTreeMap::new()),
-            Err("the HostPool has no hosts".into())
-        );
-    }
-}
+mod tests;

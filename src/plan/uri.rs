@@ -3,10 +3,13 @@
 use crate::api::host_pool::AddressType;
 use k8s_openapi::api::core::v1::Node;
 
-/// Fill `{address}` and `{name}` in `template` for `node`, or say why it cannot be done.
+/// Fill `{address}`, `{name}`, `{label:KEY}` and `{annotation:KEY}` in `template` for `node`,
+/// or say why it cannot be done.
 pub fn render(template: &str, node: &Node, address_type: AddressType) -> Result<String, String> {
     let name = node.metadata.name.as_deref().unwrap_or_default();
     let mut out = template.replace("{name}", name);
+    out = fill_metadata(&out, "label", name, node.metadata.labels.as_ref())?;
+    out = fill_metadata(&out, "annotation", name, node.metadata.annotations.as_ref())?;
     if out.contains("{address}") {
         let wanted = match address_type {
             AddressType::InternalIP => "InternalIP",
@@ -31,6 +34,36 @@ pub fn render(template: &str, node: &Node, address_type: AddressType) -> Result<
     Ok(out)
 }
 
+/// Replace every `{KIND:KEY}` with the Node's label or annotation `KEY`; a missing key is an
+/// error that names it.
+fn fill_metadata(
+    template: &str,
+    kind: &str,
+    node: &str,
+    values: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<String, String> {
+    let open = format!("{{{kind}:");
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find('}') else {
+            return Err(format!(
+                "{template:?} has an unclosed {open}...}} placeholder"
+            ));
+        };
+        let key = &after[..end];
+        let value = values
+            .and_then(|v| v.get(key))
+            .ok_or_else(|| format!("Node {node} has no {kind} {key:?} to fill {open}{key}}}"))?;
+        out.push_str(&rest[..start]);
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Reject URIs libvirt cannot use: no scheme, unknown placeholders, whitespace or control characters.
 fn check(uri: &str) -> Result<(), String> {
     let Some((scheme, rest)) = uri.split_once("://") else {
@@ -47,7 +80,7 @@ fn check(uri: &str) -> Result<(), String> {
     }
     if let Some(i) = rest.find(['{', '}']) {
         return Err(format!(
-            "{uri:?} has an unknown placeholder near {:?} (only {{address}} and {{name}} exist)",
+            "{uri:?} has an unknown placeholder near {:?} (only {{address}}, {{name}}, {{label:KEY}} and {{annotation:KEY}} exist)",
             &rest[i..]
         ));
     }
@@ -112,6 +145,57 @@ mod tests {
             render("qemu+tcp://{address}/system", &v6, AddressType::InternalIP),
             Ok("qemu+tcp://[fd00::5]/system".into())
         );
+    }
+
+    #[test]
+    fn fills_labels_and_annotations() {
+        let mut n = node(&[("InternalIP", "10.0.0.5")]);
+        n.metadata.labels = Some([("lab.example/dir".to_string(), "h1".to_string())].into());
+        n.metadata.annotations = Some(
+            [(
+                "ferry.dev/libvirt-host".to_string(),
+                "hv1.example".to_string(),
+            )]
+            .into(),
+        );
+        assert_eq!(
+            render(
+                "qemu+unix:///system?socket=/lab/{label:lab.example/dir}/sock",
+                &n,
+                AddressType::InternalIP
+            ),
+            Ok("qemu+unix:///system?socket=/lab/h1/sock".into())
+        );
+        assert_eq!(
+            render(
+                "qemu+ssh://root@{annotation:ferry.dev/libvirt-host}:{label:lab.example/dir}/system",
+                &n,
+                AddressType::InternalIP
+            ),
+            Ok("qemu+ssh://root@hv1.example:h1/system".into())
+        );
+        let e = render(
+            "qemu+tls://{label:rack}/system",
+            &n,
+            AddressType::InternalIP,
+        )
+        .unwrap_err();
+        assert!(e.contains("no label \"rack\""), "{e}");
+        let e = render(
+            "qemu+tls://{annotation:x/system",
+            &n,
+            AddressType::InternalIP,
+        )
+        .unwrap_err();
+        assert!(e.contains("unclosed"), "{e}");
+        n.metadata.annotations = Some([("a".to_string(), "has space".to_string())].into());
+        let e = render(
+            "qemu+tls://{annotation:a}/system",
+            &n,
+            AddressType::InternalIP,
+        )
+        .unwrap_err();
+        assert!(e.contains("whitespace"), "{e}");
     }
 
     #[test]

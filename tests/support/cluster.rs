@@ -51,6 +51,8 @@ pub struct Cluster {
     pub namespace: String,
     pub kubeconfig: PathBuf,
     nodes: Vec<String>,
+    /// Each Node's InternalIP, for the heartbeat.
+    node_ips: Vec<(String, String)>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     torn_down: bool,
 }
@@ -107,6 +109,7 @@ impl Cluster {
             namespace,
             kubeconfig,
             nodes: Vec::new(),
+            node_ips: Vec::new(),
             heartbeat: None,
             torn_down: false,
         }
@@ -115,8 +118,24 @@ impl Cluster {
     /// Create a Node object for a lab host, Ready, labelled for the pool, with `InternalIP` set;
     /// keep it Ready with heartbeats (node Lease + Ready condition) as a kubelet would.
     pub async fn add_node(&mut self, name: &str, internal_ip: &str, label: &str) {
+        self.add_node_with_labels(name, internal_ip, &[(label, "true")])
+            .await;
+    }
+
+    /// [`Cluster::add_node`] with any labels.
+    pub async fn add_node_with_labels(
+        &mut self,
+        name: &str,
+        internal_ip: &str,
+        labels: &[(&str, &str)],
+    ) {
+        let mut all: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        all.insert("kubernetes.io/hostname".into(), json!(name));
         let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {label: "true", "kubernetes.io/hostname": name}},
+            "metadata": {"name": name, "labels": all},
             "spec": {}
         }))
         .expect("node");
@@ -126,21 +145,34 @@ impl Cluster {
             .await
             .expect("create Node");
         self.nodes.push(name.to_string());
+        self.node_ips
+            .push((name.to_string(), internal_ip.to_string()));
         set_node_ready(&self.client, name, internal_ip, true).await;
         let client = self.client.clone();
-        let names = self.nodes.clone();
-        let ip = internal_ip.to_string();
+        let nodes = self.node_ips.clone();
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
         self.heartbeat = Some(tokio::spawn(async move {
             loop {
-                for n in &names {
-                    heartbeat(&client, n, &ip).await;
+                for (n, ip) in &nodes {
+                    heartbeat(&client, n, ip).await;
                 }
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
         }));
+    }
+
+    /// Cordon or uncordon a Node (`spec.unschedulable`), as `kubectl cordon` does.
+    pub async fn cordon(&self, name: &str, cordoned: bool) {
+        Api::<Node>::all(self.client.clone())
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"unschedulable": cordoned}})),
+            )
+            .await
+            .expect("cordon Node");
     }
 
     pub fn vms(&self) -> Api<VirtualMachine> {
@@ -219,6 +251,7 @@ impl Drop for Cluster {
             namespace: self.namespace.clone(),
             kubeconfig: self.kubeconfig.clone(),
             nodes: std::mem::take(&mut self.nodes),
+            node_ips: std::mem::take(&mut self.node_ips),
             heartbeat: self.heartbeat.take(),
             torn_down: true,
         };

@@ -1,0 +1,130 @@
+//! The controller's side of placement: gather the pool's hosts and the VMs already placed from
+//! the reflector stores, call [`placement::choose_host`], and remember the choice until the VM
+//! store shows it, so that VMs placed at the same moment see each other.
+
+use super::virtual_machine::{cordoned, node_ready};
+use super::{Context, lock};
+use crate::api::{HostPool, HostState, VirtualMachine};
+use crate::plan::capacity::Amount;
+use crate::plan::placement::{self, Candidate, Placed, Request};
+use crate::plan::quantity::parse_bytes;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+
+/// Why no host was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotPlaced {
+    /// The VM's placement spec cannot be used (an invalid selector); the message says where.
+    InvalidSpec(String),
+    /// No host fits now; the message counts the hosts per reason.
+    NoHost(String),
+}
+
+/// vCPUs and memory a VM asks for (memory 0 when the quantity does not parse: validation
+/// reports that before placement).
+pub fn need(vm: &VirtualMachine) -> Amount {
+    Amount {
+        cpus: vm.spec.cpu.cores.max(0) as u64,
+        memory: parse_bytes(&vm.spec.memory).unwrap_or(0),
+    }
+}
+
+/// Choose a host for `vm` in `pool` and reserve it for the VM until the VM store shows the VM
+/// placed (or [`forget`] is called).
+pub fn choose(vm: &VirtualMachine, pool: &HostPool, ctx: &Context) -> Result<String, NotPlaced> {
+    let spec = vm.spec.placement.clone().unwrap_or_default();
+    let affinity = placement::terms(&spec.affinity, "affinity").map_err(NotPlaced::InvalidSpec)?;
+    let anti =
+        placement::terms(&spec.anti_affinity, "antiAffinity").map_err(NotPlaced::InvalidSpec)?;
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let candidates = candidates(pool, ctx);
+    let mut placing = lock(&ctx.placing);
+    let placed = placed_vms(pool, ctx, &mut placing);
+    let req = Request {
+        uid: &uid,
+        need: need(vm),
+        node_selector: &spec.node_selector,
+        affinity: &affinity,
+        anti_affinity: &anti,
+    };
+    let host = placement::choose_host(&candidates, &placed, &req, pool.placement_strategy())
+        .map_err(NotPlaced::NoHost)?;
+    placing.insert(
+        uid.clone(),
+        Placed {
+            uid: uid.clone(),
+            host: host.clone(),
+            labels: vm.labels().clone(),
+            need: req.need,
+        },
+    );
+    Ok(host)
+}
+
+/// Drop a reservation made by [`choose`] (the placement was not recorded, or the VM is gone).
+pub fn forget(ctx: &Context, uid: &str) {
+    lock(&ctx.placing).remove(uid);
+}
+
+/// The VMs of `pool` that have a host: from the VM store, plus choices the store does not show
+/// yet. Reservations the store has caught up with are dropped.
+fn placed_vms(
+    pool: &HostPool,
+    ctx: &Context,
+    placing: &mut std::collections::HashMap<String, Placed>,
+) -> Vec<Placed> {
+    let ns = pool.namespace();
+    let name = pool.name_any();
+    let mut out: Vec<Placed> = Vec::new();
+    for vm in ctx.vms.state() {
+        if vm.namespace() != ns || vm.spec.host_pool != name {
+            continue;
+        }
+        let uid = vm.metadata.uid.clone().unwrap_or_default();
+        match vm.status.as_ref().and_then(|s| s.host.clone()) {
+            Some(host) => {
+                placing.remove(&uid);
+                out.push(Placed {
+                    uid,
+                    host,
+                    labels: vm.labels().clone(),
+                    need: need(&vm),
+                });
+            }
+            None => {
+                if let Some(p) = placing.get(&uid) {
+                    out.push(p.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Placement candidates: the pool's hosts as its status reports them, with their Node's state.
+fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
+    let hosts = pool
+        .status
+        .as_ref()
+        .map(|s| s.hosts.as_slice())
+        .unwrap_or(&[]);
+    let amount = |r: &crate::api::host_pool::Resources| Amount {
+        cpus: r.cpus.max(0) as u64,
+        memory: parse_bytes(&r.memory).unwrap_or(0),
+    };
+    hosts
+        .iter()
+        .map(|h| {
+            let node = ctx.nodes.get(&ObjectRef::new(&h.name));
+            Candidate {
+                name: h.name.clone(),
+                reachable: matches!(h.state, HostState::Ready | HostState::Cordoned),
+                node_ready: node.as_deref().is_some_and(node_ready),
+                cordoned: node.as_deref().is_some_and(cordoned),
+                labels: node.map(|n| n.labels().clone()).unwrap_or_default(),
+                allocatable: h.allocatable.as_ref().map(amount),
+                foreign: h.foreign_allocated.as_ref().map(amount).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
