@@ -61,7 +61,8 @@ enum Command {
         /// VirtualMachine name.
         vm: String,
     },
-    /// Live-migrate a VM: creates a VirtualMachineMigration.
+    /// Live-migrate a VM: creates a VirtualMachineMigration (no controller acts on migrations yet
+    /// in this release; the object waits as Pending).
     Migrate {
         /// VirtualMachine name.
         vm: String,
