@@ -272,6 +272,28 @@ pub enum HostState {
     Misconfigured,
 }
 
+impl HostStatus {
+    /// A host entry with only its name and state known.
+    pub fn new(name: impl Into<String>, state: HostState) -> Self {
+        HostStatus {
+            name: name.into(),
+            uri: None,
+            state,
+            message: None,
+            libvirt_version: None,
+            hypervisor_version: None,
+            last_contact: None,
+            capacity: None,
+            allocatable: None,
+            allocated: None,
+            vm_count: None,
+            foreign_domains: None,
+            foreign_allocated: None,
+            orphans: Vec::new(),
+        }
+    }
+}
+
 impl HostPool {
     /// Connect timeout (default 10 s).
     pub fn connect_timeout(&self) -> std::time::Duration {

@@ -260,22 +260,7 @@ async fn probe(
     vm_uids: Option<&HashSet<String>>,
 ) -> HostStatus {
     let name = node.name_any();
-    let mut h = HostStatus {
-        name: name.clone(),
-        uri: None,
-        state: HostState::Misconfigured,
-        message: None,
-        libvirt_version: None,
-        hypervisor_version: None,
-        last_contact: None,
-        capacity: None,
-        allocatable: None,
-        allocated: None,
-        vm_count: None,
-        foreign_domains: None,
-        foreign_allocated: None,
-        orphans: Vec::new(),
-    };
+    let mut h = HostStatus::new(name.clone(), HostState::Misconfigured);
     let uri = match host_uri(pool, node) {
         Ok(u) => u,
         Err(m) => {
@@ -372,22 +357,7 @@ mod tests {
     use super::*;
 
     fn host(name: &str, state: HostState) -> HostStatus {
-        HostStatus {
-            name: name.into(),
-            uri: None,
-            state,
-            message: None,
-            libvirt_version: None,
-            hypervisor_version: None,
-            last_contact: None,
-            capacity: None,
-            allocatable: None,
-            allocated: None,
-            vm_count: None,
-            foreign_domains: None,
-            foreign_allocated: None,
-            orphans: Vec::new(),
-        }
+        HostStatus::new(name, state)
     }
 
     #[test]
