@@ -91,18 +91,7 @@ async fn main() {
     })
     .await;
     let _ = vms.delete("warmup", &DeleteParams::default()).await;
-    wait_for("warm-up VM deleted", Duration::from_secs(120), || {
-        let vms = vms.clone();
-        async move {
-            vms.get_opt("warmup")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await;
+    c.wait_vm_gone("warmup", Duration::from_secs(120)).await;
 
     let mut to_running = Vec::new();
     let mut to_ready = Vec::new();

@@ -95,6 +95,19 @@ fn plugin(c: &Cluster, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Apply a VM and wait until it has a host.
+async fn apply_placed(c: &Cluster, manifest: serde_json::Value) -> VirtualMachine {
+    let name = manifest["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    c.apply::<VirtualMachine>(manifest).await;
+    wait_vm(c, &name, "placed", Duration::from_secs(60), |vm| {
+        vm.status.as_ref().and_then(|s| s.host.as_ref()).is_some()
+    })
+    .await
+}
+
 fn console(lab: &lab::Lab, ns: &str, vm: &str) -> std::path::PathBuf {
     std::path::Path::new(&lab.console_dir).join(format!("{ns}_{vm}.console.log"))
 }
@@ -309,19 +322,7 @@ async fn vm_lifecycle_on_a_real_host() {
         .delete("web", &DeleteParams::default())
         .await
         .expect("delete");
-    let vms = c.vms();
-    wait_for("VM gone", Duration::from_secs(90), || {
-        let vms = vms.clone();
-        async move {
-            vms.get_opt("web")
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-                .then_some(())
-        }
-    })
-    .await;
+    c.wait_vm_gone("web", Duration::from_secs(90)).await;
     assert!(
         domains(&lab).is_empty(),
         "domain undefined: {:?}",
@@ -484,23 +485,8 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
         .delete("survivor", &DeleteParams::default())
         .await
         .expect("delete");
-    let vms = c.vms();
-    wait_for(
-        "VM deleted although its host is gone",
-        Duration::from_secs(90),
-        || {
-            let vms = vms.clone();
-            async move {
-                vms.get_opt("survivor")
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_none()
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    // Deletion completes although the host is gone.
+    c.wait_vm_gone("survivor", Duration::from_secs(90)).await;
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), &ns);
     let left = events
         .list(&Default::default())
@@ -729,23 +715,13 @@ async fn placement_across_three_hosts() {
 
     // Anti-affinity: db-a takes the emptiest schedulable host (h2); spreading alone would put db-b
     // there too (1 VM against h3's 2), the required anti-affinity sends it to h3.
-    c.apply::<VirtualMachine>(labelled_vm("db-a", &lab, "db", true))
-        .await;
-    let a = wait_vm(&c, "db-a", "placed", Duration::from_secs(60), |vm| {
-        host_of(vm).is_some()
-    })
-    .await;
+    let a = apply_placed(&c, labelled_vm("db-a", &lab, "db", true)).await;
     assert_eq!(
         host_of(&a),
         Some(h2.clone()),
         "db-a on the emptiest uncordoned host"
     );
-    c.apply::<VirtualMachine>(labelled_vm("db-b", &lab, "db", true))
-        .await;
-    let b = wait_vm(&c, "db-b", "placed", Duration::from_secs(60), |vm| {
-        host_of(vm).is_some()
-    })
-    .await;
+    let b = apply_placed(&c, labelled_vm("db-b", &lab, "db", true)).await;
     assert_eq!(
         host_of(&b),
         Some(h3.clone()),
@@ -753,12 +729,7 @@ async fn placement_across_three_hosts() {
     );
 
     // The cordoned h1 is the emptiest host but receives nothing new.
-    c.apply::<VirtualMachine>(labelled_vm("free", &lab, "web", false))
-        .await;
-    let free = wait_vm(&c, "free", "placed", Duration::from_secs(60), |vm| {
-        host_of(vm).is_some()
-    })
-    .await;
+    let free = apply_placed(&c, labelled_vm("free", &lab, "web", false)).await;
     assert_eq!(host_of(&free), Some(h2.clone()), "not on the cordoned host");
 
     // Pinned to h1: waits, saying why, and is placed once h1 is uncordoned.

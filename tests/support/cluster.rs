@@ -179,6 +179,23 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Wait until VirtualMachine `name` no longer exists (its finalizer has run).
+    pub async fn wait_vm_gone(&self, name: &str, timeout: Duration) {
+        let vms = self.vms();
+        wait_for(&format!("VM {name} deleted"), timeout, || {
+            let vms = vms.clone();
+            async move {
+                vms.get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
     pub fn pools(&self) -> Api<HostPool> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
