@@ -49,7 +49,7 @@ pub struct StateLabels {
 }
 
 /// Every VM phase, in the order of the API. A VM without a phase yet counts as `Pending`.
-pub const VM_PHASES: [VmPhase; 9] = [
+pub const VM_PHASES: [VmPhase; 10] = [
     VmPhase::Pending,
     VmPhase::Provisioning,
     VmPhase::Starting,
@@ -59,6 +59,7 @@ pub const VM_PHASES: [VmPhase; 9] = [
     VmPhase::Failed,
     VmPhase::Unknown,
     VmPhase::Terminating,
+    VmPhase::Migrating,
 ];
 
 /// Every host state, in the order of the API.
@@ -81,6 +82,7 @@ fn phase_name(p: VmPhase) -> &'static str {
         VmPhase::Failed => "Failed",
         VmPhase::Unknown => "Unknown",
         VmPhase::Terminating => "Terminating",
+        VmPhase::Migrating => "Migrating",
     }
 }
 
@@ -155,6 +157,7 @@ pub struct Metrics {
     libvirt_calls: Family<CallLabels, Histogram, fn() -> Histogram>,
     vms: Family<PhaseLabels, Gauge>,
     hosts: Family<StateLabels, Gauge>,
+    migrations: Family<ResultLabels, Counter>,
     inventory: RwLock<Option<InventorySource>>,
 }
 
@@ -197,7 +200,14 @@ impl Default for Metrics {
             "Hypervisor hosts per state, over all HostPools, from the controller's cache at scrape time",
             hosts.clone(),
         );
+        let migrations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "migrations",
+            "Live migrations run by this controller, per result",
+            migrations.clone(),
+        );
         Metrics {
+            migrations,
             registry,
             reconciles,
             failures,
@@ -227,6 +237,14 @@ impl Metrics {
     pub fn failure(&self, controller: &'static str, error: &'static str) {
         self.failures
             .get_or_create(&ErrorLabels { controller, error })
+            .inc();
+    }
+
+    /// Count a finished live migration.
+    pub fn migration_finished(&self, succeeded: bool) {
+        let result = if succeeded { "succeeded" } else { "failed" };
+        self.migrations
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 
@@ -370,6 +388,7 @@ mod tests {
                 ("Failed", 1),
                 ("Unknown", 0),
                 ("Terminating", 0),
+                ("Migrating", 0),
             ]
         );
         assert_eq!(
@@ -383,7 +402,7 @@ mod tests {
         );
         let empty = inventory([], []);
         assert!(empty.vms.iter().chain(&empty.hosts).all(|(_, n)| *n == 0));
-        assert_eq!((empty.vms.len(), empty.hosts.len()), (9, 4));
+        assert_eq!((empty.vms.len(), empty.hosts.len()), (10, 4));
     }
 
     /// Every value the API's schema allows, as strings.
@@ -470,4 +489,10 @@ mod tests {
         let text = m.encode().expect("encodes");
         assert!(!text.contains("ferry_hosts{"), "{text}");
     }
+}
+
+/// Labels of counters split by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }

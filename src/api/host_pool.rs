@@ -53,6 +53,69 @@ pub struct HostPoolSpec {
     /// least allocated host, `Pack` on the most allocated one that still fits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement_strategy: Option<PlacementStrategy>,
+    /// Live-migration limits and settings for the pool's VMs, and whether cordoned hosts are
+    /// evacuated. Unset: the defaults listed on each field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationPolicySpec>,
+}
+
+/// Live-migration policy of a pool. The defaults are KubeVirt's (5 migrations per pool, 2 out
+/// per host, unlimited bandwidth, 150 s progress timeout, 150 s per GiB, no auto-converge, no
+/// post-copy) with 2 in per host and a 300 ms downtime target.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationPolicySpec {
+    /// Migrations running at once in the pool, 1 to 100. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_parallel: Option<i32>,
+    /// Migrations leaving one host at once, 1 to 32. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub max_outbound_per_host: Option<i32>,
+    /// Migrations arriving at one host at once, 1 to 32. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub max_inbound_per_host: Option<i32>,
+    /// Bandwidth limit per migration in MiB/s, 1 to 100000. Default unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub bandwidth_mi_bps: Option<i64>,
+    /// Longest guest pause allowed at switch-over, in milliseconds, 10 to 10000. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 10000))]
+    pub max_downtime_ms: Option<i64>,
+    /// Seconds a migration may take per GiB of guest memory (plus copied disks) before it is
+    /// aborted, 10 to 3600. Default 150.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub completion_timeout_per_gi_b_seconds: Option<i32>,
+    /// Seconds without progress (the data left to send reaching no new low) before a migration is
+    /// aborted, or switched to post-copy when allowed, 10 to 3600. Default 150.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub progress_timeout_seconds: Option<i32>,
+    /// Let QEMU slow the guest's vCPUs down when it dirties memory faster than it is sent.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_auto_converge: Option<bool>,
+    /// Switch a migration that does not converge to post-copy instead of aborting it. Default
+    /// false. Risk: in post-copy the VM runs on the target while part of its memory is still on
+    /// the source; if either host or the link between them fails before it completes, the VM is
+    /// lost and restarts from its disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_post_copy: Option<bool>,
+    /// Evacuate a host by live migration as soon as its Node is cordoned (`kubectl cordon`).
+    /// Default false: only the `ferry.dev/maintenance` Node annotation evacuates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evacuate_cordoned_hosts: Option<bool>,
+    /// libvirt URI the *source host* uses to reach the destination's libvirtd (peer-to-peer
+    /// migration), with the same placeholders as `libvirt.uriTemplate`, filled for the
+    /// destination. Default: `libvirt.uriTemplate`; the hosts use their own libvirt client
+    /// credentials (for TLS, `/etc/pki/libvirt` on each host), not the controller's Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub peer_uri_template: Option<String>,
 }
 
 /// How much of each host VMs may use. Allocatable = (capacity − reserved) × overcommit, rounded
@@ -344,6 +407,47 @@ impl HostPool {
                 .and_then(|q| crate::plan::quantity::parse_bytes(q).ok())
                 .unwrap_or(0),
         }
+    }
+
+    /// The migration policy with defaults applied.
+    pub fn migration_policy(&self) -> crate::plan::migration::Policy {
+        let m = self.spec.migration.clone().unwrap_or_default();
+        let d = crate::plan::migration::Policy::default();
+        let count = |v: Option<i32>, default: u32| v.map(|n| n.max(1) as u32).unwrap_or(default);
+        crate::plan::migration::Policy {
+            max_parallel: count(m.max_parallel, d.max_parallel),
+            max_outbound_per_host: count(m.max_outbound_per_host, d.max_outbound_per_host),
+            max_inbound_per_host: count(m.max_inbound_per_host, d.max_inbound_per_host),
+            bandwidth_mib: m.bandwidth_mi_bps.map(|b| b.max(1) as u64),
+            max_downtime_ms: m
+                .max_downtime_ms
+                .map(|v| v.max(1) as u64)
+                .unwrap_or(d.max_downtime_ms),
+            completion_timeout_per_gib: m
+                .completion_timeout_per_gi_b_seconds
+                .map(|s| std::time::Duration::from_secs(s.max(1) as u64))
+                .unwrap_or(d.completion_timeout_per_gib),
+            progress_timeout: m
+                .progress_timeout_seconds
+                .map(|s| std::time::Duration::from_secs(s.max(1) as u64))
+                .unwrap_or(d.progress_timeout),
+            auto_converge: m.allow_auto_converge.unwrap_or(d.auto_converge),
+            post_copy: m.allow_post_copy.unwrap_or(d.post_copy),
+        }
+    }
+
+    /// Whether every host sees the same storage (default true).
+    pub fn shared_storage(&self) -> bool {
+        self.spec.storage.shared.unwrap_or(true)
+    }
+
+    /// Whether cordoned hosts are evacuated (default false).
+    pub fn evacuates_cordoned(&self) -> bool {
+        self.spec
+            .migration
+            .as_ref()
+            .and_then(|m| m.evacuate_cordoned_hosts)
+            .unwrap_or(false)
     }
 
     /// The placement strategy (default `Spread`).

@@ -1,7 +1,7 @@
 //! `VirtualMachineMigration`: one live migration of a VM, with its own status.
 //!
-//! The type is part of the API from the start so that later controllers extend it; in this
-//! release no controller acts on it yet.
+//! Created by users (`kubectl ferry migrate`, or a manifest) and by evacuations (maintenance, HA).
+//! Deleting one that has not finished cancels it: the VM stays where it was.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -67,10 +67,19 @@ pub struct VirtualMachineMigrationStatus {
     /// Bytes transferred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_transferred_bytes: Option<i64>,
+    /// Bytes still to transfer while it runs (libvirt's estimate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_remaining_bytes: Option<i64>,
+    /// How disks moved: `Shared` (only memory moved) or `Copied` (disks copied to the target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// The migration switched to post-copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_copy: bool,
     /// Guest downtime at switch-over, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<i64>,
-    /// Why it failed, when it did.
+    /// Why it waits, failed or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Generation of the spec this status describes.

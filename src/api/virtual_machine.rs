@@ -1,6 +1,6 @@
 //! `VirtualMachine`: what should run, where it may run, and how it is doing.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -87,6 +87,44 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: Option<i32>,
+
+    /// What happens to the VM when its host is evacuated (maintenance, a cordoned Node, an HA
+    /// evacuation): `LiveMigrate` (default) moves it while it runs; `None` keeps it where it is,
+    /// and the evacuation reports it as blocking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction_strategy: Option<EvictionStrategy>,
+
+    /// Per-VM overrides of the pool's live-migration settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<VmMigrationSpec>,
+}
+
+/// What an evacuation does with a VM.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum EvictionStrategy {
+    /// Live-migrate it to another host.
+    #[default]
+    LiveMigrate,
+    /// Leave it; evacuations report it as blocking.
+    None,
+}
+
+/// Per-VM overrides of the pool's migration policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VmMigrationSpec {
+    /// Longest guest pause allowed at switch-over, in milliseconds, 10 to 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 10000))]
+    pub max_downtime_ms: Option<i64>,
+    /// Let QEMU slow the guest down so that the migration converges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_auto_converge: Option<bool>,
+    /// Allow switching to post-copy (see the HostPool field for the risk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_post_copy: Option<bool>,
 }
 
 /// When the VM should run.
@@ -345,6 +383,35 @@ pub struct VirtualMachineStatus {
     /// The last `ferry.dev/restart` annotation value that was acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart_request: Option<String>,
+    /// The VM's current or most recent live migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<VmMigrationStatus>,
+}
+
+/// A VM's current or most recent live migration, as its VirtualMachineMigration reports it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VmMigrationStatus {
+    /// Name of the VirtualMachineMigration.
+    pub name: String,
+    /// Its phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<crate::api::migration::MigrationPhase>,
+    /// Host the VM left (or leaves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Host the VM moved (or moves) to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// When the transfer started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Time>,
+    /// Guest downtime at switch-over, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<i64>,
 }
 
 /// Life-cycle phase of a VM.
@@ -366,6 +433,8 @@ pub enum VmPhase {
     Failed,
     /// The host does not answer, so the VM's state is not known.
     Unknown,
+    /// The VM is being live-migrated to another host; it keeps running.
+    Migrating,
     /// The VM is being deleted.
     Terminating,
 }

@@ -2,13 +2,14 @@
 
 pub mod credentials;
 pub mod host_pool;
+pub mod migration;
 pub mod permissions;
 pub mod run;
 pub mod scheduling;
 pub mod status;
 pub mod virtual_machine;
 
-use crate::api::{HostPool, VirtualMachine};
+use crate::api::{HostPool, VirtualMachine, VirtualMachineMigration};
 use crate::hypervisor::connections::{ConnectOptions, HostConnections};
 use crate::hypervisor::{HostInfo, HvResult, Hypervisor};
 use crate::metrics::Metrics;
@@ -40,6 +41,13 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// VirtualMachines, from the VM controller's reflector.
     pub vms: Store<VirtualMachine>,
+    /// VirtualMachineMigrations, from the migration controller's reflector (empty until
+    /// [`Context::with_migrations`] sets it).
+    pub migrations: Store<VirtualMachineMigration>,
+    /// Migration slots taken by migrations admitted in this process, by migration UID.
+    pub migration_slots: Mutex<HashMap<String, crate::plan::migration::Active>>,
+    /// Migrations running in this process, by migration UID.
+    pub migration_jobs: Mutex<HashMap<String, Arc<migration::Job>>>,
     /// Placements chosen but not yet seen in `vms`, by VM UID; held under this lock while a host
     /// is chosen, so VMs placed at the same time see each other.
     pub placing: Mutex<HashMap<String, Placed>>,
@@ -77,6 +85,9 @@ impl Context {
             pools,
             nodes,
             vms,
+            migrations: kube::runtime::reflector::store().0,
+            migration_slots: Mutex::default(),
+            migration_jobs: Mutex::default(),
             placing: Mutex::default(),
             stopping: Mutex::default(),
             failures: Mutex::default(),
@@ -88,24 +99,42 @@ impl Context {
         }
     }
 
+    /// Use `store` for VirtualMachineMigrations.
+    pub fn with_migrations(mut self, store: Store<VirtualMachineMigration>) -> Self {
+        self.migrations = store;
+        self
+    }
+
     /// A connection to the host at `uri`, with the pool's timeouts and, when the pool names a
     /// credentials Secret, its TLS client files as the connection's `pkipath`.
     pub async fn connect(&self, uri: &str, pool: &HostPool) -> HvResult<Arc<dyn Hypervisor>> {
-        let (interval, count) = pool.keepalive();
-        let opts = ConnectOptions {
-            connect_timeout: pool.connect_timeout(),
-            keepalive_interval: interval,
-            keepalive_count: count,
-            ..ConnectOptions::default()
-        };
-        let uri = match &pool.spec.libvirt.credentials_secret {
+        let opts = pool_options(pool);
+        let uri = self.credentialed_uri(uri, pool).await?;
+        self.hosts.get(&uri, &opts).await
+    }
+
+    /// `uri` with the pool's credentials applied (see [`Context::connect`]).
+    pub async fn credentialed_uri(&self, uri: &str, pool: &HostPool) -> HvResult<String> {
+        match &pool.spec.libvirt.credentials_secret {
             Some(secret) => {
                 let ns = pool.metadata.namespace.as_deref().unwrap_or_default();
-                credentials::apply(&self.client, &self.pki_root, ns, secret, uri).await?
+                credentials::apply(&self.client, &self.pki_root, ns, secret, uri).await
             }
-            None => uri.to_string(),
-        };
-        self.hosts.get(&uri, &opts).await
+            None => Ok(uri.to_string()),
+        }
+    }
+
+    /// Options for a connection of its own (outside the registry), such as one that carries a
+    /// long migration call, with `call_timeout` for its calls.
+    pub fn dedicated_options(&self, pool: &HostPool, call_timeout: Duration) -> ConnectOptions {
+        let observer = self.metrics.clone();
+        ConnectOptions {
+            call_timeout,
+            observer: Some(Arc::new(move |op: &'static str, secs: f64, ok: bool| {
+                observer.libvirt_call(op, secs, ok)
+            })),
+            ..pool_options(pool)
+        }
     }
 
     /// Host facts, read once per connection and then cached.
@@ -191,6 +220,17 @@ impl Context {
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "could not record Event");
         }
+    }
+}
+
+/// Connection options from a pool's libvirt settings.
+fn pool_options(pool: &HostPool) -> ConnectOptions {
+    let (interval, count) = pool.keepalive();
+    ConnectOptions {
+        connect_timeout: pool.connect_timeout(),
+        keepalive_interval: interval,
+        keepalive_count: count,
+        ..ConnectOptions::default()
     }
 }
 

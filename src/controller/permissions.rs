@@ -77,6 +77,20 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         why: "status::apply_status: server-side apply of status",
     },
     Permission {
+        group: "ferry.dev",
+        resource: "virtualmachinemigrations",
+        verbs: &["list", "watch", "patch", "create", "delete"],
+        scope: Watched,
+        why: "run::run: migration Controller watch; migration::reconcile: finalizer() JSON patches; evacuation: create and withdraw migrations",
+    },
+    Permission {
+        group: "ferry.dev",
+        resource: "virtualmachinemigrations/status",
+        verbs: &["patch"],
+        scope: Watched,
+        why: "status::apply_status: server-side apply of status",
+    },
+    Permission {
         group: "events.k8s.io",
         resource: "events",
         verbs: &["create", "patch"],
@@ -125,6 +139,6 @@ mod tests {
                 assert!(known.contains(v), "unknown verb {v}");
             }
         }
-        assert_eq!(flattened().len(), 15);
+        assert_eq!(flattened().len(), 21);
     }
 }

@@ -1,7 +1,7 @@
 //! Wiring: reflectors, the two controllers, and their shared context.
 
-use super::{Context, host_pool, virtual_machine};
-use crate::api::{HostPool, VirtualMachine};
+use super::{Context, host_pool, migration, virtual_machine};
+use crate::api::{HostPool, VirtualMachine, VirtualMachineMigration};
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -91,15 +91,30 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     );
     let vm_store = vm_controller.store();
+    let migration_controller = Controller::new(
+        api::<VirtualMachineMigration>(&client, &scope),
+        watcher::Config::default().any_semantic(),
+    );
+    let migration_store = migration_controller.store();
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        recorder,
-        metrics.clone(),
-        pool_store.clone(),
-        node_store.clone(),
-        vm_store.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            recorder,
+            metrics.clone(),
+            pool_store.clone(),
+            node_store.clone(),
+            vm_store.clone(),
+        )
+        .with_migrations(migration_store.clone()),
+    );
+    // A migration changes what the VM controller may do with its VM.
+    let migrations_for_vms = watcher(
+        api::<VirtualMachineMigration>(&client, &scope),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .applied_objects();
     // ferry_virtual_machines and ferry_hosts are computed from these caches at each scrape, once
     // both hold a complete list (before that they would show zeros that are not true).
     let gauges = {
@@ -116,6 +131,10 @@ pub async fn run(
         })
     };
     let vms = vm_controller
+        .watches_stream(migrations_for_vms, |m: VirtualMachineMigration| {
+            let ns = m.namespace().unwrap_or_default();
+            Some(ObjectRef::<VirtualMachine>::new(&m.spec.vm_name).within(&ns))
+        })
         .watches_stream(pools, move |pool: HostPool| {
             let ns = pool.namespace();
             let name = pool.name_any();
@@ -135,6 +154,24 @@ pub async fn run(
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "virtualmachine controller event");
+            }
+        });
+    // VMs are not touched before every migration is known: one that ended while no controller
+    // ran could otherwise look like a missing domain to start again.
+    let vms = {
+        let store = migration_store.clone();
+        async move {
+            if store.wait_until_ready().await.is_ok() {
+                vms.await;
+            }
+        }
+    };
+    let migrations = migration_controller
+        .graceful_shutdown_on(Box::pin(shutdown_signal()))
+        .run(migration::reconcile, migration::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "virtualmachinemigration controller event");
             }
         });
 
@@ -162,7 +199,7 @@ pub async fn run(
 
     ready();
     tokio::select! {
-        _ = futures::future::join(vms, hostpools) => {},
+        _ = futures::future::join3(vms, hostpools, migrations) => {},
         _ = shutdown => {},
     }
     gauges.abort();

@@ -61,6 +61,45 @@ pub fn choose(vm: &VirtualMachine, pool: &HostPool, ctx: &Context) -> Result<Str
     Ok(host)
 }
 
+/// Choose the target host of a live migration of `vm` away from `source`: the requested host
+/// when it fits, or the best other host by the pool's placement rules. Hosts receiving a
+/// migration already count that VM (see `placed_vms`). Nothing is reserved here: the migration's slot
+/// reserves the target.
+pub fn choose_migration_target(
+    vm: &VirtualMachine,
+    pool: &HostPool,
+    ctx: &Context,
+    source: &str,
+    requested: Option<&str>,
+) -> Result<String, String> {
+    let spec = vm.spec.placement.clone().unwrap_or_default();
+    let affinity = placement::terms(&spec.affinity, "affinity")?;
+    let anti = placement::terms(&spec.anti_affinity, "antiAffinity")?;
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let candidates: Vec<Candidate> = candidates(pool, ctx)
+        .into_iter()
+        .filter(|c| c.name != source && requested.is_none_or(|r| r == c.name))
+        .collect();
+    if candidates.is_empty() {
+        return Err(match requested {
+            Some(r) => format!("host {r} is not in the pool's status yet"),
+            None => "the pool has no other host".into(),
+        });
+    }
+    let placed = {
+        let mut placing = lock(&ctx.placing);
+        placed_vms(pool, ctx, &mut placing)
+    };
+    let req = Request {
+        uid: &uid,
+        need: need(vm),
+        node_selector: &spec.node_selector,
+        affinity: &affinity,
+        anti_affinity: &anti,
+    };
+    placement::choose_host(&candidates, &placed, &req, pool.placement_strategy())
+}
+
 /// Drop a reservation made by [`choose`] (the placement was not recorded, or the VM is gone).
 pub fn forget(ctx: &Context, uid: &str) {
     lock(&ctx.placing).remove(uid);
@@ -97,6 +136,32 @@ fn placed_vms(
                 }
             }
         }
+    }
+    // A VM on the move counts on its target too, from the moment the target is chosen.
+    for m in ctx.migrations.state() {
+        if m.namespace() != ns || !super::migration::holds_vm(&m) {
+            continue;
+        }
+        let Some(target) = m.status.as_ref().and_then(|s| s.target.clone()) else {
+            continue;
+        };
+        let Some(vm) = ctx
+            .vms
+            .get(&ObjectRef::new(&m.spec.vm_name).within(ns.as_deref().unwrap_or_default()))
+        else {
+            continue;
+        };
+        if vm.spec.host_pool != name
+            || vm.status.as_ref().and_then(|s| s.host.as_deref()) == Some(target.as_str())
+        {
+            continue;
+        }
+        out.push(Placed {
+            uid: format!("{}@{target}", vm.metadata.uid.clone().unwrap_or_default()),
+            host: target,
+            labels: vm.labels().clone(),
+            need: need(&vm),
+        });
     }
     out
 }

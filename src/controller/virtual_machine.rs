@@ -2,13 +2,15 @@
 //! domain to the state the run strategy asks for, report status, and clean up on deletion.
 
 use super::scheduling::{self, NotPlaced};
-use super::{Context, lock, status::apply_status};
+use super::{Context, lock, migration, status::apply_status};
 use crate::api::condition::{ConditionStatus, find, set_condition};
+use crate::api::virtual_machine::VmMigrationStatus;
 use crate::api::virtual_machine::{
     ABANDON_ANNOTATION, DiskStatus, POWER_ANNOTATION, RESTART_ANNOTATION,
 };
 use crate::api::{
-    DiskSource, FINALIZER, HostPool, RunStrategy, VirtualMachine, VirtualMachineStatus, VmPhase,
+    DiskSource, FINALIZER, HostPool, MigrationPhase, RunStrategy, VirtualMachine,
+    VirtualMachineStatus, VmPhase,
 };
 use crate::error::{Error, Result};
 use crate::hypervisor::domain_xml::{self, VirtType};
@@ -186,6 +188,9 @@ async fn drive(
         )
     })?;
     let placed = place(vm, api, ctx, st, now).await?;
+    if let Some(after) = follow_migrations(vm, ctx, &placed, st, now).await? {
+        return Ok(after);
+    }
     let hv = placed.hv.as_ref();
     let pool = &placed.pool;
     let uid = vm.metadata.uid.clone().unwrap_or_default();
@@ -422,6 +427,161 @@ async fn drive(
         },
         _ => RESYNC,
     })
+}
+
+/// Keep out of a live migration's way, and take a finished one over. Reports the VM's latest
+/// migration and its `Migrating` condition. Returns `Some(delay)` when the reconcile must stop
+/// here: a migration holds the VM, or the VM just moved (its new host is in `st`).
+async fn follow_migrations(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    placed: &Placed,
+    st: &mut VirtualMachineStatus,
+    now: Timestamp,
+) -> Result<Option<Duration>, Blocked> {
+    let ns = vm.namespace().unwrap_or_default();
+    let migrations = migration::of_vm(ctx, &ns, &vm.name_any());
+    let generation = vm.metadata.generation;
+    st.migration = migrations.last().map(|m| {
+        let s = m.status.clone().unwrap_or_default();
+        VmMigrationStatus {
+            name: m.name_any(),
+            phase: s.phase,
+            source: s.source,
+            target: s.target,
+            start_time: s.start_time,
+            end_time: s.end_time,
+            downtime_ms: s.downtime_ms,
+        }
+    });
+    if let Some(m) = migrations.iter().find(|m| {
+        migration::holds_vm(m)
+            && m.status.as_ref().and_then(|s| s.source.as_deref()) == Some(placed.name.as_str())
+    }) {
+        let target = m
+            .status
+            .as_ref()
+            .and_then(|s| s.target.clone())
+            .unwrap_or_default();
+        st.phase = Some(VmPhase::Migrating);
+        set_condition(
+            &mut st.conditions,
+            "Migrating",
+            ConditionStatus::True,
+            "Migrating",
+            format!(
+                "moving from host {} to host {target} ({})",
+                placed.name,
+                m.name_any()
+            ),
+            generation,
+            now,
+        );
+        return Ok(Some(TRANSITION));
+    }
+    // The latest migration that left this host and succeeded: if both hosts confirm it, the VM
+    // now lives on the target.
+    let landed = migrations.iter().rev().find(|m| {
+        let s = m.status.clone().unwrap_or_default();
+        s.phase == Some(MigrationPhase::Succeeded)
+            && s.source.as_deref() == Some(placed.name.as_str())
+            && s.target.as_deref().is_some_and(|t| t != placed.name)
+    });
+    let (reason, message) = match migrations.last().and_then(|m| m.status.clone()) {
+        Some(s) if s.phase == Some(MigrationPhase::Failed) => (
+            "MigrationFailed",
+            format!(
+                "the last migration failed: {}",
+                s.message.unwrap_or_default()
+            ),
+        ),
+        Some(s) if s.phase == Some(MigrationPhase::Succeeded) => (
+            "Migrated",
+            format!(
+                "moved from host {} to host {}",
+                s.source.unwrap_or_default(),
+                s.target.unwrap_or_default()
+            ),
+        ),
+        _ => ("NotMigrating", "no migration in progress".to_string()),
+    };
+    set_condition(
+        &mut st.conditions,
+        "Migrating",
+        ConditionStatus::False,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    let Some(landed) = landed else {
+        return Ok(None);
+    };
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let here = placed
+        .hv
+        .lookup_domain(&uid)
+        .await
+        .map_err(|e| host_blocked(&placed.name, e, "looking up the domain", st.phase))?;
+    if here.as_ref().is_some_and(|d| d.state.is_active()) {
+        // Still here: that migration is an old record.
+        return Ok(None);
+    }
+    let target = landed
+        .status
+        .as_ref()
+        .and_then(|s| s.target.clone())
+        .unwrap_or_default();
+    let confirm = Blocked::new(
+        VmPhase::Unknown,
+        "MigrationUnconfirmed",
+        format!(
+            "migration {} reported the VM on host {target}, but that host cannot confirm it yet; ferry starts nothing until it does",
+            landed.name_any()
+        ),
+        Retry::Backoff,
+    );
+    let node = ctx
+        .nodes
+        .get(&ObjectRef::new(&target))
+        .ok_or_else(|| Blocked {
+            message: format!("{} (Node {target} is gone)", confirm.message),
+            ..Blocked::new(confirm.phase, confirm.reason, "", Retry::Backoff)
+        })?;
+    let there = match host_uri(&placed.pool, &node) {
+        Ok(uri) => match ctx.connect(&uri, &placed.pool).await {
+            Ok(hv) => hv.lookup_domain(&uid).await.ok().flatten(),
+            Err(_) => return Err(confirm),
+        },
+        Err(_) => return Err(confirm),
+    };
+    if !there.as_ref().is_some_and(|d| d.state.is_active()) {
+        // Neither host runs it: it stopped during or after the move; carry on here as usual.
+        return Ok(None);
+    }
+    st.host = Some(target.clone());
+    set_condition(
+        &mut st.conditions,
+        "Scheduled",
+        ConditionStatus::True,
+        "Migrated",
+        format!("placed on host {target} by migration {}", landed.name_any()),
+        generation,
+        now,
+    );
+    ctx.event(
+        vm,
+        EventType::Normal,
+        "Migrated",
+        "Migrate",
+        format!(
+            "Now running on host {target} (moved from host {} by {})",
+            placed.name,
+            landed.name_any()
+        ),
+    )
+    .await;
+    Ok(Some(Duration::from_millis(200)))
 }
 
 /// Find or choose the VM's host and connect to it.
@@ -850,6 +1010,36 @@ async fn cleanup(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) 
         // Never placed: nothing was created anywhere.
         return Ok(Requeue::await_change());
     };
+    let ns = vm.namespace().unwrap_or_default();
+    let migrations = migration::of_vm(ctx, &ns, &vm.name_any());
+    if let Some(m) = migrations.iter().find(|m| migration::holds_vm(m)) {
+        // The migration controller aborts it because the VM is being deleted.
+        return Err(Error::Missing(format!(
+            "deletion waits for migration {} to end",
+            m.name_any()
+        )));
+    }
+    // A move that succeeded but is not recorded in status yet: the domain is on the target.
+    let moved_to = migrations.iter().rev().find_map(|m| {
+        let s = m.status.as_ref()?;
+        (s.phase == Some(MigrationPhase::Succeeded) && s.source.as_deref() == Some(host.as_str()))
+            .then(|| s.target.clone())
+            .flatten()
+    });
+    if let Some(target) = moved_to {
+        clean_host(vm, api, ctx, &target).await?;
+    }
+    clean_host(vm, api, ctx, &host).await
+}
+
+/// Remove the VM's domain and disks from `host`.
+async fn clean_host(
+    vm: &VirtualMachine,
+    api: &Api<VirtualMachine>,
+    ctx: &Context,
+    host: &str,
+) -> Result<Requeue> {
+    let host = host.to_string();
     let ns = vm.namespace().unwrap_or_default();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
     let domain = naming::domain_name(&ns, &vm.name_any());

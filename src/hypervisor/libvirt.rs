@@ -30,6 +30,7 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use super::domain_xml::{self, empty_elem, end, start, text_elem};
+use super::migration::{JobProgress, MigrationRequest, StorageMode};
 use super::{
     ConnectOptions, DomainInfo, DomainState, HostInfo, HvResult, Hypervisor, HypervisorError,
     ShutOffReason, VolumeInfo, error_code,
@@ -195,15 +196,24 @@ impl LibvirtHost {
         T: Send + 'static,
         F: FnOnce(&Connect) -> CallResult<T> + Send + 'static,
     {
+        self.call_for(op, self.opts.call_timeout, f).await
+    }
+
+    /// [`Self::call`] with its own time limit (for calls that legitimately take long).
+    async fn call_for<T, F>(&self, op: &'static str, timeout: Duration, f: F) -> HvResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connect) -> CallResult<T> + Send + 'static,
+    {
         let started = Instant::now();
-        let result = self.call_inner(op, f).await;
+        let result = self.call_inner(op, timeout, f).await;
         if let Some(o) = &self.opts.observer {
             o.observe(op, started.elapsed().as_secs_f64(), result.is_ok());
         }
         result
     }
 
-    async fn call_inner<T, F>(&self, op: &'static str, f: F) -> HvResult<T>
+    async fn call_inner<T, F>(&self, op: &'static str, timeout: Duration, f: F) -> HvResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connect) -> CallResult<T> + Send + 'static,
@@ -225,7 +235,7 @@ impl LibvirtHost {
             self.shared.mark_lost("connection closed");
             return Err(self.shared.lost_error());
         }
-        match tokio::time::timeout(self.opts.call_timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(v))) => Ok(v),
             Ok(Ok(Err(fail))) => {
                 let err = classify(&self.uri, op, fail);
@@ -240,10 +250,8 @@ impl LibvirtHost {
                 Err(self.shared.lost_error())
             }
             Err(_) => {
-                self.shared.mark_lost(format!(
-                    "{op} did not answer within {:?}",
-                    self.opts.call_timeout
-                ));
+                self.shared
+                    .mark_lost(format!("{op} did not answer within {timeout:?}"));
                 Err(self.shared.lost_error())
             }
         }
@@ -1095,6 +1103,86 @@ impl Hypervisor for LibvirtHost {
         .await
     }
 
+    async fn migrate(&self, uuid: &str, req: &MigrationRequest) -> HvResult<()> {
+        let uuid = uuid.to_string();
+        let req = req.clone();
+        let timeout = req.timeout;
+        self.call_for("migrate", timeout, move |conn| {
+            let dom = lookup_dom(conn, &uuid)?.ok_or_else(|| not_found_domain(&uuid))?;
+            let (params, flags) = migration_parameters(&req);
+            dom.migrate_to_uri3(Some(&req.destination_uri), params, flags)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn job_progress(&self, uuid: &str) -> HvResult<Option<JobProgress>> {
+        let uuid = uuid.to_string();
+        self.call("job_progress", move |conn| {
+            let Some(dom) = lookup_dom(conn, &uuid)? else {
+                return Ok(None);
+            };
+            job_stats(&dom, 0)
+        })
+        .await
+    }
+
+    async fn completed_job(&self, uuid: &str) -> HvResult<Option<JobProgress>> {
+        let uuid = uuid.to_string();
+        self.call("completed_job", move |conn| {
+            let Some(dom) = lookup_dom(conn, &uuid)? else {
+                return Ok(None);
+            };
+            job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
+        })
+        .await
+    }
+
+    async fn abort_job(&self, uuid: &str) -> HvResult<()> {
+        let uuid = uuid.to_string();
+        self.call("abort_job", move |conn| {
+            let Some(dom) = lookup_dom(conn, &uuid)? else {
+                return Ok(());
+            };
+            // SAFETY: `dom` is a valid domain handle for the duration of the call.
+            let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+            if rc < 0 {
+                let e = virt::error::Error::last_error();
+                // No job to abort (it ended meanwhile) is success.
+                if e.code().to_raw() as i32 == error_code::OPERATION_INVALID {
+                    return Ok(());
+                }
+                return Err(Fail::Virt(e));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_migration_max_downtime(&self, uuid: &str, ms: u64) -> HvResult<()> {
+        let uuid = uuid.to_string();
+        self.call("set_migration_max_downtime", move |conn| {
+            let dom = lookup_dom(conn, &uuid)?.ok_or_else(|| not_found_domain(&uuid))?;
+            dom.migrate_set_max_downtime(ms, 0)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn start_post_copy(&self, uuid: &str) -> HvResult<()> {
+        let uuid = uuid.to_string();
+        self.call("start_post_copy", move |conn| {
+            let dom = lookup_dom(conn, &uuid)?.ok_or_else(|| not_found_domain(&uuid))?;
+            // SAFETY: `dom` is a valid domain handle for the duration of the call.
+            let rc = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
+            if rc < 0 {
+                return Err(Fail::Virt(virt::error::Error::last_error()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn close(&self) {
         self.shared.mark_lost("connection closed by ferry");
         let tx = self.tx.lock().ok().and_then(|mut tx| tx.take());
@@ -1105,6 +1193,64 @@ impl Hypervisor for LibvirtHost {
             let _ = tokio::time::timeout(CLOSE_WAIT, ack_rx).await;
         }
     }
+}
+
+/// libvirt parameters and flags for a migration request: live, peer to peer, persistent on the
+/// destination, undefined on the source, aborted on I/O errors, and no configuration changes
+/// while it runs.
+fn migration_parameters(req: &MigrationRequest) -> (virt::domain::MigrateParameters, u32) {
+    let mut flags = sys::VIR_MIGRATE_LIVE
+        | sys::VIR_MIGRATE_PEER2PEER
+        | sys::VIR_MIGRATE_PERSIST_DEST
+        | sys::VIR_MIGRATE_UNDEFINE_SOURCE
+        | sys::VIR_MIGRATE_ABORT_ON_ERROR
+        | sys::VIR_MIGRATE_CHANGE_PROTECTION;
+    let mut params = virt::domain::MigrateParameters {
+        bandwidth: req.bandwidth_mib,
+        ..Default::default()
+    };
+    match req.storage {
+        // libvirt 9 cannot tell that a plain directory is shared and refuses without UNSAFE.
+        StorageMode::Shared => flags |= sys::VIR_MIGRATE_UNSAFE,
+        StorageMode::CopyIncremental => {
+            flags |= sys::VIR_MIGRATE_NON_SHARED_INC;
+            params.migrate_disks = req.copy_disks.clone();
+        }
+        StorageMode::CopyFull => {
+            flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
+            params.migrate_disks = req.copy_disks.clone();
+        }
+    }
+    if req.auto_converge {
+        flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
+    }
+    if req.post_copy {
+        flags |= sys::VIR_MIGRATE_POSTCOPY;
+    }
+    (params, flags)
+}
+
+/// A domain's job statistics (`flags` 0: the running job; COMPLETED: the last finished one).
+fn job_stats(dom: &Domain, flags: u32) -> CallResult<Option<JobProgress>> {
+    let stats = match dom.job_stats(flags) {
+        Ok(s) => s,
+        Err(e) if e.code().to_raw() as i32 == error_code::NO_DOMAIN => return Ok(None),
+        Err(e) => return Err(Fail::Virt(e)),
+    };
+    if stats.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
+        return Ok(None);
+    }
+    Ok(Some(JobProgress {
+        elapsed_ms: stats.time_elapsed.unwrap_or(0),
+        data_total: stats.data_total.unwrap_or(0),
+        data_processed: stats.data_processed.unwrap_or(0),
+        data_remaining: stats.data_remaining.unwrap_or(0),
+        memory_dirty_rate: stats.mem_dirty_rate.unwrap_or(0),
+        memory_iteration: stats.mem_iteration.unwrap_or(0),
+        downtime_ms: stats.downtime,
+        success: stats.success,
+        error: stats.error_message,
+    }))
 }
 
 fn not_found_domain(uuid: &str) -> Fail {

@@ -6,6 +6,7 @@
 pub mod connections;
 pub mod domain_xml;
 pub mod libvirt;
+pub mod migration;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 
 pub use connections::{Connector, HostConnections, LibvirtConnector};
 pub use libvirt::LibvirtHost;
+pub use migration::{JobProgress, MigrationRequest, StorageMode};
 
 /// Result of a hypervisor call.
 pub type HvResult<T> = std::result::Result<T, HypervisorError>;
@@ -280,8 +282,43 @@ pub trait Hypervisor: Send + Sync {
     ) -> HvResult<VolumeInfo>;
     /// Delete a volume. Succeeds when it is already gone.
     async fn delete_volume(&self, pool: &str, name: &str) -> HvResult<()>;
+    /// Live-migrate a running domain to another host (peer to peer), keeping it defined there
+    /// and undefining it here once it runs there. Returns when the migration ended; an error
+    /// means the domain stayed here (libvirt rolls back), but callers should check both hosts.
+    /// Blocks this handle for the whole migration: use a connection of its own.
+    async fn migrate(&self, _uuid: &str, _req: &MigrationRequest) -> HvResult<()> {
+        Err(unsupported("migrate"))
+    }
+    /// Statistics of the domain's running job, `None` when it has none.
+    async fn job_progress(&self, _uuid: &str) -> HvResult<Option<JobProgress>> {
+        Err(unsupported("job_progress"))
+    }
+    /// Statistics of the domain's last completed job (on a migration's destination: downtime).
+    async fn completed_job(&self, _uuid: &str) -> HvResult<Option<JobProgress>> {
+        Err(unsupported("completed_job"))
+    }
+    /// Abort the domain's running job (a migration rolls back; the domain keeps running here).
+    async fn abort_job(&self, _uuid: &str) -> HvResult<()> {
+        Err(unsupported("abort_job"))
+    }
+    /// Set the longest pause the running migration may cause at switch-over, in milliseconds.
+    async fn set_migration_max_downtime(&self, _uuid: &str, _ms: u64) -> HvResult<()> {
+        Err(unsupported("set_migration_max_downtime"))
+    }
+    /// Switch the running migration (started with post-copy allowed) to post-copy.
+    async fn start_post_copy(&self, _uuid: &str) -> HvResult<()> {
+        Err(unsupported("start_post_copy"))
+    }
     /// Close the connection; later calls fail with `ConnectionLost`.
     async fn close(&self);
+}
+
+fn unsupported(operation: &'static str) -> HypervisorError {
+    HypervisorError::OperationFailed {
+        operation,
+        code: 3,
+        message: "not supported by this hypervisor handle".into(),
+    }
 }
 
 impl std::fmt::Debug for dyn Hypervisor {

@@ -72,11 +72,7 @@ pub fn build(
             name: d.name.clone(),
             path: r.path.clone(),
             format: r.format.clone(),
-            bus: match d.bus.unwrap_or_default() {
-                DiskBus::Virtio => Bus::Virtio,
-                DiskBus::Sata => Bus::Sata,
-                DiskBus::Scsi => Bus::Scsi,
-            },
+            bus: bus(d),
             read_only: false,
         })
         .collect();
@@ -125,4 +121,30 @@ pub fn build(
             uid,
         },
     }
+}
+
+fn bus(d: &crate::api::virtual_machine::Disk) -> Bus {
+    match d.bus.unwrap_or_default() {
+        DiskBus::Virtio => Bus::Virtio,
+        DiskBus::Sata => Bus::Sata,
+        DiskBus::Scsi => Bus::Scsi,
+    }
+}
+
+/// Guest device names (`vda`, `sda`, ...) of the VM's disks, in spec order, as the domain
+/// definition names them.
+pub fn disk_targets(vm: &VirtualMachine) -> Vec<String> {
+    let defs: Vec<DiskDef> = vm
+        .spec
+        .disks
+        .iter()
+        .map(|d| DiskDef {
+            name: d.name.clone(),
+            path: String::new(),
+            format: String::new(),
+            bus: bus(d),
+            read_only: false,
+        })
+        .collect();
+    crate::hypervisor::domain_xml::disk_targets(&defs)
 }

@@ -3,6 +3,7 @@
 pub mod capacity;
 pub mod definition;
 pub mod lifecycle;
+pub mod migration;
 pub mod naming;
 pub mod placement;
 pub mod quantity;

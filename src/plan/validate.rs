@@ -138,6 +138,8 @@ mod tests {
             boot: None,
             placement: None,
             termination_grace_period_seconds: None,
+            eviction_strategy: None,
+            migration: None,
         }
     }
 
