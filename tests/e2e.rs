@@ -858,3 +858,374 @@ async fn placement_across_three_hosts() {
         assert!(left.trim().is_empty(), "nothing left on {}: {left}", h.name);
     }
 }
+
+// ---- Live migration ----
+
+/// Guests in the migration tests tick every 50 ms, so pauses and continuity show on the console.
+const TICK: &str = "ferry.tick_ms=50";
+
+/// `n` lab hosts as Nodes of one pool whose hosts migrate to each other over TCP, `migration`
+/// as the pool's migration policy, and a controller.
+async fn migration_lab(
+    prefix: &str,
+    n: usize,
+    migration: serde_json::Value,
+) -> (lab::Lab, Cluster, cluster::ControllerProcess) {
+    let lab = lab::Lab::up(n).expect("lab hosts");
+    let mut c = Cluster::new(prefix).await;
+    let ns = c.namespace.clone();
+    for h in &lab.hosts {
+        c.add_node_with_labels(
+            &format!("{ns}-{}", h.name),
+            &h.ip,
+            &[(LABEL, "true"), (LAB_HOST, &h.name)],
+        )
+        .await;
+    }
+    let ctl = c.controller(prefix);
+    let template = lab.hosts[0]
+        .unix_uri
+        .replace("/h1/run/", &format!("/{{label:{LAB_HOST}}}/run/"));
+    let mut pool = pool_manifest("lab", &lab);
+    pool["spec"]["libvirt"]["uriTemplate"] = json!(template);
+    let mut m = migration;
+    m["peerUriTemplate"] = json!("qemu+tcp://{address}/system");
+    pool["spec"]["migration"] = m;
+    c.apply::<ferry::api::HostPool>(pool).await;
+    let pools = c.pools();
+    wait_for(
+        "every lab host Ready with capacity",
+        Duration::from_secs(90),
+        || {
+            let pools = pools.clone();
+            async move {
+                let s = pools.get("lab").await.ok()?.status?;
+                (s.hosts.len() == n
+                    && s.hosts.iter().all(|h| {
+                        h.state == ferry::api::HostState::Ready && h.allocatable.is_some()
+                    }))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    (lab, c, ctl)
+}
+
+fn ticking_vm(name: &str, lab: &lab::Lab) -> serde_json::Value {
+    let mut vm = vm_manifest(name, "lab", lab, "Always");
+    vm["spec"]["boot"]["cmdline"] = json!(format!("{} {TICK}", lab.cmdline));
+    vm
+}
+
+/// The last `FERRY-TICK n` on a console.
+fn last_tick(text: &str) -> Option<u64> {
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("FERRY-TICK ")?.trim().parse().ok())
+}
+
+/// How many times the guest booted, by its console.
+fn boots(text: &str) -> usize {
+    text.lines().filter(|l| l.contains("FERRY-BOOT ")).count()
+}
+
+/// The lab host name (`h1`) of a Node name (`<ns>-h1`).
+fn lab_host(node: &str) -> String {
+    node.rsplit('-').next().unwrap_or_default().to_string()
+}
+
+/// Whether `host` has the domain, and whether it runs there.
+fn domain_on(lab: &lab::Lab, host: &str, domain: &str) -> (bool, bool) {
+    let out = lab.virsh(host, &["domstate", domain]);
+    (out.success(), out.stdout.trim() == "running")
+}
+
+async fn start_migration(c: &Cluster, name: &str, vm: &str, target: Option<&str>) {
+    let mut m = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachineMigration",
+        "metadata": {"name": name},
+        "spec": {"vmName": vm, "reason": "e2e"}
+    });
+    if let Some(t) = target {
+        m["spec"]["targetHost"] = json!(t);
+    }
+    c.apply::<ferry::api::VirtualMachineMigration>(m).await;
+}
+
+async fn wait_migration(
+    c: &Cluster,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&ferry::api::VirtualMachineMigrationStatus) -> bool,
+) -> ferry::api::VirtualMachineMigrationStatus {
+    let api = c.migrations();
+    wait_for(&format!("migration {name}: {what}"), timeout, || {
+        let api = api.clone();
+        let name = name.to_string();
+        let f = &f;
+        async move { api.get(&name).await.ok()?.status.filter(|s| f(s)) }
+    })
+    .await
+}
+
+/// Wait until the console shows ticks past `after`.
+async fn ticks_past(path: &std::path::Path, after: u64) -> u64 {
+    wait_for(
+        &format!("console ticks past {after}"),
+        Duration::from_secs(60),
+        || async move { last_tick(&lab::console_log(path)).filter(|t| *t > after + 5) },
+    )
+    .await
+}
+
+/// A running guest moves to the other host and back (the second time to a named target): it
+/// keeps counting, never reboots, the source keeps no definition, status shows where it runs,
+/// the migration's timings and the VM's Migrating condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn live_migration_moves_a_running_guest() {
+    use ferry::api::MigrationPhase::*;
+    assert!(cluster::enabled(), "set FERRY_E2E=1 and KUBECONFIG");
+    let (lab, c, _ctl) = migration_lab("ferry-e2e-mig", 2, json!({})).await;
+    let ns = c.namespace.clone();
+    let domain = format!("{ns}_mover");
+    c.apply::<VirtualMachine>(ticking_vm("mover", &lab)).await;
+    let vm = wait_vm(&c, "mover", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let src = host_of(&vm).expect("host");
+    let path = console(&lab, &ns, "mover");
+    let before = ticks_past(&path, 0).await;
+
+    for (round, target) in [(1, None), (2, Some(src.clone()))] {
+        let name = format!("mover-{round}");
+        let from = host_of(&c.vms().get("mover").await.expect("vm")).expect("host");
+        start_migration(&c, &name, "mover", target.as_deref()).await;
+        let st = wait_migration(&c, &name, "Succeeded", Duration::from_secs(240), |s| {
+            is_terminal(s)
+        })
+        .await;
+        assert_eq!(st.phase, Some(Succeeded), "{st:?}");
+        let to = st.target.clone().expect("target");
+        eprintln!(
+            "round {round}: {from} -> {to}, downtime {:?} ms, {:?} bytes, {}",
+            st.downtime_ms,
+            st.data_transferred_bytes,
+            st.message.clone().unwrap_or_default()
+        );
+        assert_eq!(st.source.as_deref(), Some(from.as_str()));
+        assert_ne!(to, from);
+        if let Some(t) = &target {
+            assert_eq!(&to, t, "the named target");
+        }
+        assert!(st.start_time.is_some() && st.end_time.is_some(), "{st:?}");
+        assert!(st.downtime_ms.is_some_and(|d| d >= 0), "{st:?}");
+        assert!(st.data_transferred_bytes.is_some_and(|b| b > 0), "{st:?}");
+        let vm = wait_vm(
+            &c,
+            "mover",
+            "on its new host",
+            Duration::from_secs(60),
+            |vm| {
+                host_of(vm).as_deref() == Some(to.as_str())
+                    && vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Running)
+                    && vm
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.migration.as_ref())
+                        .is_some_and(|m| m.name == name && m.phase == Some(Succeeded))
+            },
+        )
+        .await;
+        let migrating = condition(&vm, "Migrating").expect("Migrating condition");
+        assert_eq!(
+            (migrating.status.as_str(), migrating.reason.as_str()),
+            ("False", "Migrated")
+        );
+        assert_eq!(ready_reason(&vm), Some(("True".into(), "Running".into())));
+        assert_eq!(
+            domain_on(&lab, &lab_host(&to), &domain),
+            (true, true),
+            "running on the target"
+        );
+        assert_eq!(
+            domain_on(&lab, &lab_host(&from), &domain).0,
+            false,
+            "nothing left on the source"
+        );
+        let now = ticks_past(&path, before).await;
+        let text = lab::console_log(&path);
+        assert_eq!(boots(&text), 1, "never rebooted:\n{text}");
+        assert!(now > before);
+    }
+}
+
+fn is_terminal(s: &ferry::api::VirtualMachineMigrationStatus) -> bool {
+    use ferry::api::MigrationPhase::*;
+    matches!(s.phase, Some(Succeeded | Failed | Cancelled))
+}
+
+/// Slow (bandwidth-limited) migrations that are cancelled, lose their destination's libvirtd,
+/// or lose the destination to a partition: each ends Cancelled or Failed with a reason, the
+/// guest keeps running on its source without a reboot, and nothing is left on the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn interrupted_migrations_leave_the_vm_on_its_source() {
+    use ferry::api::MigrationPhase::*;
+    assert!(cluster::enabled(), "set FERRY_E2E=1 and KUBECONFIG");
+    let (lab, c, _ctl) = migration_lab("ferry-e2e-migfail", 2, json!({"bandwidthMiBps": 1})).await;
+    let ns = c.namespace.clone();
+    let domain = format!("{ns}_stay");
+    c.apply::<VirtualMachine>(ticking_vm("stay", &lab)).await;
+    let vm = wait_vm(&c, "stay", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let src = host_of(&vm).expect("host");
+    let src_lab = lab_host(&src);
+    let dst_lab = if src_lab == "h1" { "h2" } else { "h1" }.to_string();
+    let path = console(&lab, &ns, "stay");
+    let mut tick = ticks_past(&path, 0).await;
+
+    let running = |s: &ferry::api::VirtualMachineMigrationStatus| {
+        s.phase == Some(Running) && s.data_transferred_bytes.is_some_and(|b| b > 0)
+    };
+    for (name, how) in [("cancel", "cancel"), ("kill", "kill"), ("cut", "partition")] {
+        start_migration(&c, name, "stay", None).await;
+        wait_migration(&c, name, "transferring", Duration::from_secs(120), running).await;
+        let t = std::time::Instant::now();
+        match how {
+            "cancel" => {
+                c.migrations()
+                    .delete(name, &DeleteParams::default())
+                    .await
+                    .expect("delete migration");
+                let api = c.migrations();
+                wait_for("cancelled migration gone", Duration::from_secs(60), || {
+                    let api = api.clone();
+                    async move { api.get_opt(name).await.ok()?.is_none().then_some(()) }
+                })
+                .await;
+            }
+            "kill" => {
+                lab.kill_libvirtd(&dst_lab)
+                    .expect("kill the destination's libvirtd");
+                let st =
+                    wait_migration(&c, name, "ended", Duration::from_secs(120), is_terminal).await;
+                assert_eq!(st.phase, Some(Failed), "{st:?}");
+                assert!(
+                    st.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains(&src_lab) || m.contains(&src)),
+                    "{st:?}"
+                );
+                lab.start_libvirtd(&dst_lab)
+                    .expect("restart the destination's libvirtd");
+            }
+            _ => {
+                lab.partition(&dst_lab).expect("partition the destination");
+                let st =
+                    wait_migration(&c, name, "ended", Duration::from_secs(180), is_terminal).await;
+                assert_eq!(st.phase, Some(Failed), "{st:?}");
+                lab.heal(&dst_lab).expect("heal");
+            }
+        }
+        eprintln!(
+            "{how}: ended {:.1}s after the interruption",
+            t.elapsed().as_secs_f64()
+        );
+        let vm = wait_vm(
+            &c,
+            "stay",
+            "Running on its source",
+            Duration::from_secs(90),
+            |vm| {
+                vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Running)
+                    && ready_reason(vm) == Some(("True".into(), "Running".into()))
+            },
+        )
+        .await;
+        assert_eq!(
+            host_of(&vm),
+            Some(src.clone()),
+            "{how}: still on the source"
+        );
+        assert_eq!(domain_on(&lab, &src_lab, &domain), (true, true), "{how}");
+        wait_for(
+            &format!("{how}: no leftover on the destination"),
+            Duration::from_secs(90),
+            || {
+                let out = lab.virsh(&dst_lab, &["list", "--all", "--name"]);
+                let gone = out.success() && !out.stdout.contains(&domain);
+                async move { gone.then_some(()) }
+            },
+        )
+        .await;
+        tick = ticks_past(&path, tick).await;
+        assert_eq!(boots(&lab::console_log(&path)), 1, "{how}: never rebooted");
+    }
+}
+
+/// The controller is killed while a slow migration runs; its successor asks both hosts and
+/// converges: the migration gets a final phase, exactly one copy runs, and the VM's status
+/// names the host it runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn a_controller_killed_mid_migration_converges() {
+    use ferry::api::MigrationPhase::*;
+    assert!(cluster::enabled(), "set FERRY_E2E=1 and KUBECONFIG");
+    let (lab, c, mut ctl) =
+        migration_lab("ferry-e2e-migkill", 2, json!({"bandwidthMiBps": 4})).await;
+    let ns = c.namespace.clone();
+    let domain = format!("{ns}_phoenix");
+    c.apply::<VirtualMachine>(ticking_vm("phoenix", &lab)).await;
+    wait_vm(&c, "phoenix", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let path = console(&lab, &ns, "phoenix");
+    let tick = ticks_past(&path, 0).await;
+    start_migration(&c, "m", "phoenix", None).await;
+    wait_migration(&c, "m", "transferring", Duration::from_secs(120), |s| {
+        s.phase == Some(Running) && s.data_transferred_bytes.is_some_and(|b| b > 0)
+    })
+    .await;
+    ctl.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _successor = c.controller("ferry-e2e-migkill-2");
+    let st = wait_migration(&c, "m", "ended", Duration::from_secs(240), is_terminal).await;
+    eprintln!("after the restart: {:?} {:?}", st.phase, st.message);
+    assert!(matches!(st.phase, Some(Succeeded | Failed)), "{st:?}");
+    let expected = if st.phase == Some(Succeeded) {
+        st.target.clone().expect("target")
+    } else {
+        st.source.clone().expect("source")
+    };
+    let vm = wait_vm(
+        &c,
+        "phoenix",
+        "its true host",
+        Duration::from_secs(90),
+        |vm| {
+            host_of(vm).as_deref() == Some(expected.as_str())
+                && ready_reason(vm) == Some(("True".into(), "Running".into()))
+        },
+    )
+    .await;
+    let copies: Vec<String> = lab
+        .hosts
+        .iter()
+        .filter(|h| domain_on(&lab, &h.name, &domain).1)
+        .map(|h| h.name.clone())
+        .collect();
+    assert_eq!(
+        copies,
+        vec![lab_host(&expected)],
+        "exactly one running copy: {vm:?}"
+    );
+    ticks_past(&path, tick).await;
+    assert_eq!(boots(&lab::console_log(&path)), 1, "never rebooted");
+}

@@ -48,6 +48,8 @@ pub struct Job {
     cancel: AtomicBool,
     /// Why it was cancelled.
     cancel_reason: std::sync::Mutex<Option<String>>,
+    /// Why ferry aborted an adopted job (its limits), for the final message.
+    abort_reason: std::sync::Mutex<Option<String>>,
     /// Last progress sample from the source.
     progress: std::sync::Mutex<Option<JobProgress>>,
     /// Switched to post-copy.
@@ -65,6 +67,8 @@ enum JobResult {
     },
     /// libvirt reported a failure (or ferry aborted it); the message says why.
     Failed(String),
+    /// A job adopted after a restart ended; where the VM runs must be read from the hosts.
+    Ended,
 }
 
 impl Job {
@@ -117,6 +121,19 @@ pub fn of_vm(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<VirtualMachineMigra
 ))]
 pub async fn reconcile(m: Arc<VirtualMachineMigration>, ctx: Arc<Context>) -> Result<Requeue> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
+    // Deciding without the VMs, pools and Nodes would misread a missing entry as a missing
+    // object (after a restart, a running migration would look orphaned).
+    let ready = async {
+        ctx.vms.wait_until_ready().await.is_ok()
+            && ctx.pools.wait_until_ready().await.is_ok()
+            && ctx.nodes.wait_until_ready().await.is_ok()
+    };
+    if !tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .unwrap_or(false)
+    {
+        return Ok(Requeue::requeue(POLL));
+    }
     let ns = m.namespace().unwrap_or_default();
     let api: Api<VirtualMachineMigration> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, MIGRATION_FINALIZER, m, |event| async {
@@ -897,7 +914,72 @@ async fn follow(
             let cancelled = job.cancel.load(Ordering::SeqCst);
             settle_failure(m, api, ctx, st, &source, &target, why, cancelled).await
         }
+        Some(JobResult::Ended) => {
+            lock(&ctx.migration_jobs).remove(&uid(m));
+            let why = lock(&job.abort_reason)
+                .clone()
+                .or_else(|| lock(&job.cancel_reason).clone());
+            recover_with(m, api, ctx, st, why).await
+        }
     }
+}
+
+/// Watch a migration job this process did not start (it was started before a restart): apply
+/// the policy's progress and completion limits and cancels to it until it ends.
+async fn watch_adopted(
+    job: &Job,
+    source: &dyn Hypervisor,
+    vm_uid: &str,
+    policy: &Policy,
+    timeout: Duration,
+) {
+    let mut tracker = Tracker::default();
+    let mut aborted = false;
+    let mut errors = 0;
+    if let Err(e) = source
+        .set_migration_max_downtime(vm_uid, policy.max_downtime_ms)
+        .await
+    {
+        tracing::debug!(error = %e, "could not set the adopted migration's maximum downtime");
+    }
+    loop {
+        tokio::time::sleep(SAMPLE).await;
+        if !aborted && job.cancel.load(Ordering::SeqCst) {
+            aborted = true;
+            if let Err(e) = source.abort_job(vm_uid).await {
+                tracing::warn!(error = %e, "could not abort the adopted migration job");
+            }
+        }
+        let progress = match source.job_progress(vm_uid).await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                errors += 1;
+                tracing::debug!(error = %e, "no progress sample of the adopted migration");
+                if errors > 20 {
+                    break;
+                }
+                continue;
+            }
+        };
+        errors = 0;
+        let elapsed = Duration::from_millis(progress.elapsed_ms);
+        let verdict = tracker.sample(policy, timeout, elapsed, progress.data_remaining);
+        *lock(&job.progress) = Some(progress);
+        match verdict {
+            Verdict::Abort(why) if !aborted => {
+                aborted = true;
+                tracing::info!(reason = %why, "aborting the adopted migration");
+                *lock(&job.abort_reason) = Some(why);
+                let _ = source.abort_job(vm_uid).await;
+            }
+            Verdict::StartPostCopy if source.start_post_copy(vm_uid).await.is_ok() => {
+                job.post_copy.store(true, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+    *lock(&job.result) = Some(JobResult::Ended);
 }
 
 fn elapsed_secs(st: &VirtualMachineMigrationStatus) -> f64 {
@@ -1037,6 +1119,17 @@ async fn recover(
     ctx: &Context,
     st: VirtualMachineMigrationStatus,
 ) -> Result<Requeue> {
+    recover_with(m, api, ctx, st, None).await
+}
+
+/// [`recover`], knowing why an adopted job was aborted, when it was.
+async fn recover_with(
+    m: &VirtualMachineMigration,
+    api: &Api<VirtualMachineMigration>,
+    ctx: &Context,
+    st: VirtualMachineMigrationStatus,
+    aborted: Option<String>,
+) -> Result<Requeue> {
     let source = st.source.clone().unwrap_or_default();
     let target = st.target.clone().unwrap_or_default();
     let Some(vm) = vm_of(ctx, m) else {
@@ -1072,10 +1165,20 @@ async fn recover(
     let (s, t) = observe(ctx, &pool, &source, &target, &vm_uid).await;
     match migration::outcome(s, t) {
         Outcome::InProgress => {
-            if m.metadata.deletion_timestamp.is_some()
-                && let Ok(h) = hosts(ctx, &pool, &source, &target).await
-            {
-                let _ = h.source_hv.abort_job(&vm_uid).await;
+            // libvirt carries on with a peer-to-peer migration when its client is gone: adopt
+            // the job, so that its limits and a cancel still apply.
+            if let Ok(h) = hosts(ctx, &pool, &source, &target).await {
+                let job = Arc::new(Job::default());
+                if m.metadata.deletion_timestamp.is_some() {
+                    job.request_cancel("cancelled: the VirtualMachineMigration was deleted");
+                }
+                lock(&ctx.migration_jobs).insert(uid(m), job.clone());
+                let policy = vm_policy(&pool, &vm);
+                let timeout = policy.completion_timeout(bytes_to_move(&pool, &vm));
+                tracing::info!(migration = %m.name_any(), "adopting a migration job that outlived its controller");
+                tokio::spawn(async move {
+                    watch_adopted(&job, h.source_hv.as_ref(), &vm_uid, &policy, timeout).await;
+                });
             }
             Ok(Requeue::requeue(POLL))
         }
@@ -1098,9 +1201,10 @@ async fn recover(
             } else {
                 MigrationPhase::Failed
             };
-            let message = format!(
-                "the migration did not complete (the controller restarted while it ran); the VM keeps running on host {source}"
-            );
+            let why = aborted.unwrap_or_else(|| {
+                "the migration did not complete (the controller restarted while it ran)".into()
+            });
+            let message = format!("{why}; the VM keeps running on host {source}");
             finish(m, api, ctx, st, phase, message).await
         }
         Outcome::Unclear(u) => {

@@ -1232,11 +1232,36 @@ fn migration_parameters(req: &MigrationRequest) -> (virt::domain::MigrateParamet
 
 /// A domain's job statistics (`flags` 0: the running job; COMPLETED: the last finished one).
 fn job_stats(dom: &Domain, flags: u32) -> CallResult<Option<JobProgress>> {
-    let stats = match dom.job_stats(flags) {
-        Ok(s) => s,
-        Err(e) if e.code().to_raw() as i32 == error_code::NO_DOMAIN => return Ok(None),
-        Err(e) => return Err(Fail::Virt(e)),
+    // Not `Domain::job_stats`: virt 0.5 builds a Vec from libvirt's NULL array when the domain
+    // has no job, which aborts the process.
+    let mut job_type: c_int = 0;
+    let mut nparams: c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    // SAFETY: `dom` is a valid handle; libvirt fills the out-pointers.
+    let rc = unsafe {
+        sys::virDomainGetJobStats(
+            dom.as_ptr(),
+            &mut job_type,
+            &mut params,
+            &mut nparams,
+            flags,
+        )
     };
+    if rc < 0 {
+        let e = virt::error::Error::last_error();
+        if e.code().to_raw() as i32 == error_code::NO_DOMAIN {
+            return Ok(None);
+        }
+        return Err(Fail::Virt(e));
+    }
+    let list = if params.is_null() || nparams <= 0 {
+        Vec::new()
+    } else {
+        // SAFETY: libvirt allocated `nparams` parameters at `params` with malloc, which is the
+        // allocator Rust uses here; the Vec takes ownership as virt itself does.
+        unsafe { Vec::from_raw_parts(params, nparams as usize, nparams as usize) }
+    };
+    let stats: virt::domain::JobStats = (job_type, list).into();
     if stats.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
         return Ok(None);
     }

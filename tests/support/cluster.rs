@@ -196,6 +196,10 @@ impl Cluster {
         .await;
     }
 
+    pub fn migrations(&self) -> Api<ferry::api::VirtualMachineMigration> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
     pub fn pools(&self) -> Api<HostPool> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
@@ -240,6 +244,22 @@ impl Cluster {
                     )
                     .await;
                 let _ = vms.delete(&vm.name_any(), &DeleteParams::default()).await;
+            }
+        }
+        let migrations: Api<ferry::api::VirtualMachineMigration> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        if let Ok(list) = migrations.list(&Default::default()).await {
+            for m in list {
+                let _ = migrations
+                    .patch(
+                        &m.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+                let _ = migrations
+                    .delete(&m.name_any(), &DeleteParams::default())
+                    .await;
             }
         }
         let pools = self.pools();
