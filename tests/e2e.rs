@@ -1228,3 +1228,194 @@ async fn a_controller_killed_mid_migration_converges() {
     ticks_past(&path, tick).await;
     assert_eq!(boots(&lab::console_log(&path)), 1, "never rebooted");
 }
+
+/// Set or clear the maintenance annotation of a Node.
+async fn maintenance(c: &Cluster, node: &str, on: bool) {
+    let value = if on { json!("true") } else { json!(null) };
+    Api::<k8s_openapi::api::core::v1::Node>::all(c.client.clone())
+        .patch(
+            node,
+            &PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"ferry.dev/maintenance": value}}}),
+            ),
+        )
+        .await
+        .expect("annotate Node");
+}
+
+/// The most migrations that ran at once, from their start and end times.
+fn max_overlap(spans: &[(i64, i64)]) -> usize {
+    spans
+        .iter()
+        .map(|(s, e)| spans.iter().filter(|(s2, e2)| *s2 < *e && *s < *e2).count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A host put into maintenance is emptied by live migration within the pool's limit of 2 at a
+/// time (checked on the migrations' recorded timeline), a VM that may not move is reported by
+/// name and keeps running; ending a second evacuation early withdraws its queued migrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn maintenance_evacuates_a_host_within_the_limits() {
+    use ferry::api::MigrationPhase::*;
+    assert!(cluster::enabled(), "set FERRY_E2E=1 and KUBECONFIG");
+    let (lab, c, _ctl) = migration_lab(
+        "ferry-e2e-evac",
+        2,
+        json!({"maxParallel": 2, "maxOutboundPerHost": 2, "maxInboundPerHost": 2}),
+    )
+    .await;
+    let ns = c.namespace.clone();
+    let (h1, h2) = (format!("{ns}-h1"), format!("{ns}-h2"));
+    // Everything starts on h1.
+    c.cordon(&h2, true).await;
+    let names: Vec<String> = (1..=4).map(|i| format!("web-{i}")).collect();
+    for n in &names {
+        c.apply::<VirtualMachine>(vm_manifest(n, "lab", &lab, "Always"))
+            .await;
+    }
+    let mut pinned = vm_manifest("pinned", "lab", &lab, "Always");
+    pinned["spec"]["evictionStrategy"] = json!("None");
+    c.apply::<VirtualMachine>(pinned).await;
+    for n in names.iter().chain(std::iter::once(&"pinned".to_string())) {
+        let vm = wait_vm(&c, n, "Ready", 2 * BOOT, |vm| {
+            ready_reason(vm) == Some(("True".into(), "Running".into()))
+        })
+        .await;
+        assert_eq!(host_of(&vm), Some(h1.clone()));
+    }
+    c.cordon(&h2, false).await;
+
+    let t = std::time::Instant::now();
+    maintenance(&c, &h1, true).await;
+    let pools = c.pools();
+    let evacuating = |reason: &'static str| {
+        let pools = pools.clone();
+        async move {
+            let p = pools.get("lab").await.ok()?;
+            let cond = p
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Evacuating" && c.reason == reason)?;
+            Some(cond.message)
+        }
+    };
+    let msg = wait_for(
+        "h1 emptied but for the VM that may not move",
+        Duration::from_secs(400),
+        || evacuating("Blocked"),
+    )
+    .await;
+    eprintln!("evacuated in {:.1}s: {msg}", t.elapsed().as_secs_f64());
+    assert!(!msg.contains("web-"), "{msg}");
+    assert!(msg.contains("pinned (evictionStrategy None)"), "{msg}");
+    for n in &names {
+        let vm = wait_vm(&c, n, "moved to h2", Duration::from_secs(60), |vm| {
+            host_of(vm).as_deref() == Some(h2.as_str())
+        })
+        .await;
+        assert_eq!(ready_reason(&vm), Some(("True".into(), "Running".into())));
+    }
+    let pinned = c.vms().get("pinned").await.expect("pinned");
+    assert_eq!(
+        host_of(&pinned),
+        Some(h1.clone()),
+        "evictionStrategy None stays"
+    );
+    assert_eq!(
+        ready_reason(&pinned),
+        Some(("True".into(), "Running".into()))
+    );
+    // The timeline: never more than 2 at once.
+    let list = c
+        .migrations()
+        .list(&Default::default())
+        .await
+        .expect("list");
+    let mut spans = Vec::new();
+    for m in &list.items {
+        let s = m.status.clone().expect("status");
+        assert_eq!(s.phase, Some(Succeeded), "{}: {s:?}", m.name_any());
+        let start = s.start_time.expect("start").0.as_second();
+        let end = s.end_time.expect("end").0.as_second();
+        eprintln!("{}: {start}..{end}", m.spec.vm_name);
+        spans.push((start, end));
+    }
+    assert_eq!(spans.len(), 4, "one migration per movable VM");
+    assert!(max_overlap(&spans) <= 2, "at most 2 at once: {spans:?}");
+    assert!(max_overlap(&spans) >= 1);
+
+    // A second evacuation, back to h1, one at a time and slowly; ended while the first runs.
+    let mut pool = c.pools().get("lab").await.expect("pool");
+    let mut policy = pool.spec.migration.clone().expect("policy");
+    policy.max_parallel = Some(1);
+    policy.bandwidth_mi_bps = Some(2);
+    pool.spec.migration = Some(policy);
+    c.pools()
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"migration": pool.spec.migration}})),
+        )
+        .await
+        .expect("patch pool");
+    c.migrations()
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .expect("clear migrations");
+    maintenance(&c, &h1, false).await;
+    maintenance(&c, &h2, true).await;
+    let api = c.migrations();
+    wait_for(
+        "one evacuation migration running",
+        Duration::from_secs(120),
+        || {
+            let api = api.clone();
+            async move {
+                let l = api.list(&Default::default()).await.ok()?;
+                (l.items.len() == 4
+                    && l.items
+                        .iter()
+                        .any(|m| m.status.as_ref().and_then(|s| s.phase) == Some(Running)))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    maintenance(&c, &h2, false).await;
+    wait_for(
+        "queued migrations withdrawn, the running one finished",
+        Duration::from_secs(240),
+        || {
+            let api = api.clone();
+            async move {
+                let l = api.list(&Default::default()).await.ok()?;
+                (l.items.len() == 1
+                    && l.items
+                        .iter()
+                        .all(|m| m.status.as_ref().and_then(|s| s.phase) == Some(Succeeded)))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    let on_h2 = {
+        let mut n = 0;
+        for name in &names {
+            let vm = c.vms().get(name).await.expect("vm");
+            if host_of(&vm).as_deref() == Some(h2.as_str()) {
+                n += 1;
+            }
+            assert_eq!(ready_reason(&vm), Some(("True".into(), "Running".into())));
+        }
+        n
+    };
+    assert_eq!(on_h2, 3, "only the migration already running completed");
+    wait_for("pool shows no evacuation", Duration::from_secs(60), || {
+        evacuating("NoEvacuation")
+    })
+    .await;
+}

@@ -181,6 +181,32 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         now,
     );
     st.hosts = hosts;
+    let evac = super::evacuation::reconcile(&pool, &nodes, &ctx).await;
+    let was = crate::api::condition::find(&st.conditions, "Evacuating").map(|c| c.reason.clone());
+    if was.as_deref() == Some("Evacuating") && matches!(evac.reason, "Evacuated" | "Blocked") {
+        let (type_, reason) = if evac.reason == "Evacuated" {
+            (EventType::Normal, "Evacuated")
+        } else {
+            (EventType::Warning, "EvacuationBlocked")
+        };
+        ctx.event(
+            pool.as_ref(),
+            type_,
+            reason,
+            "Evacuate",
+            evac.message.clone(),
+        )
+        .await;
+    }
+    set_condition(
+        &mut st.conditions,
+        "Evacuating",
+        evac.status,
+        evac.reason,
+        evac.message,
+        pool.metadata.generation,
+        now,
+    );
     apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
     Ok(Requeue::requeue(PROBE_INTERVAL))
 }

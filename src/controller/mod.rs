@@ -1,6 +1,7 @@
 //! Controllers: one module per resource (fetch → plan → act → report), and what they share.
 
 pub mod credentials;
+pub mod evacuation;
 pub mod host_pool;
 pub mod migration;
 pub mod permissions;
@@ -48,6 +49,8 @@ pub struct Context {
     pub migration_slots: Mutex<HashMap<String, crate::plan::migration::Active>>,
     /// Migrations running in this process, by migration UID.
     pub migration_jobs: Mutex<HashMap<String, Arc<migration::Job>>>,
+    /// Evacuation migrations created lately, by VM UID (until the cache shows them).
+    pub evacuations_created: Mutex<HashMap<String, Instant>>,
     /// Placements chosen but not yet seen in `vms`, by VM UID; held under this lock while a host
     /// is chosen, so VMs placed at the same time see each other.
     pub placing: Mutex<HashMap<String, Placed>>,
@@ -88,6 +91,7 @@ impl Context {
             migrations: kube::runtime::reflector::store().0,
             migration_slots: Mutex::default(),
             migration_jobs: Mutex::default(),
+            evacuations_created: Mutex::default(),
             placing: Mutex::default(),
             stopping: Mutex::default(),
             failures: Mutex::default(),

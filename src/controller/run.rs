@@ -35,6 +35,9 @@ fn node_fingerprint(n: &Node) -> Option<u64> {
     n.labels().hash(&mut h);
     super::virtual_machine::node_ready(n).hash(&mut h);
     super::virtual_machine::cordoned(n).hash(&mut h);
+    n.annotations()
+        .get(super::evacuation::MAINTENANCE_ANNOTATION)
+        .hash(&mut h);
     if let Some(addrs) = n.status.as_ref().and_then(|s| s.addresses.as_ref()) {
         for a in addrs {
             (&a.type_, &a.address).hash(&mut h);

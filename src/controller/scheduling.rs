@@ -185,7 +185,13 @@ fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
                 name: h.name.clone(),
                 reachable: matches!(h.state, HostState::Ready | HostState::Cordoned),
                 node_ready: node.as_deref().is_some_and(node_ready),
-                cordoned: node.as_deref().is_some_and(cordoned),
+                // A host in maintenance takes nothing new, like a cordoned one.
+                cordoned: node.as_deref().is_some_and(|n| {
+                    cordoned(n)
+                        || n.annotations()
+                            .get(super::evacuation::MAINTENANCE_ANNOTATION)
+                            .is_some_and(|v| v == "true")
+                }),
                 labels: node.map(|n| n.labels().clone()).unwrap_or_default(),
                 allocatable: h.allocatable.as_ref().map(amount),
                 foreign: h.foreign_allocated.as_ref().map(amount).unwrap_or_default(),

@@ -2,6 +2,7 @@
 
 pub mod capacity;
 pub mod definition;
+pub mod evacuation;
 pub mod lifecycle;
 pub mod migration;
 pub mod naming;
