@@ -1419,3 +1419,115 @@ async fn maintenance_evacuates_a_host_within_the_limits() {
     })
     .await;
 }
+
+/// With storage that is not shared (each host's own pool directory), a live migration copies the
+/// VM's disk to the target: the guest's boot counter, kept on its disk, reads 2 after a restart
+/// on the target, and the source keeps neither domain nor disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn migration_copies_local_disks() {
+    use ferry::api::MigrationPhase::*;
+    assert!(cluster::enabled(), "set FERRY_E2E=1 and KUBECONFIG");
+    let (lab, c, _ctl) = migration_lab("ferry-e2e-migdisk", 2, json!({})).await;
+    let ns = c.namespace.clone();
+    // /var/lib/libvirt is private to each lab host: a pool there is local storage.
+    let local = "/var/lib/libvirt/images/ferry-local";
+    let golden = lab.golden_path();
+    for h in &lab.hosts {
+        let golden_copy = format!("{local}/{}", lab.golden);
+        for cmd in [
+            vec!["mkdir", "-p", local],
+            vec!["cp", &golden.to_string_lossy(), &golden_copy],
+        ] {
+            let out = lab.exec_in_host(&h.name, &cmd);
+            assert!(out.success(), "{}: {cmd:?}: {}", h.name, out.stderr);
+        }
+    }
+    c.pools()
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"storage": {"pool": "ferry-local", "path": local, "shared": false}}}),
+            ),
+        )
+        .await
+        .expect("local storage");
+    let pools = c.pools();
+    wait_for(
+        "the controller sees the new storage",
+        Duration::from_secs(60),
+        || {
+            let pools = pools.clone();
+            async move {
+                let p = pools.get("lab").await.ok()?;
+                (p.status?.observed_generation == p.metadata.generation).then_some(())
+            }
+        },
+    )
+    .await;
+    c.apply::<VirtualMachine>(ticking_vm("disky", &lab)).await;
+    let vm = wait_vm(&c, "disky", "Ready with its disk", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+            && vm.status.as_ref().is_some_and(|s| !s.disks.is_empty())
+    })
+    .await;
+    eprintln!("{:?}", vm.status.as_ref().map(|s| &s.disks));
+    let from = host_of(&vm).expect("host");
+    let volume = vm
+        .status
+        .as_ref()
+        .and_then(|s| s.disks.first())
+        .map(|d| d.volume.clone())
+        .expect("overlay volume");
+    let path = console(&lab, &ns, "disky");
+    lab::wait_for_console(&path, "FERRY-BOOT 1", Duration::from_secs(120)).expect("first boot");
+    ticks_past(&path, 0).await;
+    start_migration(&c, "copy", "disky", None).await;
+    let st = wait_migration(&c, "copy", "ended", Duration::from_secs(300), is_terminal).await;
+    assert_eq!(st.phase, Some(Succeeded), "{st:?}");
+    assert_eq!(st.storage.as_deref(), Some("Copied"));
+    let to = st.target.clone().expect("target");
+    eprintln!(
+        "disk migration: {:?} bytes, downtime {:?} ms, {}",
+        st.data_transferred_bytes,
+        st.downtime_ms,
+        st.message.clone().unwrap_or_default()
+    );
+    wait_vm(
+        &c,
+        "disky",
+        "on the target",
+        Duration::from_secs(60),
+        |vm| host_of(vm).as_deref() == Some(to.as_str()),
+    )
+    .await;
+    let has_volume = |host: &str| {
+        lab.virsh(host, &["vol-list", "ferry-local"])
+            .stdout
+            .contains(&volume)
+    };
+    assert!(has_volume(&lab_host(&to)), "the disk is on the target");
+    assert!(
+        !has_volume(&lab_host(&from)),
+        "the source's copy is removed"
+    );
+    // Restart on the target: the counter on the copied disk goes on from 1.
+    c.vms()
+        .patch(
+            "disky",
+            &PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"ferry.dev/restart": "after-copy"}}}),
+            ),
+        )
+        .await
+        .expect("restart");
+    lab::wait_for_console(&path, "FERRY-BOOT 2", Duration::from_secs(180))
+        .expect("second boot reads the counter from the copied disk");
+    let vm = wait_vm(&c, "disky", "Ready again", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    assert_eq!(host_of(&vm), Some(to));
+}

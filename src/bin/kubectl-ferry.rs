@@ -61,8 +61,8 @@ enum Command {
         /// VirtualMachine name.
         vm: String,
     },
-    /// Live-migrate a VM: creates a VirtualMachineMigration (no controller acts on migrations yet
-    /// in this release; the object waits as Pending).
+    /// Live-migrate a VM: creates a VirtualMachineMigration, which the controller runs within the
+    /// pool's migration limits (`kubectl get vmim` shows its progress).
     Migrate {
         /// VirtualMachine name.
         vm: String,

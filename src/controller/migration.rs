@@ -672,6 +672,8 @@ fn request_for(
 /// layer into.
 struct CopyPlan {
     pool: String,
+    /// Directory to define the pool at on a host that lacks it.
+    path: Option<String>,
     overlays: Vec<(String, String, u64)>,
 }
 
@@ -702,6 +704,7 @@ impl CopyPlan {
             .collect();
         Some(CopyPlan {
             pool: pool.spec.storage.pool.clone(),
+            path: pool.spec.storage.path.clone(),
             overlays,
         })
     }
@@ -709,6 +712,10 @@ impl CopyPlan {
     /// Create the overlays on the target; returns the ones created (to remove on failure).
     async fn prepare(&self, target: &dyn Hypervisor) -> Result<Vec<String>, String> {
         let mut created = Vec::new();
+        target
+            .ensure_pool(&self.pool, self.path.as_deref())
+            .await
+            .map_err(|e| format!("storage pool {:?} on the target host: {e}", self.pool))?;
         for (name, image, size) in &self.overlays {
             if target
                 .lookup_volume(&self.pool, name)
@@ -831,6 +838,14 @@ async fn run_job(
     match outcome {
         Ok(()) => {
             let done = hosts.target_hv.completed_job(vm_uid).await.ok().flatten();
+            // Storage not shared: the disks now live on the target; the source's copies go.
+            if let Some(plan) = &copy {
+                for (name, _, _) in &plan.overlays {
+                    if let Err(e) = hosts.source_hv.delete_volume(&plan.pool, name).await {
+                        tracing::warn!(volume = %name, error = %e, "could not remove the source's copy of a migrated disk");
+                    }
+                }
+            }
             JobResult::Succeeded {
                 downtime_ms: done.as_ref().and_then(|d| d.downtime_ms),
                 data_bytes: done
