@@ -888,6 +888,8 @@ async fn migration_lab(
         .replace("/h1/run/", &format!("/{{label:{LAB_HOST}}}/run/"));
     let mut pool = pool_manifest("lab", &lab);
     pool["spec"]["libvirt"]["uriTemplate"] = json!(template);
+    // The lab hosts have 2 CPUs; the tiny guests are mostly idle.
+    pool["spec"]["capacity"] = json!({"cpuOvercommit": "4"});
     let mut m = migration;
     m["peerUriTemplate"] = json!("qemu+tcp://{address}/system");
     pool["spec"]["migration"] = m;
