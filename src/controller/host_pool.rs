@@ -16,6 +16,7 @@ use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -39,6 +40,21 @@ pub fn selects(pool: &HostPool, node: &Node) -> bool {
     }
 }
 
+/// The HostPools whose status lists a host reached at `uri` (compared without credentials and
+/// query): the pools to probe again when that connection is lost.
+pub fn pools_reaching(pools: &[Arc<HostPool>], uri: &str) -> Vec<ObjectRef<HostPool>> {
+    let shown = redact(uri);
+    pools
+        .iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.hosts.iter().any(|h| h.uri.as_deref() == Some(&shown)))
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
 /// Reconcile one HostPool, in a `reconcile` span naming it (see the VirtualMachine controller).
 #[tracing::instrument(name = "reconcile", skip_all, fields(
     object.kind = "HostPool",
@@ -50,7 +66,15 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
     let ns = pool.namespace().unwrap_or_default();
     let api: Api<HostPool> = Api::namespaced(ctx.client.clone(), &ns);
     let now = Timestamp::now();
-    let previous = pool.status.clone().unwrap_or_default();
+    // The status this process wrote last, if any: the cache may not show it yet when a wake-up
+    // (a lost connection) follows a write at once, and host transitions (and their Events) must
+    // be judged against what was reported, not reported twice.
+    let uid = pool.metadata.uid.clone().unwrap_or_default();
+    let previous = super::lock(&ctx.pool_reports)
+        .get(&uid)
+        .cloned()
+        .or_else(|| pool.status.clone())
+        .unwrap_or_default();
     let mut st = previous.clone();
     st.observed_generation = pool.metadata.generation;
 
@@ -120,7 +144,16 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
                 Some(m) => format!("Host {}: {m}", h.name),
                 None => format!("Host {} is {:?}", h.name, h.state),
             };
-            ctx.event(pool.as_ref(), type_, reason, "Probe", note).await;
+            let node = nodes.iter().find(|n| n.name_any() == h.name);
+            host_event(
+                &ctx,
+                pool.as_ref(),
+                node.map(|n| n.as_ref()),
+                type_,
+                reason,
+                note,
+            )
+            .await;
         }
     }
     st.selected_hosts = hosts.len() as i32;
@@ -182,7 +215,31 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
     );
     st.hosts = hosts;
     apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
+    super::lock(&ctx.pool_reports).insert(uid, st);
     Ok(Requeue::requeue(PROBE_INTERVAL))
+}
+
+/// Publish an Event about `pool` with the host's Node as the related object: the recorder merges
+/// repeats of one reason about one object into a series, and without the Node the transitions of
+/// different hosts in one probe would be merged into the first host's Event.
+async fn host_event(
+    ctx: &Context,
+    pool: &HostPool,
+    node: Option<&Node>,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Probe".into(),
+        secondary: node.map(|n| n.object_ref(&())),
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not record Event");
+    }
 }
 
 /// `Degraded`: True while a selected host can neither take nor keep VMs (unreachable or
@@ -269,16 +326,9 @@ async fn probe(
         }
     };
     h.uri = Some(redact(&uri));
+    // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
     let answer = match ctx.connect(&uri, pool).await {
-        Ok(hv) => match read_host(hv.as_ref()).await {
-            Ok(info) => Ok(info),
-            Err(e) => {
-                if e.is_connection_lost() {
-                    ctx.hosts.invalidate(&uri).await;
-                }
-                Err(e)
-            }
-        },
+        Ok(hv) => read_host(hv.as_ref()).await,
         Err(e) => Err(e),
     };
     match answer {
@@ -309,7 +359,8 @@ async fn probe(
             ctx.remember_host_info(&uri, info);
         }
         Err(e) => {
-            let credentials = matches!(&e, HypervisorError::OperationFailed { operation, .. } if *operation == credentials::OPERATION);
+            let credentials = matches!(&e, HypervisorError::Rejected { .. })
+                || matches!(&e, HypervisorError::OperationFailed { operation, .. } if *operation == credentials::OPERATION);
             h.state = if credentials {
                 HostState::Misconfigured
             } else {
@@ -334,7 +385,7 @@ async fn read_host(
 }
 
 /// Drop user info and query parameters (they may name key files) from a URI shown in status.
-fn redact(uri: &str) -> String {
+pub(crate) fn redact(uri: &str) -> String {
     let no_query = uri.split('?').next().unwrap_or(uri);
     match no_query.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
@@ -373,6 +424,48 @@ mod tests {
         let (status, reason, message) = degraded(&hosts);
         assert_eq!((status, reason), (ConditionStatus::True, "HostsUnhealthy"));
         assert_eq!(message, "2 of 4 host(s): b Unreachable, c Misconfigured");
+    }
+
+    #[test]
+    fn a_lost_connection_wakes_the_pools_that_show_its_host() {
+        let pool = |name: &str, uris: &[&str]| {
+            let mut p = HostPool::new(
+                name,
+                serde_json::from_value(serde_json::json!({
+                    "nodeSelector": {"matchLabels": {"a": "b"}},
+                    "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
+                    "storage": {"pool": "p"}
+                }))
+                .expect("spec"),
+            );
+            p.metadata.namespace = Some("ns".into());
+            let mut st = crate::api::HostPoolStatus::default();
+            for (i, u) in uris.iter().enumerate() {
+                let mut h = host(&format!("h{i}"), HostState::Ready);
+                h.uri = Some(u.to_string());
+                st.hosts.push(h);
+            }
+            p.status = Some(st);
+            Arc::new(p)
+        };
+        let pools = [
+            pool(
+                "a",
+                &["qemu+tls://10.0.0.1/system", "qemu+tls://10.0.0.2/system"],
+            ),
+            pool("b", &["qemu+tls://10.0.0.2/system"]),
+            pool("c", &[]),
+        ];
+        let names = |uri: &str| -> Vec<String> {
+            pools_reaching(&pools, uri)
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        };
+        // Credentials in the query do not matter.
+        assert_eq!(names("qemu+tls://10.0.0.1/system?pkipath=/x"), vec!["a"]);
+        assert_eq!(names("qemu+tls://10.0.0.2/system"), vec!["a", "b"]);
+        assert!(names("qemu+tls://10.0.0.9/system").is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod virtual_machine;
 
 use crate::api::{HostPool, VirtualMachine};
 use crate::hypervisor::connections::{ConnectOptions, HostConnections};
-use crate::hypervisor::{HostInfo, HvResult, Hypervisor};
+use crate::hypervisor::{HostInfo, HvResult, Hypervisor, HypervisorError};
 use crate::metrics::Metrics;
 use crate::plan::definition::ResolvedDisk;
 use crate::plan::placement::Placed;
@@ -45,6 +45,8 @@ pub struct Context {
     pub placing: Mutex<HashMap<String, Placed>>,
     /// When ferry asked a VM's guest to shut down, by VM UID.
     pub stopping: Mutex<HashMap<String, Instant>>,
+    /// The HostPool status this process wrote last, by pool UID.
+    pub pool_reports: Mutex<HashMap<String, crate::api::HostPoolStatus>>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Last facts read from each host, by URI.
@@ -79,6 +81,7 @@ impl Context {
             vms,
             placing: Mutex::default(),
             stopping: Mutex::default(),
+            pool_reports: Mutex::default(),
             failures: Mutex::default(),
             host_facts: Mutex::default(),
             provisioned: Mutex::default(),
@@ -105,7 +108,17 @@ impl Context {
             }
             None => uri.to_string(),
         };
-        self.hosts.get(&uri, &opts).await
+        self.hosts.get(&uri, &opts).await.map_err(|e| match e {
+            // Name the Secret the rejected credentials came from.
+            HypervisorError::Rejected { uri, message } => HypervisorError::Rejected {
+                message: match &pool.spec.libvirt.credentials_secret {
+                    Some(s) => format!("{message}; credentials from Secret {s}"),
+                    None => message,
+                },
+                uri: host_pool::redact(&uri),
+            },
+            e => e,
+        })
     }
 
     /// Host facts, read once per connection and then cached.
