@@ -420,12 +420,22 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
         .expect("stop libvirtd");
     c.apply::<VirtualMachine>(vm_manifest("survivor", "lab", &lab, "Always"))
         .await;
+    // Depending on whether the pool has already seen the host go (the lost connection wakes it
+    // at once), the VM is not placed (NoHostAvailable: "1 libvirt unreachable") or is placed and
+    // cannot be started (HostUnreachable).
     wait_vm(
         &c,
         "survivor",
-        "HostUnreachable",
+        "HostUnreachable or NoHostAvailable naming the unreachable host",
         Duration::from_secs(60),
-        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "HostUnreachable"),
+        |vm| {
+            let why = condition(vm, "Ready")
+                .map(|c| c.message.as_str())
+                .unwrap_or_default();
+            ready_reason(vm).is_some_and(|(_, r)| {
+                r == "HostUnreachable" || (r == "NoHostAvailable" && why.contains("unreachable"))
+            })
+        },
     )
     .await;
     lab.start_libvirtd(&lab.hosts[0].name)

@@ -100,9 +100,10 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         .collect();
     nodes.sort_by_key(|n| n.name_any());
     let vm_uids = known_vm_uids(&ctx).await;
-    let probes = nodes
-        .iter()
-        .map(|n| probe(&pool, n, &ctx, vm_uids.as_ref()));
+    let probes = nodes.iter().map(|n| {
+        let before = previous.hosts.iter().find(|h| h.name == n.name_any());
+        probe(&pool, n, &ctx, vm_uids.as_ref(), before)
+    });
     let mut hosts: Vec<HostStatus> = futures::future::join_all(probes).await;
     for h in &mut hosts {
         let before = previous.hosts.iter().find(|p| p.name == h.name);
@@ -309,12 +310,44 @@ fn resources(a: Amount) -> Resources {
     }
 }
 
+/// How long a probe waits for a new connection to a host it last saw `Unreachable`. The attempt
+/// goes on in the background (the registry keeps its outcome for the next probe), so a host that
+/// stays away does not hold up the pool's status for a connect timeout on every probe.
+const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Connect to `uri` for `pool`. When the host was `Unreachable` (`before`), wait at most
+/// [`RECONNECT_WAIT`]; `Ok(None)` means the attempt is still under way.
+async fn connect_for_probe(
+    pool: &Arc<HostPool>,
+    uri: &str,
+    ctx: &Arc<Context>,
+    before: Option<&HostStatus>,
+) -> crate::hypervisor::HvResult<Option<Arc<dyn crate::hypervisor::Hypervisor>>> {
+    let attempt = {
+        let (ctx, pool, uri) = (ctx.clone(), pool.clone(), uri.to_string());
+        tokio::spawn(async move { ctx.connect(&uri, &pool).await })
+    };
+    let waited = match before.filter(|b| b.state == HostState::Unreachable) {
+        Some(_) => tokio::time::timeout(RECONNECT_WAIT, attempt).await,
+        None => Ok(attempt.await),
+    };
+    match waited {
+        Ok(Ok(result)) => result.map(Some),
+        Ok(Err(e)) => Err(HypervisorError::ConnectionLost {
+            uri: redact(uri),
+            message: format!("the connection attempt failed: {e}"),
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Probe one host: its facts, then its domains.
 async fn probe(
-    pool: &HostPool,
+    pool: &Arc<HostPool>,
     node: &Node,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     vm_uids: Option<&HashSet<String>>,
+    before: Option<&HostStatus>,
 ) -> HostStatus {
     let name = node.name_any();
     let mut h = HostStatus::new(name.clone(), HostState::Misconfigured);
@@ -327,8 +360,14 @@ async fn probe(
     };
     h.uri = Some(redact(&uri));
     // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
-    let answer = match ctx.connect(&uri, pool).await {
-        Ok(hv) => read_host(hv.as_ref()).await,
+    let answer = match connect_for_probe(pool, &uri, ctx, before).await {
+        Ok(Some(hv)) => read_host(hv.as_ref()).await,
+        // Still unreachable, still trying in the background: say what was last known.
+        Ok(None) => {
+            h.state = HostState::Unreachable;
+            h.message = before.and_then(|b| b.message.clone());
+            return h;
+        }
         Err(e) => Err(e),
     };
     match answer {
