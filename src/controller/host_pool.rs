@@ -25,6 +25,9 @@ use std::time::Duration;
 const CONTROLLER: &str = "hostpool";
 /// How often each host is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
+/// How often a pool with an unreachable host is probed, so the host is seen back soon after it
+/// answers again (connection attempts still follow the registry's backoff).
+pub const UNREACHABLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Whether `pool` selects `node`. An empty selector selects nothing.
 pub fn selects(pool: &HostPool, node: &Node) -> bool {
@@ -214,10 +217,15 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         pool.metadata.generation,
         now,
     );
+    let unreachable = hosts.iter().any(|h| h.state == HostState::Unreachable);
     st.hosts = hosts;
     apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
     super::lock(&ctx.pool_reports).insert(uid, st);
-    Ok(Requeue::requeue(PROBE_INTERVAL))
+    Ok(Requeue::requeue(if unreachable {
+        UNREACHABLE_PROBE_INTERVAL
+    } else {
+        PROBE_INTERVAL
+    }))
 }
 
 /// Publish an Event about `pool` with the host's Node as the related object: the recorder merges
