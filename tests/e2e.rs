@@ -689,12 +689,15 @@ async fn placement_across_three_hosts() {
         st.hosts
     );
     // A steady pool is not rewritten by its probes (every 15 s).
-    let rv = pools.get("lab").await.expect("pool").resource_version();
+    let before = pools.get("lab").await.expect("pool");
     tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = pools.get("lab").await.expect("pool");
     assert_eq!(
-        pools.get("lab").await.expect("pool").resource_version(),
-        rv,
-        "a steady HostPool is not rewritten"
+        after.resource_version(),
+        before.resource_version(),
+        "a steady HostPool is not rewritten; status before: {:?}\nafter: {:?}",
+        before.status,
+        after.status
     );
 
     // Empty h1 and h2 (4 guests fewer for the TCG budget), cordon h1.
