@@ -420,12 +420,22 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
         .expect("stop libvirtd");
     c.apply::<VirtualMachine>(vm_manifest("survivor", "lab", &lab, "Always"))
         .await;
+    // Depending on whether the pool has already seen the host go (the lost connection wakes it
+    // at once), the VM is not placed (NoHostAvailable: "1 libvirt unreachable") or is placed and
+    // cannot be started (HostUnreachable).
     wait_vm(
         &c,
         "survivor",
-        "HostUnreachable",
+        "HostUnreachable or NoHostAvailable naming the unreachable host",
         Duration::from_secs(60),
-        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "HostUnreachable"),
+        |vm| {
+            let why = condition(vm, "Ready")
+                .map(|c| c.message.as_str())
+                .unwrap_or_default();
+            ready_reason(vm).is_some_and(|(_, r)| {
+                r == "HostUnreachable" || (r == "NoHostAvailable" && why.contains("unreachable"))
+            })
+        },
     )
     .await;
     lab.start_libvirtd(&lab.hosts[0].name)
@@ -679,12 +689,15 @@ async fn placement_across_three_hosts() {
         st.hosts
     );
     // A steady pool is not rewritten by its probes (every 15 s).
-    let rv = pools.get("lab").await.expect("pool").resource_version();
+    let before = pools.get("lab").await.expect("pool");
     tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = pools.get("lab").await.expect("pool");
     assert_eq!(
-        pools.get("lab").await.expect("pool").resource_version(),
-        rv,
-        "a steady HostPool is not rewritten"
+        after.resource_version(),
+        before.resource_version(),
+        "a steady HostPool is not rewritten; status before: {:?}\nafter: {:?}",
+        before.status,
+        after.status
     );
 
     // Empty h1 and h2 (4 guests fewer for the TCG budget), cordon h1.
@@ -859,6 +872,598 @@ async fn placement_across_three_hosts() {
     }
 }
 
+/// How many times an Event about a HostPool with `reason` whose note contains `needle` was
+/// recorded in the test namespace (a repeated Event is one object with a `series` count).
+async fn pool_event_count(c: &Cluster, reason: &str, needle: &str) -> i32 {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(c.client.clone(), &c.namespace);
+    events
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("HostPool")
+                && e.note.as_deref().is_some_and(|n| n.contains(needle))
+        })
+        .map(|e| e.series.as_ref().map_or(1, |s| s.count.max(1)))
+        .sum()
+}
+
+/// Highest `FERRY-TICK n` of a console log.
+fn last_tick(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| l.trim().strip_prefix("FERRY-TICK "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The controller (in the lab's client namespace, reaching hosts over TCP like a real one) and
+/// three hosts; a VM runs on h1 and on h2. h2 is cut off the network: within the keepalive bound
+/// (1 s × (2 + 1) = 3 s, plus at most 3 s for the reconcile and status write and the 250 ms
+/// polling here) the pool shows it `Unreachable` with a Warning Event, a VM pinned to it waits
+/// instead of being placed there, the other hosts stay `Ready`, and the guest on h1 keeps running
+/// (ticks go on, one boot). Healed, h2 is `Ready` again, the waiting VM is placed there, and
+/// h2's guest ran on through the partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn partitioned_host_is_unreachable_then_ready() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let lab = lab::Lab::up(3).expect("three lab hosts");
+    let mut c = Cluster::new("ferry-e2e-part").await;
+    let ns = c.namespace.clone();
+    let node = |h: &str| format!("{ns}-{h}");
+    for h in &lab.hosts {
+        c.add_node_with_labels(
+            &node(&h.name),
+            &h.ip,
+            &[(LABEL, "true"), (LAB_HOST, &h.name)],
+        )
+        .await;
+    }
+    let ctl = c.controller_in_netns("e2e-part", &lab.client_netns);
+    let (interval, count) = (1u64, 2u64);
+    let bound = Duration::from_secs(interval * (count + 1));
+    let margin = Duration::from_secs(3);
+    let mut pool = pool_manifest("lab", &lab);
+    pool["spec"]["libvirt"] = json!({
+        "uriTemplate": "qemu+tcp://{address}/system", "connectTimeoutSeconds": 3,
+        "keepaliveIntervalSeconds": interval, "keepaliveCount": count
+    });
+    c.apply::<ferry::api::HostPool>(pool).await;
+    let pools = c.pools();
+    let states = || {
+        let pools = pools.clone();
+        async move {
+            let s = pools.get("lab").await.ok()?.status?;
+            Some(
+                s.hosts
+                    .iter()
+                    .map(|h| (h.name.clone(), h.state))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+        }
+    };
+    use ferry::api::HostState::{Ready, Unreachable};
+    wait_for(
+        "3 hosts Ready over TCP",
+        Duration::from_secs(90),
+        || async {
+            let s = states().await?;
+            (s.len() == 3 && s.values().all(|st| *st == Ready)).then_some(())
+        },
+    )
+    .await;
+
+    // One VM on h1, one on h2.
+    for (vm, h) in [("on-h1", "h1"), ("on-h2", "h2")] {
+        let mut m = vm_manifest(vm, "lab", &lab, "Always");
+        m["spec"]["placement"] = json!({"nodeSelector": {LAB_HOST: h}});
+        c.apply::<VirtualMachine>(m).await;
+    }
+    for vm in ["on-h1", "on-h2"] {
+        wait_vm(&c, vm, "Ready", BOOT, |vm| {
+            ready_reason(vm) == Some(("True".into(), "Running".into()))
+        })
+        .await;
+        lab::wait_for_console(&console(&lab, &ns, vm), "FERRY-TICK 5", BOOT).expect("ticking");
+    }
+    let log1 = console(&lab, &ns, "on-h1");
+    let log2 = console(&lab, &ns, "on-h2");
+
+    // Cut h2 off.
+    let ticks_before = last_tick(&lab::console_log(&log1));
+    let t = std::time::Instant::now();
+    lab.partition("h2").expect("partition h2");
+    let others_disturbed = std::sync::Mutex::new(Vec::new());
+    wait_for(
+        "h2 Unreachable after the partition",
+        Duration::from_secs(60),
+        || {
+            let seen = states();
+            let others = &others_disturbed;
+            async move {
+                let s = seen.await?;
+                for h in ["h1", "h3"] {
+                    if s.get(&node(h)) != Some(&Ready)
+                        && let Ok(mut o) = others.lock()
+                    {
+                        o.push(format!("{h}: {:?}", s.get(&node(h))));
+                    }
+                }
+                (s.get(&node("h2")) == Some(&Unreachable)).then_some(())
+            }
+        },
+    )
+    .await;
+    let detected = t.elapsed();
+    eprintln!(
+        "partition of h2 detected after {:.2}s (keepalive bound {:?})",
+        detected.as_secs_f64(),
+        bound
+    );
+    assert!(
+        detected <= bound + margin,
+        "Unreachable after {detected:?}, keepalive bound {bound:?} + {margin:?}"
+    );
+    let st = pools
+        .get("lab")
+        .await
+        .expect("pool")
+        .status
+        .expect("status");
+    let h2 = st.hosts.iter().find(|h| h.name == node("h2")).expect("h2");
+    let msg = h2.message.clone().unwrap_or_default();
+    assert!(msg.contains("keepalive"), "h2 message: {msg}");
+    assert!(
+        st.conditions.iter().any(|c| c.type_ == "Degraded"
+            && c.status == "True"
+            && c.message.contains(&node("h2"))),
+        "{:?}",
+        st.conditions
+    );
+    let unreachable_events = pool_event_count(&c, "HostUnreachable", &node("h2")).await;
+    assert_eq!(unreachable_events, 1, "one HostUnreachable Event for h2");
+
+    // A VM that may only run on h2 is not placed there while it is unreachable.
+    let mut m = vm_manifest("wants-h2", "lab", &lab, "Halted");
+    m["spec"]["placement"] = json!({"nodeSelector": {LAB_HOST: "h2"}});
+    c.apply::<VirtualMachine>(m).await;
+    let vm = wait_vm(
+        &c,
+        "wants-h2",
+        "NoHostAvailable",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "NoHostAvailable"),
+    )
+    .await;
+    let why = condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(why.contains("unreachable"), "{why}");
+    assert_eq!(host_of(&vm), None);
+
+    // Heal: Ready again, the waiting VM goes to h2.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t = std::time::Instant::now();
+    lab.heal("h2").expect("heal h2");
+    wait_for(
+        "h2 Ready after healing",
+        Duration::from_secs(90),
+        || async {
+            let s = states().await?;
+            (s.len() == 3 && s.values().all(|st| *st == Ready)).then_some(())
+        },
+    )
+    .await;
+    eprintln!("h2 Ready {:.2}s after healing", t.elapsed().as_secs_f64());
+    let vm = wait_vm(
+        &c,
+        "wants-h2",
+        "placed on h2 after healing",
+        Duration::from_secs(60),
+        |vm| host_of(vm).is_some(),
+    )
+    .await;
+    assert_eq!(host_of(&vm), Some(node("h2")));
+    wait_for(
+        "HostReady Event for h2 again",
+        Duration::from_secs(30),
+        || async { (pool_event_count(&c, "HostReady", &node("h2")).await >= 2).then_some(()) },
+    )
+    .await;
+    let others = others_disturbed
+        .lock()
+        .map(|o| o.clone())
+        .unwrap_or_default();
+    assert!(others.is_empty(), "h1 and h3 stayed Ready: {others:?}");
+
+    // The guests ran on: h1's never noticed, h2's was only cut off from the controller.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let text1 = lab::console_log(&log1);
+    assert!(
+        last_tick(&text1) > ticks_before + 5,
+        "h1's guest kept ticking: {ticks_before} → {}",
+        last_tick(&text1)
+    );
+    for (text, vm) in [(text1, "on-h1"), (lab::console_log(&log2), "on-h2")] {
+        assert_eq!(
+            text.matches("FERRY-BOOT ").count(),
+            1,
+            "{vm} booted once: {}",
+            text.lines()
+                .filter(|l| l.contains("BOOT"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    wait_vm(
+        &c,
+        "on-h2",
+        "Running again",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm) == Some(("True".into(), "Running".into())),
+    )
+    .await;
+
+    for n in ["on-h1", "on-h2", "wants-h2"] {
+        let _ = c.vms().delete(n, &DeleteParams::default()).await;
+    }
+    let vms = c.vms();
+    wait_for("all VMs deleted", Duration::from_secs(120), || {
+        let vms = vms.clone();
+        async move {
+            vms.list(&Default::default())
+                .await
+                .ok()
+                .filter(|l| l.items.is_empty())
+                .map(|_| ())
+        }
+    })
+    .await;
+    drop(ctl);
+}
+
+/// Sum of the samples of `/metrics` whose name and labels start with `series`.
+fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Create (or replace) Secret `name` with the files of `dir` (or the given pairs) as data.
+async fn put_secret(c: &Cluster, name: &str, type_: &str, data: &[(&str, Vec<u8>)]) {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let api: Api<Secret> = Api::namespaced(c.client.clone(), &c.namespace);
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        type_: Some(type_.into()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.clone())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    api.create(&PostParams::default(), &secret)
+        .await
+        .expect("create Secret");
+}
+
+fn pki_files(dir: &std::path::Path) -> Vec<(&'static str, Vec<u8>)> {
+    ["cacert.pem", "clientcert.pem", "clientkey.pem"]
+        .into_iter()
+        .map(|f| (f, std::fs::read(dir.join(f)).expect("lab PKI file")))
+        .collect()
+}
+
+/// The state and message of the pool's only host, once it has one.
+async fn only_host(c: &Cluster, pool: &str) -> Option<(ferry::api::HostState, String)> {
+    let s = c.pools().get(pool).await.ok()?.status?;
+    let h = s.hosts.first()?;
+    Some((h.state, h.message.clone().unwrap_or_default()))
+}
+
+/// A lab host whose libvirtd takes TLS only with client certificates of the lab CA; the
+/// controller in the lab's client namespace. Credentials come from Secrets: the lab client
+/// certificate makes the host Ready (files written 0600); a client certificate from another CA,
+/// a CA that does not sign the host's certificate, and a missing Secret each leave the host
+/// Misconfigured with a message that says which, without a retry storm (counted on /metrics over
+/// 30 s); a URI template that renders no valid URI and a selector that matches nothing are
+/// reported too. Fixing a Secret (or creating the missing one) makes the host Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn tls_credentials_from_secrets() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let started = std::time::Instant::now();
+    let lab = lab::Lab::up_tls(1).expect("a lab host with TLS");
+    let pki = lab.pki_dir.clone().expect("the lab's PKI");
+    let mut c = Cluster::new("ferry-e2e-tls").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let ctl = c.controller_in_netns("e2e-tls", &lab.client_netns);
+
+    put_secret(&c, "tls-good", "Opaque", &pki_files(&pki.join("client"))).await;
+    put_secret(&c, "tls-rogue", "Opaque", &pki_files(&pki.join("rogue"))).await;
+    put_secret(
+        &c,
+        "tls-wrong-ca",
+        "Opaque",
+        &pki_files(&pki.join("wrong-ca")),
+    )
+    .await;
+    let tls_pool = |name: &str, template: &str, secret: &str| {
+        let mut p = pool_manifest(name, &lab);
+        p["spec"]["libvirt"] = json!({
+            "uriTemplate": template, "connectTimeoutSeconds": 5,
+            "keepaliveIntervalSeconds": 2, "keepaliveCount": 3,
+            "credentialsSecret": secret
+        });
+        p
+    };
+    let tls = "qemu+tls://{address}/system";
+    for (pool, secret) in [
+        ("good", "tls-good"),
+        ("rogue", "tls-rogue"),
+        ("wrong-ca", "tls-wrong-ca"),
+        ("no-secret", "absent"),
+    ] {
+        c.apply::<ferry::api::HostPool>(tls_pool(pool, tls, secret))
+            .await;
+    }
+    c.apply::<ferry::api::HostPool>(tls_pool(
+        "bad-template",
+        "qemu+tls://{address}/system?x={nodename}",
+        "tls-good",
+    ))
+    .await;
+    let mut nomatch = tls_pool("no-match", tls, "tls-good");
+    nomatch["spec"]["nodeSelector"] = json!({"matchLabels": {"ferry.dev/e2e-none": "x"}});
+    c.apply::<ferry::api::HostPool>(nomatch).await;
+
+    use ferry::api::HostState::{Misconfigured, Ready};
+    let expect = |pool: &'static str, state, needle: &'static str| {
+        let c = &c;
+        async move {
+            wait_for(
+                &format!("pool {pool}: host {state:?} with {needle:?}"),
+                Duration::from_secs(60),
+                || async {
+                    only_host(c, pool)
+                        .await
+                        .filter(|(s, m)| *s == state && m.contains(needle))
+                },
+            )
+            .await
+        }
+    };
+    expect("good", Ready, "").await;
+    let (_, m) = expect(
+        "rogue",
+        Misconfigured,
+        "rejected ferry's TLS client certificate",
+    )
+    .await;
+    eprintln!("rogue client certificate: {m}");
+    assert!(m.contains("tls-rogue"), "names the Secret: {m}");
+    let (_, m) = expect(
+        "wrong-ca",
+        Misconfigured,
+        "host's TLS certificate was rejected",
+    )
+    .await;
+    eprintln!("wrong CA: {m}");
+    let (_, m) = expect("no-secret", Misconfigured, "does not exist").await;
+    assert!(m.contains("absent"), "{m}");
+    let (_, m) = expect("bad-template", Misconfigured, "unknown placeholder").await;
+    eprintln!("bad template: {m}");
+    let pools = c.pools();
+    wait_for("no-match: NoHostsSelected", Duration::from_secs(60), || {
+        let pools = pools.clone();
+        async move {
+            let s = pools.get("no-match").await.ok()?.status?;
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "NoHostsSelected")
+                .then_some(())
+        }
+    })
+    .await;
+    let files: Vec<_> = std::fs::read_dir(ctl.pki_dir())
+        .expect("credentials directory")
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().contains("tls-good"))
+        .flat_map(|d| {
+            std::fs::read_dir(d.path())
+                .expect("Secret directory")
+                .flatten()
+        })
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = f.metadata().expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{:?}", f.path());
+    }
+
+    // No retry storm: the failing pools are probed on their 15 s period, connection attempts to
+    // refused hosts back off.
+    let (_, before) = ctl.http_get("/metrics").expect("metrics");
+    let window = Duration::from_secs(30);
+    tokio::time::sleep(window).await;
+    let (_, after) = ctl.http_get("/metrics").expect("metrics");
+    let delta = |series: &str| metric(&after, series) - metric(&before, series);
+    let reconciles = delta("ferry_reconciles_total{controller=\"hostpool\"}");
+    let connects = delta("ferry_libvirt_call_duration_seconds_count{operation=\"connect\"");
+    eprintln!(
+        "in {window:?}: {reconciles} HostPool reconciles (6 pools), {connects} connection attempts"
+    );
+    assert!(
+        reconciles <= 6.0 * 3.0,
+        "at most 3 reconciles per pool in 30 s: {reconciles}"
+    );
+    assert!(
+        connects <= 2.0 * 3.0,
+        "at most 3 attempts per refused pool in 30 s: {connects}"
+    );
+
+    // Fixed credentials are picked up at the next probe.
+    put_secret(&c, "tls-rogue", "Opaque", &pki_files(&pki.join("client"))).await;
+    put_secret(&c, "absent", "Opaque", &pki_files(&pki.join("client"))).await;
+    for pool in ["rogue", "no-secret"] {
+        wait_for(
+            &format!("pool {pool} Ready with fixed credentials"),
+            Duration::from_secs(60),
+            || async { only_host(&c, pool).await.filter(|(s, _)| *s == Ready) },
+        )
+        .await;
+    }
+    eprintln!(
+        "tls_credentials_from_secrets took {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(ctl);
+}
+
+/// A lab host with an sshd whose sessions reach its libvirtd; the controller in the lab's client
+/// namespace. SSH keys come from `kubernetes.io/ssh-auth` Secrets: with `qemu+libssh` the key and
+/// `known_hosts` make the host Ready (files written 0600); a key the host refuses and a
+/// known_hosts with the wrong host key leave it Misconfigured saying which; `known_hosts` with
+/// `qemu+ssh` (whose ssh program ignores it) is refused; `qemu+ssh` with the key alone works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn ssh_keys_from_secrets() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let started = std::time::Instant::now();
+    let lab = lab::Lab::up_ssh(1).expect("a lab host with sshd");
+    let keys = lab.ssh_dir.clone().expect("the lab's SSH keys");
+    let mut c = Cluster::new("ferry-e2e-ssh").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let ctl = c.controller_in_netns("e2e-ssh", &lab.client_netns);
+    let file = |f: &str| std::fs::read(keys.join(f)).expect("lab SSH file");
+    let ssh_auth = "kubernetes.io/ssh-auth";
+    put_secret(
+        &c,
+        "ssh-good",
+        ssh_auth,
+        &[
+            ("ssh-privatekey", file("client")),
+            ("known_hosts", file("known_hosts")),
+        ],
+    )
+    .await;
+    put_secret(
+        &c,
+        "ssh-other-key",
+        ssh_auth,
+        &[
+            ("ssh-privatekey", file("other")),
+            ("known_hosts", file("known_hosts")),
+        ],
+    )
+    .await;
+    put_secret(
+        &c,
+        "ssh-wrong-host",
+        ssh_auth,
+        &[
+            ("ssh-privatekey", file("client")),
+            ("known_hosts", file("known_hosts.wrong")),
+        ],
+    )
+    .await;
+    put_secret(
+        &c,
+        "ssh-key-only",
+        ssh_auth,
+        &[("ssh-privatekey", file("client"))],
+    )
+    .await;
+    let libssh = "qemu+libssh://root@{address}/system";
+    for (pool, template, secret) in [
+        ("good", libssh, "ssh-good"),
+        ("other-key", libssh, "ssh-other-key"),
+        ("wrong-host", libssh, "ssh-wrong-host"),
+        (
+            "ssh-known-hosts",
+            "qemu+ssh://root@{address}/system",
+            "ssh-good",
+        ),
+        // The ssh program with the key alone; it records the host key under the controller's
+        // $HOME (a test directory here).
+        (
+            "ssh-program",
+            "qemu+ssh://root@{address}/system?no_verify=1",
+            "ssh-key-only",
+        ),
+    ] {
+        let mut p = pool_manifest(pool, &lab);
+        p["spec"]["libvirt"] = json!({
+            "uriTemplate": template, "connectTimeoutSeconds": 10,
+            "credentialsSecret": secret
+        });
+        c.apply::<ferry::api::HostPool>(p).await;
+    }
+    use ferry::api::HostState::{Misconfigured, Ready};
+    for (pool, state, needle) in [
+        ("good", Ready, ""),
+        ("ssh-program", Ready, ""),
+        ("other-key", Misconfigured, "refused the SSH key"),
+        ("wrong-host", Misconfigured, "SSH host key"),
+        ("ssh-known-hosts", Misconfigured, "qemu+libssh://"),
+    ] {
+        let (_, m) = wait_for(
+            &format!("pool {pool}: host {state:?} with {needle:?}"),
+            Duration::from_secs(90),
+            || async {
+                only_host(&c, pool)
+                    .await
+                    .filter(|(s, m)| *s == state && m.contains(needle))
+            },
+        )
+        .await;
+        eprintln!("{pool}: {state:?} {m}");
+    }
+    let dir = std::fs::read_dir(ctl.pki_dir())
+        .expect("credentials directory")
+        .flatten()
+        .find(|d| d.file_name().to_string_lossy().contains("ssh-good"))
+        .expect("ssh-good's directory")
+        .path();
+    for f in ["ssh-privatekey", "known_hosts"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(f))
+            .expect(f)
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    eprintln!(
+        "ssh_keys_from_secrets took {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(ctl);
+}
 // ---- Live migration ----
 
 /// Guests in the migration tests tick every 50 ms, so pauses and continuity show on the console.
@@ -920,13 +1525,6 @@ fn ticking_vm(name: &str, lab: &lab::Lab) -> serde_json::Value {
     vm
 }
 
-/// The last `FERRY-TICK n` on a console.
-fn last_tick(text: &str) -> Option<u64> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix("FERRY-TICK ")?.trim().parse().ok())
-}
-
 /// How many times the guest booted, by its console.
 fn boots(text: &str) -> usize {
     text.lines().filter(|l| l.contains("FERRY-BOOT ")).count()
@@ -977,7 +1575,7 @@ async fn ticks_past(path: &std::path::Path, after: u64) -> u64 {
     wait_for(
         &format!("console ticks past {after}"),
         Duration::from_secs(60),
-        || async move { last_tick(&lab::console_log(path)).filter(|t| *t > after + 5) },
+        || async move { Some(last_tick(&lab::console_log(path))).filter(|t| *t > after + 5) },
     )
     .await
 }

@@ -381,8 +381,18 @@ async fn lost_connections_are_detected_and_replaced() {
         blocking(move || l.start_libvirtd("h1"))
             .await
             .expect("start libvirtd");
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let third = reg.get(&uri, &opts()).await.expect("reconnect");
+        // The first get reports the loss (the host ended the connection) and starts the
+        // backoff; a later one reconnects.
+        let t = Instant::now();
+        let third = loop {
+            match reg.get(&uri, &opts()).await {
+                Ok(h) => break h,
+                Err(e) => {
+                    assert!(t.elapsed() < Duration::from_secs(30), "no reconnect: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
         third.host_info().await.expect("host_info");
 
         // 3. libvirtd frozen (a hung host): keepalive closes the connection (1 s × (2 + 1)),
@@ -397,6 +407,7 @@ async fn lost_connections_are_detected_and_replaced() {
         let no_keepalive = LibvirtHost::connect(&uri, short.clone())
             .await
             .expect("connect");
+        let mut lost = reg.lost_connections();
         let frozen = Frozen::freeze(&lab, "h1");
         let t = Instant::now();
         let err = no_keepalive.host_info().await.expect_err("frozen host");
@@ -411,6 +422,15 @@ async fn lost_connections_are_detected_and_replaced() {
             "keepalive (1 s × 2) closed the connection after {:?}",
             t.elapsed()
         );
+        // The registry announced the loss, and reports it at once instead of reconnecting.
+        let announced = bounded(Duration::from_secs(5), lost.recv())
+            .await
+            .expect("a lost connection is announced");
+        assert_eq!(announced, uri);
+        let asked = Instant::now();
+        let err = reg.get(&uri, &opts()).await.expect_err("lost");
+        assert!(err.to_string().contains("keepalive"), "{err}");
+        assert!(asked.elapsed() < Duration::from_millis(100));
         let t = Instant::now();
         let err = LibvirtHost::connect(&uri, short)
             .await

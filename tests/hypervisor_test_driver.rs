@@ -686,7 +686,22 @@ async fn registry_backs_off_after_a_failure_without_slowing_other_hosts() {
 struct Flaky {
     uri: String,
     up: std::sync::atomic::AtomicBool,
+    /// Lost because of the host (as libvirt's close callback reports), not closed by ferry.
+    lost_by_host: std::sync::atomic::AtomicBool,
     closed: AtomicUsize,
+    /// The observer the registry handed to this connection.
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+impl Flaky {
+    /// What a connection does when keepalive finds the host gone.
+    fn lose(&self) {
+        self.lost_by_host.store(true, Ordering::SeqCst);
+        self.up.store(false, Ordering::SeqCst);
+        if let Some(o) = &self.observer {
+            o.connection_lost(&self.uri, "keepalive timeout");
+        }
+    }
 }
 
 #[async_trait]
@@ -696,6 +711,14 @@ impl Hypervisor for Flaky {
     }
     fn is_connected(&self) -> bool {
         self.up.load(Ordering::SeqCst)
+    }
+    fn lost(&self) -> Option<HypervisorError> {
+        self.lost_by_host
+            .load(Ordering::SeqCst)
+            .then(|| HypervisorError::ConnectionLost {
+                uri: self.uri.clone(),
+                message: "keepalive timeout".into(),
+            })
     }
     async fn host_info(&self) -> HvResult<HostInfo> {
         Ok(HostInfo::default())
@@ -752,12 +775,14 @@ struct FlakyConnector {
 
 #[async_trait]
 impl Connector for FlakyConnector {
-    async fn connect(&self, uri: &str, _: &ConnectOptions) -> HvResult<Arc<dyn Hypervisor>> {
+    async fn connect(&self, uri: &str, o: &ConnectOptions) -> HvResult<Arc<dyn Hypervisor>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let f = Arc::new(Flaky {
             uri: uri.into(),
             up: true.into(),
+            lost_by_host: false.into(),
             closed: AtomicUsize::new(0),
+            observer: o.observer.clone(),
         });
         if let Ok(mut m) = self.made.lock() {
             m.push(f.clone());
@@ -786,6 +811,54 @@ async fn registry_closes_lost_connections_it_replaces() {
         reg.close_all().await;
         assert_eq!(made(1).closed.load(Ordering::SeqCst), 1);
         assert_eq!(made(2).closed.load(Ordering::SeqCst), 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn registry_announces_lost_connections_and_backs_off_before_reconnecting() {
+    bounded(async {
+        let connector = Arc::new(FlakyConnector::default());
+        let reg = HostConnections::with_connector(connector.clone())
+            .with_backoff(Duration::from_millis(500), Duration::from_secs(2));
+        let mut lost = reg.lost_connections();
+        reg.get("fake://a", &opts()).await.expect("a");
+        reg.get("fake://b", &opts()).await.expect("b");
+        let made = |i: usize| connector.made.lock().map(|m| m[i].clone()).expect("made");
+        let count = || connector.made.lock().map(|m| m.len()).unwrap_or(0);
+
+        // The host drops out: announced at once, and the next get reports the loss without a
+        // connection attempt (no connect timeout to wait for).
+        made(0).lose();
+        assert_eq!(lost.try_recv().expect("announced"), "fake://a");
+        let started = Instant::now();
+        let e = reg.get("fake://a", &opts()).await.expect_err("lost");
+        assert!(
+            e.is_connection_lost() && e.to_string().contains("keepalive"),
+            "{e}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(40),
+            "no attempt made"
+        );
+        assert_eq!(reg.get("fake://a", &opts()).await.expect_err("backoff"), e);
+        assert_eq!(count(), 2, "no new attempt within the backoff");
+        reg.get("fake://b", &opts()).await.expect("b unaffected");
+
+        // After the backoff: one new attempt, which succeeds.
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        reg.get("fake://a", &opts()).await.expect("reconnected");
+        assert_eq!(count(), 3);
+
+        // A connection ferry closed itself is neither announced nor backed off.
+        let b = reg.get("fake://b", &opts()).await.expect("b");
+        b.close().await;
+        reg.get("fake://b", &opts())
+            .await
+            .expect("replaced at once");
+        assert_eq!(count(), 4);
+        assert!(lost.try_recv().is_err(), "nothing more announced");
+        reg.close_all().await;
     })
     .await
 }

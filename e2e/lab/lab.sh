@@ -3,7 +3,7 @@
 # namespace + private mount/UTS namespace with its own libvirtd, virtlogd and virtlockd,
 # sharing one storage directory. See e2e/lab/README.md.
 #
-#   lab.sh up    [--id ID] [--hosts N] [--dir DIR] [--owner-pid PID]
+#   lab.sh up    [--id ID] [--hosts N] [--dir DIR] [--owner-pid PID] [--tls] [--ssh]
 #   lab.sh down  [--id ID | --dir DIR]
 #   lab.sh env   [--id ID | --dir DIR]               print the path of DIR/lab.env
 #   lab.sh status [--id ID | --dir DIR]
@@ -31,6 +31,8 @@ ID=""
 HOSTS=1
 DIR=""
 OWNER_PID=""
+TLS=0
+SSH=0
 KILL_SIGNAL=TERM
 ARGS=()
 
@@ -53,6 +55,7 @@ ip_client() { echo "10.250.${ID}.1"; }
 hdir()      { echo "$DIR/h$1"; }
 unix_uri()  { echo "qemu+unix:///system?socket=$(hdir "$1")/run/libvirt/libvirt-sock"; }
 tcp_uri()   { echo "qemu+tcp://$(ip_host "$1")/system"; }
+tls_uri()   { echo "qemu+tls://$(ip_host "$1")/system"; }
 
 parse_args() {
   while [ $# -gt 0 ]; do
@@ -65,6 +68,8 @@ parse_args() {
       --dir=*) DIR=${1#*=}; shift ;;
       --owner-pid) OWNER_PID=${2:?--owner-pid needs a value}; shift 2 ;;
       --kill) KILL_SIGNAL=KILL; shift ;;
+      --tls) TLS=1; shift ;;
+      --ssh) SSH=1; shift ;;
       --) shift; ARGS+=("$@"); break ;;
       -h|--help) usage ;;
       *) ARGS+=("$1"); shift ;;
@@ -178,6 +183,114 @@ detect_virt() {
   echo "$verdict"
 }
 
+# --- TLS (up --tls) ------------------------------------------------------------------------
+# A lab CA signs one server certificate per host (CN and DNS name labhK, IP SAN the host's
+# address) and a client certificate. Client directories hold libvirt's pkipath layout
+# (cacert.pem, clientcert.pem, clientkey.pem):
+#   pki/client     good client certificate and the lab CA
+#   pki/rogue      a client certificate signed by another CA, trusting both CAs: the client
+#                  accepts the host, the host rejects the client
+#   pki/wrong-ca   a client certificate and CA that are not the lab's: the client rejects the
+#                  host's certificate (libvirt first checks the client certificate against
+#                  cacert.pem, so both must come from the same CA)
+pki() { echo "$DIR/pki"; }
+
+# certtool_cert NAME SIGNER TEMPLATE-LINES... : key + certificate NAME{key,cert}.pem in pki/work,
+# signed by SIGNER (a NAME made earlier), or self-signed when SIGNER is "-".
+certtool_cert() {
+  local name=$1 signer=$2 w; shift 2
+  w=$(pki)/work
+  printf '%s\n' "$@" "expiration_days = 7" >"$w/$name.tmpl"
+  certtool --generate-privkey --key-type=rsa --bits=2048 --outfile "$w/${name}key.pem" 2>/dev/null
+  if [ "$signer" = - ]; then
+    certtool --generate-self-signed --load-privkey "$w/${name}key.pem" \
+      --template "$w/$name.tmpl" --outfile "$w/${name}cert.pem" 2>/dev/null
+  else
+    certtool --generate-certificate --load-privkey "$w/${name}key.pem" \
+      --load-ca-certificate "$w/${signer}cert.pem" --load-ca-privkey "$w/${signer}key.pem" \
+      --template "$w/$name.tmpl" --outfile "$w/${name}cert.pem" 2>/dev/null
+  fi
+}
+
+make_pki() {
+  local w k; w=$(pki)/work
+  command -v certtool >/dev/null || die "--tls needs certtool (Debian gnutls-bin)"
+  mkdir -p "$w"
+  chmod 0700 "$(pki)"
+  certtool_cert ca - "cn = ferry lab $ID CA" ca cert_signing_key
+  certtool_cert rogueca - "cn = not the ferry lab CA" ca cert_signing_key
+  certtool_cert client ca "cn = ferry-controller" tls_www_client signing_key encryption_key
+  certtool_cert rogue rogueca "cn = ferry-controller" tls_www_client signing_key encryption_key
+  for ((k = 1; k <= HOSTS; k++)); do
+    certtool_cert "h$k" ca "cn = labh$k" "dns_name = labh$k" "ip_address = $(ip_host "$k")" \
+      tls_www_server signing_key encryption_key
+  done
+  local dir name cas cert ca
+  for dir in client:ca:client rogue:ca+rogueca:rogue wrong-ca:rogueca:rogue; do
+    IFS=: read -r name cas cert <<<"$dir"
+    mkdir -p "$(pki)/$name"
+    : >"$(pki)/$name/cacert.pem"
+    for ca in ${cas//+/ }; do cat "$w/${ca}cert.pem" >>"$(pki)/$name/cacert.pem"; done
+    cp "$w/${cert}cert.pem" "$(pki)/$name/clientcert.pem"
+    cp "$w/${cert}key.pem" "$(pki)/$name/clientkey.pem"
+    chmod 0600 "$(pki)/$name"/*.pem
+  done
+}
+
+# --- SSH (up --ssh) ------------------------------------------------------------------------
+# Each host runs an sshd on its address (port 22) inside its namespaces, so a session reaches
+# that host's libvirtd socket. ssh/ holds:
+#   client, client.pub   the key the hosts accept (root)
+#   other                a key no host accepts
+#   known_hosts          the hosts' real host keys
+#   known_hosts.wrong    other keys under the hosts' addresses
+sshdir() { echo "$DIR/ssh"; }
+
+make_ssh_keys() {
+  local s k; s=$(sshdir)
+  command -v ssh-keygen >/dev/null || die "--ssh needs ssh-keygen (Debian openssh-client)"
+  [ -x /usr/sbin/sshd ] || die "--ssh needs /usr/sbin/sshd (Debian openssh-server)"
+  mkdir -p "$s"
+  chmod 0700 "$s"
+  ssh-keygen -q -t ed25519 -N '' -C ferry-lab-client -f "$s/client"
+  ssh-keygen -q -t ed25519 -N '' -C ferry-lab-other -f "$s/other"
+  ssh-keygen -q -t ed25519 -N '' -C ferry-lab-wrong-host -f "$s/wronghost"
+  cp "$s/client.pub" "$s/authorized_keys"
+  : >"$s/known_hosts"
+  : >"$s/known_hosts.wrong"
+  for ((k = 1; k <= HOSTS; k++)); do
+    ssh-keygen -q -t ed25519 -N '' -C "labh$k" -f "$s/host$k"
+    echo "$(ip_host "$k") $(cut -d' ' -f1,2 "$s/host$k.pub")" >>"$s/known_hosts"
+    echo "$(ip_host "$k") $(cut -d' ' -f1,2 "$s/wronghost.pub")" >>"$s/known_hosts.wrong"
+  done
+}
+
+start_sshd() {
+  local k=$1 d s; d=$(hdir "$k"); s=$(sshdir)
+  {
+    echo "ListenAddress $(ip_host "$k")"
+    echo "Port 22"
+    echo "HostKey $s/host$k"
+    echo "PidFile $d/sshd.pid"
+    echo "AuthorizedKeysFile $s/authorized_keys"
+    echo "PermitRootLogin prohibit-password"
+    echo "PubkeyAuthentication yes"
+    echo "PasswordAuthentication no"
+    echo "KbdInteractiveAuthentication no"
+    echo "UsePAM no"
+    echo "StrictModes no"
+    echo "LogLevel ERROR"
+  } >"$d/sshd_config"
+  mkdir -p /run/sshd
+  in_host "$k" /usr/sbin/sshd -f "$d/sshd_config" -E "$d/sshd.log" </dev/null >>"$d/daemons.log" 2>&1 ||
+    die "h$k: sshd failed to start ($(tail -n 3 "$d/sshd.log" 2>/dev/null))"
+  wait_until "$DAEMON_WAIT" test -s "$d/sshd.pid" || die "h$k: sshd wrote no pid file"
+}
+
+host_answers_ssh() {
+  [ "$(ip netns exec "$(ns_client)" timeout 10 virsh -q -c "qemu+libssh://root@$(ip_host "$1")/system?keyfile=$(sshdir)/client&known_hosts=$(sshdir)/known_hosts&sshauth=privkey" hostname 2>/dev/null)" = "labh$1" ]
+}
+
 # --- per-host configuration ------------------------------------------------------------
 write_host_config() {
   local k=$1 d ip uuid
@@ -185,9 +298,23 @@ write_host_config() {
   uuid=$(cat /proc/sys/kernel/random/uuid)
   mkdir -p "$d/etc/libvirt" "$d/run/libvirt" "$d/var/lib/libvirt" "$d/var/log/libvirt" \
            "$d/var/cache/libvirt" "$d/etc-files"
+  local tls_conf="listen_tls = 0"
+  if [ "$TLS" = 1 ]; then
+    mkdir -p "$d/pki"
+    cp "$(pki)/work/cacert.pem" "$d/pki/cacert.pem"
+    cp "$(pki)/work/h${k}cert.pem" "$d/pki/servercert.pem"
+    cp "$(pki)/work/h${k}key.pem" "$d/pki/serverkey.pem"
+    chmod 0600 "$d/pki/serverkey.pem"
+    tls_conf="listen_tls = 1
+tls_port = \"16514\"
+ca_file = \"$d/pki/cacert.pem\"
+cert_file = \"$d/pki/servercert.pem\"
+key_file = \"$d/pki/serverkey.pem\"
+auth_tls = \"none\""
+  fi
   cat >"$d/etc/libvirt/libvirtd.conf" <<EOF
 # ferry lab host h$k
-listen_tls = 0
+$tls_conf
 listen_tcp = 1
 listen_addr = "$ip"
 tcp_port = "16509"
@@ -331,6 +458,10 @@ host_answers_tcp() {
   [ "$(ip netns exec "$(ns_client)" timeout 5 virsh -q -c "$(tcp_uri "$1")" hostname 2>/dev/null)" = "labh$1" ]
 }
 
+host_answers_tls() {
+  [ "$(ip netns exec "$(ns_client)" timeout 5 virsh -q -c "$(tls_uri "$1")?pkipath=$(pki)/client" hostname 2>/dev/null)" = "labh$1" ]
+}
+
 host_up() {
   local k=$1
   write_host_config "$k"
@@ -338,6 +469,7 @@ host_up() {
   setup_host_mounts "$k"
   start_virtlogd_lockd "$k"
   start_libvirtd "$k"
+  if [ "$SSH" = 1 ]; then start_sshd "$k"; fi
   # Build libvirt's QEMU capabilities cache now, so that the first define is not slow.
   timeout 60 virsh -q -c "$(unix_uri "$k")" domcapabilities --virttype "$VIRT_TYPE" >/dev/null 2>&1 ||
     log "h$k: warning: domcapabilities --virttype $VIRT_TYPE failed"
@@ -357,6 +489,7 @@ write_env() {
       echo "LAB_H${k}_IP=$(shq "$(ip_host "$k")")"
       echo "LAB_H${k}_UNIX_URI=$(shq "$(unix_uri "$k")")"
       echo "LAB_H${k}_TCP_URI=$(shq "$(tcp_uri "$k")")"
+      if [ "$TLS" = 1 ]; then echo "LAB_H${k}_TLS_URI=$(shq "$(tls_uri "$k")")"; fi
       echo "LAB_H${k}_NETNS=$(shq "$(ns_host "$k")")"
       echo "LAB_H${k}_HOST_UUID=$(shq "$(cat "$(hdir "$k")/host-uuid")")"
     done
@@ -371,6 +504,8 @@ write_env() {
     echo "LAB_CONSOLE_DIR=$(shq "$DIR/shared/console")"
     echo "LAB_LOCKD_DIR=$(shq "$DIR/shared/lockd")"
     echo "LAB_VIRT_TYPE=$(shq "$VIRT_TYPE")"
+    if [ "$TLS" = 1 ]; then echo "LAB_PKI_DIR=$(shq "$(pki)")"; fi
+    if [ "$SSH" = 1 ]; then echo "LAB_SSH_DIR=$(shq "$(sshdir)")"; fi
   } >"$f.tmp"
   mv "$f.tmp" "$f"
 }
@@ -443,6 +578,9 @@ cmd_up() {
   ip -n "$(ns_client)" link set lo up
   ip -n "$(ns_client)" link set eth0 up
 
+  if [ "$TLS" = 1 ]; then make_pki; fi
+  if [ "$SSH" = 1 ]; then make_ssh_keys; fi
+
   # Hosts in parallel.
   local failed=0
   for ((k = 1; k <= HOSTS; k++)); do
@@ -459,6 +597,14 @@ cmd_up() {
   for ((k = 1; k <= HOSTS; k++)); do
     wait_until "$DAEMON_WAIT" host_answers_tcp "$k" ||
       die "h$k: not reachable over TCP ($(tcp_uri "$k")) from $(ns_client)"
+    if [ "$SSH" = 1 ]; then
+      wait_until "$DAEMON_WAIT" host_answers_ssh "$k" ||
+        die "h$k: not reachable over SSH (qemu+libssh://root@$(ip_host "$k")/system) from $(ns_client)"
+    fi
+    if [ "$TLS" = 1 ]; then
+      wait_until "$DAEMON_WAIT" host_answers_tls "$k" ||
+        die "h$k: not reachable over TLS ($(tls_uri "$k")?pkipath=$(pki)/client) from $(ns_client)"
+    fi
   done
   write_env
   rm -f "$DIR/up.pid"
@@ -606,6 +752,7 @@ down_impl() {
   # 3. Daemons by pid file, then the holders (after unmounting inside their namespace).
   for d in "$DIR"/h*/; do
     [ -d "$d" ] || continue
+    stop_pidfile "$d/sshd.pid" 5
     stop_pidfile "$d/libvirtd.pid" 10
     stop_pidfile "$d/virtlockd.pid" 5
     stop_pidfile "$d/virtlogd.pid" 5

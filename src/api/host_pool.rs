@@ -177,7 +177,9 @@ pub struct LibvirtSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 300))]
     pub connect_timeout_seconds: Option<i32>,
-    /// Seconds between libvirt keepalive probes on each connection. Default 5.
+    /// Seconds between libvirt keepalive probes on each connection. Default 5. A host that stops
+    /// answering is shown `Unreachable` about `keepaliveIntervalSeconds × (keepaliveCount + 1)`
+    /// seconds after its last answer, and no new VM is placed on it until it answers again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 300))]
     pub keepalive_interval_seconds: Option<i32>,
@@ -186,10 +188,20 @@ pub struct LibvirtSpec {
     #[schemars(range(min = 1, max = 100))]
     pub keepalive_count: Option<i32>,
     /// Name of a Secret in the HostPool's namespace holding the client credentials for
-    /// `uriTemplate`. For `qemu+tls`: the keys `clientcert.pem`, `clientkey.pem` and `cacert.pem`
-    /// (libvirt's own file names), which ferry hands to libvirt as the connection's `pkipath`.
-    /// Unset: libvirt's defaults on the controller (`/etc/pki/libvirt`, `~/.pki/libvirt`) or a
-    /// `?pkipath=` in the template apply.
+    /// `uriTemplate`; ferry writes them to private files (0600) and adds their paths to the URI.
+    /// For `qemu+tls`: the keys `clientcert.pem`, `clientkey.pem` and `cacert.pem` (libvirt's own
+    /// file names), passed as the connection's `pkipath`. For SSH: a Secret of type
+    /// `kubernetes.io/ssh-auth` with `ssh-privatekey` (passed as `keyfile`) and, optionally,
+    /// `known_hosts` (OpenSSH format, passed as `known_hosts`). Use `qemu+libssh://` (or
+    /// `qemu+libssh2://`) with SSH keys: libvirt's built-in SSH clients check the host key against
+    /// that `known_hosts` and ferry restricts them to key authentication (`sshauth=privkey`);
+    /// without `known_hosts` an unknown host is refused unless the template says
+    /// `known_hosts_verify=auto`. `qemu+ssh://` runs the `ssh` program, which takes the key but
+    /// reads its own known_hosts files, so a Secret with `known_hosts` is refused for it. A
+    /// missing Secret or key, or credentials the host refuses (or a host certificate or key the
+    /// credentials do not trust), show the host as `Misconfigured` with a message saying which.
+    /// Unset: libvirt's defaults on the controller (`/etc/pki/libvirt`, `~/.pki/libvirt`, the
+    /// `ssh` configuration) or parameters in the template apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
@@ -331,7 +343,8 @@ pub enum HostState {
     Cordoned,
     /// libvirt does not answer.
     Unreachable,
-    /// The host's connection settings cannot work (bad URI, no address); the message says why.
+    /// The host's connection settings cannot work (bad URI, no address, credentials missing or
+    /// rejected); the message says why.
     Misconfigured,
 }
 

@@ -16,6 +16,7 @@ use kube::api::Api;
 use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ use std::time::Duration;
 const CONTROLLER: &str = "hostpool";
 /// How often each host is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
+/// How often a pool with an unreachable host is probed, so the host is seen back soon after it
+/// answers again (connection attempts still follow the registry's backoff).
+pub const UNREACHABLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Whether `pool` selects `node`. An empty selector selects nothing.
 pub fn selects(pool: &HostPool, node: &Node) -> bool {
@@ -39,6 +43,21 @@ pub fn selects(pool: &HostPool, node: &Node) -> bool {
     }
 }
 
+/// The HostPools whose status lists a host reached at `uri` (compared without credentials and
+/// query): the pools to probe again when that connection is lost.
+pub fn pools_reaching(pools: &[Arc<HostPool>], uri: &str) -> Vec<ObjectRef<HostPool>> {
+    let shown = redact(uri);
+    pools
+        .iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.hosts.iter().any(|h| h.uri.as_deref() == Some(&shown)))
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
 /// Reconcile one HostPool, in a `reconcile` span naming it (see the VirtualMachine controller).
 #[tracing::instrument(name = "reconcile", skip_all, fields(
     object.kind = "HostPool",
@@ -50,7 +69,15 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
     let ns = pool.namespace().unwrap_or_default();
     let api: Api<HostPool> = Api::namespaced(ctx.client.clone(), &ns);
     let now = Timestamp::now();
-    let previous = pool.status.clone().unwrap_or_default();
+    // The status this process wrote last, if any: the cache may not show it yet when a wake-up
+    // (a lost connection) follows a write at once, and host transitions (and their Events) must
+    // be judged against what was reported, not reported twice.
+    let uid = pool.metadata.uid.clone().unwrap_or_default();
+    let previous = super::lock(&ctx.pool_reports)
+        .get(&uid)
+        .cloned()
+        .or_else(|| pool.status.clone())
+        .unwrap_or_default();
     let mut st = previous.clone();
     st.observed_generation = pool.metadata.generation;
 
@@ -76,9 +103,10 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         .collect();
     nodes.sort_by_key(|n| n.name_any());
     let vm_uids = known_vm_uids(&ctx).await;
-    let probes = nodes
-        .iter()
-        .map(|n| probe(&pool, n, &ctx, vm_uids.as_ref()));
+    let probes = nodes.iter().map(|n| {
+        let before = previous.hosts.iter().find(|h| h.name == n.name_any());
+        probe(&pool, n, &ctx, vm_uids.as_ref(), before)
+    });
     let mut hosts: Vec<HostStatus> = futures::future::join_all(probes).await;
     for h in &mut hosts {
         let before = previous.hosts.iter().find(|p| p.name == h.name);
@@ -120,7 +148,16 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
                 Some(m) => format!("Host {}: {m}", h.name),
                 None => format!("Host {} is {:?}", h.name, h.state),
             };
-            ctx.event(pool.as_ref(), type_, reason, "Probe", note).await;
+            let node = nodes.iter().find(|n| n.name_any() == h.name);
+            host_event(
+                &ctx,
+                pool.as_ref(),
+                node.map(|n| n.as_ref()),
+                type_,
+                reason,
+                note,
+            )
+            .await;
         }
     }
     st.selected_hosts = hosts.len() as i32;
@@ -180,6 +217,7 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         pool.metadata.generation,
         now,
     );
+    let unreachable = hosts.iter().any(|h| h.state == HostState::Unreachable);
     st.hosts = hosts;
     let evac = super::evacuation::reconcile(&pool, &nodes, &ctx).await;
     let was = crate::api::condition::find(&st.conditions, "Evacuating").map(|c| c.reason.clone());
@@ -208,7 +246,35 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         now,
     );
     apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
-    Ok(Requeue::requeue(PROBE_INTERVAL))
+    super::lock(&ctx.pool_reports).insert(uid, st);
+    Ok(Requeue::requeue(if unreachable {
+        UNREACHABLE_PROBE_INTERVAL
+    } else {
+        PROBE_INTERVAL
+    }))
+}
+
+/// Publish an Event about `pool` with the host's Node as the related object: the recorder merges
+/// repeats of one reason about one object into a series, and without the Node the transitions of
+/// different hosts in one probe would be merged into the first host's Event.
+async fn host_event(
+    ctx: &Context,
+    pool: &HostPool,
+    node: Option<&Node>,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Probe".into(),
+        secondary: node.map(|n| n.object_ref(&())),
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "could not record Event");
+    }
 }
 
 /// `Degraded`: True while a selected host can neither take nor keep VMs (unreachable or
@@ -278,12 +344,44 @@ fn resources(a: Amount) -> Resources {
     }
 }
 
+/// How long a probe waits for a new connection to a host it last saw `Unreachable`. The attempt
+/// goes on in the background (the registry keeps its outcome for the next probe), so a host that
+/// stays away does not hold up the pool's status for a connect timeout on every probe.
+const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Connect to `uri` for `pool`. When the host was `Unreachable` (`before`), wait at most
+/// [`RECONNECT_WAIT`]; `Ok(None)` means the attempt is still under way.
+async fn connect_for_probe(
+    pool: &Arc<HostPool>,
+    uri: &str,
+    ctx: &Arc<Context>,
+    before: Option<&HostStatus>,
+) -> crate::hypervisor::HvResult<Option<Arc<dyn crate::hypervisor::Hypervisor>>> {
+    let attempt = {
+        let (ctx, pool, uri) = (ctx.clone(), pool.clone(), uri.to_string());
+        tokio::spawn(async move { ctx.connect(&uri, &pool).await })
+    };
+    let waited = match before.filter(|b| b.state == HostState::Unreachable) {
+        Some(_) => tokio::time::timeout(RECONNECT_WAIT, attempt).await,
+        None => Ok(attempt.await),
+    };
+    match waited {
+        Ok(Ok(result)) => result.map(Some),
+        Ok(Err(e)) => Err(HypervisorError::ConnectionLost {
+            uri: redact(uri),
+            message: format!("the connection attempt failed: {e}"),
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Probe one host: its facts, then its domains.
 async fn probe(
-    pool: &HostPool,
+    pool: &Arc<HostPool>,
     node: &Node,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     vm_uids: Option<&HashSet<String>>,
+    before: Option<&HostStatus>,
 ) -> HostStatus {
     let name = node.name_any();
     let mut h = HostStatus::new(name.clone(), HostState::Misconfigured);
@@ -295,16 +393,15 @@ async fn probe(
         }
     };
     h.uri = Some(redact(&uri));
-    let answer = match ctx.connect(&uri, pool).await {
-        Ok(hv) => match read_host(hv.as_ref()).await {
-            Ok(info) => Ok(info),
-            Err(e) => {
-                if e.is_connection_lost() {
-                    ctx.hosts.invalidate(&uri).await;
-                }
-                Err(e)
-            }
-        },
+    // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
+    let answer = match connect_for_probe(pool, &uri, ctx, before).await {
+        Ok(Some(hv)) => read_host(hv.as_ref()).await,
+        // Still unreachable, still trying in the background: say what was last known.
+        Ok(None) => {
+            h.state = HostState::Unreachable;
+            h.message = before.and_then(|b| b.message.clone());
+            return h;
+        }
         Err(e) => Err(e),
     };
     match answer {
@@ -335,7 +432,8 @@ async fn probe(
             ctx.remember_host_info(&uri, info);
         }
         Err(e) => {
-            let credentials = matches!(&e, HypervisorError::OperationFailed { operation, .. } if *operation == credentials::OPERATION);
+            let credentials = matches!(&e, HypervisorError::Rejected { .. })
+                || matches!(&e, HypervisorError::OperationFailed { operation, .. } if *operation == credentials::OPERATION);
             h.state = if credentials {
                 HostState::Misconfigured
             } else {
@@ -360,7 +458,7 @@ async fn read_host(
 }
 
 /// Drop user info and query parameters (they may name key files) from a URI shown in status.
-fn redact(uri: &str) -> String {
+pub(crate) fn redact(uri: &str) -> String {
     let no_query = uri.split('?').next().unwrap_or(uri);
     match no_query.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
@@ -399,6 +497,48 @@ mod tests {
         let (status, reason, message) = degraded(&hosts);
         assert_eq!((status, reason), (ConditionStatus::True, "HostsUnhealthy"));
         assert_eq!(message, "2 of 4 host(s): b Unreachable, c Misconfigured");
+    }
+
+    #[test]
+    fn a_lost_connection_wakes_the_pools_that_show_its_host() {
+        let pool = |name: &str, uris: &[&str]| {
+            let mut p = HostPool::new(
+                name,
+                serde_json::from_value(serde_json::json!({
+                    "nodeSelector": {"matchLabels": {"a": "b"}},
+                    "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
+                    "storage": {"pool": "p"}
+                }))
+                .expect("spec"),
+            );
+            p.metadata.namespace = Some("ns".into());
+            let mut st = crate::api::HostPoolStatus::default();
+            for (i, u) in uris.iter().enumerate() {
+                let mut h = host(&format!("h{i}"), HostState::Ready);
+                h.uri = Some(u.to_string());
+                st.hosts.push(h);
+            }
+            p.status = Some(st);
+            Arc::new(p)
+        };
+        let pools = [
+            pool(
+                "a",
+                &["qemu+tls://10.0.0.1/system", "qemu+tls://10.0.0.2/system"],
+            ),
+            pool("b", &["qemu+tls://10.0.0.2/system"]),
+            pool("c", &[]),
+        ];
+        let names = |uri: &str| -> Vec<String> {
+            pools_reaching(&pools, uri)
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        };
+        // Credentials in the query do not matter.
+        assert_eq!(names("qemu+tls://10.0.0.1/system?pkipath=/x"), vec!["a"]);
+        assert_eq!(names("qemu+tls://10.0.0.2/system"), vec!["a", "b"]);
+        assert!(names("qemu+tls://10.0.0.9/system").is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod virtual_machine;
 
 use crate::api::{HostPool, VirtualMachine, VirtualMachineMigration};
 use crate::hypervisor::connections::{ConnectOptions, HostConnections};
-use crate::hypervisor::{HostInfo, HvResult, Hypervisor};
+use crate::hypervisor::{HostInfo, HvResult, Hypervisor, HypervisorError};
 use crate::metrics::Metrics;
 use crate::plan::definition::ResolvedDisk;
 use crate::plan::placement::Placed;
@@ -56,6 +56,8 @@ pub struct Context {
     pub placing: Mutex<HashMap<String, Placed>>,
     /// When ferry asked a VM's guest to shut down, by VM UID.
     pub stopping: Mutex<HashMap<String, Instant>>,
+    /// The HostPool status this process wrote last, by pool UID.
+    pub pool_reports: Mutex<HashMap<String, crate::api::HostPoolStatus>>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Last facts read from each host, by URI.
@@ -94,6 +96,7 @@ impl Context {
             evacuations_created: Mutex::default(),
             placing: Mutex::default(),
             stopping: Mutex::default(),
+            pool_reports: Mutex::default(),
             failures: Mutex::default(),
             host_facts: Mutex::default(),
             provisioned: Mutex::default(),
@@ -114,7 +117,17 @@ impl Context {
     pub async fn connect(&self, uri: &str, pool: &HostPool) -> HvResult<Arc<dyn Hypervisor>> {
         let opts = pool_options(pool);
         let uri = self.credentialed_uri(uri, pool).await?;
-        self.hosts.get(&uri, &opts).await
+        self.hosts.get(&uri, &opts).await.map_err(|e| match e {
+            // Name the Secret the rejected credentials came from.
+            HypervisorError::Rejected { uri, message } => HypervisorError::Rejected {
+                message: match &pool.spec.libvirt.credentials_secret {
+                    Some(s) => format!("{message}; credentials from Secret {s}"),
+                    None => message,
+                },
+                uri: host_pool::redact(&uri),
+            },
+            e => e,
+        })
     }
 
     /// `uri` with the pool's credentials applied (see [`Context::connect`]).

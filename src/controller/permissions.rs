@@ -46,7 +46,7 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         resource: "secrets",
         verbs: &["get"],
         scope: Watched,
-        why: "credentials::apply: HostPool spec.libvirt.credentialsSecret, libvirt TLS client files (pkipath)",
+        why: "credentials::apply: HostPool spec.libvirt.credentialsSecret, libvirt TLS client files (pkipath) or SSH key (keyfile, known_hosts)",
     },
     Permission {
         group: "ferry.dev",

@@ -183,7 +183,26 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     );
     let pool_store_for_nodes = pool_store.clone();
+    // A connection that keepalive (or a failed call) found dead wakes the pools using that host
+    // at once, instead of at their next periodic probe.
+    let pool_store_for_lost = pool_store.clone();
+    let lost = futures::stream::unfold(ctx.hosts.lost_connections(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(uri) => return Some((uri, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .flat_map(move |uri| {
+        futures::stream::iter(host_pool::pools_reaching(
+            &pool_store_for_lost.state(),
+            &uri,
+        ))
+    });
     let hostpools = pool_controller
+        .reconcile_on(lost)
         .watches_stream(nodes, move |node: Node| {
             pool_store_for_nodes
                 .state()

@@ -708,7 +708,18 @@ pub fn cordoned(n: &Node) -> bool {
 }
 
 fn host_blocked(host: &str, e: HypervisorError, what: &str, phase: Option<VmPhase>) -> Blocked {
-    if e.is_connection_lost() {
+    if let HypervisorError::Rejected { .. } = &e {
+        let phase = match phase {
+            None | Some(VmPhase::Pending) => VmPhase::Pending,
+            _ => VmPhase::Unknown,
+        };
+        Blocked::new(
+            phase,
+            "HostMisconfigured",
+            format!("cannot reach host {host} ({what}): {e}; fix the HostPool's credentials"),
+            Retry::Backoff,
+        )
+    } else if e.is_connection_lost() {
         let phase = match phase {
             None | Some(VmPhase::Pending) => VmPhase::Pending,
             _ => VmPhase::Unknown,

@@ -6,9 +6,14 @@
 //! delay has passed (1 s doubling to 30 s by default): an unreachable host costs one connect
 //! timeout per backoff period, not one per reconcile, and never slows down other hosts.
 //!
-//! A handle whose connection was lost ([`Hypervisor::is_connected`] turned false: a call failed
-//! with `ConnectionLost`, libvirt's close callback fired, or a call timed out) is closed and
-//! replaced at the next `get`. [`HostConnections::invalidate`] does the same on request.
+//! A handle whose connection the host or the network ended ([`Hypervisor::lost`]: a call failed
+//! with `ConnectionLost`, libvirt's close callback fired on a keepalive timeout or EOF, or a call
+//! timed out) is closed and counts as a failed attempt: the next `get` returns that loss at once
+//! and reconnects after the first backoff delay, so a host that just dropped out is reported
+//! without waiting for a connect timeout. Every such loss is also announced on
+//! [`HostConnections::lost_connections`], so that the controller can react at once instead of at
+//! its next periodic probe. A handle ferry closed itself is replaced at once;
+//! [`HostConnections::invalidate`] does the same on request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +60,34 @@ struct Inner {
     min_backoff: Duration,
     max_backoff: Duration,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
+    lost: tokio::sync::broadcast::Sender<String>,
+}
+
+/// Capacity of the lost-connection channel; a receiver that falls further behind skips ahead.
+const LOST_CHANNEL: usize = 256;
+
+/// The observer handed to each connection: forwards calls to the caller's observer and
+/// announces lost connections on the registry's channel.
+struct Notifying {
+    inner: Option<Arc<dyn CallObserver>>,
+    lost: tokio::sync::broadcast::Sender<String>,
+}
+
+impl CallObserver for Notifying {
+    fn observe(&self, op: &'static str, seconds: f64, ok: bool) {
+        if let Some(o) = &self.inner {
+            o.observe(op, seconds, ok);
+        }
+    }
+
+    fn connection_lost(&self, uri: &str, reason: &str) {
+        tracing::info!(uri, reason, "libvirt connection lost");
+        if let Some(o) = &self.inner {
+            o.connection_lost(uri, reason);
+        }
+        // No receiver is not an error: nobody is listening.
+        let _ = self.lost.send(uri.to_string());
+    }
 }
 
 /// One host. The async mutex makes connection attempts single-flight.
@@ -114,6 +147,7 @@ impl HostConnections {
                 min_backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(30),
                 entries: Mutex::new(HashMap::new()),
+                lost: tokio::sync::broadcast::channel(LOST_CHANNEL).0,
             }),
         }
     }
@@ -134,6 +168,7 @@ impl HostConnections {
                 min_backoff: min,
                 max_backoff: max.max(min),
                 entries: Mutex::new(entries),
+                lost: self.inner.lost.clone(),
             }),
         }
     }
@@ -150,8 +185,14 @@ impl HostConnections {
             if conn.is_connected() {
                 return Ok(conn.clone());
             }
+            let loss = conn.lost();
             if let Some(old) = state.conn.take() {
                 close_in_background(old);
+            }
+            // Lost by the host or the network: a failed attempt, reported now, retried later.
+            if let Some(error) = loss {
+                self.record_failure(&mut state, uri, error.clone());
+                return Err(error);
             }
         }
         if let Some(f) = &state.failure
@@ -159,43 +200,53 @@ impl HostConnections {
         {
             return Err(f.error.clone());
         }
-        let with_observer;
-        let opts = match (&opts.observer, &self.inner.observer) {
-            (None, Some(o)) => {
-                with_observer = ConnectOptions {
-                    observer: Some(o.clone()),
-                    ..opts.clone()
-                };
-                &with_observer
-            }
-            _ => opts,
+        let opts = ConnectOptions {
+            observer: Some(Arc::new(Notifying {
+                inner: opts
+                    .observer
+                    .clone()
+                    .or_else(|| self.inner.observer.clone()),
+                lost: self.inner.lost.clone(),
+            })),
+            ..opts.clone()
         };
-        match self.inner.connector.connect(uri, opts).await {
+        match self.inner.connector.connect(uri, &opts).await {
             Ok(conn) => {
                 state.failure = None;
                 state.conn = Some(conn.clone());
                 Ok(conn)
             }
             Err(error) => {
-                let mut delays = match state.failure.take() {
-                    Some(f) => f.delays,
-                    None => ExponentialBuilder::default()
-                        .with_min_delay(self.inner.min_backoff)
-                        .with_max_delay(self.inner.max_backoff)
-                        .with_factor(2.0)
-                        .without_max_times()
-                        .build(),
-                };
-                let delay = delays.next().unwrap_or(self.inner.max_backoff);
-                tracing::debug!(uri, %error, ?delay, "connection attempt failed");
-                state.failure = Some(Failure {
-                    error: error.clone(),
-                    retry_at: Instant::now() + delay,
-                    delays,
-                });
+                self.record_failure(&mut state, uri, error.clone());
                 Err(error)
             }
         }
+    }
+
+    /// URIs of connections that the host or the network ended (keepalive timeout, daemon gone,
+    /// a failed call), as they happen. Connections ferry closes itself are not announced.
+    pub fn lost_connections(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.lost.subscribe()
+    }
+
+    /// Remember a failed attempt (or a lost connection) and when to try again.
+    fn record_failure(&self, state: &mut EntryState, uri: &str, error: HypervisorError) {
+        let mut delays = match state.failure.take() {
+            Some(f) => f.delays,
+            None => ExponentialBuilder::default()
+                .with_min_delay(self.inner.min_backoff)
+                .with_max_delay(self.inner.max_backoff)
+                .with_factor(2.0)
+                .without_max_times()
+                .build(),
+        };
+        let delay = delays.next().unwrap_or(self.inner.max_backoff);
+        tracing::debug!(uri, %error, ?delay, "connection attempt failed");
+        state.failure = Some(Failure {
+            error,
+            retry_at: Instant::now() + delay,
+            delays,
+        });
     }
 
     /// The open connection to `uri` if there is a usable one; never connects.

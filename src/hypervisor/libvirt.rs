@@ -44,6 +44,7 @@ const VIR_ERR_INVALID_CONN: i32 = 6;
 const VIR_ERR_INVALID_ARG: i32 = 8;
 const VIR_ERR_SYSTEM_ERROR: i32 = 38;
 const VIR_ERR_GNUTLS_ERROR: i32 = 40;
+const VIR_ERR_AUTH_FAILED: i32 = 45;
 const VIR_ERR_ARGUMENT_UNSUPPORTED: i32 = 74;
 const VIR_ERR_SSH: i32 = 85;
 const VIR_ERR_LIBSSH: i32 = 98;
@@ -89,15 +90,37 @@ enum Msg {
 struct Shared {
     uri: String,
     lost: AtomicBool,
+    /// Set when ferry closed the connection itself: not a loss to report.
+    closed_by_ferry: AtomicBool,
     reason: Mutex<String>,
+    /// Told when the host side ends the connection.
+    observer: Option<Arc<dyn super::CallObserver>>,
 }
 
 impl Shared {
+    /// The connection is gone because of the host or the network (keepalive, EOF, a failed or
+    /// timed-out call): remember why and tell the observer, once.
     fn mark_lost(&self, reason: impl Into<String>) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            let reason = reason.into();
+            if let Some(o) = &self.observer {
+                o.connection_lost(&self.uri, &reason);
+            }
+            if let Ok(mut r) = self.reason.lock() {
+                *r = reason;
+            }
+        }
+    }
+
+    /// ferry closes the connection: later calls fail, nothing is reported.
+    fn mark_closed(&self) {
+        if !self.lost.load(Ordering::SeqCst) {
+            self.closed_by_ferry.store(true, Ordering::SeqCst);
+        }
         if !self.lost.swap(true, Ordering::SeqCst)
             && let Ok(mut r) = self.reason.lock()
         {
-            *r = reason.into();
+            *r = "connection closed by ferry".into();
         }
     }
 
@@ -156,7 +179,9 @@ impl LibvirtHost {
         let shared = Arc::new(Shared {
             uri: uri.into(),
             lost: AtomicBool::new(false),
+            closed_by_ferry: AtomicBool::new(false),
             reason: Mutex::new(String::new()),
+            observer: opts.observer.clone(),
         });
         let (tx, rx) = mpsc::channel::<Msg>();
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -325,10 +350,19 @@ fn connection_thread(
     let conn = match Connect::open(Some(&shared.uri)) {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(HypervisorError::ConnectionLost {
-                uri: shared.uri.clone(),
-                message: e.to_string(),
-            }));
+            let message = e.message().to_string();
+            let code = e.code().to_raw() as i32;
+            let error = match credentials_problem(code, &message) {
+                Some(hint) => HypervisorError::Rejected {
+                    uri: shared.uri.clone(),
+                    message: format!("{hint} (libvirt: {message})"),
+                },
+                None => HypervisorError::ConnectionLost {
+                    uri: shared.uri.clone(),
+                    message: e.to_string(),
+                },
+            };
+            let _ = ready.send(Err(error));
             return;
         }
     };
@@ -486,6 +520,49 @@ fn classify(uri: &str, op: &'static str, fail: Fail) -> HypervisorError {
             code,
             message: e.message().to_string(),
         }
+    }
+}
+
+/// When a failed connection attempt is about credentials rather than reachability, what to fix.
+/// libvirt reports these with generic codes, so its (untranslated) messages decide:
+/// - the host closes the connection right after the TLS handshake ("Unable to read TLS
+///   confirmation") when it rejects the client certificate;
+/// - "Failed to verify peer's certificate": the host's certificate is not trusted;
+/// - "failed validation against": the client certificate does not match `cacert.pem`;
+/// - "Cannot read ...": a file of `pkipath` (or the SSH key) is missing;
+/// - SSH: the key refused, or the host key unknown or changed.
+fn credentials_problem(code: i32, message: &str) -> Option<&'static str> {
+    let has = |s: &str| message.contains(s);
+    if has("TLS confirmation") {
+        Some(
+            "the host rejected ferry's TLS client certificate (it closed the connection right after \
+             the handshake): clientcert.pem must be signed by a CA the host trusts (its ca_file) \
+             and be allowed by its tls_allowed_dn_list",
+        )
+    } else if has("peer's certificate") || has("server certificate") {
+        Some(
+            "the host's TLS certificate was rejected: it is not signed by the CA in cacert.pem, \
+             has expired, or does not name the host as the URI does",
+        )
+    } else if has("failed validation against") {
+        Some(
+            "the TLS client certificate was rejected: clientcert.pem is not signed by the CA in cacert.pem (or has expired)",
+        )
+    } else if has("Cannot read CA certificate")
+        || has("Cannot read certificate")
+        || has("Cannot read private key")
+        || has("reading private key")
+        || has("Identity file")
+    {
+        Some("a credentials file is missing or unreadable")
+    } else if has("Host key verification failed") || has("host key") || has("known_hosts") {
+        Some("the host's SSH host key is not in known_hosts, or has changed")
+    } else if has("Permission denied") || has("publickey") {
+        Some("the host refused the SSH key")
+    } else if code == VIR_ERR_AUTH_FAILED {
+        Some("the host refused ferry's credentials")
+    } else {
+        None
     }
 }
 
@@ -848,6 +925,12 @@ impl Hypervisor for LibvirtHost {
         !self.shared.lost.load(Ordering::SeqCst)
     }
 
+    fn lost(&self) -> Option<HypervisorError> {
+        (self.shared.lost.load(Ordering::SeqCst)
+            && !self.shared.closed_by_ferry.load(Ordering::SeqCst))
+        .then(|| self.shared.lost_error())
+    }
+
     async fn host_info(&self) -> HvResult<HostInfo> {
         self.call("host_info", host_info).await
     }
@@ -1184,7 +1267,7 @@ impl Hypervisor for LibvirtHost {
     }
 
     async fn close(&self) {
-        self.shared.mark_lost("connection closed by ferry");
+        self.shared.mark_closed();
         let tx = self.tx.lock().ok().and_then(|mut tx| tx.take());
         let Some(tx) = tx else { return };
         let (ack_tx, ack_rx) = oneshot::channel();
@@ -1300,6 +1383,92 @@ mod tests {
         assert!(!is_connection_error(error_code::NO_DOMAIN, 10));
         assert!(!is_connection_error(VIR_ERR_INTERNAL_ERROR, 10));
         assert!(!is_connection_error(error_code::OPERATION_INVALID, 10));
+    }
+
+    #[test]
+    fn credential_failures_say_what_to_fix() {
+        let cases = [
+            // The host rejected the client certificate (lab: a client cert from another CA).
+            (
+                38,
+                "Unable to read TLS confirmation: Input/output error",
+                Some("rejected ferry's TLS client certificate"),
+            ),
+            // The host's certificate is not signed by cacert.pem.
+            (
+                45,
+                "authentication failed: Failed to verify peer's certificate",
+                Some("host's TLS certificate was rejected"),
+            ),
+            (
+                38,
+                "Our own certificate /p/clientcert.pem failed validation against /p/cacert.pem: The certificate hasn't got a known issuer.",
+                Some("clientcert.pem is not signed"),
+            ),
+            (
+                38,
+                "Cannot read CA certificate '/p/cacert.pem': No such file or directory",
+                Some("missing or unreadable"),
+            ),
+            (
+                38,
+                "Cannot recv data: Warning: Identity file /k not accessible: No such file or directory.",
+                Some("missing or unreadable"),
+            ),
+            (
+                38,
+                "Cannot recv data: Host key verification failed.: Connection reset by peer",
+                Some("SSH host key"),
+            ),
+            (
+                45,
+                "authentication failed: error while reading private key '/k'",
+                Some("missing or unreadable"),
+            ),
+            (
+                45,
+                "authentication failed: !!! SSH HOST KEY VERIFICATION FAILED !!!: Identity of host '10.0.0.1:22' differs from stored identity. Please verify the new host key",
+                Some("SSH host key"),
+            ),
+            (
+                85,
+                "libssh transport error: SSH host key for '10.0.0.1' (77:01) was not accepted",
+                Some("SSH host key"),
+            ),
+            (
+                85,
+                "libssh transport error: failed to authenticate: Access denied for 'publickey'. Authentication that can continue: publickey",
+                Some("refused the SSH key"),
+            ),
+            (
+                38,
+                "Cannot recv data: root@10.0.0.1: Permission denied (publickey,password).: Connection reset by peer",
+                Some("refused the SSH key"),
+            ),
+            (
+                45,
+                "authentication failed: no agent",
+                Some("refused ferry's credentials"),
+            ),
+            // Reachability, not credentials.
+            (
+                38,
+                "unable to connect to server at '10.0.0.1:16514': No route to host",
+                None,
+            ),
+            (
+                38,
+                "unable to connect to server at '10.0.0.1:16514': Connection refused",
+                None,
+            ),
+        ];
+        for (code, message, want) in cases {
+            let got = credentials_problem(code, message);
+            match want {
+                Some(w) => assert!(got.is_some_and(|g| g.contains(w)), "{message}: {got:?}"),
+                None => assert_eq!(got, None, "{message}"),
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub enum HypervisorError {
     /// Connecting took longer than the configured timeout.
     #[error("connecting to {uri} timed out after {seconds}s")]
     ConnectTimeout { uri: String, seconds: u64 },
+    /// The connection cannot be made with these credentials: the host refused ferry's (TLS client
+    /// certificate, SSH key), ferry refused the host's (certificate or host key not trusted), or a
+    /// credentials file is missing. `message` says which and what to fix; retrying does not help
+    /// until the credentials change.
+    #[error("connecting to {uri}: {message}")]
+    Rejected { uri: String, message: String },
     /// The host answered but refused or failed the operation.
     #[error("{operation} failed: {message}")]
     OperationFailed {
@@ -123,6 +129,11 @@ pub trait CallObserver: Send + Sync {
     /// `op` is the operation (`"connect"`, `"define_domain"`, ...), `seconds` its duration as the
     /// caller saw it (queueing included), `ok` whether it succeeded.
     fn observe(&self, op: &'static str, seconds: f64, ok: bool);
+
+    /// The host or the network ended the connection to `uri` (keepalive timeout, daemon gone, a
+    /// call that failed or timed out); `reason` says which. Called once per connection, from
+    /// whatever thread noticed (libvirt's event thread for the close callback): keep it short.
+    fn connection_lost(&self, _uri: &str, _reason: &str) {}
 }
 
 /// Any `Fn(op, seconds, ok)` closure is an observer.
@@ -244,6 +255,11 @@ pub trait Hypervisor: Send + Sync {
     /// lost, or libvirt reported it closed (keepalive, daemon gone). A `true` is no promise.
     fn is_connected(&self) -> bool {
         true
+    }
+    /// Why the connection was lost, when the host or the network ended it (not when ferry closed
+    /// it): the registry then backs off before reconnecting instead of retrying at once.
+    fn lost(&self) -> Option<HypervisorError> {
+        None
     }
     /// Host facts; doubles as a liveness probe.
     async fn host_info(&self) -> HvResult<HostInfo>;

@@ -3,6 +3,9 @@
 //! Everything is removed when the values drop, also when a test fails.
 #![allow(dead_code)]
 
+#[path = "netns.rs"]
+pub mod netns;
+
 use ferry::api::{HostPool, VirtualMachine, crds};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
@@ -225,7 +228,15 @@ impl Cluster {
 
     /// Start `ferry controller` for this namespace.
     pub fn controller(&self, identity: &str) -> ControllerProcess {
-        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity)
+        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, None)
+    }
+
+    /// Start `ferry controller` inside network namespace `netns` (a lab's client namespace), so
+    /// that it reaches lab hosts over TCP as a real controller reaches its hypervisors, and a
+    /// partitioned host is cut off from it. The API server is relayed into the namespace on
+    /// loopback; [`ControllerProcess::http_get`] reaches the controller there.
+    pub fn controller_in_netns(&self, identity: &str, netns: &str) -> ControllerProcess {
+        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, Some(netns))
     }
 
     async fn teardown(&mut self) {
@@ -356,17 +367,94 @@ pub struct ControllerProcess {
     child: Option<Child>,
     pub log: PathBuf,
     pub http_port: u16,
+    /// The network namespace it runs in (`None`: this process's).
+    netns: Option<String>,
+    /// Relays of the API server into `netns`.
+    _forwarders: Vec<netns::Forwarder>,
     _dir: tempfile::TempDir,
 }
 
+/// A copy of `kubeconfig` whose servers are relayed into `ns` on loopback (the TLS server name
+/// kept), written to `dir`.
+fn kubeconfig_in_netns(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    dir: &std::path::Path,
+) -> (PathBuf, Vec<netns::Forwarder>) {
+    let text = std::fs::read_to_string(kubeconfig).expect("read kubeconfig");
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    let mut forwarders = Vec::new();
+    if let Some(clusters) = doc.get_mut("clusters").and_then(|c| c.as_sequence_mut()) {
+        for c in clusters {
+            let Some(cluster) = c.get_mut("cluster") else {
+                continue;
+            };
+            let server = cluster
+                .get("server")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let (scheme, rest) = server.split_once("://").expect("server URL");
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+                    (h.to_string(), p.to_string())
+                }
+                _ => (
+                    authority.to_string(),
+                    if scheme == "https" { "443" } else { "80" }.to_string(),
+                ),
+            };
+            let fwd = netns::Forwarder::start(ns, &format!("{host}:{port}"))
+                .expect("relay the API server into the namespace");
+            let map = cluster.as_mapping_mut().expect("cluster mapping");
+            map.insert(
+                "server".into(),
+                format!("{scheme}://127.0.0.1:{}/{path}", fwd.port).into(),
+            );
+            if scheme == "https" && !map.contains_key("tls-server-name") {
+                let name = host.trim_start_matches('[').trim_end_matches(']');
+                map.insert("tls-server-name".into(), name.into());
+            }
+            forwarders.push(fwd);
+        }
+    }
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&doc).expect("kubeconfig YAML"))
+        .expect("write kubeconfig");
+    (path, forwarders)
+}
+
 impl ControllerProcess {
-    fn start(kubeconfig: &std::path::Path, namespace: &str, identity: &str) -> ControllerProcess {
+    fn start(
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        identity: &str,
+        ns: Option<&str>,
+    ) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join(format!("{identity}.log"));
         let port = free_port();
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        let (kubeconfig, forwarders) = match ns {
+            Some(ns) => {
+                let (k, f) = kubeconfig_in_netns(kubeconfig, ns, dir.path());
+                (k, f)
+            }
+            None => (kubeconfig.to_path_buf(), Vec::new()),
+        };
+        let kubeconfig = kubeconfig.as_path();
+        let mut cmd = match ns {
+            // `ip netns exec` enters the namespace and execs the program (same PID).
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_ferry")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_ferry")),
+        };
+        let child = cmd
             .args([
                 "controller",
                 "--namespace",
@@ -384,6 +472,9 @@ impl ControllerProcess {
             ])
             .args(["--lease-duration", "6", "--lease-grace", "2"])
             .env("RUST_LOG", "info,ferry=debug")
+            .env("FERRY_PKI_DIR", dir.path().join("pki"))
+            // The ssh program may record host keys under ~/.ssh: keep that in the test's files.
+            .env("HOME", dir.path())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -393,6 +484,8 @@ impl ControllerProcess {
             child: Some(child),
             log,
             http_port: port,
+            netns: ns.map(String::from),
+            _forwarders: forwarders,
             _dir: dir,
         }
     }
@@ -424,6 +517,11 @@ impl ControllerProcess {
         }
     }
 
+    /// Where it writes libvirt credentials from Secrets (`FERRY_PKI_DIR`).
+    pub fn pki_dir(&self) -> PathBuf {
+        self._dir.path().join("pki")
+    }
+
     /// The controller's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -432,10 +530,11 @@ impl ControllerProcess {
     /// GET a path of the controller's HTTP endpoint; `None` when it does not answer.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::from(([127, 0, 0, 1], self.http_port)),
-            Duration::from_secs(2),
-        )
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.http_port));
+        let mut s = match &self.netns {
+            Some(ns) => netns::connect(ns, addr, Duration::from_secs(2)),
+            None => std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)),
+        }
         .ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(

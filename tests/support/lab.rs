@@ -51,6 +51,9 @@ pub struct LabHost {
     pub unix_uri: String,
     /// `qemu+tcp://<ip>/system`, usable from the client namespace and from other lab hosts.
     pub tcp_uri: String,
+    /// `qemu+tls://<ip>/system` when the lab was brought up with TLS ([`Lab::up_tls`]); add
+    /// `?pkipath=` one of the lab's client directories ([`Lab::pki_dir`]).
+    pub tls_uri: Option<String>,
     pub netns: String,
     pub host_uuid: String,
 }
@@ -76,6 +79,15 @@ pub struct Lab {
     pub console_dir: PathBuf,
     /// `kvm` or `qemu` (TCG): the domain type to use.
     pub virt_type: String,
+    /// With TLS ([`Lab::up_tls`]): the lab PKI. Client directories in libvirt's `pkipath` layout
+    /// (`cacert.pem`, `clientcert.pem`, `clientkey.pem`): `client` (accepted), `rogue` (a client
+    /// certificate from another CA: the hosts reject it), `wrong-ca` (another CA: ferry rejects
+    /// the hosts' certificates).
+    pub pki_dir: Option<PathBuf>,
+    /// With SSH ([`Lab::up_ssh`]): keys and known_hosts files. `client` is the key every host
+    /// accepts for root, `other` a key none accepts; `known_hosts` has the hosts' keys,
+    /// `known_hosts.wrong` other keys under their addresses.
+    pub ssh_dir: Option<PathBuf>,
     /// Every key of `lab.env`.
     pub env: BTreeMap<String, String>,
     lock: Option<File>,
@@ -199,6 +211,22 @@ fn remove_stale_cmd_files(dir: &Path) {
 impl Lab {
     /// Bring up a lab with `hosts` hosts (1..=6) under a free ID.
     pub fn up(hosts: usize) -> Result<Lab, String> {
+        Self::up_with(hosts, &[])
+    }
+
+    /// Like [`Lab::up`], with libvirtd also listening for TLS (port 16514) with certificates of a
+    /// lab CA; see [`Lab::pki_dir`].
+    pub fn up_tls(hosts: usize) -> Result<Lab, String> {
+        Self::up_with(hosts, &["--tls"])
+    }
+
+    /// Like [`Lab::up`], with an sshd on each host's address (port 22) whose sessions reach that
+    /// host's libvirtd; see [`Lab::ssh_dir`].
+    pub fn up_ssh(hosts: usize) -> Result<Lab, String> {
+        Self::up_with(hosts, &["--ssh"])
+    }
+
+    fn up_with(hosts: usize, extra: &[&str]) -> Result<Lab, String> {
         if !(1..=6).contains(&hosts) {
             return Err(format!("a lab has 1..=6 hosts, not {hosts}"));
         }
@@ -210,19 +238,17 @@ impl Lab {
             let hosts_arg = hosts.to_string();
             let id_arg = id.to_string();
             let owner = std::process::id().to_string();
-            let out = run_cmd(
-                LAB_SH,
-                &[
-                    "up",
-                    "--id",
-                    &id_arg,
-                    "--hosts",
-                    &hosts_arg,
-                    "--owner-pid",
-                    &owner,
-                ],
-                UP_TIMEOUT,
-            );
+            let mut args = vec![
+                "up",
+                "--id",
+                &id_arg,
+                "--hosts",
+                &hosts_arg,
+                "--owner-pid",
+                &owner,
+            ];
+            args.extend_from_slice(extra);
+            let out = run_cmd(LAB_SH, &args, UP_TIMEOUT);
             if out.code() == Some(EXIT_ID_IN_USE) {
                 last_err = format!("lab {id} in use: {}", out.stderr.trim());
                 continue;
@@ -267,6 +293,7 @@ impl Lab {
                 ip: get(&key("IP"))?,
                 unix_uri: get(&key("UNIX_URI"))?,
                 tcp_uri: get(&key("TCP_URI"))?,
+                tls_uri: get(&key("TLS_URI")).ok(),
                 netns: get(&key("NETNS"))?,
                 host_uuid: get(&key("HOST_UUID")).unwrap_or_default(),
             });
@@ -286,6 +313,8 @@ impl Lab {
             cmdline: get("LAB_CMDLINE")?,
             console_dir: get("LAB_CONSOLE_DIR")?.into(),
             virt_type: get("LAB_VIRT_TYPE")?,
+            pki_dir: get("LAB_PKI_DIR").ok().map(PathBuf::from),
+            ssh_dir: get("LAB_SSH_DIR").ok().map(PathBuf::from),
             env,
             lock: None,
             torn_down: true,
