@@ -32,6 +32,8 @@ const CONTROLLER: &str = "virtualmachine";
 /// How often a VM in a steady state is looked at again (crash detection until host event
 /// streams replace polling).
 const RESYNC: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for the caches to fill after a (re)start.
+const CACHE_WAIT: Duration = Duration::from_millis(500);
 /// How often a VM in transition is looked at.
 const TRANSITION: Duration = Duration::from_secs(2);
 
@@ -43,6 +45,10 @@ const TRANSITION: Duration = Duration::from_secs(2);
     object.name = %vm.name_any(),
 ))]
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Requeue> {
+    if !ctx.caches_ready() {
+        // Nothing is decided or written on partial caches; look again shortly.
+        return Ok(Requeue::requeue(CACHE_WAIT));
+    }
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = vm.namespace().unwrap_or_default();
     let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
