@@ -221,7 +221,17 @@ impl Cluster {
 
     /// Start `ferry controller` for this namespace.
     pub fn controller(&self, identity: &str) -> ControllerProcess {
-        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity)
+        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, &[])
+    }
+
+    /// [`Cluster::controller`] with extra environment variables (e.g. a quieter `RUST_LOG`).
+    pub fn controller_with_env(&self, identity: &str, env: &[(&str, &str)]) -> ControllerProcess {
+        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, env)
+    }
+
+    /// Delete Node `name` at teardown too (for Nodes the caller created itself).
+    pub fn adopt_node(&mut self, name: &str) {
+        self.nodes.push(name.to_string());
     }
 
     async fn teardown(&mut self) {
@@ -340,7 +350,12 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    fn start(kubeconfig: &std::path::Path, namespace: &str, identity: &str) -> ControllerProcess {
+    fn start(
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        identity: &str,
+        env: &[(&str, &str)],
+    ) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join(format!("{identity}.log"));
         let port = free_port();
@@ -364,6 +379,7 @@ impl ControllerProcess {
             ])
             .args(["--lease-duration", "6", "--lease-grace", "2"])
             .env("RUST_LOG", "info,ferry=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -375,6 +391,11 @@ impl ControllerProcess {
             http_port: port,
             _dir: dir,
         }
+    }
+
+    /// The process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kill the process at once (SIGKILL), as a crash would.
