@@ -27,7 +27,7 @@ if [ -z "${KUBECONFIG:-}" ]; then
     sleep 0.2
   done
   [ -s "$work/ready" ] || { echo "e2e: the stand-in did not start within 20 s"; exit 1; }
-  export KUBECONFIG="$work/kubeconfig" FERRY_STANDIN=1
+  export KUBECONFIG="$work/kubeconfig" FERRY_STANDIN=1 FERRY_STANDIN_PID="$standin_pid"
 fi
 
 FERRY_E2E=1 "$@"

@@ -214,3 +214,50 @@ async fn an_invalid_spec_waits_for_a_change() {
     let action = task.await.expect("join").expect("reconcile ok");
     assert_eq!(action, Action::await_change());
 }
+
+#[tokio::test]
+async fn nothing_is_decided_before_the_caches_hold_their_first_list() {
+    // As right after a restart: the HostPool cache is still listing (its writer is alive and
+    // has not seen the end of the initial list). Judging now would report the pool missing.
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let recorder = Recorder::new(client.clone(), Reporter::from("ferry-test"));
+    let (pools, mut pool_writer) = reflector::store::<HostPool>();
+    let (nodes, mut node_writer) = reflector::store::<Node>();
+    let (vms, mut vm_writer) = reflector::store::<VirtualMachine>();
+    node_writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+    vm_writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+    let ctx = Arc::new(Context::new(
+        client,
+        recorder,
+        Arc::new(Metrics::default()),
+        pools,
+        nodes,
+        vms,
+    ));
+    let obj = Arc::new(vm(true, None));
+    let action = reconcile(obj.clone(), ctx.clone())
+        .await
+        .expect("reconcile ok");
+    assert!(
+        next(&mut handle).await.is_none(),
+        "no Event, no status write while the HostPool cache is incomplete"
+    );
+    assert_ne!(action, Action::await_change(), "it looks again soon");
+    assert!(!ctx.caches_ready());
+
+    // Once the (empty) list is complete, the missing pool is reported as before.
+    pool_writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+    assert!(ctx.caches_ready());
+    let task = tokio::spawn(reconcile(obj.clone(), ctx));
+    let (req, send) = next(&mut handle).await.expect("event");
+    let ev = body_json(req).await;
+    assert_eq!(ev["reason"], "HostPoolNotFound");
+    respond(send, &ev);
+    let (req, send) = next(&mut handle).await.expect("status patch");
+    let body = body_json(req).await;
+    let mut stored = serde_json::to_value(obj.as_ref()).expect("json");
+    stored["status"] = body["status"].clone();
+    respond(send, &stored);
+    task.await.expect("join").expect("reconcile ok");
+}

@@ -65,6 +65,10 @@ pub fn pools_reaching(pools: &[Arc<HostPool>], uri: &str) -> Vec<ObjectRef<HostP
     object.name = %pool.name_any(),
 ))]
 pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue> {
+    if !ctx.caches_ready() {
+        // A partial Node list would drop hosts from the status (and add them back a moment later).
+        return Ok(Requeue::requeue(Duration::from_millis(500)));
+    }
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = pool.namespace().unwrap_or_default();
     let api: Api<HostPool> = Api::namespaced(ctx.client.clone(), &ns);

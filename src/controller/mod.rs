@@ -154,6 +154,18 @@ impl Context {
         }
     }
 
+    /// Whether the HostPool, Node and VirtualMachine caches hold their first complete list. Until
+    /// then a decision would rest on partial facts: right after a restart or a leader change every
+    /// VM would find its HostPool "missing" and flip to not Ready, and placement would not see all
+    /// placed VMs. A cache whose writer is gone will not fill any more and counts as ready.
+    pub fn caches_ready(&self) -> bool {
+        use futures::FutureExt;
+        // Resolves at once (Ok when listed, Err when the writer is gone) unless still listing.
+        self.pools.wait_until_ready().now_or_never().is_some()
+            && self.nodes.wait_until_ready().now_or_never().is_some()
+            && self.vms.wait_until_ready().now_or_never().is_some()
+    }
+
     /// Host facts, read once per connection and then cached.
     pub async fn host_info(&self, hv: &dyn Hypervisor) -> HvResult<HostInfo> {
         if let Some(info) = lock(&self.host_facts).get(hv.uri()) {

@@ -61,6 +61,13 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .modify(|n: &mut Node| {
+        slim(n);
+        // Container image lists are the bulk of a real Node; ferry never reads them.
+        if let Some(s) = n.status.as_mut() {
+            s.images = None;
+        }
+    })
     .reflect(node_writer)
     .applied_objects()
     .predicate_filter(node_fingerprint, Default::default());
@@ -70,6 +77,7 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .modify(slim)
     .reflect(pool_writer)
     .applied_objects()
     .predicate_filter(
@@ -89,11 +97,16 @@ pub async fn run(
         Default::default(),
     );
 
-    let vm_controller = Controller::new(
+    let (vm_store, vm_writer) = reflector::store::<VirtualMachine>();
+    let vm_watch = watcher(
         api::<VirtualMachine>(&client, &scope),
         watcher::Config::default().any_semantic(),
-    );
-    let vm_store = vm_controller.store();
+    )
+    .default_backoff()
+    .modify(slim)
+    .reflect(vm_writer)
+    .applied_objects();
+    let vm_controller = Controller::for_stream(vm_watch, vm_store.clone());
     let migration_controller = Controller::new(
         api::<VirtualMachineMigration>(&client, &scope),
         watcher::Config::default().any_semantic(),
@@ -228,6 +241,12 @@ pub async fn run(
     let _ = gauges.await;
     metrics.set_inventory_source(None);
     ctx.hosts.close_all().await;
+}
+
+/// Drop `managedFields` from a cached object: ferry never reads them, and with several field
+/// managers they take more memory than the rest of a VirtualMachine.
+fn slim<K: kube::Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
 }
 
 fn selected_before(pool: &HostPool, node: &Node) -> bool {

@@ -34,6 +34,8 @@ const CONTROLLER: &str = "virtualmachine";
 /// How often a VM in a steady state is looked at again (crash detection until host event
 /// streams replace polling).
 const RESYNC: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for the caches to fill after a (re)start.
+const CACHE_WAIT: Duration = Duration::from_millis(500);
 /// How often a VM in transition is looked at.
 const TRANSITION: Duration = Duration::from_secs(2);
 
@@ -45,6 +47,10 @@ const TRANSITION: Duration = Duration::from_secs(2);
     object.name = %vm.name_any(),
 ))]
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Requeue> {
+    if !ctx.caches_ready() {
+        // Nothing is decided or written on partial caches; look again shortly.
+        return Ok(Requeue::requeue(CACHE_WAIT));
+    }
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = vm.namespace().unwrap_or_default();
     let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
@@ -212,7 +218,12 @@ async fn drive(
     // the result (any failure further on forgets it, so a volume removed behind ferry's back is
     // noticed at the next attempt).
     let disks = match ctx.provisioned(&uid, vm.metadata.generation, &placed.name) {
-        Some(disks) => disks,
+        Some(disks) => {
+            // `st` may come from a cached copy of the VM older than the status that recorded the
+            // overlays; applying it without them would drop them from status.
+            record_overlays(vm, &storage.pool, st);
+            disks
+        }
         None => {
             hv.ensure_pool(&storage.pool, storage.path.as_deref())
             .await
@@ -900,6 +911,27 @@ async fn provision_disks(
     Ok(resolved)
 }
 
+/// Record in `st.disks` the overlay of every image disk (as [`provision_disks`] does when it finds
+/// or creates them), unless already there.
+fn record_overlays(vm: &VirtualMachine, pool: &str, st: &mut VirtualMachineStatus) {
+    let ns = vm.namespace().unwrap_or_default();
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    for d in vm.spec.disks.iter().filter(|d| d.image.is_some()) {
+        let volume = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
+        if !st
+            .disks
+            .iter()
+            .any(|s| s.name == d.name && s.volume == volume)
+        {
+            st.disks.push(DiskStatus {
+                name: d.name.clone(),
+                pool: pool.to_string(),
+                volume,
+            });
+        }
+    }
+}
+
 /// Carry out one lifecycle step.
 async fn act(
     vm: &VirtualMachine,
@@ -1184,4 +1216,35 @@ async fn stop_for_delete(vm: &VirtualMachine, hv: &dyn Hypervisor, uid: &str) ->
     }
     hv.destroy_domain(uid).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlays_are_recorded_once_and_only_for_image_disks() {
+        let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "web", "namespace": "apps", "uid": "0b6f1b7e-1111-2222-3333-444455556666"},
+            "spec": {"hostPool": "p", "cpu": {"cores": 1}, "memory": "256Mi",
+                     "disks": [{"name": "root", "image": "tiny.qcow2"}, {"name": "data", "volume": "v1"}]}
+        }))
+        .expect("valid VM");
+        let mut st = VirtualMachineStatus::default();
+        record_overlays(&vm, "images", &mut st);
+        record_overlays(&vm, "images", &mut st);
+        assert_eq!(st.disks.len(), 1, "{:?}", st.disks);
+        assert_eq!(st.disks[0].name, "root");
+        assert_eq!(st.disks[0].pool, "images");
+        assert_eq!(
+            st.disks[0].volume,
+            naming::overlay_volume_name(
+                "apps",
+                "web",
+                "root",
+                "0b6f1b7e-1111-2222-3333-444455556666"
+            )
+        );
+    }
 }

@@ -15,7 +15,7 @@ use super::capacity::Amount;
 use crate::api::host_pool::PlacementStrategy;
 use crate::api::virtual_machine::VmAffinityTerm;
 use kube::core::{Selector, SelectorExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A host of the pool as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -104,11 +104,32 @@ pub fn choose_host(
     if candidates.is_empty() {
         return Err("the HostPool has no hosts".into());
     }
-    let others: Vec<&Placed> = placed.iter().filter(|p| p.uid != req.uid).collect();
+    // Group the other VMs by host once, and decide once per required affinity term whether any
+    // VM of the pool matches it: each host is then judged from its own VMs only, so a decision
+    // costs O(hosts + VMs), not O(hosts × VMs).
+    let mut by_host: HashMap<&str, Vec<&Placed>> = HashMap::new();
+    for p in placed.iter().filter(|p| p.uid != req.uid) {
+        by_host.entry(p.host.as_str()).or_default().push(p);
+    }
+    let affinity_in_pool: Vec<bool> = req
+        .affinity
+        .iter()
+        .map(|t| {
+            t.required
+                && by_host
+                    .values()
+                    .flatten()
+                    .any(|p| t.selector.matches(&p.labels))
+        })
+        .collect();
     let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut best: Option<(u64, &str)> = None;
     for c in candidates {
-        match judge(c, &others, req, strategy) {
+        let on_host = by_host
+            .get(c.name.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        match judge(c, on_host, &affinity_in_pool, req, strategy) {
             Err(r) => *reasons.entry(r).or_default() += 1,
             Ok(score) => {
                 let better = match best {
@@ -136,10 +157,12 @@ pub fn choose_host(
     ))
 }
 
-/// The host's score, or the first rule it breaks.
+/// The host's score, or the first rule it breaks. `on_host` holds the other VMs placed on it;
+/// `affinity_in_pool[i]` says whether `req.affinity[i]` is required and matches a VM of the pool.
 fn judge(
     c: &Candidate,
-    others: &[&Placed],
+    on_host: &[&Placed],
+    affinity_in_pool: &[bool],
     req: &Request<'_>,
     strategy: PlacementStrategy,
 ) -> Result<u64, &'static str> {
@@ -162,18 +185,15 @@ fn judge(
     let Some(allocatable) = c.allocatable else {
         return Err("capacity not known yet");
     };
-    let on_host: Vec<&Placed> = others
-        .iter()
-        .copied()
-        .filter(|p| p.host == c.name)
-        .collect();
     let any_here = |t: &Term| on_host.iter().any(|p| t.selector.matches(&p.labels));
     if req.anti_affinity.iter().any(|t| t.required && any_here(t)) {
         return Err("run a VM the anti-affinity excludes");
     }
-    let required_affinity_missed = req.affinity.iter().any(|t| {
-        t.required && others.iter().any(|p| t.selector.matches(&p.labels)) && !any_here(t)
-    });
+    let required_affinity_missed = req
+        .affinity
+        .iter()
+        .zip(affinity_in_pool)
+        .any(|(t, in_pool)| *in_pool && !any_here(t));
     if required_affinity_missed {
         return Err("lack a VM the affinity requires");
     }

@@ -228,7 +228,7 @@ impl Cluster {
 
     /// Start `ferry controller` for this namespace.
     pub fn controller(&self, identity: &str) -> ControllerProcess {
-        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, None)
+        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, None, &[])
     }
 
     /// Start `ferry controller` inside network namespace `netns` (a lab's client namespace), so
@@ -236,7 +236,23 @@ impl Cluster {
     /// partitioned host is cut off from it. The API server is relayed into the namespace on
     /// loopback; [`ControllerProcess::http_get`] reaches the controller there.
     pub fn controller_in_netns(&self, identity: &str, netns: &str) -> ControllerProcess {
-        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, Some(netns))
+        ControllerProcess::start(
+            &self.kubeconfig,
+            &self.namespace,
+            identity,
+            Some(netns),
+            &[],
+        )
+    }
+
+    /// [`Cluster::controller`] with extra environment variables (e.g. a quieter `RUST_LOG`).
+    pub fn controller_with_env(&self, identity: &str, env: &[(&str, &str)]) -> ControllerProcess {
+        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, None, env)
+    }
+
+    /// Delete Node `name` at teardown too (for Nodes the caller created itself).
+    pub fn adopt_node(&mut self, name: &str) {
+        self.nodes.push(name.to_string());
     }
 
     async fn teardown(&mut self) {
@@ -431,6 +447,7 @@ impl ControllerProcess {
         namespace: &str,
         identity: &str,
         ns: Option<&str>,
+        env: &[(&str, &str)],
     ) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join(format!("{identity}.log"));
@@ -475,6 +492,7 @@ impl ControllerProcess {
             .env("FERRY_PKI_DIR", dir.path().join("pki"))
             // The ssh program may record host keys under ~/.ssh: keep that in the test's files.
             .env("HOME", dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -488,6 +506,11 @@ impl ControllerProcess {
             _forwarders: forwarders,
             _dir: dir,
         }
+    }
+
+    /// The process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kill the process at once (SIGKILL), as a crash would.

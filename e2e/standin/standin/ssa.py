@@ -87,8 +87,30 @@ def managed_only(paths: Iterable[Path], subresource: str, has_status: bool) -> s
 _MISSING = object()
 
 
-def get_at(obj: Any, path: Path, list_types: ListTypes) -> Any:
-    """Value at ``path`` or ``_MISSING``."""
+class ListIndex:
+    """List-map items by key, for many :func:`get_at` calls on objects that do not change
+    meanwhile: a lookup is then a dict access instead of a scan of the list (an apply of a
+    500-item list-map made 10,000 scans of 500 items)."""
+
+    def __init__(self) -> None:
+        self._lists: dict[tuple[int, tuple[str, ...]], tuple[list[Any], dict[str, Any]]] = {}
+
+    def find(self, items: list[Any], key_json: str) -> Any:
+        keys = tuple(sorted(json.loads(key_json)))
+        entry = self._lists.get((id(items), keys))
+        if entry is None:
+            by_key: dict[str, Any] = {}
+            for i in items:
+                if isinstance(i, dict):
+                    by_key.setdefault(_key_json(i, list(keys)), i)
+            entry = (items, by_key)  # holding the list keeps its id from being reused
+            self._lists[(id(items), keys)] = entry
+        return entry[1].get(key_json, _MISSING)
+
+
+def get_at(obj: Any, path: Path, list_types: ListTypes, index: ListIndex | None = None) -> Any:
+    """Value at ``path`` or ``_MISSING``. ``index`` speeds up list-map lookups while ``obj`` does
+    not change."""
     cur = obj
     for el in path:
         if isinstance(el, str):
@@ -98,6 +120,11 @@ def get_at(obj: Any, path: Path, list_types: ListTypes) -> Any:
         elif el[0] == "k":
             if not isinstance(cur, list):
                 return _MISSING
+            if index is not None:
+                found = index.find(cur, el[1])
+                if found is not _MISSING:
+                    cur = found
+                    continue
             want = json.loads(el[1])
             cur = next(
                 (i for i in cur if isinstance(i, dict) and all(json_equal(i.get(k), v) for k, v in want.items())),
@@ -152,12 +179,17 @@ def apply_merge(current: Any, applied: Any, list_types: ListTypes, path: Path = 
         cur = current if isinstance(current, list) else []
         if kind == "map" and keys:
             out = copy.deepcopy(cur)
+            positions: dict[str, int] = {}
+            for i, have in enumerate(out):
+                if isinstance(have, dict):
+                    positions.setdefault(_key_json(have, keys), i)
             for item in applied:
                 if not isinstance(item, dict):
                     raise ApiError(422, "Invalid", f".{'.'.join(schema_path(path))}: list-map items must be objects")
                 kj = _key_json(item, keys)
-                idx = next((i for i, have in enumerate(out) if isinstance(have, dict) and _key_json(have, keys) == kj), None)
+                idx = positions.get(kj)
                 if idx is None:
+                    positions[kj] = len(out)
                     out.append(apply_merge({}, item, list_types, path))
                 else:
                     out[idx] = apply_merge(out[idx], item, list_types, path)
@@ -239,11 +271,12 @@ class Managers:
         me: ManagerKey = (manager, "Apply", subresource)
         new_set = managed_only(fieldset(applied, list_types), subresource, has_status)
         conflicts = []
+        index = ListIndex()
         for p in sorted(new_set, key=render_path):
             if not isinstance(p[-1], str) and p[-1][0] == "k":
                 continue  # list-map item nodes never conflict by themselves
-            have = get_at(current, p, list_types)
-            want = get_at(applied, p, list_types)
+            have = get_at(current, p, list_types, index)
+            want = get_at(applied, p, list_types, index)
             if have is _MISSING or json_equal(have, want):
                 continue
             for owner in self.owners(p, me):
@@ -295,9 +328,10 @@ class Managers:
         """Record a non-apply write: ``manager`` owns what it changed, others lose it."""
         me: ManagerKey = (manager, "Update", subresource)
         new_fields = managed_only(fieldset(new, list_types), subresource, has_status)
+        index = ListIndex()
         changed = {
             p for p in new_fields
-            if old is None or not json_equal(get_at(old, p, list_types), get_at(new, p, list_types))
+            if old is None or not json_equal(get_at(old, p, list_types, index), get_at(new, p, list_types, index))
         }
         if changed:
             for k, v in self.entries.items():
