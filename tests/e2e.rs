@@ -7,11 +7,14 @@
 mod cluster;
 #[path = "support/lab.rs"]
 mod lab;
+#[path = "support/migration.rs"]
+mod migration;
 
 use cluster::{Cluster, wait_for};
 use ferry::api::{VirtualMachine, VmPhase};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
+use migration::{LAB_HOST, TICK, is_terminal, last_tick, start_migration, wait_migration};
 use serde_json::json;
 use std::time::Duration;
 
@@ -533,8 +536,6 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
     let _ = ResourceExt::name_any(&obj);
 }
 
-const LAB_HOST: &str = "ferry.dev/e2e-lab-host";
-
 /// Host of a VM, once placed.
 fn host_of(vm: &VirtualMachine) -> Option<String> {
     vm.status.as_ref()?.host.clone()
@@ -861,68 +862,20 @@ async fn placement_across_three_hosts() {
 
 // ---- Live migration ----
 
-/// Guests in the migration tests tick every 50 ms, so pauses and continuity show on the console.
-const TICK: &str = "ferry.tick_ms=50";
-
-/// `n` lab hosts as Nodes of one pool whose hosts migrate to each other over TCP, `migration`
+/// `n` lab hosts as Nodes of one pool whose hosts migrate to each other over TCP, `policy`
 /// as the pool's migration policy, and a controller.
 async fn migration_lab(
     prefix: &str,
     n: usize,
-    migration: serde_json::Value,
+    policy: serde_json::Value,
 ) -> (lab::Lab, Cluster, cluster::ControllerProcess) {
-    let lab = lab::Lab::up(n).expect("lab hosts");
-    let mut c = Cluster::new(prefix).await;
-    let ns = c.namespace.clone();
-    for h in &lab.hosts {
-        c.add_node_with_labels(
-            &format!("{ns}-{}", h.name),
-            &h.ip,
-            &[(LABEL, "true"), (LAB_HOST, &h.name)],
-        )
-        .await;
-    }
-    let ctl = c.controller(prefix);
-    let template = lab.hosts[0]
-        .unix_uri
-        .replace("/h1/run/", &format!("/{{label:{LAB_HOST}}}/run/"));
-    let mut pool = pool_manifest("lab", &lab);
-    pool["spec"]["libvirt"]["uriTemplate"] = json!(template);
-    let mut m = migration;
-    m["peerUriTemplate"] = json!("qemu+tcp://{address}/system");
-    pool["spec"]["migration"] = m;
-    c.apply::<ferry::api::HostPool>(pool).await;
-    let pools = c.pools();
-    wait_for(
-        "every lab host Ready with capacity",
-        Duration::from_secs(90),
-        || {
-            let pools = pools.clone();
-            async move {
-                let s = pools.get("lab").await.ok()?.status?;
-                (s.hosts.len() == n
-                    && s.hosts.iter().all(|h| {
-                        h.state == ferry::api::HostState::Ready && h.allocatable.is_some()
-                    }))
-                .then_some(())
-            }
-        },
-    )
-    .await;
-    (lab, c, ctl)
+    migration::migration_lab(prefix, n, LABEL, |lab| pool_manifest("lab", lab), policy).await
 }
 
 fn ticking_vm(name: &str, lab: &lab::Lab) -> serde_json::Value {
     let mut vm = vm_manifest(name, "lab", lab, "Always");
     vm["spec"]["boot"]["cmdline"] = json!(format!("{} {TICK}", lab.cmdline));
     vm
-}
-
-/// The last `FERRY-TICK n` on a console.
-fn last_tick(text: &str) -> Option<u64> {
-    text.lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix("FERRY-TICK ")?.trim().parse().ok())
 }
 
 /// How many times the guest booted, by its console.
@@ -939,35 +892,6 @@ fn lab_host(node: &str) -> String {
 fn domain_on(lab: &lab::Lab, host: &str, domain: &str) -> (bool, bool) {
     let out = lab.virsh(host, &["domstate", domain]);
     (out.success(), out.stdout.trim() == "running")
-}
-
-async fn start_migration(c: &Cluster, name: &str, vm: &str, target: Option<&str>) {
-    let mut m = json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachineMigration",
-        "metadata": {"name": name},
-        "spec": {"vmName": vm, "reason": "e2e"}
-    });
-    if let Some(t) = target {
-        m["spec"]["targetHost"] = json!(t);
-    }
-    c.apply::<ferry::api::VirtualMachineMigration>(m).await;
-}
-
-async fn wait_migration(
-    c: &Cluster,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    f: impl Fn(&ferry::api::VirtualMachineMigrationStatus) -> bool,
-) -> ferry::api::VirtualMachineMigrationStatus {
-    let api = c.migrations();
-    wait_for(&format!("migration {name}: {what}"), timeout, || {
-        let api = api.clone();
-        let name = name.to_string();
-        let f = &f;
-        async move { api.get(&name).await.ok()?.status.filter(|s| f(s)) }
-    })
-    .await
 }
 
 /// Wait until the console shows ticks past `after`.
@@ -1060,11 +984,6 @@ async fn live_migration_moves_a_running_guest() {
         assert_eq!(boots(&text), 1, "never rebooted:\n{text}");
         assert!(now > before);
     }
-}
-
-fn is_terminal(s: &ferry::api::VirtualMachineMigrationStatus) -> bool {
-    use ferry::api::MigrationPhase::*;
-    matches!(s.phase, Some(Succeeded | Failed | Cancelled))
 }
 
 /// Slow (bandwidth-limited) migrations that are cancelled, lose their destination's libvirtd,
