@@ -48,6 +48,9 @@ pub struct Context {
     pub migration_slots: Mutex<HashMap<String, crate::plan::migration::Active>>,
     /// Migrations running in this process, by migration UID.
     pub migration_jobs: Mutex<HashMap<String, Arc<migration::Job>>>,
+    /// Signalled when a migration slot is released, so that waiting migrations are looked at
+    /// again at once rather than at their next periodic check.
+    pub migration_slot_freed: Arc<tokio::sync::Notify>,
     /// Placements chosen but not yet seen in `vms`, by VM UID; held under this lock while a host
     /// is chosen, so VMs placed at the same time see each other.
     pub placing: Mutex<HashMap<String, Placed>>,
@@ -88,6 +91,7 @@ impl Context {
             migrations: kube::runtime::reflector::store().0,
             migration_slots: Mutex::default(),
             migration_jobs: Mutex::default(),
+            migration_slot_freed: Arc::default(),
             placing: Mutex::default(),
             stopping: Mutex::default(),
             failures: Mutex::default(),
