@@ -36,6 +36,8 @@ const CONTROLLER: &str = "virtualmachinemigration";
 pub const MIGRATION_FINALIZER: &str = "ferry.dev/migration";
 /// How often a running migration is looked at.
 const POLL: Duration = Duration::from_secs(1);
+/// Delay before a running migration's next look when its last one waited for the job.
+const FOLLOW_AGAIN: Duration = Duration::from_millis(10);
 /// How often its progress is sampled by the job's watcher.
 const SAMPLE: Duration = Duration::from_millis(500);
 /// How often a migration that waits for a slot or a target is looked at again.
@@ -919,7 +921,9 @@ async fn follow(
                 st.data_remaining_bytes = Some(p.data_remaining as i64);
             }
             write(api, m, st).await?;
-            Ok(Requeue::requeue(POLL))
+            // This reconcile already waited up to a poll for the job: look again at once, so
+            // that some reconcile is always waiting when the job ends.
+            Ok(Requeue::requeue(FOLLOW_AGAIN))
         }
         Some(JobResult::Succeeded {
             downtime_ms,
