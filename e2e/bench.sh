@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# The lifecycle benchmark (benches/lifecycle.rs) against $KUBECONFIG's cluster (or the API
-# stand-in) and a real libvirt lab host. Needs root. Results go to BENCHMARKS.md by hand.
+# A benchmark against $KUBECONFIG's cluster (or the API stand-in) and real libvirt lab hosts.
+# Needs root. Results go to BENCHMARKS.md by hand.
+#
+#   e2e/bench.sh             the lifecycle benchmark (benches/lifecycle.rs)
+#   e2e/bench.sh migration   the live-migration benchmark (benches/migration.rs), ~10 min
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec e2e/with-cluster.sh timeout 1500 cargo bench --locked --bench lifecycle
+bench=${1:-lifecycle}
+case "$bench" in
+  lifecycle|migration) ;;
+  *) echo "usage: e2e/bench.sh [lifecycle|migration]" >&2; exit 2 ;;
+esac
+exec e2e/with-cluster.sh timeout 1500 cargo bench --locked --bench "$bench"

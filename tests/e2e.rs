@@ -7,11 +7,14 @@
 mod cluster;
 #[path = "support/lab.rs"]
 mod lab;
+#[path = "support/migration.rs"]
+mod migration;
 
 use cluster::{Cluster, wait_for};
 use ferry::api::{VirtualMachine, VmPhase};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
+use migration::{LAB_HOST, TICK, is_terminal, start_migration, wait_migration};
 use serde_json::json;
 use std::time::Duration;
 
@@ -542,8 +545,6 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
     );
     let _ = ResourceExt::name_any(&obj);
 }
-
-const LAB_HOST: &str = "ferry.dev/e2e-lab-host";
 
 /// Host of a VM, once placed.
 fn host_of(vm: &VirtualMachine) -> Option<String> {
@@ -1466,57 +1467,20 @@ async fn ssh_keys_from_secrets() {
 }
 // ---- Live migration ----
 
-/// Guests in the migration tests tick every 50 ms, so pauses and continuity show on the console.
-const TICK: &str = "ferry.tick_ms=50";
-
-/// `n` lab hosts as Nodes of one pool whose hosts migrate to each other over TCP, `migration`
+/// `n` lab hosts as Nodes of one pool whose hosts migrate to each other over TCP, `policy`
 /// as the pool's migration policy, and a controller.
 async fn migration_lab(
     prefix: &str,
     n: usize,
-    migration: serde_json::Value,
+    policy: serde_json::Value,
 ) -> (lab::Lab, Cluster, cluster::ControllerProcess) {
-    let lab = lab::Lab::up(n).expect("lab hosts");
-    let mut c = Cluster::new(prefix).await;
-    let ns = c.namespace.clone();
-    for h in &lab.hosts {
-        c.add_node_with_labels(
-            &format!("{ns}-{}", h.name),
-            &h.ip,
-            &[(LABEL, "true"), (LAB_HOST, &h.name)],
-        )
-        .await;
-    }
-    let ctl = c.controller(prefix);
-    let template = lab.hosts[0]
-        .unix_uri
-        .replace("/h1/run/", &format!("/{{label:{LAB_HOST}}}/run/"));
-    let mut pool = pool_manifest("lab", &lab);
-    pool["spec"]["libvirt"]["uriTemplate"] = json!(template);
     // The lab hosts have 2 CPUs; the tiny guests are mostly idle.
-    pool["spec"]["capacity"] = json!({"cpuOvercommit": "4"});
-    let mut m = migration;
-    m["peerUriTemplate"] = json!("qemu+tcp://{address}/system");
-    pool["spec"]["migration"] = m;
-    c.apply::<ferry::api::HostPool>(pool).await;
-    let pools = c.pools();
-    wait_for(
-        "every lab host Ready with capacity",
-        Duration::from_secs(90),
-        || {
-            let pools = pools.clone();
-            async move {
-                let s = pools.get("lab").await.ok()?.status?;
-                (s.hosts.len() == n
-                    && s.hosts.iter().all(|h| {
-                        h.state == ferry::api::HostState::Ready && h.allocatable.is_some()
-                    }))
-                .then_some(())
-            }
-        },
-    )
-    .await;
-    (lab, c, ctl)
+    let pool = |lab: &lab::Lab| {
+        let mut p = pool_manifest("lab", lab);
+        p["spec"]["capacity"] = json!({"cpuOvercommit": "4"});
+        p
+    };
+    migration::migration_lab(prefix, n, LABEL, pool, policy).await
 }
 
 fn ticking_vm(name: &str, lab: &lab::Lab) -> serde_json::Value {
@@ -1539,35 +1503,6 @@ fn lab_host(node: &str) -> String {
 fn domain_on(lab: &lab::Lab, host: &str, domain: &str) -> (bool, bool) {
     let out = lab.virsh(host, &["domstate", domain]);
     (out.success(), out.stdout.trim() == "running")
-}
-
-async fn start_migration(c: &Cluster, name: &str, vm: &str, target: Option<&str>) {
-    let mut m = json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachineMigration",
-        "metadata": {"name": name},
-        "spec": {"vmName": vm, "reason": "e2e"}
-    });
-    if let Some(t) = target {
-        m["spec"]["targetHost"] = json!(t);
-    }
-    c.apply::<ferry::api::VirtualMachineMigration>(m).await;
-}
-
-async fn wait_migration(
-    c: &Cluster,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    f: impl Fn(&ferry::api::VirtualMachineMigrationStatus) -> bool,
-) -> ferry::api::VirtualMachineMigrationStatus {
-    let api = c.migrations();
-    wait_for(&format!("migration {name}: {what}"), timeout, || {
-        let api = api.clone();
-        let name = name.to_string();
-        let f = &f;
-        async move { api.get(&name).await.ok()?.status.filter(|s| f(s)) }
-    })
-    .await
 }
 
 /// Wait until the console shows ticks past `after`.
@@ -1660,11 +1595,6 @@ async fn live_migration_moves_a_running_guest() {
         assert_eq!(boots(&text), 1, "never rebooted:\n{text}");
         assert!(now > before);
     }
-}
-
-fn is_terminal(s: &ferry::api::VirtualMachineMigrationStatus) -> bool {
-    use ferry::api::MigrationPhase::*;
-    matches!(s.phase, Some(Succeeded | Failed | Cancelled))
 }
 
 /// Slow (bandwidth-limited) migrations that are cancelled, lose their destination's libvirtd,
@@ -2006,22 +1936,26 @@ async fn maintenance_evacuates_a_host_within_the_limits() {
     let vms = c.vms();
     let names_ref = &names;
     let h2_ref = &h2;
-    wait_for("3 VMs on h2, 1 on h1, all Ready", Duration::from_secs(90), || {
-        let vms = vms.clone();
-        async move {
-            let mut on_h2 = 0;
-            for name in names_ref {
-                let vm = vms.get(name).await.ok()?;
-                if ready_reason(&vm) != Some(("True".into(), "Running".into())) {
-                    return None;
+    wait_for(
+        "3 VMs on h2, 1 on h1, all Ready",
+        Duration::from_secs(90),
+        || {
+            let vms = vms.clone();
+            async move {
+                let mut on_h2 = 0;
+                for name in names_ref {
+                    let vm = vms.get(name).await.ok()?;
+                    if ready_reason(&vm) != Some(("True".into(), "Running".into())) {
+                        return None;
+                    }
+                    if host_of(&vm).as_deref() == Some(h2_ref.as_str()) {
+                        on_h2 += 1;
+                    }
                 }
-                if host_of(&vm).as_deref() == Some(h2_ref.as_str()) {
-                    on_h2 += 1;
-                }
+                (on_h2 == 3).then_some(())
             }
-            (on_h2 == 3).then_some(())
-        }
-    })
+        },
+    )
     .await;
     wait_for("pool shows no evacuation", Duration::from_secs(60), || {
         evacuating("NoEvacuation")

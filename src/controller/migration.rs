@@ -36,6 +36,8 @@ const CONTROLLER: &str = "virtualmachinemigration";
 pub const MIGRATION_FINALIZER: &str = "ferry.dev/migration";
 /// How often a running migration is looked at.
 const POLL: Duration = Duration::from_secs(1);
+/// Delay before a running migration's next look when its last one waited for the job.
+const FOLLOW_AGAIN: Duration = Duration::from_millis(10);
 /// How often its progress is sampled by the job's watcher.
 const SAMPLE: Duration = Duration::from_millis(500);
 /// How often a migration that waits for a slot or a target is looked at again.
@@ -56,6 +58,8 @@ pub struct Job {
     post_copy: AtomicBool,
     /// The outcome, once the libvirt call returned.
     result: std::sync::Mutex<Option<JobResult>>,
+    /// Notified when `result` is set.
+    done: tokio::sync::Notify,
 }
 
 /// How a migration job ended.
@@ -178,7 +182,7 @@ async fn apply(
     let st = m.status.clone().unwrap_or_default();
     match st.phase {
         Some(MigrationPhase::Succeeded | MigrationPhase::Failed | MigrationPhase::Cancelled) => {
-            lock(&ctx.migration_slots).remove(&uid(m));
+            release_slot(ctx, m);
             Ok(Requeue::await_change())
         }
         None | Some(MigrationPhase::Pending) => schedule(m, api, ctx, st).await,
@@ -196,6 +200,23 @@ async fn write(
     st.observed_generation = m.metadata.generation;
     apply_status(api, m, m.status.as_ref(), &st).await?;
     Ok(())
+}
+
+/// Free the migration's slot (if it held one) and wake the migrations waiting for one.
+fn release_slot(ctx: &Context, m: &VirtualMachineMigration) {
+    if lock(&ctx.migration_slots).remove(&uid(m)).is_some() {
+        ctx.migration_slot_freed.notify_one();
+    }
+}
+
+/// Whether a migration waits to be admitted (it has no slot and has not started yet): these are
+/// looked at again when a slot is freed.
+pub fn waits_for_slot(m: &VirtualMachineMigration) -> bool {
+    m.metadata.deletion_timestamp.is_none()
+        && matches!(
+            m.status.as_ref().and_then(|s| s.phase),
+            None | Some(MigrationPhase::Pending)
+        )
 }
 
 fn now() -> Time {
@@ -232,7 +253,7 @@ async fn finish(
         Timestamp::now(),
     );
     write(api, m, st).await?;
-    lock(&ctx.migration_slots).remove(&uid(m));
+    release_slot(ctx, m);
     lock(&ctx.migration_jobs).remove(&uid(m));
     let type_ = if phase == MigrationPhase::Succeeded {
         EventType::Normal
@@ -399,7 +420,7 @@ async fn schedule(
                 .into(),
             );
             if let Err(e) = write(api, m, st).await {
-                lock(&ctx.migration_slots).remove(&uid(m));
+                release_slot(ctx, m);
                 return Err(e);
             }
             ctx.event(
@@ -593,6 +614,7 @@ async fn start(
         .await;
         metrics.migration_finished(matches!(result, JobResult::Succeeded { .. }));
         *lock(&job.result) = Some(result);
+        job.done.notify_one();
     });
     ctx.event(
         m,
@@ -897,6 +919,12 @@ async fn follow(
     {
         job.request_cancel("the VirtualMachine is being deleted");
     }
+    // Wait (up to one poll) for the job to end, so that its end is recorded as soon as libvirt
+    // returns rather than at the next poll: a short migration would otherwise take up to a
+    // poll longer than the libvirt job, and its slot would stay taken for as long.
+    if lock(&job.result).is_none() {
+        let _ = tokio::time::timeout(POLL, job.done.notified()).await;
+    }
     let result = lock(&job.result).clone();
     let source = st.source.clone().unwrap_or_default();
     let target = st.target.clone().unwrap_or_default();
@@ -908,7 +936,9 @@ async fn follow(
                 st.data_remaining_bytes = Some(p.data_remaining as i64);
             }
             write(api, m, st).await?;
-            Ok(Requeue::requeue(POLL))
+            // This reconcile already waited up to a poll for the job: look again at once, so
+            // that some reconcile is always waiting when the job ends.
+            Ok(Requeue::requeue(FOLLOW_AGAIN))
         }
         Some(JobResult::Succeeded {
             downtime_ms,
@@ -995,6 +1025,7 @@ async fn watch_adopted(
         }
     }
     *lock(&job.result) = Some(JobResult::Ended);
+    job.done.notify_one();
 }
 
 fn elapsed_secs(st: &VirtualMachineMigrationStatus) -> f64 {
@@ -1241,7 +1272,7 @@ async fn cleanup(
     let st = m.status.clone().unwrap_or_default();
     match st.phase {
         None | Some(MigrationPhase::Pending) | Some(MigrationPhase::Scheduled) => {
-            lock(&ctx.migration_slots).remove(&uid(m));
+            release_slot(ctx, m);
             if st.phase.is_some() {
                 let _ = finish(
                     m,
@@ -1280,8 +1311,71 @@ async fn cleanup(
             }
         }
         Some(MigrationPhase::Failed | MigrationPhase::Cancelled) => {
-            lock(&ctx.migration_slots).remove(&uid(m));
+            release_slot(ctx, m);
             Ok(Requeue::await_change())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::VirtualMachineMigrationSpec;
+
+    fn migration(phase: Option<MigrationPhase>, deleted: bool) -> VirtualMachineMigration {
+        let mut m = VirtualMachineMigration::new(
+            "m",
+            VirtualMachineMigrationSpec {
+                vm_name: "vm".into(),
+                target_host: None,
+                reason: None,
+            },
+        );
+        m.status = Some(VirtualMachineMigrationStatus {
+            phase,
+            ..Default::default()
+        });
+        if deleted {
+            m.metadata.deletion_timestamp = Some(now());
+        }
+        m
+    }
+
+    #[test]
+    fn only_migrations_not_yet_admitted_wait_for_a_slot() {
+        use MigrationPhase::*;
+        for (phase, deleted, waits) in [
+            (None, false, true),
+            (Some(Pending), false, true),
+            (Some(Pending), true, false),
+            (Some(Scheduled), false, false),
+            (Some(Running), false, false),
+            (Some(Succeeded), false, false),
+            (Some(Failed), false, false),
+            (Some(Cancelled), false, false),
+        ] {
+            assert_eq!(
+                waits_for_slot(&migration(phase, deleted)),
+                waits,
+                "{phase:?}, deleted {deleted}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_wakes_its_follower_at_once() {
+        let job = Arc::new(Job::default());
+        let j = job.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            *lock(&j.result) = Some(JobResult::Ended);
+            j.done.notify_one();
+        });
+        let t = Instant::now();
+        tokio::time::timeout(POLL * 5, job.done.notified())
+            .await
+            .expect("woken");
+        assert!(t.elapsed() < POLL, "woken before a poll: {:?}", t.elapsed());
+        assert!(lock(&job.result).is_some());
     }
 }

@@ -51,6 +51,9 @@ pub struct Context {
     pub migration_jobs: Mutex<HashMap<String, Arc<migration::Job>>>,
     /// Evacuation migrations created lately, by VM UID (until the cache shows them).
     pub evacuations_created: Mutex<HashMap<String, Instant>>,
+    /// Signalled when a migration slot is released, so that waiting migrations are looked at
+    /// again at once rather than at their next periodic check.
+    pub migration_slot_freed: Arc<tokio::sync::Notify>,
     /// Placements chosen but not yet seen in `vms`, by VM UID; held under this lock while a host
     /// is chosen, so VMs placed at the same time see each other.
     pub placing: Mutex<HashMap<String, Placed>>,
@@ -94,6 +97,7 @@ impl Context {
             migration_slots: Mutex::default(),
             migration_jobs: Mutex::default(),
             evacuations_created: Mutex::default(),
+            migration_slot_freed: Arc::default(),
             placing: Mutex::default(),
             stopping: Mutex::default(),
             pool_reports: Mutex::default(),

@@ -182,7 +182,26 @@ pub async fn run(
             }
         }
     };
+    // A freed migration slot wakes the migrations waiting for one.
+    let slot_freed = {
+        let (freed, store) = (ctx.migration_slot_freed.clone(), migration_store.clone());
+        futures::stream::unfold(freed, |freed| async move {
+            freed.notified().await;
+            Some(((), freed))
+        })
+        .flat_map(move |()| {
+            futures::stream::iter(
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|m| migration::waits_for_slot(m))
+                    .map(|m| ObjectRef::from_obj(m.as_ref()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+    };
     let migrations = migration_controller
+        .reconcile_on(slot_freed)
         .graceful_shutdown_on(Box::pin(shutdown_signal()))
         .run(migration::reconcile, migration::error_policy, ctx.clone())
         .for_each(|r| async move {

@@ -401,6 +401,19 @@ impl Lab {
         extra_cmdline: &str,
         extra_devices: &str,
     ) -> String {
+        self.tiny_domain_xml_sized(name, disk, console, 128, extra_cmdline, extra_devices)
+    }
+
+    /// Like [`Lab::tiny_domain_xml_with`], with `memory_mib` MiB of guest memory.
+    pub fn tiny_domain_xml_sized(
+        &self,
+        name: &str,
+        disk: &Path,
+        console: &Path,
+        memory_mib: u32,
+        extra_cmdline: &str,
+        extra_devices: &str,
+    ) -> String {
         let cmdline = if extra_cmdline.is_empty() {
             self.cmdline.clone()
         } else {
@@ -409,7 +422,7 @@ impl Lab {
         format!(
             r#"<domain type='{virt}'>
   <name>{name}</name>
-  <memory unit='MiB'>128</memory>
+  <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64'>hvm</type>
