@@ -1,10 +1,13 @@
 //! Pure decisions: no Kubernetes client, no libvirt, no clock (callers pass `now`).
 
 pub mod capacity;
+pub mod admission;
 pub mod definition;
+pub mod host_health;
 pub mod lifecycle;
 pub mod naming;
 pub mod placement;
 pub mod quantity;
+pub mod recovery;
 pub mod uri;
 pub mod validate;
