@@ -340,7 +340,10 @@ impl HAPolicy {
 
     /// Storm guard threshold in percent (default 50).
     pub fn max_failed_hosts_percent(&self) -> u32 {
-        self.spec.max_failed_hosts_percent.unwrap_or(50).clamp(1, 100) as u32
+        self.spec
+            .max_failed_hosts_percent
+            .unwrap_or(50)
+            .clamp(1, 100) as u32
     }
 
     /// The restart priority of a VM with these labels.

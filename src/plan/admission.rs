@@ -129,10 +129,12 @@ mod tests {
         }
     }
 
+    type Case = (&'static str, Vec<Protected>, Reserve, Amount, Vec<&'static str>);
+
     #[test]
     fn table() {
         let three = [a(8, 16), a(8, 32), a(8, 16)];
-        let cases: Vec<(&str, Vec<Protected>, Reserve, Amount, Vec<&str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "one failure: the largest host is lost",
                 vec![vm("a", 0, 4, 16), vm("b", 0, 4, 16)],

@@ -205,7 +205,11 @@ pub fn decide(i: &Inputs, t: &Timings) -> Decision {
                     "host answers again while a fence is in flight; waiting for the BMC",
                 )
             } else {
-                decision(V::Healthy, HostAction::None, "Node Ready and libvirt answers")
+                decision(
+                    V::Healthy,
+                    HostAction::None,
+                    "Node Ready and libvirt answers",
+                )
             };
         }
         let down = node_down_for.unwrap_or(t.not_ready_grace);
@@ -306,13 +310,17 @@ fn not_ready_with_libvirt(i: &Inputs, t: &Timings, down: Duration) -> Decision {
                 decision(
                     V::Failed,
                     HostAction::Restart(Evidence::ShutOff),
-                    format!("{why}; notReadyAction Restart: libvirt confirmed its domains shut off, restarting them elsewhere"),
+                    format!(
+                        "{why}; notReadyAction Restart: libvirt confirmed its domains shut off, restarting them elsewhere"
+                    ),
                 )
             } else if i.has_vms {
                 decision(
                     V::Failed,
                     HostAction::StopDomains,
-                    format!("{why}; notReadyAction Restart: stopping its domains through libvirt, then restarting them elsewhere"),
+                    format!(
+                        "{why}; notReadyAction Restart: stopping its domains through libvirt, then restarting them elsewhere"
+                    ),
                 )
             } else {
                 decision(
@@ -353,14 +361,18 @@ fn fence_or_ask(i: &Inputs, t: &Timings, why: String) -> Decision {
         return decision(
             V::Failed,
             HostAction::None,
-            format!("{why}; storm guard: too many hosts of the pool look failed at once, nothing is fenced"),
+            format!(
+                "{why}; storm guard: too many hosts of the pool look failed at once, nothing is fenced"
+            ),
         );
     }
     if !i.fencing_configured {
         return decision(
             V::Failed,
             HostAction::AskConfirmation,
-            format!("{why}; no fencing configured: VMs are not restarted until a human confirms the host is off"),
+            format!(
+                "{why}; no fencing configured: VMs are not restarted until a human confirms the host is off"
+            ),
         );
     }
     if i.fence.in_flight {
@@ -441,7 +453,11 @@ fn recovering(i: &Inputs) -> Decision {
         );
     }
     if i.previous == V::Recovered && i.node.is_some_and(|n| n.up) {
-        return decision(V::Healthy, HostAction::None, "Node Ready and libvirt answers");
+        return decision(
+            V::Healthy,
+            HostAction::None,
+            "Node Ready and libvirt answers",
+        );
     }
     decision(
         V::Recovered,

@@ -1,7 +1,7 @@
 //! Pure decisions: no Kubernetes client, no libvirt, no clock (callers pass `now`).
 
-pub mod capacity;
 pub mod admission;
+pub mod capacity;
 pub mod definition;
 pub mod host_health;
 pub mod lifecycle;

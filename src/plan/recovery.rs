@@ -146,7 +146,12 @@ mod tests {
         let cases = vec![
             Case {
                 what: "priority order, then name",
-                vms: vec![vm("b", 0, 1), vm("a", 0, 1), vm("hi", 100, 1), vm("lo", -5, 1)],
+                vms: vec![
+                    vm("b", 0, 1),
+                    vm("a", 0, 1),
+                    vm("hi", 100, 1),
+                    vm("lo", -5, 1),
+                ],
                 hosts: vec![dead.clone(), host("s1", 8, 8)],
                 in_flight: 0,
                 max: 8,

@@ -97,7 +97,12 @@ fn verdict_table() {
     ];
     for (what, inputs, timings, verdict, action) in cases {
         let d = decide(&inputs, &timings);
-        assert_eq!((d.verdict, d.action), (verdict, action), "{what}: {}", d.message);
+        assert_eq!(
+            (d.verdict, d.action),
+            (verdict, action),
+            "{what}: {}",
+            d.message
+        );
         assert!(!d.message.is_empty(), "{what}");
     }
 }
