@@ -269,6 +269,7 @@ async fn probe(
         }
     };
     h.uri = Some(redact(&uri));
+    h.ha_verdict = ctx.ha_verdict(&name);
     let answer = match ctx.connect(&uri, pool).await {
         Ok(hv) => match read_host(hv.as_ref()).await {
             Ok(info) => Ok(info),

@@ -1,6 +1,7 @@
 //! Controllers: one module per resource (fetch → plan → act → report), and what they share.
 
 pub mod credentials;
+pub mod ha;
 pub mod host_pool;
 pub mod permissions;
 pub mod run;
@@ -51,6 +52,8 @@ pub struct Context {
     host_facts: Mutex<HashMap<String, HostInfo>>,
     /// Disks resolved for each VM (by UID), with the generation and host they were resolved for.
     provisioned: Mutex<HashMap<String, Provisioned>>,
+    /// HA verdicts per host (Node name), set by the HA controller.
+    ha_verdicts: Mutex<HashMap<String, crate::api::ha_policy::HostVerdict>>,
     /// Where libvirt TLS client files from Secrets are written (`$FERRY_PKI_DIR`, default a
     /// `ferry-pki` directory in the temporary directory).
     pki_root: std::path::PathBuf,
@@ -82,6 +85,7 @@ impl Context {
             failures: Mutex::default(),
             host_facts: Mutex::default(),
             provisioned: Mutex::default(),
+            ha_verdicts: Mutex::default(),
             pki_root: std::env::var_os("FERRY_PKI_DIR")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("ferry-pki")),
@@ -152,6 +156,16 @@ impl Context {
                 disks: disks.to_vec(),
             },
         );
+    }
+
+    /// The HA verdict of a host, when an HAPolicy covers it.
+    pub fn ha_verdict(&self, host: &str) -> Option<crate::api::ha_policy::HostVerdict> {
+        lock(&self.ha_verdicts).get(host).copied()
+    }
+
+    /// Record a host's HA verdict (the HA controller).
+    pub fn set_ha_verdict(&self, host: &str, v: crate::api::ha_policy::HostVerdict) {
+        lock(&self.ha_verdicts).insert(host.to_string(), v);
     }
 
     /// Forget what was resolved for VM `uid` (after a failure, or when it is deleted).

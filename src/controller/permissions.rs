@@ -77,6 +77,27 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         why: "status::apply_status: server-side apply of status",
     },
     Permission {
+        group: "ferry.dev",
+        resource: "hapolicies",
+        verbs: &["list", "watch"],
+        scope: Watched,
+        why: "run::run: HAPolicy Controller watch",
+    },
+    Permission {
+        group: "ferry.dev",
+        resource: "hapolicies/status",
+        verbs: &["patch"],
+        scope: Watched,
+        why: "status::apply_status: server-side apply of HAPolicy status (verdicts, incidents)",
+    },
+    Permission {
+        group: "ferry.dev",
+        resource: "virtualmachinemigrations",
+        verbs: &["list", "create"],
+        scope: Watched,
+        why: "ha::evacuate: VirtualMachineMigrations (reason evacuation) for a NotReady host",
+    },
+    Permission {
         group: "events.k8s.io",
         resource: "events",
         verbs: &["create", "patch"],
@@ -125,6 +146,6 @@ mod tests {
                 assert!(known.contains(v), "unknown verb {v}");
             }
         }
-        assert_eq!(flattened().len(), 15);
+        assert_eq!(flattened().len(), 20);
     }
 }

@@ -129,7 +129,13 @@ mod tests {
         }
     }
 
-    type Case = (&'static str, Vec<Protected>, Reserve, Amount, Vec<&'static str>);
+    type Case = (
+        &'static str,
+        Vec<Protected>,
+        Reserve,
+        Amount,
+        Vec<&'static str>,
+    );
 
     #[test]
     fn table() {
