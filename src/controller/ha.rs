@@ -308,7 +308,24 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
             }
         }
         if let Some(ac) = &policy.spec.admission_control {
-            capacity.push(admission_for(&policy, &pool, ac, &covered));
+            let (ok, msg, beyond) = admission_for(&policy, &pool, ac, &covered);
+            let enforce = ac.mode == Some(crate::api::ha_policy::AdmissionMode::Enforce);
+            // Enforce keeps VMs beyond the capacity that have no host yet from being placed;
+            // placed VMs are only reported.
+            for v in &covered {
+                let Some(uid) = v.metadata.uid.as_deref() else {
+                    continue;
+                };
+                let unplaced = v.status.as_ref().and_then(|s| s.host.as_ref()).is_none();
+                let block = (enforce && unplaced && beyond.contains(&v.name_any())).then(|| {
+                    format!(
+                        "admission control (HAPolicy {}, mode Enforce): no failover capacity left for this VM; {msg}",
+                        policy.name_any()
+                    )
+                });
+                ctx.set_admission_block(uid, block);
+            }
+            capacity.push((ok, msg));
         }
     }
 
@@ -391,14 +408,6 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
             "Insufficient",
             msg,
         );
-        if let Some(c) = st
-            .conditions
-            .iter_mut()
-            .find(|c| c.type_ == "FailoverCapacity")
-            && ok
-        {
-            c.reason = "Sufficient".into();
-        }
     }
     let ready_msg = if missing_pools.is_empty() {
         format!("watching {} host pool(s)", policy.spec.host_pools.len())
@@ -1091,13 +1100,13 @@ fn upsert_incident(list: &mut Vec<Incident>, host: &str, i: &Open, vms: &[Arc<Vi
     }
 }
 
-/// Admission control for one pool: (sufficient, message with the numbers).
+/// Admission control for one pool: (sufficient, message with the numbers, VMs beyond).
 fn admission_for(
     policy: &HAPolicy,
     pool: &HostPool,
     ac: &AdmissionControl,
     covered: &[Arc<VirtualMachine>],
-) -> (bool, String) {
+) -> (bool, String, Vec<String>) {
     let hosts: Vec<Amount> = pool
         .status
         .as_ref()
@@ -1129,6 +1138,7 @@ fn admission_for(
     (
         v.ok(),
         format!("HostPool {}: {}", pool.name_any(), v.message),
+        v.beyond,
     )
 }
 

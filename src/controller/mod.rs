@@ -52,6 +52,8 @@ pub struct Context {
     host_facts: Mutex<HashMap<String, HostInfo>>,
     /// Disks resolved for each VM (by UID), with the generation and host they were resolved for.
     provisioned: Mutex<HashMap<String, Provisioned>>,
+    /// VMs (by UID) that admission control in `Enforce` mode keeps from being placed, with why.
+    admission_blocked: Mutex<HashMap<String, String>>,
     /// HA verdicts per host (Node name), set by the HA controller.
     ha_verdicts: Mutex<HashMap<String, crate::api::ha_policy::HostVerdict>>,
     /// Where libvirt TLS client files from Secrets are written (`$FERRY_PKI_DIR`, default a
@@ -86,6 +88,7 @@ impl Context {
             host_facts: Mutex::default(),
             provisioned: Mutex::default(),
             ha_verdicts: Mutex::default(),
+            admission_blocked: Mutex::default(),
             pki_root: std::env::var_os("FERRY_PKI_DIR")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("ferry-pki")),
@@ -166,6 +169,20 @@ impl Context {
     /// Record a host's HA verdict (the HA controller).
     pub fn set_ha_verdict(&self, host: &str, v: crate::api::ha_policy::HostVerdict) {
         lock(&self.ha_verdicts).insert(host.to_string(), v);
+    }
+
+    /// Why admission control keeps VM `uid` from being placed, if it does.
+    pub fn admission_block(&self, uid: &str) -> Option<String> {
+        lock(&self.admission_blocked).get(uid).cloned()
+    }
+
+    /// Set (or with `None` clear) the admission block of VM `uid` (the HA controller).
+    pub fn set_admission_block(&self, uid: &str, why: Option<String>) {
+        let mut m = lock(&self.admission_blocked);
+        match why {
+            Some(w) => m.insert(uid.to_string(), w),
+            None => m.remove(uid),
+        };
     }
 
     /// Forget what was resolved for VM `uid` (after a failure, or when it is deleted).

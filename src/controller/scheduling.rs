@@ -42,6 +42,9 @@ pub fn choose(
     let anti =
         placement::terms(&spec.anti_affinity, "antiAffinity").map_err(NotPlaced::InvalidSpec)?;
     let uid = vm.metadata.uid.clone().unwrap_or_default();
+    if let Some(why) = ctx.admission_block(&uid) {
+        return Err(NotPlaced::NoHost(why));
+    }
     let mut candidates = candidates(pool, ctx);
     for c in &mut candidates {
         if Some(c.name.as_str()) == exclude {
