@@ -3,6 +3,7 @@
 pub mod api;
 pub mod controller;
 pub mod error;
+pub mod fence;
 pub mod http;
 pub mod hypervisor;
 pub mod leader;

@@ -11,6 +11,7 @@
 #   lab.sh heal           [--id ID] hK               undo partition
 #   lab.sh stop-libvirtd  [--id ID] [--kill] hK      stop hK's libvirtd only (guests keep running)
 #   lab.sh start-libvirtd [--id ID] hK               start it again in the same namespaces
+#   lab.sh power-off      [--id ID] hK               power loss: SIGKILL hK's QEMU guests and libvirtd
 #   lab.sh exec           [--id ID] hK -- CMD...     run CMD inside hK's namespaces
 #
 # Exit status: 0 ok, 1 error, 2 usage, 3 the lab ID is already in use.
@@ -833,6 +834,24 @@ cmd_start_libvirtd() {
   log "h$k: libvirtd started"
 }
 
+# A power loss as far as one shared kernel allows: every QEMU process of the host and its libvirtd
+# die at once (SIGKILL, by their pid files, checked to belong to this lab); virtlockd releases the
+# dead guests' disk locks. The namespaces stay, so start-libvirtd can "power it on" again.
+cmd_power_off() {
+  need_lab; local k; k=$(host_index "${ARGS[0]:-}")
+  local d f pid; d=$(hdir "$k")
+  for f in "$d"/run/libvirt/qemu/*.pid; do
+    [ -f "$f" ] || continue
+    pid=$(pid_from "$f")
+    if [ -n "$pid" ] && pid_alive "$pid" && grep -qF "$DIR" "/proc/$pid/cmdline" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  stop_pidfile "$d/libvirtd.pid" 0 KILL
+  rm -f "$d/run/libvirt/libvirt-sock" "$d/run/libvirt/libvirt-sock-ro" 2>/dev/null || true
+  log "h$k: powered off (guests and libvirtd killed)"
+}
+
 cmd_exec() {
   need_lab; local k; k=$(host_index "${ARGS[0]:-}")
   [ "${#ARGS[@]}" -ge 2 ] || die "usage: lab.sh exec [--id ID] hK -- CMD..."
@@ -869,6 +888,7 @@ main() {
     heal) cmd_heal ;;
     stop-libvirtd) cmd_stop_libvirtd ;;
     start-libvirtd) cmd_start_libvirtd ;;
+    power-off) cmd_power_off ;;
     exec) cmd_exec ;;
     _watch) cmd_watch ;;
     -h|--help|help) usage ;;

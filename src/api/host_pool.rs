@@ -57,6 +57,10 @@ pub struct HostPoolSpec {
     /// evacuated. Unset: the defaults listed on each field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationPolicySpec>,
+    /// How to power a failed host off through its BMC before its VMs restart elsewhere. Unset:
+    /// no fencing; a failed host's VMs restart only after a human confirms the host is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing: Option<FencingSpec>,
 }
 
 /// Live-migration policy of a pool. The defaults are KubeVirt's (5 migrations per pool, 2 out
@@ -116,6 +120,53 @@ pub struct MigrationPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub peer_uri_template: Option<String>,
+}
+
+/// Fencing through each host's BMC.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.driver != 'Redfish' || has(self.systemPathTemplate)").message("Redfish fencing needs systemPathTemplate (for example /redfish/v1/Systems/{name}); ferry never guesses the system"))]
+pub struct FencingSpec {
+    /// `Redfish` (ComputerSystem.Reset ForceOff) or `IPMI` (IPMI v2.0 over LAN, chassis power
+    /// off).
+    pub driver: FenceDriver,
+    /// BMC address per host, with the placeholders of `libvirt.uriTemplate` (`{name}`,
+    /// `{address}`, `{label:KEY}`, `{annotation:KEY}`): `https://{annotation:ferry.dev/bmc}` for
+    /// Redfish, `ipmi://{annotation:ferry.dev/bmc}` (port 623 unless given) for IPMI.
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('ipmi://')").message("addressTemplate must start with https:// or http:// (Redfish) or ipmi:// (IPMI)"))]
+    pub address_template: String,
+    /// Redfish only: the ComputerSystem's path, with the same placeholders, for example
+    /// `/redfish/v1/Systems/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
+    pub system_path_template: Option<String>,
+    /// Secret (HostPool's namespace) with `username` and `password`, and for Redfish over
+    /// HTTPS optionally `ca.crt`: the CA that signed the BMCs' certificates.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub credentials_secret: String,
+    /// Seconds each BMC request may take. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 120))]
+    pub request_timeout_seconds: Option<i32>,
+    /// Seconds to wait for the BMC to report power Off after the power-off request; a fence not
+    /// confirmed in time has failed. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600))]
+    pub confirm_timeout_seconds: Option<i32>,
+}
+
+/// BMC protocols.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceDriver {
+    /// DMTF Redfish over HTTPS.
+    Redfish,
+    /// IPMI v2.0 over LAN (RMCP+, cipher suite 3).
+    #[serde(rename = "IPMI")]
+    Ipmi,
 }
 
 /// How much of each host VMs may use. Allocatable = (capacity − reserved) × overcommit, rounded
@@ -322,6 +373,10 @@ pub struct HostStatus {
     /// look, then remove them with virsh.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub orphans: Vec<String>,
+    /// The HA verdict (Healthy, Degraded, Evacuating, Suspect, Failed, Fencing, Fenced,
+    /// Recovering, Recovered) when an HAPolicy covers the pool; the policy's status has details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha_verdict: Option<crate::api::ha_policy::HostVerdict>,
 }
 
 /// An amount of CPUs and memory.
@@ -366,6 +421,7 @@ impl HostStatus {
             foreign_domains: None,
             foreign_allocated: None,
             orphans: Vec::new(),
+            ha_verdict: None,
         }
     }
 }

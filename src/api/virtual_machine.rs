@@ -386,6 +386,9 @@ pub struct VirtualMachineStatus {
     /// The VM's current or most recent live migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<VmMigrationStatus>,
+    /// The last time the VM was restarted elsewhere because its host failed, with the timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_recovery: Option<Recovery>,
 }
 
 /// A VM's current or most recent live migration, as its VirtualMachineMigration reports it.
@@ -412,6 +415,33 @@ pub struct VmMigrationStatus {
     /// Guest downtime at switch-over, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<i64>,
+}
+
+/// A restart elsewhere after a host failure.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovery {
+    /// Incident ID (see the HAPolicy's status).
+    pub incident: String,
+    /// The failed host.
+    pub from_host: String,
+    /// How the failed host was proven off: `Fenced`, `ShutOff` or `Confirmed`.
+    pub evidence: String,
+    /// When the failure was detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the host was proven off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proven_off: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the VM was placed anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Its new host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_host: Option<String>,
+    /// When its domain ran on the new host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// Life-cycle phase of a VM.

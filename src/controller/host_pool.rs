@@ -397,6 +397,7 @@ async fn probe(
         }
     };
     h.uri = Some(redact(&uri));
+    h.ha_verdict = ctx.ha_verdict(&name);
     // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
     let answer = match connect_for_probe(pool, &uri, ctx, before).await {
         Ok(Some(hv)) => read_host(hv.as_ref()).await,

@@ -2,6 +2,7 @@
 
 pub mod credentials;
 pub mod evacuation;
+pub mod ha;
 pub mod host_pool;
 pub mod migration;
 pub mod permissions;
@@ -67,6 +68,10 @@ pub struct Context {
     host_facts: Mutex<HashMap<String, HostInfo>>,
     /// Disks resolved for each VM (by UID), with the generation and host they were resolved for.
     provisioned: Mutex<HashMap<String, Provisioned>>,
+    /// VMs (by UID) that admission control in `Enforce` mode keeps from being placed, with why.
+    admission_blocked: Mutex<HashMap<String, String>>,
+    /// HA verdicts per host (Node name), set by the HA controller.
+    ha_verdicts: Mutex<HashMap<String, crate::api::ha_policy::HostVerdict>>,
     /// Where libvirt TLS client files from Secrets are written (`$FERRY_PKI_DIR`, default a
     /// `ferry-pki` directory in the temporary directory).
     pki_root: std::path::PathBuf,
@@ -104,6 +109,8 @@ impl Context {
             failures: Mutex::default(),
             host_facts: Mutex::default(),
             provisioned: Mutex::default(),
+            ha_verdicts: Mutex::default(),
+            admission_blocked: Mutex::default(),
             pki_root: std::env::var_os("FERRY_PKI_DIR")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| std::env::temp_dir().join("ferry-pki")),
@@ -214,6 +221,30 @@ impl Context {
                 disks: disks.to_vec(),
             },
         );
+    }
+
+    /// The HA verdict of a host, when an HAPolicy covers it.
+    pub fn ha_verdict(&self, host: &str) -> Option<crate::api::ha_policy::HostVerdict> {
+        lock(&self.ha_verdicts).get(host).copied()
+    }
+
+    /// Record a host's HA verdict (the HA controller).
+    pub fn set_ha_verdict(&self, host: &str, v: crate::api::ha_policy::HostVerdict) {
+        lock(&self.ha_verdicts).insert(host.to_string(), v);
+    }
+
+    /// Why admission control keeps VM `uid` from being placed, if it does.
+    pub fn admission_block(&self, uid: &str) -> Option<String> {
+        lock(&self.admission_blocked).get(uid).cloned()
+    }
+
+    /// Set (or with `None` clear) the admission block of VM `uid` (the HA controller).
+    pub fn set_admission_block(&self, uid: &str, why: Option<String>) {
+        let mut m = lock(&self.admission_blocked);
+        match why {
+            Some(w) => m.insert(uid.to_string(), w),
+            None => m.remove(uid),
+        };
     }
 
     /// Forget what was resolved for VM `uid` (after a failure, or when it is deleted).

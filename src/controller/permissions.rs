@@ -81,7 +81,7 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         resource: "virtualmachinemigrations",
         verbs: &["list", "watch", "patch", "create", "delete"],
         scope: Watched,
-        why: "run::run: migration Controller watch; migration::reconcile: finalizer() JSON patches; evacuation: create and withdraw migrations",
+        why: "run::run: migration Controller watch; migration::reconcile: finalizer() JSON patches; evacuation and ha::evacuate: create (and withdraw) evacuation migrations",
     },
     Permission {
         group: "ferry.dev",
@@ -89,6 +89,20 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         verbs: &["patch"],
         scope: Watched,
         why: "status::apply_status: server-side apply of status",
+    },
+    Permission {
+        group: "ferry.dev",
+        resource: "hapolicies",
+        verbs: &["list", "watch"],
+        scope: Watched,
+        why: "run::run: HAPolicy Controller watch",
+    },
+    Permission {
+        group: "ferry.dev",
+        resource: "hapolicies/status",
+        verbs: &["patch"],
+        scope: Watched,
+        why: "status::apply_status: server-side apply of HAPolicy status (verdicts, incidents)",
     },
     Permission {
         group: "events.k8s.io",
@@ -139,6 +153,6 @@ mod tests {
                 assert!(known.contains(v), "unknown verb {v}");
             }
         }
-        assert_eq!(flattened().len(), 21);
+        assert_eq!(flattened().len(), 24);
     }
 }

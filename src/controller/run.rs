@@ -1,7 +1,7 @@
 //! Wiring: reflectors, the two controllers, and their shared context.
 
-use super::{Context, host_pool, migration, virtual_machine};
-use crate::api::{HostPool, VirtualMachine, VirtualMachineMigration};
+use super::{Context, ha, host_pool, migration, virtual_machine};
+use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -251,9 +251,23 @@ pub async fn run(
             }
         });
 
+    // HA: every HAPolicy is reconciled once a second (it judges its pools' hosts).
+    let hacontext = Arc::new(ha::HaContext::new(ctx.clone()));
+    let hapolicies = Controller::new(
+        api::<HAPolicy>(&client, &scope),
+        watcher::Config::default().any_semantic(),
+    )
+    .graceful_shutdown_on(Box::pin(shutdown_signal()))
+    .run(ha::reconcile, ha::error_policy, hacontext)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "hapolicy controller event");
+        }
+    });
+
     ready();
     tokio::select! {
-        _ = futures::future::join3(vms, hostpools, migrations) => {},
+        _ = futures::future::join4(vms, hostpools, migrations, hapolicies) => {},
         _ = shutdown => {},
     }
     gauges.abort();

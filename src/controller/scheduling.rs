@@ -29,15 +29,28 @@ pub fn need(vm: &VirtualMachine) -> Amount {
     }
 }
 
-/// Choose a host for `vm` in `pool` and reserve it for the VM until the VM store shows the VM
-/// placed (or [`forget`] is called).
-pub fn choose(vm: &VirtualMachine, pool: &HostPool, ctx: &Context) -> Result<String, NotPlaced> {
+/// Choose a host for `vm` in `pool` (never `exclude`) and reserve it for the VM until the VM
+/// store shows the VM placed (or [`forget`] is called).
+pub fn choose(
+    vm: &VirtualMachine,
+    pool: &HostPool,
+    ctx: &Context,
+    exclude: Option<&str>,
+) -> Result<String, NotPlaced> {
     let spec = vm.spec.placement.clone().unwrap_or_default();
     let affinity = placement::terms(&spec.affinity, "affinity").map_err(NotPlaced::InvalidSpec)?;
     let anti =
         placement::terms(&spec.anti_affinity, "antiAffinity").map_err(NotPlaced::InvalidSpec)?;
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    let candidates = candidates(pool, ctx);
+    if let Some(why) = ctx.admission_block(&uid) {
+        return Err(NotPlaced::NoHost(why));
+    }
+    let mut candidates = candidates(pool, ctx);
+    for c in &mut candidates {
+        if Some(c.name.as_str()) == exclude {
+            c.reachable = false;
+        }
+    }
     let mut placing = lock(&ctx.placing);
     let placed = placed_vms(pool, ctx, &mut placing);
     let req = Request {
@@ -166,8 +179,14 @@ fn placed_vms(
     out
 }
 
+/// Whether a host with this HA verdict may take new VMs.
+pub fn takes_vms(v: crate::api::ha_policy::HostVerdict) -> bool {
+    use crate::api::ha_policy::HostVerdict as V;
+    matches!(v, V::Healthy | V::Recovered)
+}
+
 /// Placement candidates: the pool's hosts as its status reports them, with their Node's state.
-fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
+pub fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
     let hosts = pool
         .status
         .as_ref()
@@ -183,7 +202,9 @@ fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
             let node = ctx.nodes.get(&ObjectRef::new(&h.name));
             Candidate {
                 name: h.name.clone(),
-                reachable: matches!(h.state, HostState::Ready | HostState::Cordoned),
+                // A host the HA controller does not judge healthy takes no new VMs.
+                reachable: matches!(h.state, HostState::Ready | HostState::Cordoned)
+                    && ctx.ha_verdict(&h.name).is_none_or(takes_vms),
                 node_ready: node.as_deref().is_some_and(node_ready),
                 // A host in maintenance takes nothing new, like a cordoned one.
                 cordoned: node.as_deref().is_some_and(|n| {

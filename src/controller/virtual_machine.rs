@@ -4,9 +4,10 @@
 use super::scheduling::{self, NotPlaced};
 use super::{Context, lock, migration, status::apply_status};
 use crate::api::condition::{ConditionStatus, find, set_condition};
+use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
 use crate::api::virtual_machine::VmMigrationStatus;
 use crate::api::virtual_machine::{
-    ABANDON_ANNOTATION, DiskStatus, POWER_ANNOTATION, RESTART_ANNOTATION,
+    ABANDON_ANNOTATION, DiskStatus, POWER_ANNOTATION, RESTART_ANNOTATION, Recovery,
 };
 use crate::api::{
     DiskSource, FINALIZER, HostPool, MigrationPhase, RunStrategy, VirtualMachine,
@@ -20,6 +21,7 @@ use crate::plan::lifecycle::{self, Action, Power};
 use crate::plan::validate::{ValidSpec, validate};
 use crate::plan::{naming, uri};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -421,6 +423,13 @@ async fn drive(
         ctx.reset_backoff(&key(vm));
     }
     st.phase = Some(phase);
+    if phase == VmPhase::Running
+        && let Some(r) = st.last_recovery.as_mut()
+        && r.running.is_none()
+        && r.to_host.as_deref() == Some(placed.name.as_str())
+    {
+        r.running = Some(Time(now));
+    }
     let (ready, reason, message) = readiness(vm, phase, state, &placed.name, st.stopped_by_guest);
     set_condition(
         &mut st.conditions,
@@ -616,24 +625,48 @@ async fn place(
                 Retry::After(Duration::from_secs(300)),
             )
         })?;
+    // The HA controller proved the VM's host off: place it anew, once per incident, never on
+    // that host (its pool status may not show it down yet).
+    let exclude = failover_request(vm, st).map(|f| {
+        tracing::info!(vm = %vm.name_any(), host = %f.host, incident = %f.incident, "host proven off; placing the VM anew");
+        st.host = None;
+        st.phase = Some(VmPhase::Pending);
+        st.last_recovery = Some(Recovery {
+            incident: f.incident.clone(),
+            from_host: f.host.clone(),
+            evidence: f.evidence.clone(),
+            detected: Some(f.detected.clone()),
+            proven_off: Some(f.proven.clone()),
+            ..Recovery::default()
+        });
+        ctx.forget_provisioned(vm.metadata.uid.as_deref().unwrap_or_default());
+        f.host
+    });
     let host = match st.host.clone() {
         Some(h) => h,
         None => {
-            let host = scheduling::choose(vm, &pool, ctx).map_err(|e| match e {
-                NotPlaced::InvalidSpec(m) => {
-                    Blocked::new(VmPhase::Pending, "InvalidSpec", m, Retry::OnChange)
-                }
-                NotPlaced::NoHost(m) => Blocked::new(
-                    VmPhase::Pending,
-                    "NoHostAvailable",
-                    format!("waiting for a host in HostPool {pool_name}: {m}"),
-                    Retry::After(Duration::from_secs(60)),
-                ),
-            })?;
+            let host =
+                scheduling::choose(vm, &pool, ctx, exclude.as_deref()).map_err(|e| match e {
+                    NotPlaced::InvalidSpec(m) => {
+                        Blocked::new(VmPhase::Pending, "InvalidSpec", m, Retry::OnChange)
+                    }
+                    NotPlaced::NoHost(m) => Blocked::new(
+                        VmPhase::Pending,
+                        "NoHostAvailable",
+                        format!("waiting for a host in HostPool {pool_name}: {m}"),
+                        Retry::After(Duration::from_secs(60)),
+                    ),
+                })?;
             // Record the choice before anything is created on the host, so that a crash here can
             // never lead to a second copy somewhere else.
             st.host = Some(host.clone());
             st.domain_uuid = vm.metadata.uid.clone();
+            if let Some(r) = st.last_recovery.as_mut()
+                && r.to_host.is_none()
+            {
+                r.to_host = Some(host.clone());
+                r.replaced = Some(Time(now));
+            }
             st.phase = Some(VmPhase::Provisioning);
             set_condition(
                 &mut st.conditions,
@@ -691,6 +724,24 @@ async fn place(
         pool: (*pool).clone(),
         hv,
     })
+}
+
+/// The failover the HA controller asks for through the `ferry.dev/failover` annotation: only
+/// while the VM is still placed on the failed host and that incident was not handled yet.
+pub fn failover_request(vm: &VirtualMachine, st: &VirtualMachineStatus) -> Option<Failover> {
+    let raw = vm.annotations().get(FAILOVER_ANNOTATION)?;
+    let f: Failover = match serde_json::from_str(raw) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(vm = %vm.name_any(), error = %e, "ignoring an unreadable {FAILOVER_ANNOTATION} annotation");
+            return None;
+        }
+    };
+    let handled = st
+        .last_recovery
+        .as_ref()
+        .is_some_and(|r| r.incident == f.incident);
+    (st.host.as_deref() == Some(f.host.as_str()) && !handled).then_some(f)
 }
 
 /// The libvirt URI of `node` in `pool`.

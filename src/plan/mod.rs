@@ -1,12 +1,15 @@
 //! Pure decisions: no Kubernetes client, no libvirt, no clock (callers pass `now`).
 
+pub mod admission;
 pub mod capacity;
 pub mod definition;
 pub mod evacuation;
+pub mod host_health;
 pub mod lifecycle;
 pub mod migration;
 pub mod naming;
 pub mod placement;
 pub mod quantity;
+pub mod recovery;
 pub mod uri;
 pub mod validate;

@@ -166,6 +166,32 @@ impl Cluster {
         }));
     }
 
+    /// Stop a Node's heartbeats and mark it NotReady, as the node lifecycle controller does when
+    /// kubelet goes silent.
+    pub async fn node_not_ready(&mut self, name: &str) {
+        let ip = self
+            .node_ips
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, ip)| ip.clone())
+            .unwrap_or_default();
+        self.node_ips.retain(|(n, _)| n != name);
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        let client = self.client.clone();
+        let nodes = self.node_ips.clone();
+        self.heartbeat = Some(tokio::spawn(async move {
+            loop {
+                for (n, ip) in &nodes {
+                    heartbeat(&client, n, ip).await;
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }));
+        set_node_ready(&self.client, name, &ip, false).await;
+    }
+
     /// Cordon or uncordon a Node (`spec.unschedulable`), as `kubectl cordon` does.
     pub async fn cordon(&self, name: &str, cordoned: bool) {
         Api::<Node>::all(self.client.clone())

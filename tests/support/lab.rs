@@ -498,6 +498,16 @@ impl Lab {
         run_cmd(LAB_SH, &full, CMD_TIMEOUT).into_result(&format!("lab.sh {}", full.join(" ")))
     }
 
+    /// The shell command that powers `host` off (for a BMC emulator's power-off hook).
+    pub fn power_off_command(&self, host: &str) -> String {
+        format!("{LAB_SH} power-off --id {} {host}", self.id)
+    }
+
+    /// Power loss: SIGKILL `host`'s QEMU guests and libvirtd.
+    pub fn power_off(&self, host: &str) -> Result<(), String> {
+        self.lab_sh("power-off", &[host]).map(|_| ())
+    }
+
     /// Cut `host` off the lab network (its veth goes down).
     pub fn partition(&self, host: &str) -> Result<(), String> {
         self.lab_sh("partition", &[host]).map(|_| ())

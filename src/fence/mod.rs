@@ -1,0 +1,137 @@
+//! Fencing: power a failed host off through its BMC and wait until the BMC confirms Off.
+//!
+//! One [`Fencer`] trait, two protocols: Redfish (`redfish.rs`, ComputerSystem.Reset ForceOff) and
+//! IPMI v2.0 over LAN (`ipmi.rs`, chassis power off). Every BMC call is bounded by a timeout. A
+//! fence counts only when the BMC reports Off: a timeout, an error or a state that stays On is a
+//! failed fence, and [`fence`] says which.
+
+pub mod ipmi;
+pub mod redfish;
+
+use crate::plan::host_health::Power;
+use async_trait::async_trait;
+use std::time::{Duration, Instant};
+
+/// Why a BMC call or a fence failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FenceError {
+    /// The BMC settings cannot work (bad address, unreadable CA); fix the HostPool or Secret.
+    #[error("fencing misconfigured: {0}")]
+    Config(String),
+    /// The BMC rejected the credentials.
+    #[error("BMC {bmc} rejected the credentials: {detail}")]
+    Auth { bmc: String, detail: String },
+    /// The BMC did not answer in time.
+    #[error("BMC {bmc} did not answer within {seconds}s ({what})")]
+    Timeout {
+        bmc: String,
+        what: &'static str,
+        seconds: u64,
+    },
+    /// The BMC answered with an error, or could not be reached.
+    #[error("BMC {bmc}: {what} failed: {detail}")]
+    Failed {
+        bmc: String,
+        what: &'static str,
+        detail: String,
+    },
+    /// The power-off was accepted but the BMC did not report Off in time.
+    #[error(
+        "BMC {bmc} still reports power {state:?} {seconds}s after the power-off: not confirmed"
+    )]
+    Unconfirmed {
+        bmc: String,
+        state: Power,
+        seconds: u64,
+    },
+}
+
+/// A BMC that can report and cut a host's power.
+#[async_trait]
+pub trait Fencer: Send + Sync {
+    /// The BMC, for messages (address and system, no credentials).
+    fn describe(&self) -> String;
+    /// The power state the BMC reports.
+    async fn power_state(&self) -> Result<Power, FenceError>;
+    /// Ask the BMC to cut power at once (no graceful shutdown).
+    async fn power_off(&self) -> Result<(), FenceError>;
+}
+
+/// A confirmed fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fenced {
+    /// From the power-off request to the BMC reporting Off.
+    pub elapsed: Duration,
+    /// The BMC already reported Off before any request.
+    pub was_off: bool,
+}
+
+/// Fence: power off unless the BMC already reports Off, then poll every `poll` until it reports
+/// Off, for at most `confirm_timeout`.
+pub async fn fence(
+    f: &dyn Fencer,
+    confirm_timeout: Duration,
+    poll: Duration,
+) -> Result<Fenced, FenceError> {
+    let start = Instant::now();
+    if f.power_state().await? == Power::Off {
+        return Ok(Fenced {
+            elapsed: start.elapsed(),
+            was_off: true,
+        });
+    }
+    f.power_off().await?;
+    let deadline = start + confirm_timeout;
+    loop {
+        let state = f.power_state().await?;
+        if state == Power::Off {
+            return Ok(Fenced {
+                elapsed: start.elapsed(),
+                was_off: false,
+            });
+        }
+        if Instant::now() + poll > deadline {
+            return Err(FenceError::Unconfirmed {
+                bmc: f.describe(),
+                state,
+                seconds: confirm_timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// BMC credentials, from the HostPool's `fencing.credentialsSecret`.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    /// PEM CA bundle that signed the BMC certificates (Redfish over HTTPS).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
+            .finish()
+    }
+}
+
+/// Run `fut` with a timeout, turning the elapsed timeout into [`FenceError::Timeout`].
+pub(crate) async fn bounded<T>(
+    bmc: &str,
+    what: &'static str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, FenceError>>,
+) -> Result<T, FenceError> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(FenceError::Timeout {
+            bmc: bmc.to_string(),
+            what,
+            seconds: limit.as_secs().max(1),
+        })
+    })
+}
