@@ -167,6 +167,32 @@ fn disks_and_nics_need_unique_names_and_one_source() {
 }
 
 #[test]
+fn cloud_init_takes_each_value_inline_or_from_a_secret() {
+    let mut v = vm();
+    v["spec"]["cloudInit"] = json!({
+        "userDataSecretRef": {"name": "web-userdata"},
+        "networkData": "version: 2\n",
+        "hostname": "web-1",
+        "sshAuthorizedKeys": ["ssh-ed25519 AAAA user@host"]
+    });
+    assert_eq!(errors("VirtualMachine", &v, None), Vec::<String>::new());
+    for (inline, secret) in [
+        ("userData", "userDataSecretRef"),
+        ("networkData", "networkDataSecretRef"),
+        ("metaData", "metaDataSecretRef"),
+    ] {
+        let mut v = vm();
+        v["spec"]["cloudInit"] = json!({inline: "x", secret: {"name": "s"}});
+        let e = errors("VirtualMachine", &v, None);
+        assert!(
+            e.iter()
+                .any(|m| m.contains(&format!("set {inline} or {secret}, not both"))),
+            "{inline}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn fields_that_may_not_change_are_protected() {
     let old = vm();
     let mut v = vm();

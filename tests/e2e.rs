@@ -858,3 +858,252 @@ async fn placement_across_three_hosts() {
         assert!(left.trim().is_empty(), "nothing left on {}: {left}", h.name);
     }
 }
+
+/// Create or replace a Secret in the test namespace with one key.
+async fn put_secret(c: &Cluster, name: &str, data: &[(&str, &[u8])]) {
+    use k8s_openapi::ByteString;
+    let api: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(c.client.clone(), &c.namespace);
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    api.patch(
+        name,
+        &PatchParams::apply("ferry-e2e").force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .expect("apply Secret");
+}
+
+fn seed_volumes(lab: &lab::Lab) -> Vec<String> {
+    let mut v: Vec<String> = volumes(lab)
+        .into_iter()
+        .filter(|v| v.contains("_cidata_"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn cloud_init_seed_reaches_the_guest() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-seed").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let ctl = c.controller("e2e-seed");
+    let ns = c.namespace.clone();
+    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
+        .await;
+
+    // Bad input first: nothing may be created for either VM.
+    let mut missing = vm_manifest("nosecret", "lab", &lab, "Always");
+    missing["spec"]["cloudInit"] = json!({"userDataSecretRef": {"name": "absent"}});
+    c.apply::<VirtualMachine>(missing).await;
+    let vm = wait_vm(
+        &c,
+        "nosecret",
+        "CloudInitSecretNotFound",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "CloudInitSecretNotFound"),
+    )
+    .await;
+    let msg = condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("\"absent\"") && msg.contains("does not exist"),
+        "{msg}"
+    );
+    put_secret(
+        &c,
+        "huge",
+        &[
+            ("userdata", &vec![b'#'; 700 * 1024]),
+            ("networkdata", &vec![b'#'; 400 * 1024]),
+        ],
+    )
+    .await;
+    let mut huge = vm_manifest("huge", "lab", &lab, "Always");
+    huge["spec"]["cloudInit"] = json!({
+        "userDataSecretRef": {"name": "huge"},
+        "networkDataSecretRef": {"name": "huge"}
+    });
+    c.apply::<VirtualMachine>(huge).await;
+    let vm = wait_vm(
+        &c,
+        "huge",
+        "CloudInitInvalid",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "CloudInitInvalid"),
+    )
+    .await;
+    let msg = condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(msg.contains("more than a seed holds"), "{msg}");
+    assert!(!msg.contains("###"), "the data is never quoted: {msg}");
+    assert!(domains(&lab).is_empty(), "no domain: {:?}", domains(&lab));
+    assert!(
+        seed_volumes(&lab).is_empty(),
+        "no seed: {:?}",
+        seed_volumes(&lab)
+    );
+    for name in ["nosecret", "huge"] {
+        c.vms()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        c.wait_vm_gone(name, Duration::from_secs(60)).await;
+    }
+
+    // A VM whose user-data comes from a Secret, with the hostname and SSH key shortcuts.
+    put_secret(
+        &c,
+        "web-userdata",
+        &[(
+            "userdata",
+            b"#cloud-config\nruncmd:\n  - echo ferry-e2e-first\n",
+        )],
+    )
+    .await;
+    let mut m = vm_manifest("seeded", "lab", &lab, "Always");
+    m["spec"]["cloudInit"] = json!({
+        "userDataSecretRef": {"name": "web-userdata"},
+        "hostname": "seeded-1",
+        "sshAuthorizedKeys": ["ssh-ed25519 AAAAC3NzaE2E e2e@ferry"]
+    });
+    c.apply::<VirtualMachine>(m).await;
+    let vm = wait_vm(&c, "seeded", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let log = console(&lab, &ns, "seeded");
+    lab::wait_for_console(
+        &log,
+        "FERRY-SEED-LINE user-data:   - echo ferry-e2e-first",
+        BOOT,
+    )
+    .expect("the guest reads the user-data from the seed CD-ROM");
+    let text = lab::console_log(&log);
+    assert!(
+        text.contains("FERRY-SEED-LINE meta-data: local-hostname: seeded-1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FERRY-SEED-LINE meta-data: - ssh-ed25519 AAAAC3NzaE2E e2e@ferry"),
+        "{text}"
+    );
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    assert!(
+        text.contains(&format!("FERRY-SEED-LINE meta-data: instance-id: {uid}")),
+        "{text}"
+    );
+    let first = seed_volumes(&lab);
+    assert_eq!(first.len(), 1, "one seed volume: {first:?}");
+    let st = vm.status.clone().expect("status");
+    assert!(
+        st.disks
+            .iter()
+            .any(|d| d.name == "cloudinit_seed" && d.volume == first[0]),
+        "the seed is recorded: {:?}",
+        st.disks
+    );
+    let status_json = serde_json::to_string(&vm.status).unwrap_or_default();
+    assert!(
+        !status_json.contains("ferry-e2e-first"),
+        "no user data in status"
+    );
+
+    // New data in the Secret: a new seed, RestartRequired, and the running guest keeps its seed.
+    put_secret(
+        &c,
+        "web-userdata",
+        &[(
+            "userdata",
+            b"#cloud-config\nruncmd:\n  - echo ferry-e2e-second\n",
+        )],
+    )
+    .await;
+    let vm = wait_vm(
+        &c,
+        "seeded",
+        "RestartRequired for new cloud-init data",
+        Duration::from_secs(120),
+        |vm| {
+            condition(vm, "RestartRequired").is_some_and(|c| {
+                c.status == "True" && c.message.contains("cloud-init data changed")
+            })
+        },
+    )
+    .await;
+    let both = seed_volumes(&lab);
+    assert_eq!(both.len(), 2, "old seed kept while in use: {both:?}");
+    assert!(
+        vm.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(VmPhase::Running))
+    );
+    assert!(
+        !lab::console_log(&log).contains("FERRY-BOOT 2"),
+        "no reboot behind the user's back"
+    );
+
+    // Restart: the guest reads the new data; the replaced seed is removed.
+    c.vms()
+        .patch(
+            "seeded",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/restart": "seed-2"}}})),
+        )
+        .await
+        .expect("restart");
+    lab::wait_for_console(
+        &log,
+        "FERRY-SEED-LINE user-data:   - echo ferry-e2e-second",
+        BOOT,
+    )
+    .expect("the restarted guest reads the new user-data");
+    wait_vm(
+        &c,
+        "seeded",
+        "RestartRequired cleared",
+        Duration::from_secs(120),
+        |vm| condition(vm, "RestartRequired").is_some_and(|c| c.status == "False"),
+    )
+    .await;
+    wait_for("the replaced seed removed", Duration::from_secs(90), || {
+        let v = seed_volumes(&lab);
+        let first = first.clone();
+        async move { (v.len() == 1 && v[0] != first[0]).then_some(()) }
+    })
+    .await;
+
+    // Delete: domain, overlay and seed go.
+    c.vms()
+        .delete("seeded", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_vm_gone("seeded", Duration::from_secs(90)).await;
+    assert!(domains(&lab).is_empty(), "domain undefined");
+    assert!(
+        seed_volumes(&lab).is_empty(),
+        "seed removed: {:?}",
+        seed_volumes(&lab)
+    );
+    drop(ctl);
+}

@@ -87,6 +87,84 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub termination_grace_period_seconds: Option<i32>,
+
+    /// cloud-init NoCloud data: ferry builds a seed image (ISO 9660, label `cidata`) from it, stores
+    /// it as a volume next to the VM's disks and attaches it as a read-only CD-ROM. cloud-init
+    /// reads it at boot, so a change sets `RestartRequired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitSpec>,
+}
+
+/// cloud-init NoCloud data. Each of user data, network data and meta data comes inline or from a
+/// Secret (never both). User data, meta data and network data together must fit in 1 MiB.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.userData) && has(self.userDataSecretRef))").message("set userData or userDataSecretRef, not both"))]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.networkData) && has(self.networkDataSecretRef))").message("set networkData or networkDataSecretRef, not both"))]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.metaData) && has(self.metaDataSecretRef))").message("set metaData or metaDataSecretRef, not both"))]
+pub struct CloudInitSpec {
+    /// user-data as it is given to cloud-init (`#cloud-config` YAML, a script, or MIME multi-part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    pub user_data: Option<String>,
+    /// user-data from a Secret of the VM's namespace (key `userdata` unless `key` says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_secret_ref: Option<SecretKeyRef>,
+    /// network-config (version 1 or 2 YAML). Omitted: cloud-init configures the first NIC by DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub network_data: Option<String>,
+    /// network-config from a Secret (key `networkdata` unless `key` says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data_secret_ref: Option<SecretKeyRef>,
+    /// meta-data: a YAML mapping. ferry adds `instance-id` (the VM's UID) unless it is set here,
+    /// and the keys of `hostname` and `sshAuthorizedKeys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub meta_data: Option<String>,
+    /// meta-data from a Secret (key `metadata` unless `key` says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_data_secret_ref: Option<SecretKeyRef>,
+    /// The guest's host name (meta-data `local-hostname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub hostname: Option<String>,
+    /// SSH public keys for the image's default user (meta-data `public-keys`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 16384)))]
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+/// Only says which fields are set: user data may hold secrets.
+impl std::fmt::Debug for CloudInitSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudInitSpec")
+            .field("user_data", &self.user_data.as_ref().map(|_| "<set>"))
+            .field("user_data_secret_ref", &self.user_data_secret_ref)
+            .field("network_data", &self.network_data.as_ref().map(|_| "<set>"))
+            .field("network_data_secret_ref", &self.network_data_secret_ref)
+            .field("meta_data", &self.meta_data.as_ref().map(|_| "<set>"))
+            .field("meta_data_secret_ref", &self.meta_data_secret_ref)
+            .field("hostname", &self.hostname)
+            .field("ssh_authorized_keys", &self.ssh_authorized_keys.len())
+            .finish()
+    }
+}
+
+/// A key of a Secret in the VM's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data. Defaults: `userdata`, `networkdata`, `metadata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// When the VM should run.

@@ -1,5 +1,6 @@
 //! Controllers: one module per resource (fetch → plan → act → report), and what they share.
 
+pub mod cloud_init;
 pub mod credentials;
 pub mod host_pool;
 pub mod permissions;

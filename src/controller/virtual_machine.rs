@@ -1,6 +1,7 @@
 //! The VirtualMachine controller: place the VM, create its disks and domain on the host, drive the
 //! domain to the state the run strategy asks for, report status, and clean up on deletion.
 
+use super::cloud_init;
 use super::scheduling::{self, NotPlaced};
 use super::{Context, lock, status::apply_status};
 use crate::api::condition::{ConditionStatus, find, set_condition};
@@ -185,6 +186,9 @@ async fn drive(
             Retry::OnChange,
         )
     })?;
+    let seed = cloud_init::resolve(vm, &ctx.client)
+        .await
+        .map_err(seed_blocked(vm))?;
     let placed = place(vm, api, ctx, st, now).await?;
     let hv = placed.hv.as_ref();
     let pool = &placed.pool;
@@ -206,9 +210,18 @@ async fn drive(
     // Disks are looked up and created once per spec generation and host; later reconciles reuse
     // the result (any failure further on forgets it, so a volume removed behind ferry's back is
     // noticed at the next attempt).
+    let seed_volume = seed.as_ref().map(|s| cloud_init::volume_name(vm, s));
+    let seed_path_matches = |disks: &[ResolvedDisk]| {
+        let cached = disks.iter().find(|d| d.name == definition::SEED_DISK);
+        match (&seed_volume, cached) {
+            (None, None) => true,
+            (Some(v), Some(d)) => d.path.ends_with(&format!("/{v}")),
+            _ => false,
+        }
+    };
     let disks = match ctx.provisioned(&uid, vm.metadata.generation, &placed.name) {
-        Some(disks) => disks,
-        None => {
+        Some(disks) if seed_path_matches(&disks) => disks,
+        _ => {
             hv.ensure_pool(&storage.pool, storage.path.as_deref())
             .await
             .map_err(|e| match e {
@@ -224,15 +237,62 @@ async fn drive(
                 ),
             })?;
 
-            let disks =
+            // The seed first: it is complete or absent, and recorded in status at once, so a
+            // later failure leaves nothing unowned.
+            let seed_disk = match (&seed, &seed_volume) {
+                (Some(seed), Some(name)) => {
+                    let (vol, created) =
+                        cloud_init::ensure_volume(hv, &storage.pool, name, seed)
+                            .await
+                            .map_err(|e| match e {
+                                e if e.is_connection_lost() => {
+                                    host_error(e, "uploading the cloud-init seed")
+                                }
+                                e => Blocked::new(
+                                    VmPhase::Pending,
+                                    "SeedUploadFailed",
+                                    format!(
+                                        "storing the cloud-init seed in pool {:?} on host {} failed: {e}",
+                                        storage.pool, placed.name
+                                    ),
+                                    Retry::Backoff,
+                                ),
+                            })?;
+                    cloud_init::record(st, Some((&storage.pool, &vol.name)));
+                    if created {
+                        ctx.event(
+                            vm,
+                            EventType::Normal,
+                            "SeedCreated",
+                            "Provision",
+                            format!(
+                                "Stored the cloud-init seed as {} in pool {} on host {}",
+                                vol.name, storage.pool, placed.name
+                            ),
+                        )
+                        .await;
+                    }
+                    Some(ResolvedDisk {
+                        name: definition::SEED_DISK.to_string(),
+                        path: vol.path,
+                        format: "raw".to_string(),
+                    })
+                }
+                _ => {
+                    cloud_init::record(st, None);
+                    None
+                }
+            };
+            let mut disks =
                 provision_disks(vm, &valid, hv, &storage.pool, &placed.name, st, ctx).await?;
+            disks.extend(seed_disk);
             ctx.remember_provisioned(&uid, vm.metadata.generation, &placed.name, &disks);
             disks
         }
     };
     let interfaces = definition::macs(vm);
     st.interfaces = interfaces.clone();
-    let def = definition::build(
+    let mut def = definition::build(
         vm,
         &valid,
         &disks,
@@ -240,6 +300,9 @@ async fn drive(
         virt_type,
         pool.console_dir(),
     );
+    if let Some(seed) = disks.iter().find(|d| d.name == definition::SEED_DISK) {
+        definition::attach_seed(&mut def, &seed.path);
+    }
     let hash = domain_xml::definition_hash(&def);
     let desired_shape = domain_xml::shape(&def);
 
@@ -315,10 +378,42 @@ async fn drive(
         ));
     };
 
+    // Seeds replaced by newer ones go once no running domain reads them.
+    match cloud_init::collect(hv, st, &dom).await {
+        Ok(removed) => {
+            for v in removed {
+                ctx.event(
+                    vm,
+                    EventType::Normal,
+                    "SeedRemoved",
+                    "Cleanup",
+                    format!("Removed the replaced cloud-init seed {v}"),
+                )
+                .await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not remove a replaced cloud-init seed"),
+    }
+
     // Changes that need a restart.
     let changes = match (dom.state.is_active(), dom.live.as_ref()) {
         (true, Some(live)) if live.definition_hash != hash => {
             let c = domain_xml::restart_changes(&live.shape, &desired_shape);
+            let seed_change = |verb: &str| format!("disk {} {verb}", definition::SEED_DISK);
+            let c: Vec<String> = c
+                .into_iter()
+                .map(|c| {
+                    if c == seed_change("changed") {
+                        "cloud-init data changed (cloud-init reads it at boot)".to_string()
+                    } else if c == seed_change("added") {
+                        "cloud-init seed added".to_string()
+                    } else if c == seed_change("removed") {
+                        "cloud-init seed removed".to_string()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
             if c.is_empty() {
                 vec!["domain definition changed".to_string()]
             } else {
@@ -422,6 +517,39 @@ async fn drive(
         },
         _ => RESYNC,
     })
+}
+
+/// How a cloud-init problem shows: a missing Secret may appear, invalid data waits for a change
+/// (of the spec, or of a Secret, looked at again every minute).
+fn seed_blocked(vm: &VirtualMachine) -> impl Fn(cloud_init::SeedProblem) -> Blocked + '_ {
+    move |p| {
+        let phase = if vm.status.as_ref().and_then(|s| s.host.as_ref()).is_some() {
+            VmPhase::Failed
+        } else {
+            VmPhase::Pending
+        };
+        match p {
+            cloud_init::SeedProblem::SecretMissing(m) => Blocked::new(
+                phase,
+                "CloudInitSecretNotFound",
+                m,
+                Retry::After(Duration::from_secs(30)),
+            ),
+            cloud_init::SeedProblem::Invalid(m) => Blocked::new(
+                phase,
+                "CloudInitInvalid",
+                format!("fix spec.cloudInit: {m}"),
+                if cloud_init::uses_secrets(vm) {
+                    Retry::After(Duration::from_secs(60))
+                } else {
+                    Retry::OnChange
+                },
+            ),
+            cloud_init::SeedProblem::Api(m) => {
+                Blocked::new(phase, "CloudInitUnavailable", m, Retry::Backoff)
+            }
+        }
+    }
 }
 
 /// Find or choose the VM's host and connect to it.
@@ -856,7 +984,16 @@ async fn cleanup(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) 
     let pool = ctx
         .pools
         .get(&ObjectRef::new(&vm.spec.host_pool).within(&ns));
-    let volumes = owned_volumes(vm, pool.as_ref().map(|p| p.spec.storage.pool.as_str()));
+    let mut volumes = owned_volumes(vm, pool.as_ref().map(|p| p.spec.storage.pool.as_str()));
+    if let (Some(p), Ok(Some(seed))) = (&pool, cloud_init::resolve(vm, &ctx.client).await) {
+        let v = (
+            p.spec.storage.pool.clone(),
+            cloud_init::volume_name(vm, &seed),
+        );
+        if !volumes.contains(&v) {
+            volumes.push(v);
+        }
+    }
     let node = ctx.nodes.get(&ObjectRef::new(&host));
     let abandon = vm
         .annotations()

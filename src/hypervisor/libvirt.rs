@@ -27,12 +27,13 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
 use virt::sys;
 
 use super::domain_xml::{self, empty_elem, end, start, text_elem};
 use super::{
     ConnectOptions, DomainInfo, DomainState, HostInfo, HvResult, Hypervisor, HypervisorError,
-    ShutOffReason, VolumeInfo, error_code,
+    ShutOffReason, UploadSource, VolumeInfo, error_code,
 };
 
 // libvirt error numbers and domains (virterror.h) used to classify failures.
@@ -830,6 +831,50 @@ fn overlay_xml(name: &str, backing: &VolumeInfo, capacity: u64) -> CallResult<St
     .map_err(|e| Fail::Other(e.to_string()))
 }
 
+fn raw_volume_xml(name: &str, capacity: u64) -> CallResult<String> {
+    check_xml_value("volume name", name)?;
+    domain_xml::write_document(|w| {
+        start(w, "volume", &[])?;
+        text_elem(w, "name", &[], name)?;
+        text_elem(w, "capacity", &[("unit", "bytes")], &capacity.to_string())?;
+        text_elem(w, "allocation", &[("unit", "bytes")], "0")?;
+        start(w, "target", &[])?;
+        empty_elem(w, "format", &[("type", "raw")])?;
+        end(w, "target")?;
+        end(w, "volume")
+    })
+    .map_err(|e| Fail::Other(e.to_string()))
+}
+
+/// Send every chunk of `source` into `vol` over a new stream; abort the stream on any failure.
+fn upload(conn: &Connect, vol: &StorageVol, source: UploadSource) -> CallResult<()> {
+    let stream = Stream::new(conn, 0)?;
+    if let Err(e) = vol.upload(&stream, 0, 0, 0) {
+        let _ = stream.abort();
+        return Err(Fail::Virt(e));
+    }
+    for chunk in source {
+        let sent = chunk.map_err(Fail::Other).and_then(|c| {
+            let mut rest = c.as_slice();
+            while !rest.is_empty() {
+                let n = stream.send(rest)?;
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Fail::Other("the upload stream accepted no data".into()))?;
+                rest = &rest[n.min(rest.len())..];
+            }
+            Ok(())
+        });
+        if let Err(e) = sent {
+            let _ = stream.abort();
+            return Err(e);
+        }
+    }
+    stream.finish()?;
+    Ok(())
+}
+
 #[async_trait]
 impl Hypervisor for LibvirtHost {
     fn uri(&self) -> &str {
@@ -1068,6 +1113,33 @@ impl Hypervisor for LibvirtHost {
             let xml = overlay_xml(&name, &backing, capacity)?;
             let vol = StorageVol::create_xml(&pool, &xml, 0)?;
             volume_info(&vol)
+        })
+        .await
+    }
+
+    async fn upload_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        capacity: u64,
+        source: UploadSource,
+    ) -> HvResult<VolumeInfo> {
+        let (pool, name) = (pool.to_string(), name.to_string());
+        self.call("upload_volume", move |conn| {
+            let pool = require_pool(conn, &pool)?;
+            let xml = raw_volume_xml(&name, capacity)?;
+            let vol = StorageVol::create_xml(&pool, &xml, 0)?;
+            let uploaded = upload(conn, &vol, source).and_then(|()| {
+                refresh(&pool)?;
+                let vol = pool.lookup_storage_vol_by_name(&name)?;
+                volume_info(&vol)
+            });
+            if uploaded.is_err()
+                && let Err(e) = vol.delete(0)
+            {
+                tracing::warn!(volume = %name, error = %e, "could not remove a failed upload");
+            }
+            uploaded
         })
         .await
     }

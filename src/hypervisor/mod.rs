@@ -232,6 +232,10 @@ pub struct VolumeInfo {
     pub format: String,
 }
 
+/// Chunks of a volume's content for [`Hypervisor::upload_volume`], produced on the connection's
+/// thread (it may block waiting for the next chunk). An `Err` aborts the upload with that message.
+pub type UploadSource = Box<dyn Iterator<Item = Result<Vec<u8>, String>> + Send>;
+
 /// ferry's view of one libvirt host. Every call is bounded in time by the implementation and
 /// reports a lost connection as [`HypervisorError::ConnectionLost`].
 #[async_trait]
@@ -277,6 +281,20 @@ pub trait Hypervisor: Send + Sync {
         name: &str,
         backing: &VolumeInfo,
         capacity: u64,
+    ) -> HvResult<VolumeInfo>;
+    /// Create volume `name` in `pool` (`capacity` bytes, raw) and fill it from `source` through a
+    /// libvirt stream (`virStorageVolUpload`), so it works on remote hosts. The pool is refreshed
+    /// afterwards, so a qcow2 image uploaded this way is reported as qcow2. If the source fails
+    /// or libvirt does, the volume is deleted: nothing half-written stays. Fails with code
+    /// [`error_code::STORAGE_VOL_EXIST`] when the name is taken. The upload runs on the
+    /// connection's own thread: use a connection of its own (with a long call timeout) for large
+    /// uploads.
+    async fn upload_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        capacity: u64,
+        source: UploadSource,
     ) -> HvResult<VolumeInfo>;
     /// Delete a volume. Succeeds when it is already gone.
     async fn delete_volume(&self, pool: &str, name: &str) -> HvResult<()>;

@@ -45,6 +45,23 @@ pub fn macs(vm: &VirtualMachine) -> Vec<InterfaceStatus> {
         .collect()
 }
 
+/// Name of the cloud-init seed CD-ROM in a definition. Not a DNS label (`_`), so no spec disk
+/// can have it.
+pub const SEED_DISK: &str = "cloudinit_seed";
+
+/// Attach the cloud-init seed at `path` (a raw ISO image) as a read-only CD-ROM after the VM's
+/// disks. It sits on the virtio-SCSI bus: every Linux kernel with virtio has a driver for it
+/// (cloud kernels leave out AHCI), on `pc` and `q35` machines alike.
+pub fn attach_seed(def: &mut DomainDefinition, path: &str) {
+    def.disks.push(DiskDef {
+        name: SEED_DISK.to_string(),
+        path: path.to_string(),
+        format: "raw".to_string(),
+        bus: Bus::Scsi,
+        read_only: true,
+    });
+}
+
 /// Build the definition. `disks` must hold one resolved volume per spec disk, in spec order.
 pub fn build(
     vm: &VirtualMachine,

@@ -138,6 +138,7 @@ mod tests {
             boot: None,
             placement: None,
             termination_grace_period_seconds: None,
+            cloud_init: None,
         }
     }
 
