@@ -896,7 +896,7 @@ fn seed_volumes(lab: &lab::Lab) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster and root: run e2e/run.sh"]
-async fn cloud_init_seed_reaches_the_guest() {
+async fn cloud_init_seed_and_class_reach_the_guest() {
     assert!(
         cluster::enabled(),
         "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
@@ -981,7 +981,28 @@ async fn cloud_init_seed_reaches_the_guest() {
         )],
     )
     .await;
+    // Its size comes from a VirtualMachineClass.
+    let class = |memory: &str| {
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachineClass",
+            "metadata": {"name": format!("{ns}-tiny")},
+            "spec": {"cpu": {"cores": 1}, "memory": memory, "description": "e2e"}
+        })
+    };
+    let classes: Api<ferry::api::VirtualMachineClass> = Api::all(c.client.clone());
+    classes
+        .patch(
+            &format!("{ns}-tiny"),
+            &PatchParams::apply("ferry-e2e").force(),
+            &Patch::Apply(class("128Mi")),
+        )
+        .await
+        .expect("apply class");
     let mut m = vm_manifest("seeded", "lab", &lab, "Always");
+    let spec = m["spec"].as_object_mut().expect("spec");
+    spec.remove("cpu");
+    spec.remove("memory");
+    spec.insert("className".into(), json!(format!("{ns}-tiny")));
     m["spec"]["cloudInit"] = json!({
         "userDataSecretRef": {"name": "web-userdata"},
         "hostname": "seeded-1",
@@ -1021,13 +1042,16 @@ async fn cloud_init_seed_reaches_the_guest() {
             .iter()
             .any(|d| d.name == "cloudinit_seed" && d.volume == first[0]),
         "the seed is recorded: {:?}",
-        st.disks
+        st
     );
     let status_json = serde_json::to_string(&vm.status).unwrap_or_default();
     assert!(
         !status_json.contains("ferry-e2e-first"),
         "no user data in status"
     );
+    let res = st.resources.clone().expect("resolved resources in status");
+    assert_eq!(res.class_name, Some(format!("{ns}-tiny")));
+    assert_eq!((res.cpus, res.memory.as_str()), (1, "128Mi"));
 
     // New data in the Secret: a new seed, RestartRequired, and the running guest keeps its seed.
     put_secret(
@@ -1039,18 +1063,37 @@ async fn cloud_init_seed_reaches_the_guest() {
         )],
     )
     .await;
+    // And a bigger class: also only at the next restart.
+    classes
+        .patch(
+            &format!("{ns}-tiny"),
+            &PatchParams::apply("ferry-e2e").force(),
+            &Patch::Apply(class("160Mi")),
+        )
+        .await
+        .expect("apply class");
     let vm = wait_vm(
         &c,
         "seeded",
-        "RestartRequired for new cloud-init data",
+        "RestartRequired for new cloud-init data and class",
         Duration::from_secs(120),
         |vm| {
             condition(vm, "RestartRequired").is_some_and(|c| {
-                c.status == "True" && c.message.contains("cloud-init data changed")
+                c.status == "True"
+                    && c.message.contains("cloud-init data changed")
+                    && c.message
+                        .contains("memory 128 MiB → 160 MiB (VirtualMachineClass")
             })
         },
     )
     .await;
+    assert_eq!(
+        vm.status
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .map(|r| r.memory.as_str()),
+        Some("160Mi")
+    );
     let both = seed_volumes(&lab);
     assert_eq!(both.len(), 2, "old seed kept while in use: {both:?}");
     assert!(
@@ -1093,6 +1136,14 @@ async fn cloud_init_seed_reaches_the_guest() {
     })
     .await;
 
+    let info = lab
+        .virsh(&lab.hosts[0].name, &["dominfo", &format!("{ns}_seeded")])
+        .stdout;
+    assert!(
+        info.contains("163840 KiB"),
+        "the class's new memory after the restart: {info}"
+    );
+
     // Delete: domain, overlay and seed go.
     c.vms()
         .delete("seeded", &DeleteParams::default())
@@ -1105,5 +1156,9 @@ async fn cloud_init_seed_reaches_the_guest() {
         "seed removed: {:?}",
         seed_volumes(&lab)
     );
+    classes
+        .delete(&format!("{ns}-tiny"), &DeleteParams::default())
+        .await
+        .expect("delete class");
     drop(ctl);
 }

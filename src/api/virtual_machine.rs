@@ -43,6 +43,7 @@ use super::schema;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.className) ? (!has(self.cpu) && !has(self.memory)) : (has(self.cpu) && has(self.memory))").message("set className, or cpu and memory, not both"))]
 pub struct VirtualMachineSpec {
     /// When the VM should run. `Always` (default): keep it running, start it again whatever stopped it.
     /// `RerunOnFailure`: run it, start it again after a crash, but leave it stopped when the guest shuts
@@ -56,12 +57,21 @@ pub struct VirtualMachineSpec {
     #[schemars(length(min = 1, max = 253))]
     pub host_pool: String,
 
-    /// Virtual CPUs.
-    pub cpu: CpuSpec,
+    /// Name of a VirtualMachineClass that gives vCPUs, CPU model and memory. Set either this or
+    /// `cpu` and `memory`. Changing it (or the class) takes effect at the next restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
 
-    /// Guest memory as a quantity, from 16Mi to 4Ti (for example `512Mi`, `4Gi`).
+    /// Virtual CPUs (unless `className` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuSpec>,
+
+    /// Guest memory as a quantity, from 16Mi to 4Ti (for example `512Mi`, `4Gi`), unless
+    /// `className` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::vm_memory")]
-    pub memory: String,
+    pub memory: Option<String>,
 
     /// Disks, attached in list order (the first one boots unless `boot.kernel` is set). Names are unique.
     #[serde(default)]
@@ -420,9 +430,28 @@ pub struct VirtualMachineStatus {
     /// The guest shut itself down since it was last started; `RerunOnFailure` leaves it off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped_by_guest: bool,
+    /// vCPUs, CPU model and memory the VM is defined with, from its spec or its class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesStatus>,
     /// The last `ferry.dev/restart` annotation value that was acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart_request: Option<String>,
+}
+
+/// The resolved size of a VM.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesStatus {
+    /// The VirtualMachineClass the values come from; unset when the spec gives them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Virtual CPUs.
+    pub cpus: i32,
+    /// CPU model (`host-model` when not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_model: Option<String>,
+    /// Guest memory quantity.
+    pub memory: String,
 }
 
 /// Life-cycle phase of a VM.

@@ -4,6 +4,7 @@
 use super::cloud_init;
 use super::scheduling::{self, NotPlaced};
 use super::{Context, lock, status::apply_status};
+use crate::api::VirtualMachineClass;
 use crate::api::condition::{ConditionStatus, find, set_condition};
 use crate::api::virtual_machine::{
     ABANDON_ANNOTATION, DiskStatus, POWER_ANNOTATION, RESTART_ANNOTATION,
@@ -14,6 +15,7 @@ use crate::api::{
 use crate::error::{Error, Result};
 use crate::hypervisor::domain_xml::{self, VirtType};
 use crate::hypervisor::{DomainInfo, DomainState, Hypervisor, HypervisorError, VolumeInfo};
+use crate::plan::class;
 use crate::plan::definition::{self, ResolvedDisk};
 use crate::plan::lifecycle::{self, Action, Power};
 use crate::plan::validate::{ValidSpec, validate};
@@ -178,12 +180,19 @@ async fn drive(
     now: Timestamp,
 ) -> Result<Duration, Blocked> {
     let generation = vm.metadata.generation;
-    let valid = validate(&vm.spec).map_err(|m| {
+    let resources = resolve_resources(vm, &ctx.client).await?;
+    st.resources = Some(resources.status());
+    let valid = validate(&vm.spec, &resources).map_err(|m| {
         Blocked::new(
             VmPhase::Failed,
             "InvalidSpec",
             format!("fix the spec: {m}"),
-            Retry::OnChange,
+            // A class that changes is looked at again at the next resync.
+            if resources.class_name.is_some() {
+                Retry::After(RESYNC)
+            } else {
+                Retry::OnChange
+            },
         )
     })?;
     let seed = cloud_init::resolve(vm, &ctx.client)
@@ -290,6 +299,9 @@ async fn drive(
             disks
         }
     };
+    // Record what exists also when the disks came from the cache: this reconcile may have
+    // started from an object older than the status write that recorded them.
+    record_disks(vm, st, &storage.pool, seed_volume.as_deref());
     let interfaces = definition::macs(vm);
     st.interfaces = interfaces.clone();
     let mut def = definition::build(
@@ -399,6 +411,17 @@ async fn drive(
     let changes = match (dom.state.is_active(), dom.live.as_ref()) {
         (true, Some(live)) if live.definition_hash != hash => {
             let c = domain_xml::restart_changes(&live.shape, &desired_shape);
+            let class_note = |c: String| match &vm.spec.class_name {
+                Some(name)
+                    if c.starts_with("vCPUs")
+                        || c.starts_with("memory")
+                        || c.starts_with("CPU model") =>
+                {
+                    format!("{c} (VirtualMachineClass {name})")
+                }
+                _ => c,
+            };
+            let c: Vec<String> = c.into_iter().map(class_note).collect();
             let seed_change = |verb: &str| format!("disk {} {verb}", definition::SEED_DISK);
             let c: Vec<String> = c
                 .into_iter()
@@ -519,6 +542,47 @@ async fn drive(
     })
 }
 
+/// The VM's size from its spec or its VirtualMachineClass (read at every reconcile, so a changed
+/// class shows as `RestartRequired` within one resync).
+async fn resolve_resources(
+    vm: &VirtualMachine,
+    client: &kube::Client,
+) -> Result<class::Resources, Blocked> {
+    let phase = if vm.status.as_ref().and_then(|s| s.host.as_ref()).is_some() {
+        VmPhase::Failed
+    } else {
+        VmPhase::Pending
+    };
+    let found = match &vm.spec.class_name {
+        Some(name) => Api::<VirtualMachineClass>::all(client.clone())
+            .get_opt(name)
+            .await
+            .map_err(|e| {
+                Blocked::new(
+                    phase,
+                    "ClassUnavailable",
+                    format!("reading VirtualMachineClass {name} failed: {e}"),
+                    Retry::Backoff,
+                )
+            })?,
+        None => None,
+    };
+    class::resolve(&vm.spec, found.as_ref().map(|c| &c.spec)).map_err(|e| match e {
+        class::ClassError::NotFound(_) => Blocked::new(
+            phase,
+            "ClassNotFound",
+            e.to_string(),
+            Retry::After(Duration::from_secs(30)),
+        ),
+        class::ClassError::Invalid(m) => Blocked::new(
+            VmPhase::Failed,
+            "InvalidSpec",
+            format!("fix the spec: {m}"),
+            Retry::OnChange,
+        ),
+    })
+}
+
 /// How a cloud-init problem shows: a missing Secret may appear, invalid data waits for a change
 /// (of the spec, or of a Secret, looked at again every minute).
 fn seed_blocked(vm: &VirtualMachine) -> impl Fn(cloud_init::SeedProblem) -> Blocked + '_ {
@@ -576,7 +640,15 @@ async fn place(
     let host = match st.host.clone() {
         Some(h) => h,
         None => {
-            let host = scheduling::choose(vm, &pool, ctx).map_err(|e| match e {
+            let need = scheduling::need(vm);
+            let need = match st.resources.as_ref() {
+                Some(r) if vm.spec.class_name.is_some() => crate::plan::capacity::Amount {
+                    cpus: r.cpus.max(0) as u64,
+                    memory: crate::plan::quantity::parse_bytes(&r.memory).unwrap_or(0),
+                },
+                _ => need,
+            };
+            let host = scheduling::choose(vm, need, &pool, ctx).map_err(|e| match e {
                 NotPlaced::InvalidSpec(m) => {
                     Blocked::new(VmPhase::Pending, "InvalidSpec", m, Retry::OnChange)
                 }
@@ -855,6 +927,32 @@ async fn provision_disks(
         .await;
     }
     Ok(resolved)
+}
+
+/// Make status list the VM's overlays and its current seed (entries are only ever added here).
+fn record_disks(
+    vm: &VirtualMachine,
+    st: &mut VirtualMachineStatus,
+    pool: &str,
+    seed_volume: Option<&str>,
+) {
+    let ns = vm.namespace().unwrap_or_default();
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    for d in vm.spec.disks.iter().filter(|d| d.image.is_some()) {
+        let volume = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
+        if !st
+            .disks
+            .iter()
+            .any(|s| s.name == d.name && s.volume == volume)
+        {
+            st.disks.push(DiskStatus {
+                name: d.name.clone(),
+                pool: pool.to_string(),
+                volume,
+            });
+        }
+    }
+    cloud_init::record(st, seed_volume.map(|v| (pool, v)));
 }
 
 /// Carry out one lifecycle step.

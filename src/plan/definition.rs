@@ -75,7 +75,7 @@ pub fn build(
     let name = vm.metadata.name.clone().unwrap_or_default();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
     let domain = naming::domain_name(&namespace, &name);
-    let cpu_model = match vm.spec.cpu.model.as_deref() {
+    let cpu_model = match valid.cpu_model.as_deref() {
         None | Some("host-model") => CpuModel::HostModel,
         Some("host-passthrough") => CpuModel::HostPassthrough,
         Some(m) => CpuModel::Named(m.to_string()),

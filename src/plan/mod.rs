@@ -1,6 +1,7 @@
 //! Pure decisions: no Kubernetes client, no libvirt, no clock (callers pass `now`).
 
 pub mod capacity;
+pub mod class;
 pub mod definition;
 pub mod lifecycle;
 pub mod naming;
