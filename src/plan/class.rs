@@ -92,14 +92,17 @@ mod tests {
         }
     }
 
+    /// Spec, class, and (vCPUs, memory, class name) or a piece of the error.
+    type Case<'a> = (
+        VirtualMachineSpec,
+        Option<&'a VirtualMachineClassSpec>,
+        Result<(i32, &'a str, Option<&'a str>), &'a str>,
+    );
+
     #[test]
     fn resolution_table() {
         let class = small();
-        let cases: Vec<(
-            VirtualMachineSpec,
-            Option<&VirtualMachineClassSpec>,
-            Result<(i32, &str, Option<&str>), &str>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 spec(Some("small"), None, None),
                 Some(&class),
