@@ -159,7 +159,7 @@ fn disks_and_nics_need_unique_names_and_one_source() {
     assert!(
         errors("VirtualMachine", &v, None)
             .iter()
-            .any(|m| m.contains("exactly one of image or volume"))
+            .any(|m| m.contains("exactly one of image, volume or http"))
     );
 
     let mut v = vm();

@@ -213,7 +213,7 @@ pub struct CpuSpec {
 /// A disk of the VM.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("has(self.image) != has(self.volume)").message("a disk needs exactly one of image or volume"))]
+#[x_kube(validation = kube::core::Rule::new("[has(self.image), has(self.volume), has(self.http)].filter(x, x).size() == 1").message("a disk needs exactly one of image, volume or http"))]
 pub struct Disk {
     /// Name of the disk, unique within the VM (a DNS label).
     #[schemars(
@@ -232,6 +232,12 @@ pub struct Disk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub volume: Option<String>,
+    /// Golden image downloaded from an HTTP(S) URL into the pool, verified by its SHA-256, kept
+    /// once per pool and checksum for every VM that names it (removed when the last one is
+    /// deleted). The VM gets a qcow2 overlay on it, as with `image`. Cannot be changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("http cannot be changed; add a new disk instead"))]
+    pub http: Option<HttpImage>,
     /// Virtual size of the overlay created from `image` (at least the image's size). Default: the
     /// image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -242,6 +248,18 @@ pub struct Disk {
     pub bus: Option<DiskBus>,
 }
 
+/// A golden image to download.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpImage {
+    /// `http://` or `https://` URL of the image (qcow2 or raw).
+    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// SHA-256 of the file, 64 hex digits. Required: an image that does not match is discarded.
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: String,
+}
+
 /// Where a disk's data comes from, resolved from a [`Disk`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DiskSource<'a> {
@@ -249,16 +267,24 @@ pub enum DiskSource<'a> {
     Image(&'a str),
     /// An existing volume.
     Volume(&'a str),
+    /// A per-VM overlay on an image imported from a URL.
+    Http(&'a HttpImage),
 }
 
 impl Disk {
-    /// The source of this disk, or `None` when the spec names neither or both.
+    /// The source of this disk, or `None` when the spec names none or several.
     pub fn source(&self) -> Option<DiskSource<'_>> {
-        match (&self.image, &self.volume) {
-            (Some(i), None) => Some(DiskSource::Image(i)),
-            (None, Some(v)) => Some(DiskSource::Volume(v)),
+        match (&self.image, &self.volume, &self.http) {
+            (Some(i), None, None) => Some(DiskSource::Image(i)),
+            (None, Some(v), None) => Some(DiskSource::Volume(v)),
+            (None, None, Some(h)) => Some(DiskSource::Http(h)),
             _ => None,
         }
+    }
+
+    /// Whether ferry makes a per-VM overlay for this disk (image and http disks).
+    pub fn has_overlay(&self) -> bool {
+        self.image.is_some() || self.http.is_some()
     }
 }
 

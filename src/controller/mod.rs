@@ -3,6 +3,7 @@
 pub mod cloud_init;
 pub mod credentials;
 pub mod host_pool;
+pub mod image_import;
 pub mod permissions;
 pub mod run;
 pub mod scheduling;

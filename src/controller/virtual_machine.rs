@@ -2,12 +2,13 @@
 //! domain to the state the run strategy asks for, report status, and clean up on deletion.
 
 use super::cloud_init;
+use super::image_import;
 use super::scheduling::{self, NotPlaced};
 use super::{Context, lock, status::apply_status};
 use crate::api::VirtualMachineClass;
 use crate::api::condition::{ConditionStatus, find, set_condition};
 use crate::api::virtual_machine::{
-    ABANDON_ANNOTATION, DiskStatus, POWER_ANNOTATION, RESTART_ANNOTATION,
+    ABANDON_ANNOTATION, DiskStatus, HttpImage, POWER_ANNOTATION, RESTART_ANNOTATION,
 };
 use crate::api::{
     DiskSource, FINALIZER, HostPool, RunStrategy, VirtualMachine, VirtualMachineStatus, VmPhase,
@@ -124,7 +125,14 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
         Err(b) => {
             let previous =
                 find(&st.conditions, "Ready").map(|c| (c.reason.clone(), c.message.clone()));
-            if previous.as_ref() != Some(&(b.reason.to_string(), b.message.clone())) {
+            // Progress of an import changes the message but is not news.
+            let progress_only = b.reason == "ImportingImage"
+                && previous
+                    .as_ref()
+                    .is_some_and(|(r, _)| r == "ImportingImage");
+            if previous.as_ref() != Some(&(b.reason.to_string(), b.message.clone()))
+                && !progress_only
+            {
                 ctx.event(
                     vm,
                     EventType::Warning,
@@ -810,19 +818,24 @@ async fn provision_disks(
                     ));
                 }
             },
-            Some(DiskSource::Image(image)) => {
+            Some(source @ (DiskSource::Image(_) | DiskSource::Http(_))) => {
                 let name = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
                 match hv.lookup_volume(pool, &name).await.map_err(lost)? {
                     Some(vol) => Plan::Ready(vol),
                     None => {
-                        let golden = hv.lookup_volume(pool, image).await.map_err(lost)?.ok_or_else(|| {
-                            Blocked::new(
-                                VmPhase::Pending,
-                                "ImageNotFound",
-                                format!("golden image {image:?} (spec.disks[{i}].image) is not in storage pool {pool:?} on host {host}: upload it (virsh vol-upload) or fix the spec"),
-                                Retry::Backoff,
-                            )
-                        })?;
+                        let golden = match source {
+                            DiskSource::Http(h) => imported_image(vm, ctx, hv, pool, host, i, h).await?,
+                            DiskSource::Image(image) => hv.lookup_volume(pool, image).await.map_err(lost)?.ok_or_else(|| {
+                                Blocked::new(
+                                    VmPhase::Pending,
+                                    "ImageNotFound",
+                                    format!("golden image {image:?} (spec.disks[{i}].image) is not in storage pool {pool:?} on host {host}: upload it (virsh vol-upload) or fix the spec"),
+                                    Retry::Backoff,
+                                )
+                            })?,
+                            DiskSource::Volume(_) => unreachable!("matched above"),
+                        };
+                        let image = golden.name.as_str();
                         let wanted = valid
                             .disk_sizes
                             .iter()
@@ -855,7 +868,9 @@ async fn provision_disks(
                 return Err(Blocked::new(
                     VmPhase::Failed,
                     "InvalidSpec",
-                    format!("fix the spec: spec.disks[{i}] needs exactly one of image or volume"),
+                    format!(
+                        "fix the spec: spec.disks[{i}] needs exactly one of image, volume or http"
+                    ),
                     Retry::OnChange,
                 ));
             }
@@ -903,7 +918,7 @@ async fn provision_disks(
             path: vol.path.clone(),
             format: vol.format.clone(),
         });
-        if d.image.is_some()
+        if d.has_overlay()
             && !st
                 .disks
                 .iter()
@@ -938,7 +953,7 @@ fn record_disks(
 ) {
     let ns = vm.namespace().unwrap_or_default();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    for d in vm.spec.disks.iter().filter(|d| d.image.is_some()) {
+    for d in vm.spec.disks.iter().filter(|d| d.has_overlay()) {
         let volume = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
         if !st
             .disks
@@ -953,6 +968,90 @@ fn record_disks(
         }
     }
     cloud_init::record(st, seed_volume.map(|v| (pool, v)));
+}
+
+/// The golden image a disk downloads from a URL, if it is in the pool; otherwise the import is
+/// started (or its progress or failure reported) and the VM waits.
+async fn imported_image(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    hv: &dyn Hypervisor,
+    pool: &str,
+    host: &str,
+    i: usize,
+    h: &HttpImage,
+) -> Result<VolumeInfo, Blocked> {
+    let lost = |e: HypervisorError| host_blocked(host, e, "looking up images", None);
+    if let Some(v) = image_import::lookup(hv, pool, &h.sha256)
+        .await
+        .map_err(lost)?
+    {
+        return Ok(v);
+    }
+    let key = image_import::ImportKey {
+        uri: hv.uri().to_string(),
+        pool: pool.to_string(),
+        sha256: h.sha256.to_ascii_lowercase(),
+    };
+    let importing = |progress: String| {
+        Blocked::new(
+            VmPhase::Provisioning,
+            "ImportingImage",
+            format!(
+                "importing {} (spec.disks[{i}].http) into pool {pool:?} on host {host}: {progress}",
+                h.url
+            ),
+            Retry::After(Duration::from_secs(5)),
+        )
+    };
+    match image_import::take_state(&key) {
+        Some(image_import::ImportState::Running { bytes, total }) => {
+            Err(importing(image_import::progress(bytes, total)))
+        }
+        Some(image_import::ImportState::Failed { message, checksum }) => {
+            ctx.event(
+                vm,
+                EventType::Warning,
+                if checksum {
+                    "ChecksumMismatch"
+                } else {
+                    "ImportFailed"
+                },
+                "Import",
+                message.clone(),
+            )
+            .await;
+            Err(Blocked::new(
+                VmPhase::Pending,
+                if checksum {
+                    "ChecksumMismatch"
+                } else {
+                    "ImportFailed"
+                },
+                format!(
+                    "importing spec.disks[{i}].http into pool {pool:?} on host {host} failed, nothing was kept: {message}; fix the URL or checksum (ferry retries with backoff)"
+                ),
+                Retry::Backoff,
+            ))
+        }
+        // Done, but the pool does not show it (removed meanwhile), or never started: start.
+        Some(image_import::ImportState::Done) | None => {
+            image_import::start(
+                key,
+                h.url.clone(),
+                crate::hypervisor::ConnectOptions::default(),
+            );
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "ImportStarted",
+                "Import",
+                format!("Importing {} into pool {pool} on host {host}", h.url),
+            )
+            .await;
+            Err(importing("started".to_string()))
+        }
+    }
 }
 
 /// Carry out one lifecycle step.
@@ -1156,6 +1255,9 @@ async fn cleanup(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) 
     for (pool, volume) in &volumes {
         hv.delete_volume(pool, volume).await?;
     }
+    if let Some(p) = &pool {
+        collect_images(vm, ctx, hv.as_ref(), &p.spec.storage.pool, &host).await?;
+    }
     lock(&ctx.stopping).remove(&uid);
     ctx.forget_provisioned(&uid);
     ctx.reset_backoff(&key(vm));
@@ -1171,6 +1273,50 @@ async fn cleanup(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) 
     )
     .await;
     Ok(Requeue::await_change())
+}
+
+/// Remove the imported images this VM used that no other VM names any more (overlays on them
+/// are gone by now: this VM's were deleted first, other VMs still name theirs).
+async fn collect_images(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    hv: &dyn Hypervisor,
+    pool: &str,
+    host: &str,
+) -> Result<()> {
+    let others = ctx.vms.state();
+    for h in vm.spec.disks.iter().filter_map(|d| d.http.as_ref()) {
+        let used = others.iter().any(|o| {
+            o.metadata.uid != vm.metadata.uid
+                && o.spec.disks.iter().any(|d| {
+                    d.http
+                        .as_ref()
+                        .is_some_and(|x| x.sha256.eq_ignore_ascii_case(&h.sha256))
+                })
+        });
+        if used {
+            continue;
+        }
+        let image = naming::imported_image_name(&h.sha256);
+        if hv.lookup_volume(pool, &image).await?.is_none() {
+            continue;
+        }
+        hv.delete_volume(pool, &naming::imported_marker_name(&h.sha256))
+            .await?;
+        hv.delete_volume(pool, &image).await?;
+        ctx.event(
+            vm,
+            EventType::Normal,
+            "ImageRemoved",
+            "Delete",
+            format!(
+                "Removed image {image} ({}) from pool {pool} on host {host}: no VirtualMachine uses it any more",
+                h.url
+            ),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Volumes ferry created for the VM: those recorded in status, plus the overlays its image disks
@@ -1189,7 +1335,7 @@ fn owned_volumes(vm: &VirtualMachine, pool: Option<&str>) -> Vec<(String, String
         })
         .unwrap_or_default();
     if let Some(pool) = pool {
-        for d in vm.spec.disks.iter().filter(|d| d.image.is_some()) {
+        for d in vm.spec.disks.iter().filter(|d| d.has_overlay()) {
             let name = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
             out.insert((pool.to_string(), name));
         }

@@ -24,6 +24,17 @@ pub fn seed_volume_name(namespace: &str, name: &str, uid: &str, digest: &str) ->
     format!("{namespace}_{name}_cidata_{short}_{content}.iso")
 }
 
+/// Volume name of a golden image imported from a URL: one per pool and checksum, shared by every
+/// VM that names that checksum.
+pub fn imported_image_name(sha256: &str) -> String {
+    format!("ferry-image-{}.img", sha256.to_ascii_lowercase())
+}
+
+/// Volume that marks an imported image as complete and verified (written after it).
+pub fn imported_marker_name(sha256: &str) -> String {
+    format!("ferry-image-{}.verified", sha256.to_ascii_lowercase())
+}
+
 /// Console log file of a VM's domain inside the pool's console directory.
 pub fn console_log_path(dir: &str, domain: &str) -> String {
     format!("{}/{domain}.console.log", dir.trim_end_matches('/'))

@@ -59,7 +59,7 @@ pub fn validate(spec: &VirtualMachineSpec, res: &Resources) -> Result<ValidSpec,
         }
         if d.source().is_none() {
             problems.push(format!(
-                "spec.disks[{i}] ({}) needs exactly one of image or volume",
+                "spec.disks[{i}] ({}) needs exactly one of image, volume or http",
                 d.name
             ));
         }
@@ -146,6 +146,7 @@ mod tests {
                 name: "root".into(),
                 image: Some("tiny.qcow2".into()),
                 volume: None,
+                http: None,
                 size: Some("1Gi".into()),
                 bus: None,
             }],
@@ -186,7 +187,7 @@ mod tests {
             "cpu.cores is 0",
             "outside 16 MiB to 4 TiB",
             "used twice",
-            "exactly one of image or volume",
+            "exactly one of image, volume or http",
             "exactly one of network or bridge",
             "not a unicast MAC",
         ] {
