@@ -1003,6 +1003,15 @@ async fn cloud_init_seed_and_class_reach_the_guest() {
     spec.remove("cpu");
     spec.remove("memory");
     spec.insert("className".into(), json!(format!("{ns}-tiny")));
+    // A NIC on the host's isolated guest bridge, an address, and the tiny guest's agent.
+    spec.insert(
+        "networks".into(),
+        json!([{"name": "eth0", "bridge": "gbr0"}]),
+    );
+    m["spec"]["boot"]["cmdline"] = json!(format!(
+        "{} ferry.agent=1 ferry.ip=10.99.0.5/24",
+        lab.cmdline
+    ));
     m["spec"]["cloudInit"] = json!({
         "userDataSecretRef": {"name": "web-userdata"},
         "hostname": "seeded-1",
@@ -1049,6 +1058,24 @@ async fn cloud_init_seed_and_class_reach_the_guest() {
         !status_json.contains("ferry-e2e-first"),
         "no user data in status"
     );
+    // The guest agent's report: the IP printer column's source and the guest OS.
+    let vm = wait_vm(
+        &c,
+        "seeded",
+        "guest agent report",
+        Duration::from_secs(180),
+        |vm| {
+            vm.status.as_ref().is_some_and(|s| {
+                s.guest_os.is_some()
+                    && s.interfaces.first().and_then(|i| i.ip_address.as_deref())
+                        == Some("10.99.0.5")
+            })
+        },
+    )
+    .await;
+    let st = vm.status.clone().expect("status");
+    assert_eq!(st.guest_os.as_deref(), Some("ferry tiny guest (busybox)"));
+    assert_eq!(st.interfaces[0].guest_name.as_deref(), Some("eth0"));
     let res = st.resources.clone().expect("resolved resources in status");
     assert_eq!(res.class_name, Some(format!("{ns}-tiny")));
     assert_eq!((res.cpus, res.memory.as_str()), (1, "128Mi"));
@@ -1115,6 +1142,8 @@ async fn cloud_init_seed_and_class_reach_the_guest() {
         )
         .await
         .expect("restart");
+    lab::wait_for_console(&log, "FERRY-AGENT-SHUTDOWN", BOOT)
+        .expect("the restart asked the guest agent to shut the guest down");
     lab::wait_for_console(
         &log,
         "FERRY-SEED-LINE user-data:   - echo ferry-e2e-second",

@@ -456,6 +456,10 @@ pub struct VirtualMachineStatus {
     /// The guest shut itself down since it was last started; `RerunOnFailure` leaves it off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped_by_guest: bool,
+    /// The guest OS as its QEMU guest agent reports it (e.g. `Debian GNU/Linux 12 (bookworm)`);
+    /// unset without an agent.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "guestOS")]
+    pub guest_os: Option<String>,
     /// vCPUs, CPU model and memory the VM is defined with, from its spec or its class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourcesStatus>,
@@ -517,9 +521,15 @@ pub struct InterfaceStatus {
     pub name: String,
     /// MAC address in use.
     pub mac: String,
-    /// Guest IP address, when known.
+    /// Guest IP address (the first IPv4 one when there is one), as the QEMU guest agent reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<String>,
+    /// Every address the guest agent reports on this interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
+    /// Interface name inside the guest, as the guest agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_name: Option<String>,
 }
 
 /// A volume ferry created for the VM.

@@ -527,6 +527,17 @@ async fn drive(
             .unwrap_or(dom.state)
     };
     let phase = lifecycle::phase(Some(state), decision.action);
+    // What the guest agent says (addresses, OS); nothing when it does not run or has no agent.
+    let report = if state == DomainState::Running {
+        hv.guest_info(&uid).await.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "guest agent not asked");
+            None
+        })
+    } else {
+        None
+    };
+    definition::apply_guest_report(&mut st.interfaces, report.as_ref());
+    st.guest_os = report.and_then(|r| r.os);
     if phase == VmPhase::Running && st.phase != Some(VmPhase::Running) {
         ctx.reset_backoff(&key(vm));
     }

@@ -219,6 +219,26 @@ pub struct DomainInfo {
     pub config: Option<domain_xml::FerryMetadata>,
 }
 
+/// What a guest agent reports about the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestInfo {
+    /// The OS's pretty name (`Debian GNU/Linux 12 (bookworm)`), when reported.
+    pub os: Option<String>,
+    /// Network interfaces with a MAC address, loopback left out.
+    pub interfaces: Vec<GuestInterface>,
+}
+
+/// One guest network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestInterface {
+    /// Name inside the guest (`eth0`, `enp1s0`).
+    pub name: String,
+    /// MAC address, lower case.
+    pub mac: String,
+    /// Addresses, IPv4 first, without prefix length.
+    pub addresses: Vec<String>,
+}
+
 /// A storage volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeInfo {
@@ -296,6 +316,13 @@ pub trait Hypervisor: Send + Sync {
         capacity: u64,
         source: UploadSource,
     ) -> HvResult<VolumeInfo>;
+    /// What the QEMU guest agent of a running domain reports, or `None` when the domain has no
+    /// agent answering (not installed, not started yet, or no channel). Hosts that cannot ask
+    /// an agent report `None`.
+    async fn guest_info(&self, uuid: &str) -> HvResult<Option<GuestInfo>> {
+        let _ = uuid;
+        Ok(None)
+    }
     /// Delete a volume. Succeeds when it is already gone.
     async fn delete_volume(&self, pool: &str, name: &str) -> HvResult<()>;
     /// Close the connection; later calls fail with `ConnectionLost`.

@@ -40,6 +40,8 @@ pub fn macs(vm: &VirtualMachine) -> Vec<InterfaceStatus> {
                 name: n.name.clone(),
                 mac,
                 ip_address: previous.and_then(|p| p.ip_address.clone()),
+                ip_addresses: previous.map(|p| p.ip_addresses.clone()).unwrap_or_default(),
+                guest_name: previous.and_then(|p| p.guest_name.clone()),
             }
         })
         .collect()
@@ -60,6 +62,25 @@ pub fn attach_seed(def: &mut DomainDefinition, path: &str) {
         bus: Bus::Scsi,
         read_only: true,
     });
+}
+
+/// Fill the guest's view into the interfaces: addresses and names by MAC from the guest agent's
+/// report, or none when there is no report (no agent, or the VM does not run).
+pub fn apply_guest_report(
+    interfaces: &mut [InterfaceStatus],
+    report: Option<&crate::hypervisor::GuestInfo>,
+) {
+    for i in interfaces.iter_mut() {
+        let seen = report.and_then(|r| r.interfaces.iter().find(|g| g.mac == i.mac));
+        i.ip_addresses = seen.map(|g| g.addresses.clone()).unwrap_or_default();
+        i.ip_address = i
+            .ip_addresses
+            .iter()
+            .find(|a| a.contains('.'))
+            .or(i.ip_addresses.first())
+            .cloned();
+        i.guest_name = seen.map(|g| g.name.clone());
+    }
 }
 
 /// Build the definition. `disks` must hold one resolved volume per spec disk, in spec order.
@@ -141,5 +162,58 @@ pub fn build(
             name,
             uid,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{GuestInfo, GuestInterface};
+
+    fn iface(name: &str, mac: &str) -> InterfaceStatus {
+        InterfaceStatus {
+            name: name.into(),
+            mac: mac.into(),
+            ..InterfaceStatus::default()
+        }
+    }
+
+    #[test]
+    fn guest_report_fills_addresses_by_mac() {
+        let mut ifs = vec![
+            iface("eth0", "52:54:00:00:00:01"),
+            iface("eth1", "52:54:00:00:00:02"),
+        ];
+        let report = GuestInfo {
+            os: Some("Debian".into()),
+            interfaces: vec![GuestInterface {
+                name: "enp1s0".into(),
+                mac: "52:54:00:00:00:01".into(),
+                addresses: vec!["10.0.0.5".into(), "fe80::1".into()],
+            }],
+        };
+        apply_guest_report(&mut ifs, Some(&report));
+        assert_eq!(ifs[0].ip_address.as_deref(), Some("10.0.0.5"));
+        assert_eq!(ifs[0].ip_addresses, ["10.0.0.5", "fe80::1"]);
+        assert_eq!(ifs[0].guest_name.as_deref(), Some("enp1s0"));
+        assert_eq!(ifs[1].ip_address, None);
+        // IPv6 only: that address is the one shown.
+        let v6 = GuestInfo {
+            os: None,
+            interfaces: vec![GuestInterface {
+                name: "eth1".into(),
+                mac: "52:54:00:00:00:02".into(),
+                addresses: vec!["fd00::2".into()],
+            }],
+        };
+        apply_guest_report(&mut ifs, Some(&v6));
+        assert_eq!(ifs[1].ip_address.as_deref(), Some("fd00::2"));
+        assert_eq!(ifs[0].ip_address, None);
+        // No report: nothing stale stays.
+        apply_guest_report(&mut ifs, None);
+        assert!(
+            ifs.iter()
+                .all(|i| i.ip_address.is_none() && i.ip_addresses.is_empty())
+        );
     }
 }
