@@ -162,7 +162,8 @@ fn host_state(
         };
         let ns = vm.namespace().unwrap_or_default();
         let uid = vm.metadata.uid.clone().unwrap_or_default();
-        let valid = validate(&vm.spec).expect("valid VM spec");
+        let resources = ferry::plan::class::resolve(&vm.spec, None).expect("the VM sets its size");
+        let valid = validate(&vm.spec, &resources).expect("valid VM spec");
         let disks: Vec<ResolvedDisk> = vm
             .spec
             .disks

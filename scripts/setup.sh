@@ -6,7 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_apt=0
 for p in libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 pkg-config iproute2 \
-         busybox-static cpio e2fsprogs xorriso openipmi ipmitool unzip curl kmod util-linux \
+         busybox-static cpio e2fsprogs xorriso genisoimage openipmi ipmitool unzip curl kmod util-linux \
          gnutls-bin openssh-client openssh-server; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt=1
 done
@@ -18,7 +18,7 @@ if [ "$need_apt" = 1 ]; then
   qver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
   apt-get install -y -qq --allow-downgrades \
     libvirt-daemon-system libvirt-clients libvirt-dev "qemu-system-x86=$qver" "qemu-utils=$qver" \
-    pkg-config iproute2 busybox-static cpio e2fsprogs xorriso openipmi ipmitool unzip curl kmod util-linux \
+    pkg-config iproute2 busybox-static cpio e2fsprogs xorriso genisoimage openipmi ipmitool unzip curl kmod util-linux \
     gnutls-bin openssh-client openssh-server >/dev/null
 fi
 

@@ -1,6 +1,7 @@
 //! ferry: a Kubernetes operator that runs KVM virtual machines on libvirt hosts.
 
 pub mod api;
+pub mod cloud_init;
 pub mod controller;
 pub mod error;
 pub mod fence;

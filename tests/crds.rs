@@ -53,6 +53,11 @@ fn crds_have_no_schema_defaults_and_the_expected_names() {
         );
         assert!(names.short_names.as_ref().is_some_and(|s| !s.is_empty()));
         let v = &crd.spec.versions[0];
+        // A class is pure configuration: nothing to observe, so no status.
+        if names.kind == "VirtualMachineClass" {
+            assert_eq!(crd.spec.scope, "Cluster");
+            continue;
+        }
         assert!(
             v.subresources
                 .as_ref()
@@ -154,7 +159,7 @@ fn disks_and_nics_need_unique_names_and_one_source() {
     assert!(
         errors("VirtualMachine", &v, None)
             .iter()
-            .any(|m| m.contains("exactly one of image or volume"))
+            .any(|m| m.contains("exactly one of image, volume or http"))
     );
 
     let mut v = vm();
@@ -163,6 +168,71 @@ fn disks_and_nics_need_unique_names_and_one_source() {
         errors("VirtualMachine", &v, None)
             .iter()
             .any(|m| m.contains("exactly one of network or bridge"))
+    );
+}
+
+#[test]
+fn cloud_init_takes_each_value_inline_or_from_a_secret() {
+    let mut v = vm();
+    v["spec"]["cloudInit"] = json!({
+        "userDataSecretRef": {"name": "web-userdata"},
+        "networkData": "version: 2\n",
+        "hostname": "web-1",
+        "sshAuthorizedKeys": ["ssh-ed25519 AAAA user@host"]
+    });
+    assert_eq!(errors("VirtualMachine", &v, None), Vec::<String>::new());
+    for (inline, secret) in [
+        ("userData", "userDataSecretRef"),
+        ("networkData", "networkDataSecretRef"),
+        ("metaData", "metaDataSecretRef"),
+    ] {
+        let mut v = vm();
+        v["spec"]["cloudInit"] = json!({inline: "x", secret: {"name": "s"}});
+        let e = errors("VirtualMachine", &v, None);
+        assert!(
+            e.iter()
+                .any(|m| m.contains(&format!("set {inline} or {secret}, not both"))),
+            "{inline}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn a_vm_takes_its_size_from_a_class_or_its_own_spec() {
+    let mut v = vm();
+    v["spec"]["className"] = json!("small");
+    let e = errors("VirtualMachine", &v, None);
+    assert!(
+        e.iter()
+            .any(|m| m.contains("set className, or cpu and memory, not both")),
+        "{e:?}"
+    );
+    let spec = v["spec"].as_object_mut().expect("spec");
+    spec.remove("cpu");
+    spec.remove("memory");
+    assert_eq!(errors("VirtualMachine", &v, None), Vec::<String>::new());
+    let mut v = vm();
+    v["spec"].as_object_mut().expect("spec").remove("memory");
+    assert!(
+        errors("VirtualMachine", &v, None)
+            .iter()
+            .any(|m| m.contains("set className, or cpu and memory"))
+    );
+    let class = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachineClass",
+        "metadata": {"name": "small"},
+        "spec": {"cpu": {"cores": 2, "model": "Skylake-Server"}, "memory": "4Gi"}
+    });
+    assert_eq!(
+        errors("VirtualMachineClass", &class, None),
+        Vec::<String>::new()
+    );
+    let mut bad = class.clone();
+    bad["spec"]["memory"] = json!("5Ti");
+    assert!(
+        errors("VirtualMachineClass", &bad, None)
+            .iter()
+            .any(|m| m.contains("memory must be a quantity between"))
     );
 }
 

@@ -166,7 +166,10 @@ fn granted(
                             "wildcard in {rule}"
                         );
                         let scope = match (binding["kind"].as_str(), binding_ns) {
-                            (Some("ClusterRoleBinding"), _) if resource == "nodes" => {
+                            // Kinds that are cluster-scoped in the API.
+                            (Some("ClusterRoleBinding"), _)
+                                if resource == "nodes" || resource == "virtualmachineclasses" =>
+                            {
                                 PermissionScope::Cluster
                             }
                             (Some("ClusterRoleBinding"), _) => PermissionScope::Watched,

@@ -137,6 +137,33 @@ fn golden_kernel_boot_console() {
     check_golden("kernel_boot_console.xml", &to_xml(&kernel_boot()).unwrap());
 }
 
+/// A VM with a cloud-init seed: a read-only CD-ROM on the virtio-SCSI bus after its disk.
+fn with_seed() -> DomainDefinition {
+    let mut def = minimal();
+    ferry::plan::definition::attach_seed(
+        &mut def,
+        "/var/lib/ferry/pool/ns_vm_cidata_0b8e1f2a_00112233aabb.iso",
+    );
+    def
+}
+
+#[test]
+fn golden_cloud_init_seed() {
+    check_golden("cloud_init_seed.xml", &to_xml(&with_seed()).unwrap());
+}
+
+#[test]
+fn seed_change_is_a_restart_change() {
+    let a = with_seed();
+    let mut b = with_seed();
+    b.disks[0].path = "/var/lib/ferry/pool/ns_vm_cidata_0b8e1f2a_ffffffffffff.iso".into();
+    assert_ne!(definition_hash(&a), definition_hash(&b));
+    assert_eq!(
+        restart_changes(&shape(&a), &shape(&b)),
+        ["disk cloudinit_seed changed"]
+    );
+}
+
 #[test]
 fn golden_nics() {
     check_golden("nics.xml", &to_xml(&nics()).unwrap());
@@ -549,7 +576,7 @@ fn restart_changes_names_each_difference() {
 
 #[test]
 fn metadata_round_trips_for_every_golden_definition() {
-    for def in [minimal(), multi_disk(), kernel_boot(), nics()] {
+    for def in [minimal(), multi_disk(), kernel_boot(), nics(), with_seed()] {
         let meta = parse_metadata(&to_xml(&def).unwrap()).expect("metadata");
         assert_eq!(
             meta,

@@ -759,6 +759,20 @@ impl Hypervisor for Flaky {
     ) -> HvResult<VolumeInfo> {
         Ok(b.clone())
     }
+    async fn upload_volume(
+        &self,
+        _: &str,
+        name: &str,
+        capacity: u64,
+        _: ferry::hypervisor::UploadSource,
+    ) -> HvResult<VolumeInfo> {
+        Ok(VolumeInfo {
+            name: name.into(),
+            path: format!("/{name}"),
+            capacity,
+            format: "raw".into(),
+        })
+    }
     async fn delete_volume(&self, _: &str, _: &str) -> HvResult<()> {
         Ok(())
     }

@@ -194,7 +194,7 @@ async fn a_missing_hostpool_is_reported_once_then_nothing_is_written() {
 async fn an_invalid_spec_waits_for_a_change() {
     let (ctx, mut handle) = context();
     let mut obj = vm(true, None);
-    obj.spec.memory = "lots".into();
+    obj.spec.memory = Some("lots".into());
     let task = tokio::spawn(reconcile(Arc::new(obj.clone()), ctx));
     let (req, send) = next(&mut handle).await.expect("event");
     let ev = body_json(req).await;

@@ -421,7 +421,9 @@ async fn api_errors_and_watchers_behave_like_a_real_server() {
     // 422 Invalid from the CRD schema, naming the field
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
     let mut bad = virtual_machine("bad");
-    bad.spec.cpu.cores = 0;
+    if let Some(cpu) = bad.spec.cpu.as_mut() {
+        cpu.cores = 0;
+    }
     let err = vms
         .create(&PostParams::default(), &bad)
         .await

@@ -379,6 +379,10 @@ make_host_ns() {
   ip -n "$ns" addr add "$(ip_host "$k")/24" dev eth0
   ip -n "$ns" link set lo up
   ip -n "$ns" link set eth0 up
+  # Guests' NICs (bridge "gbr0") join an isolated bridge with no address and no uplink: guests
+  # may have addresses, but nothing they send leaves the host's namespace.
+  ip -n "$ns" link add gbr0 type bridge
+  ip -n "$ns" link set gbr0 up
   # The holder keeps the namespaces alive (for start-libvirtd and exec); it writes its own pid
   # (bash execs into sleep, so the pid stays) and carries DIR in its command line.
   # shellcheck disable=SC2016  # expanded by the inner bash

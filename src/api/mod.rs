@@ -9,6 +9,7 @@ pub mod host_pool;
 pub mod migration;
 pub mod schema;
 pub mod virtual_machine;
+pub mod virtual_machine_class;
 
 pub use condition::{ConditionStatus, set_condition};
 pub use ha_policy::{HAPolicy, HAPolicySpec, HAPolicyStatus};
@@ -21,6 +22,7 @@ pub use virtual_machine::{
     DiskBus, DiskSource, NetworkSource, NicModel, RunStrategy, VirtualMachine, VirtualMachineSpec,
     VirtualMachineStatus, VmPhase,
 };
+pub use virtual_machine_class::{VirtualMachineClass, VirtualMachineClassSpec};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
@@ -43,6 +45,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         VirtualMachine::crd(),
         VirtualMachineMigration::crd(),
         HAPolicy::crd(),
+        VirtualMachineClass::crd(),
     ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {

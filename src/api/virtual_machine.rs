@@ -43,6 +43,7 @@ use super::schema;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.className) ? (!has(self.cpu) && !has(self.memory)) : (has(self.cpu) && has(self.memory))").message("set className, or cpu and memory, not both"))]
 pub struct VirtualMachineSpec {
     /// When the VM should run. `Always` (default): keep it running, start it again whatever stopped it.
     /// `RerunOnFailure`: run it, start it again after a crash, but leave it stopped when the guest shuts
@@ -56,12 +57,21 @@ pub struct VirtualMachineSpec {
     #[schemars(length(min = 1, max = 253))]
     pub host_pool: String,
 
-    /// Virtual CPUs.
-    pub cpu: CpuSpec,
+    /// Name of a VirtualMachineClass that gives vCPUs, CPU model and memory. Set either this or
+    /// `cpu` and `memory`. Changing it (or the class) takes effect at the next restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
 
-    /// Guest memory as a quantity, from 16Mi to 4Ti (for example `512Mi`, `4Gi`).
+    /// Virtual CPUs (unless `className` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuSpec>,
+
+    /// Guest memory as a quantity, from 16Mi to 4Ti (for example `512Mi`, `4Gi`), unless
+    /// `className` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::vm_memory")]
-    pub memory: String,
+    pub memory: Option<String>,
 
     /// Disks, attached in list order (the first one boots unless `boot.kernel` is set). Names are unique.
     #[serde(default)]
@@ -97,6 +107,12 @@ pub struct VirtualMachineSpec {
     /// Per-VM overrides of the pool's live-migration settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<VmMigrationSpec>,
+
+    /// cloud-init NoCloud data: ferry builds a seed image (ISO 9660, label `cidata`) from it, stores
+    /// it as a volume next to the VM's disks and attaches it as a read-only CD-ROM. cloud-init
+    /// reads it at boot, so a change sets `RestartRequired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInitSpec>,
 }
 
 /// What an evacuation does with a VM.
@@ -125,6 +141,78 @@ pub struct VmMigrationSpec {
     /// Allow switching to post-copy (see the HostPool field for the risk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_post_copy: Option<bool>,
+}
+
+/// cloud-init NoCloud data. Each of user data, network data and meta data comes inline or from a
+/// Secret (never both). User data, meta data and network data together must fit in 1 MiB.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.userData) && has(self.userDataSecretRef))").message("set userData or userDataSecretRef, not both"))]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.networkData) && has(self.networkDataSecretRef))").message("set networkData or networkDataSecretRef, not both"))]
+#[x_kube(validation = kube::core::Rule::new("!(has(self.metaData) && has(self.metaDataSecretRef))").message("set metaData or metaDataSecretRef, not both"))]
+pub struct CloudInitSpec {
+    /// user-data as it is given to cloud-init (`#cloud-config` YAML, a script, or MIME multi-part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
+    pub user_data: Option<String>,
+    /// user-data from a Secret of the VM's namespace (key `userdata` unless `key` says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_secret_ref: Option<SecretKeyRef>,
+    /// network-config (version 1 or 2 YAML). Omitted: cloud-init configures the first NIC by DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub network_data: Option<String>,
+    /// network-config from a Secret (key `networkdata` unless `key` says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data_secret_ref: Option<SecretKeyRef>,
+    /// meta-data: a YAML mapping. ferry adds `instance-id` (the VM's UID) unless it is set here,
+    /// and the keys of `hostname` and `sshAuthorizedKeys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub meta_data: Option<String>,
+    /// meta-data from a Secret (key `metadata` unless `key` says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_data_secret_ref: Option<SecretKeyRef>,
+    /// The guest's host name (meta-data `local-hostname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub hostname: Option<String>,
+    /// SSH public keys for the image's default user (meta-data `public-keys`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 16384)))]
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+/// Only says which fields are set: user data may hold secrets.
+impl std::fmt::Debug for CloudInitSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudInitSpec")
+            .field("user_data", &self.user_data.as_ref().map(|_| "<set>"))
+            .field("user_data_secret_ref", &self.user_data_secret_ref)
+            .field("network_data", &self.network_data.as_ref().map(|_| "<set>"))
+            .field("network_data_secret_ref", &self.network_data_secret_ref)
+            .field("meta_data", &self.meta_data.as_ref().map(|_| "<set>"))
+            .field("meta_data_secret_ref", &self.meta_data_secret_ref)
+            .field("hostname", &self.hostname)
+            .field("ssh_authorized_keys", &self.ssh_authorized_keys.len())
+            .finish()
+    }
+}
+
+/// A key of a Secret in the VM's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data. Defaults: `userdata`, `networkdata`, `metadata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// When the VM should run.
@@ -163,7 +251,7 @@ pub struct CpuSpec {
 /// A disk of the VM.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("has(self.image) != has(self.volume)").message("a disk needs exactly one of image or volume"))]
+#[x_kube(validation = kube::core::Rule::new("[has(self.image), has(self.volume), has(self.http)].filter(x, x).size() == 1").message("a disk needs exactly one of image, volume or http"))]
 pub struct Disk {
     /// Name of the disk, unique within the VM (a DNS label).
     #[schemars(
@@ -182,6 +270,12 @@ pub struct Disk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub volume: Option<String>,
+    /// Golden image downloaded from an HTTP(S) URL into the pool, verified by its SHA-256, kept
+    /// once per pool and checksum for every VM that names it (removed when the last one is
+    /// deleted). The VM gets a qcow2 overlay on it, as with `image`. Cannot be changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("http cannot be changed; add a new disk instead"))]
+    pub http: Option<HttpImage>,
     /// Virtual size of the overlay created from `image` (at least the image's size). Default: the
     /// image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +286,18 @@ pub struct Disk {
     pub bus: Option<DiskBus>,
 }
 
+/// A golden image to download.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpImage {
+    /// `http://` or `https://` URL of the image (qcow2 or raw).
+    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// SHA-256 of the file, 64 hex digits. Required: an image that does not match is discarded.
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: String,
+}
+
 /// Where a disk's data comes from, resolved from a [`Disk`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DiskSource<'a> {
@@ -199,16 +305,24 @@ pub enum DiskSource<'a> {
     Image(&'a str),
     /// An existing volume.
     Volume(&'a str),
+    /// A per-VM overlay on an image imported from a URL.
+    Http(&'a HttpImage),
 }
 
 impl Disk {
-    /// The source of this disk, or `None` when the spec names neither or both.
+    /// The source of this disk, or `None` when the spec names none or several.
     pub fn source(&self) -> Option<DiskSource<'_>> {
-        match (&self.image, &self.volume) {
-            (Some(i), None) => Some(DiskSource::Image(i)),
-            (None, Some(v)) => Some(DiskSource::Volume(v)),
+        match (&self.image, &self.volume, &self.http) {
+            (Some(i), None, None) => Some(DiskSource::Image(i)),
+            (None, Some(v), None) => Some(DiskSource::Volume(v)),
+            (None, None, Some(h)) => Some(DiskSource::Http(h)),
             _ => None,
         }
+    }
+
+    /// Whether ferry makes a per-VM overlay for this disk (image and http disks).
+    pub fn has_overlay(&self) -> bool {
+        self.image.is_some() || self.http.is_some()
     }
 }
 
@@ -380,6 +494,13 @@ pub struct VirtualMachineStatus {
     /// The guest shut itself down since it was last started; `RerunOnFailure` leaves it off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped_by_guest: bool,
+    /// The guest OS as its QEMU guest agent reports it (e.g. `Debian GNU/Linux 12 (bookworm)`);
+    /// unset without an agent.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "guestOS")]
+    pub guest_os: Option<String>,
+    /// vCPUs, CPU model and memory the VM is defined with, from its spec or its class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourcesStatus>,
     /// The last `ferry.dev/restart` annotation value that was acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart_request: Option<String>,
@@ -444,6 +565,22 @@ pub struct Recovery {
     pub running: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
+/// The resolved size of a VM.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesStatus {
+    /// The VirtualMachineClass the values come from; unset when the spec gives them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Virtual CPUs.
+    pub cpus: i32,
+    /// CPU model (`host-model` when not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_model: Option<String>,
+    /// Guest memory quantity.
+    pub memory: String,
+}
+
 /// Life-cycle phase of a VM.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmPhase {
@@ -483,9 +620,15 @@ pub struct InterfaceStatus {
     pub name: String,
     /// MAC address in use.
     pub mac: String,
-    /// Guest IP address, when known.
+    /// Guest IP address (the first IPv4 one when there is one), as the QEMU guest agent reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_address: Option<String>,
+    /// Every address the guest agent reports on this interface.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
+    /// Interface name inside the guest, as the guest agent reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_name: Option<String>,
 }
 
 /// A volume ferry created for the VM.

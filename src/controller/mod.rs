@@ -1,9 +1,11 @@
 //! Controllers: one module per resource (fetch → plan → act → report), and what they share.
 
+pub mod cloud_init;
 pub mod credentials;
 pub mod evacuation;
 pub mod ha;
 pub mod host_pool;
+pub mod image_import;
 pub mod migration;
 pub mod permissions;
 pub mod run;

@@ -35,6 +35,13 @@ use PermissionScope::{Cluster, Lease, Watched};
 /// Every permission the controller needs, and nothing else.
 pub const REQUIRED_PERMISSIONS: &[Permission] = &[
     Permission {
+        group: "ferry.dev",
+        resource: "virtualmachineclasses",
+        verbs: &["get"],
+        scope: Cluster,
+        why: "virtual_machine::resolve_resources: the VirtualMachineClass named by spec.className",
+    },
+    Permission {
         group: "",
         resource: "nodes",
         verbs: &["list", "watch"],
@@ -46,7 +53,7 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         resource: "secrets",
         verbs: &["get"],
         scope: Watched,
-        why: "credentials::apply: HostPool spec.libvirt.credentialsSecret, libvirt TLS client files (pkipath) or SSH key (keyfile, known_hosts)",
+        why: "credentials::apply: HostPool spec.libvirt.credentialsSecret, libvirt TLS client files (pkipath) or SSH key (keyfile, known_hosts); cloud_init::resolve: VirtualMachine spec.cloudInit *SecretRef",
     },
     Permission {
         group: "ferry.dev",
@@ -153,6 +160,6 @@ mod tests {
                 assert!(known.contains(v), "unknown verb {v}");
             }
         }
-        assert_eq!(flattened().len(), 24);
+        assert_eq!(flattened().len(), 25);
     }
 }

@@ -20,19 +20,33 @@ pub enum NotPlaced {
     NoHost(String),
 }
 
-/// vCPUs and memory a VM asks for (memory 0 when the quantity does not parse: validation
-/// reports that before placement).
+/// vCPUs and memory a VM asks for: its spec's, else the values resolved from its class that its
+/// status shows (memory 0 when the quantity does not parse: validation reports that before
+/// placement).
 pub fn need(vm: &VirtualMachine) -> Amount {
+    let resolved = vm.status.as_ref().and_then(|s| s.resources.as_ref());
+    let cpus = vm
+        .spec
+        .cpu
+        .as_ref()
+        .map(|c| c.cores)
+        .or(resolved.map(|r| r.cpus));
+    let memory = vm
+        .spec
+        .memory
+        .as_deref()
+        .or(resolved.map(|r| r.memory.as_str()));
     Amount {
-        cpus: vm.spec.cpu.cores.max(0) as u64,
-        memory: parse_bytes(&vm.spec.memory).unwrap_or(0),
+        cpus: cpus.unwrap_or(0).max(0) as u64,
+        memory: memory.and_then(|m| parse_bytes(m).ok()).unwrap_or(0),
     }
 }
 
-/// Choose a host for `vm` in `pool` (never `exclude`) and reserve it for the VM until the VM
-/// store shows the VM placed (or [`forget`] is called).
+/// Choose a host for `vm` (asking for `need`) in `pool` (never `exclude`) and reserve it for the
+/// VM until the VM store shows the VM placed (or [`forget`] is called).
 pub fn choose(
     vm: &VirtualMachine,
+    need: Amount,
     pool: &HostPool,
     ctx: &Context,
     exclude: Option<&str>,
@@ -55,7 +69,7 @@ pub fn choose(
     let placed = placed_vms(pool, ctx, &mut placing);
     let req = Request {
         uid: &uid,
-        need: need(vm),
+        need,
         node_selector: &spec.node_selector,
         affinity: &affinity,
         anti_affinity: &anti,

@@ -1,13 +1,16 @@
 //! The VirtualMachine controller: place the VM, create its disks and domain on the host, drive the
 //! domain to the state the run strategy asks for, report status, and clean up on deletion.
 
+use super::cloud_init;
+use super::image_import;
 use super::scheduling::{self, NotPlaced};
 use super::{Context, lock, migration, status::apply_status};
+use crate::api::VirtualMachineClass;
 use crate::api::condition::{ConditionStatus, find, set_condition};
 use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
 use crate::api::virtual_machine::VmMigrationStatus;
 use crate::api::virtual_machine::{
-    ABANDON_ANNOTATION, DiskStatus, POWER_ANNOTATION, RESTART_ANNOTATION, Recovery,
+    ABANDON_ANNOTATION, DiskStatus, HttpImage, POWER_ANNOTATION, RESTART_ANNOTATION, Recovery,
 };
 use crate::api::{
     DiskSource, FINALIZER, HostPool, MigrationPhase, RunStrategy, VirtualMachine,
@@ -16,6 +19,7 @@ use crate::api::{
 use crate::error::{Error, Result};
 use crate::hypervisor::domain_xml::{self, VirtType};
 use crate::hypervisor::{DomainInfo, DomainState, Hypervisor, HypervisorError, VolumeInfo};
+use crate::plan::class;
 use crate::plan::definition::{self, ResolvedDisk};
 use crate::plan::lifecycle::{self, Action, Power};
 use crate::plan::validate::{ValidSpec, validate};
@@ -131,7 +135,14 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
         Err(b) => {
             let previous =
                 find(&st.conditions, "Ready").map(|c| (c.reason.clone(), c.message.clone()));
-            if previous.as_ref() != Some(&(b.reason.to_string(), b.message.clone())) {
+            // Progress of an import changes the message but is not news.
+            let progress_only = b.reason == "ImportingImage"
+                && previous
+                    .as_ref()
+                    .is_some_and(|(r, _)| r == "ImportingImage");
+            if previous.as_ref() != Some(&(b.reason.to_string(), b.message.clone()))
+                && !progress_only
+            {
                 ctx.event(
                     vm,
                     EventType::Warning,
@@ -187,14 +198,24 @@ async fn drive(
     now: Timestamp,
 ) -> Result<Duration, Blocked> {
     let generation = vm.metadata.generation;
-    let valid = validate(&vm.spec).map_err(|m| {
+    let resources = resolve_resources(vm, &ctx.client).await?;
+    st.resources = Some(resources.status());
+    let valid = validate(&vm.spec, &resources).map_err(|m| {
         Blocked::new(
             VmPhase::Failed,
             "InvalidSpec",
             format!("fix the spec: {m}"),
-            Retry::OnChange,
+            // A class that changes is looked at again at the next resync.
+            if resources.class_name.is_some() {
+                Retry::After(RESYNC)
+            } else {
+                Retry::OnChange
+            },
         )
     })?;
+    let seed = cloud_init::resolve(vm, &ctx.client)
+        .await
+        .map_err(seed_blocked(vm))?;
     let placed = place(vm, api, ctx, st, now).await?;
     if let Some(after) = follow_migrations(vm, ctx, &placed, st, now).await? {
         return Ok(after);
@@ -219,14 +240,18 @@ async fn drive(
     // Disks are looked up and created once per spec generation and host; later reconciles reuse
     // the result (any failure further on forgets it, so a volume removed behind ferry's back is
     // noticed at the next attempt).
-    let disks = match ctx.provisioned(&uid, vm.metadata.generation, &placed.name) {
-        Some(disks) => {
-            // `st` may come from a cached copy of the VM older than the status that recorded the
-            // overlays; applying it without them would drop them from status.
-            record_overlays(vm, &storage.pool, st);
-            disks
+    let seed_volume = seed.as_ref().map(|s| cloud_init::volume_name(vm, s));
+    let seed_path_matches = |disks: &[ResolvedDisk]| {
+        let cached = disks.iter().find(|d| d.name == definition::SEED_DISK);
+        match (&seed_volume, cached) {
+            (None, None) => true,
+            (Some(v), Some(d)) => d.path.ends_with(&format!("/{v}")),
+            _ => false,
         }
-        None => {
+    };
+    let disks = match ctx.provisioned(&uid, vm.metadata.generation, &placed.name) {
+        Some(disks) if seed_path_matches(&disks) => disks,
+        _ => {
             hv.ensure_pool(&storage.pool, storage.path.as_deref())
             .await
             .map_err(|e| match e {
@@ -242,15 +267,65 @@ async fn drive(
                 ),
             })?;
 
-            let disks =
+            // The seed first: it is complete or absent, and recorded in status at once, so a
+            // later failure leaves nothing unowned.
+            let seed_disk = match (&seed, &seed_volume) {
+                (Some(seed), Some(name)) => {
+                    let (vol, created) =
+                        cloud_init::ensure_volume(hv, &storage.pool, name, seed)
+                            .await
+                            .map_err(|e| match e {
+                                e if e.is_connection_lost() => {
+                                    host_error(e, "uploading the cloud-init seed")
+                                }
+                                e => Blocked::new(
+                                    VmPhase::Pending,
+                                    "SeedUploadFailed",
+                                    format!(
+                                        "storing the cloud-init seed in pool {:?} on host {} failed: {e}",
+                                        storage.pool, placed.name
+                                    ),
+                                    Retry::Backoff,
+                                ),
+                            })?;
+                    cloud_init::record(st, Some((&storage.pool, &vol.name)));
+                    if created {
+                        ctx.event(
+                            vm,
+                            EventType::Normal,
+                            "SeedCreated",
+                            "Provision",
+                            format!(
+                                "Stored the cloud-init seed as {} in pool {} on host {}",
+                                vol.name, storage.pool, placed.name
+                            ),
+                        )
+                        .await;
+                    }
+                    Some(ResolvedDisk {
+                        name: definition::SEED_DISK.to_string(),
+                        path: vol.path,
+                        format: "raw".to_string(),
+                    })
+                }
+                _ => {
+                    cloud_init::record(st, None);
+                    None
+                }
+            };
+            let mut disks =
                 provision_disks(vm, &valid, hv, &storage.pool, &placed.name, st, ctx).await?;
+            disks.extend(seed_disk);
             ctx.remember_provisioned(&uid, vm.metadata.generation, &placed.name, &disks);
             disks
         }
     };
+    // Record what exists also when the disks came from the cache: this reconcile may have
+    // started from an object older than the status write that recorded them.
+    record_disks(vm, st, &storage.pool, seed_volume.as_deref());
     let interfaces = definition::macs(vm);
     st.interfaces = interfaces.clone();
-    let def = definition::build(
+    let mut def = definition::build(
         vm,
         &valid,
         &disks,
@@ -258,6 +333,9 @@ async fn drive(
         virt_type,
         pool.console_dir(),
     );
+    if let Some(seed) = disks.iter().find(|d| d.name == definition::SEED_DISK) {
+        definition::attach_seed(&mut def, &seed.path);
+    }
     let hash = domain_xml::definition_hash(&def);
     let desired_shape = domain_xml::shape(&def);
 
@@ -333,10 +411,53 @@ async fn drive(
         ));
     };
 
+    // Seeds replaced by newer ones go once no running domain reads them.
+    match cloud_init::collect(hv, st, &dom).await {
+        Ok(removed) => {
+            for v in removed {
+                ctx.event(
+                    vm,
+                    EventType::Normal,
+                    "SeedRemoved",
+                    "Cleanup",
+                    format!("Removed the replaced cloud-init seed {v}"),
+                )
+                .await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not remove a replaced cloud-init seed"),
+    }
+
     // Changes that need a restart.
     let changes = match (dom.state.is_active(), dom.live.as_ref()) {
         (true, Some(live)) if live.definition_hash != hash => {
             let c = domain_xml::restart_changes(&live.shape, &desired_shape);
+            let class_note = |c: String| match &vm.spec.class_name {
+                Some(name)
+                    if c.starts_with("vCPUs")
+                        || c.starts_with("memory")
+                        || c.starts_with("CPU model") =>
+                {
+                    format!("{c} (VirtualMachineClass {name})")
+                }
+                _ => c,
+            };
+            let c: Vec<String> = c.into_iter().map(class_note).collect();
+            let seed_change = |verb: &str| format!("disk {} {verb}", definition::SEED_DISK);
+            let c: Vec<String> = c
+                .into_iter()
+                .map(|c| {
+                    if c == seed_change("changed") {
+                        "cloud-init data changed (cloud-init reads it at boot)".to_string()
+                    } else if c == seed_change("added") {
+                        "cloud-init seed added".to_string()
+                    } else if c == seed_change("removed") {
+                        "cloud-init seed removed".to_string()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
             if c.is_empty() {
                 vec!["domain definition changed".to_string()]
             } else {
@@ -419,6 +540,17 @@ async fn drive(
             .unwrap_or(dom.state)
     };
     let phase = lifecycle::phase(Some(state), decision.action);
+    // What the guest agent says (addresses, OS); nothing when it does not run or has no agent.
+    let report = if state == DomainState::Running {
+        hv.guest_info(&uid).await.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "guest agent not asked");
+            None
+        })
+    } else {
+        None
+    };
+    definition::apply_guest_report(&mut st.interfaces, report.as_ref());
+    st.guest_os = report.and_then(|r| r.os);
     if phase == VmPhase::Running && st.phase != Some(VmPhase::Running) {
         ctx.reset_backoff(&key(vm));
     }
@@ -604,6 +736,80 @@ async fn follow_migrations(
     Ok(Some(Duration::from_millis(200)))
 }
 
+/// The VM's size from its spec or its VirtualMachineClass (read at every reconcile, so a changed
+/// class shows as `RestartRequired` within one resync).
+async fn resolve_resources(
+    vm: &VirtualMachine,
+    client: &kube::Client,
+) -> Result<class::Resources, Blocked> {
+    let phase = if vm.status.as_ref().and_then(|s| s.host.as_ref()).is_some() {
+        VmPhase::Failed
+    } else {
+        VmPhase::Pending
+    };
+    let found = match &vm.spec.class_name {
+        Some(name) => Api::<VirtualMachineClass>::all(client.clone())
+            .get_opt(name)
+            .await
+            .map_err(|e| {
+                Blocked::new(
+                    phase,
+                    "ClassUnavailable",
+                    format!("reading VirtualMachineClass {name} failed: {e}"),
+                    Retry::Backoff,
+                )
+            })?,
+        None => None,
+    };
+    class::resolve(&vm.spec, found.as_ref().map(|c| &c.spec)).map_err(|e| match e {
+        class::ClassError::NotFound(_) => Blocked::new(
+            phase,
+            "ClassNotFound",
+            e.to_string(),
+            Retry::After(Duration::from_secs(30)),
+        ),
+        class::ClassError::Invalid(m) => Blocked::new(
+            VmPhase::Failed,
+            "InvalidSpec",
+            format!("fix the spec: {m}"),
+            Retry::OnChange,
+        ),
+    })
+}
+
+/// How a cloud-init problem shows: a missing Secret may appear, invalid data waits for a change
+/// (of the spec, or of a Secret, looked at again every minute).
+fn seed_blocked(vm: &VirtualMachine) -> impl Fn(cloud_init::SeedProblem) -> Blocked + '_ {
+    move |p| {
+        let phase = if vm.status.as_ref().and_then(|s| s.host.as_ref()).is_some() {
+            VmPhase::Failed
+        } else {
+            VmPhase::Pending
+        };
+        match p {
+            cloud_init::SeedProblem::SecretMissing(m) => Blocked::new(
+                phase,
+                "CloudInitSecretNotFound",
+                m,
+                Retry::After(Duration::from_secs(30)),
+            ),
+            cloud_init::SeedProblem::Invalid(m) => Blocked::new(
+                phase,
+                "CloudInitInvalid",
+                format!("fix spec.cloudInit: {m}"),
+                if cloud_init::uses_secrets(vm) {
+                    Retry::After(Duration::from_secs(60))
+                } else {
+                    Retry::OnChange
+                },
+            ),
+            cloud_init::SeedProblem::Api(m) => {
+                Blocked::new(phase, "CloudInitUnavailable", m, Retry::Backoff)
+            }
+        }
+    }
+}
+
 /// Find or choose the VM's host and connect to it.
 async fn place(
     vm: &VirtualMachine,
@@ -645,8 +851,16 @@ async fn place(
     let host = match st.host.clone() {
         Some(h) => h,
         None => {
-            let host =
-                scheduling::choose(vm, &pool, ctx, exclude.as_deref()).map_err(|e| match e {
+            let need = scheduling::need(vm);
+            let need = match st.resources.as_ref() {
+                Some(r) if vm.spec.class_name.is_some() => crate::plan::capacity::Amount {
+                    cpus: r.cpus.max(0) as u64,
+                    memory: crate::plan::quantity::parse_bytes(&r.memory).unwrap_or(0),
+                },
+                _ => need,
+            };
+            let host = scheduling::choose(vm, need, &pool, ctx, exclude.as_deref()).map_err(
+                |e| match e {
                     NotPlaced::InvalidSpec(m) => {
                         Blocked::new(VmPhase::Pending, "InvalidSpec", m, Retry::OnChange)
                     }
@@ -656,7 +870,8 @@ async fn place(
                         format!("waiting for a host in HostPool {pool_name}: {m}"),
                         Retry::After(Duration::from_secs(60)),
                     ),
-                })?;
+                },
+            )?;
             // Record the choice before anything is created on the host, so that a crash here can
             // never lead to a second copy somewhere else.
             st.host = Some(host.clone());
@@ -843,19 +1058,24 @@ async fn provision_disks(
                     ));
                 }
             },
-            Some(DiskSource::Image(image)) => {
+            Some(source @ (DiskSource::Image(_) | DiskSource::Http(_))) => {
                 let name = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
                 match hv.lookup_volume(pool, &name).await.map_err(lost)? {
                     Some(vol) => Plan::Ready(vol),
                     None => {
-                        let golden = hv.lookup_volume(pool, image).await.map_err(lost)?.ok_or_else(|| {
-                            Blocked::new(
-                                VmPhase::Pending,
-                                "ImageNotFound",
-                                format!("golden image {image:?} (spec.disks[{i}].image) is not in storage pool {pool:?} on host {host}: upload it (virsh vol-upload) or fix the spec"),
-                                Retry::Backoff,
-                            )
-                        })?;
+                        let golden = match source {
+                            DiskSource::Http(h) => imported_image(vm, ctx, hv, pool, host, i, h).await?,
+                            DiskSource::Image(image) => hv.lookup_volume(pool, image).await.map_err(lost)?.ok_or_else(|| {
+                                Blocked::new(
+                                    VmPhase::Pending,
+                                    "ImageNotFound",
+                                    format!("golden image {image:?} (spec.disks[{i}].image) is not in storage pool {pool:?} on host {host}: upload it (virsh vol-upload) or fix the spec"),
+                                    Retry::Backoff,
+                                )
+                            })?,
+                            DiskSource::Volume(_) => unreachable!("matched above"),
+                        };
+                        let image = golden.name.as_str();
                         let wanted = valid
                             .disk_sizes
                             .iter()
@@ -888,7 +1108,9 @@ async fn provision_disks(
                 return Err(Blocked::new(
                     VmPhase::Failed,
                     "InvalidSpec",
-                    format!("fix the spec: spec.disks[{i}] needs exactly one of image or volume"),
+                    format!(
+                        "fix the spec: spec.disks[{i}] needs exactly one of image, volume or http"
+                    ),
                     Retry::OnChange,
                 ));
             }
@@ -936,7 +1158,7 @@ async fn provision_disks(
             path: vol.path.clone(),
             format: vol.format.clone(),
         });
-        if d.image.is_some()
+        if d.has_overlay()
             && !st
                 .disks
                 .iter()
@@ -962,12 +1184,16 @@ async fn provision_disks(
     Ok(resolved)
 }
 
-/// Record in `st.disks` the overlay of every image disk (as [`provision_disks`] does when it finds
-/// or creates them), unless already there.
-fn record_overlays(vm: &VirtualMachine, pool: &str, st: &mut VirtualMachineStatus) {
+/// Make status list the VM's overlays and its current seed (entries are only ever added here).
+fn record_disks(
+    vm: &VirtualMachine,
+    st: &mut VirtualMachineStatus,
+    pool: &str,
+    seed_volume: Option<&str>,
+) {
     let ns = vm.namespace().unwrap_or_default();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    for d in vm.spec.disks.iter().filter(|d| d.image.is_some()) {
+    for d in vm.spec.disks.iter().filter(|d| d.has_overlay()) {
         let volume = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
         if !st
             .disks
@@ -979,6 +1205,91 @@ fn record_overlays(vm: &VirtualMachine, pool: &str, st: &mut VirtualMachineStatu
                 pool: pool.to_string(),
                 volume,
             });
+        }
+    }
+    cloud_init::record(st, seed_volume.map(|v| (pool, v)));
+}
+
+/// The golden image a disk downloads from a URL, if it is in the pool; otherwise the import is
+/// started (or its progress or failure reported) and the VM waits.
+async fn imported_image(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    hv: &dyn Hypervisor,
+    pool: &str,
+    host: &str,
+    i: usize,
+    h: &HttpImage,
+) -> Result<VolumeInfo, Blocked> {
+    let lost = |e: HypervisorError| host_blocked(host, e, "looking up images", None);
+    if let Some(v) = image_import::lookup(hv, pool, &h.sha256)
+        .await
+        .map_err(lost)?
+    {
+        return Ok(v);
+    }
+    let key = image_import::ImportKey {
+        uri: hv.uri().to_string(),
+        pool: pool.to_string(),
+        sha256: h.sha256.to_ascii_lowercase(),
+    };
+    let importing = |progress: String| {
+        Blocked::new(
+            VmPhase::Provisioning,
+            "ImportingImage",
+            format!(
+                "importing {} (spec.disks[{i}].http) into pool {pool:?} on host {host}: {progress}",
+                h.url
+            ),
+            Retry::After(Duration::from_secs(5)),
+        )
+    };
+    match image_import::take_state(&key) {
+        Some(image_import::ImportState::Running { bytes, total }) => {
+            Err(importing(image_import::progress(bytes, total)))
+        }
+        Some(image_import::ImportState::Failed { message, checksum }) => {
+            ctx.event(
+                vm,
+                EventType::Warning,
+                if checksum {
+                    "ChecksumMismatch"
+                } else {
+                    "ImportFailed"
+                },
+                "Import",
+                message.clone(),
+            )
+            .await;
+            Err(Blocked::new(
+                VmPhase::Pending,
+                if checksum {
+                    "ChecksumMismatch"
+                } else {
+                    "ImportFailed"
+                },
+                format!(
+                    "importing spec.disks[{i}].http into pool {pool:?} on host {host} failed, nothing was kept: {message}; fix the URL or checksum (ferry retries with backoff)"
+                ),
+                Retry::Backoff,
+            ))
+        }
+        // Done, but the pool does not show it (removed meanwhile), or never started: start.
+        Some(image_import::ImportState::Done) | None => {
+            image_import::start(
+                key,
+                h.url.clone(),
+                crate::hypervisor::ConnectOptions::default(),
+            );
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "ImportStarted",
+                "Import",
+                format!("Importing {} into pool {pool} on host {host}", h.url),
+            )
+            .await;
+            Err(importing("started".to_string()))
         }
     }
 }
@@ -1140,7 +1451,16 @@ async fn clean_host(
     let pool = ctx
         .pools
         .get(&ObjectRef::new(&vm.spec.host_pool).within(&ns));
-    let volumes = owned_volumes(vm, pool.as_ref().map(|p| p.spec.storage.pool.as_str()));
+    let mut volumes = owned_volumes(vm, pool.as_ref().map(|p| p.spec.storage.pool.as_str()));
+    if let (Some(p), Ok(Some(seed))) = (&pool, cloud_init::resolve(vm, &ctx.client).await) {
+        let v = (
+            p.spec.storage.pool.clone(),
+            cloud_init::volume_name(vm, &seed),
+        );
+        if !volumes.contains(&v) {
+            volumes.push(v);
+        }
+    }
     let node = ctx.nodes.get(&ObjectRef::new(&host));
     let abandon = vm
         .annotations()
@@ -1205,6 +1525,9 @@ async fn clean_host(
     for (pool, volume) in &volumes {
         hv.delete_volume(pool, volume).await?;
     }
+    if let Some(p) = &pool {
+        collect_images(vm, ctx, hv.as_ref(), &p.spec.storage.pool, &host).await?;
+    }
     lock(&ctx.stopping).remove(&uid);
     ctx.forget_provisioned(&uid);
     ctx.reset_backoff(&key(vm));
@@ -1220,6 +1543,50 @@ async fn clean_host(
     )
     .await;
     Ok(Requeue::await_change())
+}
+
+/// Remove the imported images this VM used that no other VM names any more (overlays on them
+/// are gone by now: this VM's were deleted first, other VMs still name theirs).
+async fn collect_images(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    hv: &dyn Hypervisor,
+    pool: &str,
+    host: &str,
+) -> Result<()> {
+    let others = ctx.vms.state();
+    for h in vm.spec.disks.iter().filter_map(|d| d.http.as_ref()) {
+        let used = others.iter().any(|o| {
+            o.metadata.uid != vm.metadata.uid
+                && o.spec.disks.iter().any(|d| {
+                    d.http
+                        .as_ref()
+                        .is_some_and(|x| x.sha256.eq_ignore_ascii_case(&h.sha256))
+                })
+        });
+        if used {
+            continue;
+        }
+        let image = naming::imported_image_name(&h.sha256);
+        if hv.lookup_volume(pool, &image).await?.is_none() {
+            continue;
+        }
+        hv.delete_volume(pool, &naming::imported_marker_name(&h.sha256))
+            .await?;
+        hv.delete_volume(pool, &image).await?;
+        ctx.event(
+            vm,
+            EventType::Normal,
+            "ImageRemoved",
+            "Delete",
+            format!(
+                "Removed image {image} ({}) from pool {pool} on host {host}: no VirtualMachine uses it any more",
+                h.url
+            ),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Volumes ferry created for the VM: those recorded in status, plus the overlays its image disks
@@ -1238,7 +1605,7 @@ fn owned_volumes(vm: &VirtualMachine, pool: Option<&str>) -> Vec<(String, String
         })
         .unwrap_or_default();
     if let Some(pool) = pool {
-        for d in vm.spec.disks.iter().filter(|d| d.image.is_some()) {
+        for d in vm.spec.disks.iter().filter(|d| d.has_overlay()) {
             let name = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
             out.insert((pool.to_string(), name));
         }
@@ -1283,8 +1650,8 @@ mod tests {
         }))
         .expect("valid VM");
         let mut st = VirtualMachineStatus::default();
-        record_overlays(&vm, "images", &mut st);
-        record_overlays(&vm, "images", &mut st);
+        record_disks(&vm, &mut st, "images", None);
+        record_disks(&vm, &mut st, "images", None);
         assert_eq!(st.disks.len(), 1, "{:?}", st.disks);
         assert_eq!(st.disks[0].name, "root");
         assert_eq!(st.disks[0].pool, "images");

@@ -70,7 +70,7 @@ pub struct DiskDef {
     pub format: String,
     /// Bus.
     pub bus: Bus,
-    /// Read-only device. On the SATA bus this makes the device a CD-ROM (libvirt refuses
+    /// Read-only device. On the SATA or SCSI bus this makes the device a CD-ROM (libvirt refuses
     /// read-only SATA disks).
     pub read_only: bool,
 }
@@ -464,9 +464,9 @@ fn write_domain(w: &mut W, def: &DomainDefinition) -> IoResult {
 fn write_devices(w: &mut W, def: &DomainDefinition) -> IoResult {
     let targets = disk_targets(&def.disks);
     for (disk, target) in def.disks.iter().zip(&targets) {
-        // libvirt refuses read-only SATA *disks*; a read-only SATA device is a CD-ROM (the usual
-        // way to hand a guest an ISO, such as a cloud-init seed).
-        let device = if disk.read_only && disk.bus == Bus::Sata {
+        // libvirt refuses read-only SATA *disks*; a read-only SATA or SCSI device is a CD-ROM
+        // (the usual way to hand a guest an ISO, such as a cloud-init seed).
+        let device = if disk.read_only && matches!(disk.bus, Bus::Sata | Bus::Scsi) {
             "cdrom"
         } else {
             "disk"

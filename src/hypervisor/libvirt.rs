@@ -27,13 +27,14 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
 use virt::sys;
 
 use super::domain_xml::{self, empty_elem, end, start, text_elem};
 use super::migration::{JobProgress, MigrationRequest, StorageMode};
 use super::{
-    ConnectOptions, DomainInfo, DomainState, HostInfo, HvResult, Hypervisor, HypervisorError,
-    ShutOffReason, VolumeInfo, error_code,
+    ConnectOptions, DomainInfo, DomainState, GuestInfo, GuestInterface, HostInfo, HvResult,
+    Hypervisor, HypervisorError, ShutOffReason, UploadSource, VolumeInfo, error_code,
 };
 
 // libvirt error numbers and domains (virterror.h) used to classify failures.
@@ -915,6 +916,90 @@ fn overlay_xml(name: &str, backing: &VolumeInfo, capacity: u64) -> CallResult<St
     .map_err(|e| Fail::Other(e.to_string()))
 }
 
+/// The guest OS's pretty name from the agent (`virDomainGetGuestInfo`, which the virt crate does
+/// not wrap), `None` when it does not say.
+fn guest_os(dom: &Domain) -> Option<String> {
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n: c_int = 0;
+    // SAFETY: libvirt fills `params` with `n` typed parameters that we free below; the domain
+    // pointer is valid for the life of `dom`.
+    let rc = unsafe {
+        sys::virDomainGetGuestInfo(
+            dom.as_ptr(),
+            sys::VIR_DOMAIN_GUEST_INFO_OS,
+            &mut params,
+            &mut n,
+            0,
+        )
+    };
+    if rc < 0 {
+        return None;
+    }
+    let mut value: *const std::os::raw::c_char = std::ptr::null();
+    // SAFETY: `params`/`n` come from libvirt; the returned string points into `params` and is
+    // copied before they are freed.
+    let os = unsafe {
+        let found = sys::virTypedParamsGetString(
+            params,
+            n,
+            sys::VIR_DOMAIN_GUEST_INFO_OS_PRETTY_NAME.as_ptr(),
+            &mut value,
+        );
+        let os = (found == 1 && !value.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(value)
+                .to_string_lossy()
+                .into_owned()
+        });
+        sys::virTypedParamsFree(params, n);
+        os
+    };
+    os.filter(|s| !s.is_empty())
+}
+
+fn raw_volume_xml(name: &str, capacity: u64) -> CallResult<String> {
+    check_xml_value("volume name", name)?;
+    domain_xml::write_document(|w| {
+        start(w, "volume", &[])?;
+        text_elem(w, "name", &[], name)?;
+        text_elem(w, "capacity", &[("unit", "bytes")], &capacity.to_string())?;
+        text_elem(w, "allocation", &[("unit", "bytes")], "0")?;
+        start(w, "target", &[])?;
+        empty_elem(w, "format", &[("type", "raw")])?;
+        end(w, "target")?;
+        end(w, "volume")
+    })
+    .map_err(|e| Fail::Other(e.to_string()))
+}
+
+/// Send every chunk of `source` into `vol` over a new stream; abort the stream on any failure.
+fn upload(conn: &Connect, vol: &StorageVol, source: UploadSource) -> CallResult<()> {
+    let stream = Stream::new(conn, 0)?;
+    if let Err(e) = vol.upload(&stream, 0, 0, 0) {
+        let _ = stream.abort();
+        return Err(Fail::Virt(e));
+    }
+    for chunk in source {
+        let sent = chunk.map_err(Fail::Other).and_then(|c| {
+            let mut rest = c.as_slice();
+            while !rest.is_empty() {
+                let n = stream.send(rest)?;
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Fail::Other("the upload stream accepted no data".into()))?;
+                rest = &rest[n.min(rest.len())..];
+            }
+            Ok(())
+        });
+        if let Err(e) = sent {
+            let _ = stream.abort();
+            return Err(e);
+        }
+    }
+    stream.finish()?;
+    Ok(())
+}
+
 #[async_trait]
 impl Hypervisor for LibvirtHost {
     fn uri(&self) -> &str {
@@ -1004,7 +1089,11 @@ impl Hypervisor for LibvirtHost {
             if !dom.is_active()? {
                 return Ok(());
             }
-            match dom.shutdown() {
+            // The guest agent when it answers (a clean shutdown from inside), else the ACPI power
+            // button: libvirt tries them in that order.
+            match dom.shutdown_flags(
+                sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN,
+            ) {
                 Ok(_) => Ok(()),
                 Err(e)
                     if e.code().to_raw() as i32 == error_code::OPERATION_INVALID
@@ -1159,6 +1248,83 @@ impl Hypervisor for LibvirtHost {
             let xml = overlay_xml(&name, &backing, capacity)?;
             let vol = StorageVol::create_xml(&pool, &xml, 0)?;
             volume_info(&vol)
+        })
+        .await
+    }
+
+    async fn guest_info(&self, uuid: &str) -> HvResult<Option<GuestInfo>> {
+        let uuid = uuid.to_string();
+        self.call("guest_info", move |conn| {
+            let Some(dom) = lookup_dom(conn, &uuid)? else {
+                return Ok(None);
+            };
+            if !dom.is_active()? {
+                return Ok(None);
+            }
+            let ifaces =
+                match dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0) {
+                    Ok(i) => i,
+                    Err(e)
+                        if is_connection_error(
+                            e.code().to_raw() as i32,
+                            e.domain().to_raw() as i32,
+                        ) =>
+                    {
+                        return Err(Fail::Virt(e));
+                    }
+                    // No agent, or not answering yet.
+                    Err(_) => return Ok(None),
+                };
+            let mut interfaces: Vec<GuestInterface> = ifaces
+                .into_iter()
+                .filter_map(|i| {
+                    let mac = i.hwaddr?.to_ascii_lowercase();
+                    if mac == "00:00:00:00:00:00" {
+                        return None;
+                    }
+                    let mut addrs: Vec<(i64, String)> =
+                        i.addrs.into_iter().map(|a| (a.typed, a.addr)).collect();
+                    // VIR_IP_ADDR_TYPE_IPV4 = 0 sorts first.
+                    addrs.sort();
+                    Some(GuestInterface {
+                        name: i.name,
+                        mac,
+                        addresses: addrs.into_iter().map(|(_, a)| a).collect(),
+                    })
+                })
+                .collect();
+            interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(Some(GuestInfo {
+                os: guest_os(&dom),
+                interfaces,
+            }))
+        })
+        .await
+    }
+
+    async fn upload_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        capacity: u64,
+        source: UploadSource,
+    ) -> HvResult<VolumeInfo> {
+        let (pool, name) = (pool.to_string(), name.to_string());
+        self.call("upload_volume", move |conn| {
+            let pool = require_pool(conn, &pool)?;
+            let xml = raw_volume_xml(&name, capacity)?;
+            let vol = StorageVol::create_xml(&pool, &xml, 0)?;
+            let uploaded = upload(conn, &vol, source).and_then(|()| {
+                refresh(&pool)?;
+                let vol = pool.lookup_storage_vol_by_name(&name)?;
+                volume_info(&vol)
+            });
+            if uploaded.is_err()
+                && let Err(e) = vol.delete(0)
+            {
+                tracing::warn!(volume = %name, error = %e, "could not remove a failed upload");
+            }
+            uploaded
         })
         .await
     }

@@ -232,6 +232,26 @@ pub struct DomainInfo {
     pub config: Option<domain_xml::FerryMetadata>,
 }
 
+/// What a guest agent reports about the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestInfo {
+    /// The OS's pretty name (`Debian GNU/Linux 12 (bookworm)`), when reported.
+    pub os: Option<String>,
+    /// Network interfaces with a MAC address, loopback left out.
+    pub interfaces: Vec<GuestInterface>,
+}
+
+/// One guest network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestInterface {
+    /// Name inside the guest (`eth0`, `enp1s0`).
+    pub name: String,
+    /// MAC address, lower case.
+    pub mac: String,
+    /// Addresses, IPv4 first, without prefix length.
+    pub addresses: Vec<String>,
+}
+
 /// A storage volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeInfo {
@@ -244,6 +264,10 @@ pub struct VolumeInfo {
     /// Format (`qcow2`, `raw`, ...), as libvirt reports it.
     pub format: String,
 }
+
+/// Chunks of a volume's content for [`Hypervisor::upload_volume`], produced on the connection's
+/// thread (it may block waiting for the next chunk). An `Err` aborts the upload with that message.
+pub type UploadSource = Box<dyn Iterator<Item = Result<Vec<u8>, String>> + Send>;
 
 /// ferry's view of one libvirt host. Every call is bounded in time by the implementation and
 /// reports a lost connection as [`HypervisorError::ConnectionLost`].
@@ -296,6 +320,27 @@ pub trait Hypervisor: Send + Sync {
         backing: &VolumeInfo,
         capacity: u64,
     ) -> HvResult<VolumeInfo>;
+    /// Create volume `name` in `pool` (`capacity` bytes, raw) and fill it from `source` through a
+    /// libvirt stream (`virStorageVolUpload`), so it works on remote hosts. The pool is refreshed
+    /// afterwards, so a qcow2 image uploaded this way is reported as qcow2. If the source fails
+    /// or libvirt does, the volume is deleted: nothing half-written stays. Fails with code
+    /// [`error_code::STORAGE_VOL_EXIST`] when the name is taken. The upload runs on the
+    /// connection's own thread: use a connection of its own (with a long call timeout) for large
+    /// uploads.
+    async fn upload_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        capacity: u64,
+        source: UploadSource,
+    ) -> HvResult<VolumeInfo>;
+    /// What the QEMU guest agent of a running domain reports, or `None` when the domain has no
+    /// agent answering (not installed, not started yet, or no channel). Hosts that cannot ask
+    /// an agent report `None`.
+    async fn guest_info(&self, uuid: &str) -> HvResult<Option<GuestInfo>> {
+        let _ = uuid;
+        Ok(None)
+    }
     /// Delete a volume. Succeeds when it is already gone.
     async fn delete_volume(&self, pool: &str, name: &str) -> HvResult<()>;
     /// Live-migrate a running domain to another host (peer to peer), keeping it defined there

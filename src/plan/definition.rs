@@ -40,9 +40,47 @@ pub fn macs(vm: &VirtualMachine) -> Vec<InterfaceStatus> {
                 name: n.name.clone(),
                 mac,
                 ip_address: previous.and_then(|p| p.ip_address.clone()),
+                ip_addresses: previous.map(|p| p.ip_addresses.clone()).unwrap_or_default(),
+                guest_name: previous.and_then(|p| p.guest_name.clone()),
             }
         })
         .collect()
+}
+
+/// Name of the cloud-init seed CD-ROM in a definition. Not a DNS label (`_`), so no spec disk
+/// can have it.
+pub const SEED_DISK: &str = "cloudinit_seed";
+
+/// Attach the cloud-init seed at `path` (a raw ISO image) as a read-only CD-ROM after the VM's
+/// disks. It sits on the virtio-SCSI bus: every Linux kernel with virtio has a driver for it
+/// (cloud kernels leave out AHCI), on `pc` and `q35` machines alike.
+pub fn attach_seed(def: &mut DomainDefinition, path: &str) {
+    def.disks.push(DiskDef {
+        name: SEED_DISK.to_string(),
+        path: path.to_string(),
+        format: "raw".to_string(),
+        bus: Bus::Scsi,
+        read_only: true,
+    });
+}
+
+/// Fill the guest's view into the interfaces: addresses and names by MAC from the guest agent's
+/// report, or none when there is no report (no agent, or the VM does not run).
+pub fn apply_guest_report(
+    interfaces: &mut [InterfaceStatus],
+    report: Option<&crate::hypervisor::GuestInfo>,
+) {
+    for i in interfaces.iter_mut() {
+        let seen = report.and_then(|r| r.interfaces.iter().find(|g| g.mac == i.mac));
+        i.ip_addresses = seen.map(|g| g.addresses.clone()).unwrap_or_default();
+        i.ip_address = i
+            .ip_addresses
+            .iter()
+            .find(|a| a.contains('.'))
+            .or(i.ip_addresses.first())
+            .cloned();
+        i.guest_name = seen.map(|g| g.name.clone());
+    }
 }
 
 /// Build the definition. `disks` must hold one resolved volume per spec disk, in spec order.
@@ -58,7 +96,7 @@ pub fn build(
     let name = vm.metadata.name.clone().unwrap_or_default();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
     let domain = naming::domain_name(&namespace, &name);
-    let cpu_model = match vm.spec.cpu.model.as_deref() {
+    let cpu_model = match valid.cpu_model.as_deref() {
         None | Some("host-model") => CpuModel::HostModel,
         Some("host-passthrough") => CpuModel::HostPassthrough,
         Some(m) => CpuModel::Named(m.to_string()),
@@ -147,4 +185,57 @@ pub fn disk_targets(vm: &VirtualMachine) -> Vec<String> {
         })
         .collect();
     crate::hypervisor::domain_xml::disk_targets(&defs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{GuestInfo, GuestInterface};
+
+    fn iface(name: &str, mac: &str) -> InterfaceStatus {
+        InterfaceStatus {
+            name: name.into(),
+            mac: mac.into(),
+            ..InterfaceStatus::default()
+        }
+    }
+
+    #[test]
+    fn guest_report_fills_addresses_by_mac() {
+        let mut ifs = vec![
+            iface("eth0", "52:54:00:00:00:01"),
+            iface("eth1", "52:54:00:00:00:02"),
+        ];
+        let report = GuestInfo {
+            os: Some("Debian".into()),
+            interfaces: vec![GuestInterface {
+                name: "enp1s0".into(),
+                mac: "52:54:00:00:00:01".into(),
+                addresses: vec!["10.0.0.5".into(), "fe80::1".into()],
+            }],
+        };
+        apply_guest_report(&mut ifs, Some(&report));
+        assert_eq!(ifs[0].ip_address.as_deref(), Some("10.0.0.5"));
+        assert_eq!(ifs[0].ip_addresses, ["10.0.0.5", "fe80::1"]);
+        assert_eq!(ifs[0].guest_name.as_deref(), Some("enp1s0"));
+        assert_eq!(ifs[1].ip_address, None);
+        // IPv6 only: that address is the one shown.
+        let v6 = GuestInfo {
+            os: None,
+            interfaces: vec![GuestInterface {
+                name: "eth1".into(),
+                mac: "52:54:00:00:00:02".into(),
+                addresses: vec!["fd00::2".into()],
+            }],
+        };
+        apply_guest_report(&mut ifs, Some(&v6));
+        assert_eq!(ifs[1].ip_address.as_deref(), Some("fd00::2"));
+        assert_eq!(ifs[0].ip_address, None);
+        // No report: nothing stale stays.
+        apply_guest_report(&mut ifs, None);
+        assert!(
+            ifs.iter()
+                .all(|i| i.ip_address.is_none() && i.ip_addresses.is_empty())
+        );
+    }
 }

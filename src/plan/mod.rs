@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod capacity;
+pub mod class;
 pub mod definition;
 pub mod evacuation;
 pub mod host_health;

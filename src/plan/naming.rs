@@ -16,6 +16,25 @@ pub fn overlay_volume_name(namespace: &str, name: &str, disk: &str, uid: &str) -
     format!("{namespace}_{name}_{disk}_{short}.qcow2")
 }
 
+/// Volume name of a VM's cloud-init seed: a new seed (other content, other `digest`) gets a new
+/// volume, so the running guest keeps the one it booted with until it restarts.
+pub fn seed_volume_name(namespace: &str, name: &str, uid: &str, digest: &str) -> String {
+    let short: String = uid.chars().filter(|c| *c != '-').take(8).collect();
+    let content: String = digest.chars().take(12).collect();
+    format!("{namespace}_{name}_cidata_{short}_{content}.iso")
+}
+
+/// Volume name of a golden image imported from a URL: one per pool and checksum, shared by every
+/// VM that names that checksum.
+pub fn imported_image_name(sha256: &str) -> String {
+    format!("ferry-image-{}.img", sha256.to_ascii_lowercase())
+}
+
+/// Volume that marks an imported image as complete and verified (written after it).
+pub fn imported_marker_name(sha256: &str) -> String {
+    format!("ferry-image-{}.verified", sha256.to_ascii_lowercase())
+}
+
 /// Console log file of a VM's domain inside the pool's console directory.
 pub fn console_log_path(dir: &str, domain: &str) -> String {
     format!("{}/{domain}.console.log", dir.trim_end_matches('/'))
@@ -31,6 +50,10 @@ mod tests {
         assert_eq!(
             overlay_volume_name("ns", "vm", "root", "1234abcd-ef00-1111-2222-333344445555"),
             "ns_vm_root_1234abcd.qcow2"
+        );
+        assert_eq!(
+            seed_volume_name("ns", "vm", "1234abcd-ef00", "00112233445566778899"),
+            "ns_vm_cidata_1234abcd_001122334455.iso"
         );
         assert_eq!(
             console_log_path("/logs/", "ns_vm"),

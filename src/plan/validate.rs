@@ -2,6 +2,7 @@
 //! without the CRD's CEL rules would let through), turned into numbers the planner uses.
 
 use crate::api::VirtualMachineSpec;
+use crate::plan::class::Resources;
 use crate::plan::quantity::{human_bytes, parse_bytes};
 use std::collections::BTreeSet;
 
@@ -12,26 +13,33 @@ pub const MEMORY_RANGE: (u64, u64) = (16 << 20, 4 << 40);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidSpec {
     pub vcpus: u32,
+    /// CPU model from the spec or the class (`None`: host-model).
+    pub cpu_model: Option<String>,
     pub memory_bytes: u64,
     /// Requested overlay size per disk name (only disks that set `size`).
     pub disk_sizes: Vec<(String, u64)>,
 }
 
-/// Validate `spec`, returning every problem found in one message a person can act on.
-pub fn validate(spec: &VirtualMachineSpec) -> Result<ValidSpec, String> {
+/// Validate `spec` with its resolved size `res`, returning every problem found in one message a
+/// person can act on.
+pub fn validate(spec: &VirtualMachineSpec, res: &Resources) -> Result<ValidSpec, String> {
     let mut problems = Vec::new();
-    if !(1..=256).contains(&spec.cpu.cores) {
+    let origin = match &res.class_name {
+        Some(c) => format!("VirtualMachineClass {c} spec"),
+        None => "spec".to_string(),
+    };
+    if !(1..=256).contains(&res.cpu.cores) {
         problems.push(format!(
-            "spec.cpu.cores is {}; use 1 to 256",
-            spec.cpu.cores
+            "{origin}.cpu.cores is {}; use 1 to 256",
+            res.cpu.cores
         ));
     }
-    let memory_bytes = match parse_bytes(&spec.memory) {
+    let memory_bytes = match parse_bytes(&res.memory) {
         Ok(b) if (MEMORY_RANGE.0..=MEMORY_RANGE.1).contains(&b) => b,
         Ok(b) => {
             problems.push(format!(
-                "spec.memory {} ({}) is outside {} to {}",
-                spec.memory,
+                "{origin}.memory {} ({}) is outside {} to {}",
+                res.memory,
                 human_bytes(b),
                 human_bytes(MEMORY_RANGE.0),
                 human_bytes(MEMORY_RANGE.1)
@@ -39,7 +47,7 @@ pub fn validate(spec: &VirtualMachineSpec) -> Result<ValidSpec, String> {
             0
         }
         Err(e) => {
-            problems.push(format!("spec.memory: {e}"));
+            problems.push(format!("{origin}.memory: {e}"));
             0
         }
     };
@@ -51,7 +59,7 @@ pub fn validate(spec: &VirtualMachineSpec) -> Result<ValidSpec, String> {
         }
         if d.source().is_none() {
             problems.push(format!(
-                "spec.disks[{i}] ({}) needs exactly one of image or volume",
+                "spec.disks[{i}] ({}) needs exactly one of image, volume or http",
                 d.name
             ));
         }
@@ -95,7 +103,8 @@ pub fn validate(spec: &VirtualMachineSpec) -> Result<ValidSpec, String> {
     }
     if problems.is_empty() {
         Ok(ValidSpec {
-            vcpus: spec.cpu.cores as u32,
+            vcpus: res.cpu.cores as u32,
+            cpu_model: res.cpu.model.clone(),
             memory_bytes,
             disk_sizes,
         })
@@ -118,19 +127,26 @@ mod tests {
     use super::*;
     use crate::api::virtual_machine::{CpuSpec, Disk, Nic};
 
+    fn check(s: &VirtualMachineSpec) -> Result<ValidSpec, String> {
+        let res = crate::plan::class::resolve(s, None).expect("resolved");
+        validate(s, &res)
+    }
+
     fn spec() -> VirtualMachineSpec {
         VirtualMachineSpec {
             run_strategy: None,
             host_pool: "p".into(),
-            cpu: CpuSpec {
+            class_name: None,
+            cpu: Some(CpuSpec {
                 cores: 2,
                 model: None,
-            },
-            memory: "512Mi".into(),
+            }),
+            memory: Some("512Mi".into()),
             disks: vec![Disk {
                 name: "root".into(),
                 image: Some("tiny.qcow2".into()),
                 volume: None,
+                http: None,
                 size: Some("1Gi".into()),
                 bus: None,
             }],
@@ -140,12 +156,13 @@ mod tests {
             termination_grace_period_seconds: None,
             eviction_strategy: None,
             migration: None,
+            cloud_init: None,
         }
     }
 
     #[test]
     fn accepts_a_good_spec() {
-        let v = validate(&spec()).expect("valid");
+        let v = check(&spec()).expect("valid");
         assert_eq!(v.vcpus, 2);
         assert_eq!(v.memory_bytes, 512 << 20);
         assert_eq!(v.disk_sizes, vec![("root".into(), 1 << 30)]);
@@ -154,8 +171,10 @@ mod tests {
     #[test]
     fn reports_every_problem() {
         let mut s = spec();
-        s.memory = "1Ei".into();
-        s.cpu.cores = 0;
+        s.memory = Some("1Ei".into());
+        if let Some(c) = s.cpu.as_mut() {
+            c.cores = 0;
+        }
         s.disks.push(s.disks[0].clone());
         s.disks[1].volume = Some("v".into());
         s.networks.push(Nic {
@@ -165,12 +184,12 @@ mod tests {
             model: None,
             mac: Some("01:00:00:00:00:00".into()),
         });
-        let e = validate(&s).unwrap_err();
+        let e = check(&s).unwrap_err();
         for needle in [
             "cpu.cores is 0",
             "outside 16 MiB to 4 TiB",
             "used twice",
-            "exactly one of image or volume",
+            "exactly one of image, volume or http",
             "exactly one of network or bridge",
             "not a unicast MAC",
         ] {
@@ -181,9 +200,9 @@ mod tests {
     #[test]
     fn impossible_memory_is_explained() {
         let mut s = spec();
-        s.memory = "lots".into();
-        assert!(validate(&s).unwrap_err().contains("spec.memory"));
-        s.memory = "8Ki".into();
-        assert!(validate(&s).unwrap_err().contains("outside"));
+        s.memory = Some("lots".into());
+        assert!(check(&s).unwrap_err().contains("spec.memory"));
+        s.memory = Some("8Ki".into());
+        assert!(check(&s).unwrap_err().contains("outside"));
     }
 }

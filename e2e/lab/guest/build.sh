@@ -20,7 +20,7 @@ APT_TIMEOUT=${FERRY_APT_TIMEOUT:-300}
 # Top-level modules; their dependencies are added from modules.dep (dependencies first).
 MODULES=(
   virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-  virtio_blk failover net_failover virtio_net
+  virtio_blk failover net_failover virtio_net virtio_console
   button evdev
   scsi_common "scsi_mod scan=sync" cdrom sr_mod libata ata_piix ata_generic virtio_scsi isofs
 )

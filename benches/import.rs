@@ -1,0 +1,167 @@
+//! Benchmark: importing an image over HTTP into a libvirt storage pool with ferry's importer
+//! (streamed download, SHA-256 on the way, `virStorageVolUpload`) against the plain way, `curl`
+//! to a file and `virsh vol-upload`, for the same file in the same run.
+//!
+//! Needs root (a lab host). Run: `cargo bench --bench import` (`FERRY_BENCH_IMPORT_MIB` sets the
+//! image size, default 1024). Results go to BENCHMARKS.md by hand.
+
+#[path = "../tests/support/lab.rs"]
+mod lab;
+
+use ferry::controller::image_import::{self, ImportKey, ImportState};
+use ferry::hypervisor::{ConnectOptions, Hypervisor, LibvirtHost};
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const POOL: &str = "bench";
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    if !lab::Lab::should_run("import benchmark") {
+        return;
+    }
+    let mib: u64 = std::env::var("FERRY_BENCH_IMPORT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let lab = lab::Lab::up(1).expect("lab host");
+    let served = tempfile::tempdir().expect("tempdir");
+    let file = served.path().join("image.raw");
+    // Data that does not compress, written once; its SHA-256 computed as it is written.
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).expect("create"));
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            for chunk in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes());
+            }
+            hasher.update(&block);
+            f.write_all(&block).expect("write");
+        }
+    }
+    let sha = ferry::cloud_init::hex(hasher.finish().as_ref());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut server = Command::new("/usr/bin/python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(served.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("http.server");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("http://127.0.0.1:{port}/image.raw");
+    let uri = lab.hosts[0].unix_uri.clone();
+    let pool_dir = lab.pool_dir.join("bench");
+    std::fs::create_dir_all(&pool_dir).expect("pool dir");
+    let hv = LibvirtHost::connect(&uri, ConnectOptions::default())
+        .await
+        .expect("connect");
+    hv.ensure_pool(POOL, Some(&pool_dir.to_string_lossy()))
+        .await
+        .expect("pool");
+
+    // ferry's importer.
+    let key = ImportKey {
+        uri: uri.clone(),
+        pool: POOL.into(),
+        sha256: sha.clone(),
+    };
+    let t = Instant::now();
+    image_import::start(key.clone(), url.clone(), ConnectOptions::default());
+    loop {
+        match image_import::take_state(&key) {
+            Some(ImportState::Done) => break,
+            Some(ImportState::Failed { message, .. }) => panic!("import failed: {message}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let ferry_s = t.elapsed().as_secs_f64();
+    let vol = image_import::lookup(hv.as_ref(), POOL, &sha)
+        .await
+        .expect("lookup")
+        .expect("imported");
+    assert_eq!(
+        std::fs::metadata(&vol.path).expect("image").len(),
+        mib << 20
+    );
+
+    // curl + virsh vol-upload.
+    let tmp = served.path().join("downloaded.raw");
+    let t = Instant::now();
+    run("curl", &["-sSf", "-o", &tmp.to_string_lossy(), &url]);
+    run(
+        "virsh",
+        &[
+            "-q",
+            "-c",
+            &uri,
+            "vol-create-as",
+            POOL,
+            "plain.raw",
+            &format!("{mib}M"),
+            "--format",
+            "raw",
+        ],
+    );
+    run(
+        "virsh",
+        &[
+            "-q",
+            "-c",
+            &uri,
+            "vol-upload",
+            "--pool",
+            POOL,
+            "plain.raw",
+            &tmp.to_string_lossy(),
+        ],
+    );
+    let plain_s = t.elapsed().as_secs_f64();
+
+    let rate = |s: f64| mib as f64 / s;
+    println!("image: {mib} MiB, served from 127.0.0.1, lab host pool on local disk");
+    println!(
+        "ferry import (download + sha256 + virStorageVolUpload): {ferry_s:.1} s, {:.0} MiB/s",
+        rate(ferry_s)
+    );
+    println!(
+        "curl + virsh vol-upload:                              {plain_s:.1} s, {:.0} MiB/s",
+        rate(plain_s)
+    );
+    println!("ferry / plain throughput: {:.2}", plain_s / ferry_s);
+
+    let _ = hv.delete_volume(POOL, &vol.name).await;
+    let _ = hv
+        .delete_volume(POOL, &ferry::plan::naming::imported_marker_name(&sha))
+        .await;
+    let _ = hv.delete_volume(POOL, "plain.raw").await;
+    hv.close().await;
+    let _ = server.kill();
+    let _ = server.wait();
+}
