@@ -31,6 +31,7 @@ impl Telemetry {
     /// Read the environment: with the `otel` feature and an OTLP endpoint set, build the span
     /// exporter; otherwise nothing to export.
     pub fn from_env() -> Self {
+        install_tls_provider();
         #[cfg(feature = "otel")]
         {
             match otel::provider_from_env() {
@@ -188,4 +189,10 @@ pub mod otel {
             .with_tracer(provider.tracer("ferry"))
             .boxed()
     }
+}
+
+/// Make rustls with ring (the provider the Kubernetes client uses) the process default, so that
+/// every HTTPS client (OTLP export, image import, Redfish) can be built. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
