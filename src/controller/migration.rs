@@ -280,6 +280,17 @@ fn vm_of(ctx: &Context, m: &VirtualMachineMigration) -> Option<Arc<VirtualMachin
     ctx.vms.get(&ObjectRef::new(&m.spec.vm_name).within(&ns))
 }
 
+/// The migration's VM and its HostPool, or why one is missing.
+fn vm_and_pool(
+    ctx: &Context,
+    m: &VirtualMachineMigration,
+) -> Result<(Arc<VirtualMachine>, Arc<HostPool>), String> {
+    let vm = vm_of(ctx, m).ok_or_else(|| "the VirtualMachine is gone".to_string())?;
+    let pool = pool_of(ctx, &vm)
+        .ok_or_else(|| format!("HostPool {} does not exist", vm.spec.host_pool))?;
+    Ok((vm, pool))
+}
+
 fn pool_of(ctx: &Context, vm: &VirtualMachine) -> Option<Arc<HostPool>> {
     let ns = vm.namespace().unwrap_or_default();
     ctx.pools
@@ -538,27 +549,9 @@ async fn start(
         )
         .await;
     };
-    let Some(vm) = vm_of(ctx, m) else {
-        return finish(
-            m,
-            api,
-            ctx,
-            st,
-            MigrationPhase::Failed,
-            "the VirtualMachine is gone".into(),
-        )
-        .await;
-    };
-    let Some(pool) = pool_of(ctx, &vm) else {
-        return finish(
-            m,
-            api,
-            ctx,
-            st,
-            MigrationPhase::Failed,
-            format!("HostPool {} does not exist", vm.spec.host_pool),
-        )
-        .await;
+    let (vm, pool) = match vm_and_pool(ctx, m) {
+        Ok(found) => found,
+        Err(why) => return finish(m, api, ctx, st, MigrationPhase::Failed, why).await,
     };
     lock(&ctx.migration_slots).insert(
         uid(m),
@@ -1178,27 +1171,9 @@ async fn recover_with(
 ) -> Result<Requeue> {
     let source = st.source.clone().unwrap_or_default();
     let target = st.target.clone().unwrap_or_default();
-    let Some(vm) = vm_of(ctx, m) else {
-        return finish(
-            m,
-            api,
-            ctx,
-            st,
-            MigrationPhase::Failed,
-            "the VirtualMachine is gone".into(),
-        )
-        .await;
-    };
-    let Some(pool) = pool_of(ctx, &vm) else {
-        return finish(
-            m,
-            api,
-            ctx,
-            st,
-            MigrationPhase::Failed,
-            format!("HostPool {} does not exist", vm.spec.host_pool),
-        )
-        .await;
+    let (vm, pool) = match vm_and_pool(ctx, m) {
+        Ok(found) => found,
+        Err(why) => return finish(m, api, ctx, st, MigrationPhase::Failed, why).await,
     };
     lock(&ctx.migration_slots).insert(
         uid(m),
