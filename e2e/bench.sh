@@ -4,6 +4,7 @@
 #
 #   e2e/bench.sh             the lifecycle benchmark (benches/lifecycle.rs)
 #   e2e/bench.sh migration   the live-migration benchmark (benches/migration.rs), ~10 min
+# (HA recovery: e2e/bench-ha.sh; scale: e2e/bench-scale.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench=${1:-lifecycle}
