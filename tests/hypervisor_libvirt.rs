@@ -94,7 +94,12 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
     bounded(Duration::from_secs(600), async {
         let h1 = lab.host("h1").clone();
         let t = Instant::now();
-        let host = LibvirtHost::connect(&h1.unix_uri, opts())
+        let events = Arc::new(DomainEvents::default());
+        let with_events = ConnectOptions {
+            observer: Some(events.clone()),
+            ..opts()
+        };
+        let host = LibvirtHost::connect(&h1.unix_uri, with_events)
             .await
             .expect("connect");
         let connect_time = t.elapsed();
@@ -238,6 +243,25 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
             .expect("second boot marker");
         assert!(line.contains("FERRY-BOOT 2"), "{line}");
 
+        // A QEMU process that dies is a crash to libvirt, and a lifecycle event names the domain
+        // at once (ferry's VM monitoring acts on it).
+        let before = events.count(&uuid);
+        let out = lab::run_cmd(
+            "pkill",
+            &["-KILL", "-f", &format!("guest={},", def.name)],
+            Duration::from_secs(10),
+        );
+        assert!(out.success(), "kill QEMU: {out:?}");
+        let d = wait_state(&host, &uuid, Duration::from_secs(30), |s| !s.is_active()).await;
+        assert_eq!(d.state, DomainState::ShutOff(ShutOffReason::Crashed));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while events.count(&uuid) == before {
+            assert!(Instant::now() < deadline, "no lifecycle event for the crash");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        host.start_domain(&uuid).await.expect("start after the crash");
+        wait_state(&host, &uuid, Duration::from_secs(30), |s| s.is_active()).await;
         host.destroy_domain(&uuid).await.expect("destroy");
         let d = wait_state(&host, &uuid, Duration::from_secs(30), |s| !s.is_active()).await;
         assert_eq!(d.state, DomainState::ShutOff(ShutOffReason::Destroyed));
@@ -277,6 +301,29 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
     })
     .await;
     blocking(move || lab.down()).await.expect("lab down");
+}
+
+/// Counts the lifecycle events libvirt reported, by domain UUID.
+#[derive(Default)]
+struct DomainEvents(std::sync::Mutex<Vec<String>>);
+
+impl DomainEvents {
+    fn count(&self, uuid: &str) -> usize {
+        self.0
+            .lock()
+            .map(|v| v.iter().filter(|u| *u == uuid).count())
+            .unwrap_or(0)
+    }
+}
+
+impl CallObserver for DomainEvents {
+    fn observe(&self, _op: &'static str, _seconds: f64, _ok: bool) {}
+
+    fn domain_changed(&self, _uri: &str, uuid: &str) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(uuid.to_string());
+        }
+    }
 }
 
 /// Sends `signal` to the host's libvirtd; `Drop` of the returned guard sends SIGCONT.

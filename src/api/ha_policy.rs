@@ -91,6 +91,28 @@ pub struct HAPolicySpec {
     /// Admission control: keep enough room to restart the covered VMs after host failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission_control: Option<AdmissionControl>,
+    /// VM monitoring: a covered VM whose domain crashed or stopped without ferry asking is
+    /// started again at most `maxRestarts` times per `windowSeconds` (default 3 per hour); after
+    /// that it stays stopped with `Ready=False`, reason `RestartLimitReached`, until the window
+    /// frees a restart or someone restarts it (`ferry.dev/restart`). VMs no HAPolicy covers are
+    /// started again without limit, as their run strategy says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_monitoring: Option<VmMonitoring>,
+}
+
+/// Limits on restarting crashed VMs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VmMonitoring {
+    /// Most restarts of one VM after a crash (or a stop ferry did not ask for) within the
+    /// window. Default 3; 0 leaves a crashed VM stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_restarts: Option<i32>,
+    /// The window, in seconds. Default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 604800))]
+    pub window_seconds: Option<i32>,
 }
 
 /// A restart priority class.
@@ -344,6 +366,36 @@ impl HAPolicy {
             .max_failed_hosts_percent
             .unwrap_or(50)
             .clamp(1, 100) as u32
+    }
+
+    /// VM monitoring limits, defaults applied.
+    pub fn monitoring_limits(&self) -> crate::plan::monitoring::Limits {
+        let d = crate::plan::monitoring::Limits::default();
+        let m = self.spec.vm_monitoring.clone().unwrap_or_default();
+        crate::plan::monitoring::Limits {
+            max_restarts: m.max_restarts.map_or(d.max_restarts, |n| n.max(0) as u32),
+            window: m.window_seconds.map_or(d.window, |s| {
+                std::time::Duration::from_secs(s.max(1) as u64)
+            }),
+        }
+    }
+
+    /// Whether the policy covers a VM of pool `pool` with these labels (an invalid
+    /// `vmSelector` covers nothing).
+    pub fn covers(&self, pool: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        if !self.spec.host_pools.iter().any(|p| p == pool) {
+            return false;
+        }
+        match self
+            .spec
+            .vm_selector
+            .clone()
+            .map(kube::core::Selector::try_from)
+        {
+            None => true,
+            Some(Ok(s)) => kube::core::SelectorExt::matches(&s, labels),
+            Some(Err(_)) => false,
+        }
     }
 
     /// The restart priority of a VM with these labels.

@@ -510,6 +510,11 @@ pub struct VirtualMachineStatus {
     /// The last time the VM was restarted elsewhere because its host failed, with the timeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_recovery: Option<Recovery>,
+    /// When the VM was started again after its domain crashed or stopped without ferry asking,
+    /// within its HAPolicy's VM-monitoring window (oldest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub unplanned_restarts: Vec<Time>,
 }
 
 /// A VM's current or most recent live migration, as its VirtualMachineMigration reports it.

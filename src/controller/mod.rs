@@ -21,9 +21,9 @@ use crate::plan::definition::ResolvedDisk;
 use crate::plan::placement::Placed;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
-use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +48,9 @@ pub struct Context {
     /// VirtualMachineMigrations, from the migration controller's reflector (empty until
     /// [`Context::with_migrations`] sets it).
     pub migrations: Store<VirtualMachineMigration>,
+    /// HAPolicies, from the HA controller's reflector (empty until [`Context::with_policies`]
+    /// sets it).
+    pub policies: Store<crate::api::HAPolicy>,
     /// Migration slots taken by migrations admitted in this process, by migration UID.
     pub migration_slots: Mutex<HashMap<String, crate::plan::migration::Active>>,
     /// Migrations running in this process, by migration UID.
@@ -101,6 +104,7 @@ impl Context {
             nodes,
             vms,
             migrations: kube::runtime::reflector::store().0,
+            policies: kube::runtime::reflector::store().0,
             migration_slots: Mutex::default(),
             migration_jobs: Mutex::default(),
             evacuations_created: Mutex::default(),
@@ -123,6 +127,31 @@ impl Context {
     pub fn with_migrations(mut self, store: Store<VirtualMachineMigration>) -> Self {
         self.migrations = store;
         self
+    }
+
+    /// Use `store` for HAPolicies.
+    pub fn with_policies(mut self, store: Store<crate::api::HAPolicy>) -> Self {
+        self.policies = store;
+        self
+    }
+
+    /// The VM-monitoring limits of the HAPolicy covering `vm` (the first by name when several
+    /// do), with the policy's name; `None` when no HAPolicy covers it.
+    pub fn monitoring_limits(
+        &self,
+        vm: &VirtualMachine,
+    ) -> Option<(String, crate::plan::monitoring::Limits)> {
+        let ns = vm.namespace();
+        let mut covering: Vec<_> = self
+            .policies
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns && p.covers(&vm.spec.host_pool, vm.labels()))
+            .collect();
+        covering.sort_by_key(|p| p.name_any());
+        covering
+            .first()
+            .map(|p| (p.name_any(), p.monitoring_limits()))
     }
 
     /// A connection to the host at `uri`, with the pool's timeouts and, when the pool names a

@@ -112,6 +112,11 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     );
     let migration_store = migration_controller.store();
+    let policy_controller = Controller::new(
+        api::<HAPolicy>(&client, &scope),
+        watcher::Config::default().any_semantic(),
+    );
+    let policy_store = policy_controller.store();
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(
         Context::new(
@@ -122,7 +127,8 @@ pub async fn run(
             node_store.clone(),
             vm_store.clone(),
         )
-        .with_migrations(migration_store.clone()),
+        .with_migrations(migration_store.clone())
+        .with_policies(policy_store),
     );
     // A migration changes what the VM controller may do with its VM.
     let migrations_for_vms = watcher(
@@ -146,7 +152,14 @@ pub async fn run(
             }
         })
     };
+    // A domain that stopped, crashed or paused on its host is looked at at once.
+    let vm_store_for_events = vm_store.clone();
+    let domain_events = broadcast_stream(ctx.hosts.domain_events()).filter_map(move |uuid| {
+        let vm = vm_store_for_events.find(|vm| vm.metadata.uid.as_deref() == Some(uuid.as_str()));
+        async move { vm.map(|vm| ObjectRef::from_obj(vm.as_ref())) }
+    });
     let vms = vm_controller
+        .reconcile_on(domain_events)
         .watches_stream(migrations_for_vms, |m: VirtualMachineMigration| {
             let ns = m.namespace().unwrap_or_default();
             Some(ObjectRef::<VirtualMachine>::new(&m.spec.vm_name).within(&ns))
@@ -218,16 +231,7 @@ pub async fn run(
     // A connection that keepalive (or a failed call) found dead wakes the pools using that host
     // at once, instead of at their next periodic probe.
     let pool_store_for_lost = pool_store.clone();
-    let lost = futures::stream::unfold(ctx.hosts.lost_connections(), |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(uri) => return Some((uri, rx)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-    .flat_map(move |uri| {
+    let lost = broadcast_stream(ctx.hosts.lost_connections()).flat_map(move |uri| {
         futures::stream::iter(host_pool::pools_reaching(
             &pool_store_for_lost.state(),
             &uri,
@@ -253,17 +257,14 @@ pub async fn run(
 
     // HA: every HAPolicy is reconciled once a second (it judges its pools' hosts).
     let hacontext = Arc::new(ha::HaContext::new(ctx.clone()));
-    let hapolicies = Controller::new(
-        api::<HAPolicy>(&client, &scope),
-        watcher::Config::default().any_semantic(),
-    )
-    .graceful_shutdown_on(Box::pin(shutdown_signal()))
-    .run(ha::reconcile, ha::error_policy, hacontext)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "hapolicy controller event");
-        }
-    });
+    let hapolicies = policy_controller
+        .graceful_shutdown_on(Box::pin(shutdown_signal()))
+        .run(ha::reconcile, ha::error_policy, hacontext)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "hapolicy controller event");
+            }
+        });
 
     ready();
     tokio::select! {
@@ -303,4 +304,19 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term => {},
     }
+}
+
+/// The messages of a broadcast channel as a stream; a receiver that fell behind skips ahead.
+fn broadcast_stream<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(v) => return Some((v, rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
 }

@@ -18,12 +18,14 @@ use crate::api::{
 };
 use crate::error::{Error, Result};
 use crate::hypervisor::domain_xml::{self, VirtType};
-use crate::hypervisor::{DomainInfo, DomainState, Hypervisor, HypervisorError, VolumeInfo};
+use crate::hypervisor::{
+    DomainInfo, DomainState, Hypervisor, HypervisorError, ShutOffReason, VolumeInfo,
+};
 use crate::plan::class;
 use crate::plan::definition::{self, ResolvedDisk};
 use crate::plan::lifecycle::{self, Action, Power};
 use crate::plan::validate::{ValidSpec, validate};
-use crate::plan::{naming, uri};
+use crate::plan::{monitoring, naming, uri};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -522,7 +524,8 @@ async fn drive(
         stopping_for: lock(&ctx.stopping).get(&uid).map(Instant::elapsed),
         grace: Duration::from_secs(vm.grace_seconds()),
     };
-    let decision = lifecycle::decide(&inputs);
+    let mut decision = lifecycle::decide(&inputs);
+    let held = monitor_unplanned_stop(vm, ctx, st, prior_phase, &inputs, &mut decision, now).await;
     act(vm, ctx, hv, &placed.name, &dom, decision.action).await?;
     if decision.restart_handled {
         st.last_restart_request = restart_token;
@@ -562,7 +565,10 @@ async fn drive(
     {
         r.running = Some(Time(now));
     }
-    let (ready, reason, message) = readiness(vm, phase, state, &placed.name, st.stopped_by_guest);
+    let (ready, reason, message) = match held {
+        Some(why) if !state.is_active() => (ConditionStatus::False, RESTART_LIMIT_REACHED, why),
+        _ => readiness(vm, phase, state, &placed.name, st.stopped_by_guest),
+    };
     set_condition(
         &mut st.conditions,
         "Ready",
@@ -572,6 +578,9 @@ async fn drive(
         generation,
         now,
     );
+    if let Some(until) = held_until(st, ctx, vm, now) {
+        return Ok(until.min(RESYNC));
+    }
     Ok(match phase {
         VmPhase::Starting | VmPhase::Stopping => match decision.action {
             Action::WaitForShutdown(d) => d.min(TRANSITION),
@@ -579,6 +588,114 @@ async fn drive(
         },
         _ => RESYNC,
     })
+}
+
+/// Ready reason of a VM that VM monitoring leaves stopped.
+const RESTART_LIMIT_REACHED: &str = "RestartLimitReached";
+
+/// VM monitoring. When the decision is to start a domain that stopped without ferry asking
+/// (crashed, killed, or shut down under `Always`) and an HAPolicy covers the VM, the restart is
+/// counted against the policy's limits; over the limit the start is cancelled and the Ready
+/// message to show is returned. Records each counted restart in `st` and as an Event.
+async fn monitor_unplanned_stop(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    st: &mut VirtualMachineStatus,
+    prior_phase: Option<VmPhase>,
+    inputs: &lifecycle::Inputs,
+    decision: &mut lifecycle::Decision,
+    now: Timestamp,
+) -> Option<String> {
+    let Some((policy, limits)) = ctx.monitoring_limits(vm) else {
+        st.unplanned_restarts.clear();
+        return None;
+    };
+    let window = limits.window;
+    let history: Vec<Timestamp> = st.unplanned_restarts.iter().map(|t| t.0).collect();
+    st.unplanned_restarts = monitoring::in_window(&history, now, window)
+        .into_iter()
+        .map(Time)
+        .collect();
+    let was_held = find(&st.conditions, "Ready").is_some_and(|c| c.reason == RESTART_LIMIT_REACHED);
+    let unplanned = decision.action == Action::Start
+        && monitoring::unplanned_stop(
+            inputs.state.is_active(),
+            prior_phase == Some(VmPhase::Running),
+            was_held,
+            inputs.restart_pending,
+        );
+    if !unplanned {
+        return None;
+    }
+    let what = match inputs.state {
+        DomainState::ShutOff(ShutOffReason::Crashed) | DomainState::Crashed => "crashed",
+        DomainState::ShutOff(ShutOffReason::Shutdown) => "was shut down from inside the guest",
+        _ => "stopped without ferry asking",
+    };
+    match monitoring::decide(&history, now, limits) {
+        monitoring::Verdict::Restart { count } => {
+            st.unplanned_restarts.push(Time(now));
+            ctx.event(
+                vm,
+                EventType::Warning,
+                "RestartedAfterCrash",
+                "Start",
+                format!(
+                    "The domain {what}; starting it again (restart {count} of {} allowed per {}s by HAPolicy {policy})",
+                    limits.max_restarts,
+                    window.as_secs()
+                ),
+            )
+            .await;
+            None
+        }
+        monitoring::Verdict::Hold { count, until } => {
+            decision.action = Action::None;
+            let when = match until {
+                Some(t) => format!("it is started again automatically after {t}"),
+                None => "it is not started again automatically (maxRestarts 0)".to_string(),
+            };
+            let message = format!(
+                "the domain {what} and was restarted {count} times in the last {}s, the limit of HAPolicy {policy}; {when}, or restart it now with the annotation ferry.dev/restart=<token>",
+                window.as_secs()
+            );
+            if !was_held {
+                ctx.event(
+                    vm,
+                    EventType::Warning,
+                    RESTART_LIMIT_REACHED,
+                    "Start",
+                    message.clone(),
+                )
+                .await;
+            }
+            Some(message)
+        }
+    }
+}
+
+/// How long until a VM that VM monitoring holds may be restarted (so that it is looked at then).
+fn held_until(
+    st: &VirtualMachineStatus,
+    ctx: &Context,
+    vm: &VirtualMachine,
+    now: Timestamp,
+) -> Option<Duration> {
+    let held = find(&st.conditions, "Ready").is_some_and(|c| c.reason == RESTART_LIMIT_REACHED);
+    if !held {
+        return None;
+    }
+    let (_, limits) = ctx.monitoring_limits(vm)?;
+    let history: Vec<Timestamp> = st.unplanned_restarts.iter().map(|t| t.0).collect();
+    match monitoring::decide(&history, now, limits) {
+        monitoring::Verdict::Hold {
+            until: Some(until), ..
+        } => Some(
+            Duration::try_from(until.duration_since(now)).unwrap_or_default()
+                + Duration::from_secs(1),
+        ),
+        _ => None,
+    }
 }
 
 /// Keep out of a live migration's way, and take a finished one over. Reports the VM's latest

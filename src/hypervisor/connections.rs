@@ -61,16 +61,21 @@ struct Inner {
     max_backoff: Duration,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     lost: tokio::sync::broadcast::Sender<String>,
+    domains: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Capacity of the lost-connection channel; a receiver that falls further behind skips ahead.
 const LOST_CHANNEL: usize = 256;
+/// Capacity of the domain-event channel (a receiver that falls behind skips ahead: the periodic
+/// resync covers what it missed).
+const DOMAIN_CHANNEL: usize = 4096;
 
 /// The observer handed to each connection: forwards calls to the caller's observer and
 /// announces lost connections on the registry's channel.
 struct Notifying {
     inner: Option<Arc<dyn CallObserver>>,
     lost: tokio::sync::broadcast::Sender<String>,
+    domains: tokio::sync::broadcast::Sender<String>,
 }
 
 impl CallObserver for Notifying {
@@ -87,6 +92,14 @@ impl CallObserver for Notifying {
         }
         // No receiver is not an error: nobody is listening.
         let _ = self.lost.send(uri.to_string());
+    }
+
+    fn domain_changed(&self, uri: &str, uuid: &str) {
+        tracing::debug!(uri, uuid, "libvirt domain event");
+        if let Some(o) = &self.inner {
+            o.domain_changed(uri, uuid);
+        }
+        let _ = self.domains.send(uuid.to_string());
     }
 }
 
@@ -148,6 +161,7 @@ impl HostConnections {
                 max_backoff: Duration::from_secs(30),
                 entries: Mutex::new(HashMap::new()),
                 lost: tokio::sync::broadcast::channel(LOST_CHANNEL).0,
+                domains: tokio::sync::broadcast::channel(DOMAIN_CHANNEL).0,
             }),
         }
     }
@@ -169,6 +183,7 @@ impl HostConnections {
                 max_backoff: max.max(min),
                 entries: Mutex::new(entries),
                 lost: self.inner.lost.clone(),
+                domains: self.inner.domains.clone(),
             }),
         }
     }
@@ -207,6 +222,7 @@ impl HostConnections {
                     .clone()
                     .or_else(|| self.inner.observer.clone()),
                 lost: self.inner.lost.clone(),
+                domains: self.inner.domains.clone(),
             })),
             ..opts.clone()
         };
@@ -227,6 +243,12 @@ impl HostConnections {
     /// a failed call), as they happen. Connections ferry closes itself are not announced.
     pub fn lost_connections(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.inner.lost.subscribe()
+    }
+
+    /// UUIDs of domains that stopped, crashed, paused, resumed or were undefined on any host,
+    /// as libvirt reports them.
+    pub fn domain_events(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.domains.subscribe()
     }
 
     /// Remember a failed attempt (or a lost connection) and when to try again.

@@ -374,9 +374,16 @@ fn connection_thread(
         tracing::warn!(uri = %shared.uri, error = %e, "cannot enable libvirt keepalive");
     }
     let callback = CloseCallback::register(&conn, &shared);
+    let events = LifecycleEvents::register(&conn, &shared);
+    let close = move |conn: Connect, shared: &Shared| {
+        if let Some(events) = events {
+            events.deregister(&conn);
+        }
+        close_connection(conn, callback, &shared.uri);
+    };
     if ready.send(Ok(())).is_err() {
         // The caller gave up waiting (connect timeout): nobody will use this connection.
-        close_connection(conn, callback, &shared.uri);
+        close(conn, &shared);
         return;
     }
     while let Ok(msg) = rx.recv() {
@@ -387,13 +394,13 @@ fn connection_thread(
                 }
             }
             Msg::Close(ack) => {
-                close_connection(conn, callback, &shared.uri);
+                close(conn, &shared);
                 let _ = ack.send(());
                 return;
             }
         }
     }
-    close_connection(conn, callback, &shared.uri);
+    close(conn, &shared);
 }
 
 /// Closes explicitly instead of dropping: `virt` panics in `Drop` when `virConnectClose` fails.
@@ -470,9 +477,89 @@ unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: 
     shared.mark_lost(format!("libvirt closed the connection: {why}"));
 }
 
+/// libvirt's domain lifecycle events (`virConnectDomainEventRegisterAny`, which has no safe
+/// wrapper in `virt`): a domain that stops, crashes, pauses, resumes or disappears on the host is
+/// named to the observer at once, so that its VM is looked at without waiting for the periodic
+/// resync. Starts and definitions are left out: ferry makes those itself.
+struct LifecycleEvents(c_int);
+
+/// The C type of a lifecycle event callback (`virConnectDomainEventCallback`).
+type LifecycleFn =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+/// The C type `virConnectDomainEventRegisterAny` takes for every event ID.
+type GenericFn = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
+impl LifecycleEvents {
+    fn register(conn: &Connect, shared: &Arc<Shared>) -> Option<LifecycleEvents> {
+        shared.observer.as_ref()?;
+        let opaque = Arc::into_raw(shared.clone()) as *mut c_void;
+        // SAFETY: libvirt calls a lifecycle callback with the lifecycle signature; the API takes
+        // it cast to the generic type (what the C macro VIR_DOMAIN_EVENT_CALLBACK does).
+        let callback = unsafe { std::mem::transmute::<LifecycleFn, GenericFn>(on_lifecycle) };
+        // SAFETY: valid connection; `opaque` is a leaked `Arc<Shared>` that libvirt releases
+        // with `free_shared` when the callback is deregistered (or the connection closes).
+        let id = unsafe {
+            sys::virConnectDomainEventRegisterAny(
+                conn.as_ptr(),
+                std::ptr::null_mut(),
+                sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+                Some(callback),
+                opaque,
+                Some(free_shared),
+            )
+        };
+        if id < 0 {
+            // SAFETY: libvirt did not take the reference; release it here.
+            unsafe { drop(Arc::from_raw(opaque as *const Shared)) };
+            tracing::warn!(uri = %shared.uri, error = %virt::error::Error::last_error(), "cannot subscribe to libvirt's domain events; stopped guests are noticed at the next resync");
+            return None;
+        }
+        Some(LifecycleEvents(id))
+    }
+
+    fn deregister(self, conn: &Connect) {
+        // SAFETY: valid connection and the ID libvirt returned; a failure (connection already
+        // dead) is harmless.
+        let _ = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), self.0) };
+        // SAFETY: resets this thread's error slot.
+        unsafe { sys::virResetLastError() };
+    }
+}
+
+unsafe extern "C" fn on_lifecycle(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    if opaque.is_null() || dom.is_null() {
+        return 0;
+    }
+    if matches!(
+        event as u32,
+        sys::VIR_DOMAIN_EVENT_DEFINED | sys::VIR_DOMAIN_EVENT_STARTED
+    ) {
+        return 0;
+    }
+    // SAFETY: `opaque` is the `Arc<Shared>` given at registration, alive until `free_shared`.
+    let shared = unsafe { &*(opaque as *const Shared) };
+    let mut buf = [0 as std::os::raw::c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    // SAFETY: `dom` is valid for the callback's duration; the buffer has the size libvirt needs.
+    if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } == 0
+        && let Some(o) = &shared.observer
+    {
+        // SAFETY: libvirt wrote a NUL-terminated string into `buf`.
+        let uuid = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
+        o.domain_changed(&shared.uri, &uuid);
+    }
+    0
+}
+
 unsafe extern "C" fn free_shared(opaque: *mut c_void) {
     if !opaque.is_null() {
-        // SAFETY: the reference leaked in `CloseCallback::register`, released once.
+        // SAFETY: the reference leaked in `CloseCallback::register` or
+        // `LifecycleEvents::register`, released once.
         unsafe { drop(Arc::from_raw(opaque as *const Shared)) };
     }
 }

@@ -134,6 +134,10 @@ pub trait CallObserver: Send + Sync {
     /// call that failed or timed out); `reason` says which. Called once per connection, from
     /// whatever thread noticed (libvirt's event thread for the close callback): keep it short.
     fn connection_lost(&self, _uri: &str, _reason: &str) {}
+
+    /// The domain with this UUID on the host at `uri` stopped, crashed, paused, resumed or was
+    /// undefined (a libvirt lifecycle event). Called from libvirt's event thread: keep it short.
+    fn domain_changed(&self, _uri: &str, _uuid: &str) {}
 }
 
 /// Any `Fn(op, seconds, ok)` closure is an observer.

@@ -8,6 +8,7 @@ pub mod evacuation;
 pub mod host_health;
 pub mod lifecycle;
 pub mod migration;
+pub mod monitoring;
 pub mod naming;
 pub mod placement;
 pub mod quantity;
