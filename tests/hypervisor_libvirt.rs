@@ -85,6 +85,37 @@ fn virt_type(lab: &Lab) -> VirtType {
     }
 }
 
+/// The tiny guest as ferry defines it: `name` in namespace `ferry-test`, booting from `disk`.
+fn tiny_def(lab: &Lab, name: &str, uuid: &str, disk: &str, console: &Path) -> DomainDefinition {
+    DomainDefinition {
+        name: format!("ferry-lab{}_{name}", lab.id),
+        uuid: uuid.to_string(),
+        virt_type: virt_type(lab),
+        vcpus: 1,
+        cpu_model: CpuModel::HostModel,
+        memory_kib: 128 * 1024,
+        disks: vec![DiskDef {
+            name: "root".into(),
+            path: disk.to_string(),
+            format: "qcow2".into(),
+            bus: Bus::Virtio,
+            read_only: false,
+        }],
+        nics: vec![],
+        boot: Some(KernelBoot {
+            kernel: lab.kernel.to_string_lossy().into(),
+            initrd: Some(lab.initrd.to_string_lossy().into()),
+            cmdline: Some(lab.cmdline.clone()),
+        }),
+        console_log: Some(console.to_string_lossy().into()),
+        owner: Owner {
+            namespace: "ferry-test".into(),
+            name: name.into(),
+            uid: uuid.to_string(),
+        },
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_guest_life_cycle_on_a_real_host() {
     if !Lab::should_run("tiny_guest_life_cycle_on_a_real_host") {
@@ -148,33 +179,7 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
         // The domain, written by ferry's XML writer.
         let uuid = format!("{:08x}-f0f0-4000-8000-000000000001", lab.id);
         let console = lab.console_path("vm1");
-        let def = DomainDefinition {
-            name: format!("ferry-lab{}_vm1", lab.id),
-            uuid: uuid.clone(),
-            virt_type: virt_type(&lab),
-            vcpus: 1,
-            cpu_model: CpuModel::HostModel,
-            memory_kib: 128 * 1024,
-            disks: vec![DiskDef {
-                name: "root".into(),
-                path: overlay.path.clone(),
-                format: "qcow2".into(),
-                bus: Bus::Virtio,
-                read_only: false,
-            }],
-            nics: vec![],
-            boot: Some(KernelBoot {
-                kernel: lab.kernel.to_string_lossy().into(),
-                initrd: Some(lab.initrd.to_string_lossy().into()),
-                cmdline: Some(lab.cmdline.clone()),
-            }),
-            console_log: Some(console.to_string_lossy().into()),
-            owner: Owner {
-                namespace: "ferry-test".into(),
-                name: "vm1".into(),
-                uid: uuid.clone(),
-            },
-        };
+        let def = tiny_def(&lab, "vm1", &uuid, &overlay.path, &console);
         let xml = to_xml(&def).expect("xml");
         let t = Instant::now();
         host.define_domain(&xml).await.expect("define");
@@ -324,6 +329,81 @@ impl CallObserver for DomainEvents {
             v.push(uuid.to_string());
         }
     }
+}
+
+/// Disk locks, the split-brain guard under fencing: a second host refuses to start a domain
+/// whose disk a running domain on the first host holds (QEMU's image locking on the shared file;
+/// the lab also configures virtlockd leases), and starts it once that copy is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_disk_never_runs_on_two_hosts() {
+    if !Lab::should_run("a_leased_disk_never_runs_on_two_hosts") {
+        return;
+    }
+    let lab = blocking(|| Lab::up(2)).await.expect("lab up");
+    bounded(Duration::from_secs(300), async {
+        let h1 = LibvirtHost::connect(&lab.host("h1").unix_uri, opts())
+            .await
+            .expect("connect h1");
+        let h2 = LibvirtHost::connect(&lab.host("h2").unix_uri, opts())
+            .await
+            .expect("connect h2");
+        let pool_dir = lab.pool_dir.to_string_lossy().to_string();
+        for h in [&h1, &h2] {
+            h.ensure_pool(POOL, Some(&pool_dir)).await.expect("pool");
+        }
+        let golden = h1
+            .lookup_volume(POOL, &lab.golden)
+            .await
+            .expect("lookup golden")
+            .expect("golden image");
+        let overlay = h1
+            .create_overlay(POOL, "lease-root.qcow2", &golden, 0)
+            .await
+            .expect("overlay");
+        let uuid = format!("{:08x}-f0f0-4000-8000-000000000002", lab.id);
+        let def = tiny_def(
+            &lab,
+            "lease",
+            &uuid,
+            &overlay.path,
+            &lab.console_path("lease"),
+        );
+        let xml = to_xml(&def).expect("xml");
+        h1.define_domain(&xml).await.expect("define on h1");
+        h2.define_domain(&xml).await.expect("define on h2");
+        h1.start_domain(&uuid).await.expect("start on h1");
+
+        let err = h2
+            .start_domain(&uuid)
+            .await
+            .expect_err("the disk is leased to h1's running copy");
+        assert!(err.is_disk_locked(), "{err:?}");
+        let d = h2
+            .lookup_domain(&uuid)
+            .await
+            .expect("lookup")
+            .expect("defined");
+        assert!(!d.state.is_active(), "{:?}", d.state);
+
+        h1.destroy_domain(&uuid).await.expect("destroy on h1");
+        h2.start_domain(&uuid)
+            .await
+            .expect("h2 starts it once the lease is free");
+        let err = h1.start_domain(&uuid).await.expect_err("now h1 may not");
+        assert!(err.is_disk_locked(), "{err:?}");
+
+        h2.destroy_domain(&uuid).await.expect("destroy on h2");
+        for h in [&h1, &h2] {
+            h.undefine_domain(&uuid).await.expect("undefine");
+        }
+        h1.delete_volume(POOL, "lease-root.qcow2")
+            .await
+            .expect("delete overlay");
+        h1.close().await;
+        h2.close().await;
+    })
+    .await;
+    blocking(move || lab.down()).await.expect("lab down");
 }
 
 /// Sends `signal` to the host's libvirtd; `Drop` of the returned guard sends SIGCONT.

@@ -1436,9 +1436,21 @@ async fn act(
     match action {
         Action::None | Action::WaitForShutdown(_) => {}
         Action::Start => {
-            hv.start_domain(uid)
-                .await
-                .map_err(|e| fail(e, "starting the domain", "StartFailed"))?;
+            hv.start_domain(uid).await.map_err(|e| {
+                if e.is_disk_locked() {
+                    // The split-brain guard: another copy may still run somewhere.
+                    Blocked::new(
+                        VmPhase::Pending,
+                        "DiskLocked",
+                        format!(
+                            "host {host} refused to start the domain because a disk is locked by a copy running elsewhere (QEMU's image locking or libvirt's lock manager): ferry never runs a VM twice and starts it once that copy is gone ({e})"
+                        ),
+                        Retry::Backoff,
+                    )
+                } else {
+                    fail(e, "starting the domain", "StartFailed")
+                }
+            })?;
             lock(&ctx.stopping).remove(uid);
             ctx.event(
                 vm,

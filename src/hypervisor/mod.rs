@@ -59,6 +59,8 @@ pub mod error_code {
     pub const NO_STORAGE_VOL: i32 = 50;
     /// `VIR_ERR_STORAGE_VOL_EXIST`: creating a volume whose name is taken.
     pub const STORAGE_VOL_EXIST: i32 = 90;
+    /// `VIR_ERR_RESOURCE_BUSY`: the lock manager holds a disk lease for another domain.
+    pub const RESOURCE_BUSY: i32 = 87;
 }
 
 impl HypervisorError {
@@ -67,6 +69,20 @@ impl HypervisorError {
         matches!(
             self,
             HypervisorError::ConnectionLost { .. } | HypervisorError::ConnectTimeout { .. }
+        )
+    }
+
+    /// Whether the host refused because a disk is locked by a domain running elsewhere: QEMU's
+    /// own image locking ("Failed to get \"write\" lock"), or a lease of libvirt's lock manager
+    /// (e.g. virtlockd on shared storage).
+    pub fn is_disk_locked(&self) -> bool {
+        matches!(
+            self,
+            HypervisorError::OperationFailed { code, message, .. }
+                if *code == error_code::RESOURCE_BUSY
+                    || message.contains("Lockspace resource")
+                    || message.contains("Failed to acquire lock")
+                    || message.contains("Failed to get \"write\" lock")
         )
     }
 

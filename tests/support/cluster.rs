@@ -56,6 +56,8 @@ pub struct Cluster {
     nodes: Vec<String>,
     /// Each Node's InternalIP, for the heartbeat.
     node_ips: Vec<(String, String)>,
+    /// Nodes whose kubelet went silent, with their InternalIP.
+    silent_ips: Vec<(String, String)>,
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     torn_down: bool,
 }
@@ -113,6 +115,7 @@ impl Cluster {
             kubeconfig,
             nodes: Vec::new(),
             node_ips: Vec::new(),
+            silent_ips: Vec::new(),
             heartbeat: None,
             torn_down: false,
         }
@@ -176,6 +179,24 @@ impl Cluster {
             .map(|(_, ip)| ip.clone())
             .unwrap_or_default();
         self.node_ips.retain(|(n, _)| n != name);
+        self.silent_ips.push((name.to_string(), ip.clone()));
+        self.restart_heartbeat();
+        set_node_ready(&self.client, name, &ip, false).await;
+    }
+
+    /// The kubelet of a Node that [`Self::node_not_ready`] silenced comes back: Ready again and
+    /// its heartbeat resumes.
+    pub async fn node_ready(&mut self, name: &str) {
+        let Some(i) = self.silent_ips.iter().position(|(n, _)| n == name) else {
+            return;
+        };
+        let (name, ip) = self.silent_ips.remove(i);
+        set_node_ready(&self.client, &name, &ip, true).await;
+        self.node_ips.push((name, ip));
+        self.restart_heartbeat();
+    }
+
+    fn restart_heartbeat(&mut self) {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
@@ -189,7 +210,6 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
         }));
-        set_node_ready(&self.client, name, &ip, false).await;
     }
 
     /// Cordon or uncordon a Node (`spec.unschedulable`), as `kubectl cordon` does.
@@ -342,6 +362,7 @@ impl Drop for Cluster {
             kubeconfig: self.kubeconfig.clone(),
             nodes: std::mem::take(&mut self.nodes),
             node_ips: std::mem::take(&mut self.node_ips),
+            silent_ips: std::mem::take(&mut self.silent_ips),
             heartbeat: self.heartbeat.take(),
             torn_down: true,
         };
