@@ -2,6 +2,7 @@
 # HA recovery-time benchmark: host power loss through a real IPMI BMC (ipmi_sim), fence
 # confirmed, VMs restarted on the survivor (tests/e2e.rs ha_recovery_bench).
 # Usage: e2e/bench-ha.sh [RUNS]    RUNS like 1x5,5x5,10x5 (VMs x runs); default 1x5,5x5
+#        FERRY_HA_BENCH_HANG=1 e2e/bench-ha.sh ...   the host dies without its BMC knowing
 # Prints one HA-BENCH line per run (seconds after the power-off) and a summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2811,7 +2811,10 @@ async fn a_crashed_guest_restarts_within_the_monitoring_limits() {
 /// runs like `1x3,5x2` = 3 runs with 1 VM, 2 runs with 5 VMs). Each run: fresh lab and cluster,
 /// VMs running on h1, the BMC powers h1 off (its hook kills h1's guests and libvirtd) and kubelet
 /// goes silent; measured from the power-off: detection and fence confirmation (from the
-/// HAPolicy status, 1 s resolution) and each domain running on h2 (virsh polled every 100 ms).
+/// HAPolicy status, 1 s resolution), each domain running on h2 (virsh polled every 100 ms) and
+/// each guest's second boot on its console. With `FERRY_HA_BENCH_HANG=1` the host dies without
+/// the BMC knowing (it still reports On): detection then waits for the Node NotReady grace and
+/// ferry powers the host off through the BMC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run e2e/bench-ha.sh"]
 async fn ha_recovery_bench() {
@@ -2819,6 +2822,7 @@ async fn ha_recovery_bench() {
         eprintln!("FERRY_HA_BENCH not set: nothing to measure");
         return;
     };
+    let hang = std::env::var("FERRY_HA_BENCH_HANG").is_ok_and(|v| v == "1");
     let mut rows = Vec::new();
     for part in spec.split(',') {
         let (n, runs) = part.split_once('x').expect("NxRUNS");
@@ -2834,18 +2838,38 @@ async fn ha_recovery_bench() {
             tokio::time::sleep(Duration::from_secs(3)).await;
             let t0 = k8s_openapi::jiff::Timestamp::now();
             let start = std::time::Instant::now();
-            ipmi_power_off(&sim);
+            if hang {
+                lab.power_off("h1")
+                    .expect("h1 dies; its BMC still reports On");
+            } else {
+                ipmi_power_off(&sim);
+            }
             c.node_not_ready(&h1).await;
+            // Each domain running on h2 (virsh), and each guest's second boot on its console
+            // (the boot counter on its disk went to 2: it booted again on h2).
+            let logs: Vec<_> = names.iter().map(|v| console(&lab, &ns, v)).collect();
             let mut each = Vec::new();
+            let mut markers: Vec<Option<f64>> = vec![None; n];
             let deadline = start + Duration::from_secs(300);
-            while each.len() < n && std::time::Instant::now() < deadline {
+            while (each.len() < n || markers.iter().any(Option::is_none))
+                && std::time::Instant::now() < deadline
+            {
                 let now_running = running(&lab, "h2").len();
                 while each.len() < now_running {
                     each.push(start.elapsed().as_secs_f64());
                 }
+                for (m, log) in markers.iter_mut().zip(&logs) {
+                    if m.is_none() && lab::console_log(log).contains("FERRY-BOOT 2") {
+                        *m = Some(start.elapsed().as_secs_f64());
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             assert_eq!(each.len(), n, "all domains running on h2");
+            let last_marker = markers
+                .iter()
+                .map(|m| m.expect("every guest booted again on h2"))
+                .fold(0.0, f64::max);
             let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &ns);
             let st = policies
                 .get("ha")
@@ -2864,7 +2888,8 @@ async fn ha_recovery_bench() {
             let detected = secs(&inc.detected);
             let fenced = inc.proven_off.as_ref().map(secs).unwrap_or(f64::NAN);
             let row = format!(
-                "vms={n} run={run} detected={detected:.0}s fenced={fenced:.0}s first_domain={:.2}s last_domain={:.2}s",
+                "mode={} vms={n} run={run} detected={detected:.0}s fenced={fenced:.0}s first_domain={:.2}s last_domain={:.2}s last_console_boot={last_marker:.2}s",
+                if hang { "hang" } else { "bmc-power-off" },
                 each[0],
                 each[n - 1]
             );
