@@ -22,7 +22,7 @@ SELF=$HERE/$(basename "${BASH_SOURCE[0]}")
 GUEST_SRC=$HERE/guest
 CACHE=${FERRY_CACHE:-/var/cache/ferry-lab}
 MAX_HOSTS=6
-GUEST_CMDLINE="console=ttyS0 loglevel=3"
+GUEST_CMDLINE="console=ttyS0 loglevel=3 no_timer_check"
 KEEPALIVE_INTERVAL=${FERRY_LAB_KEEPALIVE_INTERVAL:-2}
 KEEPALIVE_COUNT=${FERRY_LAB_KEEPALIVE_COUNT:-3}
 DAEMON_WAIT=${FERRY_LAB_DAEMON_WAIT:-30}   # seconds to wait for a daemon / socket
