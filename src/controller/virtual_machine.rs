@@ -565,8 +565,12 @@ async fn drive(
     {
         r.running = Some(Time(now));
     }
-    let (ready, reason, message) = match held {
-        Some(why) if !state.is_active() => (ConditionStatus::False, RESTART_LIMIT_REACHED, why),
+    let (ready, reason, message) = match &held {
+        Some(h) if !state.is_active() => (
+            ConditionStatus::False,
+            RESTART_LIMIT_REACHED,
+            h.message.clone(),
+        ),
         _ => readiness(vm, phase, state, &placed.name, st.stopped_by_guest),
     };
     set_condition(
@@ -578,8 +582,8 @@ async fn drive(
         generation,
         now,
     );
-    if let Some(until) = held_until(st, ctx, vm, now) {
-        return Ok(until.min(RESYNC));
+    if let Some(after) = held.and_then(|h| h.retry_after) {
+        return Ok(after.min(RESYNC));
     }
     Ok(match phase {
         VmPhase::Starting | VmPhase::Stopping => match decision.action {
@@ -593,10 +597,17 @@ async fn drive(
 /// Ready reason of a VM that VM monitoring leaves stopped.
 const RESTART_LIMIT_REACHED: &str = "RestartLimitReached";
 
+/// A VM that VM monitoring leaves stopped: the Ready message, and when to look again (when the
+/// window frees a restart; `None` with a limit of 0).
+struct Held {
+    message: String,
+    retry_after: Option<Duration>,
+}
+
 /// VM monitoring. When the decision is to start a domain that stopped without ferry asking
 /// (crashed, killed, or shut down under `Always`) and an HAPolicy covers the VM, the restart is
-/// counted against the policy's limits; over the limit the start is cancelled and the Ready
-/// message to show is returned. Records each counted restart in `st` and as an Event.
+/// counted against the policy's limits; over the limit the start is cancelled and the VM is
+/// [`Held`]. Records each counted restart in `st` and as an Event.
 async fn monitor_unplanned_stop(
     vm: &VirtualMachine,
     ctx: &Context,
@@ -605,7 +616,7 @@ async fn monitor_unplanned_stop(
     inputs: &lifecycle::Inputs,
     decision: &mut lifecycle::Decision,
     now: Timestamp,
-) -> Option<String> {
+) -> Option<Held> {
     let Some((policy, limits)) = ctx.monitoring_limits(vm) else {
         st.unplanned_restarts.clear();
         return None;
@@ -669,32 +680,14 @@ async fn monitor_unplanned_stop(
                 )
                 .await;
             }
-            Some(message)
+            Some(Held {
+                message,
+                retry_after: until.map(|t| {
+                    Duration::try_from(t.duration_since(now)).unwrap_or_default()
+                        + Duration::from_secs(1)
+                }),
+            })
         }
-    }
-}
-
-/// How long until a VM that VM monitoring holds may be restarted (so that it is looked at then).
-fn held_until(
-    st: &VirtualMachineStatus,
-    ctx: &Context,
-    vm: &VirtualMachine,
-    now: Timestamp,
-) -> Option<Duration> {
-    let held = find(&st.conditions, "Ready").is_some_and(|c| c.reason == RESTART_LIMIT_REACHED);
-    if !held {
-        return None;
-    }
-    let (_, limits) = ctx.monitoring_limits(vm)?;
-    let history: Vec<Timestamp> = st.unplanned_restarts.iter().map(|t| t.0).collect();
-    match monitoring::decide(&history, now, limits) {
-        monitoring::Verdict::Hold {
-            until: Some(until), ..
-        } => Some(
-            Duration::try_from(until.duration_since(now)).unwrap_or_default()
-                + Duration::from_secs(1),
-        ),
-        _ => None,
     }
 }
 
