@@ -3805,7 +3805,10 @@ async fn debian_guest_runs_cloud_init() {
         .get(before_stop..)
         .unwrap_or_default()
         .to_string();
-    for needle in ["systemd-shutdown", "reboot: Power down"] {
+    for needle in [
+        "systemd-shutdown[1]: All filesystems unmounted.",
+        "reboot: Power down",
+    ] {
         assert!(
             shutdown.contains(needle),
             "clean power-off ({needle}) on the console:\n{shutdown}"
