@@ -14,7 +14,9 @@
 //! definition code from the VMs' status), as a real host would keep them.
 //!
 //! Sizes: `FERRY_SCALE_HOSTS` (default 100), `FERRY_SCALE_VMS` (1000),
-//! `FERRY_SCALE_STEADY_SECS` (120). Run: `e2e/bench-scale.sh`.
+//! `FERRY_SCALE_STEADY_SECS` (120); `FERRY_SCALE_IN_FLIGHT` (default 0, no limit) holds creation
+//! back while that many created VMs are not yet Ready, for API servers (like the in-repo stand-in)
+//! that fall behind a burst of 10,000 creations. Run: `e2e/bench-scale.sh`.
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
@@ -343,6 +345,7 @@ async fn main() {
     let n_hosts = env_num("FERRY_SCALE_HOSTS", 100) as usize;
     let n_vms = env_num("FERRY_SCALE_VMS", 1000) as usize;
     let steady = Duration::from_secs(env_num("FERRY_SCALE_STEADY_SECS", 120));
+    let in_flight = env_num("FERRY_SCALE_IN_FLIGHT", 0) as usize;
     let standin_pid = std::env::var("FERRY_STANDIN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok());
@@ -454,8 +457,21 @@ async fn main() {
     let cpu0 = cpu_secs(pid);
     let create = {
         let vms_api = vms_api.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             futures::stream::iter(0..n_vms)
+                .then(|i| {
+                    let store = store.clone();
+                    async move {
+                        // Backpressure: at most `in_flight` VMs created and not yet Ready.
+                        if in_flight > 0 && i % 25 == 0 {
+                            while i.saturating_sub(count(&store, ready)) > in_flight {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                        i
+                    }
+                })
                 .map(|i| {
                     let api = vms_api.clone();
                     let vm: VirtualMachine = serde_json::from_value(json!({
@@ -507,7 +523,10 @@ async fn main() {
         .expect("create VirtualMachines");
     let fill_cpu = cpu_secs(pid) - cpu0;
     out.add(
-        "VMs created by the benchmark (8 at a time)",
+        match in_flight {
+            0 => "VMs created by the benchmark (8 at a time)".to_string(),
+            n => format!("VMs created by the benchmark (8 at a time, at most {n} not Ready)"),
+        },
         format!("{:.1} s", t_created.as_secs_f64()),
     );
     out.add(
@@ -741,6 +760,12 @@ async fn main() {
         "controller RSS after the resync (peak)",
         format!("{rss:.0} MiB ({hwm:.0} MiB)"),
     );
+    // For a look at the process (/proc/PID/smaps, threads) before it goes.
+    let hold = env_num("FERRY_SCALE_HOLD_SECS", 0);
+    if hold > 0 {
+        eprintln!("scale: holding the controller (PID {pid}) for {hold} s");
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
     ctl.terminate();
 
     println!("| measure | value |");

@@ -63,6 +63,10 @@ struct ControllerArgs {
     /// Seconds before expiry at which the leader renews.
     #[arg(long, env = "FERRY_LEASE_GRACE", default_value_t = 5)]
     lease_grace: u64,
+    /// VirtualMachine reconciles run at once, at most (each holds its working copy of the VM and
+    /// its pool until done, so this bounds the memory of a full resync).
+    #[arg(long, env = "FERRY_VM_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    vm_concurrency: u16,
 }
 
 fn main() -> ExitCode {
@@ -191,6 +195,7 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
     run::run(
         client,
         scope,
+        args.vm_concurrency,
         metrics,
         reporter,
         move || ready_flag.store(true, Ordering::Relaxed),

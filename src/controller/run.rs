@@ -7,8 +7,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client, ResourceExt};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -50,6 +51,7 @@ fn node_fingerprint(n: &Node) -> Option<u64> {
 pub async fn run(
     client: Client,
     scope: Scope,
+    vm_concurrency: u16,
     metrics: Arc<Metrics>,
     reporter: Reporter,
     ready: impl FnOnce() + Send,
@@ -106,7 +108,8 @@ pub async fn run(
     .modify(slim)
     .reflect(vm_writer)
     .applied_objects();
-    let vm_controller = Controller::for_stream(vm_watch, vm_store.clone());
+    let vm_controller = Controller::for_stream(vm_watch, vm_store.clone())
+        .with_config(controller::Config::default().concurrency(vm_concurrency));
     let migration_controller = Controller::new(
         api::<VirtualMachineMigration>(&client, &scope),
         watcher::Config::default().any_semantic(),
@@ -164,15 +167,29 @@ pub async fn run(
             let ns = m.namespace().unwrap_or_default();
             Some(ObjectRef::<VirtualMachine>::new(&m.spec.vm_name).within(&ns))
         })
-        .watches_stream(pools, move |pool: HostPool| {
-            let ns = pool.namespace();
-            let name = pool.name_any();
-            vm_store
-                .state()
-                .into_iter()
-                .filter(|vm| vm.spec.host_pool == name && vm.namespace() == ns)
-                .map(|vm| ObjectRef::from_obj(vm.as_ref()))
-                .collect::<Vec<_>>()
+        .watches_stream(pools, {
+            let shapes = std::sync::Mutex::new(HashMap::new());
+            move |pool: HostPool| {
+                let ns = pool.namespace();
+                let name = pool.name_any();
+                // Capacity moves with every VM placed; only VMs still waiting care about that.
+                let shape = pool_shape(&pool);
+                let reshaped = crate::controller::lock(&shapes)
+                    .insert((ns.clone(), name.clone()), shape)
+                    != Some(shape);
+                vm_store
+                    .state()
+                    .into_iter()
+                    .filter(|vm| vm.spec.host_pool == name && vm.namespace() == ns)
+                    .filter(|vm| {
+                        reshaped
+                            || !vm.status.as_ref().is_some_and(|s| {
+                                crate::api::condition::is_true(&s.conditions, "Ready")
+                            })
+                    })
+                    .map(|vm| ObjectRef::from_obj(vm.as_ref()))
+                    .collect::<Vec<_>>()
+            }
         })
         .graceful_shutdown_on(Box::pin(shutdown_signal()))
         .run(
@@ -279,8 +296,27 @@ pub async fn run(
 
 /// Drop `managedFields` from a cached object: ferry never reads them, and with several field
 /// managers they take more memory than the rest of a VirtualMachine.
+/// Drops what ferry never reads from a cached object: field ownership, and the copy of the whole
+/// object that `kubectl apply` keeps in an annotation (as large as the spec itself).
 fn slim<K: kube::Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// What of a HostPool every one of its VMs depends on: its spec and its hosts' states (not
+/// their capacity, which matters only to VMs waiting to be placed or started).
+fn pool_shape(pool: &HostPool) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pool.metadata.generation.hash(&mut h);
+    if let Some(s) = &pool.status {
+        for host in &s.hosts {
+            (&host.name, format!("{:?}", host.state)).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 fn selected_before(pool: &HostPool, node: &Node) -> bool {
