@@ -16,7 +16,9 @@
 //! Sizes: `FERRY_SCALE_HOSTS` (default 100), `FERRY_SCALE_VMS` (1000),
 //! `FERRY_SCALE_STEADY_SECS` (120); `FERRY_SCALE_IN_FLIGHT` (default 0, no limit) holds creation
 //! back while that many created VMs are not yet Ready, for API servers (like the in-repo stand-in)
-//! that fall behind a burst of 10,000 creations. Run: `e2e/bench-scale.sh`.
+//! that fall behind a burst of 10,000 creations; `FERRY_SCALE_KEEP_HOST_FILES=DIR` keeps the host
+//! files (what the simulated hosts cost on their own: `examples/test_driver_rss.rs`).
+//! Run: `e2e/bench-scale.sh`.
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
@@ -777,5 +779,16 @@ async fn main() {
         t.abort();
     }
     drop(c);
+    // The host files as the restarted controller found them, for examples/test_driver_rss.rs.
+    if let Some(keep) = std::env::var_os("FERRY_SCALE_KEEP_HOST_FILES") {
+        let keep = PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).expect("FERRY_SCALE_KEEP_HOST_FILES directory");
+        for f in &files {
+            if let Some(name) = f.file_name() {
+                std::fs::copy(f, keep.join(name)).expect("copy a host file");
+            }
+        }
+        eprintln!("scale: host files kept in {}", keep.display());
+    }
     drop(dir);
 }
