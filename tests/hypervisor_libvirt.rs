@@ -585,3 +585,142 @@ async fn lost_connections_are_detected_and_replaced() {
     let lab = Arc::try_unwrap(lab).expect("no other lab handles");
     blocking(move || lab.down()).await.expect("lab down");
 }
+
+/// A loopback HTTP server (python3) that sends `mib` MiB slowly (64 KiB every 10 ms), killed on
+/// drop.
+struct SlowServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl SlowServer {
+    fn start(mib: u64) -> SlowServer {
+        let script = r#"
+import http.server, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        n = int(sys.argv[1]) << 20
+        self.send_response(200)
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        block = bytes(range(256)) * 256
+        for _ in range(n // len(block)):
+            self.wfile.write(block)
+            time.sleep(0.01)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script, &mib.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 HTTP server");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("port");
+        let port: u16 = line.trim().parse().expect("port number");
+        SlowServer {
+            child,
+            url: format!("http://127.0.0.1:{port}/image.raw"),
+        }
+    }
+}
+
+impl Drop for SlowServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The SHA-256 of what [`SlowServer`] sends.
+fn slow_server_sha256(mib: u64) -> String {
+    let block: Vec<u8> = (0..=255u8).cycle().take(65536).collect();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for _ in 0..(mib << 20) / 65536 {
+        ctx.update(&block);
+    }
+    ferry::cloud_init::hex(ctx.finish().as_ref())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
+    use ferry::controller::image_import::{self, ImportKey, ImportState};
+    use ferry::plan::naming;
+    if !Lab::should_run("an_import_in_progress_is_left_alone_and_a_cut_short_one_removed") {
+        return;
+    }
+    let lab = blocking(|| Lab::up(1)).await.expect("lab up");
+    bounded(Duration::from_secs(300), async {
+        let uri = lab.host("h1").unix_uri.clone();
+        let host = LibvirtHost::connect(&uri, opts()).await.expect("connect");
+        let pool_dir = lab.pool_dir.to_string_lossy().to_string();
+        host.ensure_pool(POOL, Some(&pool_dir)).await.expect("pool");
+
+        // The remainder of an import cut short (a controller restart): the image volume without
+        // its marker. Looking the image up removes it.
+        let mib = 16;
+        let sha = slow_server_sha256(mib);
+        let name = naming::imported_image_name(&sha);
+        host.upload_volume(
+            POOL,
+            &name,
+            4096,
+            Box::new(std::iter::once(Ok(vec![7u8; 4096]))),
+        )
+        .await
+        .expect("a half image");
+        assert_eq!(
+            image_import::lookup(host.as_ref(), POOL, &sha)
+                .await
+                .expect("lookup"),
+            None
+        );
+        assert_eq!(host.lookup_volume(POOL, &name).await.expect("lookup"), None);
+
+        // An import running in this process: looking the image up while its volume is being
+        // written (no marker yet) leaves it alone.
+        let server = SlowServer::start(mib);
+        let key = ImportKey {
+            uri: uri.clone(),
+            pool: POOL.into(),
+            sha256: sha.clone(),
+        };
+        image_import::start(key.clone(), server.url.clone(), opts());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut looked_mid_import = 0;
+        loop {
+            let in_pool = host.lookup_volume(POOL, &name).await.expect("lookup");
+            let found = image_import::lookup(host.as_ref(), POOL, &sha)
+                .await
+                .expect("lookup");
+            if let Some(v) = found {
+                assert_eq!(std::fs::metadata(&v.path).expect("image").len(), mib << 20);
+                break;
+            }
+            if in_pool.is_some() && image_import::running(&key) {
+                looked_mid_import += 1;
+            }
+            match image_import::take_state(&key) {
+                Some(ImportState::Failed { message, .. }) => panic!("import failed: {message}"),
+                Some(ImportState::Running { .. }) | Some(ImportState::Done) | None => {}
+            }
+            assert!(Instant::now() < deadline, "import not done in 120 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            looked_mid_import > 0,
+            "the image was never looked up while its import ran"
+        );
+        for v in [name.clone(), naming::imported_marker_name(&sha)] {
+            host.delete_volume(POOL, &v).await.expect("clean up");
+        }
+        drop(server);
+        host.close().await;
+    })
+    .await;
+    blocking(move || lab.down()).await.expect("lab down");
+}

@@ -67,8 +67,14 @@ pub fn take_state(key: &ImportKey) -> Option<ImportState> {
     }
 }
 
-/// The verified image if the pool has it. An image without its marker (an import cut short) is
-/// removed, and `None` returned.
+/// Whether this process is importing `key` now.
+pub fn running(key: &ImportKey) -> bool {
+    matches!(table().get(key), Some(ImportState::Running { .. }))
+}
+
+/// The verified image if the pool has it. An image without its marker is either being imported
+/// by this process (left alone) or the remainder of an import cut short, by a controller restart
+/// say (removed); `None` is returned for both.
 pub async fn lookup(
     hv: &dyn Hypervisor,
     pool: &str,
@@ -84,6 +90,16 @@ pub async fn lookup(
         .is_some()
     {
         return Ok(Some(vol));
+    }
+    // Asked after the volume was seen: an import marks itself running before it creates the
+    // volume and stays so until its marker is written.
+    let key = ImportKey {
+        uri: hv.uri().to_string(),
+        pool: pool.to_string(),
+        sha256: sha256.to_ascii_lowercase(),
+    };
+    if running(&key) || matches!(table().get(&key), Some(ImportState::Done)) {
+        return Ok(None);
     }
     tracing::warn!(volume = %name, "removing an image whose import did not finish");
     hv.delete_volume(pool, &name).await?;

@@ -1384,8 +1384,10 @@ async fn imported_image(
                 Retry::Backoff,
             ))
         }
-        // Done, but the pool does not show it (removed meanwhile), or never started: start.
-        Some(image_import::ImportState::Done) | None => {
+        // Finished between the look at the pool and now: look again shortly.
+        Some(image_import::ImportState::Done) => Err(importing("finished, verifying".into())),
+        // Never started here, or finished and since removed from the pool: start.
+        None => {
             image_import::start(
                 key,
                 h.url.clone(),
