@@ -69,6 +69,19 @@ struct ControllerArgs {
     vm_concurrency: u16,
 }
 
+/// glibc gives threads that contend for malloc arenas of their own (up to eight per core) and
+/// keeps what each arena once held. ferry runs one thread per libvirt connection, hundreds in a
+/// large pool; two arenas keep that memory shared. `MALLOC_ARENA_MAX` in the environment wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before other threads start.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -83,6 +96,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Controller(args) => {
+            limit_malloc_arenas();
             let telemetry = telemetry::init(args.log_format);
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
