@@ -159,8 +159,20 @@ fn disks_and_nics_need_unique_names_and_one_source() {
     assert!(
         errors("VirtualMachine", &v, None)
             .iter()
-            .any(|m| m.contains("exactly one of image, volume or http"))
+            .any(|m| m.contains("exactly one of image, volume, http or clone"))
     );
+    let mut v = vm();
+    v["spec"]["disks"] = json!([{"name": "root", "image": "a.qcow2",
+                                 "clone": {"virtualMachine": "src", "disk": "root"}}]);
+    assert!(
+        errors("VirtualMachine", &v, None)
+            .iter()
+            .any(|m| m.contains("exactly one of image, volume, http or clone"))
+    );
+    let mut v = vm();
+    v["spec"]["disks"] =
+        json!([{"name": "root", "clone": {"virtualMachine": "src", "disk": "root"}}]);
+    assert_eq!(errors("VirtualMachine", &v, None), Vec::<String>::new());
 
     let mut v = vm();
     v["spec"]["networks"] = json!([{"name": "eth0"}]);
@@ -253,6 +265,17 @@ fn fields_that_may_not_change_are_protected() {
         errors("VirtualMachine", &v, Some(&old))
             .iter()
             .any(|m| m.contains("image cannot be changed"))
+    );
+
+    let mut old_clone = vm();
+    old_clone["spec"]["disks"] =
+        json!([{"name": "root", "clone": {"virtualMachine": "a", "disk": "root"}}]);
+    let mut v = old_clone.clone();
+    v["spec"]["disks"][0]["clone"]["virtualMachine"] = json!("b");
+    assert!(
+        errors("VirtualMachine", &v, Some(&old_clone))
+            .iter()
+            .any(|m| m.contains("clone cannot be changed"))
     );
 
     let mut old_mac = vm();

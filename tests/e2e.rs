@@ -196,6 +196,29 @@ async fn vm_lifecycle_on_a_real_host() {
     lab::wait_for_console(&log, "FERRY-READY", BOOT).expect("guest ready");
     assert_eq!(domains(&lab), vec![format!("{ns}_web")]);
 
+    // A clone of web's disk waits while web runs (its disk changes under a copy).
+    let mut copy = vm_manifest("web-copy", "lab", &lab, "Always");
+    copy["spec"]["disks"] =
+        json!([{"name": "root", "clone": {"virtualMachine": "web", "disk": "root"}}]);
+    c.apply::<VirtualMachine>(copy).await;
+    let waiting = wait_vm(
+        &c,
+        "web-copy",
+        "CloneSourceRunning",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "CloneSourceRunning"),
+    )
+    .await;
+    assert_eq!(
+        waiting.status.as_ref().and_then(|s| s.phase),
+        Some(VmPhase::Pending)
+    );
+    assert!(
+        condition(&waiting, "Ready").is_some_and(|c| c.message.contains("stop it")),
+        "{:?}",
+        condition(&waiting, "Ready")
+    );
+
     // Steady state: no status writes while nothing changes.
     let rv = c.vms().get("web").await.expect("vm").resource_version();
     tokio::time::sleep(Duration::from_secs(35)).await;
@@ -224,6 +247,33 @@ async fn vm_lifecycle_on_a_real_host() {
         .virsh(&lab.hosts[0].name, &["domstate", &format!("{ns}_web")])
         .stdout;
     assert!(state.contains("shut off"), "domain state: {state}");
+
+    // web stopped: the clone gets a standalone copy of its disk and boots from web's data (the
+    // boot counter on the disk goes on from web's first boot).
+    let copied = wait_vm(&c, "web-copy", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let copy_volume = copied.status.as_ref().expect("status").disks[0]
+        .volume
+        .clone();
+    assert_ne!(copy_volume, overlay);
+    assert!(
+        volumes(&lab).contains(&copy_volume),
+        "copy {copy_volume} exists"
+    );
+    let copy_log = console(&lab, &ns, "web-copy");
+    lab::wait_for_console(&copy_log, "FERRY-BOOT 2", BOOT).expect("the clone boots web's disk");
+    c.vms()
+        .delete("web-copy", &DeleteParams::default())
+        .await
+        .expect("delete the clone");
+    c.wait_vm_gone("web-copy", Duration::from_secs(90)).await;
+    assert!(
+        !volumes(&lab).contains(&copy_volume),
+        "the copy is removed with its VM"
+    );
+    assert!(volumes(&lab).contains(&overlay), "the source's disk stays");
 
     // Start again: same disk, second boot.
     c.vms()

@@ -724,3 +724,107 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
     .await;
     blocking(move || lab.down()).await.expect("lab down");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_volume_is_a_standalone_copy_of_what_the_guest_sees() {
+    if !Lab::should_run("a_cloned_volume_is_a_standalone_copy_of_what_the_guest_sees") {
+        return;
+    }
+    let lab = blocking(|| Lab::up(1)).await.expect("lab up");
+    bounded(Duration::from_secs(300), async {
+        let host = LibvirtHost::connect(&lab.host("h1").unix_uri, opts())
+            .await
+            .expect("connect");
+        let pool_dir = lab.pool_dir.to_string_lossy().to_string();
+        host.ensure_pool(POOL, Some(&pool_dir)).await.expect("pool");
+        let golden = host
+            .lookup_volume(POOL, &lab.golden)
+            .await
+            .expect("lookup golden")
+            .expect("golden image");
+        let golden_before = file_digest(Path::new(&golden.path));
+        let source = host
+            .create_overlay(POOL, "clone-src.qcow2", &golden, 0)
+            .await
+            .expect("overlay");
+        // Data of the source's own, on top of its golden image.
+        let qemu = |program: &str, args: &[&str]| {
+            let out = lab::run_cmd(program, args, Duration::from_secs(60));
+            assert!(out.success(), "{program} {args:?}: {out:?}");
+            out.stdout
+        };
+        qemu(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x5a 1M 256k", &source.path],
+        );
+
+        let copy = host
+            .clone_volume(POOL, "clone-dst.qcow2", &source)
+            .await
+            .expect("clone");
+        assert_eq!(copy.format, "qcow2");
+        assert_eq!(copy.capacity, source.capacity);
+        // What a guest reads is the same, and the copy needs neither the source nor the image.
+        qemu(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                &source.path,
+                &copy.path,
+            ],
+        );
+        let info = qemu("qemu-img", &["info", "--output=json", &copy.path]);
+        assert!(!info.contains("backing-filename"), "standalone: {info}");
+        qemu(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "read -P 0x5a 1M 256k", &copy.path],
+        );
+
+        // The name taken: refused, the existing volume untouched.
+        let err = host
+            .clone_volume(POOL, "clone-dst.qcow2", &source)
+            .await
+            .expect_err("name taken");
+        assert!(
+            matches!(
+                err,
+                HypervisorError::OperationFailed { code, .. } if code == error_code::STORAGE_VOL_EXIST
+            ),
+            "{err}"
+        );
+        qemu(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "read -P 0x5a 1M 256k", &copy.path],
+        );
+        // A source that is gone: refused, nothing left behind.
+        host.delete_volume(POOL, "clone-src.qcow2")
+            .await
+            .expect("delete source");
+        assert!(
+            host.clone_volume(POOL, "clone-other.qcow2", &source)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            host.lookup_volume(POOL, "clone-other.qcow2")
+                .await
+                .expect("lookup"),
+            None
+        );
+        qemu(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "read -P 0x5a 1M 256k", &copy.path],
+        );
+        host.delete_volume(POOL, "clone-dst.qcow2")
+            .await
+            .expect("delete copy");
+        assert_eq!(file_digest(Path::new(&golden.path)), golden_before);
+        host.close().await;
+    })
+    .await;
+    blocking(move || lab.down()).await.expect("lab down");
+}

@@ -759,6 +759,9 @@ impl Hypervisor for Flaky {
     ) -> HvResult<VolumeInfo> {
         Ok(b.clone())
     }
+    async fn clone_volume(&self, _: &str, _: &str, s: &VolumeInfo) -> HvResult<VolumeInfo> {
+        Ok(s.clone())
+    }
     async fn upload_volume(
         &self,
         _: &str,

@@ -19,8 +19,8 @@ pub use migration::{
     VirtualMachineMigrationStatus,
 };
 pub use virtual_machine::{
-    DiskBus, DiskSource, NetworkSource, NicModel, RunStrategy, VirtualMachine, VirtualMachineSpec,
-    VirtualMachineStatus, VmPhase,
+    DiskBus, DiskClone, DiskSource, NetworkSource, NicModel, RunStrategy, VirtualMachine,
+    VirtualMachineSpec, VirtualMachineStatus, VmPhase,
 };
 pub use virtual_machine_class::{VirtualMachineClass, VirtualMachineClassSpec};
 

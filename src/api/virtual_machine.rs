@@ -251,7 +251,7 @@ pub struct CpuSpec {
 /// A disk of the VM.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("[has(self.image), has(self.volume), has(self.http)].filter(x, x).size() == 1").message("a disk needs exactly one of image, volume or http"))]
+#[x_kube(validation = kube::core::Rule::new("[has(self.image), has(self.volume), has(self.http), has(self.clone)].filter(x, x).size() == 1").message("a disk needs exactly one of image, volume, http or clone"))]
 pub struct Disk {
     /// Name of the disk, unique within the VM (a DNS label).
     #[schemars(
@@ -276,6 +276,14 @@ pub struct Disk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("http cannot be changed; add a new disk instead"))]
     pub http: Option<HttpImage>,
+    /// A full copy of another VM's disk (same namespace, same HostPool), made once when this VM is
+    /// first provisioned and independent of the source afterwards (a standalone qcow2: neither the
+    /// source VM nor its golden image is needed later). The copy waits while the source VM runs,
+    /// so that it is consistent: stop the source first. Removed when this VM is deleted. Cannot be
+    /// changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("clone cannot be changed; add a new disk instead"))]
+    pub clone: Option<DiskClone>,
     /// Virtual size of the overlay created from `image` (at least the image's size). Default: the
     /// image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,6 +306,24 @@ pub struct HttpImage {
     pub sha256: String,
 }
 
+/// Another VM's disk to copy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskClone {
+    /// Name of the source VirtualMachine, in this VM's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub virtual_machine: String,
+    /// Name of the source VM's disk (one with `image`, `http` or `clone`: a disk ferry made).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub disk: String,
+}
+
 /// Where a disk's data comes from, resolved from a [`Disk`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DiskSource<'a> {
@@ -307,22 +333,26 @@ pub enum DiskSource<'a> {
     Volume(&'a str),
     /// A per-VM overlay on an image imported from a URL.
     Http(&'a HttpImage),
+    /// A per-VM full copy of another VM's disk.
+    Clone(&'a DiskClone),
 }
 
 impl Disk {
     /// The source of this disk, or `None` when the spec names none or several.
     pub fn source(&self) -> Option<DiskSource<'_>> {
-        match (&self.image, &self.volume, &self.http) {
-            (Some(i), None, None) => Some(DiskSource::Image(i)),
-            (None, Some(v), None) => Some(DiskSource::Volume(v)),
-            (None, None, Some(h)) => Some(DiskSource::Http(h)),
+        match (&self.image, &self.volume, &self.http, &self.clone) {
+            (Some(i), None, None, None) => Some(DiskSource::Image(i)),
+            (None, Some(v), None, None) => Some(DiskSource::Volume(v)),
+            (None, None, Some(h), None) => Some(DiskSource::Http(h)),
+            (None, None, None, Some(c)) => Some(DiskSource::Clone(c)),
             _ => None,
         }
     }
 
-    /// Whether ferry makes a per-VM overlay for this disk (image and http disks).
+    /// Whether ferry makes a per-VM volume for this disk (an overlay for image and http disks,
+    /// a copy for clone disks), removed with the VM.
     pub fn has_overlay(&self) -> bool {
-        self.image.is_some() || self.http.is_some()
+        self.image.is_some() || self.http.is_some() || self.clone.is_some()
     }
 }
 

@@ -13,7 +13,7 @@ use crate::api::virtual_machine::{
     ABANDON_ANNOTATION, DiskStatus, HttpImage, POWER_ANNOTATION, RESTART_ANNOTATION, Recovery,
 };
 use crate::api::{
-    DiskSource, FINALIZER, HostPool, MigrationPhase, RunStrategy, VirtualMachine,
+    DiskClone, DiskSource, FINALIZER, HostPool, MigrationPhase, RunStrategy, VirtualMachine,
     VirtualMachineStatus, VmPhase,
 };
 use crate::error::{Error, Result};
@@ -25,7 +25,7 @@ use crate::plan::class;
 use crate::plan::definition::{self, ResolvedDisk};
 use crate::plan::lifecycle::{self, Action, Power};
 use crate::plan::validate::{ValidSpec, validate};
-use crate::plan::{monitoring, naming, uri};
+use crate::plan::{clone, monitoring, naming, uri};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -1151,6 +1151,10 @@ async fn provision_disks(
             name: String,
             capacity: u64,
         },
+        Copy {
+            from: VolumeInfo,
+            name: String,
+        },
     }
     let mut plans = Vec::new();
     for (i, d) in vm.spec.disks.iter().enumerate() {
@@ -1183,7 +1187,7 @@ async fn provision_disks(
                                     Retry::Backoff,
                                 )
                             })?,
-                            DiskSource::Volume(_) => unreachable!("matched above"),
+                            DiskSource::Volume(_) | DiskSource::Clone(_) => unreachable!("matched above"),
                         };
                         let image = golden.name.as_str();
                         let wanted = valid
@@ -1214,12 +1218,22 @@ async fn provision_disks(
                     }
                 }
             }
+            Some(DiskSource::Clone(c)) => {
+                let name = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
+                match hv.lookup_volume(pool, &name).await.map_err(lost)? {
+                    Some(vol) => Plan::Ready(vol),
+                    None => {
+                        let from = clone_source(vm, ctx, hv, pool, host, i, c).await?;
+                        Plan::Copy { from, name }
+                    }
+                }
+            }
             None => {
                 return Err(Blocked::new(
                     VmPhase::Failed,
                     "InvalidSpec",
                     format!(
-                        "fix the spec: spec.disks[{i}] needs exactly one of image, volume or http"
+                        "fix the spec: spec.disks[{i}] needs exactly one of image, volume, http or clone"
                     ),
                     Retry::OnChange,
                 ));
@@ -1232,36 +1246,51 @@ async fn provision_disks(
     for (d, plan) in vm.spec.disks.iter().zip(plans) {
         let vol = match plan {
             Plan::Ready(v) => v,
-            Plan::Create {
-                golden,
-                name,
-                capacity,
-            } => match hv.create_overlay(pool, &name, &golden, capacity).await {
-                Ok(v) => {
-                    created.push(name.clone());
-                    v
-                }
-                Err(e) => {
-                    for c in &created {
-                        if let Err(err) = hv.delete_volume(pool, c).await {
-                            tracing::warn!(volume = %c, error = %err, "could not roll back overlay");
-                        }
+            Plan::Create { .. } | Plan::Copy { .. } => {
+                let (made, name, from) = match plan {
+                    Plan::Create {
+                        golden,
+                        name,
+                        capacity,
+                    } => (
+                        hv.create_overlay(pool, &name, &golden, capacity).await,
+                        name,
+                        format!("image {:?}", golden.name),
+                    ),
+                    Plan::Copy { from, name } => (
+                        copy_volume(hv, pool, &name, &from).await,
+                        name,
+                        format!("a copy of volume {:?}", from.name),
+                    ),
+                    Plan::Ready(_) => unreachable!("matched above"),
+                };
+                match made {
+                    Ok(v) => {
+                        created.push(name.clone());
+                        v
                     }
-                    return Err(if e.is_connection_lost() {
-                        host_blocked(host, e, "creating disks", st.phase)
-                    } else {
-                        Blocked::new(
-                            VmPhase::Pending,
-                            "DiskCreateFailed",
-                            format!(
-                                "creating disk {} from image {:?} on host {host} failed: {e}",
-                                d.name, golden.name
-                            ),
-                            Retry::Backoff,
-                        )
-                    });
+                    Err(e) => {
+                        for c in &created {
+                            if let Err(err) = hv.delete_volume(pool, c).await {
+                                tracing::warn!(volume = %c, error = %err, "could not roll back overlay");
+                            }
+                        }
+                        return Err(if e.is_connection_lost() {
+                            host_blocked(host, e, "creating disks", st.phase)
+                        } else {
+                            Blocked::new(
+                                VmPhase::Pending,
+                                "DiskCreateFailed",
+                                format!(
+                                    "creating disk {} from {from} on host {host} failed: {e}",
+                                    d.name
+                                ),
+                                Retry::Backoff,
+                            )
+                        });
+                    }
                 }
-            },
+            }
         };
         resolved.push(ResolvedDisk {
             name: d.name.clone(),
@@ -1292,6 +1321,76 @@ async fn provision_disks(
         .await;
     }
     Ok(resolved)
+}
+
+/// The volume a clone disk copies, when the copy can be made now (see [`clone::decide`]).
+async fn clone_source(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    hv: &dyn Hypervisor,
+    pool: &str,
+    host: &str,
+    i: usize,
+    c: &DiskClone,
+) -> Result<VolumeInfo, Blocked> {
+    let ns = vm.namespace().unwrap_or_default();
+    let source = ctx.vms.get(&ObjectRef::new(&c.virtual_machine).within(&ns));
+    let lost = |e: HypervisorError| host_blocked(host, e, "looking up the clone's source", None);
+    // libvirt can say whether the source runs when it is on this host.
+    let active = match source.as_deref() {
+        Some(s) if s.status.as_ref().and_then(|st| st.host.as_deref()) == Some(host) => {
+            let uid = s.metadata.uid.clone().unwrap_or_default();
+            Some(
+                hv.lookup_domain(&uid)
+                    .await
+                    .map_err(lost)?
+                    .is_some_and(|d| d.state.is_active()),
+            )
+        }
+        _ => None,
+    };
+    let wait = |reason: &'static str, message: String| {
+        Blocked::new(
+            VmPhase::Pending,
+            reason,
+            format!("spec.disks[{i}].clone: {message}"),
+            Retry::After(Duration::from_secs(10)),
+        )
+    };
+    match clone::decide(c, &vm.spec.host_pool, pool, source.as_deref(), active) {
+        clone::CloneDecision::Copy { volume } => hv
+            .lookup_volume(pool, &volume)
+            .await
+            .map_err(lost)?
+            .ok_or_else(|| {
+                wait(
+                    clone::SOURCE_NOT_FOUND,
+                    format!("volume {volume:?} of VirtualMachine {:?} is not in storage pool {pool:?} on host {host}", c.virtual_machine),
+                )
+            }),
+        clone::CloneDecision::Wait { reason, message } => Err(wait(reason, message)),
+    }
+}
+
+/// How long copying one disk may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
+/// Copy `from` into a new volume `name`, on a connection of its own: the copy takes as long as
+/// the disk is large, and the shared connection must keep answering meanwhile.
+async fn copy_volume(
+    hv: &dyn Hypervisor,
+    pool: &str,
+    name: &str,
+    from: &VolumeInfo,
+) -> std::result::Result<VolumeInfo, HypervisorError> {
+    let opts = crate::hypervisor::ConnectOptions {
+        call_timeout: COPY_TIMEOUT,
+        ..crate::hypervisor::ConnectOptions::default()
+    };
+    let own = crate::hypervisor::LibvirtHost::connect(hv.uri(), opts).await?;
+    let copied = own.clone_volume(pool, name, from).await;
+    own.close().await;
+    copied
 }
 
 /// Make status list the VM's overlays and its current seed (entries are only ever added here).

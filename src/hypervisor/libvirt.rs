@@ -1003,6 +1003,22 @@ fn overlay_xml(name: &str, backing: &VolumeInfo, capacity: u64) -> CallResult<St
     .map_err(|e| Fail::Other(e.to_string()))
 }
 
+/// A standalone qcow2 volume of `capacity` bytes (the target of a copy).
+fn copy_xml(name: &str, capacity: u64) -> CallResult<String> {
+    check_xml_value("volume name", name)?;
+    let capacity = capacity.to_string();
+    domain_xml::write_document(|w| {
+        start(w, "volume", &[])?;
+        text_elem(w, "name", &[], name)?;
+        text_elem(w, "capacity", &[("unit", "bytes")], &capacity)?;
+        start(w, "target", &[])?;
+        empty_elem(w, "format", &[("type", "qcow2")])?;
+        end(w, "target")?;
+        end(w, "volume")
+    })
+    .map_err(|e| Fail::Other(e.to_string()))
+}
+
 /// The guest OS's pretty name from the agent (`virDomainGetGuestInfo`, which the virt crate does
 /// not wrap), `None` when it does not say.
 fn guest_os(dom: &Domain) -> Option<String> {
@@ -1349,6 +1365,47 @@ impl Hypervisor for LibvirtHost {
             let xml = overlay_xml(&name, &backing, capacity)?;
             let vol = StorageVol::create_xml(&pool, &xml, 0)?;
             volume_info(&vol)
+        })
+        .await
+    }
+
+    async fn clone_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        source: &VolumeInfo,
+    ) -> HvResult<VolumeInfo> {
+        let (pool, name, source) = (pool.to_string(), name.to_string(), source.clone());
+        self.call("clone_volume", move |conn| {
+            let pool = require_pool(conn, &pool)?;
+            let from = pool.lookup_storage_vol_by_name(&source.name)?;
+            // Checked first so that the clean-up below only ever removes what this call made.
+            if found(
+                pool.lookup_storage_vol_by_name(&name),
+                error_code::NO_STORAGE_VOL,
+            )?
+            .is_some()
+            {
+                return Err(Fail::Code(
+                    error_code::STORAGE_VOL_EXIST,
+                    format!("storage volume {name:?} exists already"),
+                ));
+            }
+            let xml = copy_xml(&name, source.capacity)?;
+            match StorageVol::create_xml_from(&pool, &xml, &from, 0) {
+                Ok(vol) => volume_info(&vol),
+                Err(e) => {
+                    // libvirt removes a failed copy itself; make sure.
+                    if let Ok(Some(v)) = found(
+                        pool.lookup_storage_vol_by_name(&name),
+                        error_code::NO_STORAGE_VOL,
+                    ) && let Err(err) = v.delete(0)
+                    {
+                        tracing::warn!(volume = %name, error = %err, "could not remove a failed copy");
+                    }
+                    Err(e.into())
+                }
+            }
         })
         .await
     }

@@ -340,6 +340,18 @@ pub trait Hypervisor: Send + Sync {
         backing: &VolumeInfo,
         capacity: u64,
     ) -> HvResult<VolumeInfo>;
+    /// Create volume `name` in `pool` as a standalone qcow2 copy of `source` (same pool): what the
+    /// guest sees in `source`, backing chain included, copied by libvirt
+    /// (`virStorageVolCreateXMLFrom`). A failed copy leaves nothing. It runs as long as the copy
+    /// does, on the connection's own thread: use a connection of its own (with a long call
+    /// timeout) for large volumes. Fails with code [`error_code::STORAGE_VOL_EXIST`] when the
+    /// name is taken.
+    async fn clone_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        source: &VolumeInfo,
+    ) -> HvResult<VolumeInfo>;
     /// Create volume `name` in `pool` (`capacity` bytes, raw) and fill it from `source` through a
     /// libvirt stream (`virStorageVolUpload`), so it works on remote hosts. The pool is refreshed
     /// afterwards, so a qcow2 image uploaded this way is reported as qcow2. If the source fails

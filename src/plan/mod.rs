@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod capacity;
 pub mod class;
+pub mod clone;
 pub mod definition;
 pub mod evacuation;
 pub mod host_health;

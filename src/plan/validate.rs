@@ -147,6 +147,7 @@ mod tests {
                 image: Some("tiny.qcow2".into()),
                 volume: None,
                 http: None,
+                clone: None,
                 size: Some("1Gi".into()),
                 bus: None,
             }],
