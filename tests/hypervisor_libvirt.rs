@@ -332,8 +332,11 @@ impl CallObserver for DomainEvents {
 }
 
 /// Disk locks, the split-brain guard under fencing: a second host refuses to start a domain
-/// whose disk a running domain on the first host holds (QEMU's image locking on the shared file;
-/// the lab also configures virtlockd leases), and starts it once that copy is off.
+/// whose disk a running domain on the first host holds, and starts it once that copy is off.
+/// Two guards are at work and both are checked: virtlockd's lease on the shared lockspace (held
+/// by the running host's virtlockd, released when its copy stops) and QEMU's image lock, which
+/// is what reports the refusal because QEMU opens its disks before libvirt takes the leases at
+/// the first resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leased_disk_never_runs_on_two_hosts() {
     if !Lab::should_run("a_leased_disk_never_runs_on_two_hosts") {
@@ -372,6 +375,16 @@ async fn a_leased_disk_never_runs_on_two_hosts() {
         h1.define_domain(&xml).await.expect("define on h1");
         h2.define_domain(&xml).await.expect("define on h2");
         h1.start_domain(&uuid).await.expect("start on h1");
+        assert_eq!(
+            lease_holders(&lab, Path::new(&overlay.path)),
+            ["h1"],
+            "h1's virtlockd leases the overlay"
+        );
+        let golden_path = lab.golden_path();
+        assert!(
+            lease_holders(&lab, &golden_path).is_empty(),
+            "the read-only golden image is shared, not leased"
+        );
 
         let err = h2
             .start_domain(&uuid)
@@ -385,10 +398,20 @@ async fn a_leased_disk_never_runs_on_two_hosts() {
             .expect("defined");
         assert!(!d.state.is_active(), "{:?}", d.state);
 
+        assert_eq!(
+            lease_holders(&lab, Path::new(&overlay.path)),
+            ["h1"],
+            "h2's refused start took no lease and left h1's alone"
+        );
         h1.destroy_domain(&uuid).await.expect("destroy on h1");
+        assert!(
+            lease_holders(&lab, Path::new(&overlay.path)).is_empty(),
+            "the lease is released with h1's copy"
+        );
         h2.start_domain(&uuid)
             .await
             .expect("h2 starts it once the lease is free");
+        assert_eq!(lease_holders(&lab, Path::new(&overlay.path)), ["h2"]);
         let err = h1.start_domain(&uuid).await.expect_err("now h1 may not");
         assert!(err.is_disk_locked(), "{err:?}");
 
@@ -404,6 +427,49 @@ async fn a_leased_disk_never_runs_on_two_hosts() {
     })
     .await;
     blocking(move || lab.down()).await.expect("lab down");
+}
+
+/// The lab hosts whose virtlockd holds the lease on `disk`: the lease is the file named by the
+/// SHA-256 of the disk's path in the shared lockspace (`qemu-lockd.conf` `file_lockspace_dir`),
+/// and holding it is a POSIX lock on that file (read from `/proc/locks`).
+fn lease_holders(lab: &Lab, disk: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        disk.to_string_lossy().as_bytes(),
+    );
+    let name: String = digest
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let lease = lab.shared_dir.join("lockd").join(name);
+    let Ok(meta) = std::fs::metadata(&lease) else {
+        return Vec::new();
+    };
+    let locks = std::fs::read_to_string("/proc/locks").expect("/proc/locks");
+    let holders: Vec<u32> = locks
+        .lines()
+        .filter(|l| !l.contains("->"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: POSIX  ADVISORY  WRITE 31156 00:2f:1234 0 EOF"
+            let inode = f.get(5)?.rsplit(':').next()?.parse::<u64>().ok()?;
+            (f.get(1) == Some(&"POSIX") && inode == meta.ino())
+                .then(|| f.get(4)?.parse().ok())
+                .flatten()
+        })
+        .collect();
+    lab.hosts
+        .iter()
+        .filter(|h| {
+            std::fs::read_to_string(lab.dir.join(&h.name).join("virtlockd.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .is_some_and(|pid| holders.contains(&pid))
+        })
+        .map(|h| h.name.clone())
+        .collect()
 }
 
 /// Sends `signal` to the host's libvirtd; `Drop` of the returned guard sends SIGCONT.
