@@ -47,13 +47,21 @@ async fn wait_vm(
     f: impl Fn(&VirtualMachine) -> bool,
 ) -> VirtualMachine {
     let api = c.vms();
-    wait_for(&format!("VM {name}: {what}"), timeout, || {
-        let api = api.clone();
-        let name = name.to_string();
-        let f = &f;
-        async move { api.get(&name).await.ok().filter(|vm| f(vm)) }
-    })
-    .await
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let vm = api.get(name).await.ok();
+        if let Some(vm) = vm.as_ref().filter(|vm| f(vm)) {
+            return vm.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for VM {name}: {what}; its status: {}",
+            vm.and_then(|v| v.status)
+                .and_then(|s| serde_json::to_string(&s).ok())
+                .unwrap_or_else(|| "none".into())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn pool_manifest(name: &str, lab: &lab::Lab) -> serde_json::Value {
@@ -2175,14 +2183,8 @@ async fn ha_setup(
         pool["spec"]["fencing"] = f;
     }
     c.apply::<ferry::api::HostPool>(pool).await;
-    c.apply::<ferry::api::HAPolicy>(json!({
-        "apiVersion": "ferry.dev/v1alpha1", "kind": "HAPolicy",
-        "metadata": {"name": "ha"},
-        "spec": {"hostPools": ["lab"], "notReadyGraceSeconds": 5,
-                 "libvirtUnreachableGraceSeconds": 3, "maxConcurrentRestarts": max_concurrent,
-                 "priorityClasses": [{"name": "high", "value": 100}]}
-    }))
-    .await;
+    c.apply::<ferry::api::HAPolicy>(ha_policy(max_concurrent, json!({})))
+        .await;
     for (name, class) in names {
         let mut m = vm_manifest(name, "lab", &lab, "Always");
         if let Some(class) = class {
@@ -2219,6 +2221,21 @@ async fn ha_setup(
     (c, lab, h1, h2, ctl)
 }
 
+/// The HAPolicy `ha` of the HA tests: the lab pool, short graces, `extra` merged into its spec.
+fn ha_policy(max_concurrent: u32, extra: serde_json::Value) -> serde_json::Value {
+    let mut policy = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "HAPolicy",
+        "metadata": {"name": "ha"},
+        "spec": {"hostPools": ["lab"], "notReadyGraceSeconds": 5,
+                 "libvirtUnreachableGraceSeconds": 3, "maxConcurrentRestarts": max_concurrent,
+                 "priorityClasses": [{"name": "high", "value": 100}]}
+    });
+    if let (Some(spec), Some(extra)) = (policy["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    policy
+}
+
 /// Domains running on a lab host.
 fn running(lab: &lab::Lab, host: &str) -> Vec<String> {
     lab.virsh(host, &["list", "--name"])
@@ -2249,6 +2266,11 @@ async fn ha_setup_with_ipmi(
 
 /// Power the BMC's host off as an operator would, with ipmitool over LAN.
 fn ipmi_power_off(sim: &bmc::IpmiSim) {
+    ipmi_power(sim, "off");
+}
+
+/// `ipmitool chassis power <action>` against the BMC.
+fn ipmi_power(sim: &bmc::IpmiSim, action: &str) {
     let port = sim.port.to_string();
     let out = lab::run_cmd(
         "ipmitool",
@@ -2271,11 +2293,11 @@ fn ipmi_power_off(sim: &bmc::IpmiSim) {
             "2",
             "chassis",
             "power",
-            "off",
+            action,
         ],
         Duration::from_secs(30),
     );
-    assert!(out.success(), "ipmitool chassis power off: {out:?}");
+    assert!(out.success(), "ipmitool chassis power {action}: {out:?}");
 }
 
 /// IPMI fencing as the HA tests use it (timeouts short for the lab).
@@ -2738,6 +2760,197 @@ async fn ha_not_ready_host_with_libvirt_up_is_evacuated_live() {
             "{name} was moved live, not restarted"
         );
     }
+    drop(ctl);
+}
+
+/// `notReadyAction: LiveMigrateThenRestart`, then the host's return. h1's kubelet goes silent
+/// while its libvirt answers: `vm-move` is live-migrated to h2 (one boot); `vm-stay`
+/// (`evictionStrategy: None`) cannot move, so after the evacuation deadline h1 is fenced through
+/// its IPMI BMC (confirmed Off) and `vm-stay` restarts on h2 (its second boot). Then h1 is
+/// powered on again: its libvirt still has `vm-stay`'s old domain, which ferry undefines before
+/// anything else happens there (`StaleDomainRemoved`, verdict Recovered, then Healthy once the
+/// Node is Ready), and every VM still runs exactly once. Last, `notReadyAction: Restart` on h2:
+/// its domains are shut off through libvirt and both VMs restart on h1, without a fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn ha_not_ready_actions_and_a_host_that_returns() {
+    let ((mut c, lab, h1, h2, ctl), sim) = ha_setup_with_ipmi(
+        "ferry-e2e-ha-mtr",
+        &[("vm-move", None), ("vm-stay", None)],
+        8,
+        "s3cret",
+    )
+    .await;
+    let ns = c.namespace.clone();
+    c.apply::<ferry::api::HAPolicy>(ha_policy(
+        8,
+        json!({"notReadyAction": "LiveMigrateThenRestart", "evacuationDeadlineSeconds": 10}),
+    ))
+    .await;
+    c.vms()
+        .patch(
+            "vm-stay",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"evictionStrategy": "None"}})),
+        )
+        .await
+        .expect("evictionStrategy None");
+    let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &ns);
+    wait_for(
+        "the controllers saw both changes",
+        Duration::from_secs(60),
+        || {
+            let (p, vms) = (policies.clone(), c.vms());
+            async move {
+                let p = p.get("ha").await.ok()?;
+                let vm = vms.get("vm-stay").await.ok()?;
+                (p.status?.observed_generation == p.metadata.generation
+                    && vm.status?.observed_generation == vm.metadata.generation)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    let silent = std::time::Instant::now();
+    c.node_not_ready(&h1).await;
+    wait_vm(&c, "vm-move", "live-migrated to h2", BOOT, |vm| {
+        host_of(vm).as_deref() == Some(h2.as_str())
+            && ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let vm = wait_vm(
+        &c,
+        "vm-stay",
+        "restarted on h2 after the fence",
+        BOOT,
+        |vm| {
+            host_of(vm).as_deref() == Some(h2.as_str())
+                && ready_reason(vm) == Some(("True".into(), "Running".into()))
+        },
+    )
+    .await;
+    eprintln!(
+        "NotReady (grace 5 s, deadline 10 s) -> vm-stay Running on h2 after {:.1}s",
+        silent.elapsed().as_secs_f64()
+    );
+    let r = vm
+        .status
+        .and_then(|s| s.last_recovery)
+        .expect("vm-stay lastRecovery");
+    assert_eq!(
+        (r.from_host.as_str(), r.evidence.as_str()),
+        (h1.as_str(), "Fenced")
+    );
+    assert!(!sim.power_on(), "the BMC cut h1's power");
+    let moved = c.vms().get("vm-move").await.expect("vm-move");
+    assert!(
+        moved.status.and_then(|s| s.last_recovery).is_none(),
+        "vm-move was moved live, not restarted"
+    );
+    lab::wait_for_console(&console(&lab, &ns, "vm-stay"), "FERRY-BOOT 2", BOOT)
+        .expect("vm-stay boots again on h2");
+    assert_eq!(
+        boots(&lab::console_log(&console(&lab, &ns, "vm-move"))),
+        1,
+        "vm-move never rebooted"
+    );
+    let mut on_h2 = running(&lab, "h2");
+    on_h2.sort();
+    assert_eq!(on_h2, [format!("{ns}_vm-move"), format!("{ns}_vm-stay")]);
+    let h = ha_host(&c, &h1).await.expect("h1 entry");
+    assert_eq!(
+        h.verdict,
+        ferry::api::ha_policy::HostVerdict::Fenced,
+        "{h:?}"
+    );
+
+    // h1 comes back: power on, libvirtd starts with vm-stay's old domain still defined.
+    ipmi_power(&sim, "on");
+    lab.start_libvirtd("h1").expect("start libvirtd on h1");
+    wait_for("h1 Recovered", Duration::from_secs(90), || {
+        let c = &c;
+        let h1 = h1.clone();
+        async move {
+            let h = ha_host(c, &h1).await?;
+            (h.verdict == ferry::api::ha_policy::HostVerdict::Recovered).then_some(())
+        }
+    })
+    .await;
+    let left = lab.virsh("h1", &["list", "--all", "--name"]).stdout;
+    assert!(
+        !left.contains("vm-stay") && !left.contains("vm-move"),
+        "h1 keeps no domain of a VM that runs elsewhere: {left}"
+    );
+    assert!(
+        pool_event_count(&c, "StaleDomainRemoved", "vm-stay").await >= 1,
+        "the stale domain's removal is an Event"
+    );
+    c.node_ready(&h1).await;
+    wait_for("h1 Healthy", Duration::from_secs(60), || {
+        let c = &c;
+        let h1 = h1.clone();
+        async move {
+            let h = ha_host(c, &h1).await?;
+            (h.verdict == ferry::api::ha_policy::HostVerdict::Healthy).then_some(())
+        }
+    })
+    .await;
+    // Exactly once, still: nothing started on h1, no further boot.
+    assert!(running(&lab, "h1").is_empty());
+    assert_eq!(running(&lab, "h2").len(), 2);
+    let text = lab::console_log(&console(&lab, &ns, "vm-stay"));
+    assert_eq!(boots(&text), 2, "vm-stay booted twice in all");
+
+    // notReadyAction Restart: h2's kubelet goes silent while its libvirt answers. ferry shuts
+    // its domains off through libvirt, and once libvirt confirms them shut off, restarts both
+    // VMs on h1. h2 has no working BMC: nothing is fenced.
+    c.apply::<ferry::api::HAPolicy>(ha_policy(8, json!({"notReadyAction": "Restart"})))
+        .await;
+    wait_for("the policy change seen", Duration::from_secs(60), || {
+        let p = policies.clone();
+        async move {
+            let p = p.get("ha").await.ok()?;
+            (p.status?.observed_generation == p.metadata.generation).then_some(())
+        }
+    })
+    .await;
+    c.node_not_ready(&h2).await;
+    for name in ["vm-move", "vm-stay"] {
+        let vm = wait_vm(&c, name, "restarted on h1", BOOT, |vm| {
+            host_of(vm).as_deref() == Some(h1.as_str())
+                && ready_reason(vm) == Some(("True".into(), "Running".into()))
+        })
+        .await;
+        let r = vm
+            .status
+            .and_then(|s| s.last_recovery)
+            .expect("lastRecovery");
+        assert_eq!(
+            (r.from_host.as_str(), r.evidence.as_str()),
+            (h2.as_str(), "ShutOff"),
+            "{name}"
+        );
+    }
+    for (name, boot) in [("vm-move", "FERRY-BOOT 2"), ("vm-stay", "FERRY-BOOT 3")] {
+        lab::wait_for_console(&console(&lab, &ns, name), boot, BOOT)
+            .unwrap_or_else(|e| panic!("{name} boots again on h1: {e}"));
+    }
+    assert!(running(&lab, "h2").is_empty(), "h2 keeps no running copy");
+    assert_eq!(running(&lab, "h1").len(), 2);
+    let h = ha_host(&c, &h2).await.expect("h2 entry");
+    assert!(h.fenced_at.is_none() && h.fence_attempts.is_none(), "{h:?}");
+    // The shut-off copies on h2 are undefined (disks kept), so nothing can start them there.
+    wait_for(
+        "h2's old domains undefined",
+        Duration::from_secs(60),
+        || {
+            let left = lab.virsh("h2", &["list", "--all", "--name"]).stdout;
+            let clean = !left.contains("vm-move") && !left.contains("vm-stay");
+            async move { clean.then_some(()) }
+        },
+    )
+    .await;
     drop(ctl);
 }
 

@@ -434,15 +434,8 @@ async fn a_leased_disk_never_runs_on_two_hosts() {
 /// and holding it is a POSIX lock on that file (read from `/proc/locks`).
 fn lease_holders(lab: &Lab, disk: &Path) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        disk.to_string_lossy().as_bytes(),
-    );
-    let name: String = digest
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = ring::digest::digest(&ring::digest::SHA256, disk.to_string_lossy().as_bytes());
+    let name: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let lease = lab.shared_dir.join("lockd").join(name);
     let Ok(meta) = std::fs::metadata(&lease) else {
         return Vec::new();

@@ -595,6 +595,32 @@ async fn registry_reuses_and_replaces_connections() {
     .await
 }
 
+/// A sibling registry opens its own connection through the same connector, and closing one
+/// registry's connections leaves the other's open.
+#[tokio::test]
+async fn a_sibling_registry_keeps_connections_of_its_own() {
+    bounded(async {
+        let h = test_host();
+        let counting = Arc::new(Counting::default());
+        let reg = HostConnections::with_connector(counting.clone());
+        let probes = reg.sibling();
+        let a = reg.get(&h.uri, &opts()).await.expect("connect");
+        let b = probes
+            .get(&h.uri, &opts())
+            .await
+            .expect("connect the sibling");
+        assert!(!Arc::ptr_eq(&a, &b), "two connections");
+        assert_eq!(counting.count(&h.uri), 2, "both through the same connector");
+        probes.invalidate(&h.uri).await;
+        assert!(!b.is_connected());
+        assert!(a.is_connected(), "the shared connection is untouched");
+        assert!(reg.existing(&h.uri).await.is_some());
+        reg.close_all().await;
+        probes.close_all().await;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn registry_connects_once_for_concurrent_callers() {
     bounded(async {

@@ -285,6 +285,14 @@ pub enum HostVerdict {
     Recovered,
 }
 
+impl HostVerdict {
+    /// The host's VMs are being restarted elsewhere (its domains stopped, or the host fenced):
+    /// nothing may be started there until it is back.
+    pub fn failing_over(self) -> bool {
+        matches!(self, Self::Failed | Self::Fencing | Self::Fenced)
+    }
+}
+
 impl std::fmt::Display for HostVerdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(self, f)

@@ -1,20 +1,26 @@
 //! Evacuations, run by the HostPool controller: a host in maintenance (Node annotation
 //! `ferry.dev/maintenance=true`), or cordoned in a pool that evacuates cordoned hosts, has its
 //! running VMs live-migrated away through VirtualMachineMigrations; removing the annotation (or
-//! uncordoning) withdraws the migrations that have not started.
+//! uncordoning) withdraws the migrations that have not started. A host an HAPolicy evacuates
+//! (verdict `Evacuating`: Node NotReady while libvirt answers) is evacuated the same way, so
+//! both respect `evictionStrategy` and report what cannot move.
 
+use super::host_pool::selects;
 use super::migration::{holds_vm, is_terminal};
 use super::virtual_machine::cordoned;
 use super::{Context, lock};
 use crate::api::condition::ConditionStatus;
+use crate::api::ha_policy::HostVerdict;
 use crate::api::virtual_machine::EvictionStrategy;
-use crate::api::{HostPool, MigrationPhase, VirtualMachineMigration, VmPhase};
+use crate::api::{
+    HAPolicy, HostPool, MigrationPhase, VirtualMachine, VirtualMachineMigration, VmPhase,
+};
 use crate::plan::evacuation::{self, Migration, Vm};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,15 +49,83 @@ pub struct Report {
     pub message: String,
 }
 
+/// Hosts of `pool` that HAPolicies evacuate (verdict `Evacuating`, as this process decided it
+/// or as a policy's status says), each with the policies that cover the pool.
+fn ha_evacuating(
+    pool: &HostPool,
+    nodes: &[Arc<Node>],
+    ctx: &Context,
+) -> BTreeMap<String, Vec<Arc<HAPolicy>>> {
+    let ns = pool.namespace();
+    let name = pool.name_any();
+    let policies: Vec<Arc<HAPolicy>> = ctx
+        .policies
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace() == ns && p.spec.host_pools.contains(&name))
+        .collect();
+    let in_status = |host: &str| {
+        policies.iter().any(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.hosts.iter())
+                .any(|h| h.name == host && h.pool == name && h.verdict == HostVerdict::Evacuating)
+        })
+    };
+    if policies.is_empty() {
+        return BTreeMap::new();
+    }
+    nodes
+        .iter()
+        .map(|n| n.name_any())
+        .filter(|h| ctx.ha_verdict(h) == Some(HostVerdict::Evacuating) || in_status(h))
+        .map(|h| (h, policies.clone()))
+        .collect()
+}
+
 /// Plan and act on the evacuation of the pool's draining `nodes`; returns the condition to show.
 pub async fn reconcile(pool: &HostPool, nodes: &[Arc<Node>], ctx: &Context) -> Report {
+    evacuate(pool, nodes, ctx, None).await
+}
+
+/// Evacuate `host` now for `policy` (its verdict `Evacuating` may not be in the policy's status
+/// yet): the VMs on it that the policy covers. The pool's next pass reports it in its
+/// `Evacuating` condition.
+pub async fn evacuate_for_ha(pool: &HostPool, ctx: &Context, host: &str, policy: Arc<HAPolicy>) {
+    let nodes: Vec<Arc<Node>> = ctx
+        .nodes
+        .state()
+        .into_iter()
+        .filter(|n| selects(pool, n))
+        .collect();
+    evacuate(pool, &nodes, ctx, Some((host, policy))).await;
+}
+
+async fn evacuate(
+    pool: &HostPool,
+    nodes: &[Arc<Node>],
+    ctx: &Context,
+    ha: Option<(&str, Arc<HAPolicy>)>,
+) -> Report {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
-    let draining: BTreeSet<String> = nodes
+    let in_maintenance: BTreeSet<String> = nodes
         .iter()
         .filter(|n| draining(pool, n))
         .map(|n| n.name_any())
         .collect();
+    let mut by_ha = ha_evacuating(pool, nodes, ctx);
+    if let Some((host, policy)) = ha {
+        by_ha.entry(host.to_string()).or_default().push(policy);
+    }
+    let draining: BTreeSet<String> = in_maintenance.iter().chain(by_ha.keys()).cloned().collect();
+    // On a host only an HAPolicy evacuates, only the VMs it covers move.
+    let evacuated = |v: &VirtualMachine, host: &str| {
+        in_maintenance.contains(host)
+            || by_ha
+                .get(host)
+                .is_none_or(|ps| ps.iter().any(|p| p.covers(&name, v.labels())))
+    };
     let pool_vms: Vec<_> = ctx
         .vms
         .state()
@@ -62,6 +136,10 @@ pub async fn reconcile(pool: &HostPool, nodes: &[Arc<Node>], ctx: &Context) -> R
         .iter()
         .filter_map(|v| {
             let st = v.status.as_ref()?;
+            let host = st.host.as_deref()?;
+            if !evacuated(v, host) {
+                return None;
+            }
             Some(Vm {
                 name: v.name_any(),
                 host: st.host.clone()?,

@@ -17,10 +17,10 @@ use crate::api::ha_policy::{
     Incident, IncidentVm,
 };
 use crate::api::host_pool::FenceDriver;
-use crate::api::{HAPolicy, HostPool, MigrationPhase, VirtualMachine, VirtualMachineMigration};
+use crate::api::{HAPolicy, HostPool, VirtualMachine};
 use crate::error::{Error, Result};
 use crate::fence::{self, Credentials, Fencer};
-use crate::hypervisor::{DomainInfo, Hypervisor};
+use crate::hypervisor::{DomainInfo, HostConnections, Hypervisor};
 use crate::plan::admission::{self, Protected, Reserve};
 use crate::plan::capacity::Amount;
 use crate::plan::host_health::{self, Decision, Evidence, FenceRecord, HostAction, Inputs, Signal};
@@ -30,13 +30,13 @@ use crate::plan::recovery::{self, Stranded};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ObjectMeta, Selector, SelectorExt};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,11 @@ const CONTROLLER: &str = "hapolicy";
 pub const TICK: Duration = Duration::from_secs(1);
 /// A liveness probe (connect + list domains) that takes longer than this counts as a miss.
 const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+/// Longest wait between probe connection attempts to a host that did not answer: a host that
+/// comes back is seen within this.
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// How long a probe's domain listing may take once the host answered.
+const LIST_DEADLINE: Duration = Duration::from_secs(20);
 /// Poll interval while waiting for a BMC to report Off.
 const FENCE_POLL: Duration = Duration::from_millis(250);
 /// Incidents kept in status.
@@ -54,14 +59,23 @@ const MAX_INCIDENTS: usize = 20;
 pub struct HaContext {
     pub ctx: Arc<Context>,
     hosts: Mutex<HashMap<String, Memory>>,
+    /// Liveness probes run on connections of their own: on the shared connection a probe would
+    /// queue behind a slow call (a destroy waiting for QEMU to exit, a large define) and a busy
+    /// host would be taken for a dead one.
+    probes: HostConnections,
 }
 
 impl HaContext {
     /// A context over the shared one.
     pub fn new(ctx: Arc<Context>) -> Self {
+        let probes = ctx
+            .hosts
+            .sibling()
+            .with_backoff(Duration::from_secs(1), PROBE_BACKOFF_MAX);
         HaContext {
             ctx,
             hosts: Mutex::default(),
+            probes,
         }
     }
 }
@@ -75,6 +89,9 @@ struct Memory {
     /// `domains` comes from a probe made since libvirt last came up.
     probed: bool,
     probe_started: Option<Instant>,
+    /// The running probe's liveness check answered (it is now listing domains, which may wait
+    /// behind an operation on a domain).
+    probe_answered: bool,
     verdict: HostVerdict,
     since: Timestamp,
     message: String,
@@ -472,6 +489,7 @@ fn restore(status: &crate::api::HAPolicyStatus, host: &str, now: Timestamp) -> M
         domains: Vec::new(),
         probed: false,
         probe_started: None,
+        probe_answered: false,
         verdict,
         since: h.map(|h| h.since.0).unwrap_or(now),
         message: h.and_then(|h| h.message.clone()).unwrap_or_default(),
@@ -511,7 +529,7 @@ fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now: Timestamp
             return;
         };
         if let Some(started) = m.probe_started {
-            if started.elapsed() > PROBE_DEADLINE && m.libvirt.up {
+            if started.elapsed() > PROBE_DEADLINE && m.libvirt.up && !m.probe_answered {
                 m.probed = false;
                 m.libvirt = Signal {
                     up: false,
@@ -524,6 +542,7 @@ fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now: Timestamp
             return;
         }
         m.probe_started = Some(Instant::now());
+        m.probe_answered = false;
     }
     let uri = match super::virtual_machine::host_uri(pool, node) {
         Ok(u) => u,
@@ -537,32 +556,57 @@ fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now: Timestamp
     let hc = hc.clone();
     let pool = pool.clone();
     tokio::spawn(async move {
-        let result = tokio::time::timeout(PROBE_DEADLINE, async {
-            let hv = hc.ctx.connect(&uri, &pool).await?;
-            hv.list_domains().await
+        // Liveness: a round trip that touches no domain, within the deadline.
+        let alive = tokio::time::timeout(PROBE_DEADLINE, async {
+            let hv = hc.ctx.connect_in(&hc.probes, &uri, &pool).await?;
+            match hv.ping().await {
+                Ok(()) => Ok(hv),
+                Err(e) => {
+                    if e.is_connection_lost() {
+                        hc.probes.invalidate(hv.uri()).await;
+                    }
+                    Err(e)
+                }
+            }
         })
         .await;
-        let ok = match result {
-            Ok(Ok(domains)) => Some(domains),
-            Ok(Err(e)) => {
-                if e.is_connection_lost() {
-                    hc.ctx.hosts.invalidate(&uri).await;
+        let hv = match alive {
+            Ok(Ok(hv)) => Some(hv),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                // Timed out: drop the probe connection (whatever URI the credentials made of it).
+                if let Ok(full) = hc.ctx.credentialed_uri(&uri, &pool).await {
+                    hc.probes.invalidate(&full).await;
                 }
                 None
             }
-            Err(_) => {
-                hc.ctx.hosts.invalidate(&uri).await;
-                None
+        };
+        // The domains: the listing may wait behind an operation on a domain (a destroy holds
+        // the domain's lock until QEMU exits), which is no sign of a dead host.
+        let ok = match hv {
+            Some(hv) => {
+                if let Some(m) = lock(&hc.hosts).get_mut(&name) {
+                    m.probe_answered = true;
+                }
+                match tokio::time::timeout(LIST_DEADLINE, hv.list_domains()).await {
+                    Ok(Ok(domains)) => Some(Some(domains)),
+                    _ => Some(None),
+                }
             }
+            None => None,
         };
         let now = Timestamp::now();
         let mut hosts = lock(&hc.hosts);
         if let Some(m) = hosts.get_mut(&name) {
             let started = m.probe_started.take();
+            m.probe_answered = false;
             match ok {
-                Some(domains) => {
-                    m.domains = domains;
-                    m.probed = true;
+                Some(listed) => {
+                    // Without a fresh listing nothing is concluded from the domains.
+                    m.probed = listed.is_some();
+                    if let Some(domains) = listed {
+                        m.domains = domains;
+                    }
                     if !m.libvirt.up {
                         m.libvirt = Signal {
                             up: true,
@@ -651,6 +695,9 @@ async fn record(
         if d.verdict == HostVerdict::Healthy {
             // The incident (if any) is over; a Recovered host keeps it until then.
             m.incident = None;
+            m.fence = FenceRecord::default();
+        } else if d.verdict == HostVerdict::Recovered {
+            // Its VMs run elsewhere and it is back: a later failure needs a fence of its own.
             m.fence = FenceRecord::default();
         }
         m.clone()
@@ -776,7 +823,7 @@ async fn act(
             }
         }
         HostAction::Evacuate => {
-            evacuate(ctx, &host, on_host).await;
+            super::evacuation::evacuate_for_ha(pool, ctx, &host, Arc::new(policy.clone())).await;
         }
     }
 }
@@ -983,80 +1030,6 @@ async fn restart(
     }
 }
 
-/// Create a VirtualMachineMigration (reason `evacuation`) for every VM on the host that has no
-/// migration under way.
-async fn evacuate(ctx: &Context, host: &str, on_host: &[&Arc<VirtualMachine>]) {
-    let mut by_ns: BTreeMap<String, Vec<&Arc<VirtualMachine>>> = BTreeMap::new();
-    for v in on_host {
-        by_ns
-            .entry(v.namespace().unwrap_or_default())
-            .or_default()
-            .push(v);
-    }
-    for (ns, vms) in by_ns {
-        let api: Api<VirtualMachineMigration> = Api::namespaced(ctx.client.clone(), &ns);
-        let existing = match api.list(&ListParams::default()).await {
-            Ok(l) => l.items,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list migrations");
-                continue;
-            }
-        };
-        let names: Vec<String> = vms.iter().map(|v| v.name_any()).collect();
-        for m in evacuation_migrations(&ns, host, &names, &existing) {
-            let vm = m.spec.vm_name.clone();
-            match api.create(&PostParams::default(), &m).await {
-                Ok(_) => tracing::info!(vm, host, "evacuation migration created"),
-                Err(e) => {
-                    tracing::warn!(vm, error = %e, "could not create an evacuation migration")
-                }
-            }
-        }
-    }
-}
-
-/// The migrations to create to evacuate `vms` (names, in `ns`) from `host`: one per VM that has
-/// no migration still in progress (no phase yet, Pending, Scheduled or Running).
-pub fn evacuation_migrations(
-    ns: &str,
-    host: &str,
-    vms: &[String],
-    existing: &[VirtualMachineMigration],
-) -> Vec<VirtualMachineMigration> {
-    let active = |m: &VirtualMachineMigration| {
-        m.metadata.deletion_timestamp.is_none()
-            && !matches!(
-                m.status.as_ref().and_then(|s| s.phase),
-                Some(
-                    MigrationPhase::Succeeded | MigrationPhase::Failed | MigrationPhase::Cancelled
-                )
-            )
-    };
-    vms.iter()
-        .filter(|vm| !existing.iter().any(|m| &m.spec.vm_name == *vm && active(m)))
-        .map(|vm| {
-            let mut m = VirtualMachineMigration::new(
-                "",
-                crate::api::VirtualMachineMigrationSpec {
-                    vm_name: vm.clone(),
-                    target_host: None,
-                    reason: Some("evacuation".to_string()),
-                },
-            );
-            m.metadata = ObjectMeta {
-                generate_name: Some(format!("{}-evac-", vm.chars().take(40).collect::<String>())),
-                namespace: Some(ns.to_string()),
-                labels: Some(BTreeMap::from([(
-                    "ferry.dev/evacuated-host".to_string(),
-                    host.to_string(),
-                )])),
-                ..ObjectMeta::default()
-            };
-            m
-        })
-        .collect()
-}
-
 /// Update the incident's record in status from the open incident and the VMs' recoveries.
 fn upsert_incident(list: &mut Vec<Incident>, host: &str, i: &Open, vms: &[Arc<VirtualMachine>]) {
     let mut vm_entries: Vec<IncidentVm> = vms
@@ -1157,65 +1130,6 @@ pub fn error_policy(policy: Arc<HAPolicy>, err: &Error, hc: Arc<HaContext>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::VirtualMachineMigrationStatus;
-
-    fn migration(vm: &str, phase: Option<MigrationPhase>) -> VirtualMachineMigration {
-        let mut m = VirtualMachineMigration::new(
-            &format!("{vm}-x"),
-            crate::api::VirtualMachineMigrationSpec {
-                vm_name: vm.into(),
-                target_host: None,
-                reason: Some("manual".into()),
-            },
-        );
-        m.status = Some(VirtualMachineMigrationStatus {
-            phase,
-            ..Default::default()
-        });
-        m
-    }
-
-    #[test]
-    fn evacuation_creates_one_migration_per_vm_without_one_in_progress() {
-        let vms: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-        let existing = vec![
-            migration("a", Some(MigrationPhase::Running)),
-            migration("b", Some(MigrationPhase::Failed)),
-            migration("c", None),
-            migration("other", Some(MigrationPhase::Pending)),
-        ];
-        let out = evacuation_migrations("ns", "h1", &vms, &existing);
-        let names: Vec<&str> = out.iter().map(|m| m.spec.vm_name.as_str()).collect();
-        assert_eq!(names, vec!["b", "d"]);
-        for m in &out {
-            assert_eq!(m.spec.reason.as_deref(), Some("evacuation"));
-            assert_eq!(m.spec.target_host, None, "placement picks the target");
-            assert_eq!(m.metadata.namespace.as_deref(), Some("ns"));
-            assert!(m.metadata.name.is_none());
-            assert_eq!(
-                m.metadata.generate_name.as_deref(),
-                Some(format!("{}-evac-", m.spec.vm_name).as_str())
-            );
-            assert_eq!(
-                m.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("ferry.dev/evacuated-host"))
-                    .map(String::as_str),
-                Some("h1")
-            );
-        }
-        // Once created (in progress), nothing more is created.
-        let mut all = existing.clone();
-        all.extend(out.into_iter().map(|mut m| {
-            m.status = Some(VirtualMachineMigrationStatus {
-                phase: Some(MigrationPhase::Pending),
-                ..Default::default()
-            });
-            m
-        }));
-        assert!(evacuation_migrations("ns", "h1", &vms, &all).is_empty());
-    }
 
     #[test]
     fn restored_memory_resumes_an_incident() {

@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 /// Field manager of every server-side apply ferry makes.
 pub const FIELD_MANAGER: &str = "ferry";
 
+/// How long a host's HA verdict counts without being renewed (the HA controller renews it
+/// every second).
+pub const HA_VERDICT_TTL: Duration = Duration::from_secs(30);
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
@@ -76,7 +80,7 @@ pub struct Context {
     /// VMs (by UID) that admission control in `Enforce` mode keeps from being placed, with why.
     admission_blocked: Mutex<HashMap<String, String>>,
     /// HA verdicts per host (Node name), set by the HA controller.
-    ha_verdicts: Mutex<HashMap<String, crate::api::ha_policy::HostVerdict>>,
+    ha_verdicts: Mutex<HashMap<String, (crate::api::ha_policy::HostVerdict, Instant)>>,
     /// Where libvirt TLS client files from Secrets are written (`$FERRY_PKI_DIR`, default a
     /// `ferry-pki` directory in the temporary directory).
     pki_root: std::path::PathBuf,
@@ -157,9 +161,19 @@ impl Context {
     /// A connection to the host at `uri`, with the pool's timeouts and, when the pool names a
     /// credentials Secret, its TLS client files as the connection's `pkipath`.
     pub async fn connect(&self, uri: &str, pool: &HostPool) -> HvResult<Arc<dyn Hypervisor>> {
+        self.connect_in(&self.hosts, uri, pool).await
+    }
+
+    /// [`Context::connect`] through another registry (see [`HostConnections::sibling`]).
+    pub async fn connect_in(
+        &self,
+        registry: &HostConnections,
+        uri: &str,
+        pool: &HostPool,
+    ) -> HvResult<Arc<dyn Hypervisor>> {
         let opts = pool_options(pool);
         let uri = self.credentialed_uri(uri, pool).await?;
-        self.hosts.get(&uri, &opts).await.map_err(|e| match e {
+        registry.get(&uri, &opts).await.map_err(|e| match e {
             // Name the Secret the rejected credentials came from.
             HypervisorError::Rejected { uri, message } => HypervisorError::Rejected {
                 message: match &pool.spec.libvirt.credentials_secret {
@@ -254,14 +268,18 @@ impl Context {
         );
     }
 
-    /// The HA verdict of a host, when an HAPolicy covers it.
+    /// The HA verdict of a host, when an HAPolicy covers it (a verdict the HA controller has
+    /// not renewed for [`HA_VERDICT_TTL`], say because its policy was deleted, no longer counts).
     pub fn ha_verdict(&self, host: &str) -> Option<crate::api::ha_policy::HostVerdict> {
-        lock(&self.ha_verdicts).get(host).copied()
+        lock(&self.ha_verdicts)
+            .get(host)
+            .filter(|(_, at)| at.elapsed() < HA_VERDICT_TTL)
+            .map(|(v, _)| *v)
     }
 
-    /// Record a host's HA verdict (the HA controller).
+    /// Record a host's HA verdict (the HA controller, on every tick).
     pub fn set_ha_verdict(&self, host: &str, v: crate::api::ha_policy::HostVerdict) {
-        lock(&self.ha_verdicts).insert(host.to_string(), v);
+        lock(&self.ha_verdicts).insert(host.to_string(), (v, Instant::now()));
     }
 
     /// Why admission control keeps VM `uid` from being placed, if it does.

@@ -525,7 +525,10 @@ async fn drive(
         grace: Duration::from_secs(vm.grace_seconds()),
     };
     let mut decision = lifecycle::decide(&inputs);
-    let held = monitor_unplanned_stop(vm, ctx, st, prior_phase, &inputs, &mut decision, now).await;
+    let held = match hold_for_failover(ctx, &placed.name, &mut decision) {
+        Some(h) => Some(h),
+        None => monitor_unplanned_stop(vm, ctx, st, prior_phase, &inputs, &mut decision, now).await,
+    };
     act(vm, ctx, hv, &placed.name, &dom, decision.action).await?;
     if decision.restart_handled {
         st.last_restart_request = restart_token;
@@ -566,11 +569,7 @@ async fn drive(
         r.running = Some(Time(now));
     }
     let (ready, reason, message) = match &held {
-        Some(h) if !state.is_active() => (
-            ConditionStatus::False,
-            RESTART_LIMIT_REACHED,
-            h.message.clone(),
-        ),
+        Some(h) if !state.is_active() => (ConditionStatus::False, h.reason, h.message.clone()),
         _ => readiness(vm, phase, state, &placed.name, st.stopped_by_guest),
     };
     set_condition(
@@ -597,11 +596,37 @@ async fn drive(
 /// Ready reason of a VM that VM monitoring leaves stopped.
 const RESTART_LIMIT_REACHED: &str = "RestartLimitReached";
 
-/// A VM that VM monitoring leaves stopped: the Ready message, and when to look again (when the
-/// window frees a restart; `None` with a limit of 0).
+/// Ready reason of a VM whose host the HA controller is failing over.
+const HOST_FAILING_OVER: &str = "HostFailingOver";
+
+/// A VM left stopped: the Ready reason and message, and when to look again (for VM monitoring,
+/// when the window frees a restart; `None` with a limit of 0).
 struct Held {
+    reason: &'static str,
     message: String,
     retry_after: Option<Duration>,
+}
+
+/// A host that the HA controller is failing over (its domains being stopped, or the host fenced)
+/// gets no start: the VM is about to restart elsewhere, and a start here would fight that.
+fn hold_for_failover(
+    ctx: &Context,
+    host: &str,
+    decision: &mut lifecycle::Decision,
+) -> Option<Held> {
+    let verdict = ctx.ha_verdict(host).filter(|v| v.failing_over())?;
+    if decision.action != Action::Start {
+        return None;
+    }
+    decision.action = Action::None;
+    decision.restart_handled = false;
+    Some(Held {
+        reason: HOST_FAILING_OVER,
+        message: format!(
+            "host {host} is {verdict} for HA: the VM restarts on another host once this one is proven off"
+        ),
+        retry_after: Some(Duration::from_secs(2)),
+    })
 }
 
 /// VM monitoring. When the decision is to start a domain that stopped without ferry asking
@@ -621,6 +646,14 @@ async fn monitor_unplanned_stop(
         st.unplanned_restarts.clear();
         return None;
     };
+    // The start after a failover is planned, not a crash restart.
+    if st
+        .last_recovery
+        .as_ref()
+        .is_some_and(|r| r.to_host.is_some() && r.running.is_none())
+    {
+        return None;
+    }
     let window = limits.window;
     let history: Vec<Timestamp> = st.unplanned_restarts.iter().map(|t| t.0).collect();
     st.unplanned_restarts = monitoring::in_window(&history, now, window)
@@ -681,6 +714,7 @@ async fn monitor_unplanned_stop(
                 .await;
             }
             Some(Held {
+                reason: RESTART_LIMIT_REACHED,
                 message,
                 retry_after: until.map(|t| {
                     Duration::try_from(t.duration_since(now)).unwrap_or_default()

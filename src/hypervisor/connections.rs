@@ -166,6 +166,23 @@ impl HostConnections {
         }
     }
 
+    /// A separate registry (its own connections, backoff state and channels) that opens
+    /// connections the same way and reports calls to the same observer: for callers, such as
+    /// liveness probes, that must not queue behind the long calls of the shared connections.
+    pub fn sibling(&self) -> Self {
+        HostConnections {
+            inner: Arc::new(Inner {
+                connector: self.inner.connector.clone(),
+                observer: self.inner.observer.clone(),
+                min_backoff: self.inner.min_backoff,
+                max_backoff: self.inner.max_backoff,
+                entries: Mutex::new(HashMap::new()),
+                lost: tokio::sync::broadcast::channel(LOST_CHANNEL).0,
+                domains: tokio::sync::broadcast::channel(DOMAIN_CHANNEL).0,
+            }),
+        }
+    }
+
     /// The same registry with another backoff after failed attempts: `min` after the first
     /// failure, doubling up to `max`. Call before sharing the registry.
     pub fn with_backoff(self, min: Duration, max: Duration) -> Self {

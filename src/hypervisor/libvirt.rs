@@ -1123,6 +1123,13 @@ impl Hypervisor for LibvirtHost {
         self.call("host_info", host_info).await
     }
 
+    async fn ping(&self) -> HvResult<()> {
+        self.call("ping", |conn| {
+            conn.lib_version().map(|_| ()).map_err(Fail::Virt)
+        })
+        .await
+    }
+
     async fn list_domains(&self) -> HvResult<Vec<DomainInfo>> {
         self.call("list_domains", |conn| {
             let mut out = Vec::new();

@@ -307,6 +307,12 @@ pub trait Hypervisor: Send + Sync {
     }
     /// Host facts; doubles as a liveness probe.
     async fn host_info(&self) -> HvResult<HostInfo>;
+    /// The cheapest round trip to the host's daemon, touching no domain: a liveness probe that
+    /// does not wait behind an operation on a domain (libvirt locks a domain while it destroys
+    /// it, and a domain listing waits for that lock).
+    async fn ping(&self) -> HvResult<()> {
+        self.host_info().await.map(|_| ())
+    }
     /// Every domain on the host, ferry's and others'.
     async fn list_domains(&self) -> HvResult<Vec<DomainInfo>>;
     /// The domain with this UUID, if the host has it.

@@ -175,10 +175,12 @@ pub fn decide(i: &Inputs, t: &Timings) -> Decision {
     match i.previous {
         V::Fenced | V::Recovering if !i.libvirt.up => return fenced(i),
         V::Fenced | V::Recovering => return recovering(i),
-        V::Recovered if i.stale_domains => return recovering(i),
+        V::Recovered if i.stale_domains || i.libvirt.up => return recovering(i),
         _ => {}
     }
-    if i.fence.confirmed_at.is_some() {
+    // A Recovered host keeps its incident's fence record until it is Healthy again; that old
+    // confirmation proves nothing about a new failure.
+    if i.fence.confirmed_at.is_some() && i.previous != V::Recovered {
         return fenced(i);
     }
     let node_ready = i.node.is_some_and(|n| n.up);
@@ -320,6 +322,14 @@ fn not_ready_with_libvirt(i: &Inputs, t: &Timings, down: Duration) -> Decision {
                     HostAction::StopDomains,
                     format!(
                         "{why}; notReadyAction Restart: stopping its domains through libvirt, then restarting them elsewhere"
+                    ),
+                )
+            } else if i.stale_domains {
+                decision(
+                    V::Failed,
+                    HostAction::CleanStaleDomains,
+                    format!(
+                        "{why}; its VMs run elsewhere now: undefining their shut-off domains here"
                     ),
                 )
             } else {

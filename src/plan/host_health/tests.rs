@@ -43,6 +43,16 @@ fn failed_fence(attempts: u32, secs_ago: i64) -> FenceRecord {
     }
 }
 
+/// The record of a fence the BMC confirmed `secs_ago`.
+fn confirmed(secs_ago: i64) -> FenceRecord {
+    FenceRecord {
+        attempts: 1,
+        last_attempt: Some(at(secs_ago + 1)),
+        confirmed_at: Some(at(secs_ago)),
+        ..FenceRecord::default()
+    }
+}
+
 #[test]
 fn verdict_table() {
     let t = Timings::default(); // NotReady grace 30 s, libvirt grace 10 s, LiveMigrate
@@ -72,6 +82,8 @@ fn verdict_table() {
         ("notReadyAction None", Inputs { node: Some(sig(false, 31)), ..base() }, none, V::Suspect, HostAction::None),
         ("notReadyAction Restart: stop through libvirt first", Inputs { node: Some(sig(false, 31)), ..base() }, restart, V::Failed, HostAction::StopDomains),
         ("notReadyAction Restart: shut off confirmed", Inputs { node: Some(sig(false, 31)), shut_off_confirmed: true, previous: V::Failed, ..base() }, restart, V::Failed, HostAction::Restart(Evidence::ShutOff)),
+        ("notReadyAction Restart: VMs restarted elsewhere, old domains undefined", Inputs { node: Some(sig(false, 40)), has_vms: false, stale_domains: true, previous: V::Failed, ..base() }, restart, V::Failed, HostAction::CleanStaleDomains),
+        ("notReadyAction Restart: nothing left", Inputs { node: Some(sig(false, 40)), has_vms: false, previous: V::Failed, ..base() }, restart, V::Failed, HostAction::None),
         ("LiveMigrateThenRestart before the deadline", Inputs { node: Some(sig(false, 40)), previous: V::Evacuating, previous_since: at(9), ..base() }, then_restart, V::Evacuating, HostAction::Evacuate),
         ("LiveMigrateThenRestart after the deadline: fence", Inputs { node: Some(sig(false, 100)), previous: V::Evacuating, previous_since: at(61), ..base() }, then_restart, V::Fencing, HostAction::Fence),
         ("LiveMigrateThenRestart: all moved by the deadline", Inputs { node: Some(sig(false, 100)), has_vms: false, previous: V::Evacuating, previous_since: at(61), ..base() }, then_restart, V::Evacuating, HostAction::None),
@@ -91,6 +103,10 @@ fn verdict_table() {
         ("fenced host back with stale domains", Inputs { node: Some(sig(false, 60)), libvirt: sig(true, 1), stale_domains: true, previous: V::Fenced, ..base() }, t, V::Recovering, HostAction::CleanStaleDomains),
         ("fenced host back, clean", Inputs { node: Some(sig(false, 60)), libvirt: sig(true, 1), previous: V::Recovering, ..base() }, t, V::Recovered, HostAction::None),
         ("recovered and Ready: healthy", Inputs { previous: V::Recovered, ..base() }, t, V::Healthy, HostAction::None),
+        ("fenced host back with its fence on record", Inputs { node: Some(sig(false, 60)), libvirt: sig(true, 1), fence: confirmed(30), previous: V::Recovering, ..base() }, t, V::Recovered, HostAction::None),
+        ("recovered, fence on record, Node NotReady: stays recovered", Inputs { node: Some(sig(false, 60)), libvirt: sig(true, 5), fence: confirmed(30), previous: V::Recovered, ..base() }, t, V::Recovered, HostAction::None),
+        ("recovered, fence on record, Node Ready: healthy", Inputs { fence: confirmed(30), previous: V::Recovered, ..base() }, t, V::Healthy, HostAction::None),
+        ("recovered host fails again: the old fence proves nothing", Inputs { node: Some(sig(false, 60)), libvirt: sig(false, 60), fence: confirmed(300), previous: V::Recovered, ..base() }, t, V::Fencing, HostAction::Fence),
         ("recovered but a stale domain appeared", Inputs { previous: V::Recovered, stale_domains: true, ..base() }, t, V::Recovering, HostAction::CleanStaleDomains),
         ("host answers again before any fence: healthy", Inputs { previous: V::Failed, fence: failed_fence(2, 1), ..base() }, t, V::Healthy, HostAction::None),
         ("host answers while a fence is in flight: wait", Inputs { previous: V::Fencing, fence: FenceRecord { in_flight: true, attempts: 1, ..Default::default() }, ..base() }, t, V::Fencing, HostAction::None),
