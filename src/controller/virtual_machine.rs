@@ -525,7 +525,7 @@ async fn drive(
         grace: Duration::from_secs(vm.grace_seconds()),
     };
     let mut decision = lifecycle::decide(&inputs);
-    let held = match hold_for_failover(ctx, &placed.name, &mut decision) {
+    let held = match hold_for_failover(vm, ctx, &placed.name, &mut decision) {
         Some(h) => Some(h),
         None => monitor_unplanned_stop(vm, ctx, st, prior_phase, &inputs, &mut decision, now).await,
     };
@@ -607,15 +607,17 @@ struct Held {
     retry_after: Option<Duration>,
 }
 
-/// A host that the HA controller is failing over (its domains being stopped, or the host fenced)
-/// gets no start: the VM is about to restart elsewhere, and a start here would fight that.
+/// A VM that an HAPolicy covers gets no start on a host the HA controller is failing over (its
+/// domains being stopped, or the host fenced): the VM is about to restart elsewhere, and a start
+/// here would fight that.
 fn hold_for_failover(
+    vm: &VirtualMachine,
     ctx: &Context,
     host: &str,
     decision: &mut lifecycle::Decision,
 ) -> Option<Held> {
     let verdict = ctx.ha_verdict(host).filter(|v| v.failing_over())?;
-    if decision.action != Action::Start {
+    if decision.action != Action::Start || ctx.monitoring_limits(vm).is_none() {
         return None;
     }
     decision.action = Action::None;
