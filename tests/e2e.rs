@@ -2524,6 +2524,19 @@ async fn ha_host(c: &Cluster, host: &str) -> Option<ferry::api::ha_policy::HostH
     st.hosts.into_iter().find(|h| h.name == host)
 }
 
+/// Wait until the HAPolicy `ha` gives `host` the verdict `want`.
+async fn wait_verdict(
+    c: &Cluster,
+    host: &str,
+    want: ferry::api::ha_policy::HostVerdict,
+    timeout: Duration,
+) {
+    wait_for(&format!("{host} {want}"), timeout, || async move {
+        (ha_host(c, host).await?.verdict == want).then_some(())
+    })
+    .await;
+}
+
 /// An HAPolicy condition.
 async fn ha_condition(
     c: &Cluster,
@@ -2868,14 +2881,12 @@ async fn ha_not_ready_actions_and_a_host_that_returns() {
     // h1 comes back: power on, libvirtd starts with vm-stay's old domain still defined.
     ipmi_power(&sim, "on");
     lab.start_libvirtd("h1").expect("start libvirtd on h1");
-    wait_for("h1 Recovered", Duration::from_secs(90), || {
-        let c = &c;
-        let h1 = h1.clone();
-        async move {
-            let h = ha_host(c, &h1).await?;
-            (h.verdict == ferry::api::ha_policy::HostVerdict::Recovered).then_some(())
-        }
-    })
+    wait_verdict(
+        &c,
+        &h1,
+        ferry::api::ha_policy::HostVerdict::Recovered,
+        Duration::from_secs(90),
+    )
     .await;
     let left = lab.virsh("h1", &["list", "--all", "--name"]).stdout;
     assert!(
@@ -2887,14 +2898,12 @@ async fn ha_not_ready_actions_and_a_host_that_returns() {
         "the stale domain's removal is an Event"
     );
     c.node_ready(&h1).await;
-    wait_for("h1 Healthy", Duration::from_secs(60), || {
-        let c = &c;
-        let h1 = h1.clone();
-        async move {
-            let h = ha_host(c, &h1).await?;
-            (h.verdict == ferry::api::ha_policy::HostVerdict::Healthy).then_some(())
-        }
-    })
+    wait_verdict(
+        &c,
+        &h1,
+        ferry::api::ha_policy::HostVerdict::Healthy,
+        Duration::from_secs(60),
+    )
     .await;
     // Exactly once, still: nothing started on h1, no further boot.
     assert!(running(&lab, "h1").is_empty());
