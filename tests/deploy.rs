@@ -3,6 +3,8 @@
 //! - the Helm chart (rendered with the real `helm`) and `config/rbac/` grant the controller's
 //!   ServiceAccount exactly `ferry::controller::permissions::REQUIRED_PERMISSIONS`: nothing
 //!   missing, nothing extra, no wildcards;
+//! - the roles for people they render (view, edit, platform-admin) are exactly
+//!   `ferry::api::roles::USER_ROLES`: namespace editors never change HostPools or HAPolicies;
 //! - the samples in `config/samples/` pass the CRDs' CEL rules (kube-cel).
 //!
 //! `helm` is looked up on `$PATH`, then in `/opt/ferry-tools/bin` (scripts/setup.sh). Without it
@@ -10,6 +12,7 @@
 //! `FERRY_BLESS=1 cargo test --test deploy` rewrites the CRD copies from `crds/`.
 
 use ferry::api::crds;
+use ferry::api::roles::USER_ROLES;
 use ferry::controller::permissions::{PermissionScope, flattened};
 use kube_cel::Validator;
 use serde_json::Value;
@@ -270,6 +273,95 @@ fn kustomize_rbac_grants_exactly_the_required_permissions() {
     }
     let got = granted(&docs, "ferry", "ferry-system", "ferry-system", None);
     assert_same("config/rbac", &got, &required(true));
+}
+
+/// `(role name, aggregated into, group, resource, verb)` of every ClusterRole in `docs` that no
+/// binding in `docs` uses (the roles for people), sorted.
+fn user_roles(docs: &[Value]) -> BTreeSet<(String, Vec<String>, String, String, String)> {
+    let bound: BTreeSet<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding" || d["kind"] == "RoleBinding")
+        .filter(|b| b["roleRef"]["kind"] == "ClusterRole")
+        .filter_map(|b| b["roleRef"]["name"].as_str())
+        .collect();
+    let mut out = BTreeSet::new();
+    for role in docs.iter().filter(|d| d["kind"] == "ClusterRole") {
+        let name = role["metadata"]["name"].as_str().unwrap_or_default();
+        if bound.contains(name) {
+            continue;
+        }
+        let mut aggregated: Vec<String> = role["metadata"]["labels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v.as_str() == Some("true"))
+            .filter_map(|(k, _)| k.strip_prefix("rbac.authorization.k8s.io/aggregate-to-"))
+            .map(str::to_string)
+            .collect();
+        aggregated.sort();
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            for group in strs(&rule["apiGroups"]) {
+                for resource in strs(&rule["resources"]) {
+                    for verb in strs(&rule["verbs"]) {
+                        out.insert((
+                            name.to_string(),
+                            aggregated.clone(),
+                            group.clone(),
+                            resource.clone(),
+                            verb,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`USER_ROLES`] in the shape of [`user_roles`], with role names `<prefix>-<suffix>`.
+fn wanted_user_roles(
+    prefix: &str,
+    aggregated_too: bool,
+) -> BTreeSet<(String, Vec<String>, String, String, String)> {
+    let mut out = BTreeSet::new();
+    for role in USER_ROLES {
+        if !role.aggregate_to.is_empty() && !aggregated_too {
+            continue;
+        }
+        let mut aggregated: Vec<String> = role.aggregate_to.iter().map(|a| a.to_string()).collect();
+        aggregated.sort();
+        for resource in role.resources {
+            for verb in role.verbs {
+                out.insert((
+                    format!("{prefix}-{}", role.suffix),
+                    aggregated.clone(),
+                    "ferry.dev".to_string(),
+                    resource.to_string(),
+                    verb.to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn roles_for_people_match_the_table() {
+    let kustomize = documents(
+        &std::fs::read_to_string(root().join("config/rbac/aggregate_roles.yaml"))
+            .expect("read aggregate_roles.yaml"),
+    );
+    assert_eq!(user_roles(&kustomize), wanted_user_roles("ferry", true));
+    let Some(helm) = helm() else { return };
+    assert_eq!(
+        user_roles(&render(&helm, &[])),
+        wanted_user_roles("ferry", true)
+    );
+    assert_eq!(
+        user_roles(&render(&helm, &["rbac.aggregateToDefaultRoles=false"])),
+        wanted_user_roles("ferry", false)
+    );
+    assert!(user_roles(&render(&helm, &["rbac.create=false"])).is_empty());
 }
 
 #[test]

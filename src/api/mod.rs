@@ -7,6 +7,7 @@ pub mod condition;
 pub mod ha_policy;
 pub mod host_pool;
 pub mod migration;
+pub mod roles;
 pub mod schema;
 pub mod virtual_machine;
 pub mod virtual_machine_class;

@@ -37,6 +37,7 @@ def test_default_render_has_the_expected_objects() -> None:
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     assert kinds == sorted([
         "ClusterRole/ferry-controller", "ClusterRole/ferry-edit", "ClusterRole/ferry-view",
+        "ClusterRole/ferry-platform-admin",
         "ClusterRoleBinding/ferry-controller", "Deployment/ferry", "PodDisruptionBudget/ferry",
         "Role/ferry-leader-election", "RoleBinding/ferry-leader-election", "Service/ferry-metrics",
         "ServiceAccount/ferry",
