@@ -345,24 +345,6 @@ pub struct IncidentVm {
 }
 
 impl HAPolicy {
-    /// Detection timings and actions, defaults applied.
-    pub fn timings(&self) -> crate::plan::host_health::Timings {
-        let d = crate::plan::host_health::Timings::default();
-        let secs = |v: Option<i32>, def: std::time::Duration| {
-            v.map(|s| std::time::Duration::from_secs(s.max(0) as u64))
-                .unwrap_or(def)
-        };
-        let s = &self.spec;
-        crate::plan::host_health::Timings {
-            not_ready_grace: secs(s.not_ready_grace_seconds, d.not_ready_grace),
-            libvirt_grace: secs(s.libvirt_unreachable_grace_seconds, d.libvirt_grace),
-            action: s.not_ready_action.unwrap_or_default(),
-            evacuation_deadline: secs(s.evacuation_deadline_seconds, d.evacuation_deadline),
-            fence_backoff: secs(s.fence_retry_seconds, d.fence_backoff),
-            fence_backoff_max: secs(s.fence_retry_max_seconds, d.fence_backoff_max),
-        }
-    }
-
     /// Most concurrent restarts (default 8).
     pub fn max_concurrent_restarts(&self) -> usize {
         self.spec.max_concurrent_restarts.unwrap_or(8).max(1) as usize
@@ -376,34 +358,26 @@ impl HAPolicy {
             .clamp(1, 100) as u32
     }
 
-    /// VM monitoring limits, defaults applied.
-    pub fn monitoring_limits(&self) -> crate::plan::monitoring::Limits {
-        let d = crate::plan::monitoring::Limits::default();
-        let m = self.spec.vm_monitoring.clone().unwrap_or_default();
-        crate::plan::monitoring::Limits {
-            max_restarts: m.max_restarts.map_or(d.max_restarts, |n| n.max(0) as u32),
-            window: m.window_seconds.map_or(d.window, |s| {
-                std::time::Duration::from_secs(s.max(1) as u64)
-            }),
-        }
-    }
-
     /// Whether the policy covers a VM of pool `pool` with these labels (an invalid
     /// `vmSelector` covers nothing).
     pub fn covers(&self, pool: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
-        if !self.spec.host_pools.iter().any(|p| p == pool) {
-            return false;
-        }
-        match self
-            .spec
+        self.spec.host_pools.iter().any(|p| p == pool)
+            && match self.vm_selector() {
+                Ok(None) => true,
+                Ok(Some(s)) => kube::core::SelectorExt::matches(&s, labels),
+                Err(_) => false,
+            }
+    }
+
+    /// `spec.vmSelector`, parsed (`Ok(None)` when unset: every VM of the pools).
+    pub fn vm_selector(
+        &self,
+    ) -> Result<Option<kube::core::Selector>, kube::core::ParseExpressionError> {
+        self.spec
             .vm_selector
             .clone()
             .map(kube::core::Selector::try_from)
-        {
-            None => true,
-            Some(Ok(s)) => kube::core::SelectorExt::matches(&s, labels),
-            Some(Err(_)) => false,
-        }
+            .transpose()
     }
 
     /// The restart priority of a VM with these labels.

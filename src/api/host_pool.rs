@@ -452,59 +452,7 @@ impl HostPool {
     }
 }
 
-/// Default of every overcommit ratio.
-const NO_OVERCOMMIT: f64 = 1.0;
-
 impl HostPool {
-    /// The capacity policy with defaults applied: ratios (1 unless set), reserved CPUs and bytes.
-    /// Values the schema would reject fall back to the defaults.
-    pub fn capacity_policy(&self) -> crate::plan::capacity::Policy {
-        let c = self.spec.capacity.clone().unwrap_or_default();
-        let ratio = |v: &Option<String>, max: f64| {
-            v.as_deref()
-                .and_then(|s| s.parse::<f64>().ok())
-                .filter(|r| r.is_finite() && *r >= 1.0 && *r <= max)
-                .unwrap_or(NO_OVERCOMMIT)
-        };
-        crate::plan::capacity::Policy {
-            cpu_overcommit: ratio(&c.cpu_overcommit, 64.99),
-            memory_overcommit: ratio(&c.memory_overcommit, 4.99),
-            reserved_cpus: c.reserved_cpus.unwrap_or(0).max(0) as u64,
-            reserved_memory: c
-                .reserved_memory
-                .as_deref()
-                .and_then(|q| crate::plan::quantity::parse_bytes(q).ok())
-                .unwrap_or(0),
-        }
-    }
-
-    /// The migration policy with defaults applied.
-    pub fn migration_policy(&self) -> crate::plan::migration::Policy {
-        let m = self.spec.migration.clone().unwrap_or_default();
-        let d = crate::plan::migration::Policy::default();
-        let count = |v: Option<i32>, default: u32| v.map(|n| n.max(1) as u32).unwrap_or(default);
-        crate::plan::migration::Policy {
-            max_parallel: count(m.max_parallel, d.max_parallel),
-            max_outbound_per_host: count(m.max_outbound_per_host, d.max_outbound_per_host),
-            max_inbound_per_host: count(m.max_inbound_per_host, d.max_inbound_per_host),
-            bandwidth_mib: m.bandwidth_mi_bps.map(|b| b.max(1) as u64),
-            max_downtime_ms: m
-                .max_downtime_ms
-                .map(|v| v.max(1) as u64)
-                .unwrap_or(d.max_downtime_ms),
-            completion_timeout_per_gib: m
-                .completion_timeout_per_gi_b_seconds
-                .map(|s| std::time::Duration::from_secs(s.max(1) as u64))
-                .unwrap_or(d.completion_timeout_per_gib),
-            progress_timeout: m
-                .progress_timeout_seconds
-                .map(|s| std::time::Duration::from_secs(s.max(1) as u64))
-                .unwrap_or(d.progress_timeout),
-            auto_converge: m.allow_auto_converge.unwrap_or(d.auto_converge),
-            post_copy: m.allow_post_copy.unwrap_or(d.post_copy),
-        }
-    }
-
     /// Whether every host sees the same storage (default true).
     pub fn shared_storage(&self) -> bool {
         self.spec.storage.shared.unwrap_or(true)

@@ -107,3 +107,30 @@ pub enum MigrationPhase {
     /// Cancelled by deleting the migration; the VM stayed on the source.
     Cancelled,
 }
+
+impl MigrationPhase {
+    /// Whether the phase is final.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl VirtualMachineMigration {
+    /// The phase its status shows.
+    pub fn phase(&self) -> Option<MigrationPhase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+
+    /// Whether it has ended.
+    pub fn is_terminal(&self) -> bool {
+        self.phase().is_some_and(MigrationPhase::is_terminal)
+    }
+
+    /// Whether libvirt may be moving the VM for it (`Scheduled` or `Running`): it holds the VM.
+    pub fn holds_vm(&self) -> bool {
+        matches!(
+            self.phase(),
+            Some(MigrationPhase::Scheduled | MigrationPhase::Running)
+        )
+    }
+}

@@ -5,9 +5,7 @@
 //! (verdict `Evacuating`: Node NotReady while libvirt answers) is evacuated the same way, so
 //! both respect `evictionStrategy` and report what cannot move.
 
-use super::host_pool::selects;
-use super::migration::{holds_vm, is_terminal};
-use super::virtual_machine::cordoned;
+use super::hosts::{cordoned, in_maintenance};
 use super::{Context, lock};
 use crate::api::condition::ConditionStatus;
 use crate::api::ha_policy::HostVerdict;
@@ -25,8 +23,6 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Node annotation that puts a host into maintenance (`"true"`): its VMs are moved away.
-pub const MAINTENANCE_ANNOTATION: &str = "ferry.dev/maintenance";
 /// Label on the migrations an evacuation creates.
 pub const EVACUATION_LABEL: &str = "ferry.dev/evacuation";
 /// Annotation on those migrations naming the host they evacuate.
@@ -36,10 +32,7 @@ const CREATED_RECENTLY: Duration = Duration::from_secs(30);
 
 /// Whether `node` is being evacuated in `pool`.
 pub fn draining(pool: &HostPool, node: &Node) -> bool {
-    node.annotations()
-        .get(MAINTENANCE_ANNOTATION)
-        .is_some_and(|v| v == "true")
-        || (cordoned(node) && pool.evacuates_cordoned())
+    in_maintenance(node) || (cordoned(node) && pool.evacuates_cordoned())
 }
 
 /// The `Evacuating` condition of a pool.
@@ -88,17 +81,17 @@ pub async fn reconcile(pool: &HostPool, nodes: &[Arc<Node>], ctx: &Context) -> R
     evacuate(pool, nodes, ctx, None).await
 }
 
-/// Evacuate `host` now for `policy` (its verdict `Evacuating` may not be in the policy's status
-/// yet): the VMs on it that the policy covers. The pool's next pass reports it in its
-/// `Evacuating` condition.
-pub async fn evacuate_for_ha(pool: &HostPool, ctx: &Context, host: &str, policy: Arc<HAPolicy>) {
-    let nodes: Vec<Arc<Node>> = ctx
-        .nodes
-        .state()
-        .into_iter()
-        .filter(|n| selects(pool, n))
-        .collect();
-    evacuate(pool, &nodes, ctx, Some((host, policy))).await;
+/// Evacuate `host` of `pool` (whose Nodes are `nodes`) now for `policy` (its verdict
+/// `Evacuating` may not be in the policy's status yet): the VMs on it that the policy covers.
+/// The pool's next pass reports it in its `Evacuating` condition.
+pub async fn evacuate_for_ha(
+    pool: &HostPool,
+    nodes: &[Arc<Node>],
+    ctx: &Context,
+    host: &str,
+    policy: Arc<HAPolicy>,
+) {
+    evacuate(pool, nodes, ctx, Some((host, policy))).await;
 }
 
 async fn evacuate(
@@ -253,8 +246,8 @@ fn view(m: &VirtualMachineMigration) -> Migration {
         name: m.name_any(),
         vm: m.spec.vm_name.clone(),
         evacuates: m.annotations().get(EVACUATES_ANNOTATION).cloned(),
-        unfinished: !is_terminal(st.phase) && m.metadata.deletion_timestamp.is_none(),
-        started: holds_vm(m),
+        unfinished: !m.is_terminal() && m.metadata.deletion_timestamp.is_none(),
+        started: m.holds_vm(),
         failed: (st.phase == Some(MigrationPhase::Failed))
             .then(|| st.message.clone().unwrap_or_default()),
         waiting: match st.phase {

@@ -9,8 +9,9 @@
 //! HAPolicy's status and read back when the controller starts; liveness timers restart from zero,
 //! which only delays a verdict.
 
+use super::hosts::{host_uri, pool_nodes};
 use super::scheduling::{self, need};
-use super::{Context, host_pool::selects, lock, status::apply_status};
+use super::{Context, lock, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::ha_policy::{
     AdmissionControl, CONFIRM_ANNOTATION, FAILOVER_ANNOTATION, Failover, HostHealth, HostVerdict,
@@ -25,13 +26,12 @@ use crate::plan::admission::{self, Protected, Reserve};
 use crate::plan::capacity::Amount;
 use crate::plan::host_health::{self, Decision, Evidence, FenceRecord, HostAction, Inputs, Signal};
 use crate::plan::placement::{self, Placed};
-use crate::plan::quantity::parse_bytes;
 use crate::plan::recovery::{self, Stranded};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::{Selector, SelectorExt};
+use kube::core::SelectorExt;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -137,15 +137,14 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = policy.namespace().unwrap_or_default();
     let now = Timestamp::now();
-    let timings = policy.timings();
+    let timings = host_health::Timings::of(&policy);
     let previous = policy.status.clone().unwrap_or_default();
     let mut st = previous.clone();
     st.observed_generation = policy.metadata.generation;
     let gen_ = policy.metadata.generation;
-    let selector = match policy.spec.vm_selector.clone().map(Selector::try_from) {
-        None => None,
-        Some(Ok(s)) => Some(s),
-        Some(Err(e)) => {
+    let selector = match policy.vm_selector() {
+        Ok(s) => s,
+        Err(e) => {
             set_condition(
                 &mut st.conditions,
                 "Ready",
@@ -179,13 +178,7 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
             missing_pools.push(pool_name.clone());
             continue;
         };
-        let mut nodes: Vec<Arc<Node>> = ctx
-            .nodes
-            .state()
-            .into_iter()
-            .filter(|n| selects(&pool, n))
-            .collect();
-        nodes.sort_by_key(|n| n.name_any());
+        let nodes = pool_nodes(&ctx.nodes, &pool);
         let pool_vms: Vec<Arc<VirtualMachine>> = all_vms
             .iter()
             .filter(|v| {
@@ -287,7 +280,7 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
             let mem = record(&hc, &ctx, &pool, &name, &mem, &d, now).await;
             ctx.set_ha_verdict(&name, d.verdict);
             act(
-                &hc, &ctx, &policy, &pool, n, &mem, &d, &on_host, &pool_vms, &stale,
+                &hc, &ctx, &policy, &pool, n, &nodes, &mem, &d, &on_host, &pool_vms, &stale,
             )
             .await;
             if d.action == HostAction::AskConfirmation
@@ -544,7 +537,7 @@ fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now: Timestamp
         m.probe_started = Some(Instant::now());
         m.probe_answered = false;
     }
-    let uri = match super::virtual_machine::host_uri(pool, node) {
+    let uri = match host_uri(pool, node) {
         Ok(u) => u,
         Err(_) => {
             if let Some(m) = lock(&hc.hosts).get_mut(&name) {
@@ -730,6 +723,7 @@ async fn act(
     policy: &HAPolicy,
     pool: &HostPool,
     node: &Node,
+    nodes: &[Arc<Node>],
     mem: &Memory,
     d: &Decision,
     on_host: &[&Arc<VirtualMachine>],
@@ -823,13 +817,14 @@ async fn act(
             }
         }
         HostAction::Evacuate => {
-            super::evacuation::evacuate_for_ha(pool, ctx, &host, Arc::new(policy.clone())).await;
+            super::evacuation::evacuate_for_ha(pool, nodes, ctx, &host, Arc::new(policy.clone()))
+                .await;
         }
     }
 }
 
 async fn connected(ctx: &Context, pool: &HostPool, node: &Node) -> Option<Arc<dyn Hypervisor>> {
-    let uri = super::virtual_machine::host_uri(pool, node).ok()?;
+    let uri = host_uri(pool, node).ok()?;
     tokio::time::timeout(PROBE_DEADLINE, ctx.connect(&uri, pool))
         .await
         .ok()?
@@ -1087,10 +1082,7 @@ fn admission_for(
             s.hosts
                 .iter()
                 .filter_map(|h| h.allocatable.as_ref())
-                .map(|r| Amount {
-                    cpus: r.cpus.max(0) as u64,
-                    memory: parse_bytes(&r.memory).unwrap_or(0),
-                })
+                .map(Amount::from)
                 .collect()
         })
         .unwrap_or_default();

@@ -1,10 +1,9 @@
 //! The HostPool controller: find the pool's Nodes, probe each host's libvirt, report per-host
 //! state and pool conditions.
 
-use super::virtual_machine::{cordoned, host_uri};
+use super::hosts::{cordoned, host_uri, pool_nodes, redact};
 use super::{Context, credentials, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
-use crate::api::host_pool::Resources;
 use crate::api::{HostPool, HostState, HostStatus};
 use crate::error::{Error, Result};
 use crate::hypervisor::HypervisorError;
@@ -13,10 +12,9 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,35 +26,6 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
 /// How often a pool with an unreachable host is probed, so the host is seen back soon after it
 /// answers again (connection attempts still follow the registry's backoff).
 pub const UNREACHABLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Whether `pool` selects `node`. An empty selector selects nothing.
-pub fn selects(pool: &HostPool, node: &Node) -> bool {
-    let sel = &pool.spec.node_selector;
-    let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
-        && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
-    if empty {
-        return false;
-    }
-    match Selector::try_from(sel.clone()) {
-        Ok(s) => s.matches(node.labels()),
-        Err(_) => false,
-    }
-}
-
-/// The HostPools whose status lists a host reached at `uri` (compared without credentials and
-/// query): the pools to probe again when that connection is lost.
-pub fn pools_reaching(pools: &[Arc<HostPool>], uri: &str) -> Vec<ObjectRef<HostPool>> {
-    let shown = redact(uri);
-    pools
-        .iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .is_some_and(|s| s.hosts.iter().any(|h| h.uri.as_deref() == Some(&shown)))
-        })
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
-}
 
 /// Reconcile one HostPool, in a `reconcile` span naming it (see the VirtualMachine controller).
 #[tracing::instrument(name = "reconcile", skip_all, fields(
@@ -99,13 +68,7 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         return Ok(Requeue::await_change());
     }
 
-    let mut nodes: Vec<Arc<Node>> = ctx
-        .nodes
-        .state()
-        .into_iter()
-        .filter(|n| selects(&pool, n))
-        .collect();
-    nodes.sort_by_key(|n| n.name_any());
+    let nodes = pool_nodes(&ctx.nodes, &pool);
     let vm_uids = known_vm_uids(&ctx).await;
     let probes = nodes.iter().map(|n| {
         let before = previous.hosts.iter().find(|h| h.name == n.name_any());
@@ -341,13 +304,6 @@ fn keep_last_known(h: &mut HostStatus, before: &HostStatus) {
     h.orphans = before.orphans.clone();
 }
 
-fn resources(a: Amount) -> Resources {
-    Resources {
-        cpus: i64::try_from(a.cpus).unwrap_or(i64::MAX),
-        memory: capacity::quantity(a.memory),
-    }
-}
-
 /// How long a probe waits for a new connection to a host it last saw `Unreachable`. The attempt
 /// goes on in the background (the registry keeps its outcome for the next probe), so a host that
 /// stays away does not hold up the pool's status for a connect timeout on every probe.
@@ -416,15 +372,12 @@ async fn probe(
                 cpus: u64::from(info.cpus),
                 memory: info.memory_kib.saturating_mul(1024),
             };
-            h.capacity = Some(resources(cap));
-            h.allocatable = Some(resources(capacity::allocatable(
-                cap,
-                &pool.capacity_policy(),
-            )));
-            h.allocated = Some(resources(t.ferry));
+            h.capacity = Some(cap.into());
+            h.allocatable = Some(capacity::allocatable(cap, &capacity::Policy::of(pool)).into());
+            h.allocated = Some(t.ferry.into());
             h.vm_count = Some(i32::try_from(t.ferry_domains).unwrap_or(i32::MAX));
             h.foreign_domains = Some(i32::try_from(t.foreign_domains).unwrap_or(i32::MAX));
-            h.foreign_allocated = Some(resources(t.foreign));
+            h.foreign_allocated = Some(t.foreign.into());
             h.orphans = t.orphans;
             h.hypervisor_version = Some(info.hypervisor_version.clone());
             h.libvirt_version = Some(info.libvirt_version.clone());
@@ -462,18 +415,6 @@ async fn read_host(
     Ok((info, domains))
 }
 
-/// Drop user info and query parameters (they may name key files) from a URI shown in status.
-pub(crate) fn redact(uri: &str) -> String {
-    let no_query = uri.split('?').next().unwrap_or(uri);
-    match no_query.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((_, host)) => format!("{scheme}://{host}"),
-            None => no_query.to_string(),
-        },
-        None => no_query.to_string(),
-    }
-}
-
 /// Failed reconciles back off.
 pub fn error_policy(pool: Arc<HostPool>, err: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.failure(CONTROLLER, err.category());
@@ -502,59 +443,5 @@ mod tests {
         let (status, reason, message) = degraded(&hosts);
         assert_eq!((status, reason), (ConditionStatus::True, "HostsUnhealthy"));
         assert_eq!(message, "2 of 4 host(s): b Unreachable, c Misconfigured");
-    }
-
-    #[test]
-    fn a_lost_connection_wakes_the_pools_that_show_its_host() {
-        let pool = |name: &str, uris: &[&str]| {
-            let mut p = HostPool::new(
-                name,
-                serde_json::from_value(serde_json::json!({
-                    "nodeSelector": {"matchLabels": {"a": "b"}},
-                    "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
-                    "storage": {"pool": "p"}
-                }))
-                .expect("spec"),
-            );
-            p.metadata.namespace = Some("ns".into());
-            let mut st = crate::api::HostPoolStatus::default();
-            for (i, u) in uris.iter().enumerate() {
-                let mut h = host(&format!("h{i}"), HostState::Ready);
-                h.uri = Some(u.to_string());
-                st.hosts.push(h);
-            }
-            p.status = Some(st);
-            Arc::new(p)
-        };
-        let pools = [
-            pool(
-                "a",
-                &["qemu+tls://10.0.0.1/system", "qemu+tls://10.0.0.2/system"],
-            ),
-            pool("b", &["qemu+tls://10.0.0.2/system"]),
-            pool("c", &[]),
-        ];
-        let names = |uri: &str| -> Vec<String> {
-            pools_reaching(&pools, uri)
-                .into_iter()
-                .map(|r| r.name)
-                .collect()
-        };
-        // Credentials in the query do not matter.
-        assert_eq!(names("qemu+tls://10.0.0.1/system?pkipath=/x"), vec!["a"]);
-        assert_eq!(names("qemu+tls://10.0.0.2/system"), vec!["a", "b"]);
-        assert!(names("qemu+tls://10.0.0.9/system").is_empty());
-    }
-
-    #[test]
-    fn uris_shown_without_secrets() {
-        assert_eq!(
-            redact("qemu+ssh://root@h1/system?keyfile=/k"),
-            "qemu+ssh://h1/system"
-        );
-        assert_eq!(
-            redact("qemu+tls://10.0.0.1/system"),
-            "qemu+tls://10.0.0.1/system"
-        );
     }
 }

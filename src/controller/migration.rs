@@ -7,7 +7,8 @@
 //! hosts confirm it (the domain runs on the target and not on the source). While a migration is
 //! `Scheduled` or `Running`, the VirtualMachine controller leaves the VM alone.
 
-use super::{Context, lock, scheduling, status::apply_status, virtual_machine};
+use super::hosts::host_uri;
+use super::{Context, lock, scheduling, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::{
     HostPool, MigrationPhase, VirtualMachine, VirtualMachineMigration,
@@ -80,41 +81,6 @@ impl Job {
         *lock(&self.cancel_reason) = Some(why.to_string());
         self.cancel.store(true, Ordering::SeqCst);
     }
-}
-
-/// Whether a phase is final.
-pub fn is_terminal(phase: Option<MigrationPhase>) -> bool {
-    matches!(
-        phase,
-        Some(MigrationPhase::Succeeded | MigrationPhase::Failed | MigrationPhase::Cancelled)
-    )
-}
-
-fn phase(m: &VirtualMachineMigration) -> Option<MigrationPhase> {
-    m.status.as_ref().and_then(|s| s.phase)
-}
-
-/// Whether libvirt may be moving the VM for this migration (it holds the VM).
-pub fn holds_vm(m: &VirtualMachineMigration) -> bool {
-    matches!(
-        phase(m),
-        Some(MigrationPhase::Scheduled | MigrationPhase::Running)
-    )
-}
-
-/// Every migration of VM `name` in `ns`, oldest first.
-pub fn of_vm(ctx: &Context, ns: &str, name: &str) -> Vec<Arc<VirtualMachineMigration>> {
-    let mut out: Vec<_> = ctx
-        .migrations
-        .state()
-        .into_iter()
-        .filter(|m| m.namespace().as_deref() == Some(ns) && m.spec.vm_name == name)
-        .collect();
-    out.sort_by(|a, b| {
-        (a.metadata.creation_timestamp.as_ref(), a.name_any())
-            .cmp(&(b.metadata.creation_timestamp.as_ref(), b.name_any()))
-    });
-    out
 }
 
 /// Reconcile one VirtualMachineMigration.
@@ -320,13 +286,12 @@ async fn schedule(
     }
     // At most one migration per VM: the oldest unfinished one goes first, later ones fail.
     let ns = m.namespace().unwrap_or_default();
-    if let Some(other) = of_vm(ctx, &ns, &m.spec.vm_name)
+    if let Some(other) = ctx
+        .migrations_of(&ns, &m.spec.vm_name)
         .into_iter()
-        .find(|o| {
-            uid(o) != uid(m) && !is_terminal(phase(o)) && o.metadata.deletion_timestamp.is_none()
-        })
+        .find(|o| uid(o) != uid(m) && !o.is_terminal() && o.metadata.deletion_timestamp.is_none())
         .filter(|o| {
-            holds_vm(o)
+            o.holds_vm()
                 || (o.metadata.creation_timestamp.as_ref(), o.name_any())
                     < (m.metadata.creation_timestamp.as_ref(), m.name_any())
         })
@@ -381,7 +346,7 @@ async fn schedule(
         .await;
     }
     st.source = Some(source.clone());
-    let policy = pool.migration_policy();
+    let policy = Policy::of(&pool);
     // Choose and admit under one lock, so that migrations admitted at the same time see each other.
     let admitted = {
         let mut slots = lock(&ctx.migration_slots);
@@ -466,7 +431,7 @@ fn active_slots(
     let pool_ns = pool.namespace();
     for m in ctx.migrations.state() {
         let k = uid(&m);
-        if k == me || out.contains_key(&k) || !holds_vm(&m) || m.namespace() != pool_ns {
+        if k == me || out.contains_key(&k) || !m.holds_vm() || m.namespace() != pool_ns {
             continue;
         }
         let in_pool = vm_of(ctx, &m).is_some_and(|vm| vm.spec.host_pool == pool.name_any());
@@ -500,8 +465,8 @@ async fn hosts(
             .ok_or_else(|| format!("Node {name} does not exist"))
     };
     let (sn, tn) = (node(source)?, node(target)?);
-    let source_uri = virtual_machine::host_uri(pool, &sn)?;
-    let target_uri = virtual_machine::host_uri(pool, &tn)?;
+    let source_uri = host_uri(pool, &sn)?;
+    let target_uri = host_uri(pool, &tn)?;
     let peer_template = pool
         .spec
         .migration
@@ -583,7 +548,7 @@ async fn start(
     write(api, m, st).await?;
     let job = Arc::new(Job::default());
     lock(&ctx.migration_jobs).insert(uid(m), job.clone());
-    let policy = vm_policy(&pool, &vm);
+    let policy = Policy::for_vm(&pool, &vm);
     let request = request_for(&pool, &vm, &policy, &hosts.peer_uri);
     let vm_uid = vm.metadata.uid.clone().unwrap_or_default();
     let metrics = ctx.metrics.clone();
@@ -618,23 +583,6 @@ async fn start(
     )
     .await;
     Ok(Requeue::requeue(POLL))
-}
-
-/// The pool's policy with the VM's overrides.
-fn vm_policy(pool: &HostPool, vm: &VirtualMachine) -> Policy {
-    let mut p = pool.migration_policy();
-    if let Some(o) = &vm.spec.migration {
-        if let Some(d) = o.max_downtime_ms {
-            p.max_downtime_ms = d.max(1) as u64;
-        }
-        if let Some(a) = o.allow_auto_converge {
-            p.auto_converge = a;
-        }
-        if let Some(pc) = o.allow_post_copy {
-            p.post_copy = pc;
-        }
-    }
-    p
 }
 
 /// Bytes a migration moves: guest memory, plus the VM's disks when storage is copied.
@@ -1099,7 +1047,7 @@ async fn observe(
         let Some(node) = ctx.nodes.get(&ObjectRef::new(&name)) else {
             return Seen::Unknown;
         };
-        let Ok(uri) = virtual_machine::host_uri(pool, &node) else {
+        let Ok(uri) = host_uri(pool, &node) else {
             return Seen::Unknown;
         };
         let Ok(hv) = ctx.connect(&uri, pool).await else {
@@ -1129,7 +1077,7 @@ async fn clean_target(ctx: &Context, pool: &HostPool, target: &str, vm_uid: &str
     let Some(node) = ctx.nodes.get(&ObjectRef::new(target)) else {
         return;
     };
-    let Ok(uri) = virtual_machine::host_uri(pool, &node) else {
+    let Ok(uri) = host_uri(pool, &node) else {
         return;
     };
     let Ok(hv) = ctx.connect(&uri, pool).await else {
@@ -1194,7 +1142,7 @@ async fn recover_with(
                     job.request_cancel("cancelled: the VirtualMachineMigration was deleted");
                 }
                 lock(&ctx.migration_jobs).insert(uid(m), job.clone());
-                let policy = vm_policy(&pool, &vm);
+                let policy = Policy::for_vm(&pool, &vm);
                 let timeout = policy.completion_timeout(bytes_to_move(&pool, &vm));
                 tracing::info!(migration = %m.name_any(), "adopting a migration job that outlived its controller");
                 tokio::spawn(async move {

@@ -5,6 +5,7 @@ pub mod credentials;
 pub mod evacuation;
 pub mod ha;
 pub mod host_pool;
+pub mod hosts;
 pub mod image_import;
 pub mod migration;
 pub mod permissions;
@@ -139,23 +140,29 @@ impl Context {
         self
     }
 
-    /// The VM-monitoring limits of the HAPolicy covering `vm` (the first by name when several
-    /// do), with the policy's name; `None` when no HAPolicy covers it.
-    pub fn monitoring_limits(
-        &self,
-        vm: &VirtualMachine,
-    ) -> Option<(String, crate::plan::monitoring::Limits)> {
+    /// The HAPolicy covering `vm` (the first by name when several do).
+    pub fn covering_policy(&self, vm: &VirtualMachine) -> Option<Arc<crate::api::HAPolicy>> {
         let ns = vm.namespace();
-        let mut covering: Vec<_> = self
-            .policies
+        self.policies
             .state()
             .into_iter()
             .filter(|p| p.namespace() == ns && p.covers(&vm.spec.host_pool, vm.labels()))
+            .min_by_key(|p| p.name_any())
+    }
+
+    /// Every migration of VM `name` in `ns`, oldest first.
+    pub fn migrations_of(&self, ns: &str, name: &str) -> Vec<Arc<VirtualMachineMigration>> {
+        let mut out: Vec<_> = self
+            .migrations
+            .state()
+            .into_iter()
+            .filter(|m| m.namespace().as_deref() == Some(ns) && m.spec.vm_name == name)
             .collect();
-        covering.sort_by_key(|p| p.name_any());
-        covering
-            .first()
-            .map(|p| (p.name_any(), p.monitoring_limits()))
+        out.sort_by(|a, b| {
+            (a.metadata.creation_timestamp.as_ref(), a.name_any())
+                .cmp(&(b.metadata.creation_timestamp.as_ref(), b.name_any()))
+        });
+        out
     }
 
     /// A connection to the host at `uri`, with the pool's timeouts and, when the pool names a
@@ -180,7 +187,7 @@ impl Context {
                     Some(s) => format!("{message}; credentials from Secret {s}"),
                     None => message,
                 },
-                uri: host_pool::redact(&uri),
+                uri: hosts::redact(&uri),
             },
             e => e,
         })

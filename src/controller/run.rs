@@ -1,6 +1,6 @@
 //! Wiring: reflectors, the two controllers, and their shared context.
 
-use super::{Context, ha, host_pool, migration, virtual_machine};
+use super::{Context, ha, host_pool, hosts, migration, virtual_machine};
 use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
 use crate::metrics::Metrics;
 use futures::StreamExt;
@@ -34,10 +34,10 @@ where
 fn node_fingerprint(n: &Node) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     n.labels().hash(&mut h);
-    super::virtual_machine::node_ready(n).hash(&mut h);
-    super::virtual_machine::cordoned(n).hash(&mut h);
+    hosts::node_ready(n).hash(&mut h);
+    hosts::cordoned(n).hash(&mut h);
     n.annotations()
-        .get(super::evacuation::MAINTENANCE_ANNOTATION)
+        .get(hosts::MAINTENANCE_ANNOTATION)
         .hash(&mut h);
     if let Some(addrs) = n.status.as_ref().and_then(|s| s.addresses.as_ref()) {
         for a in addrs {
@@ -249,10 +249,7 @@ pub async fn run(
     // at once, instead of at their next periodic probe.
     let pool_store_for_lost = pool_store.clone();
     let lost = broadcast_stream(ctx.hosts.lost_connections()).flat_map(move |uri| {
-        futures::stream::iter(host_pool::pools_reaching(
-            &pool_store_for_lost.state(),
-            &uri,
-        ))
+        futures::stream::iter(hosts::pools_reaching(&pool_store_for_lost.state(), &uri))
     });
     let hostpools = pool_controller
         .reconcile_on(lost)
@@ -260,7 +257,7 @@ pub async fn run(
             pool_store_for_nodes
                 .state()
                 .into_iter()
-                .filter(|p| host_pool::selects(p, &node) || selected_before(p, &node))
+                .filter(|p| hosts::selects(p, &node) || selected_before(p, &node))
                 .map(|p| ObjectRef::from_obj(p.as_ref()))
                 .collect::<Vec<_>>()
         })

@@ -2,7 +2,7 @@
 //! the reflector stores, call [`placement::choose_host`], and remember the choice until the VM
 //! store shows it, so that VMs placed at the same moment see each other.
 
-use super::virtual_machine::{cordoned, node_ready};
+use super::hosts::{cordoned, in_maintenance, node_ready};
 use super::{Context, lock};
 use crate::api::{HostPool, HostState, VirtualMachine};
 use crate::plan::capacity::Amount;
@@ -166,7 +166,7 @@ fn placed_vms(
     }
     // A VM on the move counts on its target too, from the moment the target is chosen.
     for m in ctx.migrations.state() {
-        if m.namespace() != ns || !super::migration::holds_vm(&m) {
+        if m.namespace() != ns || !m.holds_vm() {
             continue;
         }
         let Some(target) = m.status.as_ref().and_then(|s| s.target.clone()) else {
@@ -206,10 +206,6 @@ pub fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
         .as_ref()
         .map(|s| s.hosts.as_slice())
         .unwrap_or(&[]);
-    let amount = |r: &crate::api::host_pool::Resources| Amount {
-        cpus: r.cpus.max(0) as u64,
-        memory: parse_bytes(&r.memory).unwrap_or(0),
-    };
     hosts
         .iter()
         .map(|h| {
@@ -221,15 +217,16 @@ pub fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
                     && ctx.ha_verdict(&h.name).is_none_or(takes_vms),
                 node_ready: node.as_deref().is_some_and(node_ready),
                 // A host in maintenance takes nothing new, like a cordoned one.
-                cordoned: node.as_deref().is_some_and(|n| {
-                    cordoned(n)
-                        || n.annotations()
-                            .get(super::evacuation::MAINTENANCE_ANNOTATION)
-                            .is_some_and(|v| v == "true")
-                }),
+                cordoned: node
+                    .as_deref()
+                    .is_some_and(|n| cordoned(n) || in_maintenance(n)),
                 labels: node.map(|n| n.labels().clone()).unwrap_or_default(),
-                allocatable: h.allocatable.as_ref().map(amount),
-                foreign: h.foreign_allocated.as_ref().map(amount).unwrap_or_default(),
+                allocatable: h.allocatable.as_ref().map(Amount::from),
+                foreign: h
+                    .foreign_allocated
+                    .as_ref()
+                    .map(Amount::from)
+                    .unwrap_or_default(),
             }
         })
         .collect()

@@ -2,9 +2,10 @@
 //! domain to the state the run strategy asks for, report status, and clean up on deletion.
 
 use super::cloud_init;
+use super::hosts::{host_uri, selects};
 use super::image_import;
 use super::scheduling::{self, NotPlaced};
-use super::{Context, lock, migration, status::apply_status};
+use super::{Context, lock, status::apply_status};
 use crate::api::VirtualMachineClass;
 use crate::api::condition::{ConditionStatus, find, set_condition};
 use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
@@ -25,8 +26,7 @@ use crate::plan::class;
 use crate::plan::definition::{self, ResolvedDisk};
 use crate::plan::lifecycle::{self, Action, Power};
 use crate::plan::validate::{ValidSpec, validate};
-use crate::plan::{clone, monitoring, naming, uri};
-use k8s_openapi::api::core::v1::Node;
+use crate::plan::{clone, monitoring, naming};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -218,7 +218,7 @@ async fn drive(
     let seed = cloud_init::resolve(vm, &ctx.client)
         .await
         .map_err(seed_blocked(vm))?;
-    let placed = place(vm, api, ctx, st, now).await?;
+    let placed = place(vm, &valid, api, ctx, st, now).await?;
     if let Some(after) = follow_migrations(vm, ctx, &placed, st, now).await? {
         return Ok(after);
     }
@@ -617,7 +617,7 @@ fn hold_for_failover(
     decision: &mut lifecycle::Decision,
 ) -> Option<Held> {
     let verdict = ctx.ha_verdict(host).filter(|v| v.failing_over())?;
-    if decision.action != Action::Start || ctx.monitoring_limits(vm).is_none() {
+    if decision.action != Action::Start || ctx.covering_policy(vm).is_none() {
         return None;
     }
     decision.action = Action::None;
@@ -644,10 +644,11 @@ async fn monitor_unplanned_stop(
     decision: &mut lifecycle::Decision,
     now: Timestamp,
 ) -> Option<Held> {
-    let Some((policy, limits)) = ctx.monitoring_limits(vm) else {
+    let Some(covering) = ctx.covering_policy(vm) else {
         st.unplanned_restarts.clear();
         return None;
     };
+    let (policy, limits) = (covering.name_any(), monitoring::Limits::of(&covering));
     // The start after a failover is planned, not a crash restart.
     if st
         .last_recovery
@@ -738,7 +739,7 @@ async fn follow_migrations(
     now: Timestamp,
 ) -> Result<Option<Duration>, Blocked> {
     let ns = vm.namespace().unwrap_or_default();
-    let migrations = migration::of_vm(ctx, &ns, &vm.name_any());
+    let migrations = ctx.migrations_of(&ns, &vm.name_any());
     let generation = vm.metadata.generation;
     st.migration = migrations.last().map(|m| {
         let s = m.status.clone().unwrap_or_default();
@@ -753,7 +754,7 @@ async fn follow_migrations(
         }
     });
     if let Some(m) = migrations.iter().find(|m| {
-        migration::holds_vm(m)
+        m.holds_vm()
             && m.status.as_ref().and_then(|s| s.source.as_deref()) == Some(placed.name.as_str())
     }) {
         let target = m
@@ -959,6 +960,7 @@ fn seed_blocked(vm: &VirtualMachine) -> impl Fn(cloud_init::SeedProblem) -> Bloc
 /// Find or choose the VM's host and connect to it.
 async fn place(
     vm: &VirtualMachine,
+    valid: &ValidSpec,
     api: &Api<VirtualMachine>,
     ctx: &Context,
     st: &mut VirtualMachineStatus,
@@ -997,16 +999,8 @@ async fn place(
     let host = match st.host.clone() {
         Some(h) => h,
         None => {
-            let need = scheduling::need(vm);
-            let need = match st.resources.as_ref() {
-                Some(r) if vm.spec.class_name.is_some() => crate::plan::capacity::Amount {
-                    cpus: r.cpus.max(0) as u64,
-                    memory: crate::plan::quantity::parse_bytes(&r.memory).unwrap_or(0),
-                },
-                _ => need,
-            };
-            let host = scheduling::choose(vm, need, &pool, ctx, exclude.as_deref()).map_err(
-                |e| match e {
+            let host = scheduling::choose(vm, valid.need(), &pool, ctx, exclude.as_deref())
+                .map_err(|e| match e {
                     NotPlaced::InvalidSpec(m) => {
                         Blocked::new(VmPhase::Pending, "InvalidSpec", m, Retry::OnChange)
                     }
@@ -1016,8 +1010,7 @@ async fn place(
                         format!("waiting for a host in HostPool {pool_name}: {m}"),
                         Retry::After(Duration::from_secs(60)),
                     ),
-                },
-            )?;
+                })?;
             // Record the choice before anything is created on the host, so that a crash here can
             // never lead to a second copy somewhere else.
             st.host = Some(host.clone());
@@ -1103,31 +1096,6 @@ pub fn failover_request(vm: &VirtualMachine, st: &VirtualMachineStatus) -> Optio
         .as_ref()
         .is_some_and(|r| r.incident == f.incident);
     (st.host.as_deref() == Some(f.host.as_str()) && !handled).then_some(f)
-}
-
-/// The libvirt URI of `node` in `pool`.
-pub fn host_uri(pool: &HostPool, node: &Node) -> Result<String, String> {
-    uri::render(
-        &pool.spec.libvirt.uri_template,
-        node,
-        pool.spec.libvirt.address_type.unwrap_or_default(),
-    )
-}
-
-/// Whether the Node's `Ready` condition is `True`.
-pub fn node_ready(n: &Node) -> bool {
-    n.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Whether the Node is cordoned.
-pub fn cordoned(n: &Node) -> bool {
-    n.spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false)
 }
 
 fn host_blocked(host: &str, e: HypervisorError, what: &str, phase: Option<VmPhase>) -> Blocked {
@@ -1675,8 +1643,8 @@ async fn cleanup(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) 
         return Ok(Requeue::await_change());
     };
     let ns = vm.namespace().unwrap_or_default();
-    let migrations = migration::of_vm(ctx, &ns, &vm.name_any());
-    if let Some(m) = migrations.iter().find(|m| migration::holds_vm(m)) {
+    let migrations = ctx.migrations_of(&ns, &vm.name_any());
+    if let Some(m) = migrations.iter().find(|m| m.holds_vm()) {
         // The migration controller aborts it because the VM is being deleted.
         return Err(Error::Missing(format!(
             "deletion waits for migration {} to end",
@@ -1728,7 +1696,7 @@ async fn clean_host(
     let gone_reason = match (&pool, &node) {
         (None, _) => Some(format!("HostPool {} is gone", vm.spec.host_pool)),
         (_, None) => Some(format!("Node {host} is gone")),
-        (Some(p), Some(n)) if !crate::controller::host_pool::selects(p, n) => Some(format!(
+        (Some(p), Some(n)) if !selects(p, n) => Some(format!(
             "Node {host} has left HostPool {}",
             vm.spec.host_pool
         )),

@@ -1,6 +1,9 @@
 //! Host capacity: what a host has, what VMs may use of it, and what its domains already use.
 
+use crate::api::HostPool;
+use crate::api::host_pool::Resources;
 use crate::hypervisor::DomainInfo;
+use crate::plan::quantity::parse_bytes;
 use std::collections::HashSet;
 
 /// CPUs and memory, as placement counts them.
@@ -18,6 +21,26 @@ impl Amount {
         Amount {
             cpus: self.cpus.saturating_add(o.cpus),
             memory: self.memory.saturating_add(o.memory),
+        }
+    }
+}
+
+impl From<&Resources> for Amount {
+    /// CPUs and memory as a HostPool's status shows them (memory 0 when it does not parse).
+    fn from(r: &Resources) -> Self {
+        Amount {
+            cpus: r.cpus.max(0) as u64,
+            memory: parse_bytes(&r.memory).unwrap_or(0),
+        }
+    }
+}
+
+impl From<Amount> for Resources {
+    /// As a HostPool's status shows it.
+    fn from(a: Amount) -> Self {
+        Resources {
+            cpus: i64::try_from(a.cpus).unwrap_or(i64::MAX),
+            memory: quantity(a.memory),
         }
     }
 }
@@ -43,6 +66,33 @@ impl Default for Policy {
             memory_overcommit: 1.0,
             reserved_cpus: 0,
             reserved_memory: 0,
+        }
+    }
+}
+
+/// Default of every overcommit ratio.
+const NO_OVERCOMMIT: f64 = 1.0;
+
+impl Policy {
+    /// The pool's capacity settings: ratios (1 unless set), reserved CPUs and bytes. Values the
+    /// schema would reject fall back to the defaults.
+    pub fn of(pool: &HostPool) -> Self {
+        let c = pool.spec.capacity.clone().unwrap_or_default();
+        let ratio = |v: &Option<String>, max: f64| {
+            v.as_deref()
+                .and_then(|s| s.parse::<f64>().ok())
+                .filter(|r| r.is_finite() && *r >= 1.0 && *r <= max)
+                .unwrap_or(NO_OVERCOMMIT)
+        };
+        Policy {
+            cpu_overcommit: ratio(&c.cpu_overcommit, 64.99),
+            memory_overcommit: ratio(&c.memory_overcommit, 4.99),
+            reserved_cpus: c.reserved_cpus.unwrap_or(0).max(0) as u64,
+            reserved_memory: c
+                .reserved_memory
+                .as_deref()
+                .and_then(|q| parse_bytes(q).ok())
+                .unwrap_or(0),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! A restart elsewhere is only ever decided after a confirmed fence (the BMC reports Off), a
 //! confirmed shut-off from libvirt, or a human confirmation.
 
+use crate::api::HAPolicy;
 use crate::api::ha_policy::{HostVerdict, NotReadyAction};
 use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
@@ -105,6 +106,26 @@ impl Default for Timings {
             evacuation_deadline: Duration::from_secs(300),
             fence_backoff: Duration::from_secs(2),
             fence_backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timings {
+    /// The policy's timings and action, defaults applied.
+    pub fn of(policy: &HAPolicy) -> Self {
+        let d = Timings::default();
+        let secs = |v: Option<i32>, def: Duration| {
+            v.map(|s| Duration::from_secs(s.max(0) as u64))
+                .unwrap_or(def)
+        };
+        let s = &policy.spec;
+        Timings {
+            not_ready_grace: secs(s.not_ready_grace_seconds, d.not_ready_grace),
+            libvirt_grace: secs(s.libvirt_unreachable_grace_seconds, d.libvirt_grace),
+            action: s.not_ready_action.unwrap_or_default(),
+            evacuation_deadline: secs(s.evacuation_deadline_seconds, d.evacuation_deadline),
+            fence_backoff: secs(s.fence_retry_seconds, d.fence_backoff),
+            fence_backoff_max: secs(s.fence_retry_max_seconds, d.fence_backoff_max),
         }
     }
 }

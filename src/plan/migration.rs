@@ -2,6 +2,7 @@
 //! (parallelism limits), how long it may take, when a running one must be aborted, and where a
 //! VM really runs after an interrupted migration.
 
+use crate::api::{HostPool, VirtualMachine};
 use std::time::Duration;
 
 /// A migration policy with every default applied.
@@ -43,6 +44,53 @@ impl Default for Policy {
             auto_converge: false,
             post_copy: false,
         }
+    }
+}
+
+impl Policy {
+    /// The pool's migration settings, defaults applied.
+    pub fn of(pool: &HostPool) -> Self {
+        let m = pool.spec.migration.clone().unwrap_or_default();
+        let d = Policy::default();
+        let count = |v: Option<i32>, default: u32| v.map(|n| n.max(1) as u32).unwrap_or(default);
+        let secs = |v: Option<i32>, default: Duration| {
+            v.map(|s| Duration::from_secs(s.max(1) as u64))
+                .unwrap_or(default)
+        };
+        Policy {
+            max_parallel: count(m.max_parallel, d.max_parallel),
+            max_outbound_per_host: count(m.max_outbound_per_host, d.max_outbound_per_host),
+            max_inbound_per_host: count(m.max_inbound_per_host, d.max_inbound_per_host),
+            bandwidth_mib: m.bandwidth_mi_bps.map(|b| b.max(1) as u64),
+            max_downtime_ms: m
+                .max_downtime_ms
+                .map(|v| v.max(1) as u64)
+                .unwrap_or(d.max_downtime_ms),
+            completion_timeout_per_gib: secs(
+                m.completion_timeout_per_gi_b_seconds,
+                d.completion_timeout_per_gib,
+            ),
+            progress_timeout: secs(m.progress_timeout_seconds, d.progress_timeout),
+            auto_converge: m.allow_auto_converge.unwrap_or(d.auto_converge),
+            post_copy: m.allow_post_copy.unwrap_or(d.post_copy),
+        }
+    }
+
+    /// The pool's policy with the VM's own overrides.
+    pub fn for_vm(pool: &HostPool, vm: &VirtualMachine) -> Self {
+        let mut p = Policy::of(pool);
+        if let Some(o) = &vm.spec.migration {
+            if let Some(d) = o.max_downtime_ms {
+                p.max_downtime_ms = d.max(1) as u64;
+            }
+            if let Some(a) = o.allow_auto_converge {
+                p.auto_converge = a;
+            }
+            if let Some(pc) = o.allow_post_copy {
+                p.post_copy = pc;
+            }
+        }
+        p
     }
 }
 

@@ -2,6 +2,7 @@
 //! again, within a number of such restarts per time window (as vSphere's VM monitoring resets a
 //! VM at most N times per window, then leaves it alone).
 
+use crate::api::HAPolicy;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::time::Duration;
 
@@ -18,6 +19,20 @@ impl Default for Limits {
         Limits {
             max_restarts: 3,
             window: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Limits {
+    /// The policy's VM-monitoring limits, defaults applied.
+    pub fn of(policy: &HAPolicy) -> Self {
+        let d = Limits::default();
+        let m = policy.spec.vm_monitoring.clone().unwrap_or_default();
+        Limits {
+            max_restarts: m.max_restarts.map_or(d.max_restarts, |n| n.max(0) as u32),
+            window: m
+                .window_seconds
+                .map_or(d.window, |s| Duration::from_secs(s.max(1) as u64)),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! without the CRD's CEL rules would let through), turned into numbers the planner uses.
 
 use crate::api::VirtualMachineSpec;
+use crate::plan::capacity::Amount;
 use crate::plan::class::Resources;
 use crate::plan::quantity::{human_bytes, parse_bytes};
 use std::collections::BTreeSet;
@@ -18,6 +19,16 @@ pub struct ValidSpec {
     pub memory_bytes: u64,
     /// Requested overlay size per disk name (only disks that set `size`).
     pub disk_sizes: Vec<(String, u64)>,
+}
+
+impl ValidSpec {
+    /// What the VM asks of a host.
+    pub fn need(&self) -> Amount {
+        Amount {
+            cpus: u64::from(self.vcpus),
+            memory: self.memory_bytes,
+        }
+    }
 }
 
 /// Validate `spec` with its resolved size `res`, returning every problem found in one message a

@@ -1,0 +1,159 @@
+//! Nodes and HostPools as every controller sees them: which Nodes a pool selects, how a host is
+//! reached, and what its Node says about it. Shared by the controllers, so that none imports
+//! another.
+
+use crate::api::HostPool;
+use crate::plan::uri;
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::sync::Arc;
+
+/// Node annotation that puts a host into maintenance (`"true"`): its VMs are moved away and it
+/// takes no new ones.
+pub const MAINTENANCE_ANNOTATION: &str = "ferry.dev/maintenance";
+
+/// Whether `pool` selects `node`. An empty or invalid selector selects nothing.
+pub fn selects(pool: &HostPool, node: &Node) -> bool {
+    let sel = &pool.spec.node_selector;
+    let empty = sel.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && sel.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+    if empty {
+        return false;
+    }
+    match Selector::try_from(sel.clone()) {
+        Ok(s) => s.matches(node.labels()),
+        Err(_) => false,
+    }
+}
+
+/// The Nodes `pool` selects, by name.
+pub fn pool_nodes(nodes: &Store<Node>, pool: &HostPool) -> Vec<Arc<Node>> {
+    let mut out: Vec<Arc<Node>> = nodes
+        .state()
+        .into_iter()
+        .filter(|n| selects(pool, n))
+        .collect();
+    out.sort_by_key(|n| n.name_any());
+    out
+}
+
+/// The libvirt URI of `node` in `pool`.
+pub fn host_uri(pool: &HostPool, node: &Node) -> Result<String, String> {
+    uri::render(
+        &pool.spec.libvirt.uri_template,
+        node,
+        pool.spec.libvirt.address_type.unwrap_or_default(),
+    )
+}
+
+/// Whether the Node's `Ready` condition is `True`.
+pub fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the Node is cordoned.
+pub fn cordoned(n: &Node) -> bool {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// Whether the Node carries the maintenance annotation.
+pub fn in_maintenance(n: &Node) -> bool {
+    n.annotations()
+        .get(MAINTENANCE_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+/// The HostPools whose status lists a host reached at `uri` (compared without credentials and
+/// query): the pools to probe again when that connection is lost.
+pub fn pools_reaching(pools: &[Arc<HostPool>], uri: &str) -> Vec<ObjectRef<HostPool>> {
+    let shown = redact(uri);
+    pools
+        .iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.hosts.iter().any(|h| h.uri.as_deref() == Some(&shown)))
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Drop user info and query parameters (they may name key files) from a URI shown in status.
+pub fn redact(uri: &str) -> String {
+    let no_query = uri.split('?').next().unwrap_or(uri);
+    match no_query.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => no_query.to_string(),
+        },
+        None => no_query.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{HostState, HostStatus};
+
+    #[test]
+    fn a_lost_connection_wakes_the_pools_that_show_its_host() {
+        let pool = |name: &str, uris: &[&str]| {
+            let mut p = HostPool::new(
+                name,
+                serde_json::from_value(serde_json::json!({
+                    "nodeSelector": {"matchLabels": {"a": "b"}},
+                    "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
+                    "storage": {"pool": "p"}
+                }))
+                .expect("spec"),
+            );
+            p.metadata.namespace = Some("ns".into());
+            let mut st = crate::api::HostPoolStatus::default();
+            for (i, u) in uris.iter().enumerate() {
+                let mut h = HostStatus::new(format!("h{i}"), HostState::Ready);
+                h.uri = Some(u.to_string());
+                st.hosts.push(h);
+            }
+            p.status = Some(st);
+            Arc::new(p)
+        };
+        let pools = [
+            pool(
+                "a",
+                &["qemu+tls://10.0.0.1/system", "qemu+tls://10.0.0.2/system"],
+            ),
+            pool("b", &["qemu+tls://10.0.0.2/system"]),
+            pool("c", &[]),
+        ];
+        let names = |uri: &str| -> Vec<String> {
+            pools_reaching(&pools, uri)
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        };
+        // Credentials in the query do not matter.
+        assert_eq!(names("qemu+tls://10.0.0.1/system?pkipath=/x"), vec!["a"]);
+        assert_eq!(names("qemu+tls://10.0.0.2/system"), vec!["a", "b"]);
+        assert!(names("qemu+tls://10.0.0.9/system").is_empty());
+    }
+
+    #[test]
+    fn uris_shown_without_secrets() {
+        assert_eq!(
+            redact("qemu+ssh://root@h1/system?keyfile=/k"),
+            "qemu+ssh://h1/system"
+        );
+        assert_eq!(
+            redact("qemu+tls://10.0.0.1/system"),
+            "qemu+tls://10.0.0.1/system"
+        );
+    }
+}
