@@ -5,18 +5,19 @@
 //! Needs a cluster (`KUBECONFIG`; `e2e/bench.sh` starts the in-repo API stand-in when unset) and
 //! root for a lab host. Run: `e2e/bench.sh` (or `FERRY_E2E=1 cargo bench --bench lifecycle`).
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
-#[path = "../tests/support/lab.rs"]
-mod lab;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use cluster::{Cluster, wait_for};
 use ferry::api::VirtualMachine;
 use futures::StreamExt;
 use kube::api::DeleteParams;
 use kube::runtime::watcher;
 use serde_json::json;
 use std::time::{Duration, Instant};
+use support::cluster::{self, Cluster, metric_sum, wait_for};
+use support::hosts::running;
+use support::lab;
+use support::objects::is_ready as ready;
 
 const VMS: usize = 5;
 const STEADY: Duration = Duration::from_secs(120);
@@ -29,28 +30,6 @@ fn vm(name: &str, lab: &lab::Lab) -> serde_json::Value {
                  "disks": [{"name": "root", "image": lab.golden}],
                  "boot": {"kernel": lab.kernel, "initrd": lab.initrd, "cmdline": lab.cmdline}}
     })
-}
-
-fn ready(v: &VirtualMachine) -> bool {
-    v.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
-}
-
-fn running(lab: &lab::Lab, domain: &str) -> bool {
-    lab.virsh(&lab.hosts[0].name, &["domstate", domain])
-        .stdout
-        .contains("running")
-}
-
-/// Sum of a Prometheus counter family (`_total` or histogram `_count`) in a /metrics body.
-fn metric_sum(body: &str, family: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(family) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -103,7 +82,7 @@ async fn main() {
         let mut t_run = None;
         let deadline = t0 + Duration::from_secs(120);
         loop {
-            if t_run.is_none() && running(&lab, &domain) {
+            if t_run.is_none() && running(&lab, &lab.hosts[0].name).contains(&domain) {
                 t_run = Some(t0.elapsed());
             }
             if let Ok(v) = vms.get(&name).await

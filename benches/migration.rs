@@ -11,20 +11,20 @@
 //! Needs a cluster (`KUBECONFIG`; `e2e/bench.sh migration` starts the in-repo API stand-in when
 //! unset) and root for a 3-host lab. Takes about 8-12 minutes under TCG.
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
-#[path = "../tests/support/lab.rs"]
-mod lab;
-#[path = "../tests/support/migration.rs"]
-mod migration;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use cluster::{Cluster, wait_for};
 use ferry::api::{MigrationPhase, VirtualMachine, VirtualMachineMigration};
 use kube::api::DeleteParams;
 use migration::{TICK, TickWatch, is_terminal, start_migration};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use support::cluster::{self, Cluster};
+use support::hosts::{console, lab_host};
+use support::lab;
+use support::migration::{self, max_overlap};
+use support::objects::{host_of, is_ready, wait_vm};
 
 /// Migrations per guest size and tool.
 const RUNS: usize = 5;
@@ -99,15 +99,6 @@ fn pool_manifest(lab: &lab::Lab) -> serde_json::Value {
     })
 }
 
-fn console(lab: &lab::Lab, ns: &str, vm: &str) -> std::path::PathBuf {
-    lab.console_dir.join(format!("{ns}_{vm}.console.log"))
-}
-
-/// The lab host (`h1`) of a Node name (`<ns>-h1`).
-fn lab_host(node: &str) -> String {
-    node.rsplit('-').next().unwrap_or_default().to_string()
-}
-
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
@@ -125,23 +116,13 @@ fn med_p90(v: &[f64]) -> String {
     format!("{:.0} / {:.0}", percentile(v, 0.5), percentile(v, 0.9))
 }
 
+/// Wait until the VM is placed and Ready; its host.
 async fn wait_ready(c: &Cluster, name: &str) -> String {
-    let api = c.vms();
-    let vm = wait_for(&format!("VM {name} Ready"), BOOT, || {
-        let api = api.clone();
-        async move {
-            api.get(name).await.ok().filter(|v: &VirtualMachine| {
-                v.status.as_ref().is_some_and(|s| {
-                    s.host.is_some()
-                        && s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            })
-        }
+    let vm = wait_vm(c, name, "placed and Ready", BOOT, |v| {
+        host_of(v).is_some() && is_ready(v)
     })
     .await;
-    vm.status.and_then(|s| s.host).unwrap_or_default()
+    host_of(&vm).unwrap_or_default()
 }
 
 /// Wait (bounded) until the guest's console shows `needle` (its boot marker, its load).
@@ -258,22 +239,6 @@ fn remove_plain(lab: &lab::Lab, dom: &str) {
 async fn delete_vm(c: &Cluster, name: &str) {
     let _ = c.vms().delete(name, &DeleteParams::default()).await;
     c.wait_vm_gone(name, Duration::from_secs(120)).await;
-}
-
-/// How many of `intervals` overlap at most at one instant.
-fn max_overlap(intervals: &[(f64, f64)]) -> usize {
-    let mut edges: Vec<(f64, i32)> = intervals
-        .iter()
-        .flat_map(|(s, e)| [(*s, 1), (*e, -1)])
-        .collect();
-    // Ends before starts at the same instant: a slot handed over is not an overlap.
-    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let (mut now, mut max) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        max = max.max(now);
-    }
-    max as usize
 }
 
 fn machine() -> String {

@@ -20,10 +20,9 @@
 //! files (what the simulated hosts cost on their own: `examples/test_driver_rss.rs`).
 //! Run: `e2e/bench-scale.sh`.
 
-#[path = "../tests/support/cluster.rs"]
-mod cluster;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use cluster::{Cluster, set_node_ready, wait_for};
 use ferry::api::{HostPool, VirtualMachine};
 use ferry::hypervisor::domain_xml::{self, VirtType};
 use ferry::plan::definition::{self, ResolvedDisk};
@@ -42,6 +41,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use support::cluster::{self, Cluster, metric_sum, set_node_ready, wait_for};
+use support::objects::is_ready as ready;
 
 const HOST_LABEL: &str = "ferry.dev/scale-host";
 const FILE_ANNOTATION: &str = "ferry.dev/scale-host-file";
@@ -208,14 +209,6 @@ fn write_file(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// Sum of the samples of a Prometheus family whose line starts with `prefix`.
-fn metric_sum(body: &str, prefix: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(prefix) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// libvirt calls per operation (all results).
 fn calls_by_op(body: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
@@ -291,14 +284,6 @@ where
         }
     });
     (counter, task)
-}
-
-fn ready(v: &VirtualMachine) -> bool {
-    v.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
 }
 
 fn placed(v: &VirtualMachine) -> bool {

@@ -3,9 +3,7 @@
 //! Everything is removed when the values drop, also when a test fails.
 #![allow(dead_code)]
 
-#[path = "netns.rs"]
-pub mod netns;
-
+use super::netns;
 use ferry::api::{HostPool, VirtualMachine, crds};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
@@ -634,6 +632,15 @@ impl Drop for ControllerProcess {
         }
         self.kill();
     }
+}
+
+/// Sum of the samples in a `/metrics` body whose name and labels start with `series` (a family
+/// name such as `ferry_reconciles_total`, or a name with the start of its labels).
+pub fn metric_sum(body: &str, series: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 fn tail(s: &str, lines: usize) -> String {

@@ -1,4 +1,4 @@
-//! e2e support for live migration, shared by tests/e2e.rs and benches/migration.rs: a pool of lab
+//! e2e support for live migration, shared by the e2e suite and benches/migration.rs: a pool of lab
 //! hosts that migrate to each other, VirtualMachineMigration helpers, and a watcher that times
 //! the tiny guest's console ticks (its guest-visible pauses).
 #![allow(dead_code)]
@@ -186,4 +186,20 @@ impl Drop for TickWatch {
             let _ = t.join();
         }
     }
+}
+
+/// How many of `intervals` (start, end) overlap at most at one instant; one that ends when
+/// another starts does not overlap it (a slot handed over).
+pub fn max_overlap(intervals: &[(f64, f64)]) -> usize {
+    let mut edges: Vec<(f64, i32)> = intervals
+        .iter()
+        .flat_map(|(s, e)| [(*s, 1), (*e, -1)])
+        .collect();
+    edges.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
 }

@@ -1,0 +1,224 @@
+//! Golden images imported over HTTP: checksum, failures, sharing and removal.
+
+use crate::support::cluster::{self, Cluster};
+use crate::support::hosts::{console, domains, volumes};
+use crate::support::lab;
+use crate::support::objects::{
+    BOOT, LABEL, apply_placed, condition, pool_manifest, ready_reason, vm_manifest, wait_vm,
+};
+use ferry::api::{VirtualMachine, VmPhase};
+use kube::Api;
+use kube::api::DeleteParams;
+use serde_json::json;
+use std::time::Duration;
+
+/// A static HTTP server on loopback (Python's http.server) for the files in a temporary
+/// directory; killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl HttpServer {
+    fn start() -> HttpServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start python3 -m http.server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "HTTP server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        HttpServer { child, dir, port }
+    }
+
+    fn url(&self, file: &str) -> String {
+        format!("http://127.0.0.1:{}/{file}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn image_volumes(lab: &lab::Lab) -> Vec<String> {
+    let mut v: Vec<String> = volumes(lab)
+        .into_iter()
+        .filter(|v| v.starts_with("ferry-image-"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn http_vm(
+    name: &str,
+    lab: &lab::Lab,
+    url: &str,
+    sha256: &str,
+    strategy: &str,
+) -> serde_json::Value {
+    let mut m = vm_manifest(name, "lab", lab, strategy);
+    m["spec"]["disks"] = json!([{"name": "root", "http": {"url": url, "sha256": sha256}}]);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn image_imported_over_http_boots_and_is_shared() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-import").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let ctl = c.controller("e2e-import");
+    let ns = c.namespace.clone();
+    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
+        .await;
+
+    let server = HttpServer::start();
+    let image =
+        std::fs::read(std::path::Path::new(&lab.pool_dir).join(&lab.golden)).expect("golden");
+    std::fs::write(server.dir.path().join("tiny.qcow2"), &image).expect("serve image");
+    let sha = ferry::cloud_init::sha256_hex(&image);
+    let url = server.url("tiny.qcow2");
+
+    // Wrong checksum: a clear condition, nothing kept.
+    let wrong = "0".repeat(64);
+    c.apply::<VirtualMachine>(http_vm("wrongsum", &lab, &url, &wrong, "Always"))
+        .await;
+    let vm = wait_vm(
+        &c,
+        "wrongsum",
+        "ChecksumMismatch",
+        Duration::from_secs(120),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "ChecksumMismatch"),
+    )
+    .await;
+    let msg = condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(msg.contains(&sha) && msg.contains("discarded"), "{msg}");
+    assert!(
+        image_volumes(&lab).is_empty(),
+        "no volume left: {:?}",
+        image_volumes(&lab)
+    );
+    // Unreachable URL: a clear condition too.
+    c.apply::<VirtualMachine>(http_vm(
+        "nowhere",
+        &lab,
+        "http://127.0.0.1:1/tiny.qcow2",
+        &sha,
+        "Always",
+    ))
+    .await;
+    let vm = wait_vm(
+        &c,
+        "nowhere",
+        "ImportFailed",
+        Duration::from_secs(120),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "ImportFailed"),
+    )
+    .await;
+    let msg = condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(msg.contains("127.0.0.1:1"), "{msg}");
+    assert!(domains(&lab).is_empty(), "no domain: {:?}", domains(&lab));
+    assert!(
+        image_volumes(&lab).is_empty(),
+        "no volume left: {:?}",
+        image_volumes(&lab)
+    );
+    for name in ["wrongsum", "nowhere"] {
+        c.vms()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        c.wait_vm_gone(name, Duration::from_secs(60)).await;
+    }
+
+    // The right checksum: imported once, booted from an overlay on it.
+    c.apply::<VirtualMachine>(http_vm("fromurl", &lab, &url, &sha, "Always"))
+        .await;
+    wait_vm(&c, "fromurl", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let log = console(&lab, &ns, "fromurl");
+    lab::wait_for_console(&log, "FERRY-DISK FERRY-GOLDEN tiny v1", BOOT)
+        .expect("the guest boots from the imported image");
+    let imported = image_volumes(&lab);
+    assert_eq!(
+        imported,
+        [
+            format!("ferry-image-{sha}.img"),
+            format!("ferry-image-{sha}.verified")
+        ]
+    );
+    let stored =
+        std::fs::read(std::path::Path::new(&lab.pool_dir).join(&imported[0])).expect("image");
+    assert!(stored == image, "the stored image is the served file");
+
+    // A second VM naming the same checksum shares it (defined, not booted, to spare the CPU).
+    apply_placed(&c, http_vm("shared", &lab, &url, &sha, "Halted")).await;
+    wait_vm(&c, "shared", "Stopped", Duration::from_secs(90), |vm| {
+        vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Stopped)
+    })
+    .await;
+    assert_eq!(image_volumes(&lab).len(), 2, "still one image");
+
+    // Deleting one keeps the image for the other; deleting the last removes it.
+    c.vms()
+        .delete("fromurl", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_vm_gone("fromurl", Duration::from_secs(90)).await;
+    assert_eq!(image_volumes(&lab).len(), 2, "kept while a VM uses it");
+    c.vms()
+        .delete("shared", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_vm_gone("shared", Duration::from_secs(90)).await;
+    assert!(
+        image_volumes(&lab).is_empty(),
+        "removed after the last VM: {:?}",
+        image_volumes(&lab)
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.client.clone(), &ns);
+    let removed = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some("ImageRemoved"));
+    assert!(removed, "an ImageRemoved Event");
+    drop(server);
+    drop(ctl);
+}
