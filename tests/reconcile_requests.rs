@@ -244,11 +244,11 @@ async fn nothing_is_decided_before_the_caches_hold_their_first_list() {
         "no Event, no status write while the HostPool cache is incomplete"
     );
     assert_ne!(action, Action::await_change(), "it looks again soon");
-    assert!(!ctx.caches_ready());
+    assert!(!ctx.caches.ready());
 
     // Once the (empty) list is complete, the missing pool is reported as before.
     pool_writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
-    assert!(ctx.caches_ready());
+    assert!(ctx.caches.ready());
     let task = tokio::spawn(reconcile(obj.clone(), ctx));
     let (req, send) = next(&mut handle).await.expect("event");
     let ev = body_json(req).await;

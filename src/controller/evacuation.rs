@@ -5,8 +5,8 @@
 //! (verdict `Evacuating`: Node NotReady while libvirt answers) is evacuated the same way, so
 //! both respect `evictionStrategy` and report what cannot move.
 
+use super::Context;
 use super::hosts::{cordoned, in_maintenance};
-use super::{Context, lock};
 use crate::api::condition::ConditionStatus;
 use crate::api::ha_policy::HostVerdict;
 use crate::api::virtual_machine::EvictionStrategy;
@@ -21,14 +21,11 @@ use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Label on the migrations an evacuation creates.
 pub const EVACUATION_LABEL: &str = "ferry.dev/evacuation";
 /// Annotation on those migrations naming the host they evacuate.
 pub const EVACUATES_ANNOTATION: &str = "ferry.dev/evacuates";
-/// A migration just created is not created again while the cache may not show it yet.
-const CREATED_RECENTLY: Duration = Duration::from_secs(30);
 
 /// Whether `node` is being evacuated in `pool`.
 pub fn draining(pool: &HostPool, node: &Node) -> bool {
@@ -52,6 +49,7 @@ fn ha_evacuating(
     let ns = pool.namespace();
     let name = pool.name_any();
     let policies: Vec<Arc<HAPolicy>> = ctx
+        .caches
         .policies
         .state()
         .into_iter()
@@ -71,7 +69,7 @@ fn ha_evacuating(
     nodes
         .iter()
         .map(|n| n.name_any())
-        .filter(|h| ctx.ha_verdict(h) == Some(HostVerdict::Evacuating) || in_status(h))
+        .filter(|h| ctx.ha.of_host(h) == Some(HostVerdict::Evacuating) || in_status(h))
         .map(|h| (h, policies.clone()))
         .collect()
 }
@@ -120,6 +118,7 @@ async fn evacuate(
                 .is_none_or(|ps| ps.iter().any(|p| p.covers(&name, v.labels())))
     };
     let pool_vms: Vec<_> = ctx
+        .caches
         .vms
         .state()
         .into_iter()
@@ -144,6 +143,7 @@ async fn evacuate(
         .collect();
     let names: BTreeSet<String> = vms.iter().map(|v| v.name.clone()).collect();
     let migrations: Vec<Migration> = ctx
+        .caches
         .migrations
         .state()
         .iter()
@@ -179,13 +179,8 @@ async fn evacuate(
             continue;
         };
         let uid = vm.metadata.uid.clone().unwrap_or_default();
-        {
-            let mut recent = lock(&ctx.evacuations_created);
-            recent.retain(|_, at| at.elapsed() < CREATED_RECENTLY);
-            if recent.contains_key(&uid) {
-                continue;
-            }
-            recent.insert(uid.clone(), Instant::now());
+        if !ctx.migrations.evacuation_created(&uid) {
+            continue;
         }
         let migration = evacuation_migration(vm.as_ref(), host);
         let mname = migration.name_any();
@@ -201,7 +196,7 @@ async fn evacuate(
                 .await
             }
             Err(e) => {
-                lock(&ctx.evacuations_created).remove(&uid);
+                ctx.migrations.evacuation_not_created(&uid);
                 tracing::warn!(vm = %vm_name, error = %e, "could not create an evacuation migration");
             }
         }

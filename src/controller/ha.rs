@@ -9,6 +9,7 @@
 //! HAPolicy's status and read back when the controller starts; liveness timers restart from zero,
 //! which only delays a verdict.
 
+use super::context::HaKey;
 use super::hosts::{host_uri, pool_nodes};
 use super::scheduling::{self, need};
 use super::{Context, lock, status::apply_status};
@@ -70,6 +71,7 @@ impl HaContext {
     pub fn new(ctx: Arc<Context>) -> Self {
         let probes = ctx
             .hosts
+            .connections
             .sibling()
             .with_backoff(Duration::from_secs(1), PROBE_BACKOFF_MAX);
         HaContext {
@@ -164,7 +166,7 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
             return Ok(Requeue::await_change());
         }
     };
-    let all_vms = ctx.vms.state();
+    let all_vms = ctx.caches.vms.state();
     let mut hosts_out: Vec<HostHealth> = Vec::new();
     let mut storms: Vec<String> = Vec::new();
     let mut awaiting: Vec<String> = Vec::new();
@@ -174,11 +176,11 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
     let mut missing_pools = Vec::new();
 
     for pool_name in &policy.spec.host_pools {
-        let Some(pool) = ctx.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
+        let Some(pool) = ctx.caches.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
             missing_pools.push(pool_name.clone());
             continue;
         };
-        let nodes = pool_nodes(&ctx.nodes, &pool);
+        let nodes = pool_nodes(&ctx.caches.nodes, &pool);
         let pool_vms: Vec<Arc<VirtualMachine>> = all_vms
             .iter()
             .filter(|v| {
@@ -278,7 +280,7 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
             };
             let d = host_health::decide(&inputs, &timings);
             let mem = record(&hc, &ctx, &pool, &name, &mem, &d, now).await;
-            ctx.set_ha_verdict(&name, d.verdict);
+            ctx.ha.set(HaKey::host(&name), d.verdict);
             act(
                 &hc, &ctx, &policy, &pool, n, &nodes, &mem, &d, &on_host, &pool_vms, &stale,
             )
@@ -333,7 +335,7 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
                         policy.name_any()
                     )
                 });
-                ctx.set_admission_block(uid, block);
+                ctx.placement.set_admission_block(uid, block);
             }
             capacity.push((ok, msg));
         }
@@ -551,7 +553,7 @@ fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now: Timestamp
     tokio::spawn(async move {
         // Liveness: a round trip that touches no domain, within the deadline.
         let alive = tokio::time::timeout(PROBE_DEADLINE, async {
-            let hv = hc.ctx.connect_in(&hc.probes, &uri, &pool).await?;
+            let hv = hc.ctx.hosts.connect_in(&hc.probes, &uri, &pool).await?;
             match hv.ping().await {
                 Ok(()) => Ok(hv),
                 Err(e) => {
@@ -568,7 +570,7 @@ fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now: Timestamp
             Ok(Err(_)) => None,
             Err(_) => {
                 // Timed out: drop the probe connection (whatever URI the credentials made of it).
-                if let Ok(full) = hc.ctx.credentialed_uri(&uri, &pool).await {
+                if let Ok(full) = hc.ctx.hosts.credentialed_uri(&uri, &pool).await {
                     hc.probes.invalidate(&full).await;
                 }
                 None
@@ -825,7 +827,7 @@ async fn act(
 
 async fn connected(ctx: &Context, pool: &HostPool, node: &Node) -> Option<Arc<dyn Hypervisor>> {
     let uri = host_uri(pool, node).ok()?;
-    tokio::time::timeout(PROBE_DEADLINE, ctx.connect(&uri, pool))
+    tokio::time::timeout(PROBE_DEADLINE, ctx.hosts.connect(&uri, pool))
         .await
         .ok()?
         .ok()
@@ -1116,7 +1118,7 @@ pub fn error_policy(policy: Arc<HAPolicy>, err: &Error, hc: Arc<HaContext>) -> R
         .uid
         .clone()
         .unwrap_or_else(|| policy.name_any());
-    Requeue::requeue(hc.ctx.backoff(&key).min(Duration::from_secs(5)))
+    Requeue::requeue(hc.ctx.backoff.next(&key).min(Duration::from_secs(5)))
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub const UNREACHABLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
     object.name = %pool.name_any(),
 ))]
 pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue> {
-    if !ctx.caches_ready() {
+    if !ctx.caches.ready() {
         // A partial Node list would drop hosts from the status (and add them back a moment later).
         return Ok(Requeue::requeue(Duration::from_millis(500)));
     }
@@ -46,9 +46,9 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
     // (a lost connection) follows a write at once, and host transitions (and their Events) must
     // be judged against what was reported, not reported twice.
     let uid = pool.metadata.uid.clone().unwrap_or_default();
-    let previous = super::lock(&ctx.pool_reports)
-        .get(&uid)
-        .cloned()
+    let previous = ctx
+        .pool_reports
+        .last(&uid)
         .or_else(|| pool.status.clone())
         .unwrap_or_default();
     let mut st = previous.clone();
@@ -68,7 +68,7 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         return Ok(Requeue::await_change());
     }
 
-    let nodes = pool_nodes(&ctx.nodes, &pool);
+    let nodes = pool_nodes(&ctx.caches.nodes, &pool);
     let vm_uids = known_vm_uids(&ctx).await;
     let probes = nodes.iter().map(|n| {
         let before = previous.hosts.iter().find(|h| h.name == n.name_any());
@@ -213,7 +213,7 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         now,
     );
     apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
-    super::lock(&ctx.pool_reports).insert(uid, st);
+    ctx.pool_reports.wrote(&uid, st);
     Ok(Requeue::requeue(if unreachable {
         UNREACHABLE_PROBE_INTERVAL
     } else {
@@ -275,12 +275,13 @@ fn degraded(hosts: &[HostStatus]) -> (ConditionStatus, &'static str, String) {
 /// The UIDs of all VirtualMachines, once the VM reflector has listed them (`None` before: then
 /// no domain is called an orphan).
 async fn known_vm_uids(ctx: &Context) -> Option<HashSet<String>> {
-    tokio::time::timeout(Duration::from_secs(5), ctx.vms.wait_until_ready())
+    tokio::time::timeout(Duration::from_secs(5), ctx.caches.vms.wait_until_ready())
         .await
         .ok()?
         .ok()?;
     Some(
-        ctx.vms
+        ctx.caches
+            .vms
             .state()
             .iter()
             .filter_map(|vm| vm.metadata.uid.clone())
@@ -319,7 +320,7 @@ async fn connect_for_probe(
 ) -> crate::hypervisor::HvResult<Option<Arc<dyn crate::hypervisor::Hypervisor>>> {
     let attempt = {
         let (ctx, pool, uri) = (ctx.clone(), pool.clone(), uri.to_string());
-        tokio::spawn(async move { ctx.connect(&uri, &pool).await })
+        tokio::spawn(async move { ctx.hosts.connect(&uri, &pool).await })
     };
     let waited = match before.filter(|b| b.state == HostState::Unreachable) {
         Some(_) => tokio::time::timeout(RECONNECT_WAIT, attempt).await,
@@ -353,7 +354,7 @@ async fn probe(
         }
     };
     h.uri = Some(redact(&uri));
-    h.ha_verdict = ctx.ha_verdict(&name);
+    h.ha_verdict = ctx.ha.of_host(&name);
     // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
     let answer = match connect_for_probe(pool, &uri, ctx, before).await {
         Ok(Some(hv)) => read_host(hv.as_ref()).await,
@@ -387,7 +388,7 @@ async fn probe(
             } else {
                 HostState::Ready
             };
-            ctx.remember_host_info(&uri, info);
+            ctx.hosts.remember_info(&uri, info);
         }
         Err(e) => {
             let credentials = matches!(&e, HypervisorError::Rejected { .. })
@@ -419,7 +420,7 @@ async fn read_host(
 pub fn error_policy(pool: Arc<HostPool>, err: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.failure(CONTROLLER, err.category());
     let key = pool.meta().uid.clone().unwrap_or_else(|| pool.name_any());
-    Requeue::requeue(ctx.backoff(&key))
+    Requeue::requeue(ctx.backoff.next(&key))
 }
 
 #[cfg(test)]

@@ -157,10 +157,12 @@ pub async fn run(
     };
     // A domain that stopped, crashed or paused on its host is looked at at once.
     let vm_store_for_events = vm_store.clone();
-    let domain_events = broadcast_stream(ctx.hosts.domain_events()).filter_map(move |uuid| {
-        let vm = vm_store_for_events.find(|vm| vm.metadata.uid.as_deref() == Some(uuid.as_str()));
-        async move { vm.map(|vm| ObjectRef::from_obj(vm.as_ref())) }
-    });
+    let domain_events =
+        broadcast_stream(ctx.hosts.connections.domain_events()).filter_map(move |uuid| {
+            let vm =
+                vm_store_for_events.find(|vm| vm.metadata.uid.as_deref() == Some(uuid.as_str()));
+            async move { vm.map(|vm| ObjectRef::from_obj(vm.as_ref())) }
+        });
     let vms = vm_controller
         .reconcile_on(domain_events)
         .watches_stream(migrations_for_vms, |m: VirtualMachineMigration| {
@@ -214,7 +216,7 @@ pub async fn run(
     };
     // A freed migration slot wakes the migrations waiting for one.
     let slot_freed = {
-        let (freed, store) = (ctx.migration_slot_freed.clone(), migration_store.clone());
+        let (freed, store) = (ctx.migrations.slot_freed.clone(), migration_store.clone());
         futures::stream::unfold(freed, |freed| async move {
             freed.notified().await;
             Some(((), freed))
@@ -248,7 +250,7 @@ pub async fn run(
     // A connection that keepalive (or a failed call) found dead wakes the pools using that host
     // at once, instead of at their next periodic probe.
     let pool_store_for_lost = pool_store.clone();
-    let lost = broadcast_stream(ctx.hosts.lost_connections()).flat_map(move |uri| {
+    let lost = broadcast_stream(ctx.hosts.connections.lost_connections()).flat_map(move |uri| {
         futures::stream::iter(hosts::pools_reaching(&pool_store_for_lost.state(), &uri))
     });
     let hostpools = pool_controller
@@ -288,7 +290,7 @@ pub async fn run(
     gauges.abort();
     let _ = gauges.await;
     metrics.set_inventory_source(None);
-    ctx.hosts.close_all().await;
+    ctx.hosts.connections.close_all().await;
 }
 
 /// Drop `managedFields` from a cached object: ferry never reads them, and with several field

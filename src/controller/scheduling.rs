@@ -2,8 +2,8 @@
 //! the reflector stores, call [`placement::choose_host`], and remember the choice until the VM
 //! store shows it, so that VMs placed at the same moment see each other.
 
+use super::Context;
 use super::hosts::{cordoned, in_maintenance, node_ready};
-use super::{Context, lock};
 use crate::api::{HostPool, HostState, VirtualMachine};
 use crate::plan::capacity::Amount;
 use crate::plan::placement::{self, Candidate, Placed, Request};
@@ -56,7 +56,7 @@ pub fn choose(
     let anti =
         placement::terms(&spec.anti_affinity, "antiAffinity").map_err(NotPlaced::InvalidSpec)?;
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    if let Some(why) = ctx.admission_block(&uid) {
+    if let Some(why) = ctx.placement.admission_block(&uid) {
         return Err(NotPlaced::NoHost(why));
     }
     let mut candidates = candidates(pool, ctx);
@@ -65,7 +65,7 @@ pub fn choose(
             c.reachable = false;
         }
     }
-    let mut placing = lock(&ctx.placing);
+    let mut placing = ctx.placement.in_flight();
     let placed = placed_vms(pool, ctx, &mut placing);
     let req = Request {
         uid: &uid,
@@ -114,7 +114,7 @@ pub fn choose_migration_target(
         });
     }
     let placed = {
-        let mut placing = lock(&ctx.placing);
+        let mut placing = ctx.placement.in_flight();
         placed_vms(pool, ctx, &mut placing)
     };
     let req = Request {
@@ -129,7 +129,7 @@ pub fn choose_migration_target(
 
 /// Drop a reservation made by [`choose`] (the placement was not recorded, or the VM is gone).
 pub fn forget(ctx: &Context, uid: &str) {
-    lock(&ctx.placing).remove(uid);
+    ctx.placement.forget(uid);
 }
 
 /// The VMs of `pool` that have a host: from the VM store, plus choices the store does not show
@@ -142,7 +142,7 @@ fn placed_vms(
     let ns = pool.namespace();
     let name = pool.name_any();
     let mut out: Vec<Placed> = Vec::new();
-    for vm in ctx.vms.state() {
+    for vm in ctx.caches.vms.state() {
         if vm.namespace() != ns || vm.spec.host_pool != name {
             continue;
         }
@@ -165,7 +165,7 @@ fn placed_vms(
         }
     }
     // A VM on the move counts on its target too, from the moment the target is chosen.
-    for m in ctx.migrations.state() {
+    for m in ctx.caches.migrations.state() {
         if m.namespace() != ns || !m.holds_vm() {
             continue;
         }
@@ -173,6 +173,7 @@ fn placed_vms(
             continue;
         };
         let Some(vm) = ctx
+            .caches
             .vms
             .get(&ObjectRef::new(&m.spec.vm_name).within(ns.as_deref().unwrap_or_default()))
         else {
@@ -209,12 +210,12 @@ pub fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
     hosts
         .iter()
         .map(|h| {
-            let node = ctx.nodes.get(&ObjectRef::new(&h.name));
+            let node = ctx.caches.nodes.get(&ObjectRef::new(&h.name));
             Candidate {
                 name: h.name.clone(),
                 // A host the HA controller does not judge healthy takes no new VMs.
                 reachable: matches!(h.state, HostState::Ready | HostState::Cordoned)
-                    && ctx.ha_verdict(&h.name).is_none_or(takes_vms),
+                    && ctx.ha.of_host(&h.name).is_none_or(takes_vms),
                 node_ready: node.as_deref().is_some_and(node_ready),
                 // A host in maintenance takes nothing new, like a cordoned one.
                 cordoned: node

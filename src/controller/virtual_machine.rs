@@ -5,7 +5,7 @@ use super::cloud_init;
 use super::hosts::{host_uri, selects};
 use super::image_import;
 use super::scheduling::{self, NotPlaced};
-use super::{Context, lock, status::apply_status};
+use super::{Context, status::apply_status};
 use crate::api::VirtualMachineClass;
 use crate::api::condition::{ConditionStatus, find, set_condition};
 use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
@@ -55,7 +55,7 @@ const TRANSITION: Duration = Duration::from_secs(2);
     object.name = %vm.name_any(),
 ))]
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Requeue> {
-    if !ctx.caches_ready() {
+    if !ctx.caches.ready() {
         // Nothing is decided or written on partial caches; look again shortly.
         return Ok(Requeue::requeue(CACHE_WAIT));
     }
@@ -78,7 +78,7 @@ pub fn error_policy(vm: Arc<VirtualMachine>, err: &Error, ctx: Arc<Context>) -> 
     if err.is_permanent() {
         return Requeue::await_change();
     }
-    let delay = ctx.backoff(&key(&vm));
+    let delay = ctx.backoff.next(&key(&vm));
     tracing::warn!(vm = %vm.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
 }
@@ -131,7 +131,7 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
     let outcome = drive(vm, api, ctx, &mut st, now).await;
     let requeue = match outcome {
         Ok(after) => {
-            ctx.reset_backoff(&key(vm));
+            ctx.backoff.reset(&key(vm));
             Ok(Requeue::requeue(after))
         }
         Err(b) => {
@@ -182,7 +182,7 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
             match b.retry {
                 Retry::OnChange => Ok(Requeue::await_change()),
                 Retry::After(d) => Ok(Requeue::requeue(d)),
-                Retry::Backoff => Ok(Requeue::requeue(ctx.backoff(&key(vm)))),
+                Retry::Backoff => Ok(Requeue::requeue(ctx.backoff.next(&key(vm)))),
             }
         }
     };
@@ -230,7 +230,8 @@ async fn drive(
         |e: HypervisorError, what: &str| host_blocked(&placed.name, e, what, prior_phase);
 
     let facts = ctx
-        .host_info(hv)
+        .hosts
+        .info(hv)
         .await
         .map_err(|e| host_error(e, "reading host facts"))?;
     let virt_type = if facts.kvm {
@@ -251,7 +252,10 @@ async fn drive(
             _ => false,
         }
     };
-    let disks = match ctx.provisioned(&uid, vm.metadata.generation, &placed.name) {
+    let disks = match ctx
+        .vm_runtime
+        .provisioned(&uid, vm.metadata.generation, &placed.name)
+    {
         Some(disks) if seed_path_matches(&disks) => disks,
         _ => {
             hv.ensure_pool(&storage.pool, storage.path.as_deref())
@@ -318,7 +322,8 @@ async fn drive(
             let mut disks =
                 provision_disks(vm, &valid, hv, &storage.pool, &placed.name, st, ctx).await?;
             disks.extend(seed_disk);
-            ctx.remember_provisioned(&uid, vm.metadata.generation, &placed.name, &disks);
+            ctx.vm_runtime
+                .remember_provisioned(&uid, vm.metadata.generation, &placed.name, &disks);
             disks
         }
     };
@@ -508,7 +513,7 @@ async fn drive(
     // Run state.
     st.stopped_by_guest = lifecycle::stopped_by_guest(st.stopped_by_guest, st.phase, dom.state);
     if !dom.state.is_active() {
-        lock(&ctx.stopping).remove(&uid);
+        ctx.vm_runtime.stopped(&uid);
     }
     let restart_token = vm.annotations().get(RESTART_ANNOTATION).cloned();
     let restart_pending = restart_token.is_some() && restart_token != st.last_restart_request;
@@ -521,7 +526,7 @@ async fn drive(
         restart_pending,
         state: dom.state,
         stopped_by_guest: st.stopped_by_guest,
-        stopping_for: lock(&ctx.stopping).get(&uid).map(Instant::elapsed),
+        stopping_for: ctx.vm_runtime.stopping_for(&uid),
         grace: Duration::from_secs(vm.grace_seconds()),
     };
     let mut decision = lifecycle::decide(&inputs);
@@ -558,7 +563,7 @@ async fn drive(
     definition::apply_guest_report(&mut st.interfaces, report.as_ref());
     st.guest_os = report.and_then(|r| r.os);
     if phase == VmPhase::Running && st.phase != Some(VmPhase::Running) {
-        ctx.reset_backoff(&key(vm));
+        ctx.backoff.reset(&key(vm));
     }
     st.phase = Some(phase);
     if phase == VmPhase::Running
@@ -616,8 +621,8 @@ fn hold_for_failover(
     host: &str,
     decision: &mut lifecycle::Decision,
 ) -> Option<Held> {
-    let verdict = ctx.ha_verdict(host).filter(|v| v.failing_over())?;
-    if decision.action != Action::Start || ctx.covering_policy(vm).is_none() {
+    let verdict = ctx.ha.of_host(host).filter(|v| v.failing_over())?;
+    if decision.action != Action::Start || ctx.caches.covering_policy(vm).is_none() {
         return None;
     }
     decision.action = Action::None;
@@ -644,7 +649,7 @@ async fn monitor_unplanned_stop(
     decision: &mut lifecycle::Decision,
     now: Timestamp,
 ) -> Option<Held> {
-    let Some(covering) = ctx.covering_policy(vm) else {
+    let Some(covering) = ctx.caches.covering_policy(vm) else {
         st.unplanned_restarts.clear();
         return None;
     };
@@ -739,7 +744,7 @@ async fn follow_migrations(
     now: Timestamp,
 ) -> Result<Option<Duration>, Blocked> {
     let ns = vm.namespace().unwrap_or_default();
-    let migrations = ctx.migrations_of(&ns, &vm.name_any());
+    let migrations = ctx.caches.migrations_of(&ns, &vm.name_any());
     let generation = vm.metadata.generation;
     st.migration = migrations.last().map(|m| {
         let s = m.status.clone().unwrap_or_default();
@@ -841,6 +846,7 @@ async fn follow_migrations(
         Retry::Backoff,
     );
     let node = ctx
+        .caches
         .nodes
         .get(&ObjectRef::new(&target))
         .ok_or_else(|| Blocked {
@@ -848,7 +854,7 @@ async fn follow_migrations(
             ..Blocked::new(confirm.phase, confirm.reason, "", Retry::Backoff)
         })?;
     let there = match host_uri(&placed.pool, &node) {
-        Ok(uri) => match ctx.connect(&uri, &placed.pool).await {
+        Ok(uri) => match ctx.hosts.connect(&uri, &placed.pool).await {
             Ok(hv) => hv.lookup_domain(&uid).await.ok().flatten(),
             Err(_) => return Err(confirm),
         },
@@ -969,7 +975,7 @@ async fn place(
     let ns = vm.namespace().unwrap_or_default();
     let pool_name = &vm.spec.host_pool;
     let pool = ctx
-        .pools
+        .caches.pools
         .get(&ObjectRef::new(pool_name).within(&ns))
         .ok_or_else(|| {
             Blocked::new(
@@ -993,7 +999,7 @@ async fn place(
             proven_off: Some(f.proven.clone()),
             ..Recovery::default()
         });
-        ctx.forget_provisioned(vm.metadata.uid.as_deref().unwrap_or_default());
+        ctx.vm_runtime.forget_provisioned(vm.metadata.uid.as_deref().unwrap_or_default());
         f.host
     });
     let host = match st.host.clone() {
@@ -1053,7 +1059,7 @@ async fn place(
             host
         }
     };
-    let node = ctx.nodes.get(&ObjectRef::new(&host)).ok_or_else(|| {
+    let node = ctx.caches.nodes.get(&ObjectRef::new(&host)).ok_or_else(|| {
         Blocked::new(
             VmPhase::Unknown,
             "HostGone",
@@ -1070,6 +1076,7 @@ async fn place(
         )
     })?;
     let hv = ctx
+        .hosts
         .connect(&uri, &pool)
         .await
         .map_err(|e| host_blocked(&host, e, "connecting", st.phase))?;
@@ -1338,7 +1345,10 @@ async fn clone_source(
     c: &DiskClone,
 ) -> Result<VolumeInfo, Blocked> {
     let ns = vm.namespace().unwrap_or_default();
-    let source = ctx.vms.get(&ObjectRef::new(&c.virtual_machine).within(&ns));
+    let source = ctx
+        .caches
+        .vms
+        .get(&ObjectRef::new(&c.virtual_machine).within(&ns));
     let lost = |e: HypervisorError| host_blocked(host, e, "looking up the clone's source", None);
     // libvirt can say whether the source runs when it is on this host.
     let active = match source.as_deref() {
@@ -1549,7 +1559,7 @@ async fn act(
                     fail(e, "starting the domain", "StartFailed")
                 }
             })?;
-            lock(&ctx.stopping).remove(uid);
+            ctx.vm_runtime.stopped(uid);
             ctx.event(
                 vm,
                 EventType::Normal,
@@ -1563,7 +1573,7 @@ async fn act(
             hv.shutdown_domain(uid)
                 .await
                 .map_err(|e| fail(e, "shutting down the guest", "StopFailed"))?;
-            lock(&ctx.stopping).insert(uid.clone(), Instant::now());
+            ctx.vm_runtime.stop_requested(uid);
             ctx.event(
                 vm,
                 EventType::Normal,
@@ -1580,7 +1590,7 @@ async fn act(
             hv.destroy_domain(uid)
                 .await
                 .map_err(|e| fail(e, "forcing the domain off", "StopFailed"))?;
-            lock(&ctx.stopping).remove(uid);
+            ctx.vm_runtime.stopped(uid);
             ctx.event(
                 vm,
                 EventType::Normal,
@@ -1643,7 +1653,7 @@ async fn cleanup(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) 
         return Ok(Requeue::await_change());
     };
     let ns = vm.namespace().unwrap_or_default();
-    let migrations = ctx.migrations_of(&ns, &vm.name_any());
+    let migrations = ctx.caches.migrations_of(&ns, &vm.name_any());
     if let Some(m) = migrations.iter().find(|m| m.holds_vm()) {
         // The migration controller aborts it because the VM is being deleted.
         return Err(Error::Missing(format!(
@@ -1676,6 +1686,7 @@ async fn clean_host(
     let uid = vm.metadata.uid.clone().unwrap_or_default();
     let domain = naming::domain_name(&ns, &vm.name_any());
     let pool = ctx
+        .caches
         .pools
         .get(&ObjectRef::new(&vm.spec.host_pool).within(&ns));
     let mut volumes = owned_volumes(vm, pool.as_ref().map(|p| p.spec.storage.pool.as_str()));
@@ -1688,7 +1699,7 @@ async fn clean_host(
             volumes.push(v);
         }
     }
-    let node = ctx.nodes.get(&ObjectRef::new(&host));
+    let node = ctx.caches.nodes.get(&ObjectRef::new(&host));
     let abandon = vm
         .annotations()
         .get(ABANDON_ANNOTATION)
@@ -1705,7 +1716,7 @@ async fn clean_host(
     };
     let connected = match (&pool, &node) {
         (Some(p), Some(n)) => match host_uri(p, n) {
-            Ok(uri) => ctx.connect(&uri, p).await.map_err(|e| e.to_string()),
+            Ok(uri) => ctx.hosts.connect(&uri, p).await.map_err(|e| e.to_string()),
             Err(m) => Err(m),
         },
         _ => Err("no HostPool or Node to reach it through".to_string()),
@@ -1755,9 +1766,9 @@ async fn clean_host(
     if let Some(p) = &pool {
         collect_images(vm, ctx, hv.as_ref(), &p.spec.storage.pool, &host).await?;
     }
-    lock(&ctx.stopping).remove(&uid);
-    ctx.forget_provisioned(&uid);
-    ctx.reset_backoff(&key(vm));
+    ctx.vm_runtime.stopped(&uid);
+    ctx.vm_runtime.forget_provisioned(&uid);
+    ctx.backoff.reset(&key(vm));
     ctx.event(
         vm,
         EventType::Normal,
@@ -1781,7 +1792,7 @@ async fn collect_images(
     pool: &str,
     host: &str,
 ) -> Result<()> {
-    let others = ctx.vms.state();
+    let others = ctx.caches.vms.state();
     for h in vm.spec.disks.iter().filter_map(|d| d.http.as_ref()) {
         let used = others.iter().any(|o| {
             o.metadata.uid != vm.metadata.uid

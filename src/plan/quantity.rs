@@ -131,7 +131,9 @@ mod tests {
 
     #[test]
     fn rejects_nonsense_with_a_message() {
-        for bad in ["", "Gi", "12Qi", "abc", "1..2Gi", "1e", ".", "-1Gi", "1.2.3"] {
+        for bad in [
+            "", "Gi", "12Qi", "abc", "1..2Gi", "1e", ".", "-1Gi", "1.2.3",
+        ] {
             let err = parse_bytes(bad).expect_err(bad);
             assert!(
                 err.contains("quantity") || err.contains("unit") || err.contains("exponent"),

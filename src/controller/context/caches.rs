@@ -1,0 +1,94 @@
+//! The reflector caches every controller reads, and the questions asked of them.
+
+use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store, store};
+use std::sync::Arc;
+
+/// The reflector stores.
+pub struct Caches {
+    /// HostPools.
+    pub pools: Store<HostPool>,
+    /// Nodes.
+    pub nodes: Store<Node>,
+    /// VirtualMachines, from the VM controller's reflector.
+    pub vms: Store<VirtualMachine>,
+    /// VirtualMachineMigrations, from the migration controller's reflector (empty until
+    /// [`super::Context::with_migrations`] sets it).
+    pub migrations: Store<VirtualMachineMigration>,
+    /// HAPolicies, from the HA controller's reflector (empty until
+    /// [`super::Context::with_policies`] sets it).
+    pub policies: Store<HAPolicy>,
+}
+
+impl Caches {
+    /// Caches over these stores, with empty migration and policy stores.
+    pub fn new(pools: Store<HostPool>, nodes: Store<Node>, vms: Store<VirtualMachine>) -> Self {
+        Caches {
+            pools,
+            nodes,
+            vms,
+            migrations: store().0,
+            policies: store().0,
+        }
+    }
+
+    /// Whether the HostPool, Node and VirtualMachine caches hold their first complete list. Until
+    /// then a decision would rest on partial facts: right after a restart or a leader change every
+    /// VM would find its HostPool "missing" and flip to not Ready, and placement would not see all
+    /// placed VMs. A cache whose writer is gone will not fill any more and counts as ready.
+    pub fn ready(&self) -> bool {
+        use futures::FutureExt;
+        // Resolves at once (Ok when listed, Err when the writer is gone) unless still listing.
+        self.pools.wait_until_ready().now_or_never().is_some()
+            && self.nodes.wait_until_ready().now_or_never().is_some()
+            && self.vms.wait_until_ready().now_or_never().is_some()
+    }
+
+    /// The HostPool `vm` names.
+    pub fn pool_of(&self, vm: &VirtualMachine) -> Option<Arc<HostPool>> {
+        let ns = vm.namespace().unwrap_or_default();
+        self.pools
+            .get(&ObjectRef::new(&vm.spec.host_pool).within(&ns))
+    }
+
+    /// The Node named `name`.
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.get(&ObjectRef::new(name))
+    }
+
+    /// The VMs of pool `pool` in `ns`.
+    pub fn vms_in_pool(&self, ns: &str, pool: &str) -> Vec<Arc<VirtualMachine>> {
+        self.vms
+            .state()
+            .into_iter()
+            .filter(|v| v.namespace().as_deref() == Some(ns) && v.spec.host_pool == pool)
+            .collect()
+    }
+
+    /// The HAPolicy covering `vm` (the first by name when several do).
+    pub fn covering_policy(&self, vm: &VirtualMachine) -> Option<Arc<HAPolicy>> {
+        let ns = vm.namespace();
+        self.policies
+            .state()
+            .into_iter()
+            .filter(|p| p.namespace() == ns && p.covers(&vm.spec.host_pool, vm.labels()))
+            .min_by_key(|p| p.name_any())
+    }
+
+    /// Every migration of VM `name` in `ns`, oldest first.
+    pub fn migrations_of(&self, ns: &str, name: &str) -> Vec<Arc<VirtualMachineMigration>> {
+        let mut out: Vec<_> = self
+            .migrations
+            .state()
+            .into_iter()
+            .filter(|m| m.namespace().as_deref() == Some(ns) && m.spec.vm_name == name)
+            .collect();
+        out.sort_by(|a, b| {
+            (a.metadata.creation_timestamp.as_ref(), a.name_any())
+                .cmp(&(b.metadata.creation_timestamp.as_ref(), b.name_any()))
+        });
+        out
+    }
+}

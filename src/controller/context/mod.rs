@@ -1,0 +1,135 @@
+//! What every reconcile shares, in named parts: the reflector caches, the host connections, and
+//! what the controllers remember between reconciles. A step that takes a part rather than the
+//! whole [`Context`] says by its signature what it touches.
+
+mod backoff;
+mod caches;
+mod ha;
+mod hosts;
+mod migrations;
+mod placement;
+mod vm_runtime;
+
+pub use backoff::Backoff;
+pub use caches::Caches;
+pub use ha::{HA_VERDICT_TTL, HaKey, HaVerdicts};
+pub use hosts::HostAccess;
+pub use migrations::{Job, JobResult, MigrationBook};
+pub use placement::Placement;
+pub use vm_runtime::{PoolReports, VmRuntime};
+
+use crate::api::{HostPool, VirtualMachine};
+use crate::hypervisor::HostConnections;
+use crate::metrics::Metrics;
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use std::sync::{Arc, Mutex};
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    /// The one Event recorder.
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// The reflector caches.
+    pub caches: Caches,
+    /// Libvirt connections, host facts and credentials.
+    pub hosts: HostAccess,
+    /// Migration slots, running jobs, evacuation migrations just created.
+    pub migrations: MigrationBook,
+    /// HA verdicts per host, set by the HA controller, read by placement and the VM controller.
+    pub ha: HaVerdicts,
+    /// Placements in flight and admission-control blocks.
+    pub placement: Placement,
+    /// VMs being shut down, disks resolved per VM.
+    pub vm_runtime: VmRuntime,
+    /// The HostPool status this process wrote last.
+    pub pool_reports: PoolReports,
+    /// Retry delays per object.
+    pub backoff: Backoff,
+}
+
+impl Context {
+    /// A context over the given client, stores and metrics, with libvirt connections of its own.
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        pools: Store<HostPool>,
+        nodes: Store<Node>,
+        vms: Store<VirtualMachine>,
+    ) -> Self {
+        let observer = metrics.clone();
+        let connections = HostConnections::new(Some(Arc::new(
+            move |op: &'static str, secs: f64, ok: bool| observer.libvirt_call(op, secs, ok),
+        )));
+        Self::with_connections(client, recorder, metrics, pools, nodes, vms, connections)
+    }
+
+    /// A context whose host connections come from `connections` (for instance a registry over
+    /// another [`crate::hypervisor::Connector`]).
+    pub fn with_connections(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        pools: Store<HostPool>,
+        nodes: Store<Node>,
+        vms: Store<VirtualMachine>,
+        connections: HostConnections,
+    ) -> Self {
+        Context {
+            hosts: HostAccess::new(client.clone(), metrics.clone(), connections),
+            client,
+            recorder,
+            metrics,
+            caches: Caches::new(pools, nodes, vms),
+            migrations: MigrationBook::default(),
+            ha: HaVerdicts::default(),
+            placement: Placement::default(),
+            vm_runtime: VmRuntime::default(),
+            pool_reports: PoolReports::default(),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Use `store` for VirtualMachineMigrations.
+    pub fn with_migrations(mut self, store: Store<crate::api::VirtualMachineMigration>) -> Self {
+        self.caches.migrations = store;
+        self
+    }
+
+    /// Use `store` for HAPolicies.
+    pub fn with_policies(mut self, store: Store<crate::api::HAPolicy>) -> Self {
+        self.caches.policies = store;
+        self
+    }
+
+    /// Publish an Event about `obj`; failures to record are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not record Event");
+        }
+    }
+}
+
+/// Lock a mutex, recovering the data if a panicking thread poisoned it.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
