@@ -364,3 +364,23 @@ fn placement_terms_and_capacity_rules() {
         "{e:?}"
     );
 }
+
+#[test]
+fn macs_are_unicast_and_not_all_zero() {
+    let with_mac = |mac: &str| {
+        let mut v = vm();
+        v["spec"]["networks"][0]["mac"] = json!(mac);
+        errors("VirtualMachine", &v, None)
+    };
+    assert_eq!(with_mac("52:54:00:12:34:56"), Vec::<String>::new());
+    assert_eq!(with_mac("02:AB:cd:00:00:01"), Vec::<String>::new());
+    for (mac, needle) in [
+        ("00:00:00:00:00:00", "all-zero"),
+        ("ff:ff:ff:ff:ff:ff", "unicast"),
+        ("01:00:5e:00:00:01", "unicast"),
+        ("0F:00:00:00:00:01", "unicast"),
+    ] {
+        let e = with_mac(mac);
+        assert!(e.iter().any(|m| m.contains(needle)), "{mac}: {e:?}");
+    }
+}

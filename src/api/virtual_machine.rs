@@ -393,11 +393,18 @@ pub struct Nic {
     /// Device model: `virtio` (default), `e1000` or `rtl8139`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<NicModel>,
-    /// Fixed MAC address. When unset, ferry chooses one when it first defines the VM, records it
-    /// in status and keeps it for the VM's whole life. Cannot be changed once set.
+    /// Fixed MAC address: unicast, not all zeros, and used by no other VM of the HostPool (a VM
+    /// that asks for a MAC another one already uses is refused with `DuplicateMAC`). When unset,
+    /// ferry chooses one when it first defines the VM, records it in status and keeps it for the
+    /// VM's whole life. Cannot be changed once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("mac cannot be changed once set"))]
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^(00:){5}00$')").message("mac must not be the all-zero address 00:00:00:00:00:00"))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^.[02468aceACE]')").message("mac must be a unicast address (an even first octet), like 52:54:00:12:34:56"))]
+    #[schemars(
+        length(min = 17, max = 17),
+        regex(pattern = r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+    )]
     pub mac: Option<String>,
 }
 

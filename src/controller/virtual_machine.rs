@@ -26,7 +26,7 @@ use crate::plan::class;
 use crate::plan::definition::{self, ResolvedDisk};
 use crate::plan::lifecycle::{self, Action, Power};
 use crate::plan::validate::{ValidSpec, validate};
-use crate::plan::{clone, monitoring, naming};
+use crate::plan::{clone, mac, monitoring, naming};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -166,7 +166,7 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
             );
             if matches!(
                 b.reason,
-                "HostPoolNotFound" | "NoHostAvailable" | "InvalidSpec"
+                "HostPoolNotFound" | "NoHostAvailable" | "InvalidSpec" | "DuplicateMAC"
             ) && st.host.is_none()
             {
                 set_condition(
@@ -213,6 +213,15 @@ async fn drive(
             } else {
                 Retry::OnChange
             },
+        )
+    })?;
+    mac::check_vm(vm, &ctx.caches.vms.state()).map_err(|m| {
+        let phase = st.phase.filter(|_| st.host.is_some());
+        Blocked::new(
+            phase.unwrap_or(VmPhase::Pending),
+            "DuplicateMAC",
+            m,
+            Retry::After(RESYNC),
         )
     })?;
     let seed = cloud_init::resolve(vm, &ctx.client)

@@ -8,6 +8,7 @@ pub mod definition;
 pub mod evacuation;
 pub mod host_health;
 pub mod lifecycle;
+pub mod mac;
 pub mod migration;
 pub mod monitoring;
 pub mod naming;

@@ -104,12 +104,16 @@ pub fn validate(spec: &VirtualMachineSpec, res: &Resources) -> Result<ValidSpec,
                 n.name
             ));
         }
-        if let Some(mac) = &n.mac
-            && !valid_mac(mac)
-        {
-            problems.push(format!(
-                "spec.networks[{i}].mac {mac:?} is not a unicast MAC address like 52:54:00:12:34:56"
-            ));
+        if let Some(mac) = &n.mac {
+            if !valid_mac(mac) {
+                problems.push(format!(
+                    "spec.networks[{i}].mac {mac:?} is not a unicast MAC address like 52:54:00:12:34:56"
+                ));
+            } else if mac.split(':').all(|p| p == "00") {
+                problems.push(format!(
+                    "spec.networks[{i}].mac is the all-zero MAC, which no NIC may have: use a unicast address like 52:54:00:12:34:56, or leave mac unset and ferry chooses one"
+                ));
+            }
         }
     }
     if problems.is_empty() {
@@ -206,6 +210,33 @@ mod tests {
             "not a unicast MAC",
         ] {
             assert!(e.contains(needle), "missing {needle:?} in {e}");
+        }
+    }
+
+    #[test]
+    fn macs_must_be_unicast_and_not_all_zero() {
+        let with_mac = |mac: &str| {
+            let mut s = spec();
+            s.networks.push(Nic {
+                name: "n".into(),
+                network: Some("default".into()),
+                bridge: None,
+                model: None,
+                mac: Some(mac.into()),
+            });
+            check(&s).map(|_| ())
+        };
+        assert_eq!(with_mac("52:54:00:12:34:56"), Ok(()));
+        assert_eq!(with_mac("52:54:00:AB:cd:EF"), Ok(()));
+        for (mac, needle) in [
+            ("00:00:00:00:00:00", "all-zero MAC"),
+            ("ff:ff:ff:ff:ff:ff", "not a unicast MAC"),
+            ("01:00:5e:00:00:01", "not a unicast MAC"),
+            ("52:54:00:12:34", "not a unicast MAC"),
+            ("52-54-00-12-34-56", "not a unicast MAC"),
+        ] {
+            let e = with_mac(mac).unwrap_err();
+            assert!(e.contains(needle), "{mac}: {e}");
         }
     }
 
