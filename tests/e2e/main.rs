@@ -18,4 +18,5 @@ mod images;
 mod lifecycle;
 mod migration;
 mod pools;
+mod tenancy;
 mod vm_monitoring;
