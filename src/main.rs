@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// ferry runs virtual machines on libvirt hosts, managed as Kubernetes resources.
 #[derive(Parser)]
-#[command(name = "ferry", version, about)]
+#[command(name = "ferry", version = ferry::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controllers (VirtualMachine, HostPool).
+    /// Run the controllers (VirtualMachine, HostPool, VirtualMachineMigration, HAPolicy).
     Controller(ControllerArgs),
     /// Print every CustomResourceDefinition as multi-document YAML.
     Crds,
@@ -86,10 +86,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => match ferry::api::crds_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
+            Ok(yaml) => write_stdout(&yaml),
             Err(e) => {
                 eprintln!("ferry: cannot serialize CRDs: {e}");
                 ExitCode::FAILURE
@@ -115,6 +112,21 @@ fn main() -> ExitCode {
             // Outside the runtime: flushing exported spans blocks.
             telemetry.shutdown();
             code
+        }
+    }
+}
+
+/// Write `text` to stdout. A reader that stops early (`ferry crds | head -1`) closes the pipe:
+/// that ends the command quietly, as it does for other tools.
+fn write_stdout(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry: cannot write to stdout: {e}");
+            ExitCode::FAILURE
         }
     }
 }

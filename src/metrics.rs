@@ -1,5 +1,6 @@
 //! Prometheus metrics: reconciles per controller, their errors and durations, libvirt call
-//! latencies per operation, and gauges of VMs by phase and hosts by state.
+//! latencies per operation, gauges of VMs by phase and hosts by state, finished migrations, and
+//! the build (`ferry_build_info`: version and git commit).
 //!
 //! The gauges are not counted in reconciles (that drifts): at every scrape they are computed
 //! afresh from the controllers' reflector caches, through the [`Inventory`] source that the
@@ -12,6 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::RwLock;
 use std::time::Instant;
@@ -206,6 +208,14 @@ impl Default for Metrics {
             "Live migrations run by this controller, per result",
             migrations.clone(),
         );
+        registry.register(
+            "build",
+            "The ferry build: version and git commit (always 1)",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", crate::GIT_COMMIT),
+            ]),
+        );
         Metrics {
             migrations,
             registry,
@@ -332,6 +342,14 @@ mod tests {
                 "ferry_reconcile_duration_seconds_count{controller=\"virtualmachine\"} 1"
             )
         );
+        assert!(
+            text.contains(&format!(
+                "ferry_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                crate::GIT_COMMIT
+            )),
+            "{text}"
+        );
     }
 
     fn vm(status: serde_json::Value) -> VirtualMachine {
@@ -444,6 +462,42 @@ mod tests {
         for s in HOST_STATES {
             assert_eq!(serde_json::json!(state_name(s)), serde_json::json!(s));
         }
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let m = Metrics::default();
+        m.set_inventory_source(Some(Box::new(|| inventory([], []))));
+        // A family shows once it has a sample.
+        drop(m.reconcile("virtualmachine"));
+        m.failure("virtualmachine", "host_unreachable");
+        m.libvirt_call("start_domain", 0.1, true);
+        m.migration_finished(true);
+        let text = m.encode().expect("encodes");
+        let page = include_str!("../docs/observability.md");
+        let mut names = Vec::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+                (words.next(), words.next(), words.next(), words.next())
+            {
+                // The names samples carry (what queries use).
+                names.push(match kind {
+                    "counter" => format!("{name}_total"),
+                    "info" => format!("{name}_info"),
+                    _ => name.to_string(),
+                });
+            }
+        }
+        assert!(names.len() >= 8, "{text}");
+        let missing: Vec<_> = names
+            .iter()
+            .filter(|n| !page.contains(&format!("`{n}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "not in docs/observability.md: {missing:?}"
+        );
     }
 
     #[test]

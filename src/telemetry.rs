@@ -4,6 +4,7 @@
 //! set. The standard OpenTelemetry variables apply (`OTEL_SERVICE_NAME`, default `ferry`;
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `..._TIMEOUT`, `OTEL_SDK_DISABLED`).
 
+use std::io::IsTerminal;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -83,7 +84,8 @@ impl Telemetry {
     ) -> impl tracing::Subscriber + Send + Sync + 'static {
         let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
         let logs: BoxedLayer = match format {
-            LogFormat::Text => fmt.boxed(),
+            // Colours only for a person at a terminal, never into a log file or collector.
+            LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
             LogFormat::Json => fmt.json().flatten_event(true).boxed(),
         };
         #[cfg(feature = "otel")]
