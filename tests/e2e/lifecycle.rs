@@ -243,6 +243,17 @@ async fn vm_lifecycle_on_a_real_host() {
         ok && out.contains(&node) && out.contains("Ready"),
         "kubectl ferry hosts: {out}"
     );
+    let (ok, out) = plugin(&c, &["status", "web", "-o", "json"]);
+    let obj: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    assert!(
+        ok && obj["kind"] == "VirtualMachine" && obj["status"]["host"] == node.as_str(),
+        "kubectl ferry status -o json: {out}"
+    );
+    let (ok, out) = plugin(&c, &["cancel", "web"]);
+    assert!(
+        !ok && out.contains("no unfinished migration"),
+        "kubectl ferry cancel without a migration: {out}"
+    );
     let (ok, out) = plugin(&c, &["console", "web", "--no-attach"]);
     assert!(
         ok && out.contains(&format!("{ns}_web.console.log")),

@@ -1,0 +1,385 @@
+//! `kubectl ferry`: power, restart, migrate and inspect ferry VMs without editing their spec.
+//!
+//! Install the binary on `$PATH` as `kubectl-ferry`; kubectl finds it as a plugin.
+//!
+//! Everything that decides what to send is a pure function of the objects read, in the modules
+//! below (unit-tested there); this file only reads, writes and prints.
+
+mod console;
+#[cfg(test)]
+mod fixtures;
+mod migrate;
+mod output;
+mod power;
+mod report;
+
+use clap::{Parser, Subcommand};
+use ferry::api::{HostPool, VirtualMachine, VirtualMachineMigration};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+use output::Output;
+use power::{Plan, Want};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Field manager of the plugin's writes (shown in `managedFields`).
+const FIELD_MANAGER: &str = "kubectl-ferry";
+
+/// Manage ferry virtual machines: start, stop, restart, migrate (and cancel), console, status,
+/// hosts.
+///
+/// Start and stop do not fight GitOps: for a VM with runStrategy Manual they set the
+/// ferry.dev/power annotation, which Argo CD and Flux leave alone when it is not in Git; for other
+/// run strategies they refuse to patch spec.runStrategy unless given --force-spec.
+#[derive(Parser, Debug)]
+#[command(name = "kubectl-ferry", bin_name = "kubectl ferry", version = ferry::VERSION, about, long_about)]
+struct Cli {
+    /// Namespace; default: the kubeconfig context's namespace.
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    /// kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// kubeconfig file; default: $KUBECONFIG, then ~/.kube/config.
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a VM (runStrategy Manual: sets ferry.dev/power=on).
+    Start(PowerArgs),
+    /// Stop a VM gracefully (runStrategy Manual: sets ferry.dev/power=off).
+    Stop(PowerArgs),
+    /// Restart a VM: the guest is shut down and started again (sets ferry.dev/restart to a new
+    /// token).
+    Restart {
+        /// VirtualMachine name.
+        vm: String,
+    },
+    /// Live-migrate a VM: creates a VirtualMachineMigration, which the controller runs within the
+    /// pool's migration limits (`kubectl get fvmim` shows its progress).
+    Migrate {
+        /// VirtualMachine name.
+        vm: String,
+        /// Destination host (Node name); default: placement chooses.
+        #[arg(long)]
+        to: Option<String>,
+        /// Why (shown in Events).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the created VirtualMachineMigration in this format instead of a summary.
+        #[arg(short, long, value_enum)]
+        output: Option<Output>,
+    },
+    /// Cancel a VM's unfinished live migration (deletes its VirtualMachineMigration; the VM stays
+    /// on its source host, running).
+    Cancel {
+        /// VirtualMachine name.
+        vm: String,
+    },
+    /// Show where a VM's serial console is logged and attach with virsh.
+    ///
+    /// Attaching runs `virsh -c URI console DOMAIN` with your own libvirt client credentials
+    /// (not the controller's): the HostPool's URI must be reachable from this machine.
+    Console {
+        /// VirtualMachine name.
+        vm: String,
+        /// Only print the log path and the virsh command.
+        #[arg(long)]
+        no_attach: bool,
+        /// libvirt URI to attach through, instead of the HostPool's.
+        #[arg(long)]
+        uri: Option<String>,
+    },
+    /// Show a VM's host, IP, phase, conditions and last restart.
+    Status {
+        /// VirtualMachine name.
+        vm: String,
+        /// Print the VirtualMachine in this format instead of a summary.
+        #[arg(short, long, value_enum)]
+        output: Option<Output>,
+    },
+    /// Show the hosts of one or all HostPools: state, libvirt version, VMs per host.
+    Hosts {
+        /// HostPool name; default: every HostPool in the namespace.
+        pool: Option<String>,
+        /// HostPools of all namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Print the HostPools (a List) in this format instead of a table.
+        #[arg(short, long, value_enum)]
+        output: Option<Output>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct PowerArgs {
+    /// VirtualMachine name.
+    vm: String,
+    /// For runStrategy Always, RerunOnFailure or Halted: patch spec.runStrategy (a GitOps tool
+    /// with self-heal will revert it; see `kubectl ferry --help`).
+    #[arg(long)]
+    force_spec: bool,
+}
+
+/// A token for `ferry.dev/restart`: the current time, new on every call.
+fn restart_token() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+async fn client(cli: &Cli) -> Result<(Client, String), String> {
+    let opts = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match (&cli.kubeconfig, &cli.context) {
+        (Some(path), _) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            Config::from_custom_kubeconfig(kc, &opts)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        (None, Some(_)) => Config::from_kubeconfig(&opts)
+            .await
+            .map_err(|e| e.to_string()),
+        (None, None) => Config::infer().await.map_err(|e| e.to_string()),
+    }
+    .map_err(|e| format!("no usable Kubernetes configuration: {e}"))?;
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
+    Ok((client, namespace))
+}
+
+/// Read an object, with a message that names it when it is missing.
+async fn get<K>(api: &Api<K>, kind: &str, ns: &str, name: &str) -> Result<K, String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get(name).await {
+        Ok(o) => Ok(o),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            Err(format!("{kind} {name:?} not found in namespace {ns:?}"))
+        }
+        Err(e) => Err(format!("reading {kind} {ns}/{name}: {e}")),
+    }
+}
+
+/// Carry out a plan on a VM; refusals are errors.
+async fn apply_plan(api: &Api<VirtualMachine>, name: &str, plan: Plan) -> Result<(), String> {
+    match plan {
+        Plan::Nothing(why) => println!("{why}"),
+        Plan::Refuse(why) => return Err(why),
+        Plan::Patch(patch, what) => {
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            api.patch(name, &pp, &Patch::Merge(&patch))
+                .await
+                .map_err(|e| format!("patching VirtualMachine {name}: {e}"))?;
+            println!("{what}");
+        }
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let (client, ns) = client(&cli).await?;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
+    match &cli.command {
+        Command::Start(a) | Command::Stop(a) => {
+            let want = match cli.command {
+                Command::Start(_) => Want::Start,
+                _ => Want::Stop,
+            };
+            let vm = get(&vms, "VirtualMachine", &ns, &a.vm).await?;
+            let plan = power::power_plan(&vm, want, a.force_spec, &restart_token());
+            apply_plan(&vms, &a.vm, plan).await
+        }
+        Command::Restart { vm } => {
+            let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
+            apply_plan(&vms, vm, power::restart_plan(&obj, &restart_token())).await
+        }
+        Command::Migrate {
+            vm,
+            to,
+            reason,
+            output,
+        } => {
+            let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
+            let m = migrate::migration(&obj, to.as_deref(), reason.as_deref())?;
+            let api: Api<VirtualMachineMigration> = Api::namespaced(client, &ns);
+            let created = api
+                .create(&PostParams::default(), &m)
+                .await
+                .map_err(|e| format!("creating the VirtualMachineMigration: {e}"))?;
+            if let Some(format) = output {
+                return output::print(&created, *format);
+            }
+            println!(
+                "virtualmachinemigration/{} created: {vm} from {} to {}",
+                created.name_any(),
+                obj.status
+                    .as_ref()
+                    .and_then(|s| s.host.as_deref())
+                    .unwrap_or("?"),
+                to.as_deref().unwrap_or("a host placement chooses")
+            );
+            println!(
+                "follow it: kubectl -n {ns} get fvmim {} -w; cancel: kubectl ferry -n {ns} cancel {vm}",
+                created.name_any()
+            );
+            Ok(())
+        }
+        Command::Cancel { vm } => {
+            let api: Api<VirtualMachineMigration> = Api::namespaced(client, &ns);
+            let all = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("listing VirtualMachineMigrations: {e}"))?
+                .items;
+            let m = migrate::to_cancel(vm, &all)?;
+            let name = m.name_any();
+            api.delete(&name, &DeleteParams::default())
+                .await
+                .map_err(|e| format!("deleting VirtualMachineMigration {name}: {e}"))?;
+            println!(
+                "virtualmachinemigration/{name} deleted: ferry cancels the transfer and {vm} stays on its source host"
+            );
+            Ok(())
+        }
+        Command::Console { vm, no_attach, uri } => {
+            let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
+            let pools: Api<HostPool> = Api::namespaced(client.clone(), &ns);
+            let pool = get(&pools, "HostPool", &ns, &obj.spec.host_pool).await?;
+            console::attach(client, &obj, &pool, uri.clone(), *no_attach).await
+        }
+        Command::Status { vm, output } => {
+            let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
+            match output {
+                Some(format) => output::print(&obj, *format),
+                None => {
+                    print!("{}", report::status_report(&obj));
+                    Ok(())
+                }
+            }
+        }
+        Command::Hosts {
+            pool,
+            all_namespaces,
+            output,
+        } => {
+            let (pools, vm_api): (Api<HostPool>, Api<VirtualMachine>) = if *all_namespaces {
+                (Api::all(client.clone()), Api::all(client))
+            } else {
+                (Api::namespaced(client.clone(), &ns), vms)
+            };
+            let mut list = pools
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("listing HostPools: {e}"))?
+                .items;
+            if let Some(p) = pool {
+                list.retain(|hp| &hp.name_any() == p);
+                if list.is_empty() {
+                    return Err(format!("HostPool {p:?} not found"));
+                }
+            }
+            if let Some(format) = output {
+                return output::print_list(&list, *format);
+            }
+            let all_vms = vm_api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("listing VirtualMachines: {e}"))?
+                .items;
+            print!("{}", report::hosts_report(&list, &all_vms));
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kubectl-ferry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "kubectl-ferry",
+            "-n",
+            "vms",
+            "stop",
+            "web-1",
+            "--force-spec",
+        ])
+        .expect("parses");
+        assert_eq!(cli.namespace.as_deref(), Some("vms"));
+        assert!(
+            matches!(cli.command, Command::Stop(PowerArgs { ref vm, force_spec: true }) if vm == "web-1")
+        );
+        let cli = Cli::try_parse_from(["kubectl-ferry", "migrate", "web-1", "--to", "hv-2"])
+            .expect("parses");
+        assert!(
+            matches!(cli.command, Command::Migrate { ref to, output: None, .. } if to.as_deref() == Some("hv-2"))
+        );
+        assert!(
+            Cli::try_parse_from(["kubectl-ferry", "start"]).is_err(),
+            "needs a VM"
+        );
+        let cli = Cli::try_parse_from(["kubectl-ferry", "cancel", "web-1"]).expect("parses");
+        assert!(matches!(cli.command, Command::Cancel { ref vm } if vm == "web-1"));
+    }
+
+    #[test]
+    fn output_formats_where_objects_are_printed() {
+        for (args, want) in [
+            (vec!["status", "web-1", "-o", "yaml"], Output::Yaml),
+            (vec!["hosts", "-A", "-o", "json"], Output::Json),
+            (vec!["migrate", "web-1", "--output", "json"], Output::Json),
+        ] {
+            let cli = Cli::try_parse_from(std::iter::once("kubectl-ferry").chain(args.clone()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let got = match cli.command {
+                Command::Status { output, .. }
+                | Command::Hosts { output, .. }
+                | Command::Migrate { output, .. } => output,
+                _ => None,
+            };
+            assert_eq!(got, Some(want), "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["kubectl-ferry", "status", "web-1", "-o", "wide"]).is_err());
+        assert!(Cli::try_parse_from(["kubectl-ferry", "start", "web-1", "-o", "yaml"]).is_err());
+    }
+}
