@@ -9,7 +9,8 @@
 #     REQUIRED_PERMISSIONS (src/controller/permissions.rs), samples pass the CEL rules;
 #   - pytest tests/deploy: chart semantics (flags, Lease env, restricted security, toggles,
 #     determinism, dashboard metrics), kustomize == chart Deployment, samples against the CRD
-#     schemas, Argo CD Lua health tests (lupa, Lua 5.1), the CRD upgrade path, and the real
+#     schemas, Argo CD Lua health tests (lupa, Lua 5.1) and a row for every condition reason in
+#     src/, the docs (links, supported versions, flags and commands), the CRD upgrade path, and the real
 #     `ferry controller` against the API stand-in with every request checked against the chart's
 #     RBAC;
 #   - the optional `otel` feature: builds, and exports spans to a local OTLP/HTTP receiver
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 export PATH="/opt/ferry-tools/bin:$HOME/.cargo/bin:$PATH"
 VENV=${FERRY_VENV:-/opt/ferry-venv}
 # The chart's kubeVersion floor and a current release.
-K8S_VERSIONS=${FERRY_K8S_VERSIONS:-"1.30.0 1.35.0"}
+K8S_VERSIONS=${FERRY_K8S_VERSIONS:-"1.29.0 1.35.0"}
 CHART=charts/ferry
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -70,7 +71,7 @@ done
 
 echo "== cargo test --test deploy (CRD copies, RBAC vs REQUIRED_PERMISSIONS, samples vs CEL)"
 cargo test --locked --test deploy -- --test-threads=1
-cargo build --locked --bin ferry
+cargo build --locked --bin ferry --bin kubectl-ferry
 
 echo "== pytest tests/deploy"
 FERRY_BIN="${CARGO_TARGET_DIR:-target}/debug/ferry" "$VENV/bin/python" -m pytest -q tests/deploy

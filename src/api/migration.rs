@@ -17,7 +17,7 @@ use super::schema;
     kind = "VirtualMachineMigration",
     namespaced,
     status = "VirtualMachineMigrationStatus",
-    shortname = "vmim",
+    shortname = "fvmim",
     category = "ferry",
     doc = "A live migration of one VirtualMachine to another host of its pool.",
     printcolumn(name = "VM", type_ = "string", json_path = ".spec.vmName"),

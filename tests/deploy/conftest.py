@@ -7,6 +7,7 @@ there). A missing tool skips the tests that need it, unless CI is set: then it f
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,20 @@ def crd_schemas() -> dict[str, dict[str, Any]]:
         version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
         out[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
     return out
+
+
+def exported_metrics() -> tuple[set[str], dict[str, str]]:
+    """The series ferry exports (what queries can name), and each metric's type, from the table
+    in docs/observability.md (src/metrics.rs tests that the table and the registry agree)."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    rows = re.findall(r"^\| `(ferry_[a-z_]+)` \| (counter|gauge|histogram|info)\b", text, re.M)
+    assert rows, "no metrics table in docs/observability.md"
+    series: set[str] = set()
+    for name, kind in rows:
+        # prometheus-client: histograms expose _bucket/_count/_sum; the table names counters
+        # (with _total), gauges and info metrics as their samples are named.
+        series |= {name + s for s in ("_bucket", "_count", "_sum")} if kind == "histogram" else {name}
+    return series, dict(rows)
 
 
 def cr_problems(obj: dict[str, Any]) -> list[str]:

@@ -12,8 +12,9 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
-from conftest import CHART, ROOT, helm_template
+from conftest import CHART, ROOT, exported_metrics, helm_template
 
 ALL_ON = str(CHART / "ci" / "all-on-values.yaml")
 
@@ -99,6 +100,15 @@ def test_service_and_pdb_select_the_controller_pods() -> None:
     assert by_kind(helm_template(sets=("replicaCount=1",)), "PodDisruptionBudget") == []
 
 
+def test_image_tag_may_be_a_number() -> None:
+    for value, tag in (("2", "2"), ("1.5", "1.5"), ("v2", "v2")):
+        (c,) = one(helm_template(sets=(f"image.tag={value}",)), "Deployment")["spec"]["template"]["spec"]["containers"]
+        assert c["image"] == f"ghcr.io/ferry-dev/ferry:{tag}"
+    (c,) = one(helm_template(), "Deployment")["spec"]["template"]["spec"]["containers"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert c["image"] == f"ghcr.io/ferry-dev/ferry:{chart['appVersion']}"
+
+
 def test_all_toggles_on() -> None:
     docs = helm_template(ALL_ON)
     dep = one(docs, "Deployment")
@@ -162,30 +172,10 @@ def test_no_schema_defaults_in_the_crds() -> None:
         walk(yaml.safe_load(f.read_text()), "")
 
 
-def exported_metrics() -> tuple[set[str], set[str]]:
-    """Names of the series src/metrics.rs exports, and its metric families."""
-    text = (ROOT / "src" / "metrics.rs").read_text()
-    registered = re.findall(r'register\(\s*"([a-z_]+)",\s*"[^"]*",\s*([a-z_]+)\.clone\(\)', text)
-    assert registered, "no metrics registered in src/metrics.rs"
-    assert len(registered) == len(re.findall(r"\.register\(", text)), "a registration this test cannot read"
-    series = set()
-    for family, field in registered:
-        kind = re.search(rf"\b{field}: Family<\w+, (Counter|Gauge|Histogram)\b", text)
-        assert kind, f"type of {field} (metric {family}) not found in src/metrics.rs"
-        name = f"ferry_{family}"
-        # prometheus-client: histograms expose _bucket/_count/_sum, counters _total, gauges the
-        # bare name.
-        series |= {
-            "Histogram": {name + s for s in ("_bucket", "_count", "_sum")},
-            "Counter": {name + "_total"},
-            "Gauge": {name},
-        }[kind.group(1)]
-    return series, {f"ferry_{f}" for f, _ in registered}
-
-
 def test_dashboard_uses_only_exported_metrics() -> None:
     dash = json.loads((CHART / "dashboards" / "ferry.json").read_text())
     series, families = exported_metrics()
+    families = {f for f, kind in families.items() if kind != "info"}
     panels = [p for p in dash["panels"] if p["type"] != "row"]
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
@@ -204,3 +194,15 @@ def test_dashboard_uses_only_exported_metrics() -> None:
                 )
     for family in families:
         assert any(u.startswith(family) for u in used), f"{family} is not on the dashboard"
+
+
+def test_view_role_reads_every_ferry_resource() -> None:
+    plurals = {yaml.safe_load(p.read_text())["spec"]["names"]["plural"]
+               for p in (ROOT / "crds").glob("*.yaml")}
+    kustomize_roles = [d for d in yaml.safe_load_all((ROOT / "config/rbac/aggregate_roles.yaml").read_text()) if d]
+    for source, roles in (("chart", helm_template()), ("config/rbac", kustomize_roles)):
+        view = next(d for d in roles if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "ferry-view")
+        (rule,) = view["rules"]
+        assert set(rule["resources"]) == plurals, source
+        assert rule["verbs"] == ["get", "list", "watch"], source
+        assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
