@@ -1,7 +1,8 @@
 -- Argo CD health check for ferry.dev VirtualMachine (Lua 5.1).
--- Healthy: Ready=True, or stopped by design (Halted, Manual, RerunOnFailure after the guest shut
--- itself down). Progressing: no status yet, status older than the spec, or a transition.
--- Degraded: Failed or Unknown (host unreachable), or Ready=False for any other reason.
+-- Degraded: Failed or Unknown (host unreachable), a wait only a person can end (the Ready
+-- reasons in `needs_person`), or Ready=False outside a transition. Healthy: Ready=True, stopped by
+-- design (Halted, Manual, RerunOnFailure after the guest shut itself down), or Halted and never
+-- placed. Progressing: no status yet, status older than the spec, or a transition.
 local hs = {}
 
 local function result(status, message)
@@ -22,6 +23,15 @@ local function find_condition(conditions, kind)
   return nil
 end
 
+-- Ready reasons that stay until someone changes the spec, a referenced object or a host.
+local needs_person = {
+  HostPoolNotFound = true, ClassNotFound = true, ImageNotFound = true, VolumeNotFound = true,
+  CloudInitSecretNotFound = true, CloudInitInvalid = true, ChecksumMismatch = true,
+  ImportFailed = true, DiskLocked = true, InvalidSpec = true, RestartLimitReached = true,
+  HostMisconfigured = true, CloneSourceNotFound = true, CloneSourceElsewhere = true,
+  CloneSourceRunning = true,
+}
+
 local st = obj.status
 if st == nil then
   return result("Progressing", "Waiting for the ferry controller")
@@ -39,9 +49,20 @@ if ready ~= nil and ready.message ~= nil and ready.message ~= "" then
 elseif phase ~= "" then
   message = "Phase " .. phase
 end
+local strategy = "Always"
+if obj.spec ~= nil and obj.spec.runStrategy ~= nil then
+  strategy = obj.spec.runStrategy
+end
 
 if phase == "Failed" or phase == "Unknown" then
   return result("Degraded", message)
+end
+if ready ~= nil and ready.status == "False" and needs_person[ready.reason] then
+  return result("Degraded", message)
+end
+if strategy == "Halted" and st.host == nil and phase ~= "Terminating" then
+  -- Never placed, and not meant to run: nothing is missing.
+  return result("Healthy", message)
 end
 local transitions = {
   [""] = true, Pending = true, Provisioning = true, Starting = true, Stopping = true,
@@ -54,10 +75,6 @@ if ready ~= nil and ready.status == "True" then
   return result("Healthy", message)
 end
 if phase == "Stopped" then
-  local strategy = "Always"
-  if obj.spec ~= nil and obj.spec.runStrategy ~= nil then
-    strategy = obj.spec.runStrategy
-  end
   if strategy == "Halted" or strategy == "Manual" or (strategy == "RerunOnFailure" and st.stoppedByGuest == true) then
     return result("Healthy", message)
   end
