@@ -120,6 +120,7 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     );
     let policy_store = policy_controller.store();
+    let policy_store_for_metrics = policy_store.clone();
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(
         Context::new(
@@ -140,16 +141,26 @@ pub async fn run(
     )
     .default_backoff()
     .applied_objects();
-    // ferry_virtual_machines and ferry_hosts are computed from these caches at each scrape, once
-    // both hold a complete list (before that they would show zeros that are not true).
+    // The state gauges (ferry_virtual_machines, ferry_hosts, ferry_host_status, ...) are computed
+    // from these caches at each scrape, once all hold a complete list (before that they would
+    // show zeros that are not true).
     let gauges = {
-        let (vms, pools, metrics) = (vm_store.clone(), pool_store.clone(), metrics.clone());
+        let (vms, pools, policies, metrics) = (
+            vm_store.clone(),
+            pool_store.clone(),
+            policy_store_for_metrics,
+            metrics.clone(),
+        );
         tokio::spawn(async move {
-            if vms.wait_until_ready().await.is_ok() && pools.wait_until_ready().await.is_ok() {
+            if vms.wait_until_ready().await.is_ok()
+                && pools.wait_until_ready().await.is_ok()
+                && policies.wait_until_ready().await.is_ok()
+            {
                 metrics.set_inventory_source(Some(Box::new(move || {
                     crate::metrics::inventory(
                         vms.state().iter().map(|v| v.as_ref()),
                         pools.state().iter().map(|p| p.as_ref()),
+                        policies.state().iter().map(|p| p.as_ref()),
                     )
                 })));
             }
