@@ -56,10 +56,13 @@ fn state_name(s: HostState) -> &'static str {
     }
 }
 
+// The object's namespace is `object_namespace`: `namespace` is the label Prometheus gives every
+// series of a target (the controller's own namespace), which a label of ours would collide with.
+
 /// One VM: where it is and whether it is Ready.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VmRow {
-    pub namespace: String,
+    pub object_namespace: String,
     pub name: String,
     pub phase: &'static str,
     /// Empty while not placed.
@@ -73,7 +76,7 @@ pub struct VmRow {
 /// One host of one HostPool, in its current state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostRow {
-    pub namespace: String,
+    pub object_namespace: String,
     pub pool: String,
     pub host: String,
     pub state: &'static str,
@@ -82,7 +85,7 @@ pub struct HostRow {
 /// One host as an HAPolicy judges it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictRow {
-    pub namespace: String,
+    pub object_namespace: String,
     pub policy: String,
     pub pool: String,
     pub host: String,
@@ -92,7 +95,7 @@ pub struct VerdictRow {
 /// Labels of a host's fence attempts in its open incident.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FenceLabels {
-    pub namespace: String,
+    pub object_namespace: String,
     pub policy: String,
     pub pool: String,
     pub host: String,
@@ -101,7 +104,7 @@ pub struct FenceLabels {
 /// One condition of one HAPolicy.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyConditionLabels {
-    pub namespace: String,
+    pub object_namespace: String,
     pub policy: String,
     pub condition: String,
 }
@@ -147,7 +150,7 @@ pub fn inventory<'a>(
         }
         let ready = st.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
         inv.vm_rows.push(VmRow {
-            namespace: vm.metadata.namespace.clone().unwrap_or_default(),
+            object_namespace: vm.metadata.namespace.clone().unwrap_or_default(),
             name: vm.metadata.name.clone().unwrap_or_default(),
             phase: phase_name(phase),
             host: st.and_then(|s| s.host.clone()).unwrap_or_default(),
@@ -162,7 +165,7 @@ pub fn inventory<'a>(
                 by_state[i] += 1;
             }
             inv.host_rows.push(HostRow {
-                namespace: pool.metadata.namespace.clone().unwrap_or_default(),
+                object_namespace: pool.metadata.namespace.clone().unwrap_or_default(),
                 pool: pool.metadata.name.clone().unwrap_or_default(),
                 host: host.name.clone(),
                 state: state_name(host.state),
@@ -177,7 +180,7 @@ pub fn inventory<'a>(
         };
         for h in &st.hosts {
             inv.verdicts.push(VerdictRow {
-                namespace: namespace.clone(),
+                object_namespace: namespace.clone(),
                 policy: name.clone(),
                 pool: h.pool.clone(),
                 host: h.name.clone(),
@@ -185,7 +188,7 @@ pub fn inventory<'a>(
             });
             if let Some(n) = h.fence_attempts.filter(|n| *n > 0) {
                 let labels = FenceLabels {
-                    namespace: namespace.clone(),
+                    object_namespace: namespace.clone(),
                     policy: name.clone(),
                     pool: h.pool.clone(),
                     host: h.name.clone(),
@@ -195,7 +198,7 @@ pub fn inventory<'a>(
         }
         for c in &st.conditions {
             let labels = PolicyConditionLabels {
-                namespace: namespace.clone(),
+                object_namespace: namespace.clone(),
                 policy: name.clone(),
                 condition: c.type_.clone(),
             };
@@ -515,19 +518,19 @@ mod tests {
         m.set_inventory_source(Some(Box::new(move || inv.clone())));
         let text = m.encode().expect("encodes");
         for want in [
-            r#"ferry_virtual_machine_status{namespace="vms",name="db-1",phase="Stopped",host="hv-1",ready="False",reason="RestartLimitReached"} 1"#,
-            r#"ferry_virtual_machine_status{namespace="vms",name="web-1",phase="Pending",host="",ready="",reason=""} 1"#,
-            r#"ferry_host_status{namespace="vms",pool="rack1",host="hv-1",state="Unreachable"} 1"#,
-            r#"ferry_host_ha_verdict{namespace="vms",policy="ha",pool="rack1",host="hv-1",verdict="Fencing"} 1"#,
-            r#"ferry_host_fence_attempts{namespace="vms",policy="ha",pool="rack1",host="hv-1"} 3"#,
-            r#"ferry_hapolicy_condition{namespace="vms",policy="ha",condition="FenceFailed"} 1"#,
-            r#"ferry_hapolicy_condition{namespace="vms",policy="ha",condition="StormGuard"} 0"#,
+            r#"ferry_virtual_machine_status{object_namespace="vms",name="db-1",phase="Stopped",host="hv-1",ready="False",reason="RestartLimitReached"} 1"#,
+            r#"ferry_virtual_machine_status{object_namespace="vms",name="web-1",phase="Pending",host="",ready="",reason=""} 1"#,
+            r#"ferry_host_status{object_namespace="vms",pool="rack1",host="hv-1",state="Unreachable"} 1"#,
+            r#"ferry_host_ha_verdict{object_namespace="vms",policy="ha",pool="rack1",host="hv-1",verdict="Fencing"} 1"#,
+            r#"ferry_host_fence_attempts{object_namespace="vms",policy="ha",pool="rack1",host="hv-1"} 3"#,
+            r#"ferry_hapolicy_condition{object_namespace="vms",policy="ha",condition="FenceFailed"} 1"#,
+            r#"ferry_hapolicy_condition{object_namespace="vms",policy="ha",condition="StormGuard"} 0"#,
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
         // A host without fence attempts has no fence series.
         assert!(!text.contains(
-            r#"ferry_host_fence_attempts{namespace="vms",policy="ha",pool="rack1",host="hv-0"}"#
+            r#"ferry_host_fence_attempts{object_namespace="vms",policy="ha",pool="rack1",host="hv-0"}"#
         ));
     }
 }

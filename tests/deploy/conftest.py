@@ -72,18 +72,24 @@ def crd_schemas() -> dict[str, dict[str, Any]]:
     return out
 
 
-def exported_metrics() -> tuple[set[str], dict[str, str]]:
-    """The series ferry exports (what queries can name), and each metric's type, from the table
-    in docs/observability.md (src/metrics.rs tests that the table and the registry agree)."""
+def metrics_table() -> dict[str, tuple[str, set[str]]]:
+    """Each metric ferry exports with its type and labels, from the table in
+    docs/observability.md (src/metrics tests that the table and the registry agree)."""
     text = (ROOT / "docs" / "observability.md").read_text()
-    rows = re.findall(r"^\| `(ferry_[a-z_]+)` \| (counter|gauge|histogram|info)\b", text, re.M)
+    rows = re.findall(r"^\| `(ferry_[a-z_]+)` \| (counter|gauge|histogram|info)\b[^|]*\| ([^|]*) \|", text, re.M)
     assert rows, "no metrics table in docs/observability.md"
+    return {name: (kind, set(re.findall(r"`([a-z_]+)`", labels))) for name, kind, labels in rows}
+
+
+def exported_metrics() -> tuple[set[str], dict[str, str]]:
+    """The series ferry exports (what queries can name), and each metric's type."""
     series: set[str] = set()
-    for name, kind in rows:
+    table = metrics_table()
+    for name, (kind, _) in table.items():
         # prometheus-client: histograms expose _bucket/_count/_sum; the table names counters
         # (with _total), gauges and info metrics as their samples are named.
         series |= {name + s for s in ("_bucket", "_count", "_sum")} if kind == "histogram" else {name}
-    return series, dict(rows)
+    return series, {name: kind for name, (kind, _) in table.items()}
 
 
 def cr_problems(obj: dict[str, Any]) -> list[str]:

@@ -65,6 +65,7 @@ def vm_rows() -> list[Row]:
         ("False", "CloneSourceNotFound", "Pending", "Degraded"),
         ("False", "CloneSourceElsewhere", "Pending", "Degraded"),
         ("False", "CloneSourceRunning", "Pending", "Degraded"),
+        ("False", "DuplicateMAC", "Pending", "Degraded"),
         ("False", "DomainConflict", "Failed", "Degraded"),
         # Failures of a placed VM.
         ("False", "Paused", "Running", "Degraded"),
@@ -147,6 +148,8 @@ NOT_CONDITION_REASONS = {
     # words of the libvirt, Redfish, IPMI and ISO 9660 edges
     "ForceOff", "On", "Off", "PowerState", "ResetType", "RAKP", "Credentials", "ConnectOptions",
     "HostConnections", "LibvirtHost", "Hypervisor", "Seed", "SeedData", "FERRY", "HOSTNAME",
+    # Rust type names in Debug output
+    "InventoryCollector",
 }
 
 LITERAL = re.compile(r'"([A-Z][A-Za-z]+)"')

@@ -29,7 +29,7 @@ local needs_person = {
   CloudInitSecretNotFound = true, CloudInitInvalid = true, ChecksumMismatch = true,
   ImportFailed = true, DiskLocked = true, InvalidSpec = true, RestartLimitReached = true,
   HostMisconfigured = true, CloneSourceNotFound = true, CloneSourceElsewhere = true,
-  CloneSourceRunning = true,
+  CloneSourceRunning = true, DuplicateMAC = true,
 }
 
 local st = obj.status
