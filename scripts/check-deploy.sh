@@ -8,7 +8,7 @@
 #   - cargo test --test deploy: CRD copies == crds/, chart and config/rbac RBAC ==
 #     REQUIRED_PERMISSIONS (src/controller/permissions.rs), samples pass the CEL rules;
 #   - pytest tests/deploy: chart semantics (flags, Lease env, restricted security, toggles,
-#     determinism, dashboard metrics), kustomize == chart Deployment, samples against the CRD
+#     determinism, dashboard metrics, alerts parsed as PromQL), kustomize == chart Deployment, samples against the CRD
 #     schemas, Argo CD Lua health tests (lupa, Lua 5.1) and a row for every condition reason in
 #     src/, the docs (links, supported versions, flags and commands), the CRD upgrade path, and the real
 #     `ferry controller` against the API stand-in with every request checked against the chart's
@@ -61,7 +61,7 @@ kubectl kustomize config/default >"$out/kustomize-default.yaml"
 kubectl kustomize config/samples >"$out/samples.yaml"
 kubectl kustomize deploy/argocd/crds >"$out/argocd-crds.yaml"
 
-echo "== kubernetes-validate (built-in kinds and CRDs; ServiceMonitor has no schema here)"
+echo "== kubernetes-validate (built-in kinds and CRDs; ServiceMonitor and PrometheusRule have no schema here)"
 for v in $K8S_VERSIONS; do
   "$VENV/bin/kubernetes-validate" --strict --quiet --kubernetes-version "$v" \
     "$out/chart-default.yaml" "$out/chart-all-on.yaml" "$out/chart-namespaced.yaml" \

@@ -29,7 +29,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check 'aiohttp>=3.9,<4' 'pyyaml>=6' 'jsonschema>=4.18,<5' 'pytest>=8' \
-  'kubernetes-validate>=1.30' 'lupa>=2' 'sushy-tools>=2.2,<3' 'bcrypt>=4' >/dev/null
+  'kubernetes-validate>=1.30' 'lupa>=2' 'sushy-tools>=2.2,<3' 'bcrypt>=4' 'promql-parser>=0.11,<1' >/dev/null
 # kmock was the previous API stand-in; e2e/standin replaces it.
 "$VENV/bin/pip" uninstall -q -y kmock >/dev/null 2>&1 || true
 
