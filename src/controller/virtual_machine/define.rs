@@ -1,0 +1,218 @@
+//! The domain on the host: its definition built from the validated spec and the resolved disks,
+//! defined when it differs from what the host has, and the changes that wait for a restart.
+
+use super::*;
+
+/// KVM when the host has it, plain QEMU emulation otherwise.
+pub(super) async fn virt_type(
+    hosts: &HostAccess,
+    placed: &Placed,
+    prior_phase: Option<VmPhase>,
+) -> Result<VirtType, Blocked> {
+    let facts = hosts
+        .info(placed.hv.as_ref())
+        .await
+        .map_err(|e| host_blocked(&placed.name, e, "reading host facts", prior_phase))?;
+    Ok(if facts.kvm {
+        VirtType::Kvm
+    } else {
+        VirtType::Qemu
+    })
+}
+
+/// Define the domain when the host's definition differs from the spec (by hash), remove seeds
+/// no running domain reads any more, and report `RestartRequired`. Returns the domain as the
+/// host now lists it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn domain(
+    vm: &VirtualMachine,
+    valid: &ValidSpec,
+    disks: &[ResolvedDisk],
+    virt_type: VirtType,
+    placed: &Placed,
+    ctx: &Context,
+    st: &mut VirtualMachineStatus,
+    now: Timestamp,
+) -> Result<DomainInfo, Blocked> {
+    let generation = vm.metadata.generation;
+    let hv = placed.hv.as_ref();
+    let pool = &placed.pool;
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let prior_phase = st.phase;
+    let host_error =
+        |e: HypervisorError, what: &str| host_blocked(&placed.name, e, what, prior_phase);
+    let interfaces = definition::macs(vm);
+    st.interfaces = interfaces.clone();
+    let mut def = definition::build(vm, valid, disks, &interfaces, virt_type, pool.console_dir());
+    if let Some(seed) = disks.iter().find(|d| d.name == definition::SEED_DISK) {
+        definition::attach_seed(&mut def, &seed.path);
+    }
+    let hash = domain_xml::definition_hash(&def);
+    let desired_shape = domain_xml::shape(&def);
+
+    let mut dom = hv
+        .lookup_domain(&uid)
+        .await
+        .map_err(|e| host_error(e, "looking up the domain"))?;
+    if let Some(d) = &dom
+        && d.config.is_none()
+    {
+        return Err(Blocked::new(
+            VmPhase::Failed,
+            "DomainConflict",
+            format!(
+                "host {} has a domain {:?} with this VM's UUID {uid} that ferry did not create; remove it or recreate the VirtualMachine",
+                placed.name, d.name
+            ),
+            Retry::Backoff,
+        ));
+    }
+    let configured = dom
+        .as_ref()
+        .and_then(|d| d.config.as_ref())
+        .map(|m| m.definition_hash.as_str());
+    if configured != Some(hash.as_str()) {
+        let xml = domain_xml::to_xml(&def).map_err(|e| {
+            Blocked::new(
+                VmPhase::Failed,
+                "InvalidSpec",
+                format!("cannot build the domain: {e}"),
+                Retry::OnChange,
+            )
+        })?;
+        hv.define_domain(&xml).await.map_err(|e| match e {
+            e if e.is_connection_lost() => host_error(e, "defining the domain"),
+            e => Blocked::new(
+                VmPhase::Failed,
+                "DefineFailed",
+                format!(
+                    "libvirt on host {} refused the domain definition: {e}",
+                    placed.name
+                ),
+                Retry::Backoff,
+            ),
+        })?;
+        let verb = if dom.is_some() {
+            "Updated the domain definition"
+        } else {
+            "Defined the domain"
+        };
+        ctx.event(
+            vm,
+            EventType::Normal,
+            "Defined",
+            "Define",
+            format!("{verb} {} on host {}", def.name, placed.name),
+        )
+        .await;
+        dom = hv
+            .lookup_domain(&uid)
+            .await
+            .map_err(|e| host_error(e, "looking up the domain"))?;
+    }
+    let Some(dom) = dom else {
+        return Err(Blocked::new(
+            VmPhase::Provisioning,
+            "DefineFailed",
+            format!(
+                "host {} accepted the domain definition but does not list it",
+                placed.name
+            ),
+            Retry::Backoff,
+        ));
+    };
+
+    // Seeds replaced by newer ones go once no running domain reads them.
+    match cloud_init::collect(hv, st, &dom).await {
+        Ok(removed) => {
+            for v in removed {
+                ctx.event(
+                    vm,
+                    EventType::Normal,
+                    "SeedRemoved",
+                    "Cleanup",
+                    format!("Removed the replaced cloud-init seed {v}"),
+                )
+                .await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not remove a replaced cloud-init seed"),
+    }
+
+    // Changes that need a restart.
+    let changes = match (dom.state.is_active(), dom.live.as_ref()) {
+        (true, Some(live)) if live.definition_hash != hash => {
+            let c = domain_xml::restart_changes(&live.shape, &desired_shape);
+            let class_note = |c: String| match &vm.spec.class_name {
+                Some(name)
+                    if c.starts_with("vCPUs")
+                        || c.starts_with("memory")
+                        || c.starts_with("CPU model") =>
+                {
+                    format!("{c} (VirtualMachineClass {name})")
+                }
+                _ => c,
+            };
+            let c: Vec<String> = c.into_iter().map(class_note).collect();
+            let seed_change = |verb: &str| format!("disk {} {verb}", definition::SEED_DISK);
+            let c: Vec<String> = c
+                .into_iter()
+                .map(|c| {
+                    if c == seed_change("changed") {
+                        "cloud-init data changed (cloud-init reads it at boot)".to_string()
+                    } else if c == seed_change("added") {
+                        "cloud-init seed added".to_string()
+                    } else if c == seed_change("removed") {
+                        "cloud-init seed removed".to_string()
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            if c.is_empty() {
+                vec!["domain definition changed".to_string()]
+            } else {
+                c
+            }
+        }
+        _ => Vec::new(),
+    };
+    let restart_required = !changes.is_empty();
+    let was_required = crate::api::condition::is_true(&st.conditions, "RestartRequired");
+    set_condition(
+        &mut st.conditions,
+        "RestartRequired",
+        restart_required.into(),
+        if restart_required {
+            "SpecChanged"
+        } else {
+            "UpToDate"
+        },
+        if restart_required {
+            format!(
+                "restart the VM to apply: {} (annotate ferry.dev/restart=<token>, or kubectl ferry restart)",
+                changes.join("; ")
+            )
+        } else {
+            if dom.state.is_active() {
+                "the running domain matches the spec".to_string()
+            } else {
+                "the domain is not running; its next start uses the current spec".to_string()
+            }
+        },
+        generation,
+        now,
+    );
+    if restart_required && !was_required {
+        ctx.event(
+            vm,
+            EventType::Normal,
+            "RestartRequired",
+            "Update",
+            format!("Restart needed to apply: {}", changes.join("; ")),
+        )
+        .await;
+    }
+
+    Ok(dom)
+}

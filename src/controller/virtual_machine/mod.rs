@@ -1,0 +1,241 @@
+//! The VirtualMachine controller: place the VM, create its disks and domain on the host, drive the
+//! domain to the state the run strategy asks for, report status, and clean up on deletion.
+
+mod cleanup;
+mod define;
+mod disks;
+mod migrations;
+mod place;
+mod power;
+mod spec;
+
+use super::cloud_init;
+use super::context::HostAccess;
+use super::{Context, status::apply_status};
+use crate::api::condition::{ConditionStatus, find, set_condition};
+use crate::api::{FINALIZER, HostPool, VirtualMachine, VirtualMachineStatus, VmPhase};
+use crate::cloud_init::Seed;
+use crate::error::{Error, Result};
+use crate::hypervisor::domain_xml::{self, VirtType};
+use crate::hypervisor::{DomainInfo, Hypervisor, HypervisorError};
+use crate::plan::definition::{self, ResolvedDisk};
+use crate::plan::validate::ValidSpec;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CONTROLLER: &str = "virtualmachine";
+
+/// How often a VM in a steady state is looked at again (crash detection until host event
+/// streams replace polling).
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// How long a reconcile waits for the caches to fill after a (re)start.
+const CACHE_WAIT: Duration = Duration::from_millis(500);
+
+/// How often a VM in transition is looked at.
+const TRANSITION: Duration = Duration::from_secs(2);
+
+/// Reconcile one VirtualMachine. Runs in a `reconcile` span naming the object (inside
+/// kube-runtime's `reconciling object` span), so that logs and exported traces carry it.
+#[tracing::instrument(name = "reconcile", skip_all, fields(
+    object.kind = "VirtualMachine",
+    object.namespace = %vm.namespace().unwrap_or_default(),
+    object.name = %vm.name_any(),
+))]
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Requeue> {
+    if !ctx.caches.ready() {
+        // Nothing is decided or written on partial caches; look again shortly.
+        return Ok(Requeue::requeue(CACHE_WAIT));
+    }
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = vm.namespace().unwrap_or_default();
+    let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, vm, |event| async {
+        match event {
+            Finalizer::Apply(vm) => apply(&vm, &api, &ctx).await,
+            Finalizer::Cleanup(vm) => cleanup::cleanup(&vm, &api, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// What to do after a failed reconcile: invalid specs wait for a change, the rest back off.
+pub fn error_policy(vm: Arc<VirtualMachine>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.failure(CONTROLLER, err.category());
+    if err.is_permanent() {
+        return Requeue::await_change();
+    }
+    let delay = ctx.backoff.next(&key(&vm));
+    tracing::warn!(vm = %vm.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    Requeue::requeue(delay)
+}
+
+fn key(vm: &VirtualMachine) -> String {
+    vm.metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any()))
+}
+
+/// Why a reconcile could not finish, as it is shown to the user.
+struct Blocked {
+    phase: VmPhase,
+    reason: &'static str,
+    message: String,
+    retry: Retry,
+}
+
+enum Retry {
+    /// Nothing will change until the spec (or a watched object) does.
+    OnChange,
+    /// Look again after this long (a watched object will usually trigger earlier).
+    After(Duration),
+    /// Transient: back off.
+    Backoff,
+}
+
+impl Blocked {
+    fn new(phase: VmPhase, reason: &'static str, message: impl Into<String>, retry: Retry) -> Self {
+        Blocked {
+            phase,
+            reason,
+            message: message.into(),
+            retry,
+        }
+    }
+}
+
+/// The host a VM is placed on, connected.
+struct Placed {
+    name: String,
+    pool: HostPool,
+    hv: Arc<dyn Hypervisor>,
+}
+
+async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) -> Result<Requeue> {
+    let mut st = vm.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let outcome = drive(vm, api, ctx, &mut st, now).await;
+    let requeue = match outcome {
+        Ok(after) => {
+            ctx.backoff.reset(&key(vm));
+            Ok(Requeue::requeue(after))
+        }
+        Err(b) => {
+            let previous =
+                find(&st.conditions, "Ready").map(|c| (c.reason.clone(), c.message.clone()));
+            // Progress of an import changes the message but is not news.
+            let progress_only = b.reason == "ImportingImage"
+                && previous
+                    .as_ref()
+                    .is_some_and(|(r, _)| r == "ImportingImage");
+            if previous.as_ref() != Some(&(b.reason.to_string(), b.message.clone()))
+                && !progress_only
+            {
+                ctx.event(
+                    vm,
+                    EventType::Warning,
+                    b.reason,
+                    "Reconcile",
+                    b.message.clone(),
+                )
+                .await;
+            }
+            st.phase = Some(b.phase);
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                ConditionStatus::False,
+                b.reason,
+                b.message.clone(),
+                vm.metadata.generation,
+                now,
+            );
+            if matches!(
+                b.reason,
+                "HostPoolNotFound" | "NoHostAvailable" | "InvalidSpec" | "DuplicateMAC"
+            ) && st.host.is_none()
+            {
+                set_condition(
+                    &mut st.conditions,
+                    "Scheduled",
+                    ConditionStatus::False,
+                    b.reason,
+                    b.message.clone(),
+                    vm.metadata.generation,
+                    now,
+                );
+            }
+            match b.retry {
+                Retry::OnChange => Ok(Requeue::await_change()),
+                Retry::After(d) => Ok(Requeue::requeue(d)),
+                Retry::Backoff => Ok(Requeue::requeue(ctx.backoff.next(&key(vm)))),
+            }
+        }
+    };
+    st.observed_generation = vm.metadata.generation;
+    apply_status(api, vm, vm.status.as_ref(), &st).await?;
+    requeue
+}
+
+/// Drive the VM one step towards its spec; `st` is updated with what was observed and done.
+async fn drive(
+    vm: &VirtualMachine,
+    api: &Api<VirtualMachine>,
+    ctx: &Context,
+    st: &mut VirtualMachineStatus,
+    now: Timestamp,
+) -> Result<Duration, Blocked> {
+    let (valid, seed) = spec::resolve(vm, &ctx.client, &ctx.caches, st).await?;
+    let placed = place::place(vm, &valid, api, ctx, st, now).await?;
+    if let Some(after) = migrations::follow(vm, ctx, &placed, st, now).await? {
+        return Ok(after);
+    }
+    let prior_phase = st.phase;
+    let virt_type = define::virt_type(&ctx.hosts, &placed, prior_phase).await?;
+    let disks = disks::ensure(vm, &valid, seed.as_ref(), &placed, ctx, st).await?;
+    let dom = define::domain(vm, &valid, &disks, virt_type, &placed, ctx, st, now).await?;
+    power::run_state(vm, ctx, &placed, &dom, st, prior_phase, now).await
+}
+
+fn host_blocked(host: &str, e: HypervisorError, what: &str, phase: Option<VmPhase>) -> Blocked {
+    if let HypervisorError::Rejected { .. } = &e {
+        let phase = match phase {
+            None | Some(VmPhase::Pending) => VmPhase::Pending,
+            _ => VmPhase::Unknown,
+        };
+        Blocked::new(
+            phase,
+            "HostMisconfigured",
+            format!("cannot reach host {host} ({what}): {e}; fix the HostPool's credentials"),
+            Retry::Backoff,
+        )
+    } else if e.is_connection_lost() {
+        let phase = match phase {
+            None | Some(VmPhase::Pending) => VmPhase::Pending,
+            _ => VmPhase::Unknown,
+        };
+        Blocked::new(
+            phase,
+            "HostUnreachable",
+            format!(
+                "libvirt on host {host} does not answer ({what}): {e}; ferry keeps retrying with backoff"
+            ),
+            Retry::Backoff,
+        )
+    } else {
+        Blocked::new(
+            VmPhase::Failed,
+            "HostOperationFailed",
+            format!("{what} on host {host} failed: {e}"),
+            Retry::Backoff,
+        )
+    }
+}

@@ -1,0 +1,161 @@
+//! Finding or choosing the VM's host, and connecting to it.
+
+use super::*;
+use crate::api::condition::{ConditionStatus, set_condition};
+use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
+use crate::api::virtual_machine::Recovery;
+use crate::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
+use crate::controller::hosts::host_uri;
+use crate::controller::scheduling::{self, NotPlaced};
+use crate::controller::{Context, status::apply_status};
+use crate::error::Result;
+use crate::plan::validate::ValidSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use std::time::Duration;
+
+/// Find or choose the VM's host and connect to it.
+pub(super) async fn place(
+    vm: &VirtualMachine,
+    valid: &ValidSpec,
+    api: &Api<VirtualMachine>,
+    ctx: &Context,
+    st: &mut VirtualMachineStatus,
+    now: Timestamp,
+) -> Result<Placed, Blocked> {
+    let ns = vm.namespace().unwrap_or_default();
+    let pool_name = &vm.spec.host_pool;
+    let pool = ctx
+        .caches.pools
+        .get(&ObjectRef::new(pool_name).within(&ns))
+        .ok_or_else(|| {
+            Blocked::new(
+                VmPhase::Pending,
+                "HostPoolNotFound",
+                format!("HostPool {pool_name:?} does not exist in namespace {ns:?}: create it or fix spec.hostPool"),
+                Retry::After(Duration::from_secs(300)),
+            )
+        })?;
+    // The HA controller proved the VM's host off: place it anew, once per incident, never on
+    // that host (its pool status may not show it down yet).
+    let exclude = failover_request(vm, st).map(|f| {
+        tracing::info!(vm = %vm.name_any(), host = %f.host, incident = %f.incident, "host proven off; placing the VM anew");
+        st.host = None;
+        st.phase = Some(VmPhase::Pending);
+        st.last_recovery = Some(Recovery {
+            incident: f.incident.clone(),
+            from_host: f.host.clone(),
+            evidence: f.evidence.clone(),
+            detected: Some(f.detected.clone()),
+            proven_off: Some(f.proven.clone()),
+            ..Recovery::default()
+        });
+        ctx.vm_runtime.forget_provisioned(vm.metadata.uid.as_deref().unwrap_or_default());
+        f.host
+    });
+    let host = match st.host.clone() {
+        Some(h) => h,
+        None => {
+            let host = scheduling::choose(vm, valid.need(), &pool, ctx, exclude.as_deref())
+                .map_err(|e| match e {
+                    NotPlaced::InvalidSpec(m) => {
+                        Blocked::new(VmPhase::Pending, "InvalidSpec", m, Retry::OnChange)
+                    }
+                    NotPlaced::NoHost(m) => Blocked::new(
+                        VmPhase::Pending,
+                        "NoHostAvailable",
+                        format!("waiting for a host in HostPool {pool_name}: {m}"),
+                        Retry::After(Duration::from_secs(60)),
+                    ),
+                })?;
+            // Record the choice before anything is created on the host, so that a crash here can
+            // never lead to a second copy somewhere else.
+            st.host = Some(host.clone());
+            st.domain_uuid = vm.metadata.uid.clone();
+            if let Some(r) = st.last_recovery.as_mut()
+                && r.to_host.is_none()
+            {
+                r.to_host = Some(host.clone());
+                r.replaced = Some(Time(now));
+            }
+            st.phase = Some(VmPhase::Provisioning);
+            set_condition(
+                &mut st.conditions,
+                "Scheduled",
+                ConditionStatus::True,
+                "Placed",
+                format!("placed on host {host}"),
+                vm.metadata.generation,
+                now,
+            );
+            apply_status(api, vm, vm.status.as_ref(), st)
+                .await
+                .map_err(|e| {
+                    scheduling::forget(ctx, vm.metadata.uid.as_deref().unwrap_or_default());
+                    Blocked::new(
+                        VmPhase::Pending,
+                        "StatusWriteFailed",
+                        format!("could not record the placement: {e}"),
+                        Retry::Backoff,
+                    )
+                })?;
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "Scheduled",
+                "Schedule",
+                format!("Placed on host {host}"),
+            )
+            .await;
+            host
+        }
+    };
+    let node = ctx.caches.nodes.get(&ObjectRef::new(&host)).ok_or_else(|| {
+        Blocked::new(
+            VmPhase::Unknown,
+            "HostGone",
+            format!("host {host} no longer exists as a Node; the VM stays assigned to it until it returns"),
+            Retry::After(Duration::from_secs(60)),
+        )
+    })?;
+    let uri = host_uri(&pool, &node).map_err(|m| {
+        Blocked::new(
+            VmPhase::Pending,
+            "HostMisconfigured",
+            format!("cannot reach host {host}: {m}; fix spec.libvirt in HostPool {pool_name}"),
+            Retry::After(Duration::from_secs(300)),
+        )
+    })?;
+    let hv = ctx
+        .hosts
+        .connect(&uri, &pool)
+        .await
+        .map_err(|e| host_blocked(&host, e, "connecting", st.phase))?;
+    Ok(Placed {
+        name: host,
+        pool: (*pool).clone(),
+        hv,
+    })
+}
+
+/// The failover the HA controller asks for through the `ferry.dev/failover` annotation: only
+/// while the VM is still placed on the failed host and that incident was not handled yet.
+pub fn failover_request(vm: &VirtualMachine, st: &VirtualMachineStatus) -> Option<Failover> {
+    let raw = vm.annotations().get(FAILOVER_ANNOTATION)?;
+    let f: Failover = match serde_json::from_str(raw) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(vm = %vm.name_any(), error = %e, "ignoring an unreadable {FAILOVER_ANNOTATION} annotation");
+            return None;
+        }
+    };
+    let handled = st
+        .last_recovery
+        .as_ref()
+        .is_some_and(|r| r.incident == f.incident);
+    (st.host.as_deref() == Some(f.host.as_str()) && !handled).then_some(f)
+}

@@ -1,0 +1,384 @@
+//! Run state: what the lifecycle planner decides for the domain, the holds that can stop a start
+//! (a host failing over, VM monitoring's restart limit), carrying the decision out, and the Ready
+//! condition that results.
+
+use super::*;
+use crate::api::condition::{ConditionStatus, find, set_condition};
+use crate::api::virtual_machine::{POWER_ANNOTATION, RESTART_ANNOTATION};
+use crate::api::{RunStrategy, VirtualMachine, VirtualMachineStatus, VmPhase};
+use crate::controller::Context;
+use crate::error::Result;
+use crate::hypervisor::{DomainInfo, DomainState, Hypervisor, HypervisorError, ShutOffReason};
+use crate::plan::definition::{self};
+use crate::plan::lifecycle::{self, Action, Power};
+use crate::plan::monitoring;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use std::time::Duration;
+
+/// Drive the domain to the state the run strategy asks for and report the phase and the Ready
+/// condition; returns when to look again.
+pub(super) async fn run_state(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    placed: &Placed,
+    dom: &DomainInfo,
+    st: &mut VirtualMachineStatus,
+    prior_phase: Option<VmPhase>,
+    now: Timestamp,
+) -> Result<Duration, Blocked> {
+    let generation = vm.metadata.generation;
+    let hv = placed.hv.as_ref();
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let host_error =
+        |e: HypervisorError, what: &str| host_blocked(&placed.name, e, what, prior_phase);
+    st.stopped_by_guest = lifecycle::stopped_by_guest(st.stopped_by_guest, st.phase, dom.state);
+    if !dom.state.is_active() {
+        ctx.vm_runtime.stopped(&uid);
+    }
+    let restart_token = vm.annotations().get(RESTART_ANNOTATION).cloned();
+    let restart_pending = restart_token.is_some() && restart_token != st.last_restart_request;
+    let inputs = lifecycle::Inputs {
+        strategy: vm.run_strategy(),
+        power: vm
+            .annotations()
+            .get(POWER_ANNOTATION)
+            .and_then(|v| Power::parse(v)),
+        restart_pending,
+        state: dom.state,
+        stopped_by_guest: st.stopped_by_guest,
+        stopping_for: ctx.vm_runtime.stopping_for(&uid),
+        grace: Duration::from_secs(vm.grace_seconds()),
+    };
+    let mut decision = lifecycle::decide(&inputs);
+    let held = match hold_for_failover(vm, ctx, &placed.name, &mut decision) {
+        Some(h) => Some(h),
+        None => monitor_unplanned_stop(vm, ctx, st, prior_phase, &inputs, &mut decision, now).await,
+    };
+    act(vm, ctx, hv, &placed.name, dom, decision.action).await?;
+    if decision.restart_handled {
+        st.last_restart_request = restart_token;
+    }
+    if decision.action == Action::Start {
+        st.stopped_by_guest = false;
+    }
+    let state = if decision.action == Action::None {
+        dom.state
+    } else {
+        hv.lookup_domain(&uid)
+            .await
+            .map_err(|e| host_error(e, "looking up the domain"))?
+            .map(|d| d.state)
+            .unwrap_or(dom.state)
+    };
+    let phase = lifecycle::phase(Some(state), decision.action);
+    // What the guest agent says (addresses, OS); nothing when it does not run or has no agent.
+    let report = if state == DomainState::Running {
+        hv.guest_info(&uid).await.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "guest agent not asked");
+            None
+        })
+    } else {
+        None
+    };
+    definition::apply_guest_report(&mut st.interfaces, report.as_ref());
+    st.guest_os = report.and_then(|r| r.os);
+    if phase == VmPhase::Running && st.phase != Some(VmPhase::Running) {
+        ctx.backoff.reset(&key(vm));
+    }
+    st.phase = Some(phase);
+    if phase == VmPhase::Running
+        && let Some(r) = st.last_recovery.as_mut()
+        && r.running.is_none()
+        && r.to_host.as_deref() == Some(placed.name.as_str())
+    {
+        r.running = Some(Time(now));
+    }
+    let (ready, reason, message) = match &held {
+        Some(h) if !state.is_active() => (ConditionStatus::False, h.reason, h.message.clone()),
+        _ => readiness(vm, phase, state, &placed.name, st.stopped_by_guest),
+    };
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        ready,
+        reason,
+        message,
+        generation,
+        now,
+    );
+    if let Some(after) = held.and_then(|h| h.retry_after) {
+        return Ok(after.min(RESYNC));
+    }
+    Ok(match phase {
+        VmPhase::Starting | VmPhase::Stopping => match decision.action {
+            Action::WaitForShutdown(d) => d.min(TRANSITION),
+            _ => TRANSITION,
+        },
+        _ => RESYNC,
+    })
+}
+
+/// Ready reason of a VM that VM monitoring leaves stopped.
+pub(super) const RESTART_LIMIT_REACHED: &str = "RestartLimitReached";
+
+/// Ready reason of a VM whose host the HA controller is failing over.
+pub(super) const HOST_FAILING_OVER: &str = "HostFailingOver";
+
+/// A VM left stopped: the Ready reason and message, and when to look again (for VM monitoring,
+/// when the window frees a restart; `None` with a limit of 0).
+pub(super) struct Held {
+    reason: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+/// A VM that an HAPolicy covers gets no start on a host the HA controller is failing over (its
+/// domains being stopped, or the host fenced): the VM is about to restart elsewhere, and a start
+/// here would fight that.
+pub(super) fn hold_for_failover(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    host: &str,
+    decision: &mut lifecycle::Decision,
+) -> Option<Held> {
+    let verdict = ctx.ha.of_host(host).filter(|v| v.failing_over())?;
+    if decision.action != Action::Start || ctx.caches.covering_policy(vm).is_none() {
+        return None;
+    }
+    decision.action = Action::None;
+    decision.restart_handled = false;
+    Some(Held {
+        reason: HOST_FAILING_OVER,
+        message: format!(
+            "host {host} is {verdict} for HA: the VM restarts on another host once this one is proven off"
+        ),
+        retry_after: Some(Duration::from_secs(2)),
+    })
+}
+
+/// VM monitoring. When the decision is to start a domain that stopped without ferry asking
+/// (crashed, killed, or shut down under `Always`) and an HAPolicy covers the VM, the restart is
+/// counted against the policy's limits; over the limit the start is cancelled and the VM is
+/// [`Held`]. Records each counted restart in `st` and as an Event.
+pub(super) async fn monitor_unplanned_stop(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    st: &mut VirtualMachineStatus,
+    prior_phase: Option<VmPhase>,
+    inputs: &lifecycle::Inputs,
+    decision: &mut lifecycle::Decision,
+    now: Timestamp,
+) -> Option<Held> {
+    let Some(covering) = ctx.caches.covering_policy(vm) else {
+        st.unplanned_restarts.clear();
+        return None;
+    };
+    let (policy, limits) = (covering.name_any(), monitoring::Limits::of(&covering));
+    // The start after a failover is planned, not a crash restart.
+    if st
+        .last_recovery
+        .as_ref()
+        .is_some_and(|r| r.to_host.is_some() && r.running.is_none())
+    {
+        return None;
+    }
+    let window = limits.window;
+    let history: Vec<Timestamp> = st.unplanned_restarts.iter().map(|t| t.0).collect();
+    st.unplanned_restarts = monitoring::in_window(&history, now, window)
+        .into_iter()
+        .map(Time)
+        .collect();
+    let was_held = find(&st.conditions, "Ready").is_some_and(|c| c.reason == RESTART_LIMIT_REACHED);
+    let unplanned = decision.action == Action::Start
+        && monitoring::unplanned_stop(
+            inputs.state.is_active(),
+            prior_phase == Some(VmPhase::Running),
+            was_held,
+            inputs.restart_pending,
+        );
+    if !unplanned {
+        return None;
+    }
+    let what = match inputs.state {
+        DomainState::ShutOff(ShutOffReason::Crashed) | DomainState::Crashed => "crashed",
+        DomainState::ShutOff(ShutOffReason::Shutdown) => "was shut down from inside the guest",
+        _ => "stopped without ferry asking",
+    };
+    match monitoring::decide(&history, now, limits) {
+        monitoring::Verdict::Restart { count } => {
+            st.unplanned_restarts.push(Time(now));
+            ctx.event(
+                vm,
+                EventType::Warning,
+                "RestartedAfterCrash",
+                "Start",
+                format!(
+                    "The domain {what}; starting it again (restart {count} of {} allowed per {}s by HAPolicy {policy})",
+                    limits.max_restarts,
+                    window.as_secs()
+                ),
+            )
+            .await;
+            None
+        }
+        monitoring::Verdict::Hold { count, until } => {
+            decision.action = Action::None;
+            let when = match until {
+                Some(t) => format!("it is started again automatically after {t}"),
+                None => "it is not started again automatically (maxRestarts 0)".to_string(),
+            };
+            let message = format!(
+                "the domain {what} and was restarted {count} times in the last {}s, the limit of HAPolicy {policy}; {when}, or restart it now with the annotation ferry.dev/restart=<token>",
+                window.as_secs()
+            );
+            if !was_held {
+                ctx.event(
+                    vm,
+                    EventType::Warning,
+                    RESTART_LIMIT_REACHED,
+                    "Start",
+                    message.clone(),
+                )
+                .await;
+            }
+            Some(Held {
+                reason: RESTART_LIMIT_REACHED,
+                message,
+                retry_after: until.map(|t| {
+                    Duration::try_from(t.duration_since(now)).unwrap_or_default()
+                        + Duration::from_secs(1)
+                }),
+            })
+        }
+    }
+}
+
+/// Carry out one lifecycle step.
+pub(super) async fn act(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    hv: &dyn Hypervisor,
+    host: &str,
+    dom: &DomainInfo,
+    action: Action,
+) -> Result<(), Blocked> {
+    let uid = &dom.uuid;
+    let fail = |e: HypervisorError, what: &'static str, reason: &'static str| {
+        if e.is_connection_lost() {
+            host_blocked(host, e, what, Some(VmPhase::Running))
+        } else {
+            Blocked::new(
+                VmPhase::Failed,
+                reason,
+                format!("{what} on host {host} failed: {e}"),
+                Retry::Backoff,
+            )
+        }
+    };
+    match action {
+        Action::None | Action::WaitForShutdown(_) => {}
+        Action::Start => {
+            hv.start_domain(uid).await.map_err(|e| {
+                if e.is_disk_locked() {
+                    // The split-brain guard: another copy may still run somewhere.
+                    Blocked::new(
+                        VmPhase::Pending,
+                        "DiskLocked",
+                        format!(
+                            "host {host} refused to start the domain because a disk is locked by a copy running elsewhere (QEMU's image locking or libvirt's lock manager): ferry never runs a VM twice and starts it once that copy is gone ({e})"
+                        ),
+                        Retry::Backoff,
+                    )
+                } else {
+                    fail(e, "starting the domain", "StartFailed")
+                }
+            })?;
+            ctx.vm_runtime.stopped(uid);
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "Started",
+                "Start",
+                format!("Started on host {host}"),
+            )
+            .await;
+        }
+        Action::Shutdown => {
+            hv.shutdown_domain(uid)
+                .await
+                .map_err(|e| fail(e, "shutting down the guest", "StopFailed"))?;
+            ctx.vm_runtime.stop_requested(uid);
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "ShuttingDown",
+                "Stop",
+                format!(
+                    "Asked the guest to shut down; forced off after {}s",
+                    vm.grace_seconds()
+                ),
+            )
+            .await;
+        }
+        Action::Destroy => {
+            hv.destroy_domain(uid)
+                .await
+                .map_err(|e| fail(e, "forcing the domain off", "StopFailed"))?;
+            ctx.vm_runtime.stopped(uid);
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "ForcedOff",
+                "Stop",
+                format!("Forced the domain off on host {host}"),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// The Ready condition for a phase.
+pub(super) fn readiness(
+    vm: &VirtualMachine,
+    phase: VmPhase,
+    state: DomainState,
+    host: &str,
+    stopped_by_guest: bool,
+) -> (ConditionStatus, &'static str, String) {
+    use ConditionStatus::{False, True};
+    match phase {
+        VmPhase::Running if state == DomainState::Paused => (
+            False,
+            "Paused",
+            format!("the domain is paused on host {host}"),
+        ),
+        VmPhase::Running => (True, "Running", format!("running on host {host}")),
+        VmPhase::Starting => (False, "Starting", format!("starting on host {host}")),
+        VmPhase::Stopping => (
+            False,
+            "Stopping",
+            format!("the guest is shutting down on host {host}"),
+        ),
+        VmPhase::Stopped => {
+            let why = match vm.run_strategy() {
+                RunStrategy::Halted => "stopped as requested (runStrategy Halted)".to_string(),
+                RunStrategy::Manual => "stopped (runStrategy Manual; set annotation ferry.dev/power=on to start)".to_string(),
+                RunStrategy::RerunOnFailure if stopped_by_guest => {
+                    "the guest shut itself down (runStrategy RerunOnFailure leaves it off; annotate ferry.dev/restart to start it)".to_string()
+                }
+                _ => "stopped".to_string(),
+            };
+            (False, "Stopped", why)
+        }
+        VmPhase::Provisioning => (
+            False,
+            "Provisioning",
+            format!("creating disks and domain on host {host}"),
+        ),
+        other => (False, "NotRunning", format!("{other} on host {host}")),
+    }
+}

@@ -1,0 +1,127 @@
+//! The VM's size (from its spec or its VirtualMachineClass) and its cloud-init seed, as the
+//! problems they can have are shown to the user.
+
+use super::*;
+use crate::api::VirtualMachineClass;
+use crate::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
+use crate::controller::cloud_init;
+use crate::error::Result;
+use crate::controller::context::Caches;
+use crate::plan::{class, mac};
+use crate::plan::validate::{ValidSpec, validate};
+use kube::api::Api;
+use std::time::Duration;
+
+/// The VM's validated spec and its cloud-init seed (`None` without cloud-init); records the
+/// resolved size in `st`. A MAC address another VM of the pool has blocks the VM.
+pub(super) async fn resolve(
+    vm: &VirtualMachine,
+    client: &kube::Client,
+    caches: &Caches,
+    st: &mut VirtualMachineStatus,
+) -> Result<(ValidSpec, Option<Seed>), Blocked> {
+    let resources = resolve_resources(vm, client).await?;
+    st.resources = Some(resources.status());
+    let valid = validate(&vm.spec, &resources).map_err(|m| {
+        Blocked::new(
+            VmPhase::Failed,
+            "InvalidSpec",
+            format!("fix the spec: {m}"),
+            // A class that changes is looked at again at the next resync.
+            if resources.class_name.is_some() {
+                Retry::After(RESYNC)
+            } else {
+                Retry::OnChange
+            },
+        )
+    })?;
+    mac::check_vm(vm, &caches.vms.state()).map_err(|m| {
+        let phase = st.phase.filter(|_| st.host.is_some());
+        Blocked::new(
+            phase.unwrap_or(VmPhase::Pending),
+            "DuplicateMAC",
+            m,
+            Retry::After(RESYNC),
+        )
+    })?;
+    let seed = cloud_init::resolve(vm, client)
+        .await
+        .map_err(seed_blocked(vm))?;
+    Ok((valid, seed))
+}
+
+/// The VM's size from its spec or its VirtualMachineClass (read at every reconcile, so a changed
+/// class shows as `RestartRequired` within one resync).
+pub(super) async fn resolve_resources(
+    vm: &VirtualMachine,
+    client: &kube::Client,
+) -> Result<class::Resources, Blocked> {
+    let phase = if vm.status.as_ref().and_then(|s| s.host.as_ref()).is_some() {
+        VmPhase::Failed
+    } else {
+        VmPhase::Pending
+    };
+    let found = match &vm.spec.class_name {
+        Some(name) => Api::<VirtualMachineClass>::all(client.clone())
+            .get_opt(name)
+            .await
+            .map_err(|e| {
+                Blocked::new(
+                    phase,
+                    "ClassUnavailable",
+                    format!("reading VirtualMachineClass {name} failed: {e}"),
+                    Retry::Backoff,
+                )
+            })?,
+        None => None,
+    };
+    class::resolve(&vm.spec, found.as_ref().map(|c| &c.spec)).map_err(|e| match e {
+        class::ClassError::NotFound(_) => Blocked::new(
+            phase,
+            "ClassNotFound",
+            e.to_string(),
+            Retry::After(Duration::from_secs(30)),
+        ),
+        class::ClassError::Invalid(m) => Blocked::new(
+            VmPhase::Failed,
+            "InvalidSpec",
+            format!("fix the spec: {m}"),
+            Retry::OnChange,
+        ),
+    })
+}
+
+/// How a cloud-init problem shows: a missing Secret may appear, invalid data waits for a change
+/// (of the spec, or of a Secret, looked at again every minute).
+pub(super) fn seed_blocked(
+    vm: &VirtualMachine,
+) -> impl Fn(cloud_init::SeedProblem) -> Blocked + '_ {
+    move |p| {
+        let phase = if vm.status.as_ref().and_then(|s| s.host.as_ref()).is_some() {
+            VmPhase::Failed
+        } else {
+            VmPhase::Pending
+        };
+        match p {
+            cloud_init::SeedProblem::SecretMissing(m) => Blocked::new(
+                phase,
+                "CloudInitSecretNotFound",
+                m,
+                Retry::After(Duration::from_secs(30)),
+            ),
+            cloud_init::SeedProblem::Invalid(m) => Blocked::new(
+                phase,
+                "CloudInitInvalid",
+                format!("fix spec.cloudInit: {m}"),
+                if cloud_init::uses_secrets(vm) {
+                    Retry::After(Duration::from_secs(60))
+                } else {
+                    Retry::OnChange
+                },
+            ),
+            cloud_init::SeedProblem::Api(m) => {
+                Blocked::new(phase, "CloudInitUnavailable", m, Retry::Backoff)
+            }
+        }
+    }
+}
