@@ -1,0 +1,159 @@
+//! Carrying out a host's decision: fence, stop its domains, clean stale ones, evacuate, or hand
+//! its VMs over for a restart elsewhere.
+
+use super::*;
+use crate::api::{HAPolicy, HostPool, VirtualMachine};
+use crate::controller::hosts::host_uri;
+use crate::controller::{Context, lock};
+use crate::fence;
+use crate::hypervisor::{DomainInfo, Hypervisor};
+use crate::plan::host_health::{Decision, HostAction};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Carry out the decision's action.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn act(
+    hc: &Arc<HaContext>,
+    ctx: &Arc<Context>,
+    policy: &HAPolicy,
+    pool: &HostPool,
+    node: &Node,
+    nodes: &[Arc<Node>],
+    mem: &Memory,
+    d: &Decision,
+    on_host: &[&Arc<VirtualMachine>],
+    pool_vms: &[Arc<VirtualMachine>],
+    stale: &[DomainInfo],
+) {
+    let host = node.name_any();
+    match d.action {
+        HostAction::None | HostAction::AskConfirmation => {}
+        HostAction::Fence => {
+            let f = match bmc::fencer(ctx, pool, node).await {
+                Ok(f) => f,
+                Err(e) => {
+                    fence_done(hc, &host, Err(e));
+                    return;
+                }
+            };
+            if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(&host)) {
+                m.fence.in_flight = true;
+            }
+            let confirm = pool
+                .spec
+                .fencing
+                .as_ref()
+                .and_then(|f| f.confirm_timeout_seconds)
+                .unwrap_or(30)
+                .max(1) as u64;
+            let hc = hc.clone();
+            let pool_ref = pool.clone();
+            tokio::spawn(async move {
+                let r = fence::fence(f.as_ref(), Duration::from_secs(confirm), FENCE_POLL).await;
+                let note = match &r {
+                    Ok(done) => format!(
+                        "Host {host} fenced: {} reports power Off ({} ms)",
+                        f.describe(),
+                        done.elapsed.as_millis()
+                    ),
+                    Err(e) => format!("Fencing host {host} failed: {e}"),
+                };
+                let type_ = if r.is_ok() {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                };
+                let reason = if r.is_ok() { "Fenced" } else { "FenceFailed" };
+                fence_done(&hc, &host, r.map(|_| ()).map_err(|e| e.to_string()));
+                hc.ctx.event(&pool_ref, type_, reason, "Fence", note).await;
+            });
+        }
+        HostAction::Restart(_) => {
+            failover::restart(ctx, policy, pool, &host, mem, on_host, pool_vms).await;
+        }
+        HostAction::StopDomains => {
+            if let Some(hv) = connected(ctx, pool, node).await {
+                for d in mem.domains.iter().filter(|d| d.state.is_active()) {
+                    if on_host
+                        .iter()
+                        .any(|v| v.metadata.uid.as_deref() == Some(d.uuid.as_str()))
+                        && let Err(e) = hv.destroy_domain(&d.uuid).await
+                    {
+                        tracing::warn!(host, domain = %d.name, error = %e, "could not stop the domain");
+                    }
+                }
+            }
+        }
+        HostAction::CleanStaleDomains => {
+            if let Some(hv) = connected(ctx, pool, node).await {
+                for d in stale {
+                    if d.state.is_active()
+                        && let Err(e) = hv.destroy_domain(&d.uuid).await
+                    {
+                        tracing::warn!(host, domain = %d.name, error = %e, "could not stop a stale domain");
+                        continue;
+                    }
+                    match hv.undefine_domain(&d.uuid).await {
+                        Ok(()) => {
+                            ctx.event(
+                                pool,
+                                EventType::Normal,
+                                "StaleDomainRemoved",
+                                "Recover",
+                                format!("Host {host}: undefined domain {} (its VM runs elsewhere now); disks kept", d.name),
+                            )
+                            .await
+                        }
+                        Err(e) => {
+                            tracing::warn!(host, domain = %d.name, error = %e, "could not undefine a stale domain")
+                        }
+                    }
+                }
+            }
+        }
+        HostAction::Evacuate => {
+            crate::controller::evacuation::evacuate_for_ha(
+                pool,
+                nodes,
+                ctx,
+                &host,
+                Arc::new(policy.clone()),
+            )
+            .await;
+        }
+    }
+}
+
+pub(super) async fn connected(
+    ctx: &Context,
+    pool: &HostPool,
+    node: &Node,
+) -> Option<Arc<dyn Hypervisor>> {
+    let uri = host_uri(pool, node).ok()?;
+    tokio::time::timeout(PROBE_DEADLINE, ctx.hosts.connect(&uri, pool))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// Record a fence result in the host's memory.
+pub(super) fn fence_done(hc: &HaContext, host: &str, r: std::result::Result<(), String>) {
+    let now = Timestamp::now();
+    if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(host)) {
+        m.fence.in_flight = false;
+        m.fence.attempts += 1;
+        m.fence.last_attempt = Some(now);
+        match r {
+            Ok(()) => {
+                m.fence.last_error = None;
+                m.fence.confirmed_at = Some(now);
+            }
+            Err(e) => m.fence.last_error = Some(e),
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Handing a failed host's VMs to the VirtualMachine controller, in priority order and within
+//! capacity (`plan::recovery`), through the `ferry.dev/failover` annotation.
+
+use super::*;
+use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
+use crate::api::{HAPolicy, HostPool, VirtualMachine};
+use crate::controller::Context;
+use crate::controller::scheduling::{self, need};
+use crate::plan::placement::{self, Placed};
+use crate::plan::recovery::{self, Stranded};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use std::sync::Arc;
+
+/// Hand the host's VMs to the VirtualMachine controller, in priority order and within capacity.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn restart(
+    ctx: &Context,
+    policy: &HAPolicy,
+    pool: &HostPool,
+    host: &str,
+    mem: &Memory,
+    on_host: &[&Arc<VirtualMachine>],
+    pool_vms: &[Arc<VirtualMachine>],
+) {
+    let Some(incident) = &mem.incident else {
+        return;
+    };
+    let Some((proven, evidence)) = incident.proven else {
+        return;
+    };
+    let handed = |v: &VirtualMachine| {
+        v.annotations()
+            .get(FAILOVER_ANNOTATION)
+            .and_then(|a| serde_json::from_str::<Failover>(a).ok())
+            .is_some_and(|f| f.incident == incident.id)
+    };
+    let stranded: Vec<Stranded> = on_host
+        .iter()
+        .filter(|v| !handed(v))
+        .filter_map(|v| {
+            let spec = v.spec.placement.clone().unwrap_or_default();
+            Some(Stranded {
+                uid: v.metadata.uid.clone()?,
+                name: v.name_any(),
+                priority: policy.priority(v.labels()),
+                need: need(v),
+                labels: v.labels().clone(),
+                node_selector: spec.node_selector.clone(),
+                affinity: placement::terms(&spec.affinity, "affinity").unwrap_or_default(),
+                anti_affinity: placement::terms(&spec.anti_affinity, "antiAffinity")
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    if stranded.is_empty() {
+        return;
+    }
+    let in_flight = pool_vms
+        .iter()
+        .filter(|v| handed(v))
+        .filter(|v| {
+            v.status
+                .as_ref()
+                .and_then(|s| s.last_recovery.as_ref())
+                .is_none_or(|r| r.incident != incident.id || r.running.is_none())
+        })
+        .count();
+    let mut candidates = scheduling::candidates(pool, ctx);
+    for c in &mut candidates {
+        if c.name == host {
+            c.reachable = false;
+        }
+    }
+    let placed: Vec<Placed> = pool_vms
+        .iter()
+        .filter_map(|v| {
+            Some(Placed {
+                uid: v.metadata.uid.clone()?,
+                host: v.status.as_ref()?.host.clone()?,
+                labels: v.labels().clone(),
+                need: need(v),
+            })
+        })
+        .collect();
+    let plan = recovery::plan(
+        &stranded,
+        in_flight,
+        policy.max_concurrent_restarts(),
+        &candidates,
+        &placed,
+        pool.placement_strategy(),
+    );
+    let failover = Failover {
+        incident: incident.id.clone(),
+        host: host.to_string(),
+        evidence: evidence_name(evidence).to_string(),
+        detected: ts(incident.detected),
+        proven: ts(proven),
+    };
+    let Ok(value) = serde_json::to_string(&failover) else {
+        return;
+    };
+    for (uid, _) in &plan.release {
+        let Some(vm) = on_host
+            .iter()
+            .find(|v| v.metadata.uid.as_deref() == Some(uid.as_str()))
+        else {
+            continue;
+        };
+        let ns = vm.namespace().unwrap_or_default();
+        let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({"metadata": {"annotations": {FAILOVER_ANNOTATION: value}}});
+        match api
+            .patch(&vm.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                ctx.event(
+                    vm.as_ref(),
+                    EventType::Warning,
+                    "Failover",
+                    "Failover",
+                    format!(
+                        "Host {host} failed and is proven off ({}); restarting the VM elsewhere (incident {})",
+                        failover.evidence, incident.id
+                    ),
+                )
+                .await
+            }
+            Err(e) => tracing::warn!(vm = %vm.name_any(), error = %e, "could not hand the VM over for failover"),
+        }
+    }
+}

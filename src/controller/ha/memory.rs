@@ -1,0 +1,229 @@
+//! What the HA controller remembers about each host between ticks, restored from the HAPolicy's
+//! status after a restart, and how a decision updates it (incidents open and close here).
+
+use super::*;
+use crate::api::ha_policy::HostVerdict;
+use crate::api::{HostPool, VirtualMachine};
+use crate::controller::{Context, lock};
+use crate::hypervisor::DomainInfo;
+use crate::plan::host_health::{Decision, Evidence, FenceRecord, HostAction, Signal};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::EventType;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the controller remembers about one host between ticks.
+#[derive(Debug, Clone)]
+pub(super) struct Memory {
+    pub(super) libvirt: Signal,
+    /// Domains from the last successful probe.
+    pub(super) domains: Vec<DomainInfo>,
+    /// `domains` comes from a probe made since libvirt last came up.
+    pub(super) probed: bool,
+    pub(super) probe_started: Option<Instant>,
+    /// The running probe's liveness check answered (it is now listing domains, which may wait
+    /// behind an operation on a domain).
+    pub(super) probe_answered: bool,
+    pub(super) verdict: HostVerdict,
+    pub(super) since: Timestamp,
+    pub(super) message: String,
+    pub(super) fence: FenceRecord,
+    pub(super) incident: Option<Open>,
+}
+
+/// The open incident of a host.
+#[derive(Debug, Clone)]
+pub(super) struct Open {
+    pub(super) id: String,
+    pub(super) detected: Timestamp,
+    pub(super) proven: Option<(Timestamp, Evidence)>,
+    pub(super) host_back: Option<Timestamp>,
+}
+
+/// Memory for a host not seen since the controller started: what the status recorded.
+pub(super) fn restore(status: &crate::api::HAPolicyStatus, host: &str, now: Timestamp) -> Memory {
+    let h = status.hosts.iter().find(|h| h.name == host);
+    let verdict = h.map(|h| h.verdict).unwrap_or_default();
+    let incident = h.and_then(|h| h.incident.clone()).map(|id| {
+        let rec = status.incidents.iter().find(|i| i.name == id);
+        Open {
+            detected: rec.map(|r| r.detected.0).unwrap_or(now),
+            proven: rec.and_then(|r| {
+                r.proven_off.as_ref().map(|p| {
+                    let e = match r.evidence.as_deref() {
+                        Some("Confirmed") => Evidence::Confirmed,
+                        Some("ShutOff") => Evidence::ShutOff,
+                        _ => Evidence::Fenced,
+                    };
+                    (p.0, e)
+                })
+            }),
+            host_back: rec.and_then(|r| r.host_back.as_ref().map(|t| t.0)),
+            id,
+        }
+    });
+    Memory {
+        // Until the first probe: a host in an incident counts as unreachable (so a fenced host is
+        // not taken for recovered), any other as reachable (so no grace is shortened).
+        libvirt: Signal {
+            up: !in_incident(verdict),
+            since: now,
+        },
+        domains: Vec::new(),
+        probed: false,
+        probe_started: None,
+        probe_answered: false,
+        verdict,
+        since: h.map(|h| h.since.0).unwrap_or(now),
+        message: h.and_then(|h| h.message.clone()).unwrap_or_default(),
+        fence: FenceRecord {
+            attempts: h.and_then(|h| h.fence_attempts).unwrap_or(0).max(0) as u32,
+            last_attempt: h.and_then(|h| h.last_fence_attempt.as_ref().map(|t| t.0)),
+            last_error: h.and_then(|h| h.last_fence_error.clone()),
+            confirmed_at: h.and_then(|h| h.fenced_at.as_ref().map(|t| t.0)),
+            in_flight: false,
+        },
+        incident,
+    }
+}
+
+/// Domains on the host of VMs that are placed elsewhere now.
+pub(super) fn stale_domains(
+    mem: &Memory,
+    host: &str,
+    vms: &[Arc<VirtualMachine>],
+) -> Vec<DomainInfo> {
+    if !mem.libvirt.up || !mem.probed {
+        return Vec::new();
+    }
+    mem.domains
+        .iter()
+        .filter(|d| d.config.is_some() || d.live.is_some())
+        .filter(|d| {
+            vms.iter().any(|v| {
+                v.metadata.uid.as_deref() == Some(d.uuid.as_str())
+                    && v.status
+                        .as_ref()
+                        .and_then(|s| s.host.as_deref())
+                        .is_some_and(|h| h != host)
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Remember the decision, open or close the incident, publish an Event on a verdict change.
+pub(super) async fn record(
+    hc: &HaContext,
+    ctx: &Context,
+    pool: &HostPool,
+    host: &str,
+    before: &Memory,
+    d: &Decision,
+    now: Timestamp,
+) -> Memory {
+    let changed = before.verdict != d.verdict;
+    let mem = {
+        let mut hosts = lock(&hc.hosts);
+        let Some(m) = hosts.get_mut(&HaKey::host(host)) else {
+            return before.clone();
+        };
+        if changed {
+            m.verdict = d.verdict;
+            m.since = now;
+        }
+        m.message = d.message.clone();
+        if in_incident(d.verdict) && m.incident.is_none() {
+            m.incident = Some(Open {
+                id: format!("{host}-{}", now.as_second()),
+                detected: now,
+                proven: None,
+                host_back: None,
+            });
+        }
+        if let (HostAction::Restart(e), Some(i)) = (d.action, m.incident.as_mut())
+            && i.proven.is_none()
+        {
+            i.proven = Some((m.fence.confirmed_at.unwrap_or(now), e));
+        }
+        if d.verdict == HostVerdict::Recovering
+            && let Some(i) = m.incident.as_mut()
+            && i.host_back.is_none()
+        {
+            i.host_back = Some(now);
+        }
+        if d.verdict == HostVerdict::Healthy {
+            // The incident (if any) is over; a Recovered host keeps it until then.
+            m.incident = None;
+            m.fence = FenceRecord::default();
+        } else if d.verdict == HostVerdict::Recovered {
+            // Its VMs run elsewhere and it is back: a later failure needs a fence of its own.
+            m.fence = FenceRecord::default();
+        }
+        m.clone()
+    };
+    if changed {
+        let type_ = match d.verdict {
+            HostVerdict::Healthy | HostVerdict::Recovered => EventType::Normal,
+            _ => EventType::Warning,
+        };
+        ctx.event(
+            pool,
+            type_,
+            &format!("Host{}", d.verdict),
+            "HA",
+            format!(
+                "Host {host}: {} → {}: {}",
+                before.verdict, d.verdict, d.message
+            ),
+        )
+        .await;
+    }
+    mem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ha_policy::{HostHealth, Incident};
+
+    #[test]
+    fn restored_memory_resumes_an_incident() {
+        let t = |s| Time(Timestamp::from_second(s).expect("t"));
+        let status = crate::api::HAPolicyStatus {
+            hosts: vec![HostHealth {
+                name: "h1".into(),
+                pool: "p".into(),
+                verdict: HostVerdict::Fenced,
+                since: t(100),
+                message: None,
+                incident: Some("h1-90".into()),
+                fence_attempts: Some(2),
+                last_fence_error: None,
+                last_fence_attempt: Some(t(99)),
+                fenced_at: Some(t(99)),
+            }],
+            incidents: vec![Incident {
+                name: "h1-90".into(),
+                host: "h1".into(),
+                detected: t(90),
+                proven_off: Some(t(99)),
+                evidence: Some("Fenced".into()),
+                host_back: None,
+                vms: vec![],
+            }],
+            ..Default::default()
+        };
+        let now = Timestamp::from_second(200).expect("now");
+        let m = restore(&status, "h1", now);
+        assert_eq!(m.verdict, HostVerdict::Fenced);
+        assert_eq!(m.fence.attempts, 2);
+        assert_eq!(m.fence.confirmed_at, Some(t(99).0));
+        let i = m.incident.expect("incident");
+        assert_eq!(i.id, "h1-90");
+        assert_eq!(i.detected, t(90).0);
+        assert_eq!(i.proven, Some((t(99).0, Evidence::Fenced)));
+        // A host never seen starts healthy.
+        assert_eq!(restore(&status, "h2", now).verdict, HostVerdict::Healthy);
+    }
+}

@@ -1,0 +1,188 @@
+//! The HA controller: judge every host of the pools an HAPolicy covers once a second
+//! (`plan::host_health`), and act on the verdict: live-migrate VMs away from a NotReady host
+//! (VirtualMachineMigration objects), fence a failed host through its BMC, hand its VMs to the
+//! VirtualMachine controller for a restart elsewhere once the host is proven off (the
+//! `ferry.dev/failover` annotation; placement stays with that controller), undefine stale domains
+//! when the host comes back, and report verdicts, incidents and conditions.
+//!
+//! State that must survive a controller restart (verdict, incident, fence confirmation) is in the
+//! HAPolicy's status and read back when the controller starts; liveness timers restart from zero,
+//! which only delays a verdict.
+
+mod act;
+mod bmc;
+mod failover;
+mod judge;
+mod memory;
+mod probe;
+mod report;
+
+use super::context::HaKey;
+use super::hosts::pool_nodes;
+use super::{Context, lock, status::apply_status};
+use crate::api::condition::{ConditionStatus, set_condition};
+use crate::api::ha_policy::{CONFIRM_ANNOTATION, HostHealth, HostVerdict};
+use crate::api::{HAPolicy, VirtualMachine};
+use crate::error::{Error, Result};
+use crate::hypervisor::HostConnections;
+use crate::plan::host_health::{self, Evidence, HostAction, Inputs};
+use act::act;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::core::SelectorExt;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use memory::{Memory, Open, record, restore, stale_domains};
+use probe::{node_signal, start_probe};
+use report::{Tally, admission_for, upsert_incident};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const CONTROLLER: &str = "hapolicy";
+
+/// How often hosts are judged.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// A liveness probe (connect + list domains) that takes longer than this counts as a miss.
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Longest wait between probe connection attempts to a host that did not answer: a host that
+/// comes back is seen within this.
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+/// How long a probe's domain listing may take once the host answered.
+const LIST_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Poll interval while waiting for a BMC to report Off.
+const FENCE_POLL: Duration = Duration::from_millis(250);
+
+/// Incidents kept in status.
+const MAX_INCIDENTS: usize = 20;
+
+/// The HA controller's context: the shared one plus what it remembers per host.
+pub struct HaContext {
+    pub ctx: Arc<Context>,
+    /// What it remembers per host.
+    hosts: Mutex<HashMap<HaKey, Memory>>,
+    /// Liveness probes run on connections of their own: on the shared connection a probe would
+    /// queue behind a slow call (a destroy waiting for QEMU to exit, a large define) and a busy
+    /// host would be taken for a dead one.
+    probes: HostConnections,
+}
+
+impl HaContext {
+    /// A context over the shared one.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        let probes = ctx
+            .hosts
+            .connections
+            .sibling()
+            .with_backoff(Duration::from_secs(1), PROBE_BACKOFF_MAX);
+        HaContext {
+            ctx,
+            hosts: Mutex::default(),
+            probes,
+        }
+    }
+}
+
+fn ts(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn evidence_name(e: Evidence) -> &'static str {
+    match e {
+        Evidence::Fenced => "Fenced",
+        Evidence::ShutOff => "ShutOff",
+        Evidence::Confirmed => "Confirmed",
+    }
+}
+
+/// Whether a verdict belongs to an open incident.
+fn in_incident(v: HostVerdict) -> bool {
+    use HostVerdict as V;
+    matches!(v, V::Failed | V::Fencing | V::Fenced | V::Recovering)
+}
+
+/// Reconcile one HAPolicy: one tick of every covered host.
+#[tracing::instrument(name = "reconcile", skip_all, fields(
+    object.kind = "HAPolicy",
+    object.namespace = %policy.namespace().unwrap_or_default(),
+    object.name = %policy.name_any(),
+))]
+pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requeue> {
+    let ctx = hc.ctx.clone();
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = policy.namespace().unwrap_or_default();
+    let now = Timestamp::now();
+    let previous = policy.status.clone().unwrap_or_default();
+    let mut st = previous.clone();
+    st.observed_generation = policy.metadata.generation;
+    let selector = match policy.vm_selector() {
+        Ok(s) => s,
+        Err(e) => {
+            report::invalid_selector(&policy, &mut st, &e, now);
+            apply_status(
+                &api(&ctx, &ns),
+                policy.as_ref(),
+                policy.status.as_ref(),
+                &st,
+            )
+            .await?;
+            return Ok(Requeue::await_change());
+        }
+    };
+    let all_vms = ctx.caches.vms.state();
+    let mut tally = Tally::default();
+    for pool_name in &policy.spec.host_pools {
+        match ctx.caches.pools.get(&ObjectRef::new(pool_name).within(&ns)) {
+            None => tally.missing_pools.push(pool_name.clone()),
+            Some(pool) => {
+                judge::pool(
+                    &hc,
+                    &policy,
+                    &pool,
+                    selector.as_ref(),
+                    &previous,
+                    &all_vms,
+                    now,
+                    &mut st,
+                    &mut tally,
+                )
+                .await
+            }
+        }
+    }
+    tally.report(&policy, &mut st, now);
+    apply_status(
+        &api(&ctx, &ns),
+        policy.as_ref(),
+        policy.status.as_ref(),
+        &st,
+    )
+    .await?;
+    Ok(Requeue::requeue(TICK))
+}
+
+fn api(ctx: &Context, ns: &str) -> Api<HAPolicy> {
+    Api::namespaced(ctx.client.clone(), ns)
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::from_millis((now.as_millisecond() - since.as_millisecond()).max(0) as u64)
+}
+
+/// Failed reconciles back off.
+pub fn error_policy(policy: Arc<HAPolicy>, err: &Error, hc: Arc<HaContext>) -> Requeue {
+    hc.ctx.metrics.failure(CONTROLLER, err.category());
+    tracing::warn!(policy = %policy.name_any(), error = %err, "HA reconcile failed");
+    let key = policy
+        .meta()
+        .uid
+        .clone()
+        .unwrap_or_else(|| policy.name_any());
+    Requeue::requeue(hc.ctx.backoff.next(&key).min(Duration::from_secs(5)))
+}

@@ -1,0 +1,139 @@
+//! Liveness probes: one at a time per host, in the background, on connections of their own.
+
+use super::*;
+use crate::api::HostPool;
+use crate::controller::hosts::host_uri;
+use crate::controller::lock;
+use crate::plan::host_health::Signal;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The Node's Ready condition as a signal (`None` when it has none).
+pub(super) fn node_signal(n: &Node, now: Timestamp) -> Option<Signal> {
+    let c = n
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))?;
+    Some(Signal {
+        up: c.status == "True",
+        since: c.last_transition_time.as_ref().map(|t| t.0).unwrap_or(now),
+    })
+}
+
+/// Start a liveness probe of the host unless one runs; a probe running longer than the deadline
+/// marks libvirt down from when it started.
+pub(super) fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now: Timestamp) {
+    let name = node.name_any();
+    {
+        let mut hosts = lock(&hc.hosts);
+        let Some(m) = hosts.get_mut(&HaKey::host(&name)) else {
+            drop(hosts);
+            // First sight: memory is created by the caller right after; probe next tick.
+            return;
+        };
+        if let Some(started) = m.probe_started {
+            if started.elapsed() > PROBE_DEADLINE && m.libvirt.up && !m.probe_answered {
+                m.probed = false;
+                m.libvirt = Signal {
+                    up: false,
+                    since: Timestamp::from_millisecond(
+                        now.as_millisecond() - started.elapsed().as_millis() as i64,
+                    )
+                    .unwrap_or(now),
+                };
+            }
+            return;
+        }
+        m.probe_started = Some(Instant::now());
+        m.probe_answered = false;
+    }
+    let uri = match host_uri(pool, node) {
+        Ok(u) => u,
+        Err(_) => {
+            if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(&name)) {
+                m.probe_started = None;
+            }
+            return;
+        }
+    };
+    let hc = hc.clone();
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        // Liveness: a round trip that touches no domain, within the deadline.
+        let alive = tokio::time::timeout(PROBE_DEADLINE, async {
+            let hv = hc.ctx.hosts.connect_in(&hc.probes, &uri, &pool).await?;
+            match hv.ping().await {
+                Ok(()) => Ok(hv),
+                Err(e) => {
+                    if e.is_connection_lost() {
+                        hc.probes.invalidate(hv.uri()).await;
+                    }
+                    Err(e)
+                }
+            }
+        })
+        .await;
+        let hv = match alive {
+            Ok(Ok(hv)) => Some(hv),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                // Timed out: drop the probe connection (whatever URI the credentials made of it).
+                if let Ok(full) = hc.ctx.hosts.credentialed_uri(&uri, &pool).await {
+                    hc.probes.invalidate(&full).await;
+                }
+                None
+            }
+        };
+        // The domains: the listing may wait behind an operation on a domain (a destroy holds
+        // the domain's lock until QEMU exits), which is no sign of a dead host.
+        let ok = match hv {
+            Some(hv) => {
+                if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(&name)) {
+                    m.probe_answered = true;
+                }
+                match tokio::time::timeout(LIST_DEADLINE, hv.list_domains()).await {
+                    Ok(Ok(domains)) => Some(Some(domains)),
+                    _ => Some(None),
+                }
+            }
+            None => None,
+        };
+        let now = Timestamp::now();
+        let mut hosts = lock(&hc.hosts);
+        if let Some(m) = hosts.get_mut(&HaKey::host(&name)) {
+            let started = m.probe_started.take();
+            m.probe_answered = false;
+            match ok {
+                Some(listed) => {
+                    // Without a fresh listing nothing is concluded from the domains.
+                    m.probed = listed.is_some();
+                    if let Some(domains) = listed {
+                        m.domains = domains;
+                    }
+                    if !m.libvirt.up {
+                        m.libvirt = Signal {
+                            up: true,
+                            since: now,
+                        };
+                    }
+                }
+                None if m.libvirt.up => {
+                    let began = started
+                        .map(|s| now.as_millisecond() - s.elapsed().as_millis() as i64)
+                        .and_then(|ms| Timestamp::from_millisecond(ms).ok())
+                        .unwrap_or(now);
+                    m.libvirt = Signal {
+                        up: false,
+                        since: began,
+                    };
+                    m.probed = false;
+                }
+                None => {}
+            }
+        }
+    });
+}
