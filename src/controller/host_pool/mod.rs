@@ -1,0 +1,91 @@
+//! The HostPool controller: find the pool's Nodes, probe each host's libvirt, report per-host
+//! state and pool conditions.
+
+mod probe;
+mod report;
+
+use super::hosts::pool_nodes;
+use super::{Context, status::apply_status};
+use crate::api::condition::{ConditionStatus, set_condition};
+use crate::api::{HostPool, HostPoolStatus, HostState};
+use crate::error::{Error, Result};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::core::Selector;
+use kube::runtime::controller::Action as Requeue;
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CONTROLLER: &str = "hostpool";
+
+/// How often each host is probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How often a pool with an unreachable host is probed, so the host is seen back soon after it
+/// answers again (connection attempts still follow the registry's backoff).
+pub const UNREACHABLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Reconcile one HostPool, in a `reconcile` span naming it (see the VirtualMachine controller).
+#[tracing::instrument(name = "reconcile", skip_all, fields(
+    object.kind = "HostPool",
+    object.namespace = %pool.namespace().unwrap_or_default(),
+    object.name = %pool.name_any(),
+))]
+pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue> {
+    if !ctx.caches.ready() {
+        // A partial Node list would drop hosts from the status (and add them back a moment later).
+        return Ok(Requeue::requeue(Duration::from_millis(500)));
+    }
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    let ns = pool.namespace().unwrap_or_default();
+    let api: Api<HostPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = Timestamp::now();
+    // The status this process wrote last, if any: the cache may not show it yet when a wake-up
+    // (a lost connection) follows a write at once, and host transitions (and their Events) must
+    // be judged against what was reported, not reported twice.
+    let uid = pool.metadata.uid.clone().unwrap_or_default();
+    let previous = ctx
+        .pool_reports
+        .last(&uid)
+        .or_else(|| pool.status.clone())
+        .unwrap_or_default();
+    let mut st = previous.clone();
+    st.observed_generation = pool.metadata.generation;
+
+    if let Err(e) = Selector::try_from(pool.spec.node_selector.clone()) {
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            ConditionStatus::False,
+            "InvalidSelector",
+            format!("spec.nodeSelector is not a valid label selector: {e}"),
+            pool.metadata.generation,
+            now,
+        );
+        apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
+        return Ok(Requeue::await_change());
+    }
+
+    let nodes = pool_nodes(&ctx.caches.nodes, &pool);
+    let hosts = probe::hosts(&pool, &nodes, &ctx, &previous).await;
+    report::transitions(&ctx, &pool, &nodes, &previous, &hosts).await;
+    report::conditions(&pool, &mut st, &hosts, now);
+    let unreachable = hosts.iter().any(|h| h.state == HostState::Unreachable);
+    st.hosts = hosts;
+    report::evacuation(&ctx, &pool, &nodes, &mut st, now).await;
+    apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
+    ctx.pool_reports.wrote(&uid, st);
+    Ok(Requeue::requeue(if unreachable {
+        UNREACHABLE_PROBE_INTERVAL
+    } else {
+        PROBE_INTERVAL
+    }))
+}
+
+/// Failed reconciles back off.
+pub fn error_policy(pool: Arc<HostPool>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.failure(CONTROLLER, err.category());
+    let key = pool.meta().uid.clone().unwrap_or_else(|| pool.name_any());
+    Requeue::requeue(ctx.backoff.next(&key))
+}

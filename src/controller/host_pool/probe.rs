@@ -1,0 +1,191 @@
+//! Probing one host: connect (without waiting long for a host last seen unreachable), read its
+//! facts and domains, and turn them into its status entry.
+
+use super::*;
+use crate::api::{HostPool, HostState, HostStatus};
+use crate::controller::hosts::{cordoned, host_uri, redact};
+use crate::controller::{Context, credentials};
+use crate::hypervisor::HypervisorError;
+use crate::plan::capacity::{self, Amount};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Probe every Node of the pool at once; a host that does not answer keeps its last known
+/// capacity and contact time.
+pub(super) async fn hosts(
+    pool: &Arc<HostPool>,
+    nodes: &[Arc<Node>],
+    ctx: &Arc<Context>,
+    previous: &HostPoolStatus,
+) -> Vec<HostStatus> {
+    let vm_uids = known_vm_uids(ctx).await;
+    let probes = nodes.iter().map(|n| {
+        let before = previous.hosts.iter().find(|h| h.name == n.name_any());
+        probe(pool, n, ctx, vm_uids.as_ref(), before)
+    });
+    let mut hosts: Vec<HostStatus> = futures::future::join_all(probes).await;
+    for h in &mut hosts {
+        let before = previous.hosts.iter().find(|p| p.name == h.name);
+        // Keep the previous contact time while the state holds, so a steady pool causes no writes.
+        if let Some(b) = before.filter(|b| b.state == h.state) {
+            h.last_contact = b.last_contact.clone();
+        } else if h.state == HostState::Unreachable {
+            h.last_contact = before.and_then(|b| b.last_contact.clone());
+        }
+        if h.capacity.is_none()
+            && let Some(b) = before
+        {
+            keep_last_known(h, b);
+        }
+    }
+    hosts
+}
+
+/// The UIDs of all VirtualMachines, once the VM reflector has listed them (`None` before: then
+/// no domain is called an orphan).
+pub(super) async fn known_vm_uids(ctx: &Context) -> Option<HashSet<String>> {
+    tokio::time::timeout(Duration::from_secs(5), ctx.caches.vms.wait_until_ready())
+        .await
+        .ok()?
+        .ok()?;
+    Some(
+        ctx.caches
+            .vms
+            .state()
+            .iter()
+            .filter_map(|vm| vm.metadata.uid.clone())
+            .collect(),
+    )
+}
+
+/// While a host does not answer, show its last known capacity and usage.
+pub(super) fn keep_last_known(h: &mut HostStatus, before: &HostStatus) {
+    h.hypervisor_version = h
+        .hypervisor_version
+        .take()
+        .or(before.hypervisor_version.clone());
+    h.libvirt_version = h.libvirt_version.take().or(before.libvirt_version.clone());
+    h.capacity = before.capacity.clone();
+    h.allocatable = before.allocatable.clone();
+    h.allocated = before.allocated.clone();
+    h.vm_count = before.vm_count;
+    h.foreign_domains = before.foreign_domains;
+    h.foreign_allocated = before.foreign_allocated.clone();
+    h.orphans = before.orphans.clone();
+}
+
+/// How long a probe waits for a new connection to a host it last saw `Unreachable`. The attempt
+/// goes on in the background (the registry keeps its outcome for the next probe), so a host that
+/// stays away does not hold up the pool's status for a connect timeout on every probe.
+pub(super) const RECONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// Connect to `uri` for `pool`. When the host was `Unreachable` (`before`), wait at most
+/// [`RECONNECT_WAIT`]; `Ok(None)` means the attempt is still under way.
+pub(super) async fn connect_for_probe(
+    pool: &Arc<HostPool>,
+    uri: &str,
+    ctx: &Arc<Context>,
+    before: Option<&HostStatus>,
+) -> crate::hypervisor::HvResult<Option<Arc<dyn crate::hypervisor::Hypervisor>>> {
+    let attempt = {
+        let (ctx, pool, uri) = (ctx.clone(), pool.clone(), uri.to_string());
+        tokio::spawn(async move { ctx.hosts.connect(&uri, &pool).await })
+    };
+    let waited = match before.filter(|b| b.state == HostState::Unreachable) {
+        Some(_) => tokio::time::timeout(RECONNECT_WAIT, attempt).await,
+        None => Ok(attempt.await),
+    };
+    match waited {
+        Ok(Ok(result)) => result.map(Some),
+        Ok(Err(e)) => Err(HypervisorError::ConnectionLost {
+            uri: redact(uri),
+            message: format!("the connection attempt failed: {e}"),
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Probe one host: its facts, then its domains.
+pub(super) async fn probe(
+    pool: &Arc<HostPool>,
+    node: &Node,
+    ctx: &Arc<Context>,
+    vm_uids: Option<&HashSet<String>>,
+    before: Option<&HostStatus>,
+) -> HostStatus {
+    let name = node.name_any();
+    let mut h = HostStatus::new(name.clone(), HostState::Misconfigured);
+    let uri = match host_uri(pool, node) {
+        Ok(u) => u,
+        Err(m) => {
+            h.message = Some(m);
+            return h;
+        }
+    };
+    h.uri = Some(redact(&uri));
+    h.ha_verdict = ctx.ha.of_host(&name);
+    // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
+    let answer = match connect_for_probe(pool, &uri, ctx, before).await {
+        Ok(Some(hv)) => read_host(hv.as_ref()).await,
+        // Still unreachable, still trying in the background: say what was last known.
+        Ok(None) => {
+            h.state = HostState::Unreachable;
+            h.message = before.and_then(|b| b.message.clone());
+            return h;
+        }
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok((info, domains)) => {
+            let t = capacity::tally(&domains, vm_uids);
+            let cap = Amount {
+                cpus: u64::from(info.cpus),
+                memory: info.memory_kib.saturating_mul(1024),
+            };
+            h.capacity = Some(cap.into());
+            h.allocatable = Some(capacity::allocatable(cap, &capacity::Policy::of(pool)).into());
+            h.allocated = Some(t.ferry.into());
+            h.vm_count = Some(i32::try_from(t.ferry_domains).unwrap_or(i32::MAX));
+            h.foreign_domains = Some(i32::try_from(t.foreign_domains).unwrap_or(i32::MAX));
+            h.foreign_allocated = Some(t.foreign.into());
+            h.orphans = t.orphans;
+            h.hypervisor_version = Some(info.hypervisor_version.clone());
+            h.libvirt_version = Some(info.libvirt_version.clone());
+            h.last_contact = Some(Time(Timestamp::now()));
+            h.state = if cordoned(node) {
+                HostState::Cordoned
+            } else {
+                HostState::Ready
+            };
+            ctx.hosts.remember_info(&uri, info);
+        }
+        Err(e) => {
+            let credentials = matches!(&e, HypervisorError::Rejected { .. })
+                || matches!(&e, HypervisorError::OperationFailed { operation, .. } if *operation == credentials::OPERATION);
+            h.state = if credentials {
+                HostState::Misconfigured
+            } else {
+                HostState::Unreachable
+            };
+            h.message = Some(e.to_string());
+        }
+    }
+    h
+}
+
+/// Host facts and domains, in one go.
+pub(super) async fn read_host(
+    hv: &dyn crate::hypervisor::Hypervisor,
+) -> crate::hypervisor::HvResult<(
+    crate::hypervisor::HostInfo,
+    Vec<crate::hypervisor::DomainInfo>,
+)> {
+    let info = hv.host_info().await?;
+    let domains = hv.list_domains().await?;
+    Ok((info, domains))
+}
