@@ -22,7 +22,7 @@ use super::hosts::pool_nodes;
 use super::{Context, lock, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::ha_policy::{CONFIRM_ANNOTATION, HostHealth, HostVerdict};
-use crate::api::{HAPolicy, VirtualMachine};
+use crate::api::{HAPolicy, HAPolicyStatus, VirtualMachine};
 use crate::error::{Error, Result};
 use crate::hypervisor::HostConnections;
 use crate::plan::host_health::{self, Evidence, HostAction, Inputs};
@@ -125,13 +125,7 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
         Ok(s) => s,
         Err(e) => {
             report::invalid_selector(&policy, &mut st, &e, now);
-            apply_status(
-                &api(&ctx, &ns),
-                policy.as_ref(),
-                policy.status.as_ref(),
-                &st,
-            )
-            .await?;
+            write(&ctx, &policy, &st).await?;
             return Ok(Requeue::await_change());
         }
     };
@@ -157,18 +151,16 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
         }
     }
     tally.report(&policy, &mut st, now);
-    apply_status(
-        &api(&ctx, &ns),
-        policy.as_ref(),
-        policy.status.as_ref(),
-        &st,
-    )
-    .await?;
+    write(&ctx, &policy, &st).await?;
     Ok(Requeue::requeue(TICK))
 }
 
-fn api(ctx: &Context, ns: &str) -> Api<HAPolicy> {
-    Api::namespaced(ctx.client.clone(), ns)
+/// Write the policy's status (when it changed).
+async fn write(ctx: &Context, policy: &HAPolicy, st: &HAPolicyStatus) -> Result<()> {
+    let ns = policy.namespace().unwrap_or_default();
+    let api: Api<HAPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    apply_status(&api, policy, policy.status.as_ref(), st).await?;
+    Ok(())
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {

@@ -10,7 +10,7 @@ use crate::controller::context::{Job, JobResult};
 use crate::controller::{Context, scheduling};
 use crate::error::{Error, Result};
 use crate::hypervisor::{Hypervisor, HypervisorError, MigrationRequest, StorageMode};
-use crate::plan::migration::{Active, Policy, Tracker, Verdict};
+use crate::plan::migration::{Policy, Tracker, Verdict};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
@@ -36,17 +36,10 @@ pub(super) async fn start(
         )
         .await;
     };
-    let (vm, pool) = match vm_and_pool(ctx, m) {
+    let (vm, pool) = match resume(ctx, m, &source, &target) {
         Ok(found) => found,
         Err(why) => return finish(m, api, ctx, st, MigrationPhase::Failed, why).await,
     };
-    ctx.migrations.hold_slot(
-        &uid(m),
-        Active {
-            source: source.clone(),
-            target: target.clone(),
-        },
-    );
     let hosts = match hosts(ctx, &pool, &source, &target).await {
         Ok(h) => h,
         Err(why) => {

@@ -22,6 +22,7 @@ use crate::api::{
 };
 use crate::error::{Error, Result};
 use crate::hypervisor::Hypervisor;
+use crate::plan::migration::Active;
 use crate::plan::uri;
 use cleanup::cleanup;
 use follow::follow;
@@ -228,6 +229,25 @@ fn vm_and_pool(
     let pool = pool_of(ctx, &vm)
         .ok_or_else(|| format!("HostPool {} does not exist", vm.spec.host_pool))?;
     Ok((vm, pool))
+}
+
+/// The migration's VM and pool, with the slot from `source` to `target` held by this process
+/// (again, after a restart), or why the VM or pool is missing.
+fn resume(
+    ctx: &Context,
+    m: &VirtualMachineMigration,
+    source: &str,
+    target: &str,
+) -> Result<(Arc<VirtualMachine>, Arc<HostPool>), String> {
+    let found = vm_and_pool(ctx, m)?;
+    ctx.migrations.hold_slot(
+        &uid(m),
+        Active {
+            source: source.to_string(),
+            target: target.to_string(),
+        },
+    );
+    Ok(found)
 }
 
 fn pool_of(ctx: &Context, vm: &VirtualMachine) -> Option<Arc<HostPool>> {

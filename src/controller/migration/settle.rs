@@ -10,7 +10,7 @@ use crate::controller::context::Job;
 use crate::controller::hosts::host_uri;
 use crate::error::Result;
 use crate::hypervisor::DomainState;
-use crate::plan::migration::{self, Active, Outcome, Policy, Seen};
+use crate::plan::migration::{self, Outcome, Policy, Seen};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
@@ -161,17 +161,10 @@ pub(super) async fn recover_with(
 ) -> Result<Requeue> {
     let source = st.source.clone().unwrap_or_default();
     let target = st.target.clone().unwrap_or_default();
-    let (vm, pool) = match vm_and_pool(ctx, m) {
+    let (vm, pool) = match resume(ctx, m, &source, &target) {
         Ok(found) => found,
         Err(why) => return finish(m, api, ctx, st, MigrationPhase::Failed, why).await,
     };
-    ctx.migrations.hold_slot(
-        &uid(m),
-        Active {
-            source: source.clone(),
-            target: target.clone(),
-        },
-    );
     let vm_uid = vm.metadata.uid.clone().unwrap_or_default();
     let (s, t) = observe(ctx, &pool, &source, &target, &vm_uid).await;
     match migration::outcome(s, t) {

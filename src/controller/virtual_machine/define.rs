@@ -39,8 +39,7 @@ pub(super) async fn domain(
     let pool = &placed.pool;
     let uid = vm.metadata.uid.clone().unwrap_or_default();
     let prior_phase = st.phase;
-    let host_error =
-        |e: HypervisorError, what: &str| host_blocked(&placed.name, e, what, prior_phase);
+    let host_error = placed.blocked(prior_phase);
     let interfaces = definition::macs(vm);
     st.interfaces = interfaces.clone();
     let mut def = definition::build(vm, valid, disks, &interfaces, virt_type, pool.console_dir());

@@ -32,8 +32,7 @@ pub(super) async fn ensure(
     let pool = &placed.pool;
     let uid = vm.metadata.uid.clone().unwrap_or_default();
     let prior_phase = st.phase;
-    let host_error =
-        |e: HypervisorError, what: &str| host_blocked(&placed.name, e, what, prior_phase);
+    let host_error = placed.blocked(prior_phase);
     let storage = &pool.spec.storage;
     // Disks are looked up and created once per spec generation and host; later reconciles reuse
     // the result (any failure further on forgets it, so a volume removed behind ferry's back is

@@ -119,6 +119,14 @@ struct Placed {
     hv: Arc<dyn Hypervisor>,
 }
 
+impl Placed {
+    /// How an error of this host shows (see [`host_blocked`]), given the VM's phase before this
+    /// reconcile.
+    fn blocked(&self, prior_phase: Option<VmPhase>) -> impl Fn(HypervisorError, &str) -> Blocked {
+        move |e, what| host_blocked(&self.name, e, what, prior_phase)
+    }
+}
+
 async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) -> Result<Requeue> {
     let mut st = vm.status.clone().unwrap_or_default();
     let now = Timestamp::now();

@@ -32,8 +32,7 @@ pub(super) async fn run_state(
     let generation = vm.metadata.generation;
     let hv = placed.hv.as_ref();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    let host_error =
-        |e: HypervisorError, what: &str| host_blocked(&placed.name, e, what, prior_phase);
+    let host_error = placed.blocked(prior_phase);
     st.stopped_by_guest = lifecycle::stopped_by_guest(st.stopped_by_guest, st.phase, dom.state);
     if !dom.state.is_active() {
         ctx.vm_runtime.stopped(&uid);

@@ -5,10 +5,10 @@ use super::*;
 use crate::api::VirtualMachineClass;
 use crate::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::controller::cloud_init;
-use crate::error::Result;
 use crate::controller::context::Caches;
-use crate::plan::{class, mac};
+use crate::error::Result;
 use crate::plan::validate::{ValidSpec, validate};
+use crate::plan::{class, mac};
 use kube::api::Api;
 use std::time::Duration;
 
