@@ -2,7 +2,7 @@
 //! the reflector stores, call [`placement::choose_host`], and remember the choice until the VM
 //! store shows it, so that VMs placed at the same moment see each other.
 
-use super::Context;
+use super::context::{Caches, HaVerdicts, Placement};
 use super::hosts::{cordoned, in_maintenance, node_ready};
 use crate::api::{HostPool, HostState, VirtualMachine};
 use crate::plan::capacity::Amount;
@@ -43,12 +43,15 @@ pub fn need(vm: &VirtualMachine) -> Amount {
 }
 
 /// Choose a host for `vm` (asking for `need`) in `pool` (never `exclude`) and reserve it for the
-/// VM until the VM store shows the VM placed (or [`forget`] is called).
+/// VM until the VM store shows the VM placed (or the reservation is dropped with
+/// [`Placement::forget`]).
 pub fn choose(
     vm: &VirtualMachine,
     need: Amount,
     pool: &HostPool,
-    ctx: &Context,
+    caches: &Caches,
+    ha: &HaVerdicts,
+    placement: &Placement,
     exclude: Option<&str>,
 ) -> Result<String, NotPlaced> {
     let spec = vm.spec.placement.clone().unwrap_or_default();
@@ -56,17 +59,17 @@ pub fn choose(
     let anti =
         placement::terms(&spec.anti_affinity, "antiAffinity").map_err(NotPlaced::InvalidSpec)?;
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    if let Some(why) = ctx.placement.admission_block(&uid) {
+    if let Some(why) = placement.admission_block(&uid) {
         return Err(NotPlaced::NoHost(why));
     }
-    let mut candidates = candidates(pool, ctx);
+    let mut candidates = candidates(pool, caches, ha);
     for c in &mut candidates {
         if Some(c.name.as_str()) == exclude {
             c.reachable = false;
         }
     }
-    let mut placing = ctx.placement.in_flight();
-    let placed = placed_vms(pool, ctx, &mut placing);
+    let mut placing = placement.in_flight();
+    let placed = placed_vms(pool, caches, &mut placing);
     let req = Request {
         uid: &uid,
         need,
@@ -95,7 +98,9 @@ pub fn choose(
 pub fn choose_migration_target(
     vm: &VirtualMachine,
     pool: &HostPool,
-    ctx: &Context,
+    caches: &Caches,
+    ha: &HaVerdicts,
+    placement: &Placement,
     source: &str,
     requested: Option<&str>,
 ) -> Result<String, String> {
@@ -103,7 +108,7 @@ pub fn choose_migration_target(
     let affinity = placement::terms(&spec.affinity, "affinity")?;
     let anti = placement::terms(&spec.anti_affinity, "antiAffinity")?;
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    let candidates: Vec<Candidate> = candidates(pool, ctx)
+    let candidates: Vec<Candidate> = candidates(pool, caches, ha)
         .into_iter()
         .filter(|c| c.name != source && requested.is_none_or(|r| r == c.name))
         .collect();
@@ -114,8 +119,8 @@ pub fn choose_migration_target(
         });
     }
     let placed = {
-        let mut placing = ctx.placement.in_flight();
-        placed_vms(pool, ctx, &mut placing)
+        let mut placing = placement.in_flight();
+        placed_vms(pool, caches, &mut placing)
     };
     let req = Request {
         uid: &uid,
@@ -127,22 +132,17 @@ pub fn choose_migration_target(
     placement::choose_host(&candidates, &placed, &req, pool.placement_strategy())
 }
 
-/// Drop a reservation made by [`choose`] (the placement was not recorded, or the VM is gone).
-pub fn forget(ctx: &Context, uid: &str) {
-    ctx.placement.forget(uid);
-}
-
 /// The VMs of `pool` that have a host: from the VM store, plus choices the store does not show
 /// yet. Reservations the store has caught up with are dropped.
 fn placed_vms(
     pool: &HostPool,
-    ctx: &Context,
+    caches: &Caches,
     placing: &mut std::collections::HashMap<String, Placed>,
 ) -> Vec<Placed> {
     let ns = pool.namespace();
     let name = pool.name_any();
     let mut out: Vec<Placed> = Vec::new();
-    for vm in ctx.caches.vms.state() {
+    for vm in caches.vms.state() {
         if vm.namespace() != ns || vm.spec.host_pool != name {
             continue;
         }
@@ -165,15 +165,14 @@ fn placed_vms(
         }
     }
     // A VM on the move counts on its target too, from the moment the target is chosen.
-    for m in ctx.caches.migrations.state() {
+    for m in caches.migrations.state() {
         if m.namespace() != ns || !m.holds_vm() {
             continue;
         }
         let Some(target) = m.status.as_ref().and_then(|s| s.target.clone()) else {
             continue;
         };
-        let Some(vm) = ctx
-            .caches
+        let Some(vm) = caches
             .vms
             .get(&ObjectRef::new(&m.spec.vm_name).within(ns.as_deref().unwrap_or_default()))
         else {
@@ -201,7 +200,7 @@ pub fn takes_vms(v: crate::api::ha_policy::HostVerdict) -> bool {
 }
 
 /// Placement candidates: the pool's hosts as its status reports them, with their Node's state.
-pub fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
+pub fn candidates(pool: &HostPool, caches: &Caches, ha: &HaVerdicts) -> Vec<Candidate> {
     let hosts = pool
         .status
         .as_ref()
@@ -210,12 +209,12 @@ pub fn candidates(pool: &HostPool, ctx: &Context) -> Vec<Candidate> {
     hosts
         .iter()
         .map(|h| {
-            let node = ctx.caches.nodes.get(&ObjectRef::new(&h.name));
+            let node = caches.nodes.get(&ObjectRef::new(&h.name));
             Candidate {
                 name: h.name.clone(),
                 // A host the HA controller does not judge healthy takes no new VMs.
                 reachable: matches!(h.state, HostState::Ready | HostState::Cordoned)
-                    && ctx.ha.of_host(&h.name).is_none_or(takes_vms),
+                    && ha.of_host(&h.name).is_none_or(takes_vms),
                 node_ready: node.as_deref().is_some_and(node_ready),
                 // A host in maintenance takes nothing new, like a cordoned one.
                 cordoned: node

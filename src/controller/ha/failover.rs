@@ -67,7 +67,7 @@ pub(super) async fn restart(
                 .is_none_or(|r| r.incident != incident.id || r.running.is_none())
         })
         .count();
-    let mut candidates = scheduling::candidates(pool, ctx);
+    let mut candidates = scheduling::candidates(pool, &ctx.caches, &ctx.ha);
     for c in &mut candidates {
         if c.name == host {
             c.reachable = false;

@@ -105,7 +105,9 @@ pub(super) async fn schedule(
         match scheduling::choose_migration_target(
             &vm,
             &pool,
-            ctx,
+            &ctx.caches,
+            &ctx.ha,
+            &ctx.placement,
             &source,
             m.spec.target_host.as_deref(),
         ) {

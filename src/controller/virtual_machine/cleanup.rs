@@ -6,7 +6,6 @@ use crate::api::virtual_machine::ABANDON_ANNOTATION;
 use crate::api::{MigrationPhase, VirtualMachine, VmPhase};
 use crate::controller::cloud_init;
 use crate::controller::hosts::{host_uri, selects};
-use crate::controller::scheduling::{self};
 use crate::controller::{Context, status::apply_status};
 use crate::error::{Error, Result};
 use crate::hypervisor::{DomainInfo, Hypervisor};
@@ -24,7 +23,8 @@ pub(super) async fn cleanup(
     api: &Api<VirtualMachine>,
     ctx: &Context,
 ) -> Result<Requeue> {
-    scheduling::forget(ctx, vm.metadata.uid.as_deref().unwrap_or_default());
+    ctx.placement
+        .forget(vm.metadata.uid.as_deref().unwrap_or_default());
     let Some(host) = vm.status.as_ref().and_then(|s| s.host.clone()) else {
         // Never placed: nothing was created anywhere.
         return Ok(Requeue::await_change());

@@ -60,18 +60,26 @@ pub(super) async fn place(
     let host = match st.host.clone() {
         Some(h) => h,
         None => {
-            let host = scheduling::choose(vm, valid.need(), &pool, ctx, exclude.as_deref())
-                .map_err(|e| match e {
-                    NotPlaced::InvalidSpec(m) => {
-                        Blocked::new(VmPhase::Pending, "InvalidSpec", m, Retry::OnChange)
-                    }
-                    NotPlaced::NoHost(m) => Blocked::new(
-                        VmPhase::Pending,
-                        "NoHostAvailable",
-                        format!("waiting for a host in HostPool {pool_name}: {m}"),
-                        Retry::After(Duration::from_secs(60)),
-                    ),
-                })?;
+            let host = scheduling::choose(
+                vm,
+                valid.need(),
+                &pool,
+                &ctx.caches,
+                &ctx.ha,
+                &ctx.placement,
+                exclude.as_deref(),
+            )
+            .map_err(|e| match e {
+                NotPlaced::InvalidSpec(m) => {
+                    Blocked::new(VmPhase::Pending, "InvalidSpec", m, Retry::OnChange)
+                }
+                NotPlaced::NoHost(m) => Blocked::new(
+                    VmPhase::Pending,
+                    "NoHostAvailable",
+                    format!("waiting for a host in HostPool {pool_name}: {m}"),
+                    Retry::After(Duration::from_secs(60)),
+                ),
+            })?;
             // Record the choice before anything is created on the host, so that a crash here can
             // never lead to a second copy somewhere else.
             st.host = Some(host.clone());
@@ -95,7 +103,8 @@ pub(super) async fn place(
             apply_status(api, vm, vm.status.as_ref(), st)
                 .await
                 .map_err(|e| {
-                    scheduling::forget(ctx, vm.metadata.uid.as_deref().unwrap_or_default());
+                    ctx.placement
+                        .forget(vm.metadata.uid.as_deref().unwrap_or_default());
                     Blocked::new(
                         VmPhase::Pending,
                         "StatusWriteFailed",
