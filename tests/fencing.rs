@@ -5,8 +5,7 @@
 mod bmc;
 
 use bmc::{IpmiSim, Sushy};
-use ferry::fence::{self, Credentials, FenceError, Fencer, ipmi::Ipmi, redfish::Redfish};
-use ferry::plan::host_health::Power;
+use ferry::fence::{self, Credentials, FenceError, Fencer, Power, ipmi::Ipmi, redfish::Redfish};
 use std::time::{Duration, Instant};
 
 const USER: &str = "admin";

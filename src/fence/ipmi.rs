@@ -6,8 +6,7 @@
 //! across awaits, so its futures cannot move between tokio workers), bounded by the request
 //! timeout as a whole.
 
-use super::{Credentials, FenceError, Fencer, bounded};
-use crate::plan::host_health::Power;
+use super::{Credentials, FenceError, Fencer, Power, bounded};
 use async_trait::async_trait;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;

@@ -8,9 +8,17 @@
 pub mod ipmi;
 pub mod redfish;
 
-use crate::plan::host_health::Power;
 use async_trait::async_trait;
 use std::time::{Duration, Instant};
+
+/// Power state as a BMC reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    On,
+    Off,
+    /// The BMC answered with something else (powering on/off, unknown).
+    Other,
+}
 
 /// Why a BMC call or a fence failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

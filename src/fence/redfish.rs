@@ -3,8 +3,7 @@
 //! system roots when none is given), basic auth, and the system path always named explicitly
 //! (never "the first/last system").
 
-use super::{Credentials, FenceError, Fencer, bounded};
-use crate::plan::host_health::Power;
+use super::{Credentials, FenceError, Fencer, Power, bounded};
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;

@@ -23,7 +23,7 @@ use crate::api::ha_policy::{HostVerdict, NotReadyAction};
 use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
 
-/// Power state as a BMC reports it.
+/// Power state as the BMC reported it (the HA controller maps the fencing client's answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
     On,

@@ -136,7 +136,11 @@ async fn host(
         .collect();
     let bmc = if !mem.libvirt.up && t.pool.spec.fencing.is_some() && !mem.fence.in_flight {
         match bmc::fencer(ctx, t.pool, n).await {
-            Ok(f) => f.power_state().await.ok(),
+            Ok(f) => f.power_state().await.ok().map(|p| match p {
+                crate::fence::Power::On => host_health::Power::On,
+                crate::fence::Power::Off => host_health::Power::Off,
+                crate::fence::Power::Other => host_health::Power::Other,
+            }),
             Err(_) => None,
         }
     } else {
