@@ -93,7 +93,8 @@ async fn main() {
         sha256: sha.clone(),
     };
     let t = Instant::now();
-    image_import::start(key.clone(), url.clone(), ConnectOptions::default());
+    let hosts = ferry::hypervisor::HostConnections::default();
+    image_import::start(&hosts, key.clone(), url.clone(), ConnectOptions::default());
     loop {
         match image_import::take_state(&key) {
             Some(ImportState::Done) => break,

@@ -24,8 +24,9 @@
 mod support;
 
 use ferry::api::{HostPool, VirtualMachine};
-use ferry::hypervisor::domain_xml::{self, VirtType};
+use ferry::hypervisor::domain_xml;
 use ferry::plan::definition::{self, ResolvedDisk};
+use ferry::plan::domain::VirtType;
 use ferry::plan::{naming, validate::validate};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;

@@ -2,6 +2,7 @@
 //!
 //! - `plan/` (pure decisions) imports no Kubernetes client, no libvirt, no hypervisor, controller
 //!   or fencing module, and reads no clock.
+//! - `fence/` (the BMC clients) imports no planner, controller or hypervisor module.
 //! - `api/` (the CRD types) imports nothing else of ferry: conversions into planner inputs live
 //!   on the `plan/` side.
 //! - No controller imports another controller, and the modules controllers share import none.
@@ -34,14 +35,6 @@ const PLAN_FORBIDDEN_PATHS: &[&str] = &[
     "reqwest",
 ];
 
-/// `plan/` files that still take the domain types (state, definition, guest report) from
-/// `hypervisor/`, until those types live in `plan/` themselves. Nothing may be added here.
-const PLAN_STILL_USING_HYPERVISOR_TYPES: &[&str] = &[
-    "src/plan/capacity.rs",
-    "src/plan/definition.rs",
-    "src/plan/lifecycle.rs",
-];
-
 /// Clock reads a `plan/` module may not make (callers pass `now`).
 const CLOCKS: &[&str] = &[
     "Instant::now",
@@ -49,6 +42,9 @@ const CLOCKS: &[&str] = &[
     "Timestamp::now",
     "Utc::now",
 ];
+
+/// Modules of ferry that the fencing edge may not use.
+const FENCE_FORBIDDEN_PATHS: &[&str] = &["crate::plan", "crate::controller", "crate::hypervisor"];
 
 /// Modules of ferry that `api/` may not use.
 const API_FORBIDDEN_PATHS: &[&str] = &[
@@ -408,13 +404,6 @@ fn plan_is_pure() {
     let mut bad = Vec::new();
     for s in sources().iter().filter(|s| s.file.starts_with("src/plan")) {
         for (p, _) in &s.paths {
-            let pending = PLAN_STILL_USING_HYPERVISOR_TYPES
-                .iter()
-                .any(|f| s.file == Path::new(f))
-                && starts(p, "crate::hypervisor");
-            if pending {
-                continue;
-            }
             if let Some(f) = PLAN_FORBIDDEN_PATHS.iter().find(|f| starts(p, f)) {
                 bad.push(format!("{}: uses {p} ({f})", s.file.display()));
             }
@@ -430,6 +419,23 @@ fn plan_is_pure() {
     assert!(
         bad.is_empty(),
         "plan/ must stay pure (see ARCHITECTURE.md):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn fencing_knows_no_planner() {
+    let mut bad = Vec::new();
+    for s in sources().iter().filter(|s| s.file.starts_with("src/fence")) {
+        for (p, _) in &s.paths {
+            if let Some(f) = FENCE_FORBIDDEN_PATHS.iter().find(|f| starts(p, f)) {
+                bad.push(format!("{}: uses {p} ({f})", s.file.display()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "fence/ takes and returns its own types (see ARCHITECTURE.md):\n{}",
         bad.join("\n")
     );
 }

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use ferry::hypervisor::domain_xml::*;
+use ferry::hypervisor::domain_xml::{METADATA_NS, XmlError, parse_metadata, to_xml};
+use ferry::plan::domain::*;
 use pretty_assertions::assert_eq;
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
@@ -160,7 +161,7 @@ fn seed_change_is_a_restart_change() {
     assert_ne!(definition_hash(&a), definition_hash(&b));
     assert_eq!(
         restart_changes(&shape(&a), &shape(&b)),
-        ["disk cloudinit_seed changed"]
+        [Change::CloudInitSeed(Edit::Changed)]
     );
 }
 
@@ -532,7 +533,7 @@ fn restart_changes_names_each_difference() {
     d.boot = kernel_boot().boot;
     let desired = shape(&d);
     assert_eq!(
-        restart_changes(&running, &desired),
+        describe_changes(&restart_changes(&running, &desired), None),
         vec![
             "vCPUs 4 → 8",
             "CPU model host-passthrough → host-model",
@@ -550,7 +551,7 @@ fn restart_changes_names_each_difference() {
     reordered.disks.swap(0, 3);
     assert_eq!(
         restart_changes(&running, &shape(&reordered)),
-        vec!["disk order changed"]
+        vec![Change::DiskOrder]
     );
 
     let mut n = nics();
@@ -559,14 +560,12 @@ fn restart_changes_names_each_difference() {
     n.memory_kib = 1536;
     n.boot = None;
     assert_eq!(
-        restart_changes(&before, &shape(&n)),
+        describe_changes(&restart_changes(&before, &shape(&n)), None),
         vec!["memory 64 MiB → 1536 KiB", "network eth0 changed"]
     );
     assert_eq!(
-        restart_changes(&shape(&kernel_boot()), &shape(&minimal()))
-            .last()
-            .map(String::as_str),
-        Some("kernel boot removed")
+        restart_changes(&shape(&kernel_boot()), &shape(&minimal())).last(),
+        Some(&Change::KernelBoot(Edit::Removed))
     );
 }
 

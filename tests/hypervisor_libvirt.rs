@@ -13,8 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry::hypervisor::domain_xml::*;
 use ferry::hypervisor::*;
+use ferry::plan::domain::*;
 use lab::{Lab, console_len, wait_for_console, wait_for_console_since};
 
 /// Guest boot to FERRY-READY takes ~4–8 s under TCG on an idle machine; leave room for a busy one.
@@ -180,9 +180,8 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
         let uuid = format!("{:08x}-f0f0-4000-8000-000000000001", lab.id);
         let console = lab.console_path("vm1");
         let def = tiny_def(&lab, "vm1", &uuid, &overlay.path, &console);
-        let xml = to_xml(&def).expect("xml");
         let t = Instant::now();
-        host.define_domain(&xml).await.expect("define");
+        host.define_domain(&def).await.expect("define");
         let define_time = t.elapsed();
         let d = host
             .lookup_domain(&uuid)
@@ -371,9 +370,8 @@ async fn a_leased_disk_never_runs_on_two_hosts() {
             &overlay.path,
             &lab.console_path("lease"),
         );
-        let xml = to_xml(&def).expect("xml");
-        h1.define_domain(&xml).await.expect("define on h1");
-        h2.define_domain(&xml).await.expect("define on h2");
+        h1.define_domain(&def).await.expect("define on h1");
+        h2.define_domain(&def).await.expect("define on h2");
         h1.start_domain(&uuid).await.expect("start on h1");
         assert_eq!(
             lease_holders(&lab, Path::new(&overlay.path)),
@@ -748,7 +746,8 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
             pool: POOL.into(),
             sha256: sha.clone(),
         };
-        image_import::start(key.clone(), server.url.clone(), opts());
+        let hosts = HostConnections::default();
+        image_import::start(&hosts, key.clone(), server.url.clone(), opts());
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut looked_mid_import = 0;
         loop {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ferry::hypervisor::domain_xml::*;
 use ferry::hypervisor::*;
+use ferry::plan::domain::*;
 
 /// Every test is bounded: a hang fails instead of blocking the suite.
 async fn bounded<T>(f: impl Future<Output = T>) -> T {
@@ -105,11 +105,10 @@ async fn domain_life_cycle_is_idempotent() {
         let h = test_host();
         let host = LibvirtHost::connect(&h.uri, opts()).await.expect("connect");
         let def = definition("default_vm1", UUID);
-        let xml = to_xml(&def).expect("xml");
 
         assert_eq!(host.lookup_domain(UUID).await.expect("lookup"), None);
-        host.define_domain(&xml).await.expect("define");
-        host.define_domain(&xml).await.expect("define again");
+        host.define_domain(&def).await.expect("define");
+        host.define_domain(&def).await.expect("define again");
 
         let d = host
             .lookup_domain(UUID)
@@ -187,7 +186,7 @@ async fn undefining_a_running_domain_leaves_it_transient() {
     bounded(async {
         let h = test_host();
         let host = LibvirtHost::connect(&h.uri, opts()).await.expect("connect");
-        host.define_domain(&to_xml(&definition("t", UUID)).expect("xml"))
+        host.define_domain(&definition("t", UUID))
             .await
             .expect("define");
         host.start_domain(UUID).await.expect("start");
@@ -223,13 +222,13 @@ async fn list_domains_includes_foreign_domains() {
             "00000000-0000-4000-8000-000000000002",
         ];
         for (i, u) in uuids.iter().enumerate() {
-            host.define_domain(&to_xml(&definition(&format!("vm{i}"), u)).expect("xml"))
+            host.define_domain(&definition(&format!("vm{i}"), u))
                 .await
                 .expect("define");
         }
         host.start_domain(uuids[1]).await.expect("start");
         // Someone else's domain, without ferry metadata.
-        host.define_domain(
+        host.define_xml(
             "<domain type='test'><name>foreign</name><memory>65536</memory>\
              <os><type>hvm</type></os></domain>",
         )
@@ -256,7 +255,7 @@ async fn refused_operations_are_not_connection_losses() {
         let h = test_host();
         let host = LibvirtHost::connect(&h.uri, opts()).await.expect("connect");
         for bad in ["<domain", "<domain type='kvm'><name>x</name></domain>", ""] {
-            let err = host.define_domain(bad).await.expect_err("invalid XML");
+            let err = host.define_xml(bad).await.expect_err("invalid XML");
             match &err {
                 HypervisorError::OperationFailed {
                     operation, code, ..
@@ -392,7 +391,7 @@ async fn calls_are_observed_and_closed_handles_fail_fast() {
         };
         let host = LibvirtHost::connect(&h.uri, o).await.expect("connect");
         host.host_info().await.expect("host_info");
-        let _ = host.define_domain("<bad").await;
+        let _ = host.define_xml("<bad").await;
         host.close().await;
         assert!(!host.is_connected());
         let err = host.host_info().await.expect_err("closed");
@@ -423,8 +422,8 @@ async fn concurrent_calls_on_one_handle() {
             let host = host.clone();
             tasks.push(tokio::spawn(async move {
                 let uuid = format!("00000000-0000-4000-8000-{i:012}");
-                let xml = to_xml(&definition(&format!("c{i}"), &uuid)).expect("xml");
-                host.define_domain(&xml).await?;
+                host.define_domain(&definition(&format!("c{i}"), &uuid))
+                    .await?;
                 host.start_domain(&uuid).await?;
                 host.lookup_domain(&uuid).await
             }));
@@ -755,7 +754,7 @@ impl Hypervisor for Flaky {
     async fn lookup_domain(&self, _: &str) -> HvResult<Option<DomainInfo>> {
         Ok(None)
     }
-    async fn define_domain(&self, _: &str) -> HvResult<()> {
+    async fn define_domain(&self, _: &DomainDefinition) -> HvResult<()> {
         Ok(())
     }
     async fn start_domain(&self, _: &str) -> HvResult<()> {

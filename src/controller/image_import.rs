@@ -12,7 +12,7 @@
 
 use crate::cloud_init::hex;
 use crate::hypervisor::{
-    ConnectOptions, Hypervisor, HypervisorError, LibvirtHost, UploadSource, VolumeInfo,
+    ConnectOptions, HostConnections, Hypervisor, HypervisorError, UploadSource, VolumeInfo,
 };
 use crate::plan::naming;
 use futures::StreamExt;
@@ -107,7 +107,8 @@ pub async fn lookup(
 }
 
 /// Start importing `url` into `pool` on the host at `uri` unless an import of it runs already.
-pub fn start(key: ImportKey, url: String, opts: ConnectOptions) {
+/// The upload runs on a connection of its own from `hosts`.
+pub fn start(hosts: &HostConnections, key: ImportKey, url: String, opts: ConnectOptions) {
     {
         let mut t = table();
         if matches!(t.get(&key), Some(ImportState::Running { .. })) {
@@ -121,8 +122,9 @@ pub fn start(key: ImportKey, url: String, opts: ConnectOptions) {
             },
         );
     }
+    let hosts = hosts.clone();
     tokio::spawn(async move {
-        let outcome = tokio::time::timeout(IMPORT_TIMEOUT, run(&key, &url, opts)).await;
+        let outcome = tokio::time::timeout(IMPORT_TIMEOUT, run(&hosts, &key, &url, opts)).await;
         let state = match outcome {
             Ok(Ok(())) => ImportState::Done,
             Ok(Err(f)) => f,
@@ -151,7 +153,12 @@ enum Piece {
 }
 
 /// Download, verify and upload; on success write the marker.
-async fn run(key: &ImportKey, url: &str, opts: ConnectOptions) -> Result<(), ImportState> {
+async fn run(
+    hosts: &HostConnections,
+    key: &ImportKey,
+    url: &str,
+    opts: ConnectOptions,
+) -> Result<(), ImportState> {
     install_crypto_provider();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(20))
@@ -177,7 +184,8 @@ async fn run(key: &ImportKey, url: &str, opts: ConnectOptions) -> Result<(), Imp
         call_timeout: IMPORT_TIMEOUT,
         ..opts
     };
-    let hv = LibvirtHost::connect(&key.uri, opts)
+    let hv = hosts
+        .dedicated(&key.uri, &opts)
         .await
         .map_err(|e| failed(format!("connecting to the host for the upload: {e}")))?;
 

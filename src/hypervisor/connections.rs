@@ -14,6 +14,11 @@
 //! [`HostConnections::lost_connections`], so that the controller can react at once instead of at
 //! its next periodic probe. A handle ferry closed itself is replaced at once;
 //! [`HostConnections::invalidate`] does the same on request.
+//!
+//! Every libvirt connection ferry opens comes from the registry's [`Connector`]: the shared ones
+//! from [`HostConnections::get`], connections of their own (a migration, a volume copy, an image
+//! upload) from [`HostConnections::dedicated`]. A test can therefore stand in for every host with
+//! one connector (see [`fake`](super::fake)).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -254,6 +259,18 @@ impl HostConnections {
                 Err(error)
             }
         }
+    }
+
+    /// A connection of its own to `uri`, outside the registry: opened through the registry's
+    /// connector with `opts` as given (no observer is added), never shared or reused, and closed
+    /// by the caller. For calls that occupy a connection for long (a migration, a volume copy, an
+    /// upload) while the shared connection must keep answering.
+    pub async fn dedicated(
+        &self,
+        uri: &str,
+        opts: &ConnectOptions,
+    ) -> HvResult<Arc<dyn Hypervisor>> {
+        self.inner.connector.connect(uri, opts).await
     }
 
     /// URIs of connections that the host or the network ended (keepalive timeout, daemon gone,

@@ -1,12 +1,15 @@
 //! The hypervisor layer: ferry's own view of a libvirt host, behind the [`Hypervisor`] trait.
 //!
 //! `libvirt` implements it over the `virt` crate (one thread per connection); `domain_xml`
-//! turns a VM spec into domain XML and reads ferry's metadata back, without any I/O.
+//! turns a domain definition (`plan::domain`) into domain XML and reads ferry's metadata back,
+//! without any I/O; `connections` keeps one open connection per host and opens every connection
+//! ferry makes, through a [`Connector`].
 
 pub mod connections;
 pub mod domain_xml;
 pub mod libvirt;
 pub mod migration;
+mod xml;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,13 @@ use async_trait::async_trait;
 pub use connections::{Connector, HostConnections, LibvirtConnector};
 pub use libvirt::LibvirtHost;
 pub use migration::{JobProgress, MigrationRequest, StorageMode};
+
+use crate::plan::domain::DomainDefinition;
+// What the trait's calls return; they live in `plan::domain`. Re-exported while controllers
+// import them from here.
+pub use crate::plan::domain::{
+    DomainInfo, DomainState, GuestInfo, GuestInterface, HostInfo, ShutOffReason, VolumeInfo,
+};
 
 /// Result of a hypervisor call.
 pub type HvResult<T> = std::result::Result<T, HypervisorError>;
@@ -36,6 +46,11 @@ pub enum HypervisorError {
     /// until the credentials change.
     #[error("connecting to {uri}: {message}")]
     Rejected { uri: String, message: String },
+    /// The definition cannot be handed to the host as it is (a value the host's format cannot
+    /// carry, a device name it does not accept): nothing was sent, and retrying does not help
+    /// until the definition changes.
+    #[error("{message}")]
+    InvalidDefinition { message: String },
     /// The host answered but refused or failed the operation.
     #[error("{operation} failed: {message}")]
     OperationFailed {
@@ -166,125 +181,6 @@ where
     }
 }
 
-/// Facts about a host.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HostInfo {
-    /// Host name as libvirt reports it.
-    pub hostname: String,
-    /// libvirt daemon version, `major.minor.micro`.
-    pub libvirt_version: String,
-    /// Hypervisor (QEMU) version, `major.minor.micro`.
-    pub hypervisor_version: String,
-    /// Logical CPUs.
-    pub cpus: u32,
-    /// Memory in KiB.
-    pub memory_kib: u64,
-    /// Whether KVM can run x86_64 guests: libvirt offers `kvm` domains for x86_64 and the host
-    /// CPU has VT-x or AMD-V (`vmx`/`svm`). A `/dev/kvm` without either (the `kvm_pvm` module of
-    /// some cloud VMs, as on the lab machines) is not counted: it cannot boot a stock kernel.
-    /// Still a heuristic from capabilities, not a boot test.
-    pub kvm: bool,
-}
-
-/// Run state of a domain, as libvirt reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DomainState {
-    /// Running (or blocked/idle: the guest is alive).
-    Running,
-    /// Paused by libvirt or a user (migration, I/O error, suspend).
-    Paused,
-    /// Being shut down.
-    ShuttingDown,
-    /// Shut off, with the reason.
-    ShutOff(ShutOffReason),
-    /// The guest crashed and libvirt kept the domain in that state.
-    Crashed,
-    /// Suspended to disk by the guest (pmsuspended).
-    PmSuspended,
-    /// Any state libvirt reports that ferry does not know.
-    Unknown,
-}
-
-impl DomainState {
-    /// Whether a QEMU process exists for the domain.
-    pub fn is_active(self) -> bool {
-        !matches!(self, DomainState::ShutOff(_))
-    }
-}
-
-/// Why a domain is shut off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShutOffReason {
-    /// The guest shut itself down.
-    Shutdown,
-    /// Forced off (by ferry or someone else).
-    Destroyed,
-    /// QEMU crashed or was killed.
-    Crashed,
-    /// Migrated away.
-    Migrated,
-    /// Saved to a file.
-    Saved,
-    /// Failed to start.
-    Failed,
-    /// Restored from a snapshot, or never started.
-    Other,
-}
-
-/// A domain on a host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainInfo {
-    /// Domain name.
-    pub name: String,
-    /// Domain UUID, lower-case hyphenated.
-    pub uuid: String,
-    /// Run state.
-    pub state: DomainState,
-    /// Whether the domain is persistent (defined), not only running.
-    pub persistent: bool,
-    /// Virtual CPUs of the domain (the running instance's when it runs).
-    pub vcpus: u32,
-    /// Maximum guest memory in KiB (the running instance's when it runs).
-    pub memory_kib: u64,
-    /// ferry metadata of the running instance (live XML), when the domain runs and was made by ferry.
-    pub live: Option<domain_xml::FerryMetadata>,
-    /// ferry metadata of the persistent definition (inactive XML), when made by ferry.
-    pub config: Option<domain_xml::FerryMetadata>,
-}
-
-/// What a guest agent reports about the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct GuestInfo {
-    /// The OS's pretty name (`Debian GNU/Linux 12 (bookworm)`), when reported.
-    pub os: Option<String>,
-    /// Network interfaces with a MAC address, loopback left out.
-    pub interfaces: Vec<GuestInterface>,
-}
-
-/// One guest network interface.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct GuestInterface {
-    /// Name inside the guest (`eth0`, `enp1s0`).
-    pub name: String,
-    /// MAC address, lower case.
-    pub mac: String,
-    /// Addresses, IPv4 first, without prefix length.
-    pub addresses: Vec<String>,
-}
-
-/// A storage volume.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeInfo {
-    /// Volume name in its pool.
-    pub name: String,
-    /// Absolute path on the host.
-    pub path: String,
-    /// Virtual size in bytes.
-    pub capacity: u64,
-    /// Format (`qcow2`, `raw`, ...), as libvirt reports it.
-    pub format: String,
-}
-
 /// Chunks of a volume's content for [`Hypervisor::upload_volume`], produced on the connection's
 /// thread (it may block waiting for the next chunk). An `Err` aborts the upload with that message.
 pub type UploadSource = Box<dyn Iterator<Item = Result<Vec<u8>, String>> + Send>;
@@ -317,9 +213,10 @@ pub trait Hypervisor: Send + Sync {
     async fn list_domains(&self) -> HvResult<Vec<DomainInfo>>;
     /// The domain with this UUID, if the host has it.
     async fn lookup_domain(&self, uuid: &str) -> HvResult<Option<DomainInfo>>;
-    /// Define (or redefine) a persistent domain from XML. A running domain keeps running; the new
-    /// definition applies at its next start.
-    async fn define_domain(&self, xml: &str) -> HvResult<()>;
+    /// Define (or redefine) a persistent domain from its definition. A running domain keeps
+    /// running; the new definition applies at its next start. A definition the host's format
+    /// cannot carry fails with [`HypervisorError::InvalidDefinition`] before anything is sent.
+    async fn define_domain(&self, def: &DomainDefinition) -> HvResult<()>;
     /// Start a defined domain. Succeeds when it already runs.
     async fn start_domain(&self, uuid: &str) -> HvResult<()>;
     /// Ask the guest to shut down (ACPI power button). Succeeds when the domain is already off;

@@ -2,7 +2,7 @@
 
 use crate::api::HostPool;
 use crate::api::host_pool::Resources;
-use crate::hypervisor::DomainInfo;
+use crate::plan::domain::DomainInfo;
 use crate::plan::quantity::parse_bytes;
 use std::collections::HashSet;
 
@@ -184,8 +184,7 @@ pub fn quantity(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::domain_xml::{FerryMetadata, Owner};
-    use crate::hypervisor::{DomainState, ShutOffReason};
+    use crate::plan::domain::{DomainState, FerryMetadata, Owner, ShutOffReason};
 
     const GI: u64 = 1 << 30;
 

@@ -2,12 +2,14 @@
 
 use crate::api::VirtualMachine;
 use crate::api::virtual_machine::{DiskBus, InterfaceStatus, NetworkSource, NicModel};
-use crate::hypervisor::domain_xml::{
-    Bus, CpuModel, DiskDef, DomainDefinition, KernelBoot, NicDef, NicSource, Owner, VirtType,
-    derive_mac,
+use crate::plan::domain::{
+    Bus, CpuModel, DiskDef, DomainDefinition, GuestInfo, KernelBoot, NicDef, NicSource, Owner,
+    VirtType, derive_mac,
 };
 use crate::plan::naming;
 use crate::plan::validate::ValidSpec;
+
+pub use crate::plan::domain::SEED_DISK;
 
 /// A disk resolved to a volume on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,10 +49,6 @@ pub fn macs(vm: &VirtualMachine) -> Vec<InterfaceStatus> {
         .collect()
 }
 
-/// Name of the cloud-init seed CD-ROM in a definition. Not a DNS label (`_`), so no spec disk
-/// can have it.
-pub const SEED_DISK: &str = "cloudinit_seed";
-
 /// Attach the cloud-init seed at `path` (a raw ISO image) as a read-only CD-ROM after the VM's
 /// disks. It sits on the virtio-SCSI bus: every Linux kernel with virtio has a driver for it
 /// (cloud kernels leave out AHCI), on `pc` and `q35` machines alike.
@@ -66,10 +64,7 @@ pub fn attach_seed(def: &mut DomainDefinition, path: &str) {
 
 /// Fill the guest's view into the interfaces: addresses and names by MAC from the guest agent's
 /// report, or none when there is no report (no agent, or the VM does not run).
-pub fn apply_guest_report(
-    interfaces: &mut [InterfaceStatus],
-    report: Option<&crate::hypervisor::GuestInfo>,
-) {
+pub fn apply_guest_report(interfaces: &mut [InterfaceStatus], report: Option<&GuestInfo>) {
     for i in interfaces.iter_mut() {
         let seen = report.and_then(|r| r.interfaces.iter().find(|g| g.mac == i.mac));
         i.ip_addresses = seen.map(|g| g.addresses.clone()).unwrap_or_default();
@@ -184,13 +179,13 @@ pub fn disk_targets(vm: &VirtualMachine) -> Vec<String> {
             read_only: false,
         })
         .collect();
-    crate::hypervisor::domain_xml::disk_targets(&defs)
+    crate::plan::domain::disk_targets(&defs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::{GuestInfo, GuestInterface};
+    use crate::plan::domain::GuestInterface;
 
     fn iface(name: &str, mac: &str) -> InterfaceStatus {
         InterfaceStatus {

@@ -1,7 +1,7 @@
 //! What to do with a VM's domain next, from its run strategy and what libvirt reports.
 
 use crate::api::{RunStrategy, VmPhase};
-use crate::hypervisor::{DomainState, ShutOffReason};
+use crate::plan::domain::{DomainState, ShutOffReason};
 use std::time::Duration;
 
 /// Power request of a `Manual` VM (the `ferry.dev/power` annotation).

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod class;
 pub mod clone;
 pub mod definition;
+pub mod domain;
 pub mod evacuation;
 pub mod host_health;
 pub mod lifecycle;

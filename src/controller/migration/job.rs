@@ -76,8 +76,10 @@ pub(super) async fn start(
         .await
         .map_err(Error::Hypervisor)?;
     let copy = CopyPlan::for_vm(&pool, &vm);
+    let connections = ctx.hosts.connections.clone();
     tokio::spawn(async move {
         let result = run_job(
+            &connections,
             &job,
             &hosts,
             &vm_uid,
@@ -230,6 +232,7 @@ impl CopyPlan {
 /// progress from the shared one, abort it when the policy (or a cancel) says so.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run_job(
+    connections: &crate::hypervisor::HostConnections,
     job: &Job,
     hosts: &Hosts,
     vm_uid: &str,
@@ -246,7 +249,7 @@ pub(super) async fn run_job(
             Err(why) => return JobResult::Failed(why),
         }
     }
-    let dedicated = match crate::hypervisor::LibvirtHost::connect(dedicated_uri, opts).await {
+    let dedicated = match connections.dedicated(dedicated_uri, &opts).await {
         Ok(h) => h,
         Err(e) => {
             return JobResult::Failed(format!(

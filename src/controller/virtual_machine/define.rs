@@ -2,6 +2,7 @@
 //! defined when it differs from what the host has, and the changes that wait for a restart.
 
 use super::*;
+use crate::plan::domain::{describe_changes, pending_restart};
 
 /// KVM when the host has it, plain QEMU emulation otherwise.
 pub(super) async fn virt_type(
@@ -71,15 +72,13 @@ pub(super) async fn domain(
         .and_then(|d| d.config.as_ref())
         .map(|m| m.definition_hash.as_str());
     if configured != Some(hash.as_str()) {
-        let xml = domain_xml::to_xml(&def).map_err(|e| {
-            Blocked::new(
+        hv.define_domain(&def).await.map_err(|e| match e {
+            HypervisorError::InvalidDefinition { message } => Blocked::new(
                 VmPhase::Failed,
                 "InvalidSpec",
-                format!("cannot build the domain: {e}"),
+                format!("cannot build the domain: {message}"),
                 Retry::OnChange,
-            )
-        })?;
-        hv.define_domain(&xml).await.map_err(|e| match e {
+            ),
             e if e.is_connection_lost() => host_error(e, "defining the domain"),
             e => Blocked::new(
                 VmPhase::Failed,
@@ -140,40 +139,10 @@ pub(super) async fn domain(
 
     // Changes that need a restart.
     let changes = match (dom.state.is_active(), dom.live.as_ref()) {
-        (true, Some(live)) if live.definition_hash != hash => {
-            let c = domain_xml::restart_changes(&live.shape, &desired_shape);
-            let class_note = |c: String| match &vm.spec.class_name {
-                Some(name)
-                    if c.starts_with("vCPUs")
-                        || c.starts_with("memory")
-                        || c.starts_with("CPU model") =>
-                {
-                    format!("{c} (VirtualMachineClass {name})")
-                }
-                _ => c,
-            };
-            let c: Vec<String> = c.into_iter().map(class_note).collect();
-            let seed_change = |verb: &str| format!("disk {} {verb}", definition::SEED_DISK);
-            let c: Vec<String> = c
-                .into_iter()
-                .map(|c| {
-                    if c == seed_change("changed") {
-                        "cloud-init data changed (cloud-init reads it at boot)".to_string()
-                    } else if c == seed_change("added") {
-                        "cloud-init seed added".to_string()
-                    } else if c == seed_change("removed") {
-                        "cloud-init seed removed".to_string()
-                    } else {
-                        c
-                    }
-                })
-                .collect();
-            if c.is_empty() {
-                vec!["domain definition changed".to_string()]
-            } else {
-                c
-            }
-        }
+        (true, Some(live)) => describe_changes(
+            &pending_restart(live, &hash, &desired_shape),
+            vm.spec.class_name.as_deref(),
+        ),
         _ => Vec::new(),
     };
     let restart_required = !changes.is_empty();

@@ -256,7 +256,7 @@ pub(super) async fn provision_disks(
                         format!("image {:?}", golden.name),
                     ),
                     Plan::Copy { from, name } => (
-                        copy_volume(hv, pool, &name, &from).await,
+                        copy_volume(&ctx.hosts.connections, hv, pool, &name, &from).await,
                         name,
                         format!("a copy of volume {:?}", from.name),
                     ),
@@ -379,6 +379,7 @@ pub(super) const COPY_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// Copy `from` into a new volume `name`, on a connection of its own: the copy takes as long as
 /// the disk is large, and the shared connection must keep answering meanwhile.
 pub(super) async fn copy_volume(
+    hosts: &crate::hypervisor::HostConnections,
     hv: &dyn Hypervisor,
     pool: &str,
     name: &str,
@@ -388,7 +389,7 @@ pub(super) async fn copy_volume(
         call_timeout: COPY_TIMEOUT,
         ..crate::hypervisor::ConnectOptions::default()
     };
-    let own = crate::hypervisor::LibvirtHost::connect(hv.uri(), opts).await?;
+    let own = hosts.dedicated(hv.uri(), &opts).await?;
     let copied = own.clone_volume(pool, name, from).await;
     own.close().await;
     copied
@@ -489,6 +490,7 @@ pub(super) async fn imported_image(
         // Never started here, or finished and since removed from the pool: start.
         None => {
             image_import::start(
+                &ctx.hosts.connections,
                 key,
                 h.url.clone(),
                 crate::hypervisor::ConnectOptions::default(),

@@ -1,0 +1,353 @@
+//! Domains: reading their state and ferry's metadata, defining, starting, stopping and removing
+//! them, and what their guest agents report. Everything here runs on the connection's thread.
+
+use std::os::raw::c_int;
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::sys;
+
+use super::errors::{
+    CallResult, Fail, VIR_ERR_ARGUMENT_UNSUPPORTED, VIR_ERR_INVALID_ARG, VIR_ERR_NO_SUPPORT,
+    is_code, is_connection_error, lookup_dom, not_found_domain,
+};
+use crate::hypervisor::domain_xml;
+use crate::hypervisor::error_code;
+use crate::plan::domain::{DomainInfo, DomainState, GuestInfo, GuestInterface, ShutOffReason};
+
+/// `virDomainGetState`, called directly: `virt`'s `Domain::state` drops the error and reports a
+/// failed call as an unknown state.
+fn raw_state(dom: &Domain) -> CallResult<(u32, u32)> {
+    let (mut state, mut reason): (c_int, c_int) = (0, 0);
+    // SAFETY: valid domain pointer and out-parameters.
+    let ret = unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) };
+    if ret < 0 {
+        return Err(Fail::Virt(virt::error::Error::last_error()));
+    }
+    Ok((state.max(0) as u32, reason.max(0) as u32))
+}
+
+fn map_state(state: u32, reason: u32) -> DomainState {
+    match state {
+        sys::VIR_DOMAIN_RUNNING | sys::VIR_DOMAIN_BLOCKED => DomainState::Running,
+        sys::VIR_DOMAIN_PAUSED => DomainState::Paused,
+        sys::VIR_DOMAIN_SHUTDOWN => DomainState::ShuttingDown,
+        sys::VIR_DOMAIN_SHUTOFF => DomainState::ShutOff(match reason {
+            sys::VIR_DOMAIN_SHUTOFF_SHUTDOWN => ShutOffReason::Shutdown,
+            sys::VIR_DOMAIN_SHUTOFF_DESTROYED => ShutOffReason::Destroyed,
+            // DAEMON: libvirtd killed it while reconnecting after a restart — not the guest's
+            // choice, so it counts as a crash.
+            sys::VIR_DOMAIN_SHUTOFF_CRASHED | sys::VIR_DOMAIN_SHUTOFF_DAEMON => {
+                ShutOffReason::Crashed
+            }
+            sys::VIR_DOMAIN_SHUTOFF_MIGRATED => ShutOffReason::Migrated,
+            sys::VIR_DOMAIN_SHUTOFF_SAVED => ShutOffReason::Saved,
+            sys::VIR_DOMAIN_SHUTOFF_FAILED => ShutOffReason::Failed,
+            _ => ShutOffReason::Other,
+        }),
+        sys::VIR_DOMAIN_CRASHED => DomainState::Crashed,
+        sys::VIR_DOMAIN_PMSUSPENDED => DomainState::PmSuspended,
+        _ => DomainState::Unknown,
+    }
+}
+
+fn domain_info(dom: &Domain) -> CallResult<DomainInfo> {
+    let name = dom.name()?;
+    let uuid = dom.uuid_string()?.to_ascii_lowercase();
+    let (state, reason) = raw_state(dom)?;
+    let state = map_state(state, reason);
+    let persistent = dom.is_persistent()?;
+    let info = dom.info()?;
+    let live = if state.is_active() {
+        domain_xml::parse_metadata(&dom.xml_desc(0)?)
+    } else {
+        None
+    };
+    let config = if persistent {
+        domain_xml::parse_metadata(&dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?)
+    } else {
+        None
+    };
+    Ok(DomainInfo {
+        name,
+        uuid,
+        state,
+        persistent,
+        vcpus: info.nr_virt_cpu,
+        memory_kib: info.max_mem,
+        live,
+        config,
+    })
+}
+
+/// Every domain on the host.
+pub(super) fn list(conn: &Connect) -> CallResult<Vec<DomainInfo>> {
+    let mut out = Vec::new();
+    for dom in conn.list_all_domains(0)? {
+        match domain_info(&dom) {
+            Ok(info) => out.push(info),
+            // Gone between the listing and the look (a transient domain stopped).
+            Err(f) if is_code(&f, error_code::NO_DOMAIN) => {}
+            Err(f) => return Err(f),
+        }
+    }
+    Ok(out)
+}
+
+/// The domain with this UUID, if the host has it.
+pub(super) fn lookup(conn: &Connect, uuid: &str) -> CallResult<Option<DomainInfo>> {
+    match lookup_dom(conn, uuid)? {
+        None => Ok(None),
+        Some(dom) => match domain_info(&dom) {
+            Ok(info) => Ok(Some(info)),
+            Err(f) if is_code(&f, error_code::NO_DOMAIN) => Ok(None),
+            Err(f) => Err(f),
+        },
+    }
+}
+
+/// Define (or redefine) a persistent domain from XML.
+pub(super) fn define(conn: &Connect, xml: &str) -> CallResult<()> {
+    conn.define_domain_xml(xml)?;
+    Ok(())
+}
+
+/// Start a defined domain; success when it runs already.
+pub(super) fn start(conn: &Connect, uuid: &str) -> CallResult<()> {
+    let dom = lookup_dom(conn, uuid)?.ok_or_else(|| not_found_domain(uuid))?;
+    if dom.is_active()? {
+        return Ok(());
+    }
+    match dom.create() {
+        Ok(_) => Ok(()),
+        // Started by someone else meanwhile.
+        Err(e)
+            if e.code().to_raw() as i32 == error_code::OPERATION_INVALID
+                && dom.is_active().unwrap_or(false) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(Fail::Virt(e)),
+    }
+}
+
+/// Ask the guest to shut down; success when it is off already.
+pub(super) fn shutdown(conn: &Connect, uuid: &str) -> CallResult<()> {
+    let dom = lookup_dom(conn, uuid)?.ok_or_else(|| not_found_domain(uuid))?;
+    if !dom.is_active()? {
+        return Ok(());
+    }
+    // The guest agent when it answers (a clean shutdown from inside), else the ACPI power
+    // button: libvirt tries them in that order.
+    let flagged = dom.shutdown_flags(
+        sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT | sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN,
+    );
+    // A driver that does not know these flags (libvirt's test driver) gets the plain
+    // request, which is its default method.
+    let result = match flagged {
+        Err(e)
+            if matches!(
+                e.code().to_raw() as i32,
+                VIR_ERR_INVALID_ARG | VIR_ERR_NO_SUPPORT | VIR_ERR_ARGUMENT_UNSUPPORTED
+            ) =>
+        {
+            dom.shutdown().map(|_| ())
+        }
+        other => other.map(|_| ()),
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.code().to_raw() as i32 == error_code::OPERATION_INVALID
+                && !dom.is_active().unwrap_or(true) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(Fail::Virt(e)),
+    }
+}
+
+/// Force a domain off; success when it is off or gone already.
+pub(super) fn destroy(conn: &Connect, uuid: &str) -> CallResult<()> {
+    let Some(dom) = lookup_dom(conn, uuid)? else {
+        return Ok(());
+    };
+    match dom.destroy() {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let code = e.code().to_raw() as i32;
+            // Not running, or gone (a transient domain disappears when destroyed).
+            if code == error_code::NO_DOMAIN
+                || (code == error_code::OPERATION_INVALID && !dom.is_active().unwrap_or(true))
+            {
+                Ok(())
+            } else {
+                Err(Fail::Virt(e))
+            }
+        }
+    }
+}
+
+/// Remove a domain's persistent definition; success when it is gone already.
+pub(super) fn undefine(conn: &Connect, uuid: &str) -> CallResult<()> {
+    let Some(dom) = lookup_dom(conn, uuid)? else {
+        return Ok(());
+    };
+    match dom.is_persistent() {
+        Ok(false) => return Ok(()),
+        Ok(true) => {}
+        Err(e) if e.code().to_raw() as i32 == error_code::NO_DOMAIN => return Ok(()),
+        Err(e) => return Err(Fail::Virt(e)),
+    }
+    // Not every driver knows every flag (the test driver refuses NVRAM and
+    // CHECKPOINTS_METADATA): fall back to fewer.
+    let all = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+        | sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+    let basic = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA;
+    let mut last = None;
+    for flags in [all, basic, 0] {
+        match dom.undefine_flags(flags) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let code = e.code().to_raw() as i32;
+                if code == error_code::NO_DOMAIN {
+                    return Ok(());
+                }
+                if !matches!(
+                    code,
+                    VIR_ERR_INVALID_ARG | VIR_ERR_NO_SUPPORT | VIR_ERR_ARGUMENT_UNSUPPORTED
+                ) {
+                    return Err(Fail::Virt(e));
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last
+        .map(Fail::Virt)
+        .unwrap_or_else(|| Fail::Other("undefine failed with every set of flags".into())))
+}
+
+/// What the guest agent of a running domain reports, `None` without an agent answering.
+pub(super) fn guest_info(conn: &Connect, uuid: &str) -> CallResult<Option<GuestInfo>> {
+    let Some(dom) = lookup_dom(conn, uuid)? else {
+        return Ok(None);
+    };
+    if !dom.is_active()? {
+        return Ok(None);
+    }
+    let ifaces = match dom.interface_addresses(sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0) {
+        Ok(i) => i,
+        Err(e) if is_connection_error(e.code().to_raw() as i32, e.domain().to_raw() as i32) => {
+            return Err(Fail::Virt(e));
+        }
+        // No agent, or not answering yet.
+        Err(_) => return Ok(None),
+    };
+    let mut interfaces: Vec<GuestInterface> = ifaces
+        .into_iter()
+        .filter_map(|i| {
+            let mac = i.hwaddr?.to_ascii_lowercase();
+            if mac == "00:00:00:00:00:00" {
+                return None;
+            }
+            let mut addrs: Vec<(i64, String)> =
+                i.addrs.into_iter().map(|a| (a.typed, a.addr)).collect();
+            // VIR_IP_ADDR_TYPE_IPV4 = 0 sorts first.
+            addrs.sort();
+            Some(GuestInterface {
+                name: i.name,
+                mac,
+                addresses: addrs.into_iter().map(|(_, a)| a).collect(),
+            })
+        })
+        .collect();
+    interfaces.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Some(GuestInfo {
+        os: guest_os(&dom),
+        interfaces,
+    }))
+}
+
+/// The guest OS's pretty name from the agent (`virDomainGetGuestInfo`, which the virt crate does
+/// not wrap), `None` when it does not say.
+fn guest_os(dom: &Domain) -> Option<String> {
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut n: c_int = 0;
+    // SAFETY: libvirt fills `params` with `n` typed parameters that we free below; the domain
+    // pointer is valid for the life of `dom`.
+    let rc = unsafe {
+        sys::virDomainGetGuestInfo(
+            dom.as_ptr(),
+            sys::VIR_DOMAIN_GUEST_INFO_OS,
+            &mut params,
+            &mut n,
+            0,
+        )
+    };
+    if rc < 0 {
+        return None;
+    }
+    let mut value: *const std::os::raw::c_char = std::ptr::null();
+    // SAFETY: `params`/`n` come from libvirt; the returned string points into `params` and is
+    // copied before they are freed.
+    let os = unsafe {
+        let found = sys::virTypedParamsGetString(
+            params,
+            n,
+            sys::VIR_DOMAIN_GUEST_INFO_OS_PRETTY_NAME.as_ptr(),
+            &mut value,
+        );
+        let os = (found == 1 && !value.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(value)
+                .to_string_lossy()
+                .into_owned()
+        });
+        sys::virTypedParamsFree(params, n);
+        os
+    };
+    os.filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_reasons_map() {
+        assert_eq!(map_state(1, 1), DomainState::Running);
+        assert_eq!(map_state(2, 0), DomainState::Running);
+        assert_eq!(map_state(3, 2), DomainState::Paused);
+        assert_eq!(map_state(4, 1), DomainState::ShuttingDown);
+        assert_eq!(
+            map_state(5, 1),
+            DomainState::ShutOff(ShutOffReason::Shutdown)
+        );
+        assert_eq!(
+            map_state(5, 2),
+            DomainState::ShutOff(ShutOffReason::Destroyed)
+        );
+        assert_eq!(
+            map_state(5, 3),
+            DomainState::ShutOff(ShutOffReason::Crashed)
+        );
+        assert_eq!(
+            map_state(5, 4),
+            DomainState::ShutOff(ShutOffReason::Migrated)
+        );
+        assert_eq!(map_state(5, 5), DomainState::ShutOff(ShutOffReason::Saved));
+        assert_eq!(map_state(5, 6), DomainState::ShutOff(ShutOffReason::Failed));
+        assert_eq!(map_state(5, 7), DomainState::ShutOff(ShutOffReason::Other));
+        assert_eq!(
+            map_state(5, 8),
+            DomainState::ShutOff(ShutOffReason::Crashed)
+        );
+        assert_eq!(map_state(5, 0), DomainState::ShutOff(ShutOffReason::Other));
+        assert_eq!(map_state(6, 0), DomainState::Crashed);
+        assert_eq!(map_state(7, 0), DomainState::PmSuspended);
+        assert_eq!(map_state(0, 0), DomainState::Unknown);
+        assert_eq!(map_state(99, 0), DomainState::Unknown);
+    }
+}
