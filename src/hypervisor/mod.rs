@@ -7,6 +7,7 @@
 
 pub mod connections;
 pub mod domain_xml;
+pub mod fake;
 pub mod libvirt;
 pub mod migration;
 mod xml;
