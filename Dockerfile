@@ -28,9 +28,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -m 0755 target/release/ferry target/release/kubectl-ferry /usr/local/bin/
 
 FROM debian:${DEBIAN_RELEASE}-slim
+# The user the chart runs as, with a name and a home: ssh (qemu+ssh://) refuses a uid without one.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libvirt0 openssh-client ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && echo "ferry:x:65532:65532:ferry:/tmp:/usr/sbin/nologin" >>/etc/passwd \
+ && echo "ferry:x:65532:" >>/etc/group
 COPY --from=build /usr/local/bin/ferry /usr/local/bin/kubectl-ferry /usr/local/bin/
 ARG FERRY_GIT_COMMIT=""
 LABEL org.opencontainers.image.title="ferry" \

@@ -22,6 +22,17 @@ if [ "$need_apt" = 1 ]; then
     gnutls-bin openssh-client openssh-server >/dev/null
 fi
 
+# The controller image without a container engine (scripts/image.sh, e2e/image.sh): a root file
+# system from Debian packages, packed as an OCI image, run with rootful podman and crun.
+need_image=0
+for p in mmdebstrap umoci skopeo podman crun uidmap jq; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_image=1
+done
+if [ "$need_image" = 1 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends mmdebstrap umoci skopeo podman crun uidmap jq >/dev/null
+fi
+
 # Python venv for the Kubernetes API stand-in (e2e/standin), manifest checks and the Redfish
 # BMC emulator (sushy-emulator) of the fencing tests.
 VENV=${FERRY_VENV:-/opt/ferry-venv}

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # ferry's whole test suite: formatting, lints, unit and schema tests, real-libvirt tests
-# (each brings up its own lab hosts), the Kubernetes API stand-in's own tests, and the e2e
-# suite against $KUBECONFIG (or, when unset, the in-repo API stand-in).
+# (each brings up its own lab hosts), the Kubernetes API stand-in's own tests, the deployment
+# checks (chart, Argo CD health with a row per condition reason, docs), the e2e suite against
+# $KUBECONFIG (or, when unset, the in-repo API stand-in), the README's quick start against a lab
+# host, and the controller image built without a container engine and run with podman (both
+# against a real API server from ../shared/kube when present).
 # Usage: scripts/test.sh            (run as root: the lab uses network namespaces)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +25,14 @@ if [ -d e2e/standin ]; then
   "$VENV/bin/python" -m pytest -q e2e/standin
 fi
 
-echo "== deployment checks (chart, kustomize, samples, Argo CD health, RBAC)"
+echo "== deployment checks (chart, kustomize, samples, Argo CD health and reasons, RBAC, alerts, docs)"
 scripts/check-deploy.sh
 
 echo "== e2e"
 e2e/run.sh
+
+echo "== the README's quick start, against a lab host"
+e2e/quickstart.sh
+
+echo "== the controller image: built from Debian packages, run with podman"
+e2e/image.sh

@@ -297,7 +297,9 @@ write_host_config() {
   local k=$1 d ip uuid
   d=$(hdir "$k"); ip=$(ip_host "$k")
   uuid=$(cat /proc/sys/kernel/random/uuid)
-  mkdir -p "$d/etc/libvirt" "$d/run/libvirt" "$d/var/lib/libvirt" "$d/var/log/libvirt" \
+  # /var/log/libvirt/qemu as Debian's libvirt-daemon-system package leaves it: HostPools without a
+  # console.logDirectory log consoles there.
+  mkdir -p "$d/etc/libvirt" "$d/run/libvirt" "$d/var/lib/libvirt" "$d/var/log/libvirt/qemu" \
            "$d/var/cache/libvirt" "$d/etc-files"
   local tls_conf="listen_tls = 0"
   if [ "$TLS" = 1 ]; then

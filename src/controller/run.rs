@@ -47,6 +47,22 @@ fn node_fingerprint(n: &Node) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Wait until `store` holds its first complete list (false: its writer is gone). Asked again every
+/// second: a store's readiness wakes only the task that polled it last (kube-runtime keeps one
+/// waker per store), and other tasks poll the same stores, so a single long wait can miss it.
+async fn listed<K: kube::Resource + Clone>(store: &reflector::Store<K>) -> bool
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(r) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), store.wait_until_ready()).await
+        {
+            return r.is_ok();
+        }
+    }
+}
+
 /// Run both controllers until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -152,10 +168,7 @@ pub async fn run(
             metrics.clone(),
         );
         tokio::spawn(async move {
-            if vms.wait_until_ready().await.is_ok()
-                && pools.wait_until_ready().await.is_ok()
-                && policies.wait_until_ready().await.is_ok()
-            {
+            if listed(&vms).await && listed(&pools).await && listed(&policies).await {
                 metrics.set_inventory_source(Some(Box::new(move || {
                     crate::metrics::inventory(
                         vms.state().iter().map(|v| v.as_ref()),
