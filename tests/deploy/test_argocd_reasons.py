@@ -148,8 +148,6 @@ NOT_CONDITION_REASONS = {
     # words of the libvirt, Redfish, IPMI and ISO 9660 edges
     "ForceOff", "On", "Off", "PowerState", "ResetType", "RAKP", "Credentials", "ConnectOptions",
     "HostConnections", "LibvirtHost", "Hypervisor", "Seed", "SeedData", "FERRY", "HOSTNAME",
-    # Rust type names in Debug output
-    "InventoryCollector",
 }
 
 LITERAL = re.compile(r'"([A-Z][A-Za-z]+)"')
@@ -169,11 +167,21 @@ def source_literals() -> dict[str, set[str]]:
     return found
 
 
+def type_names() -> set[str]:
+    """Names of the types defined in src/: literals naming them are Debug output
+    (`debug_struct("FakeHost")`), not condition reasons."""
+    names: set[str] = set()
+    for path in (ROOT / "src").rglob("*.rs"):
+        names |= set(re.findall(r"\b(?:struct|enum|trait|type)\s+([A-Z][A-Za-z0-9]*)", path.read_text()))
+    return names
+
+
 def test_every_reason_in_the_source_has_a_row() -> None:
     rows = {r.reason for r in REASONS}
+    types = type_names()
     unclassified = {
         lit: sorted(files) for lit, files in source_literals().items()
-        if lit not in rows and lit not in NOT_CONDITION_REASONS
+        if lit not in rows and lit not in NOT_CONDITION_REASONS and lit not in types
     }
     assert unclassified == {}, (
         "new CamelCase literals in src/: a condition reason needs a row in REASONS (and the Lua "
