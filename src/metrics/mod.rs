@@ -1,5 +1,6 @@
 //! Prometheus metrics: reconciles per controller, their errors and durations, libvirt call
-//! latencies per operation, finished migrations, the build (`ferry_build_info`: version and git
+//! latencies per operation, finished migrations and their downtime, fences, the build
+//! (`ferry_build_info`: version and git
 //! commit), and the state of VMs, hosts and HA policies ([`inventory`]).
 //!
 //! The state gauges are not counted in reconciles (that drifts): at every scrape they are
@@ -53,6 +54,8 @@ pub struct Metrics {
     durations: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     libvirt_calls: Family<CallLabels, Histogram, fn() -> Histogram>,
     migrations: Family<ResultLabels, Counter>,
+    migration_downtime: Histogram,
+    fences: Family<ResultLabels, Counter>,
     /// What the state gauges are computed from at each scrape (shared with the collector).
     inventory: Arc<RwLock<Option<InventorySource>>>,
 }
@@ -89,8 +92,21 @@ impl Default for Metrics {
         let migrations = Family::<ResultLabels, Counter>::default();
         registry.register(
             "migrations",
-            "Live migrations run by this controller, per result",
+            "Live migration jobs this replica ran to their end, per result",
             migrations.clone(),
+        );
+        // 5 ms to 10 s: libvirt's default limit is 300 ms.
+        let migration_downtime = Histogram::new(exponential_buckets(0.005, 2.0, 12));
+        registry.register(
+            "migration_downtime_seconds",
+            "Downtime of each successful live migration (the guest paused on the switch-over), as libvirt measured it",
+            migration_downtime.clone(),
+        );
+        let fences = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "fences",
+            "Fence attempts (BMC power off) this replica made, per result: confirmed (the BMC reports the host off) or failed",
+            fences.clone(),
         );
         registry.register(
             "build",
@@ -102,6 +118,8 @@ impl Default for Metrics {
         );
         Metrics {
             migrations,
+            migration_downtime,
+            fences,
             registry,
             reconciles,
             failures,
@@ -132,12 +150,27 @@ impl Metrics {
             .inc();
     }
 
-    /// Count a finished live migration.
-    pub fn migration_finished(&self, succeeded: bool) {
-        let result = if succeeded { "succeeded" } else { "failed" };
+    /// Count a live migration job that ended, and observe its downtime when it succeeded.
+    pub fn migration_finished(&self, outcome: MigrationOutcome) {
+        let result = match outcome {
+            MigrationOutcome::Succeeded { downtime } => {
+                if let Some(d) = downtime {
+                    self.migration_downtime.observe(d.as_secs_f64());
+                }
+                "succeeded"
+            }
+            MigrationOutcome::Failed => "failed",
+            MigrationOutcome::Unknown => "unknown",
+        };
         self.migrations
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// Count a fence attempt: `confirmed` when the BMC reported the host off.
+    pub fn fence_finished(&self, confirmed: bool) {
+        let result = if confirmed { "confirmed" } else { "failed" };
+        self.fences.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Record one libvirt call.
@@ -159,6 +192,19 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+/// How a live migration job ended, as this replica saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationOutcome {
+    /// The VM runs on the target; libvirt's downtime measurement when it gave one.
+    Succeeded {
+        downtime: Option<std::time::Duration>,
+    },
+    /// libvirt reported a failure, or ferry aborted the job.
+    Failed,
+    /// A job adopted after a restart ended; how, the hosts tell afterwards.
+    Unknown,
 }
 
 /// Observes a reconcile's duration when dropped.
@@ -221,7 +267,10 @@ mod tests {
         drop(m.reconcile("virtualmachine"));
         m.failure("virtualmachine", "host_unreachable");
         m.libvirt_call("start_domain", 0.1, true);
-        m.migration_finished(true);
+        m.migration_finished(MigrationOutcome::Succeeded {
+            downtime: Some(std::time::Duration::from_millis(40)),
+        });
+        m.fence_finished(false);
         let text = m.encode().expect("encodes");
         let page = include_str!("../../docs/observability.md");
         let mut names = Vec::new();
@@ -238,7 +287,7 @@ mod tests {
                 });
             }
         }
-        assert!(names.len() >= 13, "{text}");
+        assert!(names.len() >= 15, "{text}");
         let missing: Vec<_> = names
             .iter()
             .filter(|n| !page.contains(&format!("`{n}`")))

@@ -76,7 +76,7 @@ def metrics_table() -> dict[str, tuple[str, set[str]]]:
     """Each metric ferry exports with its type and labels, from the table in
     docs/observability.md (src/metrics tests that the table and the registry agree)."""
     text = (ROOT / "docs" / "observability.md").read_text()
-    rows = re.findall(r"^\| `(ferry_[a-z_]+)` \| (counter|gauge|histogram|info)\b[^|]*\| ([^|]*) \|", text, re.M)
+    rows = re.findall(r"^\| `(ferry_[a-z_]+)` \| (counter|gauge|histogram|info)\b[^|]*\|([^|]*)\|", text, re.M)
     assert rows, "no metrics table in docs/observability.md"
     return {name: (kind, set(re.findall(r"`([a-z_]+)`", labels))) for name, kind, labels in rows}
 

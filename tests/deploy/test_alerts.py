@@ -52,7 +52,8 @@ VALUES = {
     ("ferry_hapolicy_condition", "condition"): {r.condition for r in REASONS if r.kind == "HAPolicy"},
     ("ferry_virtual_machine_status", "reason"): {r.reason for r in REASONS if r.kind == "VirtualMachine" and r.condition == "Ready"},
     ("ferry_host_status", "state"): host_states(),
-    ("ferry_migrations_total", "result"): {"succeeded", "failed"},
+    ("ferry_migrations_total", "result"): {"succeeded", "failed", "unknown"},
+    ("ferry_fences_total", "result"): {"confirmed", "failed"},
 }
 
 

@@ -144,6 +144,7 @@ pub(super) async fn connected(
 /// Record a fence result in the host's memory.
 pub(super) fn fence_done(hc: &HaContext, host: &str, r: std::result::Result<(), String>) {
     let now = Timestamp::now();
+    hc.ctx.metrics.fence_finished(r.is_ok());
     if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(host)) {
         m.fence.in_flight = false;
         m.fence.attempts += 1;

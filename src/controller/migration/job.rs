@@ -10,6 +10,7 @@ use crate::controller::context::{Job, JobResult};
 use crate::controller::{Context, scheduling};
 use crate::error::{Error, Result};
 use crate::hypervisor::{Hypervisor, HypervisorError, MigrationRequest, StorageMode};
+use crate::metrics::MigrationOutcome;
 use crate::plan::migration::{Policy, Tracker, Verdict};
 use kube::ResourceExt;
 use kube::api::Api;
@@ -90,7 +91,13 @@ pub(super) async fn start(
             copy,
         )
         .await;
-        metrics.migration_finished(matches!(result, JobResult::Succeeded { .. }));
+        metrics.migration_finished(match &result {
+            JobResult::Succeeded { downtime_ms, .. } => MigrationOutcome::Succeeded {
+                downtime: downtime_ms.map(std::time::Duration::from_millis),
+            },
+            JobResult::Failed(_) => MigrationOutcome::Failed,
+            JobResult::Ended => MigrationOutcome::Unknown,
+        });
         job.finish(result);
     });
     ctx.event(
