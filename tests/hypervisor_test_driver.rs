@@ -757,6 +757,12 @@ impl Hypervisor for Flaky {
     async fn define_domain(&self, _: &DomainDefinition) -> HvResult<()> {
         Ok(())
     }
+    async fn pause_domain(&self, _: &str) -> HvResult<()> {
+        Ok(())
+    }
+    async fn resume_domain(&self, _: &str) -> HvResult<()> {
+        Ok(())
+    }
     async fn start_domain(&self, _: &str) -> HvResult<()> {
         Ok(())
     }

@@ -689,6 +689,11 @@ pub struct DiskStatus {
 pub const POWER_ANNOTATION: &str = "ferry.dev/power";
 /// Annotation whose new value asks for one restart of the VM (any unique token, e.g. a timestamp).
 pub const RESTART_ANNOTATION: &str = "ferry.dev/restart";
+
+/// Annotation that pauses a running VM (`true`): ferry pauses the domain's vCPUs and keeps it
+/// paused; removing the annotation (or any other value) lets it run again. Like the power
+/// annotation, it is not meant for Git, so GitOps tools leave it alone.
+pub const PAUSE_ANNOTATION: &str = "ferry.dev/paused";
 /// Annotation that lets deletion finish without cleaning up a host that does not answer.
 pub const ABANDON_ANNOTATION: &str = "ferry.dev/abandon-host-resources";
 

@@ -225,6 +225,11 @@ pub trait Hypervisor: Send + Sync {
     async fn shutdown_domain(&self, uuid: &str) -> HvResult<()>;
     /// Force a domain off. Succeeds when it is already off.
     async fn destroy_domain(&self, uuid: &str) -> HvResult<()>;
+    /// Pause a running domain's vCPUs; it keeps its memory and devices. Succeeds when it is
+    /// paused already.
+    async fn pause_domain(&self, uuid: &str) -> HvResult<()>;
+    /// Let a paused domain run again. Succeeds when it runs already.
+    async fn resume_domain(&self, uuid: &str) -> HvResult<()>;
     /// Remove a domain's persistent definition, with its managed-save image and snapshot and
     /// checkpoint metadata. Succeeds when it is already gone (or only transient). A running domain
     /// keeps running as a transient one: destroy it first to remove it completely.

@@ -38,6 +38,12 @@ pub struct Inputs {
     pub stopping_for: Option<Duration>,
     /// How long the guest may take to shut down before it is forced off.
     pub grace: Duration,
+    /// The `ferry.dev/paused` annotation asks for the running domain to be paused.
+    pub pause_requested: bool,
+    /// ferry paused the domain on request (the Ready reason said so): without the request any
+    /// more, it resumes it. A domain paused for another reason (an I/O error, by hand) is left
+    /// as it is.
+    pub paused_on_request: bool,
 }
 
 /// One step towards the desired state.
@@ -53,6 +59,10 @@ pub enum Action {
     WaitForShutdown(Duration),
     /// Force the domain off.
     Destroy,
+    /// Pause the running domain (on request).
+    Pause,
+    /// Let the domain ferry paused run again.
+    Resume,
 }
 
 /// The decision.
@@ -99,6 +109,14 @@ pub fn decide(i: &Inputs) -> Decision {
         (Action::Start, false)
     } else if !want_running && active {
         (stop(), false)
+    } else if want_running && i.pause_requested && i.state == DomainState::Running {
+        (Action::Pause, false)
+    } else if want_running
+        && !i.pause_requested
+        && i.paused_on_request
+        && i.state == DomainState::Paused
+    {
+        (Action::Resume, false)
     } else {
         (Action::None, false)
     };
@@ -159,6 +177,8 @@ mod tests {
             stopped_by_guest: false,
             stopping_for: None,
             grace: G,
+            pause_requested: false,
+            paused_on_request: false,
         }
     }
 
@@ -193,6 +213,35 @@ mod tests {
             );
             assert_eq!(d.want_running, want, "{strategy:?} {state:?} {power:?}");
             assert!(!d.restart_handled);
+        }
+    }
+
+    #[test]
+    fn pause_on_request_and_resume_only_what_ferry_paused() {
+        // (strategy, state, pause requested, paused on request, restart pending, expected)
+        let table = [
+            (Always, Running, true, false, false, Action::Pause),
+            (Always, Paused, true, true, false, Action::None),
+            (Always, Paused, false, true, false, Action::Resume),
+            // Paused by something else (an I/O error, by hand): left alone.
+            (Always, Paused, false, false, false, Action::None),
+            // Not running: nothing to pause, the strategy decides.
+            (Always, OFF, true, false, false, Start),
+            (Manual, OFF, true, false, false, Action::None),
+            // Stopping or restarting wins over pausing.
+            (Halted, Running, true, false, false, Shutdown),
+            (Always, Running, true, false, true, Shutdown),
+        ];
+        for (strategy, state, requested, on_request, restart, action) in table {
+            let mut i = inputs(strategy, state);
+            i.pause_requested = requested;
+            i.paused_on_request = on_request;
+            i.restart_pending = restart;
+            assert_eq!(
+                decide(&i).action,
+                action,
+                "{strategy:?} {state:?} requested={requested} on_request={on_request} restart={restart}"
+            );
         }
     }
 

@@ -76,6 +76,10 @@ def vm_rows() -> list[Row]:
         ("False", "StartFailed", "Failed", "Degraded"),
         ("False", "StopFailed", "Failed", "Degraded"),
         ("False", "HostOperationFailed", "Failed", "Degraded"),
+        ("False", "PauseFailed", "Failed", "Degraded"),
+        ("False", "ResumeFailed", "Failed", "Degraded"),
+        # Paused through ferry.dev/paused: suspended by design.
+        ("False", "PausedOnRequest", "Running", "Suspended"),
     ]
     rows = [Row("VirtualMachine", "Ready", s, r, p, e) for s, r, p, e in ready]
     rows += [
@@ -135,7 +139,7 @@ NOT_CONDITION_REASONS = {
     "OrphanDomains", "HostReady", "HostCordoned", "EvacuationBlocked", "EvacuationCancelled",
     "StaleDomainRemoved", "Fenced", "Confirmed", "Copied", "Start", "Stop", "Define", "Delete",
     "Update", "Provision", "Import", "Schedule", "Migrate", "Cleanup", "Reconcile", "Probe",
-    "Evacuate", "Fence", "Failover", "Recover", "ShutOff",
+    "Evacuate", "Fence", "Failover", "Recover", "ShutOff", "Resumed", "Pause",
     # API values: kinds, status types, phases and states, printer columns, field names
     "VirtualMachine", "VirtualMachineClass", "VirtualMachineMigration", "HostPool", "HAPolicy",
     "VirtualMachineStatus", "VirtualMachineMigrationStatus", "HostPoolStatus", "HAPolicyStatus",

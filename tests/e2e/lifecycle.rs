@@ -266,8 +266,43 @@ async fn vm_lifecycle_on_a_real_host() {
         "kubectl ferry stop without --force-spec: {out}"
     );
 
-    // Metrics are served.
+    // pause / unpause: the domain's vCPUs stop and go on; Ready says why meanwhile.
+    let (ok, out) = plugin(&c, &["pause", "web"]);
+    assert!(
+        ok && out.contains("ferry.dev/paused=true"),
+        "kubectl ferry pause: {out}"
+    );
+    wait_vm(
+        &c,
+        "web",
+        "paused on request",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm) == Some(("False".into(), "PausedOnRequest".into())),
+    )
+    .await;
+    let state = lab
+        .virsh(&lab.hosts[0].name, &["domstate", &format!("{ns}_web")])
+        .stdout;
+    assert_eq!(state.trim(), "paused");
+    let (ok, out) = plugin(&c, &["unpause", "web"]);
+    assert!(ok, "kubectl ferry unpause: {out}");
+    wait_vm(&c, "web", "running again", Duration::from_secs(60), |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let state = lab
+        .virsh(&lab.hosts[0].name, &["domstate", &format!("{ns}_web")])
+        .stdout;
+    assert_eq!(state.trim(), "running");
+
+    // Metrics are served, the state gauges too (the leader's caches are complete).
     let (code, body) = ctl.http_get("/metrics").expect("metrics endpoint answers");
+    assert!(
+        body.contains(&format!(
+            "ferry_virtual_machine_status{{object_namespace=\"{ns}\",name=\"web\",phase=\"Running\",host=\"{node}\",ready=\"True\",reason=\"Running\"}} 1"
+        )),
+        "{body}"
+    );
     assert_eq!(code, 200);
     assert!(body.contains("ferry_reconciles_total"), "{body}");
     assert!(

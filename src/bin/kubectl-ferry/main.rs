@@ -26,8 +26,8 @@ use std::process::ExitCode;
 /// Field manager of the plugin's writes (shown in `managedFields`).
 const FIELD_MANAGER: &str = "kubectl-ferry";
 
-/// Manage ferry virtual machines: start, stop, restart, migrate (and cancel), console, status,
-/// hosts.
+/// Manage ferry virtual machines: start, stop, restart, pause, unpause, migrate (and cancel),
+/// console, status, hosts.
 ///
 /// Start and stop do not fight GitOps: for a VM with runStrategy Manual they set the
 /// ferry.dev/power annotation, which Argo CD and Flux leave alone when it is not in Git; for other
@@ -57,6 +57,16 @@ enum Command {
     /// Restart a VM: the guest is shut down and started again (sets ferry.dev/restart to a new
     /// token).
     Restart {
+        /// VirtualMachine name.
+        vm: String,
+    },
+    /// Pause a running VM's vCPUs; its memory and devices stay (sets ferry.dev/paused=true).
+    Pause {
+        /// VirtualMachine name.
+        vm: String,
+    },
+    /// Let a VM paused with `pause` run again (removes ferry.dev/paused).
+    Unpause {
         /// VirtualMachine name.
         vm: String,
     },
@@ -207,6 +217,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Restart { vm } => {
             let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
             apply_plan(&vms, vm, power::restart_plan(&obj, &restart_token())).await
+        }
+        Command::Pause { vm } => {
+            let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
+            apply_plan(&vms, vm, power::pause_plan(&obj)).await
+        }
+        Command::Unpause { vm } => {
+            let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
+            apply_plan(&vms, vm, power::unpause_plan(&obj)).await
         }
         Command::Migrate {
             vm,

@@ -6,7 +6,7 @@
 //! `spec.runStrategy`, which a GitOps tool with self-heal reverts: the plugin refuses and explains
 //! unless `--force-spec` is given.
 
-use ferry::api::virtual_machine::{POWER_ANNOTATION, RESTART_ANNOTATION};
+use ferry::api::virtual_machine::{PAUSE_ANNOTATION, POWER_ANNOTATION, RESTART_ANNOTATION};
 use ferry::api::{RunStrategy, VirtualMachine, VmPhase};
 use ferry::plan::lifecycle::Power;
 use kube::ResourceExt;
@@ -163,6 +163,40 @@ pub fn restart_plan(vm: &VirtualMachine, token: &str) -> Plan {
     }
 }
 
+/// What `pause` sends: the pause annotation, for a running VM.
+pub fn pause_plan(vm: &VirtualMachine) -> Plan {
+    let name = vm.name_any();
+    if vm.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true") {
+        return Plan::Nothing(format!("{name}: {PAUSE_ANNOTATION} is already true"));
+    }
+    match phase(vm) {
+        Some(VmPhase::Running) => Plan::Patch(
+            annotation_patch(&[(PAUSE_ANNOTATION, "true")]),
+            format!(
+                "{name}: set {PAUSE_ANNOTATION}=true; ferry pauses its vCPUs (memory and devices stay), `kubectl ferry unpause {name}` lets it run"
+            ),
+        ),
+        other => Plan::Refuse(format!(
+            "{name} is {}: only a running VM can be paused",
+            other.map_or("without a phase".to_string(), |p| p.to_string())
+        )),
+    }
+}
+
+/// What `unpause` sends: the pause annotation removed.
+pub fn unpause_plan(vm: &VirtualMachine) -> Plan {
+    let name = vm.name_any();
+    if !vm.annotations().contains_key(PAUSE_ANNOTATION) {
+        return Plan::Nothing(format!(
+            "{name} is not paused on request ({PAUSE_ANNOTATION} is not set)"
+        ));
+    }
+    Plan::Patch(
+        json!({ "metadata": { "annotations": { PAUSE_ANNOTATION: null } } }),
+        format!("{name}: removed {PAUSE_ANNOTATION}; ferry lets it run again"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +316,25 @@ mod tests {
         ] {
             assert!(matches!(restart_plan(&v, "new"), Plan::Refuse(_)));
         }
+    }
+
+    #[test]
+    fn pause_and_unpause_use_the_annotation() {
+        let v = vm(None, json!({}), running());
+        assert_eq!(
+            patch_of(pause_plan(&v)),
+            json!({"metadata": {"annotations": {"ferry.dev/paused": "true"}}})
+        );
+        assert!(matches!(
+            pause_plan(&vm(None, json!({}), stopped())),
+            Plan::Refuse(_)
+        ));
+        let paused = vm(None, json!({"ferry.dev/paused": "true"}), running());
+        assert!(matches!(pause_plan(&paused), Plan::Nothing(_)));
+        assert_eq!(
+            patch_of(unpause_plan(&paused)),
+            json!({"metadata": {"annotations": {"ferry.dev/paused": null}}})
+        );
+        assert!(matches!(unpause_plan(&v), Plan::Nothing(_)));
     }
 }

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::api::condition::{ConditionStatus, find, set_condition};
-use crate::api::virtual_machine::{POWER_ANNOTATION, RESTART_ANNOTATION};
+use crate::api::virtual_machine::{PAUSE_ANNOTATION, POWER_ANNOTATION, RESTART_ANNOTATION};
 use crate::api::{RunStrategy, VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::controller::Context;
 use crate::error::Result;
@@ -50,6 +50,9 @@ pub(super) async fn run_state(
         stopped_by_guest: st.stopped_by_guest,
         stopping_for: ctx.vm_runtime.stopping_for(&uid),
         grace: Duration::from_secs(vm.grace_seconds()),
+        pause_requested: pause_requested(vm),
+        paused_on_request: find(&st.conditions, "Ready")
+            .is_some_and(|c| c.reason == PAUSED_ON_REQUEST),
     };
     let mut decision = lifecycle::decide(&inputs);
     let held = match hold_for_failover(vm, ctx, &placed.name, &mut decision) {
@@ -97,6 +100,21 @@ pub(super) async fn run_state(
     }
     let (ready, reason, message) = match &held {
         Some(h) if !state.is_active() => (ConditionStatus::False, h.reason, h.message.clone()),
+        _ if phase == VmPhase::Running
+            && state == DomainState::Paused
+            && (decision.action == Action::Pause
+                || (pause_requested(vm) && inputs.paused_on_request)) =>
+        {
+            (
+                ConditionStatus::False,
+                PAUSED_ON_REQUEST,
+                format!(
+                    "paused on request on host {} (annotation {PAUSE_ANNOTATION}=true; `kubectl ferry unpause {}` lets it run)",
+                    placed.name,
+                    vm.name_any()
+                ),
+            )
+        }
         _ => readiness(vm, phase, state, &placed.name, st.stopped_by_guest),
     };
     set_condition(
@@ -118,6 +136,16 @@ pub(super) async fn run_state(
         },
         _ => RESYNC,
     })
+}
+
+/// Ready reason of a VM paused through the `ferry.dev/paused` annotation.
+pub(super) const PAUSED_ON_REQUEST: &str = "PausedOnRequest";
+
+/// Whether the `ferry.dev/paused` annotation asks for the VM to be paused.
+fn pause_requested(vm: &VirtualMachine) -> bool {
+    vm.annotations()
+        .get(PAUSE_ANNOTATION)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// Ready reason of a VM that VM monitoring leaves stopped.
@@ -319,6 +347,32 @@ pub(super) async fn act(
                     "Asked the guest to shut down; forced off after {}s",
                     vm.grace_seconds()
                 ),
+            )
+            .await;
+        }
+        Action::Pause => {
+            hv.pause_domain(uid)
+                .await
+                .map_err(|e| fail(e, "pausing the domain", "PauseFailed"))?;
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "Paused",
+                "Pause",
+                format!("Paused on host {host} (annotation {PAUSE_ANNOTATION})"),
+            )
+            .await;
+        }
+        Action::Resume => {
+            hv.resume_domain(uid)
+                .await
+                .map_err(|e| fail(e, "resuming the domain", "ResumeFailed"))?;
+            ctx.event(
+                vm,
+                EventType::Normal,
+                "Resumed",
+                "Pause",
+                format!("Resumed on host {host}"),
             )
             .await;
         }

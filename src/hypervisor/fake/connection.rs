@@ -474,6 +474,26 @@ impl Hypervisor for FakeConnection {
         .await
     }
 
+    async fn pause_domain(&self, uuid: &str) -> HvResult<()> {
+        self.call(Op::PauseDomain, uuid, |w, h, events| {
+            if w.set_paused(h, uuid, true)? {
+                events.push((h.to_string(), uuid.to_string()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn resume_domain(&self, uuid: &str) -> HvResult<()> {
+        self.call(Op::ResumeDomain, uuid, |w, h, events| {
+            if w.set_paused(h, uuid, false)? {
+                events.push((h.to_string(), uuid.to_string()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn undefine_domain(&self, uuid: &str) -> HvResult<()> {
         self.call(Op::UndefineDomain, uuid, |w, h, events| {
             if w.undefine(h, uuid) {

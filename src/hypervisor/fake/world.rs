@@ -277,6 +277,36 @@ impl World {
         Ok(())
     }
 
+    /// Pause or resume an active domain. Returns whether its state changed; a domain that is
+    /// not active cannot be paused or resumed (libvirt: operation invalid).
+    pub(super) fn set_paused(&mut self, uri: &str, uuid: &str, paused: bool) -> HvResult<bool> {
+        let op = if paused {
+            "pause_domain"
+        } else {
+            "resume_domain"
+        };
+        let Some(d) = self.host(uri).domains.get_mut(uuid) else {
+            return Err(no_domain(op, uuid));
+        };
+        let (from, to) = if paused {
+            (DomainState::Running, DomainState::Paused)
+        } else {
+            (DomainState::Paused, DomainState::Running)
+        };
+        if d.state == to {
+            return Ok(false);
+        }
+        if d.state != from {
+            return Err(failed(
+                op,
+                error_code::OPERATION_INVALID,
+                "domain is not running",
+            ));
+        }
+        d.state = to;
+        Ok(true)
+    }
+
     /// Shut a domain off for `reason`; a transient one disappears. Returns whether it ran.
     pub(super) fn stop(&mut self, uri: &str, uuid: &str, reason: ShutOffReason) -> bool {
         let host = self.host(uri);

@@ -167,6 +167,24 @@ pub(super) fn shutdown(conn: &Connect, uuid: &str) -> CallResult<()> {
     }
 }
 
+/// Pause a running domain (virDomainSuspend); success when it is paused already.
+pub(super) fn pause(conn: &Connect, uuid: &str) -> CallResult<()> {
+    let dom = lookup_dom(conn, uuid)?.ok_or_else(|| not_found_domain(uuid))?;
+    if raw_state(&dom)?.0 == sys::VIR_DOMAIN_PAUSED {
+        return Ok(());
+    }
+    dom.suspend().map_err(Fail::Virt)
+}
+
+/// Resume a paused domain (virDomainResume); success when it runs already.
+pub(super) fn resume(conn: &Connect, uuid: &str) -> CallResult<()> {
+    let dom = lookup_dom(conn, uuid)?.ok_or_else(|| not_found_domain(uuid))?;
+    if raw_state(&dom)?.0 != sys::VIR_DOMAIN_PAUSED {
+        return Ok(());
+    }
+    dom.resume().map_err(Fail::Virt)
+}
+
 /// Force a domain off; success when it is off or gone already.
 pub(super) fn destroy(conn: &Connect, uuid: &str) -> CallResult<()> {
     let Some(dom) = lookup_dom(conn, uuid)? else {

@@ -275,6 +275,18 @@ impl Hypervisor for LibvirtHost {
             .await
     }
 
+    async fn pause_domain(&self, uuid: &str) -> HvResult<()> {
+        let uuid = uuid.to_string();
+        self.call("pause_domain", move |c| domains::pause(c, &uuid))
+            .await
+    }
+
+    async fn resume_domain(&self, uuid: &str) -> HvResult<()> {
+        let uuid = uuid.to_string();
+        self.call("resume_domain", move |c| domains::resume(c, &uuid))
+            .await
+    }
+
     async fn undefine_domain(&self, uuid: &str) -> HvResult<()> {
         let uuid = uuid.to_string();
         self.call("undefine_domain", move |c| domains::undefine(c, &uuid))

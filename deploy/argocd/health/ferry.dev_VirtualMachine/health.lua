@@ -2,7 +2,8 @@
 -- Degraded: Failed or Unknown (host unreachable), a wait only a person can end (the Ready
 -- reasons in `needs_person`), or Ready=False outside a transition. Healthy: Ready=True, stopped by
 -- design (Halted, Manual, RerunOnFailure after the guest shut itself down), or Halted and never
--- placed. Progressing: no status yet, status older than the spec, or a transition.
+-- placed. Suspended: paused on request (ferry.dev/paused). Progressing: no status yet, status
+-- older than the spec, or a transition.
 local hs = {}
 
 local function result(status, message)
@@ -56,6 +57,9 @@ end
 
 if phase == "Failed" or phase == "Unknown" then
   return result("Degraded", message)
+end
+if ready ~= nil and ready.status == "False" and ready.reason == "PausedOnRequest" then
+  return result("Suspended", message)
 end
 if ready ~= nil and ready.status == "False" and needs_person[ready.reason] then
   return result("Degraded", message)
