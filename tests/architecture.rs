@@ -399,15 +399,24 @@ fn starts(path: &str, prefix: &str) -> bool {
     path == prefix || path.starts_with(&format!("{prefix}::"))
 }
 
-#[test]
-fn plan_is_pure() {
+/// `file: uses PATH (RULE)` for every path a file under `dir` names that `forbidden` rules out.
+fn forbidden_uses(sources: &[Source], dir: &str, forbidden: &[&str]) -> Vec<String> {
     let mut bad = Vec::new();
-    for s in sources().iter().filter(|s| s.file.starts_with("src/plan")) {
+    for s in sources.iter().filter(|s| s.file.starts_with(dir)) {
         for (p, _) in &s.paths {
-            if let Some(f) = PLAN_FORBIDDEN_PATHS.iter().find(|f| starts(p, f)) {
+            if let Some(f) = forbidden.iter().find(|f| starts(p, f)) {
                 bad.push(format!("{}: uses {p} ({f})", s.file.display()));
             }
         }
+    }
+    bad
+}
+
+#[test]
+fn plan_is_pure() {
+    let sources = sources();
+    let mut bad = forbidden_uses(&sources, "src/plan", PLAN_FORBIDDEN_PATHS);
+    for s in sources.iter().filter(|s| s.file.starts_with("src/plan")) {
         for clock in CLOCKS {
             if s.code.contains(clock) {
                 bad.push(format!("{}: reads the clock ({clock})", s.file.display()));
@@ -425,14 +434,8 @@ fn plan_is_pure() {
 
 #[test]
 fn fencing_knows_no_planner() {
-    let mut bad = Vec::new();
-    for s in sources().iter().filter(|s| s.file.starts_with("src/fence")) {
-        for (p, _) in &s.paths {
-            if let Some(f) = FENCE_FORBIDDEN_PATHS.iter().find(|f| starts(p, f)) {
-                bad.push(format!("{}: uses {p} ({f})", s.file.display()));
-            }
-        }
-    }
+    let mut bad = forbidden_uses(&sources(), "src/fence", FENCE_FORBIDDEN_PATHS);
+    bad.dedup();
     assert!(
         bad.is_empty(),
         "fence/ takes and returns its own types (see ARCHITECTURE.md):\n{}",
@@ -442,14 +445,7 @@ fn fencing_knows_no_planner() {
 
 #[test]
 fn api_types_know_no_decisions() {
-    let mut bad = Vec::new();
-    for s in sources().iter().filter(|s| s.file.starts_with("src/api")) {
-        for (p, _) in &s.paths {
-            if API_FORBIDDEN_PATHS.iter().any(|f| starts(p, f)) {
-                bad.push(format!("{}: uses {p}", s.file.display()));
-            }
-        }
-    }
+    let mut bad = forbidden_uses(&sources(), "src/api", API_FORBIDDEN_PATHS);
     bad.sort();
     bad.dedup();
     assert!(

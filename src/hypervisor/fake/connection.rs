@@ -1,27 +1,23 @@
 //! One connection to a fake host: the [`Hypervisor`] calls, with the faults, call log, observer
 //! reports and lifecycle events a test sees.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Net;
 use super::faults::{self, Call, Fault, Op};
-use super::world::{Event, FakeDomain, OPERATION_FAILED, World, failed};
+use super::world::{Event, FakeDomain, World, failed};
 use crate::hypervisor::migration::{JobProgress, MigrationRequest};
 use crate::hypervisor::{
     CallObserver, HvResult, Hypervisor, HypervisorError, UploadSource, domain_xml, error_code,
 };
 use crate::plan::domain::{
-    DomainDefinition, DomainInfo, DomainState, GuestInfo, HostInfo, ShutOffReason, VolumeInfo,
+    DomainDefinition, DomainInfo, GuestInfo, HostInfo, ShutOffReason, VolumeInfo,
 };
-
-/// libvirt's `VIR_ERR_OPERATION_ABORTED`.
-const OPERATION_ABORTED: i32 = 78;
 
 /// What a connection shares with the fake hosts (to be told of events and losses).
 pub(super) struct ConnShared {
@@ -82,7 +78,7 @@ impl ConnShared {
         }
     }
 
-    fn lost_error(&self) -> HypervisorError {
+    pub(super) fn lost_error(&self) -> HypervisorError {
         HypervisorError::ConnectionLost {
             uri: self.uri.clone(),
             message: self
@@ -103,38 +99,6 @@ impl ConnShared {
     fn observe(&self, op: Op, seconds: f64, ok: bool) {
         if let Some(o) = &self.observer {
             o.observe(op.as_str(), seconds, ok);
-        }
-    }
-}
-
-/// A migration running from a fake host.
-pub(super) struct MigrationJob {
-    started: Instant,
-    duration: Duration,
-    bytes: u64,
-    post_copy_allowed: bool,
-    aborted: AtomicBool,
-    abort: Notify,
-    post_copy: AtomicBool,
-    max_downtime_ms: AtomicU64,
-}
-
-impl MigrationJob {
-    fn progress(&self) -> JobProgress {
-        let elapsed = self.started.elapsed();
-        let done = if self.duration.is_zero() {
-            1.0
-        } else {
-            (elapsed.as_secs_f64() / self.duration.as_secs_f64()).min(1.0)
-        };
-        let processed = (self.bytes as f64 * done) as u64;
-        JobProgress {
-            elapsed_ms: elapsed.as_millis() as u64,
-            data_total: self.bytes,
-            data_processed: processed,
-            data_remaining: self.bytes - processed,
-            memory_iteration: 1,
-            ..JobProgress::default()
         }
     }
 }
@@ -185,7 +149,7 @@ impl FakeConnection {
     }
 
     /// The connection is usable and no injected fault stops `op` (a slow one is waited out).
-    async fn preflight(&self, op: Op, timeout: Duration) -> HvResult<()> {
+    pub(super) async fn preflight(&self, op: Op, timeout: Duration) -> HvResult<()> {
         if !self.shared.is_open() {
             return Err(self.shared.lost_error());
         }
@@ -227,88 +191,10 @@ impl FakeConnection {
         });
         self.shared.observe(op, started.elapsed().as_secs_f64(), ok);
     }
-
-    async fn migrate_inner(&self, uuid: &str, req: &MigrationRequest) -> HvResult<()> {
-        const OP: &str = "migrate";
-        self.preflight(Op::Migrate, req.timeout).await?;
-        let source = self.shared.host.clone();
-        let job = {
-            let mut world = self.net.lock();
-            let reachable = |d: &String| world.hosts.get(d).is_some_and(|h| h.reachable);
-            let dest = world
-                .resolve(&req.destination_uri)
-                .filter(reachable)
-                .ok_or_else(|| {
-                    failed(
-                        OP,
-                        OPERATION_FAILED,
-                        format!(
-                            "operation failed: Failed to connect to remote libvirt URI {}",
-                            req.destination_uri
-                        ),
-                    )
-                })?;
-            if dest == source {
-                return Err(failed(
-                    OP,
-                    error_code::OPERATION_INVALID,
-                    "Requested operation is not valid: Attempt to migrate guest to the same host",
-                ));
-            }
-            let host = world.host(&source);
-            let dom = host.domains.get(uuid).ok_or_else(|| {
-                failed(
-                    OP,
-                    error_code::NO_DOMAIN,
-                    format!("no domain with UUID {uuid}"),
-                )
-            })?;
-            if dom.state != DomainState::Running {
-                return Err(failed(
-                    OP,
-                    error_code::OPERATION_INVALID,
-                    "Requested operation is not valid: domain is not running",
-                ));
-            }
-            let bytes = dom.info().memory_kib * 1024;
-            let job = Arc::new(MigrationJob {
-                started: Instant::now(),
-                duration: host.migration_time,
-                bytes,
-                post_copy_allowed: req.post_copy,
-                aborted: AtomicBool::new(false),
-                abort: Notify::new(),
-                post_copy: AtomicBool::new(false),
-                max_downtime_ms: AtomicU64::new(300),
-            });
-            host.jobs.insert(uuid.to_string(), job.clone());
-            job
-        };
-        let ran = tokio::select! {
-            _ = tokio::time::sleep(job.duration.min(req.timeout)) => true,
-            _ = job.abort.notified() => false,
-        };
-        if ran && job.duration > req.timeout {
-            self.net.lock().host(&source).jobs.remove(uuid);
-            self.shared
-                .mark_lost(&format!("migrate did not answer within {:?}", req.timeout));
-            return Err(self.shared.lost_error());
-        }
-        let (result, deliveries) = {
-            let mut world = self.net.lock();
-            let mut events = Vec::new();
-            let result = finish_migration(&mut world, &source, uuid, req, &job, &mut events);
-            (result, deliveries(&mut world, &events))
-        };
-        for (conn, uuid) in deliveries {
-            conn.domain_changed(&uuid);
-        }
-        result
-    }
 }
 
 /// The connections to tell about each event.
-fn deliveries(world: &mut World, events: &[Event]) -> Vec<(Arc<ConnShared>, String)> {
+pub(super) fn deliveries(world: &mut World, events: &[Event]) -> Vec<(Arc<ConnShared>, String)> {
     events
         .iter()
         .flat_map(|(uri, uuid)| {
@@ -318,76 +204,6 @@ fn deliveries(world: &mut World, events: &[Event]) -> Vec<(Arc<ConnShared>, Stri
                 .map(move |c| (c, uuid.clone()))
         })
         .collect()
-}
-
-/// Ends a migration job: the domain moves to the destination (persistent there, undefined here)
-/// unless the job was aborted or either side went away meanwhile.
-fn finish_migration(
-    world: &mut World,
-    source: &str,
-    uuid: &str,
-    req: &MigrationRequest,
-    job: &MigrationJob,
-    events: &mut Vec<Event>,
-) -> HvResult<()> {
-    const OP: &str = "migrate";
-    world.host(source).jobs.remove(uuid);
-    let mut stats = job.progress();
-    let fail = |world: &mut World, stats: &mut JobProgress, e: HypervisorError| {
-        stats.success = Some(false);
-        stats.error = Some(e.to_string());
-        world
-            .host(source)
-            .completed
-            .insert(uuid.to_string(), stats.clone());
-        Err(e)
-    };
-    if job.aborted.load(Ordering::SeqCst) {
-        let e = failed(
-            OP,
-            OPERATION_ABORTED,
-            "operation aborted: migration out job: canceled by client",
-        );
-        return fail(world, &mut stats, e);
-    }
-    let dest = world
-        .resolve(&req.destination_uri)
-        .filter(|d| world.hosts.get(d).is_some_and(|h| h.reachable));
-    let running = world
-        .host(source)
-        .domains
-        .get(uuid)
-        .is_some_and(|d| d.state == DomainState::Running);
-    let (Some(dest), true) = (dest, running) else {
-        let e = failed(
-            OP,
-            OPERATION_FAILED,
-            "operation failed: migration out job: unexpectedly failed",
-        );
-        return fail(world, &mut stats, e);
-    };
-    let Some(dom) = world.host(source).domains.remove(uuid) else {
-        return Ok(());
-    };
-    events.push((source.to_string(), uuid.to_string()));
-    stats.data_processed = stats.data_total;
-    stats.data_remaining = 0;
-    stats.downtime_ms = Some(job.max_downtime_ms.load(Ordering::SeqCst).min(50));
-    stats.success = Some(true);
-    world
-        .host(source)
-        .completed
-        .insert(uuid.to_string(), stats.clone());
-    let target = world.host(&dest);
-    target.completed.insert(uuid.to_string(), stats);
-    target.domains.insert(
-        uuid.to_string(),
-        FakeDomain {
-            config: dom.config.clone().or_else(|| dom.live.clone()),
-            ..dom
-        },
-    );
-    Ok(())
 }
 
 fn pool_target(pool: &str, name: &str) -> String {

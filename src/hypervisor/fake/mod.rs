@@ -60,6 +60,7 @@
 mod connection;
 mod faults;
 mod host;
+mod migration;
 mod world;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -43,7 +43,7 @@ pub(super) struct HostState {
     /// How long a migration from this host takes.
     pub(super) migration_time: std::time::Duration,
     /// Migration jobs running from this host, by domain UUID.
-    pub(super) jobs: BTreeMap<String, Arc<super::connection::MigrationJob>>,
+    pub(super) jobs: BTreeMap<String, Arc<super::migration::MigrationJob>>,
     /// The last completed job per domain UUID.
     pub(super) completed: BTreeMap<String, JobProgress>,
 }

@@ -335,37 +335,35 @@ mod tests {
 
     #[test]
     fn states_and_reasons_map() {
-        assert_eq!(map_state(1, 1), DomainState::Running);
-        assert_eq!(map_state(2, 0), DomainState::Running);
-        assert_eq!(map_state(3, 2), DomainState::Paused);
-        assert_eq!(map_state(4, 1), DomainState::ShuttingDown);
-        assert_eq!(
-            map_state(5, 1),
-            DomainState::ShutOff(ShutOffReason::Shutdown)
-        );
-        assert_eq!(
-            map_state(5, 2),
-            DomainState::ShutOff(ShutOffReason::Destroyed)
-        );
-        assert_eq!(
-            map_state(5, 3),
-            DomainState::ShutOff(ShutOffReason::Crashed)
-        );
-        assert_eq!(
-            map_state(5, 4),
-            DomainState::ShutOff(ShutOffReason::Migrated)
-        );
-        assert_eq!(map_state(5, 5), DomainState::ShutOff(ShutOffReason::Saved));
-        assert_eq!(map_state(5, 6), DomainState::ShutOff(ShutOffReason::Failed));
-        assert_eq!(map_state(5, 7), DomainState::ShutOff(ShutOffReason::Other));
-        assert_eq!(
-            map_state(5, 8),
-            DomainState::ShutOff(ShutOffReason::Crashed)
-        );
-        assert_eq!(map_state(5, 0), DomainState::ShutOff(ShutOffReason::Other));
-        assert_eq!(map_state(6, 0), DomainState::Crashed);
-        assert_eq!(map_state(7, 0), DomainState::PmSuspended);
-        assert_eq!(map_state(0, 0), DomainState::Unknown);
-        assert_eq!(map_state(99, 0), DomainState::Unknown);
+        use DomainState::*;
+        use ShutOffReason as R;
+        // (virDomainState, reason, what ferry sees)
+        let cases = [
+            (1, 1, Running),
+            (2, 0, Running),
+            (3, 2, Paused),
+            (4, 1, ShuttingDown),
+            (5, 1, ShutOff(R::Shutdown)),
+            (5, 2, ShutOff(R::Destroyed)),
+            (5, 3, ShutOff(R::Crashed)),
+            (5, 4, ShutOff(R::Migrated)),
+            (5, 5, ShutOff(R::Saved)),
+            (5, 6, ShutOff(R::Failed)),
+            (5, 7, ShutOff(R::Other)),
+            // DAEMON: killed by libvirtd at its restart, a crash for ferry.
+            (5, 8, ShutOff(R::Crashed)),
+            (5, 0, ShutOff(R::Other)),
+            (6, 0, Crashed),
+            (7, 0, PmSuspended),
+            (0, 0, Unknown),
+            (99, 0, Unknown),
+        ];
+        for (state, reason, want) in cases {
+            assert_eq!(
+                map_state(state, reason),
+                want,
+                "state {state} reason {reason}"
+            );
+        }
     }
 }

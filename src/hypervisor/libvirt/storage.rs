@@ -91,53 +91,45 @@ fn pool_xml(name: &str, path: &str) -> CallResult<String> {
     .map_err(|e| Fail::Other(e.to_string()))
 }
 
-fn overlay_xml(name: &str, backing: &VolumeInfo, capacity: u64) -> CallResult<String> {
-    check_xml_value("volume name", name)?;
-    check_xml_value("backing path", &backing.path)?;
-    check_xml_value("backing format", &backing.format)?;
-    let capacity = capacity.max(backing.capacity).to_string();
-    write_document(|w| {
-        start(w, "volume", &[])?;
-        text_elem(w, "name", &[], name)?;
-        text_elem(w, "capacity", &[("unit", "bytes")], &capacity)?;
-        start(w, "target", &[])?;
-        empty_elem(w, "format", &[("type", "qcow2")])?;
-        end(w, "target")?;
-        start(w, "backingStore", &[])?;
-        text_elem(w, "path", &[], &backing.path)?;
-        empty_elem(w, "format", &[("type", &backing.format)])?;
-        end(w, "backingStore")?;
-        end(w, "volume")
-    })
-    .map_err(|e| Fail::Other(e.to_string()))
+/// What a new volume is.
+#[derive(Clone, Copy)]
+enum NewVolume<'a> {
+    /// A qcow2 overlay on this volume (never written to).
+    Overlay(&'a VolumeInfo),
+    /// An empty qcow2 volume (the target of a copy).
+    Qcow2,
+    /// An empty raw volume with nothing allocated (filled by an upload).
+    Raw,
 }
 
-/// A standalone qcow2 volume of `capacity` bytes (the target of a copy).
-fn copy_xml(name: &str, capacity: u64) -> CallResult<String> {
+/// The XML of a new volume of `capacity` bytes.
+fn volume_xml(name: &str, capacity: u64, kind: NewVolume) -> CallResult<String> {
     check_xml_value("volume name", name)?;
+    if let NewVolume::Overlay(backing) = kind {
+        check_xml_value("backing path", &backing.path)?;
+        check_xml_value("backing format", &backing.format)?;
+    }
     let capacity = capacity.to_string();
+    let format = match kind {
+        NewVolume::Raw => "raw",
+        NewVolume::Overlay(_) | NewVolume::Qcow2 => "qcow2",
+    };
     write_document(|w| {
         start(w, "volume", &[])?;
         text_elem(w, "name", &[], name)?;
         text_elem(w, "capacity", &[("unit", "bytes")], &capacity)?;
+        if let NewVolume::Raw = kind {
+            text_elem(w, "allocation", &[("unit", "bytes")], "0")?;
+        }
         start(w, "target", &[])?;
-        empty_elem(w, "format", &[("type", "qcow2")])?;
+        empty_elem(w, "format", &[("type", format)])?;
         end(w, "target")?;
-        end(w, "volume")
-    })
-    .map_err(|e| Fail::Other(e.to_string()))
-}
-
-fn raw_volume_xml(name: &str, capacity: u64) -> CallResult<String> {
-    check_xml_value("volume name", name)?;
-    write_document(|w| {
-        start(w, "volume", &[])?;
-        text_elem(w, "name", &[], name)?;
-        text_elem(w, "capacity", &[("unit", "bytes")], &capacity.to_string())?;
-        text_elem(w, "allocation", &[("unit", "bytes")], "0")?;
-        start(w, "target", &[])?;
-        empty_elem(w, "format", &[("type", "raw")])?;
-        end(w, "target")?;
+        if let NewVolume::Overlay(backing) = kind {
+            start(w, "backingStore", &[])?;
+            text_elem(w, "path", &[], &backing.path)?;
+            empty_elem(w, "format", &[("type", &backing.format)])?;
+            end(w, "backingStore")?;
+        }
         end(w, "volume")
     })
     .map_err(|e| Fail::Other(e.to_string()))
@@ -236,7 +228,11 @@ pub(super) fn create_overlay(
     capacity: u64,
 ) -> CallResult<VolumeInfo> {
     let pool = require_pool(conn, pool)?;
-    let xml = overlay_xml(name, backing, capacity)?;
+    let xml = volume_xml(
+        name,
+        capacity.max(backing.capacity),
+        NewVolume::Overlay(backing),
+    )?;
     let vol = StorageVol::create_xml(&pool, &xml, 0)?;
     volume_info(&vol)
 }
@@ -262,7 +258,7 @@ pub(super) fn clone_volume(
             format!("storage volume {name:?} exists already"),
         ));
     }
-    let xml = copy_xml(name, source.capacity)?;
+    let xml = volume_xml(name, source.capacity, NewVolume::Qcow2)?;
     match StorageVol::create_xml_from(&pool, &xml, &from, 0) {
         Ok(vol) => volume_info(&vol),
         Err(e) => {
@@ -288,7 +284,7 @@ pub(super) fn upload_volume(
     source: UploadSource,
 ) -> CallResult<VolumeInfo> {
     let pool = require_pool(conn, pool)?;
-    let xml = raw_volume_xml(name, capacity)?;
+    let xml = volume_xml(name, capacity, NewVolume::Raw)?;
     let vol = StorageVol::create_xml(&pool, &xml, 0)?;
     let uploaded = upload(conn, &vol, source).and_then(|()| {
         refresh(&pool)?;
@@ -341,7 +337,7 @@ mod tests {
             capacity: 1000,
             format: "qcow2".into(),
         };
-        let xml = overlay_xml("vm&1.qcow2", &backing, 10).unwrap_or_default();
+        let xml = volume_xml("vm&1.qcow2", 1000, NewVolume::Overlay(&backing)).unwrap_or_default();
         let facts = XmlFacts::parse(&xml).expect("well-formed");
         assert_eq!(facts.text("volume/name"), Some("vm&1.qcow2"));
         assert_eq!(facts.text("volume/capacity"), Some("1000"));
@@ -356,5 +352,15 @@ mod tests {
             Some("qcow2")
         );
         assert!(pool_xml("a\0b", "/x").is_err());
+
+        let xml = volume_xml("up", 5, NewVolume::Raw).unwrap_or_default();
+        let facts = XmlFacts::parse(&xml).expect("well-formed");
+        assert_eq!(facts.text("volume/allocation"), Some("0"));
+        assert_eq!(facts.attr("volume/target/format", "type"), Some("raw"));
+        assert_eq!(facts.text("volume/backingStore/path"), None);
+        let xml = volume_xml("copy", 5, NewVolume::Qcow2).unwrap_or_default();
+        let facts = XmlFacts::parse(&xml).expect("well-formed");
+        assert_eq!(facts.attr("volume/target/format", "type"), Some("qcow2"));
+        assert_eq!(facts.text("volume/allocation"), None);
     }
 }
