@@ -26,7 +26,10 @@ if [ -z "${FERRY_IMAGE_PRIVATE_NS:-}" ]; then
 fi
 if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi
 
-for tool in podman crun skopeo kubectl helm curl python3; do
+PY=${FERRY_VENV:-/opt/ferry-venv}/bin/python
+[ -x "$PY" ] || PY=$(command -v python3 || true)
+[ -n "$PY" ] || { echo "image test: no Python (scripts/setup.sh makes /opt/ferry-venv)" >&2; exit 1; }
+for tool in podman crun skopeo kubectl helm curl; do
   command -v "$tool" >/dev/null || { echo "image test: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 
@@ -42,7 +45,7 @@ if [ -z "${KUBECONFIG:-}" ] && [ ! -f "$KUBE_SCRIPTS/start.sh" ]; then
   exit 0
 fi
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
-REF=$(tar -xOf "$ARCHIVE" ./index.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"])')
+REF=$(tar -xOf "$ARCHIVE" ./index.json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"])')
 
 work=$(mktemp -d /tmp/ferry-image.XXXXXX)
 NS=ferry-image-$$
@@ -71,12 +74,12 @@ trap 'exit 130' INT TERM
 mkdir -p "$work/tmp"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 echo "== the archive: $ARCHIVE ($REF)"
 skopeo inspect "oci-archive:$ARCHIVE" >"$work/inspect.json"
-python3 - "$work/inspect.json" "$VERSION" <<'PY'
+"$PY" - "$work/inspect.json" "$VERSION" <<'PY'
 import json, sys
 info = json.load(open(sys.argv[1]))
 labels = info["Labels"]
@@ -96,7 +99,7 @@ RUN=(run --cgroups=disabled --network host --ulimit "nofile=4096:4096"
 
 echo "== ferry --version in the image"
 got=$(P "${RUN[@]}" --rm "$REF" --version)
-commit=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Labels"]["org.opencontainers.image.revision"][:12])' "$work/inspect.json")
+commit=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["Labels"]["org.opencontainers.image.revision"][:12])' "$work/inspect.json")
 [ "$got" = "ferry $VERSION (git $commit)" ] || fail "ferry --version said '$got'"
 echo "$got"
 
@@ -154,7 +157,7 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 [ "$holder" = "$CTR" ] || { P logs "$CTR" | tail -20; fail "no leadership after 60 s (holder: '$holder')"; }
-leader=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
+leader=$("$PY" -c "import time; print(f'{time.time() - $started:.1f}')")
 echo "leader after ${leader} s: Lease $NS/ferry-controller holderIdentity=$holder"
 
 ready=""

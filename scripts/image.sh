@@ -19,7 +19,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-for tool in mmdebstrap umoci cargo python3; do
+PY=${FERRY_VENV:-/opt/ferry-venv}/bin/python
+[ -x "$PY" ] || PY=$(command -v python3 || true)
+[ -n "$PY" ] || { echo "image.sh: no Python (scripts/setup.sh makes /opt/ferry-venv)" >&2; exit 1; }
+for tool in mmdebstrap umoci cargo; do
   command -v "$tool" >/dev/null || { echo "image.sh: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 [ "$(id -u)" = 0 ] || { echo "image.sh: run as root (mmdebstrap and umoci unpack as root)" >&2; exit 1; }
@@ -38,7 +41,7 @@ started=$(date +%s)
 echo "== the Dockerfile's context -> $IMAGE_DIR/context"
 # .dockerignore here is "ignore everything, then let through these paths"; anything else is not
 # read correctly by this script, so refuse it.
-python3 - "$IMAGE_DIR/context" <<'PY'
+"$PY" - "$IMAGE_DIR/context" <<'PY'
 import pathlib, re, shutil, sys
 root = pathlib.Path(".")
 dest = pathlib.Path(sys.argv[1])
@@ -116,7 +119,7 @@ umoci config --image "$WORK/oci:ferry" --no-history --created "$CREATED" \
   --config.label "org.opencontainers.image.created=$CREATED"
 umoci gc --layout "$WORK/oci"
 # The archive's image reference: the full name podman gives the loaded image.
-python3 - "$WORK/oci/index.json" "$REPOSITORY:$VERSION" <<'PY'
+"$PY" - "$WORK/oci/index.json" "$REPOSITORY:$VERSION" <<'PY'
 import json, sys
 path, ref = sys.argv[1], sys.argv[2]
 index = json.load(open(path))
@@ -128,8 +131,8 @@ find "$WORK/oci" -print0 | xargs -0r touch --no-dereference --date="@$SOURCE_DAT
 tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner --format=gnu \
   -C "$WORK/oci" -cf "$OUT.tmp" .
 mv "$OUT.tmp" "$OUT"
-digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$WORK/oci/index.json")
-layers=$(python3 - "$WORK/oci" "$digest" <<'PY'
+digest=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$WORK/oci/index.json")
+layers=$("$PY" - "$WORK/oci" "$digest" <<'PY'
 import json, sys
 blobs = sys.argv[1] + "/blobs/sha256/"
 manifest = json.load(open(blobs + sys.argv[2].split(":")[1]))
