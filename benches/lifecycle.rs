@@ -56,7 +56,8 @@ async fn main() {
         "spec": {"nodeSelector": {"matchLabels": {"ferry.dev/bench-hypervisor": "true"}},
                  "libvirt": {"uriTemplate": lab.hosts[0].unix_uri},
                  "storage": {"pool": "ferry", "path": lab.pool_dir},
-                 "console": {"logDirectory": lab.console_dir}}
+                 "console": {"logDirectory": lab.console_dir},
+                 "boot": {"directories": [support::objects::boot_dir(&lab)]}}
     }))
     .await;
     let vms = c.vms();

@@ -95,7 +95,8 @@ fn pool_manifest(lab: &lab::Lab) -> serde_json::Value {
                  "storage": {"pool": "ferry", "path": lab.pool_dir},
                  // Lab hosts have 2 cores: let the evacuated host hold all its VMs.
                  "capacity": {"cpuOvercommit": "8"},
-                 "console": {"logDirectory": lab.console_dir}}
+                 "console": {"logDirectory": lab.console_dir},
+                 "boot": {"directories": [support::objects::boot_dir(lab)]}}
     })
 }
 

@@ -1,9 +1,9 @@
 //! Benchmark: the real `ferry controller` at scale, against simulated hosts.
 //!
 //! Every host is libvirt's in-process test driver (`test:///<file>`, one XML file per host with
-//! its CPUs, memory and a storage pool holding the golden image); every host has a Node object
-//! whose annotation names its file, and one HostPool's `uriTemplate` is
-//! `test://{annotation:ferry.dev/scale-host-file}`. The Kubernetes side is whatever `KUBECONFIG`
+//! its CPUs, memory and a storage pool holding the golden image, named after its Node); one
+//! HostPool's `uriTemplate` is `test://<that directory>/{name}.xml`, and the controller runs with
+//! `--allow-test-driver` (`FERRY_ALLOW_TEST_DRIVER`). The Kubernetes side is whatever `KUBECONFIG`
 //! names (`e2e/bench-scale.sh` starts the in-repo API stand-in when it is unset).
 //!
 //! Measured: time to fill the pool (VMs created → all `Ready`), controller RSS, API writes,
@@ -46,7 +46,6 @@ use support::cluster::{self, Cluster, metric_sum, set_node_ready, wait_for};
 use support::objects::is_ready as ready;
 
 const HOST_LABEL: &str = "ferry.dev/scale-host";
-const FILE_ANNOTATION: &str = "ferry.dev/scale-host-file";
 const STORAGE_POOL: &str = "ferry";
 const POOL_PATH: &str = "/var/lib/ferry/scale";
 const GOLDEN: &str = "golden.qcow2";
@@ -356,15 +355,14 @@ async fn main() {
     let ns = c.namespace.clone();
     let t = Instant::now();
     let nodes: Api<Node> = Api::all(c.client.clone());
-    futures::stream::iter(files.iter().enumerate())
-        .map(|(i, f)| {
+    futures::stream::iter(0..n_hosts)
+        .map(|i| {
             let nodes = nodes.clone();
             let client = c.client.clone();
             let name = host_name(i);
             let node: Node = serde_json::from_value(json!({
                 "metadata": {"name": name,
-                             "labels": {HOST_LABEL: ns.clone(), "kubernetes.io/hostname": name},
-                             "annotations": {FILE_ANNOTATION: f.display().to_string()}},
+                             "labels": {HOST_LABEL: ns.clone(), "kubernetes.io/hostname": name}},
                 "spec": {}
             }))
             .expect("node");
@@ -391,7 +389,7 @@ async fn main() {
         .apply(json!({
             "apiVersion": "ferry.dev/v1alpha1", "kind": "HostPool", "metadata": {"name": "scale"},
             "spec": {"nodeSelector": {"matchLabels": {HOST_LABEL: ns}},
-                     "libvirt": {"uriTemplate": format!("test://{{annotation:{FILE_ANNOTATION}}}")},
+                     "libvirt": {"uriTemplate": format!("test://{}/{{name}}.xml", dir.path().display())},
                      "storage": {"pool": STORAGE_POOL}}
         }))
         .await;
@@ -414,7 +412,7 @@ async fn main() {
             .for_each(|_| async {}),
     );
 
-    let quiet_log = [("RUST_LOG", "warn")];
+    let quiet_log = [("RUST_LOG", "warn"), ("FERRY_ALLOW_TEST_DRIVER", "true")];
     let mut ctl = c.controller_with_env("scale-1", &quiet_log);
     let pid = ctl.pid().expect("controller pid");
     let t = Instant::now();

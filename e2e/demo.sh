@@ -58,8 +58,9 @@ now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 kubectl patch node ferry-demo-h1 --subresource=status --type=merge -p "{\"status\":{\"addresses\":[{\"type\":\"InternalIP\",\"address\":\"$LAB_H1_IP\"}],\"conditions\":[{\"type\":\"Ready\",\"status\":\"True\",\"reason\":\"KubeletReady\",\"message\":\"lab host\",\"lastHeartbeatTime\":\"$now\",\"lastTransitionTime\":\"$now\"}]}}" >/dev/null
 
 step "starting ferry controller"
+# The lab host's libvirt socket lives in the lab's directory: allow the controller to use it.
 "$FERRY" controller --namespace "$NS" --lease-namespace "$NS" --http-addr 127.0.0.1:0 \
-  >"$work/controller.log" 2>&1 &
+  --libvirt-socket-dir "$LAB_DIR" >"$work/controller.log" 2>&1 &
 pids+=($!)
 
 step "applying a HostPool and a VirtualMachine"
@@ -72,6 +73,7 @@ spec:
   libvirt: {uriTemplate: "$LAB_H1_UNIX_URI", connectTimeoutSeconds: 5}
   storage: {pool: ferry, path: "$LAB_POOL_DIR"}
   console: {logDirectory: "$LAB_CONSOLE_DIR"}
+  boot: {directories: ["$(dirname "$LAB_KERNEL")"]}
 ---
 apiVersion: ferry.dev/v1alpha1
 kind: VirtualMachine

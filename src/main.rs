@@ -5,6 +5,7 @@ use ferry::controller::run::{self, Scope};
 use ferry::http::{self, HttpState};
 use ferry::leader::{self, LeaseSettings};
 use ferry::metrics::Metrics;
+use ferry::plan::uri_policy;
 use ferry::telemetry::{self, LogFormat};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (VirtualMachine, HostPool, VirtualMachineMigration, HAPolicy).
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Print every CustomResourceDefinition as multi-document YAML.
     Crds,
 }
@@ -67,6 +68,50 @@ struct ControllerArgs {
     /// its pool until done, so this bounds the memory of a full resync).
     #[arg(long, env = "FERRY_VM_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     vm_concurrency: u16,
+    /// Allow `test://` libvirt URIs in HostPools: libvirt's in-process fake hosts, for tests and
+    /// benchmarks only.
+    #[arg(long, env = "FERRY_ALLOW_TEST_DRIVER")]
+    allow_test_driver: bool,
+    /// A directory whose sockets a HostPool's `qemu+unix` URI may name with `socket=` (on the
+    /// controller's file system); repeat, or separate with commas. Default: /run/libvirt and
+    /// /var/run/libvirt.
+    #[arg(
+        long = "libvirt-socket-dir",
+        env = "FERRY_LIBVIRT_SOCKET_DIRS",
+        value_delimiter = ','
+    )]
+    libvirt_socket_dirs: Vec<String>,
+    /// A directory inside which a HostPool's URI may name `pkipath=`, `keyfile=` and
+    /// `known_hosts=` (where the client credentials are mounted); repeat, or separate with
+    /// commas. Default: /etc/ferry/pki and /etc/pki/libvirt.
+    #[arg(
+        long = "libvirt-credentials-dir",
+        env = "FERRY_LIBVIRT_CREDENTIALS_DIRS",
+        value_delimiter = ','
+    )]
+    libvirt_credentials_dirs: Vec<String>,
+}
+
+impl ControllerArgs {
+    /// What HostPools' libvirt URIs may say, from the flags.
+    fn uri_limits(&self) -> Result<uri_policy::Limits, String> {
+        let defaults = uri_policy::Limits::default();
+        let or_default = |given: &[String], default: Vec<String>| {
+            if given.is_empty() {
+                default
+            } else {
+                given.to_vec()
+            }
+        };
+        let limits = uri_policy::Limits {
+            allow_test_driver: self.allow_test_driver,
+            socket_dirs: or_default(&self.libvirt_socket_dirs, defaults.socket_dirs),
+            credential_dirs: or_default(&self.libvirt_credentials_dirs, defaults.credential_dirs),
+            own_credentials_dir: None,
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
 }
 
 /// glibc gives threads that contend for malloc arenas of their own (up to eight per core) and
@@ -102,7 +147,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let code = match rt.block_on(controller(args)) {
+            let code = match rt.block_on(controller(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "ferry controller stopped");
@@ -147,6 +192,7 @@ async fn client_config(args: &ControllerArgs) -> Result<Config, String> {
 }
 
 async fn controller(args: ControllerArgs) -> Result<(), String> {
+    let uri_limits = args.uri_limits()?;
     let config = client_config(&args).await?;
     let default_ns = config.default_namespace.clone();
     let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
@@ -218,10 +264,14 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
         });
         lease = Some((watcher, task));
     }
+    let settings = run::Settings {
+        scope,
+        vm_concurrency: args.vm_concurrency,
+        uri_limits,
+    };
     run::run(
         client,
-        scope,
-        args.vm_concurrency,
+        settings,
         metrics,
         reporter,
         move || ready_flag.store(true, Ordering::Relaxed),

@@ -384,3 +384,234 @@ fn macs_are_unicast_and_not_all_zero() {
         assert!(e.iter().any(|m| m.contains(needle)), "{mac}: {e:?}");
     }
 }
+
+fn pool(spec_extra: Value) -> Value {
+    let mut p = json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "HostPool",
+        "metadata": {"name": "lab", "namespace": "default"},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"a": "b"}},
+            "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
+            "storage": {"pool": "ferry", "path": "/srv/ferry/pool"}
+        }
+    });
+    if let (Some(spec), Some(extra)) = (p["spec"].as_object_mut(), spec_extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    p
+}
+
+/// `Ok` or the messages of the rules that failed.
+fn pool_errors(spec_extra: Value) -> Vec<String> {
+    errors("HostPool", &pool(spec_extra), None)
+}
+
+#[test]
+fn hostpool_transports_are_allow_listed() {
+    let with = |template: &str| pool_errors(json!({"libvirt": {"uriTemplate": template}}));
+    for ok in [
+        "qemu+tls://{address}/system",
+        "qemu://{address}/system",
+        "qemu+ssh://root@{annotation:example.com/host}/system",
+        "qemu+libssh://{address}/system?sshauth=privkey",
+        "qemu+libssh2://{address}/system",
+        "qemu+tcp://{address}/system",
+        "qemu+unix:///system?socket=/run/libvirt/libvirt-sock",
+        "test:///default",
+    ] {
+        assert_eq!(with(ok), Vec::<String>::new(), "{ok}");
+    }
+    for (bad, needle) in [
+        (
+            "qemu+ext:///system?command=/path/to/script",
+            "ext transport runs a local program",
+        ),
+        ("qemu+ext:///system", "ext transport"),
+        (
+            "qemu+ssh://{address}/system?command=/tmp/x",
+            "command= names a program",
+        ),
+        (
+            "qemu+ssh://{address}/system?a=b&command=/tmp/x",
+            "command= names a program",
+        ),
+        ("qemu+http://{address}/system", "allowed transport"),
+        ("lxc:///system", "allowed transport"),
+        ("just-a-host", "must be a libvirt URI"),
+    ] {
+        let e = with(bad);
+        assert!(e.iter().any(|m| m.contains(needle)), "{bad}: {e:?}");
+    }
+}
+
+#[test]
+fn hostpool_host_verification_stays_on_unless_the_pool_says_so() {
+    let e =
+        pool_errors(json!({"libvirt": {"uriTemplate": "qemu+tls://{address}/system?no_verify=1"}}));
+    assert!(
+        e.iter().any(|m| m.contains("insecureSkipHostVerification")),
+        "{e:?}"
+    );
+    let e = pool_errors(
+        json!({"libvirt": {"uriTemplate": "qemu+libssh://{address}/system?known_hosts_verify=ignore"}}),
+    );
+    assert!(
+        e.iter().any(|m| m.contains("insecureSkipHostVerification")),
+        "{e:?}"
+    );
+    assert_eq!(
+        pool_errors(
+            json!({"libvirt": {"uriTemplate": "qemu+tls://{address}/system?no_verify=1",
+                                        "insecureSkipHostVerification": true}})
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        pool_errors(json!({"libvirt": {"uriTemplate": "qemu+tls://{address}/system?no_verify=0"}})),
+        Vec::<String>::new()
+    );
+    // The peer template too, judged by the same pool field.
+    let peer = |t: &str, skip: bool| {
+        pool_errors(json!({
+            "libvirt": {"uriTemplate": "qemu+tls://{address}/system", "insecureSkipHostVerification": skip},
+            "migration": {"peerUriTemplate": t}
+        }))
+    };
+    assert_eq!(
+        peer("qemu+tcp://{address}/system", false),
+        Vec::<String>::new()
+    );
+    assert!(
+        peer("qemu+tls://{address}/system?no_verify=1", false)
+            .iter()
+            .any(|m| m.contains("peerUriTemplate turn off"))
+    );
+    assert_eq!(
+        peer("qemu+tls://{address}/system?no_verify=1", true),
+        Vec::<String>::new()
+    );
+    for (bad, needle) in [
+        ("qemu+unix:///system", "the source host can use"),
+        ("qemu+ext:///system?command=/x", "the source host can use"),
+        (
+            "qemu+ssh://{address}/system?command=/x",
+            "command= names a program",
+        ),
+    ] {
+        let e = peer(bad, false);
+        assert!(e.iter().any(|m| m.contains(needle)), "{bad}: {e:?}");
+    }
+}
+
+#[test]
+fn hostpool_directories_are_normalized_clear_of_the_system_and_apart() {
+    let storage = |path: &str| pool_errors(json!({"storage": {"pool": "ferry", "path": path}}));
+    for ok in [
+        "/srv/ferry/pool",
+        "/var/lib/libvirt/images",
+        "/tmp/ferry-lab-1/shared/pool",
+    ] {
+        assert_eq!(storage(ok), Vec::<String>::new(), "{ok}");
+    }
+    for (bad, needle) in [
+        ("/", "absolute path"),
+        ("/etc", "system directory"),
+        ("/etc/ferry", "system directory"),
+        ("/var", "system directory"),
+        ("/var/lib/libvirt", "system directory"),
+        ("/var/lib/kubelet/pods", "system directory"),
+        ("/run/ferry", "system directory"),
+        ("/srv/../etc", "absolute path written without"),
+        ("/srv//pool", "absolute path written without"),
+        ("/srv/pool/", "absolute path written without"),
+        ("srv/pool", "absolute path written without"),
+    ] {
+        let e = storage(bad);
+        assert!(e.iter().any(|m| m.contains(needle)), "{bad}: {e:?}");
+    }
+    let console = pool_errors(json!({"console": {"logDirectory": "/etc/cron.d"}}));
+    assert!(
+        console.iter().any(|m| m.contains("system directory")),
+        "{console:?}"
+    );
+
+    let boot = |dirs: Value, extra: Value| {
+        let mut spec = json!({"boot": {"directories": dirs}});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        pool_errors(spec)
+    };
+    assert_eq!(
+        boot(json!(["/srv/ferry/boot"]), json!({})),
+        Vec::<String>::new()
+    );
+    for (dirs, extra, needle) in [
+        (
+            json!(["/srv/ferry/pool/k"]),
+            json!({}),
+            "may not overlap storage.path",
+        ),
+        (
+            json!(["/srv/ferry"]),
+            json!({}),
+            "may not overlap storage.path",
+        ),
+        (
+            json!(["/var/log/libvirt"]),
+            json!({}),
+            "may not overlap console.logDirectory",
+        ),
+        (
+            json!(["/srv/ferry/console"]),
+            json!({"console": {"logDirectory": "/srv/ferry/console"}}),
+            "may not overlap console.logDirectory",
+        ),
+        (json!(["/boot"]), json!({}), "system directory"),
+        (
+            json!(["/srv/k/../../etc"]),
+            json!({}),
+            "absolute path written without",
+        ),
+    ] {
+        let e = boot(dirs.clone(), extra);
+        assert!(e.iter().any(|m| m.contains(needle)), "{dirs}: {e:?}");
+    }
+    let e = pool_errors(json!({"console": {"logDirectory": "/srv/ferry/pool/logs"}}));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("storage.path and console.logDirectory may not overlap")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn vm_boot_files_are_normalized_absolute_paths() {
+    let with_boot = |kernel: &str, initrd: &str| {
+        let mut v = vm();
+        v["spec"]["boot"] = json!({"kernel": kernel, "initrd": initrd});
+        errors("VirtualMachine", &v, None)
+    };
+    assert_eq!(
+        with_boot("/srv/boot/vmlinuz", "/srv/boot/initrd.img"),
+        Vec::<String>::new()
+    );
+    for (kernel, initrd, needle) in [
+        (
+            "/srv/boot/../../etc/shadow",
+            "/srv/boot/i",
+            "kernel must be",
+        ),
+        ("/srv/boot/vmlinuz", "/srv/boot/./i", "initrd must be"),
+        ("/srv//boot/vmlinuz", "/srv/boot/i", "kernel must be"),
+        ("/srv/boot/", "/srv/boot/i", "kernel must be"),
+    ] {
+        let e = with_boot(kernel, initrd);
+        assert!(
+            e.iter().any(|m| m.contains(needle)),
+            "{kernel} {initrd}: {e:?}"
+        );
+    }
+}

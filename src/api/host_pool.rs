@@ -35,6 +35,10 @@ use super::schema;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.boot) || !has(self.storage.path) || self.boot.directories.all(d, !(d == self.storage.path || d.startsWith(self.storage.path + '/') || self.storage.path.startsWith(d + '/')))").message("boot.directories may not overlap storage.path: a VM could boot another VM's disk"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.boot) || self.boot.directories.all(d, !(d == (has(self.console) ? self.console.logDirectory : '/var/log/libvirt/qemu') || d.startsWith((has(self.console) ? self.console.logDirectory : '/var/log/libvirt/qemu') + '/') || (has(self.console) ? self.console.logDirectory : '/var/log/libvirt/qemu').startsWith(d + '/')))").message("boot.directories may not overlap console.logDirectory (default /var/log/libvirt/qemu): a VM could boot another VM's console log"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.storage.path) || !has(self.console) || !(self.storage.path == self.console.logDirectory || self.storage.path.startsWith(self.console.logDirectory + '/') || self.console.logDirectory.startsWith(self.storage.path + '/'))").message("storage.path and console.logDirectory may not overlap: console logs would show up as volumes"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.migration) || !has(self.migration.peerUriTemplate) || !self.migration.peerUriTemplate.matches('[?&;](no_verify=1|known_hosts_verify=ignore)') || (has(self.libvirt.insecureSkipHostVerification) && self.libvirt.insecureSkipHostVerification)").message("no_verify=1 and known_hosts_verify=ignore in migration.peerUriTemplate turn off checking the host's identity: set libvirt.insecureSkipHostVerification: true to allow them"))]
 pub struct HostPoolSpec {
     /// Nodes that belong to the pool. An empty selector selects no Node.
     pub node_selector: LabelSelector,
@@ -45,6 +49,10 @@ pub struct HostPoolSpec {
     /// Where each VM's serial console is logged on the hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<ConsoleSpec>,
+    /// Where the kernels and initrds that VMs of the pool may boot directly live on the hosts.
+    /// Unset: no VM of the pool may use `spec.boot` (direct kernel boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootFilesSpec>,
     /// How much of each host VMs may use: overcommit ratios and reservations for the host itself.
     /// Unset: no overcommit, nothing reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,8 +125,12 @@ pub struct MigrationPolicySpec {
     /// migration), with the same placeholders as `libvirt.uriTemplate`, filled for the
     /// destination. Default: `libvirt.uriTemplate`; the hosts use their own libvirt client
     /// credentials (for TLS, `/etc/pki/libvirt` on each host), not the controller's Secret.
+    /// Allowed: `qemu+tls`, `qemu+ssh`, `qemu+libssh`, `qemu+libssh2` and `qemu+tcp`, without
+    /// `socket`, `pkipath`, `keyfile` or `known_hosts` (the host's own configuration applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^qemu([+](tls|ssh|libssh|libssh2|tcp))?://')").message("peerUriTemplate must be a libvirt URI the source host can use: qemu+tls://, qemu+ssh://, qemu+libssh://, qemu+libssh2:// or qemu+tcp://"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('[?&;]command=')").message("command= names a program to run and is never allowed"))]
     pub peer_uri_template: Option<String>,
 }
 
@@ -211,15 +223,35 @@ pub enum PlacementStrategy {
 /// How to reach each host's libvirt daemon.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!self.uriTemplate.matches('[?&;](no_verify=1|known_hosts_verify=ignore)') || (has(self.insecureSkipHostVerification) && self.insecureSkipHostVerification)").message("no_verify=1 and known_hosts_verify=ignore turn off checking the host's identity: set insecureSkipHostVerification: true to allow them"))]
 pub struct LibvirtSpec {
     /// libvirt URI with placeholders filled per host: `{address}` (the Node's address chosen by
     /// `addressType`), `{name}` (the Node's name), `{label:KEY}` and `{annotation:KEY}` (a label
     /// or annotation of the Node; a Node without it is Misconfigured). For example
     /// `qemu+tls://{address}/system`, `qemu+ssh://root@{annotation:example.com/bmc-host}/system`,
     /// or `qemu+tcp://{address}/system` in labs.
+    ///
+    /// Whatever the template says is checked before it is used (a pool that fails shows
+    /// `Ready=False` saying what to fix): the transport is `qemu+tls`, `qemu+ssh`,
+    /// `qemu+libssh`, `qemu+libssh2`, `qemu+tcp` or `qemu+unix` (`test` only where the
+    /// controller runs with `--allow-test-driver`; never `qemu+ext`), the path `/system`, and
+    /// the only parameters are `socket` (inside a directory the controller allows with
+    /// `--libvirt-socket-dir`, default `/run/libvirt`), `pkipath`, `keyfile`, `known_hosts`
+    /// (inside `--libvirt-credentials-dir`, default `/etc/ferry/pki` and `/etc/pki/libvirt`),
+    /// `sshauth`, `known_hosts_verify`, `no_verify`, `no_tty`, `mode` and `proxy`. Values
+    /// filled in from the Node must be host names or IP addresses.
     #[schemars(length(min = 1, max = 1024))]
-    #[x_kube(validation = kube::core::Rule::new("self.contains('://')").message("uriTemplate must be a libvirt URI such as qemu+tls://{address}/system"))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^(qemu([+](tls|ssh|libssh|libssh2|tcp|unix))?|test)://')").message("uriTemplate must be a libvirt URI with an allowed transport: qemu+tls://, qemu+ssh://, qemu+libssh://, qemu+libssh2://, qemu+tcp:// or qemu+unix:// (test:// only where the controller allows it)"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('^[a-z0-9]*[+]ext:')").message("the ext transport runs a local program with the controller's credentials and is never allowed"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.matches('[?&;]command=')").message("command= names a program for the controller to run and is never allowed"))]
     pub uri_template: String,
+    /// Let `uriTemplate` (and `migration.peerUriTemplate`) turn off checking the host's
+    /// identity: `no_verify=1` (TLS: any certificate; `ssh`, `libssh2`: any new host key)
+    /// and `known_hosts_verify=ignore` (`libssh`). Default false:
+    /// such a template is refused. For labs only: without the check anyone on the path to a
+    /// host can pose as it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_host_verification: Option<bool>,
     /// Which Node address fills `{address}`: `InternalIP` (default), `ExternalIP` or `Hostname`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address_type: Option<AddressType>,
@@ -284,8 +316,11 @@ pub struct StorageSpec {
     pub pool: String,
     /// Directory of the pool. When set and a host lacks the pool, ferry defines a `dir` pool there
     /// with this path; when unset the pool must already exist on every host.
+    /// It must be absolute and normalized, may not be, contain or lie inside a system directory
+    /// (`/etc`, `/usr`, `/var/lib/kubelet`, ...), and may not overlap `console.logDirectory` or
+    /// `boot.directories`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/"))]
+    #[schemars(schema_with = "schema::host_directory")]
     pub path: Option<String>,
     /// Whether every host sees the same pool contents (NFS, a cluster file system). Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,8 +333,26 @@ pub struct StorageSpec {
 pub struct ConsoleSpec {
     /// Directory on the hosts for console logs (`<namespace>_<name>.console.log`). Default
     /// `/var/log/libvirt/qemu`. Put it on shared storage to keep one log across migrations.
-    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/"))]
+    /// The same rules as `storage.path` apply.
+    #[schemars(schema_with = "schema::host_directory")]
     pub log_directory: String,
+}
+
+/// Console log directory on the hosts when `console` is unset.
+pub const DEFAULT_CONSOLE_DIR: &str = "/var/log/libvirt/qemu";
+
+/// Direct kernel boot files.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BootFilesSpec {
+    /// Directories on the hosts holding kernels and initrds: a VirtualMachine's
+    /// `boot.kernel` and `boot.initrd` must be files inside one of them (a VM that names
+    /// another file is refused with `BootFileNotAllowed`). At most 16, each absolute and
+    /// normalized, clear of system directories, and overlapping neither `storage.path` nor
+    /// `console.logDirectory`. The guest can read whatever these files hold: keep only boot
+    /// files there.
+    #[schemars(schema_with = "schema::host_directories")]
+    pub directories: Vec<String>,
 }
 
 /// Observed state of a HostPool.
@@ -448,7 +501,7 @@ impl HostPool {
             .console
             .as_ref()
             .map(|c| c.log_directory.as_str())
-            .unwrap_or("/var/log/libvirt/qemu")
+            .unwrap_or(DEFAULT_CONSOLE_DIR)
     }
 }
 

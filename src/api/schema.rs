@@ -66,3 +66,77 @@ pub fn disk_size(_: &mut SchemaGenerator) -> Schema {
 pub fn reserved_memory(_: &mut SchemaGenerator) -> Schema {
     quantity_between("0", "64Ti", "reservedMemory")
 }
+
+/// System directories no HostPool directory (`storage.path`, `console.logDirectory`,
+/// `boot.directories`) may be, contain or lie inside: the host's own configuration,
+/// credentials, kernel interfaces, programs and the state of libvirt, the kubelet and container
+/// runtimes (both names of the usual `/usr` and `/var/run` links). `/`, which contains them all,
+/// is refused as well.
+pub const PROTECTED_DIRECTORIES: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/var/lib/etcd",
+    "/var/lib/kubelet",
+    "/var/lib/libvirt/qemu",
+    "/var/run",
+];
+
+/// CEL: an absolute path without empty, `.` or `..` segments or a trailing `/`.
+pub const NORMALIZED_PATH_RULE: &str =
+    "self.matches('^(/[^/]+)+$') && !self.matches('/[.][.]?(/|$)')";
+
+/// Message of [`NORMALIZED_PATH_RULE`].
+pub const NORMALIZED_PATH_MESSAGE: &str =
+    "must be an absolute path written without //, a trailing /, . or .. segments";
+
+/// A directory on the hosts that a HostPool declares: normalized and clear of the system
+/// directories of [`PROTECTED_DIRECTORIES`], up to `max` characters.
+fn directory(max: u64) -> Value {
+    let protected = PROTECTED_DIRECTORIES
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    json!({
+        "type": "string",
+        "minLength": 2,
+        "maxLength": max,
+        "x-kubernetes-validations": [
+            {"rule": NORMALIZED_PATH_RULE, "message": format!("the directory {NORMALIZED_PATH_MESSAGE}")},
+            {
+                "rule": format!("![{protected}].exists(p, self == p || self.startsWith(p + '/') || p.startsWith(self + '/'))"),
+                "message": format!("the directory may not be, contain or lie inside a system directory ({})", PROTECTED_DIRECTORIES.join(", "))
+            }
+        ]
+    })
+}
+
+/// `storage.path`, `console.logDirectory`.
+pub fn host_directory(_: &mut SchemaGenerator) -> Schema {
+    Schema::try_from(directory(4096)).unwrap_or_default()
+}
+
+/// `boot.directories`: at most 16 distinct directories.
+pub fn host_directories(_: &mut SchemaGenerator) -> Schema {
+    Schema::try_from(json!({
+        "type": "array",
+        "maxItems": 16,
+        "x-kubernetes-list-type": "set",
+        "items": directory(1024)
+    }))
+    .unwrap_or_default()
+}

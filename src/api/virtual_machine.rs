@@ -447,12 +447,16 @@ pub enum NicModel {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BootSpec {
-    /// Absolute path of the kernel on every host of the pool.
+    /// Absolute path of the kernel on every host of the pool, inside one of the HostPool's
+    /// `boot.directories`.
     #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/"))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^(/[^/]+)+$') && !self.matches('/[.][.]?(/|$)')").message("kernel must be an absolute path written without //, a trailing /, . or .. segments"))]
     pub kernel: String,
-    /// Absolute path of the initrd on every host of the pool.
+    /// Absolute path of the initrd on every host of the pool, inside one of the HostPool's
+    /// `boot.directories`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/"))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^(/[^/]+)+$') && !self.matches('/[.][.]?(/|$)')").message("initrd must be an absolute path written without //, a trailing /, . or .. segments"))]
     pub initrd: Option<String>,
     /// Kernel command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,7 +3,7 @@
 //! another.
 
 use crate::api::HostPool;
-use crate::plan::uri;
+use crate::plan::{pool_check, uri, uri_policy};
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -39,13 +39,36 @@ pub fn pool_nodes(nodes: &Store<Node>, pool: &HostPool) -> Vec<Arc<Node>> {
     out
 }
 
-/// The libvirt URI of `node` in `pool`.
-pub fn host_uri(pool: &HostPool, node: &Node) -> Result<String, String> {
-    uri::render(
+/// The libvirt URI of `node` in `pool`, if `limits` allow it (see [`uri_policy`]); the error
+/// says what to fix.
+pub fn host_uri(
+    pool: &HostPool,
+    node: &Node,
+    limits: &uri_policy::Limits,
+) -> Result<String, String> {
+    let uri = uri::render(
         &pool.spec.libvirt.uri_template,
         node,
         pool.spec.libvirt.address_type.unwrap_or_default(),
-    )
+    )?;
+    allowed(&uri, uri_policy::Role::Controller, pool, limits)?;
+    Ok(uri)
+}
+
+/// `Ok` when `uri` may be used for `role` in `pool` under `limits`, else what to fix.
+pub fn allowed(
+    uri: &str,
+    role: uri_policy::Role,
+    pool: &HostPool,
+    limits: &uri_policy::Limits,
+) -> Result<(), String> {
+    uri_policy::check(uri, role, limits, pool_check::terms(&pool.spec)).map_err(|p| {
+        format!(
+            "ferry does not use the URI {}: {}",
+            redact(uri),
+            uri_policy::summary(&p).1
+        )
+    })
 }
 
 /// Whether the Node's `Ready` condition is `True`.

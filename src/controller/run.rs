@@ -63,16 +63,31 @@ where
     }
 }
 
+/// How the controllers run (from the command line).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Which namespaces they watch.
+    pub scope: Scope,
+    /// VirtualMachine reconciles at once, at most.
+    pub vm_concurrency: u16,
+    /// What HostPools' libvirt URIs may say.
+    pub uri_limits: crate::plan::uri_policy::Limits,
+}
+
 /// Run both controllers until `shutdown` resolves.
 pub async fn run(
     client: Client,
-    scope: Scope,
-    vm_concurrency: u16,
+    settings: Settings,
     metrics: Arc<Metrics>,
     reporter: Reporter,
     ready: impl FnOnce() + Send,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let Settings {
+        scope,
+        vm_concurrency,
+        uri_limits,
+    } = settings;
     let (node_store, node_writer) = reflector::store::<Node>();
     let nodes = watcher(
         Api::<Node>::all(client.clone()),
@@ -148,7 +163,8 @@ pub async fn run(
             vm_store.clone(),
         )
         .with_migrations(migration_store.clone())
-        .with_policies(policy_store),
+        .with_policies(policy_store)
+        .with_uri_limits(uri_limits),
     );
     // A migration changes what the VM controller may do with its VM.
     let migrations_for_vms = watcher(

@@ -66,6 +66,9 @@ def vm_rows() -> list[Row]:
         ("False", "CloneSourceElsewhere", "Pending", "Degraded"),
         ("False", "CloneSourceRunning", "Pending", "Degraded"),
         ("False", "DuplicateMAC", "Pending", "Degraded"),
+        ("False", "HostPoolRefused", "Pending", "Degraded"),
+        ("False", "BootFileNotAllowed", "Pending", "Degraded"),
+        ("False", "BootFileNotAllowed", "Running", "Degraded"),
         ("False", "DomainConflict", "Failed", "Degraded"),
         # Failures of a placed VM.
         ("False", "Paused", "Running", "Degraded"),
@@ -106,6 +109,9 @@ REASONS: list[Row] = [
     Row("HostPool", "Ready", "False", "NoHostReady", None, "Degraded"),
     Row("HostPool", "Ready", "False", "NoHostsSelected", None, "Degraded"),
     Row("HostPool", "Ready", "False", "InvalidSelector", None, "Degraded"),
+    Row("HostPool", "Ready", "False", "TransportNotAllowed", None, "Degraded"),
+    Row("HostPool", "Ready", "False", "URIParameterNotAllowed", None, "Degraded"),
+    Row("HostPool", "Ready", "False", "PathNotAllowed", None, "Degraded"),
     Row("HostPool", "Degraded", "False", "AllHostsHealthy", None, "Healthy"),
     Row("HostPool", "Degraded", "True", "HostsUnhealthy", None, "Healthy"),
     Row("HostPool", "Evacuating", "False", "NoEvacuation", None, "Healthy"),
@@ -139,7 +145,7 @@ NOT_CONDITION_REASONS = {
     "OrphanDomains", "HostReady", "HostCordoned", "EvacuationBlocked", "EvacuationCancelled",
     "StaleDomainRemoved", "Fenced", "Confirmed", "Copied", "Start", "Stop", "Define", "Delete",
     "Update", "Provision", "Import", "Schedule", "Migrate", "Cleanup", "Reconcile", "Probe",
-    "Evacuate", "Fence", "Failover", "Recover", "ShutOff", "Resumed", "Pause",
+    "Evacuate", "Fence", "Failover", "Recover", "ShutOff", "Resumed", "Pause", "Check",
     # API values: kinds, status types, phases and states, printer columns, field names
     "VirtualMachine", "VirtualMachineClass", "VirtualMachineMigration", "HostPool", "HAPolicy",
     "VirtualMachineStatus", "VirtualMachineMigrationStatus", "HostPoolStatus", "HAPolicyStatus",

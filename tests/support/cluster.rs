@@ -423,6 +423,10 @@ async fn heartbeat(client: &Client, name: &str, ip: &str) {
     }
 }
 
+/// Where the lab hosts' libvirt sockets are, for the controllers' `--libvirt-socket-dir` (a test
+/// may set `FERRY_LIBVIRT_SOCKET_DIRS` itself through [`Cluster::controller_with_env`]).
+pub const LAB_SOCKETS_UNDER: &str = "/tmp";
+
 /// A running `ferry controller`; killed on drop. Its log is kept in a temporary file.
 pub struct ControllerProcess {
     child: Option<Child>,
@@ -535,6 +539,9 @@ impl ControllerProcess {
             .args(["--lease-duration", "6", "--lease-grace", "2"])
             .env("RUST_LOG", "info,ferry=debug")
             .env("FERRY_PKI_DIR", dir.path().join("pki"))
+            // The lab hosts' libvirt sockets are in their lab directories (lab.sh puts each lab
+            // in /tmp/ferry-lab-<id>).
+            .env("FERRY_LIBVIRT_SOCKET_DIRS", LAB_SOCKETS_UNDER)
             // The ssh program may record host keys under ~/.ssh: keep that in the test's files.
             .env("HOME", dir.path())
             .envs(env.iter().copied())

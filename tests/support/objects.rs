@@ -62,7 +62,8 @@ pub async fn wait_vm(
     }
 }
 
-/// The HostPool `name` of a one-host lab: its unix socket, the shared pool, the console directory.
+/// The HostPool `name` of a one-host lab: its unix socket, the shared pool, the console directory
+/// and the directory of the guest's kernel and initrd.
 pub fn pool_manifest(name: &str, lab: &lab::Lab) -> serde_json::Value {
     json!({
         "apiVersion": "ferry.dev/v1alpha1", "kind": "HostPool",
@@ -72,9 +73,18 @@ pub fn pool_manifest(name: &str, lab: &lab::Lab) -> serde_json::Value {
             "libvirt": {"uriTemplate": lab.hosts[0].unix_uri, "connectTimeoutSeconds": 5,
                         "keepaliveIntervalSeconds": 2, "keepaliveCount": 3},
             "storage": {"pool": "ferry", "path": lab.pool_dir},
-            "console": {"logDirectory": lab.console_dir}
+            "console": {"logDirectory": lab.console_dir},
+            "boot": {"directories": [boot_dir(lab)]}
         }
     })
+}
+
+/// The lab's directory of kernels and initrds (the tiny guest's and the Debian guest's).
+pub fn boot_dir(lab: &lab::Lab) -> std::path::PathBuf {
+    lab.kernel
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| lab.shared_dir.join("boot"))
 }
 
 /// A VirtualMachine of the tiny guest (1 vCPU, 128Mi, an overlay of the golden image).

@@ -1,7 +1,7 @@
 //! `console`: where a VM's serial console is logged, and attaching to it with `virsh`.
 
 use ferry::api::{HostPool, VirtualMachine};
-use ferry::plan::{naming, uri};
+use ferry::plan::{naming, uri, uri_policy};
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
@@ -13,6 +13,8 @@ pub struct ConsoleTarget {
     pub log_path: String,
     /// libvirt URI of the host, when known.
     pub uri: Option<String>,
+    /// Why the pool's URI is not used, when it would run a program here.
+    pub refused: Option<String>,
 }
 
 /// Where `console` looks: the log file in the pool's console directory, and the host's URI from
@@ -46,11 +48,14 @@ pub fn console_target(
             .and_then(|s| s.hosts.iter().find(|h| h.name == host))
             .and_then(|h| h.uri.clone())
     });
+    // virsh would run it on this machine, with this user's rights.
+    let refused = uri.as_deref().and_then(uri_policy::runs_a_program);
     Ok(ConsoleTarget {
         host,
         domain,
         log_path,
-        uri,
+        uri: uri.filter(|_| refused.is_none()),
+        refused,
     })
 }
 
@@ -73,6 +78,12 @@ pub async fn attach(
     let uri = uri.or(target.uri.clone());
     println!("{name} is on host {}", target.host);
     println!("console log (on {}): {}", target.host, target.log_path);
+    if let Some(why) = &target.refused {
+        println!(
+            "not using HostPool {}'s libvirt URI: {why}",
+            pool.name_any()
+        );
+    }
     let Some(uri) = uri else {
         println!(
             "no libvirt URI known for {}: pass --uri to attach",
@@ -125,11 +136,21 @@ mod tests {
                 domain: "vms_web-1".into(),
                 log_path: "/srv/console/vms_web-1.console.log".into(),
                 uri: Some("qemu+ssh://root@10.0.0.11/system".into()),
+                refused: None,
             }
         );
         // Without the Node (no permission), the pool's status has the URI.
         let t = console_target(&v, &p, None).expect("target");
         assert_eq!(t.uri.as_deref(), Some("qemu+ssh://10.0.0.11/system"));
+        // A pool whose URI would make virsh run a program here is not followed.
+        let mut evil = p.clone();
+        evil.spec.libvirt.uri_template = "qemu+ext:///system?command=/tmp/x".into();
+        let t = console_target(&v, &evil, Some(&node)).expect("target");
+        assert_eq!(t.uri, None);
+        assert!(
+            t.refused
+                .is_some_and(|r| r.contains("runs a local program"))
+        );
         let unplaced = vm(None, json!({}), json!({"phase": "Pending"}));
         assert!(console_target(&unplaced, &p, None).is_err());
     }

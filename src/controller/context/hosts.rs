@@ -3,10 +3,13 @@
 
 use super::lock;
 use crate::api::HostPool;
-use crate::controller::{credentials, hosts::redact};
+use crate::controller::credentials;
+use crate::controller::hosts::{allowed, host_uri, redact};
 use crate::hypervisor::connections::{ConnectOptions, HostConnections};
 use crate::hypervisor::{HostInfo, HvResult, Hypervisor, HypervisorError};
 use crate::metrics::Metrics;
+use crate::plan::uri_policy::{Limits, Role};
+use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,20 +28,45 @@ pub struct HostAccess {
     /// Where libvirt TLS client files from Secrets are written (`$FERRY_PKI_DIR`, default a
     /// `ferry-pki` directory in the temporary directory).
     pki_root: PathBuf,
+    /// What the installation allows in libvirt URIs.
+    limits: Limits,
 }
 
 impl HostAccess {
     /// Access through `connections`, reading credentials with `client`.
     pub fn new(client: Client, metrics: Arc<Metrics>, connections: HostConnections) -> Self {
+        let pki_root = std::env::var_os("FERRY_PKI_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("ferry-pki"));
         HostAccess {
             connections,
             client,
             metrics,
             facts: Mutex::default(),
-            pki_root: std::env::var_os("FERRY_PKI_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| std::env::temp_dir().join("ferry-pki")),
+            limits: Limits {
+                own_credentials_dir: Some(pki_root.display().to_string()),
+                ..Limits::default()
+            },
+            pki_root,
         }
+    }
+
+    /// Allow in libvirt URIs what `limits` allow (never ferry's own credentials directory).
+    pub fn set_uri_limits(&mut self, limits: Limits) {
+        self.limits = Limits {
+            own_credentials_dir: Some(self.pki_root.display().to_string()),
+            ..limits
+        };
+    }
+
+    /// What libvirt URIs may say.
+    pub fn uri_limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The libvirt URI of `node` in `pool`, if allowed (see [`host_uri`]).
+    pub fn uri(&self, pool: &HostPool, node: &Node) -> Result<String, String> {
+        host_uri(pool, node, &self.limits)
     }
 
     /// A connection to the host at `uri`, with the pool's timeouts and, when the pool names a
@@ -55,6 +83,13 @@ impl HostAccess {
         pool: &HostPool,
     ) -> HvResult<Arc<dyn Hypervisor>> {
         let opts = pool_options(pool);
+        // Every connection passes here: a URI the limits refuse is never opened.
+        allowed(uri, Role::Controller, pool, &self.limits).map_err(|message| {
+            HypervisorError::Rejected {
+                uri: redact(uri),
+                message,
+            }
+        })?;
         let uri = self.credentialed_uri(uri, pool).await?;
         registry.get(&uri, &opts).await.map_err(|e| match e {
             // Name the Secret the rejected credentials came from.

@@ -101,6 +101,12 @@ impl Context {
         self
     }
 
+    /// Allow in libvirt URIs what `limits` allow (the controller's flags).
+    pub fn with_uri_limits(mut self, limits: crate::plan::uri_policy::Limits) -> Self {
+        self.hosts.set_uri_limits(limits);
+        self
+    }
+
     /// Use `store` for HAPolicies.
     pub fn with_policies(mut self, store: Store<crate::api::HAPolicy>) -> Self {
         self.caches.policies = store;

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::api::{HAPolicy, HostPool, VirtualMachine};
-use crate::controller::hosts::host_uri;
 use crate::controller::{Context, lock};
 use crate::fence;
 use crate::hypervisor::{DomainInfo, Hypervisor};
@@ -134,7 +133,7 @@ pub(super) async fn connected(
     pool: &HostPool,
     node: &Node,
 ) -> Option<Arc<dyn Hypervisor>> {
-    let uri = host_uri(pool, node).ok()?;
+    let uri = ctx.hosts.uri(pool, node).ok()?;
     tokio::time::timeout(PROBE_DEADLINE, ctx.hosts.connect(&uri, pool))
         .await
         .ok()?

@@ -2,7 +2,6 @@
 
 use super::*;
 use crate::api::HostPool;
-use crate::controller::hosts::host_uri;
 use crate::controller::lock;
 use crate::plan::host_health::Signal;
 use k8s_openapi::api::core::v1::Node;
@@ -51,7 +50,7 @@ pub(super) fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now
         m.probe_started = Some(Instant::now());
         m.probe_answered = false;
     }
-    let uri = match host_uri(pool, node) {
+    let uri = match hc.ctx.hosts.uri(pool, node) {
         Ok(u) => u,
         Err(_) => {
             if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(&name)) {

@@ -9,6 +9,7 @@ use super::{Context, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::{HostPool, HostPoolStatus, HostState};
 use crate::error::{Error, Result};
+use crate::plan::pool_check;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::core::Selector;
@@ -68,6 +69,13 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
     }
 
     let nodes = pool_nodes(&ctx.caches.nodes, &pool);
+    // A pool whose URIs or directories ferry refuses is never connected to.
+    if let Err(problems) = pool_check::check_pool(&pool.spec, ctx.hosts.uri_limits()) {
+        report::refused(&ctx, &pool, nodes.len(), &mut st, &problems, now).await;
+        apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
+        ctx.pool_reports.wrote(&uid, st);
+        return Ok(Requeue::await_change());
+    }
     let hosts = probe::hosts(&pool, &nodes, &ctx, &previous).await;
     report::transitions(&ctx, &pool, &nodes, &previous, &hosts).await;
     report::conditions(&pool, &mut st, &hosts, now);

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::api::{HostPool, HostState, HostStatus};
-use crate::controller::hosts::{cordoned, host_uri, redact};
+use crate::controller::hosts::{cordoned, redact};
 use crate::controller::{Context, credentials};
 use crate::hypervisor::HypervisorError;
 use crate::plan::capacity::{self, Amount};
@@ -120,7 +120,7 @@ pub(super) async fn probe(
 ) -> HostStatus {
     let name = node.name_any();
     let mut h = HostStatus::new(name.clone(), HostState::Misconfigured);
-    let uri = match host_uri(pool, node) {
+    let uri = match ctx.hosts.uri(pool, node) {
         Ok(u) => u,
         Err(m) => {
             h.message = Some(m);

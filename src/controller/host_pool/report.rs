@@ -11,6 +11,37 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use std::sync::Arc;
 
+/// A pool ferry refuses (see [`crate::plan::pool_check`]): no host is probed or listed, `Ready`
+/// is False with the first problem's reason and every problem in the message, and a Warning
+/// Event says so when the reason changes.
+pub(super) async fn refused(
+    ctx: &Context,
+    pool: &HostPool,
+    selected: usize,
+    st: &mut HostPoolStatus,
+    problems: &[crate::plan::uri_policy::Problem],
+    now: Timestamp,
+) {
+    let (reason, message) = crate::plan::uri_policy::summary(problems);
+    let was = crate::api::condition::find(&st.conditions, "Ready").map(|c| c.reason.clone());
+    if was.as_deref() != Some(reason) {
+        ctx.event(pool, EventType::Warning, reason, "Check", message.clone())
+            .await;
+    }
+    st.selected_hosts = i32::try_from(selected).unwrap_or(i32::MAX);
+    st.ready_hosts = 0;
+    st.hosts.clear();
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        ConditionStatus::False,
+        reason,
+        format!("ferry does not use this pool until it is fixed: {message}"),
+        pool.metadata.generation,
+        now,
+    );
+}
+
 /// Events for what changed since the last report: hosts whose state changed, new orphan domains.
 pub(super) async fn transitions(
     ctx: &Context,

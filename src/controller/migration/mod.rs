@@ -13,7 +13,7 @@ mod job;
 mod schedule;
 mod settle;
 
-use super::hosts::host_uri;
+use super::hosts::allowed;
 use super::{Context, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::{
@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::hypervisor::Hypervisor;
 use crate::plan::migration::Active;
 use crate::plan::uri;
+use crate::plan::uri_policy::Role;
 use cleanup::cleanup;
 use follow::follow;
 use job::{bytes_to_move, start, watch_adopted};
@@ -279,20 +280,28 @@ async fn hosts(
             .ok_or_else(|| format!("Node {name} does not exist"))
     };
     let (sn, tn) = (node(source)?, node(target)?);
-    let source_uri = host_uri(pool, &sn)?;
-    let target_uri = host_uri(pool, &tn)?;
-    let peer_template = pool
+    let source_uri = ctx.hosts.uri(pool, &sn)?;
+    let target_uri = ctx.hosts.uri(pool, &tn)?;
+    let explicit_peer = pool
         .spec
         .migration
         .as_ref()
-        .and_then(|m| m.peer_uri_template.clone())
-        .unwrap_or_else(|| pool.spec.libvirt.uri_template.clone());
-    let peer_uri = uri::render(
-        &peer_template,
-        &tn,
-        pool.spec.libvirt.address_type.unwrap_or_default(),
-    )
-    .map_err(|e| format!("spec.migration.peerUriTemplate: {e}"))?;
+        .and_then(|m| m.peer_uri_template.clone());
+    let peer_uri = match explicit_peer {
+        Some(template) => {
+            let u = uri::render(
+                &template,
+                &tn,
+                pool.spec.libvirt.address_type.unwrap_or_default(),
+            )
+            .map_err(|e| format!("spec.migration.peerUriTemplate: {e}"))?;
+            allowed(&u, Role::Peer, pool, ctx.hosts.uri_limits())
+                .map_err(|e| format!("spec.migration.peerUriTemplate: {e}"))?;
+            u
+        }
+        // The destination's own URI, checked as such.
+        None => target_uri.clone(),
+    };
     let source_hv = ctx
         .hosts
         .connect(&source_uri, pool)

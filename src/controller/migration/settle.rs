@@ -7,7 +7,6 @@ use crate::api::{
 };
 use crate::controller::Context;
 use crate::controller::context::Job;
-use crate::controller::hosts::host_uri;
 use crate::error::Result;
 use crate::hypervisor::DomainState;
 use crate::plan::migration::{self, Outcome, Policy, Seen};
@@ -89,7 +88,7 @@ pub(super) async fn observe(
         let Some(node) = ctx.caches.nodes.get(&ObjectRef::new(&name)) else {
             return Seen::Unknown;
         };
-        let Ok(uri) = host_uri(pool, &node) else {
+        let Ok(uri) = ctx.hosts.uri(pool, &node) else {
             return Seen::Unknown;
         };
         let Ok(hv) = ctx.hosts.connect(&uri, pool).await else {
@@ -119,7 +118,7 @@ pub(super) async fn clean_target(ctx: &Context, pool: &HostPool, target: &str, v
     let Some(node) = ctx.caches.nodes.get(&ObjectRef::new(target)) else {
         return;
     };
-    let Ok(uri) = host_uri(pool, &node) else {
+    let Ok(uri) = ctx.hosts.uri(pool, &node) else {
         return;
     };
     let Ok(hv) = ctx.hosts.connect(&uri, pool).await else {

@@ -5,7 +5,7 @@ use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::virtual_machine::ABANDON_ANNOTATION;
 use crate::api::{MigrationPhase, VirtualMachine, VmPhase};
 use crate::controller::cloud_init;
-use crate::controller::hosts::{host_uri, selects};
+use crate::controller::hosts::selects;
 use crate::controller::{Context, status::apply_status};
 use crate::error::{Error, Result};
 use crate::hypervisor::{DomainInfo, Hypervisor};
@@ -92,7 +92,7 @@ pub(super) async fn clean_host(
         _ => None,
     };
     let connected = match (&pool, &node) {
-        (Some(p), Some(n)) => match host_uri(p, n) {
+        (Some(p), Some(n)) => match ctx.hosts.uri(p, n) {
             Ok(uri) => ctx.hosts.connect(&uri, p).await.map_err(|e| e.to_string()),
             Err(m) => Err(m),
         },

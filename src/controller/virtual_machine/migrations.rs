@@ -5,7 +5,6 @@ use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::virtual_machine::VmMigrationStatus;
 use crate::api::{MigrationPhase, VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::controller::Context;
-use crate::controller::hosts::host_uri;
 use crate::error::Result;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -133,7 +132,7 @@ pub(super) async fn follow(
             message: format!("{} (Node {target} is gone)", confirm.message),
             ..Blocked::new(confirm.phase, confirm.reason, "", Retry::Backoff)
         })?;
-    let there = match host_uri(&placed.pool, &node) {
+    let there = match ctx.hosts.uri(&placed.pool, &node) {
         Ok(uri) => match ctx.hosts.connect(&uri, &placed.pool).await {
             Ok(hv) => hv.lookup_domain(&uid).await.ok().flatten(),
             Err(_) => return Err(confirm),

@@ -168,7 +168,12 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
             );
             if matches!(
                 b.reason,
-                "HostPoolNotFound" | "NoHostAvailable" | "InvalidSpec" | "DuplicateMAC"
+                "HostPoolNotFound"
+                    | "NoHostAvailable"
+                    | "InvalidSpec"
+                    | "DuplicateMAC"
+                    | "HostPoolRefused"
+                    | "BootFileNotAllowed"
             ) && st.host.is_none()
             {
                 set_condition(

@@ -5,11 +5,11 @@ use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
 use crate::api::virtual_machine::Recovery;
 use crate::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
-use crate::controller::hosts::host_uri;
 use crate::controller::scheduling::{self, NotPlaced};
 use crate::controller::{Context, status::apply_status};
 use crate::error::Result;
 use crate::plan::validate::ValidSpec;
+use crate::plan::{pool_check, uri_policy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -40,6 +40,31 @@ pub(super) async fn place(
                 Retry::After(Duration::from_secs(300)),
             )
         })?;
+    // Nothing is placed or connected for a pool ferry refuses, nor for boot files outside the
+    // directories the pool allows for them.
+    let waiting = st
+        .phase
+        .filter(|_| st.host.is_some())
+        .unwrap_or(VmPhase::Pending);
+    if let Err(problems) = pool_check::check_pool(&pool.spec, ctx.hosts.uri_limits()) {
+        return Err(Blocked::new(
+            waiting,
+            "HostPoolRefused",
+            format!(
+                "HostPool {pool_name} is refused until a platform admin fixes it: {}",
+                uri_policy::summary(&problems).1
+            ),
+            Retry::After(Duration::from_secs(60)),
+        ));
+    }
+    pool_check::check_boot(&vm.spec, pool_name, &pool.spec).map_err(|m| {
+        Blocked::new(
+            waiting,
+            "BootFileNotAllowed",
+            format!("fix the spec: {m}"),
+            Retry::After(RESYNC),
+        )
+    })?;
     // The HA controller proved the VM's host off: place it anew, once per incident, never on
     // that host (its pool status may not show it down yet).
     let exclude = failover_request(vm, st).map(|f| {
@@ -131,7 +156,7 @@ pub(super) async fn place(
             Retry::After(Duration::from_secs(60)),
         )
     })?;
-    let uri = host_uri(&pool, &node).map_err(|m| {
+    let uri = ctx.hosts.uri(&pool, &node).map_err(|m| {
         Blocked::new(
             VmPhase::Pending,
             "HostMisconfigured",

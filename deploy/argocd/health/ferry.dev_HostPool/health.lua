@@ -1,6 +1,7 @@
 -- Argo CD health check for ferry.dev HostPool (Lua 5.1).
 -- Healthy: Ready=True (at least one host takes VMs; the message names hosts that do not).
--- Degraded: Ready=False (no host selected, none reachable, invalid selector), or an evacuation
+-- Degraded: Ready=False (no host selected, none reachable, invalid selector, a URI or directory
+-- ferry refuses), or an evacuation
 -- that cannot finish (Evacuating reason Blocked: VMs that cannot move). Progressing: no verdict
 -- for the current spec yet, or a host being evacuated.
 local hs = {}

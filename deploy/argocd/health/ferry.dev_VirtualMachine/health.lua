@@ -30,7 +30,8 @@ local needs_person = {
   CloudInitSecretNotFound = true, CloudInitInvalid = true, ChecksumMismatch = true,
   ImportFailed = true, DiskLocked = true, InvalidSpec = true, RestartLimitReached = true,
   HostMisconfigured = true, CloneSourceNotFound = true, CloneSourceElsewhere = true,
-  CloneSourceRunning = true, DuplicateMAC = true,
+  CloneSourceRunning = true, DuplicateMAC = true, HostPoolRefused = true,
+  BootFileNotAllowed = true,
 }
 
 local st = obj.status
