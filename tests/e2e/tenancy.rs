@@ -4,7 +4,10 @@
 
 use crate::support::cluster::{self, Cluster, wait_for};
 use crate::support::lab;
-use crate::support::objects::{LABEL, host_of, pool_manifest, ready_reason, vm_manifest, wait_vm};
+use crate::support::migration::LAB_HOST;
+use crate::support::objects::{
+    LABEL, boot_dir, host_of, pool_manifest, ready_reason, vm_manifest, wait_vm,
+};
 use ferry::api::{HostPool, VirtualMachine};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -209,6 +212,27 @@ async fn namespace_editors_cannot_change_pools_or_policies() {
     }
 }
 
+/// Wait until VM `name` is either refused with `Ready` reason `reason` or placed, then assert
+/// the first (`what` says what placing it would have meant).
+async fn refused(c: &Cluster, name: &str, reason: &str, what: &str) -> VirtualMachine {
+    let vm = wait_vm(
+        c,
+        name,
+        &format!("{reason} or a host"),
+        Duration::from_secs(60),
+        |v| ready_reason(v).is_some_and(|(_, r)| r == reason) || host_of(v).is_some(),
+    )
+    .await;
+    assert_eq!(
+        ready_reason(&vm),
+        Some(("False".into(), reason.into())),
+        "{what}: {:?}",
+        vm.status
+    );
+    assert_eq!(host_of(&vm), None, "{what}");
+    vm
+}
+
 /// Two VMs of one pool never share a MAC: a VM asking for another VM's (derived) MAC, or for a
 /// MAC an older VM asked for, waits with `DuplicateMAC` and is not placed; once the holder is
 /// gone it is placed.
@@ -245,17 +269,13 @@ async fn duplicate_macs_in_a_pool_are_refused() {
         .mac
         .clone();
     c.apply::<VirtualMachine>(vm("copy", Some(&derived))).await;
-    let copy = wait_vm(&c, "copy", "refused", Duration::from_secs(60), |v| {
-        ready_reason(v).is_some_and(|(_, r)| r == "DuplicateMAC") || host_of(v).is_some()
-    })
+    let copy = refused(
+        &c,
+        "copy",
+        "DuplicateMAC",
+        "a VM with another VM's MAC was placed",
+    )
     .await;
-    assert_eq!(
-        ready_reason(&copy),
-        Some(("False".into(), "DuplicateMAC".into())),
-        "a VM with another VM's MAC was placed: {:?}",
-        copy.status
-    );
-    assert_eq!(host_of(&copy), None);
     let message = crate::support::objects::condition(&copy, "Ready")
         .map(|c| c.message.clone())
         .unwrap_or_default();
@@ -272,17 +292,13 @@ async fn duplicate_macs_in_a_pool_are_refused() {
     })
     .await;
     c.apply::<VirtualMachine>(vm("newer", Some(mac))).await;
-    let newer = wait_vm(&c, "newer", "refused", Duration::from_secs(60), |v| {
-        ready_reason(v).is_some_and(|(_, r)| r == "DuplicateMAC") || host_of(v).is_some()
-    })
+    refused(
+        &c,
+        "newer",
+        "DuplicateMAC",
+        "the newer of two VMs with one MAC was placed",
+    )
     .await;
-    assert_eq!(
-        ready_reason(&newer).map(|r| r.1),
-        Some("DuplicateMAC".into()),
-        "{:?}",
-        newer.status
-    );
-    assert_eq!(host_of(&newer), None);
 
     // The all-zero MAC never gets in (the API server's CEL rule; the spec check otherwise).
     let zero = c
@@ -315,4 +331,253 @@ async fn duplicate_macs_in_a_pool_are_refused() {
         |v| host_of(v).is_some(),
     )
     .await;
+}
+
+/// Whether the API server enforces the CRDs' CEL rules (a real one; the stand-in only checks
+/// `self == oldSelf`).
+fn server_has_cel() -> bool {
+    std::env::var_os("FERRY_STANDIN").is_none()
+}
+
+/// The `Ready` condition of HostPool `name` once it has one for the current generation.
+async fn pool_ready(c: &Cluster, name: &str) -> (String, String, String) {
+    let pools = c.pools();
+    wait_for(
+        &format!("HostPool {name} to have a Ready condition"),
+        Duration::from_secs(60),
+        || {
+            let pools = pools.clone();
+            async move {
+                let p = pools.get(name).await.ok()?;
+                let g = p.metadata.generation;
+                let st = p.status?;
+                (st.observed_generation == g).then_some(())?;
+                let r = st.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+                Some((r.status, r.reason, r.message))
+            }
+        },
+    )
+    .await
+}
+
+/// A HostPool is checked before it is used: the API server refuses what CEL can judge (the
+/// `qemu+ext` transport, `command=`, `no_verify=1` without consent, system directories, boot
+/// files with `..`); the controller refuses the rest (a socket path that climbs out of the
+/// allowed directory, a Node annotation that is no host name, boot files outside the pool's
+/// boot directories) and never runs a program or connects for it. A well-formed pool and VM in
+/// the same namespace keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn hostpools_are_checked_before_use() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-pool-check").await;
+    let ns = c.namespace.clone();
+    let node = format!("{ns}-h1");
+    c.add_node_with_labels(
+        &node,
+        &lab.hosts[0].ip,
+        &[(LABEL, "true"), (LAB_HOST, &lab.hosts[0].name)],
+    )
+    .await;
+    // A kubelet writes its Node's annotations: this one tries to climb out of a directory.
+    Api::<k8s_openapi::api::core::v1::Node>::all(c.client.clone())
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/e2e-hop": ".."}}})),
+        )
+        .await
+        .expect("annotate the Node");
+    // Only the lab's own directory holds sockets the controller may use.
+    let lab_dir = lab.dir.display().to_string();
+    let _ctl = c.controller_with_env("e2e-pool-check", &[("FERRY_LIBVIRT_SOCKET_DIRS", &lab_dir)]);
+    let h = &lab.hosts[0].name;
+    let sockets = format!(
+        "qemu+unix:///system?socket={lab_dir}/{{label:{LAB_HOST}}}/run/libvirt/libvirt-sock"
+    );
+
+    // A program the ext transport would run, and the file it would leave.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let marker = scratch.path().join("ran");
+    let script = scratch.path().join("script.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).expect("script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let pool = |name: &str, libvirt: serde_json::Value, extra: serde_json::Value| {
+        let mut p = pool_manifest(name, &lab);
+        p["spec"]["libvirt"] = libvirt;
+        if let (Some(spec), Some(extra)) = (p["spec"].as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        p
+    };
+    let create = |p: serde_json::Value| {
+        let pools = c.pools();
+        async move {
+            let obj: HostPool = serde_json::from_value(p).expect("HostPool");
+            pools.create(&PostParams::default(), &obj).await
+        }
+    };
+
+    // The well-formed pool: the lab's sockets, its pool, console and boot directories.
+    c.apply::<HostPool>(pool("good", json!({"uriTemplate": sockets}), json!({})))
+        .await;
+
+    // What the API server's CEL rules refuse (on a server without them, the controller does).
+    let refused_by_cel: Vec<(&str, serde_json::Value, &str, &str)> = vec![
+        (
+            "ext",
+            pool(
+                "ext",
+                json!({"uriTemplate": format!("qemu+ext:///system?command={}", script.display())}),
+                json!({}),
+            ),
+            "ext transport",
+            "TransportNotAllowed",
+        ),
+        (
+            "ssh-command",
+            pool(
+                "ssh-command",
+                json!({"uriTemplate": format!("qemu+ssh://{{address}}/system?command={}", script.display())}),
+                json!({}),
+            ),
+            "command= names a program",
+            "URIParameterNotAllowed",
+        ),
+        (
+            "no-verify",
+            pool(
+                "no-verify",
+                json!({"uriTemplate": "qemu+tls://{address}/system?no_verify=1"}),
+                json!({}),
+            ),
+            "insecureSkipHostVerification",
+            "URIParameterNotAllowed",
+        ),
+        (
+            "etc",
+            pool(
+                "etc",
+                json!({"uriTemplate": sockets}),
+                json!({"storage": {"pool": "etc", "path": "/etc"}}),
+            ),
+            "system directory",
+            "PathNotAllowed",
+        ),
+    ];
+    for (name, manifest, cel_message, reason) in refused_by_cel {
+        let created = create(manifest).await;
+        if server_has_cel() {
+            match created {
+                Err(kube::Error::Api(s)) => {
+                    assert_eq!(s.code, 422, "{name}: {s:?}");
+                    assert!(s.message.contains(cel_message), "{name}: {}", s.message);
+                }
+                other => panic!("the API server took HostPool {name}: {other:?}"),
+            }
+        } else {
+            created.unwrap_or_else(|e| panic!("create {name}: {e}"));
+            let (status, got, message) = pool_ready(&c, name).await;
+            assert_eq!(
+                (status.as_str(), got.as_str()),
+                ("False", reason),
+                "{name}: {message}"
+            );
+        }
+    }
+
+    // What only the controller can judge.
+    c.apply::<HostPool>(pool(
+        "climbing",
+        json!({"uriTemplate": format!("qemu+unix:///system?socket={lab_dir}/{h}/../{h}/run/libvirt/libvirt-sock")}),
+        json!({}),
+    ))
+    .await;
+    c.apply::<HostPool>(pool(
+        "hop",
+        json!({"uriTemplate": format!("qemu+unix:///system?socket={lab_dir}/{h}/{{annotation:ferry.dev/e2e-hop}}/{h}/run/libvirt/libvirt-sock")}),
+        json!({}),
+    ))
+    .await;
+    let (status, reason, message) = pool_ready(&c, "climbing").await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "PathNotAllowed"),
+        "a socket path with .. was used: {message}"
+    );
+    assert!(message.contains(". or .. segment"), "{message}");
+    let hop = wait_for("pool hop: its host judged", Duration::from_secs(60), || {
+        let pools = c.pools();
+        async move {
+            let s = pools.get("hop").await.ok()?.status?;
+            s.hosts
+                .into_iter()
+                .find(|h| h.state != ferry::api::HostState::Ready || h.message.is_none())
+        }
+    })
+    .await;
+    assert_eq!(
+        hop.state,
+        ferry::api::HostState::Misconfigured,
+        "a Node annotation climbed out of the socket directory: {hop:?}"
+    );
+    let m = hop.message.unwrap_or_default();
+    assert!(m.contains("not a host name or IP address"), "{m}");
+
+    // The good pool works, and so does a VM booting the lab's kernel from its boot directory.
+    let (status, reason, message) = pool_ready(&c, "good").await;
+    assert_eq!(status, "True", "{reason}: {message}");
+    c.apply::<VirtualMachine>(vm_manifest("ok", "good", &lab, "Halted"))
+        .await;
+    wait_vm(&c, "ok", "placed", Duration::from_secs(90), |v| {
+        host_of(v).is_some()
+    })
+    .await;
+
+    // A namespace editor's VM naming host files outside the pool's boot directories.
+    let mut shadow = vm_manifest("shadow", "good", &lab, "Halted");
+    shadow["spec"]["boot"]["initrd"] = json!("/etc/shadow");
+    c.apply::<VirtualMachine>(shadow).await;
+    refused(
+        &c,
+        "shadow",
+        "BootFileNotAllowed",
+        "a VM with initrd /etc/shadow was placed",
+    )
+    .await;
+    let climb = format!("{}/../pool/{}", boot_dir(&lab).display(), lab.golden);
+    let mut disk = vm_manifest("disk-as-kernel", "good", &lab, "Halted");
+    disk["spec"]["boot"]["kernel"] = json!(climb);
+    let created = c
+        .vms()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(disk).expect("VM"),
+        )
+        .await;
+    if server_has_cel() {
+        assert!(created.is_err(), "the API server took kernel {climb}");
+    } else {
+        created.expect("create disk-as-kernel");
+        refused(
+            &c,
+            "disk-as-kernel",
+            "BootFileNotAllowed",
+            "a VM booting a disk was placed",
+        )
+        .await;
+    }
+
+    // Nothing ran the script, whatever the API server took.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !marker.exists(),
+        "the controller ran the ext transport's command"
+    );
 }
