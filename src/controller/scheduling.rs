@@ -209,7 +209,7 @@ pub fn candidates(pool: &HostPool, caches: &Caches, ha: &HaVerdicts) -> Vec<Cand
     hosts
         .iter()
         .map(|h| {
-            let node = caches.nodes.get(&ObjectRef::new(&h.name));
+            let node = caches.node(&h.name);
             Candidate {
                 name: h.name.clone(),
                 // A host the HA controller does not judge healthy takes no new VMs.

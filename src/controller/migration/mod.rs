@@ -227,7 +227,9 @@ fn vm_and_pool(
     m: &VirtualMachineMigration,
 ) -> Result<(Arc<VirtualMachine>, Arc<HostPool>), String> {
     let vm = vm_of(ctx, m).ok_or_else(|| "the VirtualMachine is gone".to_string())?;
-    let pool = pool_of(ctx, &vm)
+    let pool = ctx
+        .caches
+        .pool_of(&vm)
         .ok_or_else(|| format!("HostPool {} does not exist", vm.spec.host_pool))?;
     Ok((vm, pool))
 }
@@ -251,13 +253,6 @@ fn resume(
     Ok(found)
 }
 
-fn pool_of(ctx: &Context, vm: &VirtualMachine) -> Option<Arc<HostPool>> {
-    let ns = vm.namespace().unwrap_or_default();
-    ctx.caches
-        .pools
-        .get(&ObjectRef::new(&vm.spec.host_pool).within(&ns))
-}
-
 /// Everything a job needs to know about the two hosts.
 struct Hosts {
     source: String,
@@ -275,8 +270,7 @@ async fn hosts(
 ) -> Result<Hosts, String> {
     let node = |name: &str| {
         ctx.caches
-            .nodes
-            .get(&ObjectRef::new(name))
+            .node(name)
             .ok_or_else(|| format!("Node {name} does not exist"))
     };
     let (sn, tn) = (node(source)?, node(target)?);

@@ -71,7 +71,7 @@ pub(super) async fn schedule(
         )
         .await;
     };
-    let Some(pool) = pool_of(ctx, &vm) else {
+    let Some(pool) = ctx.caches.pool_of(&vm) else {
         return fail(st, format!("HostPool {} does not exist", vm.spec.host_pool)).await;
     };
     if m.spec.target_host.as_deref() == Some(source.as_str()) {

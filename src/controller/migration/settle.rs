@@ -13,7 +13,6 @@ use crate::plan::migration::{self, Outcome, Policy, Seen};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::reflector::ObjectRef;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +37,7 @@ pub(super) async fn settle_failure(
         };
         return finish(m, api, ctx, st, phase, why).await;
     };
-    let Some(pool) = pool_of(ctx, &vm) else {
+    let Some(pool) = ctx.caches.pool_of(&vm) else {
         return finish(m, api, ctx, st, MigrationPhase::Failed, why).await;
     };
     let vm_uid = vm.metadata.uid.clone().unwrap_or_default();
@@ -85,7 +84,7 @@ pub(super) async fn observe(
     vm_uid: &str,
 ) -> (Seen, Seen) {
     let see = |name: String| async move {
-        let Some(node) = ctx.caches.nodes.get(&ObjectRef::new(&name)) else {
+        let Some(node) = ctx.caches.node(&name) else {
             return Seen::Unknown;
         };
         let Ok(uri) = ctx.hosts.uri(pool, &node) else {
@@ -115,7 +114,7 @@ pub(super) async fn observe(
 /// Remove what a failed migration left on the target: an incoming copy that is not running on
 /// its own (paused, or defined and shut off). Never touches a running copy.
 pub(super) async fn clean_target(ctx: &Context, pool: &HostPool, target: &str, vm_uid: &str) {
-    let Some(node) = ctx.caches.nodes.get(&ObjectRef::new(target)) else {
+    let Some(node) = ctx.caches.node(target) else {
         return;
     };
     let Ok(uri) = ctx.hosts.uri(pool, &node) else {

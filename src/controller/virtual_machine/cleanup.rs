@@ -76,7 +76,7 @@ pub(super) async fn clean_host(
             volumes.push(v);
         }
     }
-    let node = ctx.caches.nodes.get(&ObjectRef::new(&host));
+    let node = ctx.caches.node(&host);
     let abandon = vm
         .annotations()
         .get(ABANDON_ANNOTATION)

@@ -9,7 +9,6 @@ use crate::error::Result;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use std::time::Duration;
 
 /// Keep out of a live migration's way, and take a finished one over. Reports the VM's latest
@@ -124,14 +123,10 @@ pub(super) async fn follow(
         ),
         Retry::Backoff,
     );
-    let node = ctx
-        .caches
-        .nodes
-        .get(&ObjectRef::new(&target))
-        .ok_or_else(|| Blocked {
-            message: format!("{} (Node {target} is gone)", confirm.message),
-            ..Blocked::new(confirm.phase, confirm.reason, "", Retry::Backoff)
-        })?;
+    let node = ctx.caches.node(&target).ok_or_else(|| Blocked {
+        message: format!("{} (Node {target} is gone)", confirm.message),
+        ..Blocked::new(confirm.phase, confirm.reason, "", Retry::Backoff)
+    })?;
     let there = match ctx.hosts.uri(&placed.pool, &node) {
         Ok(uri) => match ctx.hosts.connect(&uri, &placed.pool).await {
             Ok(hv) => hv.lookup_domain(&uid).await.ok().flatten(),

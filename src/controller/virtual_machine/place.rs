@@ -148,7 +148,7 @@ pub(super) async fn place(
             host
         }
     };
-    let node = ctx.caches.nodes.get(&ObjectRef::new(&host)).ok_or_else(|| {
+    let node = ctx.caches.node(&host).ok_or_else(|| {
         Blocked::new(
             VmPhase::Unknown,
             "HostGone",
