@@ -1,0 +1,192 @@
+//! The HA controller's act step against fake hosts: what each verdict does to the host, its
+//! domains and its VMs, tick after tick as the controller runs them.
+
+use super::support::{World, definition, host_uri, node, pool, vm};
+use ferry::api::HAPolicy;
+use ferry::api::ha_policy::FAILOVER_ANNOTATION;
+use ferry::controller::ha::{HaContext, reconcile};
+use ferry::hypervisor::fake::{FakeConnector, FakeHost, Op};
+use ferry::plan::domain::{DomainState, ShutOffReason};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+const UID: &str = "0b6f1b7e-1111-2222-3333-444455556666";
+
+fn policy(action: &str) -> HAPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "HAPolicy",
+        "metadata": {"name": "ha", "namespace": "apps", "uid": "policy-uid", "generation": 1},
+        "spec": {"hostPools": ["lab"], "notReadyGraceSeconds": 0,
+                 "libvirtUnreachableGraceSeconds": 0, "notReadyAction": action}
+    }))
+    .expect("policy")
+}
+
+/// What a case checks once the controller has had its ticks; `Err` says what is not there yet.
+type Check = fn(&World, &FakeHost) -> Result<(), String>;
+
+struct Case {
+    name: &'static str,
+    action: &'static str,
+    /// The VM's host in its status.
+    vm_on: &'static str,
+    /// Its domain on h1.
+    on_h1: Option<DomainState>,
+    h1_reachable: bool,
+    check: Check,
+}
+
+fn vm_patches(w: &World) -> Vec<serde_json::Value> {
+    w.server
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "PATCH" && s.path.ends_with("/virtualmachines/web"))
+        .map(|s| s.body)
+        .collect()
+}
+
+fn migrations_created(w: &World) -> Vec<serde_json::Value> {
+    w.server
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/virtualmachinemigrations"))
+        .map(|s| s.body)
+        .collect()
+}
+
+fn condition(w: &World, type_: &str) -> Option<(String, String)> {
+    let p = w.server.get(&policy("None"));
+    p.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status, c.reason))
+}
+
+#[tokio::test]
+async fn act_on_the_verdict() {
+    use DomainState::{Running, ShutOff};
+    let cases = [
+        Case {
+            name: "Restart: the running domains of a NotReady host are stopped through libvirt",
+            action: "Restart",
+            vm_on: "h1",
+            on_h1: Some(Running),
+            h1_reachable: true,
+            check: |_, h1| match h1.domain(UID) {
+                Some(d) if !d.state.is_active() => Ok(()),
+                d => Err(format!("domain still {d:?}")),
+            },
+        },
+        Case {
+            name: "Restart: once libvirt confirms them off, the VMs are handed over to restart elsewhere",
+            action: "Restart",
+            vm_on: "h1",
+            on_h1: Some(ShutOff(ShutOffReason::Destroyed)),
+            h1_reachable: true,
+            check: |w, _| {
+                let handed = vm_patches(w).iter().any(|p| {
+                    p["metadata"]["annotations"][FAILOVER_ANNOTATION]
+                        .as_str()
+                        .is_some_and(|a| a.contains("\"host\":\"h1\"") && a.contains("ShutOff"))
+                });
+                if handed && w.server.event_reasons().contains(&"Failover".to_string()) {
+                    Ok(())
+                } else {
+                    Err(format!("no failover hand-over: {:?}", vm_patches(w)))
+                }
+            },
+        },
+        Case {
+            name: "Restart: a domain of a VM that runs elsewhere now is undefined, its disks kept",
+            action: "Restart",
+            vm_on: "h2",
+            on_h1: Some(ShutOff(ShutOffReason::Destroyed)),
+            h1_reachable: true,
+            check: |w, h1| {
+                if h1.domain(UID).is_none()
+                    && w.server
+                        .event_reasons()
+                        .contains(&"StaleDomainRemoved".to_string())
+                {
+                    Ok(())
+                } else {
+                    Err(format!("domain still {:?}", h1.domain(UID)))
+                }
+            },
+        },
+        Case {
+            name: "LiveMigrate: the VMs of a NotReady host whose libvirt answers are evacuated",
+            action: "LiveMigrate",
+            vm_on: "h1",
+            on_h1: Some(Running),
+            h1_reachable: true,
+            check: |w, _| {
+                let made = migrations_created(w);
+                match made.first() {
+                    Some(m)
+                        if m["spec"]["vmName"] == "web"
+                            && m["metadata"]["annotations"]["ferry.dev/evacuates"] == "h1" =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(format!("no evacuation migration: {made:?}")),
+                }
+            },
+        },
+        Case {
+            name: "without fencing, a host that is down is left to a human",
+            action: "Restart",
+            vm_on: "h1",
+            on_h1: Some(Running),
+            h1_reachable: false,
+            check: |w, _| match condition(w, "AwaitingConfirmation") {
+                Some((s, r)) if s == "True" && r == "NoFencing" => Ok(()),
+                c => Err(format!("AwaitingConfirmation is {c:?}")),
+            },
+        },
+    ];
+    for case in cases {
+        let fakes = FakeConnector::new();
+        let h1 = fakes.add_host(&host_uri(1));
+        let h2 = fakes.add_host_sharing_storage(&host_uri(2), &h1);
+        if let Some(s) = case.on_h1 {
+            h1.add_domain(&definition(&vm("Always")), s)
+                .expect("domain");
+        }
+        h1.set_reachable(case.h1_reachable);
+        let mut obj = vm("Always");
+        obj.spec.eviction_strategy =
+            Some(ferry::api::virtual_machine::EvictionStrategy::LiveMigrate);
+        obj.status = Some(
+            serde_json::from_value(json!({"host": case.vm_on, "phase": "Running"}))
+                .expect("status"),
+        );
+        let p = policy(case.action);
+        let world = World::new(
+            fakes,
+            vec![pool(2)],
+            vec![node(1, false), node(2, true)],
+            vec![obj],
+            vec![],
+            vec![p.clone()],
+        );
+        let hc = Arc::new(HaContext::new(world.ctx.clone()));
+        let mut last = Err("no tick yet".to_string());
+        for _ in 0..40 {
+            let current = world.server.get(&p);
+            let _ = reconcile(Arc::new(current), hc.clone()).await;
+            last = (case.check)(&world, &h1);
+            if last.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Err(e) = last {
+            panic!("{}: {e}", case.name);
+        }
+        // h2 is never touched by what h1's verdict does.
+        assert_eq!(h2.count(Op::DestroyDomain), 0, "{}", case.name);
+    }
+}
