@@ -27,7 +27,9 @@ fn minimal() -> DomainDefinition {
         disks: vec![],
         nics: vec![],
         boot: None,
+        serial_console: true,
         console_log: None,
+        graphics: None,
         owner: owner(),
     }
 }
@@ -162,6 +164,81 @@ fn seed_change_is_a_restart_change() {
     assert_eq!(
         restart_changes(&shape(&a), &shape(&b)),
         [Change::CloudInitSeed(Edit::Changed)]
+    );
+}
+
+/// Both consoles: a serial console logged to a file and a VNC display that listens nowhere.
+fn consoles() -> DomainDefinition {
+    DomainDefinition {
+        graphics: Some(Graphics::Vnc),
+        ..kernel_boot()
+    }
+}
+
+#[test]
+fn golden_consoles() {
+    check_golden("consoles.xml", &to_xml(&consoles()).unwrap());
+}
+
+/// Both consoles turned off: no serial port, no console, no display, no video.
+#[test]
+fn golden_no_consoles() {
+    let def = DomainDefinition {
+        serial_console: false,
+        console_log: None,
+        graphics: None,
+        ..kernel_boot()
+    };
+    check_golden("no_consoles.xml", &to_xml(&def).unwrap());
+}
+
+#[test]
+fn a_console_log_needs_the_serial_console() {
+    let def = DomainDefinition {
+        serial_console: false,
+        ..kernel_boot()
+    };
+    assert!(matches!(
+        to_xml(&def),
+        Err(XmlError::OutOfRange { field, .. }) if field == "console_log"
+    ));
+}
+
+/// A domain defined before consoles were optional (its metadata names none) has a serial console
+/// and no display: the VNC display is a change for its next restart, and definitions that keep
+/// the old devices keep their hash.
+#[test]
+fn consoles_of_older_domains_are_restart_changes() {
+    let dir = golden_dir().join("libvirt");
+    let xml = std::fs::read_to_string(dir.join("kernel_boot_console.dumpxml")).expect("fixture");
+    let live = parse_metadata(&xml).expect("metadata");
+    assert_eq!(live.shape.consoles, ["serial"]);
+    let mut old = kernel_boot();
+    old.uuid = live.owner.uid.clone();
+    assert_eq!(definition_hash(&old), live.definition_hash);
+    assert_eq!(
+        pending_restart(&live, &definition_hash(&old), &shape(&old)),
+        []
+    );
+
+    let mut new = consoles();
+    new.uuid = live.owner.uid.clone();
+    let changes = pending_restart(&live, &definition_hash(&new), &shape(&new));
+    assert_eq!(
+        changes,
+        [Change::Console {
+            name: "vnc".into(),
+            edit: Edit::Added
+        }]
+    );
+    assert_eq!(describe_changes(&changes, None), ["VNC display added"]);
+
+    new.serial_console = false;
+    new.console_log = None;
+    let changes = pending_restart(&live, &definition_hash(&new), &shape(&new));
+    assert_eq!(
+        describe_changes(&changes, None),
+        ["VNC display added", "serial console removed"]
     );
 }
 
@@ -575,7 +652,14 @@ fn restart_changes_names_each_difference() {
 
 #[test]
 fn metadata_round_trips_for_every_golden_definition() {
-    for def in [minimal(), multi_disk(), kernel_boot(), nics(), with_seed()] {
+    for def in [
+        minimal(),
+        multi_disk(),
+        kernel_boot(),
+        nics(),
+        with_seed(),
+        consoles(),
+    ] {
         let meta = parse_metadata(&to_xml(&def).unwrap()).expect("metadata");
         assert_eq!(
             meta,

@@ -107,7 +107,9 @@ fn tiny_def(lab: &Lab, name: &str, uuid: &str, disk: &str, console: &Path) -> Do
             initrd: Some(lab.initrd.to_string_lossy().into()),
             cmdline: Some(lab.cmdline.clone()),
         }),
+        serial_console: true,
         console_log: Some(console.to_string_lossy().into()),
+        graphics: None,
         owner: Owner {
             namespace: "ferry-test".into(),
             name: name.into(),

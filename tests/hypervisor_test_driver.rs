@@ -69,7 +69,9 @@ fn definition(name: &str, uuid: &str) -> DomainDefinition {
         }],
         nics: vec![],
         boot: None,
+        serial_console: true,
         console_log: None,
+        graphics: None,
         owner: Owner {
             namespace: "default".into(),
             name: name.into(),

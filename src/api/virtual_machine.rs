@@ -113,6 +113,39 @@ pub struct VirtualMachineSpec {
     /// reads it at boot, so a change sets `RestartRequired`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_init: Option<CloudInitSpec>,
+
+    /// The VM's consoles: a serial console and a VNC display, both on unless turned off here.
+    /// Users reach them through ferry (`kubectl ferry console`, `kubectl ferry vnc`, the
+    /// dashboard) where RBAC grants `virtualmachines/console` or `virtualmachines/vnc`; neither
+    /// listens on the host's network. A change takes effect at the next restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consoles: Option<ConsolesSpec>,
+}
+
+/// Which consoles a VM has. Each is on unless set to `false`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsolesSpec {
+    /// A serial console on the first serial port (`ttyS0` in a Linux guest), also logged to the
+    /// pool's console directory. Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<bool>,
+    /// A VNC display (with a VGA video device) that listens nowhere on the host: only ferry's
+    /// console proxy reaches it, through libvirt. Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc: Option<bool>,
+}
+
+impl ConsolesSpec {
+    /// Whether the VM has a serial console (default yes).
+    pub fn serial_of(spec: Option<&ConsolesSpec>) -> bool {
+        spec.and_then(|c| c.serial).unwrap_or(true)
+    }
+
+    /// Whether the VM has a VNC display (default yes).
+    pub fn vnc_of(spec: Option<&ConsolesSpec>) -> bool {
+        spec.and_then(|c| c.vnc).unwrap_or(true)
+    }
 }
 
 /// What an evacuation does with a VM.

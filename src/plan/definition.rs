@@ -1,10 +1,12 @@
 //! The domain definition of a VM on a given host, from its spec and the volumes resolved there.
 
 use crate::api::VirtualMachine;
-use crate::api::virtual_machine::{DiskBus, InterfaceStatus, NetworkSource, NicModel};
+use crate::api::virtual_machine::{
+    ConsolesSpec, DiskBus, InterfaceStatus, NetworkSource, NicModel,
+};
 use crate::plan::domain::{
-    Bus, CpuModel, DiskDef, DomainDefinition, GuestInfo, KernelBoot, NicDef, NicSource, Owner,
-    VirtType, derive_mac,
+    Bus, CpuModel, DiskDef, DomainDefinition, Graphics, GuestInfo, KernelBoot, NicDef, NicSource,
+    Owner, VirtType, derive_mac,
 };
 use crate::plan::naming;
 use crate::plan::validate::ValidSpec;
@@ -137,8 +139,12 @@ pub fn build(
         initrd: b.initrd.clone(),
         cmdline: b.cmdline.clone(),
     });
+    let consoles = vm.spec.consoles.as_ref();
+    let serial_console = ConsolesSpec::serial_of(consoles);
     DomainDefinition {
-        console_log: Some(naming::console_log_path(console_dir, &domain)),
+        serial_console,
+        console_log: serial_console.then(|| naming::console_log_path(console_dir, &domain)),
+        graphics: ConsolesSpec::vnc_of(consoles).then_some(Graphics::Vnc),
         name: domain,
         uuid: uid.clone(),
         virt_type,

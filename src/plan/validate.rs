@@ -173,6 +173,7 @@ mod tests {
             eviction_strategy: None,
             migration: None,
             cloud_init: None,
+            consoles: None,
         }
     }
 

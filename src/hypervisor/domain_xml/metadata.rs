@@ -5,7 +5,7 @@ use quick_xml::name::{Namespace, ResolveResult};
 use quick_xml::reader::NsReader;
 
 use super::METADATA_NS;
-use crate::plan::domain::{FerryMetadata, Owner, Shape};
+use crate::plan::domain::{FerryMetadata, Owner, SERIAL_CONSOLE, Shape};
 
 /// Reads ferry's metadata element (`/domain/metadata/{METADATA_NS}vm`) from domain XML as libvirt
 /// returns it. Matches by namespace, not prefix. `None` for domains ferry did not make, for
@@ -30,7 +30,11 @@ pub fn parse_metadata(xml: &str) -> Option<FerryMetadata> {
                 read_shape(&mut reader, ns, &mut meta.shape)?;
                 return Some(meta);
             }
-            Event::Empty(e) if is_ours(&e, &path) => return metadata_attributes(&reader, &e),
+            Event::Empty(e) if is_ours(&e, &path) => {
+                let mut meta = metadata_attributes(&reader, &e)?;
+                meta.shape.consoles = legacy_consoles();
+                return Some(meta);
+            }
             Event::Start(e) => {
                 // Only unprefixed/unnamespaced `domain` and `metadata` lead to ours.
                 let local = if res == ResolveResult::Unbound {
@@ -79,6 +83,23 @@ fn metadata_attributes(reader: &NsReader<&[u8]>, e: &BytesStart) -> Option<Ferry
 /// Reads the children of ferry's element up to its end tag. Unknown children are skipped, so a
 /// newer ferry's metadata still reads.
 fn read_shape(reader: &mut NsReader<&[u8]>, ns: Namespace, shape: &mut Shape) -> Option<()> {
+    let mut consoles = None;
+    let done = read_children(reader, ns, shape, &mut consoles);
+    shape.consoles = consoles.unwrap_or_else(legacy_consoles);
+    done
+}
+
+/// What a domain defined before consoles were optional has: a serial console, no display.
+fn legacy_consoles() -> Vec<String> {
+    vec![SERIAL_CONSOLE.to_string()]
+}
+
+fn read_children(
+    reader: &mut NsReader<&[u8]>,
+    ns: Namespace,
+    shape: &mut Shape,
+    consoles: &mut Option<Vec<String>>,
+) -> Option<()> {
     loop {
         let (res, event) = reader.read_resolved_event().ok()?;
         let local = match &event {
@@ -104,6 +125,9 @@ fn read_shape(reader: &mut NsReader<&[u8]>, ns: Namespace, shape: &mut Shape) ->
             b"disk" => shape.disks.push(value),
             b"nic" => shape.nics.push(value),
             b"boot" => shape.boot = value,
+            b"consoles" => {
+                *consoles = Some(value.split_whitespace().map(str::to_string).collect());
+            }
             _ => {}
         }
     }

@@ -109,6 +109,12 @@ fn validate(def: &DomainDefinition) -> Result<(), XmlError> {
     if let Some(v) = &def.console_log {
         values.push(("console_log".into(), v));
     }
+    if def.console_log.is_some() && !def.serial_console {
+        return Err(out_of_range(
+            "console_log",
+            "needs the serial console it logs",
+        ));
+    }
     for (field, value) in values {
         if let Some(c) = value
             .chars()

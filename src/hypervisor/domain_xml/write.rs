@@ -3,7 +3,7 @@
 use super::{GUEST_AGENT_CHANNEL, METADATA_NS, METADATA_PREFIX};
 use crate::hypervisor::xml::{IoResult, W, empty_elem, end, start, text_elem};
 use crate::plan::domain::{
-    Bus, CpuModel, DomainDefinition, NicSource, definition_hash, disk_targets, shape,
+    Bus, CpuModel, DomainDefinition, Graphics, NicSource, definition_hash, disk_targets, shape,
 };
 
 pub(super) fn write_domain(w: &mut W, def: &DomainDefinition) -> IoResult {
@@ -122,15 +122,17 @@ fn write_devices(w: &mut W, def: &DomainDefinition) -> IoResult {
         empty_elem(w, "alias", &[("name", &format!("ua-{}", nic.name))])?;
         end(w, "interface")?;
     }
-    start(w, "serial", &[("type", "pty")])?;
-    if let Some(log) = &def.console_log {
-        empty_elem(w, "log", &[("file", log), ("append", "on")])?;
+    if def.serial_console {
+        start(w, "serial", &[("type", "pty")])?;
+        if let Some(log) = &def.console_log {
+            empty_elem(w, "log", &[("file", log), ("append", "on")])?;
+        }
+        empty_elem(w, "target", &[("port", "0")])?;
+        end(w, "serial")?;
+        start(w, "console", &[("type", "pty")])?;
+        empty_elem(w, "target", &[("type", "serial"), ("port", "0")])?;
+        end(w, "console")?;
     }
-    empty_elem(w, "target", &[("port", "0")])?;
-    end(w, "serial")?;
-    start(w, "console", &[("type", "pty")])?;
-    empty_elem(w, "target", &[("type", "serial"), ("port", "0")])?;
-    end(w, "console")?;
     start(w, "channel", &[("type", "unix")])?;
     empty_elem(
         w,
@@ -138,6 +140,23 @@ fn write_devices(w: &mut W, def: &DomainDefinition) -> IoResult {
         &[("type", "virtio"), ("name", GUEST_AGENT_CHANNEL)],
     )?;
     end(w, "channel")?;
+    match def.graphics {
+        Some(Graphics::Vnc) => {
+            // No listener at all: no TCP port, no socket path; only libvirt's
+            // virDomainOpenGraphicsFD reaches the display, so no password is needed.
+            start(w, "graphics", &[("type", "vnc")])?;
+            empty_elem(w, "listen", &[("type", "none")])?;
+            end(w, "graphics")?;
+            start(w, "video", &[])?;
+            empty_elem(
+                w,
+                "model",
+                &[("type", "vga"), ("heads", "1"), ("primary", "yes")],
+            )?;
+            end(w, "video")?;
+        }
+        None => {}
+    }
     empty_elem(w, "memballoon", &[("model", "virtio")])?;
     start(w, "rng", &[("model", "virtio")])?;
     text_elem(w, "backend", &[("model", "random")], "/dev/urandom")?;
@@ -176,5 +195,8 @@ fn write_metadata(w: &mut W, def: &DomainDefinition) -> IoResult {
     if !shape.boot.is_empty() {
         text_elem(w, &p("boot"), &[], &shape.boot)?;
     }
+    // Always written, empty when there is none: metadata without it is from before consoles
+    // were optional (a serial console, no display).
+    text_elem(w, &p("consoles"), &[], &shape.consoles.join(" "))?;
     end(w, &p("vm"))
 }

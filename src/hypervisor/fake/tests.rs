@@ -31,7 +31,9 @@ fn def(name: &str, uuid: &str, disk: &str) -> DomainDefinition {
         }],
         nics: vec![],
         boot: None,
+        serial_console: true,
         console_log: None,
+        graphics: None,
         owner: Owner {
             namespace: "ns".into(),
             name: name.into(),

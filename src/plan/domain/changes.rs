@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::definition::SEED_DISK;
 use super::observed::FerryMetadata;
-use super::shape::Shape;
+use super::shape::{SERIAL_CONSOLE, Shape};
 
 /// What happens to a named device, or to kernel boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub enum Change {
     CloudInitSeed(Edit),
     /// Direct kernel boot.
     KernelBoot(Edit),
+    /// A console, by its [`Shape::consoles`] name (`serial`, `vnc`).
+    Console { name: String, edit: Edit },
     /// The definitions differ in something the shape does not show (the console log path, the
     /// domain type).
     Unseen,
@@ -89,6 +91,14 @@ impl fmt::Display for Change {
             }
             Change::CloudInitSeed(edit) => write!(f, "cloud-init seed {}", edit.as_str()),
             Change::KernelBoot(edit) => write!(f, "kernel boot {}", edit.as_str()),
+            Change::Console { name, edit } => {
+                let what = match name.as_str() {
+                    SERIAL_CONSOLE => "serial console",
+                    "vnc" => "VNC display",
+                    other => other,
+                };
+                write!(f, "{what} {}", edit.as_str())
+            }
             Change::Unseen => f.write_str("domain definition changed"),
         }
     }
@@ -181,6 +191,22 @@ pub fn restart_changes(running: &Shape, desired: &Shape) -> Vec<Change> {
                 _ => Edit::Changed,
             },
         ));
+    }
+    for name in &desired.consoles {
+        if !running.consoles.contains(name) {
+            out.push(Change::Console {
+                name: name.clone(),
+                edit: Edit::Added,
+            });
+        }
+    }
+    for name in &running.consoles {
+        if !desired.consoles.contains(name) {
+            out.push(Change::Console {
+                name: name.clone(),
+                edit: Edit::Removed,
+            });
+        }
     }
     out
 }
@@ -320,6 +346,32 @@ mod tests {
                 shape(2, &[root]),
                 None,
                 vec!["cloud-init seed removed"],
+            ),
+            (
+                "a VNC display for a VM that had none",
+                Shape {
+                    consoles: vec!["serial".into()],
+                    ..shape(2, &[root])
+                },
+                Shape {
+                    consoles: vec!["serial".into(), "vnc".into()],
+                    ..shape(2, &[root])
+                },
+                None,
+                vec!["VNC display added"],
+            ),
+            (
+                "serial console turned off",
+                Shape {
+                    consoles: vec!["serial".into(), "vnc".into()],
+                    ..shape(2, &[root])
+                },
+                Shape {
+                    consoles: vec!["vnc".into()],
+                    ..shape(2, &[root])
+                },
+                None,
+                vec!["serial console removed"],
             ),
             (
                 "a disk is not sizing: no class note",

@@ -116,6 +116,24 @@ pub struct KernelBoot {
     pub cmdline: Option<String>,
 }
 
+/// A graphical display of the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Graphics {
+    /// A VNC server that listens nowhere (`<listen type='none'/>`): no TCP port and no socket
+    /// path on the host; only libvirt reaches it (`virDomainOpenGraphicsFD`), so no password is
+    /// needed. Comes with a VGA video device.
+    Vnc,
+}
+
+impl Graphics {
+    /// libvirt's name for it (`vnc`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Graphics::Vnc => "vnc",
+        }
+    }
+}
+
 /// Everything needed to define a domain, resolved for one host.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DomainDefinition {
@@ -137,8 +155,13 @@ pub struct DomainDefinition {
     pub nics: Vec<NicDef>,
     /// Direct kernel boot; `None` boots the first disk.
     pub boot: Option<KernelBoot>,
-    /// File the serial console is logged to (appended).
+    /// Whether the guest has a serial console (first serial port, also the domain's console):
+    /// libvirt's console stream reaches it.
+    pub serial_console: bool,
+    /// File the serial console is logged to (appended); only with `serial_console`.
     pub console_log: Option<String>,
+    /// The graphical display, if any.
+    pub graphics: Option<Graphics>,
     /// Which VirtualMachine this domain belongs to.
     pub owner: Owner,
 }

@@ -78,6 +78,14 @@ pub fn definition_hash(def: &DomainDefinition) -> String {
         None => c.field("boot?", ""),
     }
     c.opt("consoleLog", def.console_log.as_deref());
+    // Written only when they differ from what definitions without these fields meant (a serial
+    // console, no display), so that such definitions keep their hash.
+    if !def.serial_console {
+        c.field("serialConsole", "off");
+    }
+    if let Some(g) = def.graphics {
+        c.field("graphics", g.as_str());
+    }
     format!("{:016x}", fnv1a64(&c.0))
 }
 

@@ -12,12 +12,12 @@ mod shape;
 
 pub use changes::{Change, Edit, describe_changes, pending_restart, restart_changes};
 pub use definition::{
-    Bus, CpuModel, DiskDef, DomainDefinition, KernelBoot, NicDef, NicSource, Owner, SEED_DISK,
-    VirtType,
+    Bus, CpuModel, DiskDef, DomainDefinition, Graphics, KernelBoot, NicDef, NicSource, Owner,
+    SEED_DISK, VirtType,
 };
 pub use identity::{definition_hash, derive_mac};
 pub use observed::{
     DomainInfo, DomainState, FerryMetadata, GuestInfo, GuestInterface, HostInfo, ShutOffReason,
     VolumeInfo,
 };
-pub use shape::{Shape, disk_targets, shape};
+pub use shape::{SERIAL_CONSOLE, Shape, disk_targets, shape};

@@ -17,7 +17,12 @@ pub struct Shape {
     pub nics: Vec<String>,
     /// Kernel boot summary, empty when booting from disk.
     pub boot: String,
+    /// The consoles, in this order: `serial` (serial console), `vnc` (VNC display).
+    pub consoles: Vec<String>,
 }
+
+/// [`Shape::consoles`] entry of the serial console.
+pub const SERIAL_CONSOLE: &str = "serial";
 
 /// The human-readable shape of `def` (what [`restart_changes`](super::restart_changes)
 /// compares).
@@ -50,6 +55,12 @@ pub fn shape(def: &DomainDefinition) -> Shape {
                 };
                 format!("{}={}@{} ({})", n.name, n.mac, source, n.model)
             })
+            .collect(),
+        consoles: def
+            .serial_console
+            .then(|| SERIAL_CONSOLE.to_string())
+            .into_iter()
+            .chain(def.graphics.map(|g| g.as_str().to_string()))
             .collect(),
         boot: match &def.boot {
             None => String::new(),
