@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import errors
+from . import errors, protobuf
 from .errors import ApiError, status_object
 from .selection import jsonpath, parse_field_selector, parse_label_selector
 from .store import ResourceType, Store, WriteOptions
@@ -47,8 +47,17 @@ _YamlLoader.yaml_implicit_resolvers = {
 }
 
 
+# The API server's limit on a request body (apiserver's MaxRequestBodyBytes).
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+
+
 def parse_body(raw: bytes, content_type: str) -> Any:
-    """JSON, or YAML for apply patches. 400 BadRequest when it does not parse."""
+    """JSON, YAML for apply patches, or Kubernetes protobuf (what kubectl's generators send).
+    400 BadRequest when it does not parse, 413 over the API server's request size limit."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ApiError(413, "RequestEntityTooLarge", f"Request entity too large: limit is {MAX_REQUEST_BYTES}")
+    if content_type == protobuf.MEDIA_TYPE and raw:
+        return protobuf.decode(raw)
     if not raw.strip():
         return None
     try:

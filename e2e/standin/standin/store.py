@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import errors
+from . import errors, validation
 from .errors import ApiError
 from .patches import ListTypes, json_equal, json_patch, merge_patch, strategic_merge_patch
 from .schema import VersionSchema
@@ -482,6 +482,13 @@ class Store:
             obj["data"] = data
         if rt.plural == "secrets":
             obj.setdefault("type", "Opaque")
+            causes = validation.secret_causes(obj, old)
+            if causes:
+                raise self._invalid(rt, name, causes)
+        if rt.plural == "configmaps":
+            causes = validation.config_map_causes(obj, old)
+            if causes:
+                raise self._invalid(rt, name, causes)
         if rt.plural == "customresourcedefinitions":
             self._validate_crd(obj, old)
             if not meta.get("deletionTimestamp"):
@@ -495,6 +502,7 @@ class Store:
             causes = rt.schema.validate(obj, old)
             if causes:
                 raise self._invalid(rt, name, causes)
+        validation.check_storable(obj)
         return obj
 
     def _changed_outside(self, rt: ResourceType, a: dict[str, Any], b: dict[str, Any]) -> bool:
