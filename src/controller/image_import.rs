@@ -9,16 +9,19 @@
 //! is deleted before the import starts again.
 //!
 //! Imports run in the background; reconciles read their progress from a process-wide table.
+//! A failed import is retried no sooner than its backoff allows (2 s doubling to 5 min per
+//! image), however often the VMs waiting for it are reconciled.
 
 use crate::cloud_init::hex;
 use crate::hypervisor::{
     ConnectOptions, HostConnections, Hypervisor, HypervisorError, UploadSource, VolumeInfo,
 };
 use crate::plan::naming;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long one import may take in all.
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
@@ -26,6 +29,10 @@ const IMPORT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const QUEUE: usize = 8;
 /// Bytes per chunk handed to libvirt.
 const CHUNK: usize = 1 << 20;
+/// First wait before a failed import starts again.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+/// Longest wait before a failed import starts again.
+const RETRY_LONGEST: Duration = Duration::from_secs(300);
 
 /// Where an import of one image into one pool stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +55,19 @@ pub struct ImportKey {
 
 static IMPORTS: LazyLock<Mutex<HashMap<ImportKey, ImportState>>> = LazyLock::new(Mutex::default);
 
+/// Failed imports: when each may start again, and its backoff sequence (until one succeeds).
+static RETRIES: LazyLock<Mutex<HashMap<ImportKey, Retry>>> = LazyLock::new(Mutex::default);
+
+struct Retry {
+    delays: ExponentialBackoff,
+    /// When the reported failure may be retried; `None` until it is first reported.
+    due: Option<Instant>,
+}
+
+fn retries() -> std::sync::MutexGuard<'static, HashMap<ImportKey, Retry>> {
+    RETRIES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn table() -> std::sync::MutexGuard<'static, HashMap<ImportKey, ImportState>> {
     IMPORTS.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -56,13 +76,48 @@ fn set(key: &ImportKey, state: ImportState) {
     table().insert(key.clone(), state);
 }
 
-/// The state of an import this process knows of. A `Done` or `Failed` state is reported once
-/// and then forgotten (the next look finds the image in the pool, or starts again).
+/// The state of an import this process knows of. `Done` is reported once and then forgotten
+/// (the next look finds the image in the pool). `Failed` is reported until its retry is due
+/// (2 s after it is first reported, doubling with each failure of that image up to 5 min); then
+/// it is forgotten, so that the next look starts the import again. Without the wait, a VM whose
+/// status changes with every report would start a failing import again at once, in a loop.
 pub fn take_state(key: &ImportKey) -> Option<ImportState> {
+    take_state_at(key, Instant::now())
+}
+
+fn take_state_at(key: &ImportKey, now: Instant) -> Option<ImportState> {
     let mut t = table();
     match t.get(key) {
         Some(ImportState::Running { .. }) => t.get(key).cloned(),
-        Some(_) => t.remove(key),
+        Some(ImportState::Done) => {
+            retries().remove(key);
+            t.remove(key)
+        }
+        Some(failed @ ImportState::Failed { .. }) => {
+            let failed = failed.clone();
+            let mut r = retries();
+            let retry = r.entry(key.clone()).or_insert_with(|| Retry {
+                delays: ExponentialBuilder::new()
+                    .with_min_delay(RETRY_FIRST)
+                    .with_factor(2.0)
+                    .with_max_delay(RETRY_LONGEST)
+                    .without_max_times()
+                    .build(),
+                due: None,
+            });
+            match retry.due {
+                None => {
+                    retry.due = Some(now + retry.delays.next().unwrap_or(RETRY_LONGEST));
+                    Some(failed)
+                }
+                Some(due) if now < due => Some(failed),
+                Some(_) => {
+                    retry.due = None;
+                    t.remove(key);
+                    None
+                }
+            }
+        }
         None => None,
     }
 }
@@ -343,5 +398,37 @@ mod tests {
         assert!(take_state(&key).is_some());
         assert!(take_state(&key).is_some());
         table().remove(&key);
+    }
+
+    #[test]
+    fn a_failed_import_starts_again_only_when_its_retry_is_due() {
+        let key = ImportKey {
+            uri: "test:///x".into(),
+            pool: "p".into(),
+            sha256: "cd".into(),
+        };
+        let failed = ImportState::Failed {
+            message: "checksum".into(),
+            checksum: true,
+        };
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        // First failure: reported until 2 s after its first report, then forgotten (start again).
+        set(&key, failed.clone());
+        assert_eq!(take_state_at(&key, at(10)), Some(failed.clone()));
+        assert_eq!(take_state_at(&key, at(11)), Some(failed.clone()));
+        assert_eq!(take_state_at(&key, at(12)), None);
+        // Second failure of the same image: 4 s.
+        set(&key, failed.clone());
+        assert_eq!(take_state_at(&key, at(20)), Some(failed.clone()));
+        assert_eq!(take_state_at(&key, at(23)), Some(failed.clone()));
+        assert_eq!(take_state_at(&key, at(24)), None);
+        // A success starts the sequence over.
+        set(&key, ImportState::Done);
+        assert_eq!(take_state_at(&key, at(30)), Some(ImportState::Done));
+        set(&key, failed.clone());
+        assert_eq!(take_state_at(&key, at(40)), Some(failed.clone()));
+        assert_eq!(take_state_at(&key, at(42)), None);
+        retries().remove(&key);
     }
 }
