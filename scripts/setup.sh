@@ -4,10 +4,12 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
+# etcd-server: the real API server the tests start (e2e/apiserver.sh) then finds etcd installed
+# instead of downloading it at every start; policy-rc.d keeps its package service stopped.
 need_apt=0
 for p in libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 pkg-config iproute2 \
          busybox-static cpio e2fsprogs xorriso genisoimage openipmi ipmitool unzip curl kmod util-linux \
-         gnutls-bin openssh-client openssh-server; do
+         gnutls-bin openssh-client openssh-server etcd-server; do
   dpkg -s "$p" >/dev/null 2>&1 || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
@@ -19,7 +21,7 @@ if [ "$need_apt" = 1 ]; then
   apt-get install -y -qq --allow-downgrades \
     libvirt-daemon-system libvirt-clients libvirt-dev "qemu-system-x86=$qver" "qemu-utils=$qver" \
     pkg-config iproute2 busybox-static cpio e2fsprogs xorriso genisoimage openipmi ipmitool unzip curl kmod util-linux \
-    gnutls-bin openssh-client openssh-server >/dev/null
+    gnutls-bin openssh-client openssh-server etcd-server >/dev/null
 fi
 
 # The controller image without a container engine (scripts/image.sh, e2e/image.sh): a root file

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""A logging reverse proxy in front of the Kubernetes API stand-in, so that the requests of one
-client (the ferry controller) can be told apart from the test's own kubectl calls.
+"""A logging reverse proxy in front of an API server (the stand-in, or a real one over HTTPS), so
+that the requests of one client (the ferry controller) can be told apart from the test's own
+kubectl calls.
 
-Usage: audit_proxy.py UPSTREAM_URL LOG_PATH READY_PATH
-Writes one JSON line per request to LOG_PATH ({"method", "path", "query"}), the proxy's URL to
-READY_PATH once listening, and streams responses (watches included) through unchanged.
+Usage: audit_proxy.py UPSTREAM_URL LOG_PATH READY_PATH [CA_FILE]
+Listens on plain HTTP on loopback and forwards every request (its Authorization header too) to
+UPSTREAM_URL, verifying an HTTPS upstream against CA_FILE. Writes one JSON line per request to
+LOG_PATH ({"method", "path", "query", "status"}), the proxy's URL to READY_PATH once listening,
+and streams responses (watches included) through unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -20,17 +24,18 @@ from aiohttp import ClientSession, ClientTimeout, web
 HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
 
-async def main(upstream: str, log_path: str, ready_path: str) -> None:
+async def main(upstream: str, log_path: str, ready_path: str, ca_file: str | None = None) -> None:
     log = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the proxy
     session = ClientSession(timeout=ClientTimeout(total=None), auto_decompress=False)
+    tls: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
 
     async def forward(request: web.Request) -> web.StreamResponse:
-        log.write(json.dumps({"method": request.method, "path": request.path,
-                              "query": dict(request.query)}) + "\n")
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         async with session.request(request.method, upstream + request.path_qs, data=body,
-                                   headers=headers, allow_redirects=False) as up:
+                                   headers=headers, allow_redirects=False, ssl=tls) as up:
+            log.write(json.dumps({"method": request.method, "path": request.path,
+                                  "query": dict(request.query), "status": up.status}) + "\n")
             resp = web.StreamResponse(
                 status=up.status,
                 headers={k: v for k, v in up.headers.items() if k.lower() not in HOP})
@@ -64,4 +69,4 @@ async def main(upstream: str, log_path: str, ready_path: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:5]))

@@ -152,28 +152,56 @@ def logs(tmp: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(tmp.glob("*.log")))
 
 
+def real_api_server_available() -> bool:
+    """Whether a real control plane can be started here (e2e/apiserver.sh), unless FERRY_API=standin."""
+    if os.environ.get("FERRY_API") == "standin":
+        return False
+    return subprocess.run([str(ROOT / "e2e/apiserver.sh"), "find"], capture_output=True).returncode == 0
+
+
 @pytest.fixture
-def standin() -> Iterator[dict[str, Any]]:
-    """A fresh API stand-in (e2e/standin) and `k`, kubectl against it; everything started is
-    stopped at the end, failures included."""
+def api_server() -> Iterator[dict[str, Any]]:
+    """A fresh API server for one test: a real one (etcd, kube-apiserver and the controller
+    manager on loopback, e2e/apiserver.sh) where this machine has a control plane, else the
+    in-repo stand-in (e2e/standin); and `k`, kubectl against it as its administrator. `real`
+    says which; `url` is its address and `ca` (real only) its CA certificate. Everything started
+    is stopped and removed at the end, failures included."""
     kubectl = tool("kubectl")
     procs = Procs()
     with tempfile.TemporaryDirectory(prefix="ferry-deploy-") as d:
         tmp = Path(d)
+        apiserver = tmp / "apiserver"
+        real = real_api_server_available()
         try:
-            server = procs.start([sys.executable, str(ROOT / "e2e/standin/kube_standin.py"), "--port", "0",
-                                  "--kubeconfig-out", str(tmp / "kubeconfig"), "--ready-file", str(tmp / "ready")],
-                                 tmp / "standin.log")
-            wait_for("the API stand-in", lambda: (tmp / "ready").exists() or server.poll() is not None, 20)
-            url = (tmp / "ready").read_text().strip()
-            env = {**os.environ, "KUBECONFIG": str(tmp / "kubeconfig")}
+            if real:
+                p = subprocess.run([str(ROOT / "e2e/apiserver.sh"), "start", str(apiserver), str(os.getpid())],
+                                   capture_output=True, text=True, timeout=300)
+                if p.returncode != 0:
+                    pytest.fail(f"the real API server did not start:\n{p.stderr}")
+                kubeconfig = Path(p.stdout.strip())
+                config = yaml.safe_load(kubeconfig.read_text())
+                cluster = config["clusters"][0]["cluster"]
+                url = cluster["server"]
+                ca = tmp / "ca.crt"
+                import base64
+                ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+            else:
+                server = procs.start([sys.executable, str(ROOT / "e2e/standin/kube_standin.py"), "--port", "0",
+                                      "--kubeconfig-out", str(tmp / "kubeconfig"), "--ready-file", str(tmp / "ready")],
+                                     tmp / "standin.log")
+                wait_for("the API stand-in", lambda: (tmp / "ready").exists() or server.poll() is not None, 20)
+                url = (tmp / "ready").read_text().strip()
+                kubeconfig, ca = tmp / "kubeconfig", None
+            env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
 
-            def k(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-                p = subprocess.run([kubectl, *args], capture_output=True, text=True, timeout=60, env=env)
+            def k(*args: str, ok: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+                p = subprocess.run([kubectl, *args], capture_output=True, text=True, timeout=60, env=env, input=stdin)
                 if ok and p.returncode != 0:
                     pytest.fail(f"kubectl {' '.join(args)}: {p.stderr}\n{logs(tmp)}")
                 return p
 
-            yield {"k": k, "tmp": tmp, "procs": procs, "url": url}
+            yield {"k": k, "tmp": tmp, "procs": procs, "url": url, "kubeconfig": kubeconfig, "real": real, "ca": ca}
         finally:
             procs.close()
+            if real:
+                subprocess.run([str(ROOT / "e2e/apiserver.sh"), "stop", str(apiserver)], timeout=120)

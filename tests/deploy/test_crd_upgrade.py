@@ -1,8 +1,9 @@
-"""The documented CRD upgrade path, against the API stand-in (which implements server-side
-apply field ownership and conflicts): `helm install` puts the chart's CRDs in place (owned by the
-field manager `helm`) and `helm upgrade` never touches them again; a newer chart's CRDs must be
-applied with `kubectl apply --server-side --force-conflicts`, and without `--force-conflicts`
-the apply fails on Helm's ownership instead of silently half-applying.
+"""The documented CRD upgrade path, against a real API server (or, where none can run, the
+in-repo stand-in, which implements server-side apply field ownership and conflicts): `helm
+install` puts the chart's CRDs in place (owned by the field manager `helm`) and `helm upgrade`
+never touches them again; a newer chart's CRDs must be applied with `kubectl apply --server-side
+--force-conflicts`, and without `--force-conflicts` the apply fails on Helm's ownership instead
+of silently half-applying.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from conftest import CHART
 
 
 @pytest.mark.parametrize("install", ["create", "apply"], ids=["helm3-create", "helm4-server-side-apply"])
-def test_crds_upgrade_with_server_side_apply(standin: dict[str, Any], install: str) -> None:
-    k, tmp = standin["k"], standin["tmp"]
+def test_crds_upgrade_with_server_side_apply(api_server: dict[str, Any], install: str) -> None:
+    k, tmp = api_server["k"], api_server["tmp"]
     # What `helm install` does with crds/: Helm 3 creates them, Helm 4 applies them server-side.
     if install == "create":
         k("create", "--field-manager=helm", "-f", str(CHART / "crds"))

@@ -1,12 +1,16 @@
-"""The real `ferry controller` binary against the in-repo API stand-in (e2e/standin), behind a
-logging proxy: every request the controller makes (watches, finalizers, status, Events, the
-leader Lease, a leader hand-over) must be allowed by the RBAC the Helm chart renders with its
-default values. tests/deploy.rs checks that those rules equal REQUIRED_PERMISSIONS, so together
-they prove the table covers what the code calls.
+"""The real `ferry controller` binary against an API server, behind a logging proxy: every
+request the controller makes (watches, finalizers, status, Events, the leader Lease, a leader
+hand-over) must be allowed by the RBAC the Helm chart renders with its default values.
+tests/deploy.rs checks that those rules equal REQUIRED_PERMISSIONS, so together they prove the
+table covers what the code calls.
 
-The stand-in has no authorization (e2e/standin/README.md): the check is made here, by evaluating
-the rendered Roles and bindings for each logged request. No libvirt host answers (the HostPool
-points at a closed port), so only the Kubernetes side of the controller is exercised.
+On a real API server (where this machine has one) the chart's ServiceAccount and RBAC are
+installed and the controller authenticates with a token minted for that ServiceAccount: the
+server itself authorizes every request, and none may be refused (403). The in-repo stand-in has
+no authorization (e2e/standin/README.md): there, and on the real server as well, the check is
+also made here, by evaluating the rendered Roles and bindings for each logged request. No libvirt
+host answers (the HostPool points at a closed port), so only the Kubernetes side of the
+controller is exercised.
 
 The binary: $FERRY_BIN, else $CARGO_TARGET_DIR/debug/ferry, else target/debug/ferry.
 """
@@ -22,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, helm_template, logs, wait_for
+from conftest import CHART, ROOT, helm_template, logs, tool, wait_for
 
 LEASE_NS = "ferry-system"
 SA = ("ferry", "ferry-system")
@@ -95,16 +99,46 @@ def allowed(docs: list[dict[str, Any]], req: dict[str, Any]) -> bool:
 
 
 @pytest.fixture
-def cluster(standin: dict[str, Any]) -> dict[str, Any]:
-    """The stand-in plus a logging proxy for the controller (see audit_proxy.py)."""
+def cluster(api_server: dict[str, Any]) -> dict[str, Any]:
+    """The API server plus a logging proxy for the controller (see audit_proxy.py)."""
     binary = ferry_binary()
-    tmp, procs, upstream = standin["tmp"], standin["procs"], standin["url"]
+    tmp, procs, upstream = api_server["tmp"], api_server["procs"], api_server["url"]
+    ca = [str(api_server["ca"])] if api_server["ca"] else []
     procs.start([sys.executable, str(Path(__file__).with_name("audit_proxy.py")), upstream,
-                 str(tmp / "requests.jsonl"), str(tmp / "proxy-ready")], tmp / "proxy.log")
+                 str(tmp / "requests.jsonl"), str(tmp / "proxy-ready"), *ca], tmp / "proxy.log")
     wait_for("the audit proxy", lambda: (tmp / "proxy-ready").exists(), 20)
-    proxy = (tmp / "proxy-ready").read_text().strip()
-    (tmp / "controller-kubeconfig").write_text((tmp / "kubeconfig").read_text().replace(upstream, proxy))
-    return {**standin, "binary": binary}
+    return {**api_server, "binary": binary, "proxy": (tmp / "proxy-ready").read_text().strip()}
+
+
+def controller_kubeconfig(cluster: dict[str, Any]) -> Path:
+    """A kubeconfig that reaches the server through the proxy: on a real server as the chart's
+    ServiceAccount (its RBAC applied, a token minted), on the stand-in with its dummy token."""
+    k, tmp, proxy = cluster["k"], cluster["tmp"], cluster["proxy"]
+    path = tmp / "controller-kubeconfig"
+    if not cluster["real"]:
+        path.write_text(Path(cluster["kubeconfig"]).read_text().replace(cluster["url"], proxy))
+        return path
+    rendered = run_helm_template_rbac()
+    k("apply", "-f", "-", stdin=rendered)
+    token = k("create", "token", SA[0], "-n", SA[1], "--duration=1h").stdout.strip()
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "proxy", "cluster": {"server": proxy}}],
+        "users": [{"name": "ferry", "user": {"token": token}}],
+        "contexts": [{"name": "ferry", "context": {"cluster": "proxy", "user": "ferry"}}],
+        "current-context": "ferry",
+    }))
+    return path
+
+
+def run_helm_template_rbac() -> str:
+    """The chart's ServiceAccount and RBAC (release `ferry` in ferry-system, default values)."""
+    import subprocess
+    p = subprocess.run([tool("helm"), "template", "ferry", str(CHART), "--namespace", SA[1],
+                        "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
 
 
 def test_every_controller_request_is_allowed_by_the_chart(cluster: dict[str, Any]) -> None:
@@ -112,16 +146,9 @@ def test_every_controller_request_is_allowed_by_the_chart(cluster: dict[str, Any
     k("apply", "--server-side", "-f", str(ROOT / "crds"))
     for crd in ("virtualmachines", "hostpools", "virtualmachinemigrations", "hapolicies"):
         k("wait", "--for=condition=Established", f"crd/{crd}.ferry.dev", "--timeout=20s")
-    # (kubectl's generators send protobuf, which the stand-in does not speak: create from YAML.)
+    for ns in ("ferry-system", "vms"):
+        k("create", "namespace", ns)
     (tmp / "objects.yaml").write_text("""
-apiVersion: v1
-kind: Namespace
-metadata: {name: ferry-system}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: vms}
----
 apiVersion: v1
 kind: Node
 metadata: {name: hv-1, labels: {ferry.dev/hypervisor: "true"}}
@@ -159,7 +186,7 @@ spec:
 """)
     k("create", "-f", str(tmp / "objects.yaml"))
 
-    env = {"KUBECONFIG": str(tmp / "controller-kubeconfig"), "FERRY_LEASE_NAMESPACE": LEASE_NS,
+    env = {"KUBECONFIG": str(controller_kubeconfig(cluster)), "FERRY_LEASE_NAMESPACE": LEASE_NS,
            "FERRY_LEASE_DURATION": "4", "FERRY_LEASE_GRACE": "1", "RUST_LOG": "info"}
     args = [str(binary), "controller", "--http-addr", "127.0.0.1:0", "--log-format", "json"]
     a = procs.start(args, tmp / "ferry-a.log", {**env, "POD_NAME": "ferry-a"})
@@ -192,6 +219,9 @@ spec:
     assert b.returncode == 0, logs(tmp)
 
     entries = [json.loads(line) for line in (tmp / "requests.jsonl").read_text().splitlines() if line]
+    # On a real server, the server's own verdict: nothing the controller asked for was refused.
+    refused = sorted({f"{e['method']} {e['path']}" for e in entries if e.get("status") == 403})
+    assert refused == [], "requests the API server refused (403):\n" + "\n".join(refused)
     reqs = [r for r in (parse(e) for e in entries) if r is not None]
     assert len(reqs) > 20, f"too few controller requests: {entries}"
     docs = helm_template()

@@ -1,8 +1,10 @@
 //! e2e support: a test namespace on the cluster `KUBECONFIG` names, a Node object standing for a
-//! lab host (kept Ready with kubelet-style heartbeats), and `ferry controller` processes.
+//! lab host (kept Ready with kubelet-style heartbeats), and `ferry controller` processes, which
+//! run as the Helm chart's ServiceAccount where the server enforces RBAC ([`ChartIdentity`]).
 //! Everything is removed when the values drop, also when a test fails.
 #![allow(dead_code)]
 
+use super::chart_rbac::ChartIdentity;
 use super::netns;
 use ferry::api::{HostPool, VirtualMachine, crds};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -51,6 +53,8 @@ pub struct Cluster {
     pub client: Client,
     pub namespace: String,
     pub kubeconfig: PathBuf,
+    /// The controller's identity: the chart's ServiceAccount, on a server with RBAC.
+    pub identity: Option<ChartIdentity>,
     nodes: Vec<String>,
     /// Each Node's InternalIP, for the heartbeat.
     node_ips: Vec<(String, String)>,
@@ -107,10 +111,19 @@ impl Cluster {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create namespace");
+        let identity = ChartIdentity::install(&client, &kubeconfig, &namespace).await;
+        match &identity {
+            Some(id) => eprintln!("e2e: controllers run as {} (the chart's RBAC)", id.user),
+            None => eprintln!(
+                "e2e: the API server has no RBAC: controllers use {}",
+                kubeconfig.display()
+            ),
+        }
         Cluster {
             client,
             namespace,
             kubeconfig,
+            identity,
             nodes: Vec::new(),
             node_ips: Vec::new(),
             silent_ips: Vec::new(),
@@ -272,7 +285,13 @@ impl Cluster {
 
     /// Start `ferry controller` for this namespace.
     pub fn controller(&self, identity: &str) -> ControllerProcess {
-        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, None, &[])
+        ControllerProcess::start(
+            self.controller_kubeconfig(),
+            &self.namespace,
+            identity,
+            None,
+            &[],
+        )
     }
 
     /// Start `ferry controller` inside network namespace `netns` (a lab's client namespace), so
@@ -281,7 +300,7 @@ impl Cluster {
     /// loopback; [`ControllerProcess::http_get`] reaches the controller there.
     pub fn controller_in_netns(&self, identity: &str, netns: &str) -> ControllerProcess {
         ControllerProcess::start(
-            &self.kubeconfig,
+            self.controller_kubeconfig(),
             &self.namespace,
             identity,
             Some(netns),
@@ -291,7 +310,20 @@ impl Cluster {
 
     /// [`Cluster::controller`] with extra environment variables (e.g. a quieter `RUST_LOG`).
     pub fn controller_with_env(&self, identity: &str, env: &[(&str, &str)]) -> ControllerProcess {
-        ControllerProcess::start(&self.kubeconfig, &self.namespace, identity, None, env)
+        ControllerProcess::start(
+            self.controller_kubeconfig(),
+            &self.namespace,
+            identity,
+            None,
+            env,
+        )
+    }
+
+    /// The kubeconfig controllers get: the chart's ServiceAccount's, or (without RBAC) the test's.
+    pub fn controller_kubeconfig(&self) -> &std::path::Path {
+        self.identity
+            .as_ref()
+            .map_or(self.kubeconfig.as_path(), |id| id.kubeconfig.as_path())
     }
 
     /// Delete Node `name` at teardown too (for Nodes the caller created itself).
@@ -346,6 +378,9 @@ impl Cluster {
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
             .await;
+        if let Some(id) = &self.identity {
+            id.remove(&self.client).await;
+        }
     }
 }
 
@@ -358,6 +393,7 @@ impl Drop for Cluster {
             client: self.client.clone(),
             namespace: self.namespace.clone(),
             kubeconfig: self.kubeconfig.clone(),
+            identity: self.identity.take(),
             nodes: std::mem::take(&mut self.nodes),
             node_ips: std::mem::take(&mut self.node_ips),
             silent_ips: std::mem::take(&mut self.silent_ips),
