@@ -89,8 +89,11 @@ impl HaContext {
     }
 }
 
+/// A status time in whole seconds, as the API server stores it: a status built from in-memory
+/// times with sub-second parts never compares equal to the one read back, and would be written
+/// again at every tick.
 fn ts(t: Timestamp) -> Time {
-    Time(t)
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
 }
 
 fn evidence_name(e: Evidence) -> &'static str {
@@ -177,4 +180,20 @@ pub fn error_policy(policy: Arc<HAPolicy>, err: &Error, hc: Arc<HaContext>) -> R
         .clone()
         .unwrap_or_else(|| policy.name_any());
     Requeue::requeue(hc.ctx.backoff.next(&key).min(Duration::from_secs(5)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_times_compare_equal_to_what_the_server_stores() {
+        let now = Timestamp::from_millisecond(1_700_000_000_123).expect("t");
+        let written = ts(now);
+        let read_back: Time =
+            serde_json::from_value(serde_json::to_value(&written).expect("serialize"))
+                .expect("deserialize");
+        assert_eq!(read_back, written);
+        assert_eq!(written.0.as_second(), 1_700_000_000);
+    }
 }
