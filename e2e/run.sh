@@ -6,4 +6,4 @@
 # Not here: debian_guest_runs_cloud_init (e2e/debian.sh); the HA benchmark is e2e/bench-ha.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec e2e/with-cluster.sh timeout 1500 cargo test --locked --test e2e -- --ignored --skip debian_guest_runs_cloud_init --test-threads=1 "$@"
+exec e2e/with-cluster.sh timeout 2400 cargo test --locked --test e2e -- --ignored --skip debian_guest_runs_cloud_init --test-threads=1 "$@"
