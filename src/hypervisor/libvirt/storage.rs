@@ -215,7 +215,13 @@ pub(super) fn lookup_volume(
         error_code::NO_STORAGE_VOL,
     )? {
         None => Ok(None),
-        Some(vol) => volume_info(&vol).map(Some),
+        // Deleted between the lookup and reading its details: it is gone.
+        Some(vol) => match volume_info(&vol) {
+            Err(Fail::Virt(e)) if e.code().to_raw() as i32 == error_code::NO_STORAGE_VOL => {
+                Ok(None)
+            }
+            r => r.map(Some),
+        },
     }
 }
 
