@@ -217,9 +217,9 @@ pub struct HAPolicyStatus {
     /// VMs the policy covers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protected_vms: Option<i32>,
-    /// Verdict per host of the covered pools.
+    /// Verdict per host of each covered pool (a Node in two of the pools has an entry for each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "schema::status_named_list::<HostHealth>")]
+    #[schemars(schema_with = "schema::status_pool_host_list::<HostHealth>")]
     pub hosts: Vec<HostHealth>,
     /// Incidents, newest last (at most 20 kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -303,10 +303,13 @@ impl std::fmt::Display for HostVerdict {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Incident {
-    /// Incident ID (`<host>-<unix seconds>`).
+    /// Incident ID (`<pool>-<host>-<unix seconds>`).
     pub name: String,
     /// The host.
     pub host: String,
+    /// The HostPool whose view of the host failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// When the failure was detected.
     pub detected: Time,
     /// When the host was proven off.

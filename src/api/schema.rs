@@ -5,9 +5,14 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Value, json};
 
 /// Mark an array schema as `x-kubernetes-list-type: map` keyed by `key`, with at most `max` items.
-fn list_map(mut schema: Schema, key: &str, max: Option<u64>) -> Schema {
+fn list_map(schema: Schema, key: &str, max: Option<u64>) -> Schema {
+    list_map_by(schema, &[key], max)
+}
+
+/// [`list_map`] keyed by several fields.
+fn list_map_by(mut schema: Schema, keys: &[&str], max: Option<u64>) -> Schema {
     schema.insert("x-kubernetes-list-type".into(), json!("map"));
-    schema.insert("x-kubernetes-list-map-keys".into(), json!([key]));
+    schema.insert("x-kubernetes-list-map-keys".into(), json!(keys));
     if let Some(max) = max {
         schema.insert("maxItems".into(), json!(max));
     }
@@ -31,6 +36,12 @@ pub fn named_list<T: JsonSchema, const MAX: u64>(g: &mut SchemaGenerator) -> Sch
         }]),
     );
     s
+}
+
+/// A status list map keyed by `name` and `pool` (a Node in two HostPools of one HAPolicy has
+/// an entry per pool).
+pub fn status_pool_host_list<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    list_map_by(g.subschema_for::<Vec<T>>(), &["name", "pool"], None)
 }
 
 /// Plain list map keyed by `name` without a uniqueness rule (status lists written by the controller).

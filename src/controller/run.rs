@@ -313,6 +313,8 @@ pub async fn run(
 
     // HA: every HAPolicy is reconciled once a second (it judges its pools' hosts).
     let hacontext = Arc::new(ha::HaContext::new(ctx.clone()));
+    // What is remembered for deleted policies, pools and Nodes is dropped.
+    let sweeper = tokio::spawn(ha::sweep(hacontext.clone()));
     let hapolicies = policy_controller
         .graceful_shutdown_on(Box::pin(shutdown_signal()))
         .run(ha::reconcile, ha::error_policy, hacontext)
@@ -329,6 +331,8 @@ pub async fn run(
     }
     gauges.abort();
     let _ = gauges.await;
+    sweeper.abort();
+    let _ = sweeper.await;
     metrics.set_inventory_source(None);
     ctx.hosts.connections.close_all().await;
 }

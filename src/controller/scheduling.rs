@@ -2,7 +2,7 @@
 //! the reflector stores, call [`placement::choose_host`], and remember the choice until the VM
 //! store shows it, so that VMs placed at the same moment see each other.
 
-use super::context::{Caches, HaVerdicts, Placement};
+use super::context::{Caches, HaVerdicts, Placement, PoolHost};
 use super::hosts::{cordoned, in_maintenance, node_ready};
 use crate::api::{HostPool, HostState, VirtualMachine};
 use crate::plan::capacity::Amount;
@@ -212,9 +212,13 @@ pub fn candidates(pool: &HostPool, caches: &Caches, ha: &HaVerdicts) -> Vec<Cand
             let node = caches.node(&h.name);
             Candidate {
                 name: h.name.clone(),
-                // A host the HA controller does not judge healthy takes no new VMs.
+                // A host that an HAPolicy of this pool does not judge healthy takes no new VMs
+                // (another pool's view of the same Node does not count here).
                 reachable: matches!(h.state, HostState::Ready | HostState::Cordoned)
-                    && ha.of_host(&h.name).is_none_or(takes_vms),
+                    && ha
+                        .of(&PoolHost::of(pool, &h.name))
+                        .into_iter()
+                        .all(|(_, v)| takes_vms(v)),
                 node_ready: node.as_deref().is_some_and(node_ready),
                 // A host in maintenance takes nothing new, like a cordoned one.
                 cordoned: node

@@ -16,6 +16,7 @@ use inventory::InventoryCollector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -56,6 +57,7 @@ pub struct Metrics {
     migrations: Family<ResultLabels, Counter>,
     migration_downtime: Histogram,
     fences: Family<ResultLabels, Counter>,
+    ha_judged: Gauge,
     /// What the state gauges are computed from at each scrape (shared with the collector).
     inventory: Arc<RwLock<Option<InventorySource>>>,
 }
@@ -108,6 +110,12 @@ impl Default for Metrics {
             "Fence attempts (BMC power off) this replica made, per result: confirmed (the BMC reports the host off) or failed",
             fences.clone(),
         );
+        let ha_judged = Gauge::default();
+        registry.register(
+            "ha_hosts_judged",
+            "(HAPolicy, HostPool, host) triples the HA controller judges and remembers",
+            ha_judged.clone(),
+        );
         registry.register(
             "build",
             "The ferry build: version and git commit (always 1)",
@@ -120,6 +128,7 @@ impl Default for Metrics {
             migrations,
             migration_downtime,
             fences,
+            ha_judged,
             registry,
             reconciles,
             failures,
@@ -171,6 +180,11 @@ impl Metrics {
     pub fn fence_finished(&self, confirmed: bool) {
         let result = if confirmed { "confirmed" } else { "failed" };
         self.fences.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Set how many (HAPolicy, HostPool, host) triples the HA controller remembers.
+    pub fn set_ha_hosts_judged(&self, n: usize) {
+        self.ha_judged.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Record one libvirt call.

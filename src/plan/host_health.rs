@@ -16,7 +16,8 @@
 //! | NotReady  | down, < a grace  |     | Suspect                                       |
 //!
 //! A restart elsewhere is only ever decided after a confirmed fence (the BMC reports Off), a
-//! confirmed shut-off from libvirt, or a human confirmation.
+//! confirmed shut-off from libvirt, or a human confirmation; a host is only ever fenced when the
+//! policy has VMs on it to restart.
 
 use crate::api::HAPolicy;
 use crate::api::ha_policy::{HostVerdict, NotReadyAction};
@@ -386,6 +387,16 @@ fn fence_or_ask(i: &Inputs, t: &Timings, why: String) -> Decision {
             V::Fenced,
             HostAction::Restart(Evidence::Confirmed),
             format!("{why}; a human confirmed the host is off"),
+        );
+    }
+    if !i.has_vms {
+        // A fence is the price of restarting VMs safely: without VMs of this policy on the host
+        // there is nothing to restart, and a pool that cannot reach a host (so never placed a
+        // VM there) must not power off a host other pools' VMs run on.
+        return decision(
+            V::Failed,
+            HostAction::None,
+            format!("{why}; no VMs of this policy on the host: nothing is fenced"),
         );
     }
     if i.storm {

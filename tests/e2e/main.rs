@@ -14,6 +14,7 @@ mod credentials;
 mod debian;
 mod ha_fencing;
 mod ha_not_ready;
+mod ha_safety;
 mod images;
 mod lifecycle;
 mod migration;

@@ -154,6 +154,17 @@ impl TestPki {
     }
 }
 
+/// One system of a [`Sushy`] emulator.
+#[derive(Debug, Clone)]
+pub struct SushySystem {
+    /// Its Redfish id (`/redfish/v1/Systems/<name>`).
+    pub name: String,
+    /// Its `UUID`.
+    pub uuid: String,
+    /// Powered on at start.
+    pub on: bool,
+}
+
 /// sushy-emulator with the fake driver: one system per name, powered On.
 pub struct Sushy {
     child: Option<Child>,
@@ -168,6 +179,25 @@ impl Sushy {
     /// is replaced so tests are deterministic; a long delay models a BMC that accepts the
     /// power-off but never reports Off).
     pub fn start(systems: &[&str], user: &str, password: &str, apply_delay_secs: u32) -> Sushy {
+        let systems: Vec<SushySystem> = systems
+            .iter()
+            .enumerate()
+            .map(|(i, name)| SushySystem {
+                name: name.to_string(),
+                uuid: format!("00000000-0000-4000-8000-{i:012}"),
+                on: true,
+            })
+            .collect();
+        Self::start_with(&systems, user, password, apply_delay_secs)
+    }
+
+    /// [`Sushy::start`] with each system's UUID and power state given.
+    pub fn start_with(
+        systems: &[SushySystem],
+        user: &str,
+        password: &str,
+        apply_delay_secs: u32,
+    ) -> Sushy {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::new();
         let port = free_port();
@@ -189,10 +219,12 @@ impl Sushy {
         std::fs::write(dir.path().join("htpasswd"), htpasswd).expect("htpasswd");
         let systems_py: Vec<String> = systems
             .iter()
-            .enumerate()
-            .map(|(i, name)| {
+            .map(|s| {
                 format!(
-                    "{{'uuid': '00000000-0000-4000-8000-{i:012}', 'name': '{name}', 'power_state': 'On', 'external_notifier': False, 'nics': []}}"
+                    "{{'uuid': '{}', 'name': '{}', 'power_state': '{}', 'external_notifier': False, 'nics': []}}",
+                    s.uuid,
+                    s.name,
+                    if s.on { "On" } else { "Off" }
                 )
             })
             .collect();

@@ -51,11 +51,15 @@ fn helm() -> PathBuf {
     PathBuf::from("helm")
 }
 
-/// The chart's ServiceAccount and RBAC objects for a release in `namespace` watching it.
-fn render(namespace: &str) -> Vec<serde_json::Value> {
-    let out = std::process::Command::new(helm())
-        .args(["template", namespace, CHART, "--namespace", namespace])
-        .args(["--set", &format!("watchNamespace={namespace}")])
+/// The chart's ServiceAccount and RBAC objects for a release in `namespace` watching it, or
+/// with `all_namespaces` every namespace (the chart's default).
+fn render(namespace: &str, all_namespaces: bool) -> Vec<serde_json::Value> {
+    let mut cmd = std::process::Command::new(helm());
+    cmd.args(["template", namespace, CHART, "--namespace", namespace]);
+    if !all_namespaces {
+        cmd.args(["--set", &format!("watchNamespace={namespace}")]);
+    }
+    let out = cmd
         .args(["--show-only", "templates/serviceaccount.yaml"])
         .args(["--show-only", "templates/rbac.yaml"])
         .output()
@@ -90,12 +94,31 @@ impl ChartIdentity {
         admin_kubeconfig: &Path,
         namespace: &str,
     ) -> Option<ChartIdentity> {
+        Self::install_with(client, admin_kubeconfig, namespace, false).await
+    }
+
+    /// [`ChartIdentity::install`] for a release that watches every namespace (a ClusterRole for
+    /// ferry's objects, as the chart installs by default).
+    pub async fn install_cluster_wide(
+        client: &Client,
+        admin_kubeconfig: &Path,
+        namespace: &str,
+    ) -> Option<ChartIdentity> {
+        Self::install_with(client, admin_kubeconfig, namespace, true).await
+    }
+
+    async fn install_with(
+        client: &Client,
+        admin_kubeconfig: &Path,
+        namespace: &str,
+        all_namespaces: bool,
+    ) -> Option<ChartIdentity> {
         if !server_has_rbac(client).await {
             return None;
         }
         let mut cluster_scoped = Vec::new();
         let mut service_account = None;
-        for obj in render(namespace) {
+        for obj in render(namespace, all_namespaces) {
             let ar = api_resource(&obj);
             let name = obj["metadata"]["name"]
                 .as_str()

@@ -287,11 +287,53 @@ impl Cluster {
     pub fn controller(&self, identity: &str) -> ControllerProcess {
         ControllerProcess::start(
             self.controller_kubeconfig(),
+            Some(&self.namespace),
             &self.namespace,
             identity,
             None,
             &[],
         )
+    }
+
+    /// Start `ferry controller` for every namespace (its Lease in this one), as a cluster-wide
+    /// install runs, for scenarios that span namespaces; on a server with RBAC as the chart's
+    /// ServiceAccount installed cluster-wide. Use Node labels of the test's own in the pools'
+    /// selectors, so that no other test's pool selects them.
+    pub async fn controller_all_namespaces(&mut self, identity: &str) -> ControllerProcess {
+        if self.identity.is_some() {
+            // The namespaced identity's cluster-scoped objects share the release's names.
+            if let Some(id) = self.identity.take() {
+                id.remove(&self.client).await;
+            }
+            self.identity = ChartIdentity::install_cluster_wide(
+                &self.client,
+                &self.kubeconfig,
+                &self.namespace,
+            )
+            .await;
+        }
+        ControllerProcess::start(
+            self.controller_kubeconfig(),
+            None,
+            &self.namespace,
+            identity,
+            None,
+            &[],
+        )
+    }
+
+    /// Set a Node's `status.nodeInfo.systemUUID` (what kubelet reads from the host's firmware),
+    /// which a Redfish BMC's system must match.
+    pub async fn set_system_uuid(&self, node: &str, uuid: &str) {
+        let info = json!({"status": {"nodeInfo": {
+            "machineID": "", "systemUUID": uuid, "bootID": "", "kernelVersion": "",
+            "osImage": "", "containerRuntimeVersion": "", "kubeletVersion": "",
+            "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"
+        }}});
+        Api::<Node>::all(self.client.clone())
+            .patch_status(node, &PatchParams::default(), &Patch::Merge(&info))
+            .await
+            .expect("patch Node nodeInfo");
     }
 
     /// Start `ferry controller` inside network namespace `netns` (a lab's client namespace), so
@@ -301,6 +343,7 @@ impl Cluster {
     pub fn controller_in_netns(&self, identity: &str, netns: &str) -> ControllerProcess {
         ControllerProcess::start(
             self.controller_kubeconfig(),
+            Some(&self.namespace),
             &self.namespace,
             identity,
             Some(netns),
@@ -312,6 +355,7 @@ impl Cluster {
     pub fn controller_with_env(&self, identity: &str, env: &[(&str, &str)]) -> ControllerProcess {
         ControllerProcess::start(
             self.controller_kubeconfig(),
+            Some(&self.namespace),
             &self.namespace,
             identity,
             None,
@@ -529,7 +573,8 @@ fn kubeconfig_in_netns(
 impl ControllerProcess {
     fn start(
         kubeconfig: &std::path::Path,
-        namespace: &str,
+        namespace: Option<&str>,
+        lease_namespace: &str,
         identity: &str,
         ns: Option<&str>,
         env: &[(&str, &str)],
@@ -556,14 +601,12 @@ impl ControllerProcess {
             }
             None => Command::new(env!("CARGO_BIN_EXE_ferry")),
         };
+        cmd.arg("controller");
+        if let Some(ns) = namespace {
+            cmd.args(["--namespace", ns]);
+        }
         let child = cmd
-            .args([
-                "controller",
-                "--namespace",
-                namespace,
-                "--lease-namespace",
-                namespace,
-            ])
+            .args(["--lease-namespace", lease_namespace])
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args([

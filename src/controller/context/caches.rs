@@ -1,6 +1,9 @@
 //! The reflector caches every controller reads, and the questions asked of them.
 
+use super::ha::{HaKey, LiveHa, PoolHost};
 use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
+use crate::controller::hosts::pool_nodes;
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store, store};
@@ -39,7 +42,6 @@ impl Caches {
     /// VM would find its HostPool "missing" and flip to not Ready, and placement would not see all
     /// placed VMs. A cache whose writer is gone will not fill any more and counts as ready.
     pub fn ready(&self) -> bool {
-        use futures::FutureExt;
         // Resolves at once (Ok when listed, Err when the writer is gone) unless still listing.
         self.pools.wait_until_ready().now_or_never().is_some()
             && self.nodes.wait_until_ready().now_or_never().is_some()
@@ -69,12 +71,45 @@ impl Caches {
 
     /// The HAPolicy covering `vm` (the first by name when several do).
     pub fn covering_policy(&self, vm: &VirtualMachine) -> Option<Arc<HAPolicy>> {
+        self.covering_policies(vm).into_iter().next()
+    }
+
+    /// Every HAPolicy covering `vm`, by name.
+    pub fn covering_policies(&self, vm: &VirtualMachine) -> Vec<Arc<HAPolicy>> {
         let ns = vm.namespace();
-        self.policies
+        let mut out: Vec<Arc<HAPolicy>> = self
+            .policies
             .state()
             .into_iter()
             .filter(|p| p.namespace() == ns && p.covers(&vm.spec.host_pool, vm.labels()))
-            .min_by_key(|p| p.name_any())
+            .collect();
+        out.sort_by_key(|p| p.name_any());
+        out
+    }
+
+    /// What HA state may exist now: every HAPolicy's pools that exist, and the Nodes each of
+    /// them selects (`None` until the caches hold their first complete list).
+    pub fn live_ha(&self) -> Option<LiveHa> {
+        if !self.ready() || self.policies.wait_until_ready().now_or_never().is_none() {
+            return None;
+        }
+        let mut live = LiveHa::default();
+        for policy in self.policies.state() {
+            let ns = policy.namespace().unwrap_or_default();
+            for pool_name in &policy.spec.host_pools {
+                let Some(pool) = self.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
+                    continue;
+                };
+                live.guard(&ns, pool_name, &policy.name_any());
+                for node in pool_nodes(&self.nodes, &pool) {
+                    live.host(HaKey::new(
+                        &policy.name_any(),
+                        PoolHost::new(&ns, pool_name, &node.name_any()),
+                    ));
+                }
+            }
+        }
+        Some(live)
     }
 
     /// Every migration of VM `name` in `ns`, oldest first.

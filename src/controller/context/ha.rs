@@ -1,56 +1,270 @@
-//! HA verdicts, as the HA controller last judged each host, for placement and the VM
-//! controller.
+//! HA verdicts and storm guards, as the HA controller last judged them, for placement, the VM
+//! controller, evacuation and the HostPool status.
+//!
+//! Every piece of HA state belongs to one HostPool's view of one host ([`PoolHost`]) and, for
+//! verdicts, to the HAPolicy that judged it ([`HaKey`]): a pool whose URI template, credentials
+//! or BMC cannot reach a host must not change what another pool (or another namespace) believes
+//! about that host. Readers say which pool they mean; nothing is looked up by Node name alone.
 
 use super::lock;
+use crate::api::HostPool;
 use crate::api::ha_policy::HostVerdict;
-use std::collections::HashMap;
+use kube::ResourceExt;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a host's HA verdict counts without being renewed (the HA controller renews it
-/// every second).
+/// every second). A tick of the HA controller never takes longer than this.
 pub const HA_VERDICT_TTL: Duration = Duration::from_secs(30);
 
-/// What the HA controller judges and remembers one verdict for: today a host (its Node name),
-/// whichever policy and pool judged it. Every map of HA memory and verdicts is keyed by this
-/// type, so judging per (policy, pool, host) instead changes this type and its constructor.
+/// A host as one HostPool sees it: through that pool's libvirt URI, credentials and BMC.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolHost {
+    /// The pool's namespace.
+    pub namespace: String,
+    /// The pool's name.
+    pub pool: String,
+    /// The host's Node.
+    pub node: String,
+}
+
+impl PoolHost {
+    /// Node `node` as HostPool `pool` in `namespace` sees it.
+    pub fn new(namespace: &str, pool: &str, node: &str) -> Self {
+        PoolHost {
+            namespace: namespace.to_string(),
+            pool: pool.to_string(),
+            node: node.to_string(),
+        }
+    }
+
+    /// Node `node` as `pool` sees it.
+    pub fn of(pool: &HostPool, node: &str) -> Self {
+        Self::new(
+            &pool.namespace().unwrap_or_default(),
+            &pool.name_any(),
+            node,
+        )
+    }
+}
+
+/// What the HA controller judges and remembers one verdict for: a host of a pool, under one
+/// HAPolicy (in the pool's namespace). Every map of HA memory and verdicts is keyed by this.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HaKey {
-    host: String,
+    /// The HAPolicy's name (in the pool's namespace).
+    pub policy: String,
+    /// The host as the pool sees it.
+    pub host: PoolHost,
 }
 
 impl HaKey {
-    /// The key of host (Node) `host`.
-    pub fn host(host: &str) -> Self {
+    /// The key of `host` judged by HAPolicy `policy`.
+    pub fn new(policy: &str, host: PoolHost) -> Self {
         HaKey {
-            host: host.to_string(),
+            policy: policy.to_string(),
+            host,
         }
     }
 }
 
-/// Verdicts per [`HaKey`], each with when it was last set.
+/// A pool as one HAPolicy guards it: (namespace, pool, policy).
+type GuardKey = (String, String, String);
+
+/// The verdict of each policy judging one pool host, with when it was set.
+type ByPolicy = BTreeMap<String, (HostVerdict, Instant)>;
+
+/// The (policy, pool, host) triples and (policy, pool) pairs that exist now (every policy's
+/// pools that exist, and the Nodes each selects): HA state of anything else is dropped.
+#[derive(Debug, Default)]
+pub struct LiveHa {
+    hosts: HashSet<HaKey>,
+    guards: HashSet<GuardKey>,
+}
+
+impl LiveHa {
+    /// HAPolicy `policy` covers HostPool `pool` in `namespace`.
+    pub fn guard(&mut self, namespace: &str, pool: &str, policy: &str) {
+        self.guards
+            .insert((namespace.to_string(), pool.to_string(), policy.to_string()));
+    }
+
+    /// ... and the pool selects this host.
+    pub fn host(&mut self, key: HaKey) {
+        self.guard(&key.host.namespace, &key.host.pool, &key.policy);
+        self.hosts.insert(key);
+    }
+
+    /// Whether `key` exists.
+    pub fn contains(&self, key: &HaKey) -> bool {
+        self.hosts.contains(key)
+    }
+
+    /// Whether HAPolicy `policy` covers HostPool `pool` in `namespace`.
+    pub fn guards(&self, namespace: &str, pool: &str, policy: &str) -> bool {
+        self.guards
+            .contains(&(namespace.to_string(), pool.to_string(), policy.to_string()))
+    }
+}
+
+/// Verdicts per [`HaKey`] and storm guards per (policy, pool), each with when it was last set.
 #[derive(Default)]
 pub struct HaVerdicts {
-    verdicts: Mutex<HashMap<HaKey, (HostVerdict, Instant)>>,
+    /// Per pool host, the verdict of each policy that judges it.
+    verdicts: Mutex<HashMap<PoolHost, ByPolicy>>,
+    /// Pools whose storm guard holds, per policy, with when that was last seen.
+    storms: Mutex<HashMap<GuardKey, Instant>>,
+}
+
+fn fresh(at: &Instant) -> bool {
+    at.elapsed() < HA_VERDICT_TTL
+}
+
+/// How much a verdict restricts the host, for showing one verdict where several policies judge
+/// the same pool host: the one that restricts most wins.
+fn severity(v: HostVerdict) -> u8 {
+    use HostVerdict as V;
+    match v {
+        V::Healthy => 0,
+        V::Recovered => 1,
+        V::Suspect => 2,
+        V::Degraded => 3,
+        V::Evacuating => 4,
+        V::Recovering => 5,
+        V::Failed => 6,
+        V::Fencing => 7,
+        V::Fenced => 8,
+    }
 }
 
 impl HaVerdicts {
-    /// The verdict for `key`, when an HAPolicy judges it (a verdict the HA controller has not
-    /// renewed for [`HA_VERDICT_TTL`], say because its policy was deleted, no longer counts).
+    /// The verdict for `key`, when its HAPolicy judges it (a verdict the HA controller has not
+    /// renewed for [`HA_VERDICT_TTL`] no longer counts).
     pub fn get(&self, key: &HaKey) -> Option<HostVerdict> {
         lock(&self.verdicts)
-            .get(key)
-            .filter(|(_, at)| at.elapsed() < HA_VERDICT_TTL)
+            .get(&key.host)
+            .and_then(|by_policy| by_policy.get(&key.policy))
+            .filter(|(_, at)| fresh(at))
             .map(|(v, _)| *v)
     }
 
-    /// The verdict of host `host` (see [`HaVerdicts::get`]).
-    pub fn of_host(&self, host: &str) -> Option<HostVerdict> {
-        self.get(&HaKey::host(host))
+    /// Every current verdict on the pool host, by policy name.
+    pub fn of(&self, host: &PoolHost) -> Vec<(String, HostVerdict)> {
+        lock(&self.verdicts)
+            .get(host)
+            .map(|by_policy| {
+                by_policy
+                    .iter()
+                    .filter(|(_, (_, at))| fresh(at))
+                    .map(|(p, (v, _))| (p.clone(), *v))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The most restrictive current verdict on the pool host (several policies may judge it).
+    pub fn worst(&self, host: &PoolHost) -> Option<HostVerdict> {
+        self.of(host)
+            .into_iter()
+            .map(|(_, v)| v)
+            .max_by_key(|v| severity(*v))
     }
 
     /// Record a verdict (the HA controller, on every tick).
     pub fn set(&self, key: HaKey, v: HostVerdict) {
-        lock(&self.verdicts).insert(key, (v, Instant::now()));
+        lock(&self.verdicts)
+            .entry(key.host)
+            .or_default()
+            .insert(key.policy, (v, Instant::now()));
+    }
+
+    /// Record whether HAPolicy `policy`'s storm guard holds for HostPool `pool` in `namespace`
+    /// (the HA controller, on every tick).
+    pub fn set_storm(&self, namespace: &str, pool: &str, policy: &str, holds: bool) {
+        let key = (namespace.to_string(), pool.to_string(), policy.to_string());
+        let mut storms = lock(&self.storms);
+        if holds {
+            storms.insert(key, Instant::now());
+        } else {
+            storms.remove(&key);
+        }
+    }
+
+    /// Whether HAPolicy `policy`'s storm guard holds for HostPool `pool` in `namespace` now.
+    pub fn storm(&self, namespace: &str, pool: &str, policy: &str) -> bool {
+        let key = (namespace.to_string(), pool.to_string(), policy.to_string());
+        lock(&self.storms).get(&key).is_some_and(fresh)
+    }
+
+    /// Keep only the verdicts and storm guards of the (policy, pool, host) triples and
+    /// (policy, pool) pairs in `live`: the rest belong to a policy, pool or Node that is gone.
+    pub fn retain(&self, live: &LiveHa) {
+        lock(&self.verdicts).retain(|host, by_policy| {
+            by_policy.retain(|policy, _| live.contains(&HaKey::new(policy, host.clone())));
+            !by_policy.is_empty()
+        });
+        lock(&self.storms).retain(|k, _| live.guards.contains(k));
+    }
+
+    /// How many (policy, pool, host) verdicts are held.
+    pub fn len(&self) -> usize {
+        lock(&self.verdicts).values().map(BTreeMap::len).sum()
+    }
+
+    /// Whether no verdict is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HostVerdict as V;
+
+    #[test]
+    fn a_verdict_belongs_to_its_policy_and_pool() {
+        let ha = HaVerdicts::default();
+        let broken = PoolHost::new("team-b", "lab", "h1");
+        let healthy = PoolHost::new("team-a", "lab", "h1");
+        ha.set(HaKey::new("ha", broken.clone()), V::Degraded);
+        // Another pool's (here: another namespace's) view of the same Node is not this one's.
+        assert_eq!(ha.get(&HaKey::new("ha", healthy.clone())), None);
+        assert!(ha.of(&healthy).is_empty());
+        ha.set(HaKey::new("ha", healthy.clone()), V::Healthy);
+        assert_eq!(ha.worst(&healthy), Some(V::Healthy));
+        assert_eq!(ha.worst(&broken), Some(V::Degraded));
+        // Two policies judging one pool host: each keeps its own, the worst one shows.
+        ha.set(HaKey::new("other", healthy.clone()), V::Evacuating);
+        assert_eq!(
+            ha.of(&healthy),
+            vec![("ha".into(), V::Healthy), ("other".into(), V::Evacuating)]
+        );
+        assert_eq!(ha.worst(&healthy), Some(V::Evacuating));
+        assert_eq!(ha.len(), 3);
+    }
+
+    #[test]
+    fn state_of_a_gone_owner_is_dropped() {
+        let ha = HaVerdicts::default();
+        let b = PoolHost::new("team-b", "lab", "h1");
+        let a = PoolHost::new("team-a", "lab", "h1");
+        ha.set(HaKey::new("ha", b.clone()), V::Fenced);
+        ha.set(HaKey::new("ha", a.clone()), V::Healthy);
+        ha.set_storm("team-b", "lab", "ha", true);
+        ha.set_storm("team-a", "lab", "ha", true);
+        assert!(ha.storm("team-b", "lab", "ha"));
+        // team-b's pool is deleted.
+        let mut live = LiveHa::default();
+        live.host(HaKey::new("ha", a.clone()));
+        ha.retain(&live);
+        assert_eq!(ha.get(&HaKey::new("ha", b)), None);
+        assert_eq!(ha.get(&HaKey::new("ha", a)), Some(V::Healthy));
+        assert!(!ha.storm("team-b", "lab", "ha"));
+        assert!(ha.storm("team-a", "lab", "ha"));
+        ha.set_storm("team-a", "lab", "ha", false);
+        assert!(!ha.storm("team-a", "lab", "ha"));
+        assert_eq!(ha.len(), 1);
     }
 }

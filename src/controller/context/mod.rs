@@ -12,10 +12,10 @@ mod vm_runtime;
 
 pub use backoff::Backoff;
 pub use caches::Caches;
-pub use ha::{HA_VERDICT_TTL, HaKey, HaVerdicts};
+pub use ha::{HA_VERDICT_TTL, HaKey, HaVerdicts, LiveHa, PoolHost};
 pub use hosts::HostAccess;
 pub use migrations::{Job, JobResult, MigrationBook};
-pub use placement::Placement;
+pub use placement::{AdmissionOwner, Placement};
 pub use vm_runtime::{PoolReports, VmRuntime};
 
 use crate::api::{HostPool, VirtualMachine};
@@ -111,6 +111,26 @@ impl Context {
     pub fn with_policies(mut self, store: Store<crate::api::HAPolicy>) -> Self {
         self.caches.policies = store;
         self
+    }
+
+    /// Drop what the controllers remember for objects that are gone: HA verdicts and storm
+    /// guards of (policy, pool, host)s that no longer exist, admission blocks of policies that
+    /// no longer cover the pool, the last status of deleted pools. Returns what HA state may
+    /// exist now (`None`, and nothing dropped, until the caches hold their first list).
+    pub fn forget_gone(&self) -> Option<LiveHa> {
+        let live = self.caches.live_ha()?;
+        self.ha.retain(&live);
+        self.placement
+            .retain_admission_blocks(|o| live.guards(&o.namespace, &o.pool, &o.policy));
+        let pools: std::collections::HashSet<String> = self
+            .caches
+            .pools
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        self.pool_reports.retain(|uid| pools.contains(uid));
+        Some(live)
     }
 
     /// Publish an Event about `obj`; failures to record are logged, never fatal.

@@ -12,8 +12,10 @@ pub struct Placement {
     /// Placements chosen but not yet seen in the VM cache, by VM UID; held under this lock while
     /// a host is chosen, so VMs placed at the same time see each other.
     placing: Mutex<HashMap<String, Placed>>,
-    /// VMs (by UID) that admission control in `Enforce` mode keeps from being placed, with why.
-    admission_blocked: Mutex<HashMap<String, String>>,
+    /// VMs (by UID) that admission control in `Enforce` mode keeps from being placed, with why,
+    /// per (HAPolicy, HostPool) that blocks them: one policy's verdict never clears or outlives
+    /// another's, and a policy or pool that is gone blocks nothing.
+    admission_blocked: Mutex<HashMap<AdmissionOwner, HashMap<String, String>>>,
 }
 
 impl Placement {
@@ -27,17 +29,71 @@ impl Placement {
         lock(&self.placing).remove(uid);
     }
 
-    /// Why admission control keeps VM `uid` from being placed, if it does.
+    /// Why admission control keeps VM `uid` from being placed, if any policy does (the first
+    /// by policy and pool).
     pub fn admission_block(&self, uid: &str) -> Option<String> {
-        lock(&self.admission_blocked).get(uid).cloned()
+        let blocked = lock(&self.admission_blocked);
+        let mut owners: Vec<&AdmissionOwner> = blocked.keys().collect();
+        owners.sort();
+        owners
+            .into_iter()
+            .find_map(|o| blocked.get(o).and_then(|b| b.get(uid)).cloned())
     }
 
-    /// Set (or with `None` clear) the admission block of VM `uid` (the HA controller).
-    pub fn set_admission_block(&self, uid: &str, why: Option<String>) {
+    /// The VMs (by UID, with why) that `owner` keeps from being placed now, replacing what it
+    /// said before (the HA controller, on every tick).
+    pub fn set_admission_blocks(&self, owner: AdmissionOwner, blocks: HashMap<String, String>) {
         let mut m = lock(&self.admission_blocked);
-        match why {
-            Some(w) => m.insert(uid.to_string(), w),
-            None => m.remove(uid),
-        };
+        if blocks.is_empty() {
+            m.remove(&owner);
+        } else {
+            m.insert(owner, blocks);
+        }
+    }
+
+    /// Keep only the admission blocks of the owners `keep` accepts (the others are gone).
+    pub fn retain_admission_blocks(&self, keep: impl Fn(&AdmissionOwner) -> bool) {
+        lock(&self.admission_blocked).retain(|o, _| keep(o));
+    }
+}
+
+/// Who keeps VMs from being placed: an HAPolicy's admission control for one of its pools.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdmissionOwner {
+    /// The policy's (and the pool's) namespace.
+    pub namespace: String,
+    /// The HAPolicy.
+    pub policy: String,
+    /// The HostPool.
+    pub pool: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(policy: &str) -> AdmissionOwner {
+        AdmissionOwner {
+            namespace: "ns".into(),
+            policy: policy.into(),
+            pool: "lab".into(),
+        }
+    }
+
+    #[test]
+    fn one_policy_never_clears_another_policys_block() {
+        let p = Placement::default();
+        let block = |why: &str| HashMap::from([("vm".to_string(), why.to_string())]);
+        p.set_admission_blocks(owner("a"), block("a says no"));
+        // Policy b covers the VM too and has room: it does not lift a's block.
+        p.set_admission_blocks(owner("b"), HashMap::new());
+        assert_eq!(p.admission_block("vm").as_deref(), Some("a says no"));
+        p.set_admission_blocks(owner("b"), block("b says no"));
+        assert_eq!(p.admission_block("vm").as_deref(), Some("a says no"));
+        // Policy a is deleted: only b's block is left.
+        p.retain_admission_blocks(|o| o.policy != "a");
+        assert_eq!(p.admission_block("vm").as_deref(), Some("b says no"));
+        p.set_admission_blocks(owner("b"), HashMap::new());
+        assert_eq!(p.admission_block("vm"), None);
     }
 }

@@ -94,4 +94,9 @@ impl PoolReports {
     pub fn wrote(&self, uid: &str, st: HostPoolStatus) {
         lock(&self.last).insert(uid.to_string(), st);
     }
+
+    /// Keep only the statuses of the pools (by UID) `keep` accepts (the others are gone).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.last).retain(|uid, _| keep(uid));
+    }
 }

@@ -7,7 +7,7 @@ use crate::api::virtual_machine::EvictionStrategy;
 use crate::api::{
     HAPolicy, HostPool, MigrationPhase, VirtualMachine, VirtualMachineMigration, VmPhase,
 };
-use crate::controller::context::{Caches, HaVerdicts};
+use crate::controller::context::{Caches, HaKey, HaVerdicts, PoolHost};
 use crate::plan::evacuation::{Migration, Vm};
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
@@ -92,7 +92,7 @@ pub(super) fn facts(
 }
 
 /// Hosts of `pool` that HAPolicies evacuate (verdict `Evacuating`, as this process decided it
-/// or as a policy's status says), each with the policies that cover the pool.
+/// or as a policy's status says), each with the policies that evacuate it.
 pub(super) fn ha_evacuating(
     pool: &HostPool,
     nodes: &[Arc<Node>],
@@ -107,22 +107,25 @@ pub(super) fn ha_evacuating(
         .into_iter()
         .filter(|p| p.namespace() == ns && p.spec.host_pools.contains(&name))
         .collect();
-    let in_status = |host: &str| {
-        policies.iter().any(|p| {
-            p.status
+    let evacuates = |p: &HAPolicy, host: &str| {
+        let key = HaKey::new(&p.name_any(), PoolHost::of(pool, host));
+        ha.get(&key) == Some(HostVerdict::Evacuating)
+            || p.status
                 .iter()
                 .flat_map(|s| s.hosts.iter())
                 .any(|h| h.name == host && h.pool == name && h.verdict == HostVerdict::Evacuating)
-        })
     };
-    if policies.is_empty() {
-        return BTreeMap::new();
-    }
     nodes
         .iter()
         .map(|n| n.name_any())
-        .filter(|h| ha.of_host(h) == Some(HostVerdict::Evacuating) || in_status(h))
-        .map(|h| (h, policies.clone()))
+        .filter_map(|h| {
+            let by: Vec<Arc<HAPolicy>> = policies
+                .iter()
+                .filter(|p| evacuates(p, &h))
+                .cloned()
+                .collect();
+            (!by.is_empty()).then_some((h, by))
+        })
         .collect()
 }
 

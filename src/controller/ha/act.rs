@@ -23,6 +23,7 @@ pub(super) async fn act(
     pool: &HostPool,
     node: &Node,
     nodes: &[Arc<Node>],
+    key: &HaKey,
     mem: &Memory,
     d: &Decision,
     on_host: &[&Arc<VirtualMachine>],
@@ -36,11 +37,11 @@ pub(super) async fn act(
             let f = match bmc::fencer(ctx, pool, node).await {
                 Ok(f) => f,
                 Err(e) => {
-                    fence_done(hc, &host, Err(e));
+                    fence_done(hc, key, Err(e));
                     return;
                 }
             };
-            if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(&host)) {
+            if let Some(m) = lock(&hc.hosts).get_mut(key) {
                 m.fence.in_flight = true;
             }
             let confirm = pool
@@ -52,6 +53,7 @@ pub(super) async fn act(
                 .max(1) as u64;
             let hc = hc.clone();
             let pool_ref = pool.clone();
+            let key = key.clone();
             tokio::spawn(async move {
                 let r = fence::fence(f.as_ref(), Duration::from_secs(confirm), FENCE_POLL).await;
                 let note = match &r {
@@ -68,7 +70,7 @@ pub(super) async fn act(
                     EventType::Warning
                 };
                 let reason = if r.is_ok() { "Fenced" } else { "FenceFailed" };
-                fence_done(&hc, &host, r.map(|_| ()).map_err(|e| e.to_string()));
+                fence_done(&hc, &key, r.map(|_| ()).map_err(|e| e.to_string()));
                 hc.ctx.event(&pool_ref, type_, reason, "Fence", note).await;
             });
         }
@@ -141,10 +143,10 @@ pub(super) async fn connected(
 }
 
 /// Record a fence result in the host's memory.
-pub(super) fn fence_done(hc: &HaContext, host: &str, r: std::result::Result<(), String>) {
+pub(super) fn fence_done(hc: &HaContext, key: &HaKey, r: std::result::Result<(), String>) {
     let now = Timestamp::now();
     hc.ctx.metrics.fence_finished(r.is_ok());
-    if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(host)) {
+    if let Some(m) = lock(&hc.hosts).get_mut(key) {
         m.fence.in_flight = false;
         m.fence.attempts += 1;
         m.fence.last_attempt = Some(now);

@@ -3,9 +3,11 @@
 
 use super::*;
 use crate::api::{HAPolicyStatus, HostPool};
+use crate::controller::context::{AdmissionOwner, PoolHost};
 use crate::plan::host_health::Timings;
 use k8s_openapi::api::core::v1::Node;
 use kube::core::Selector;
+use memory::Owners;
 
 /// One pool as a tick sees it.
 pub(super) struct PoolTick<'a> {
@@ -54,24 +56,30 @@ pub(super) async fn pool(
         timings: Timings::of(policy),
         now,
     };
+    let key = |n: &Node| HaKey::new(&t.policy.name_any(), PoolHost::of(t.pool, &n.name_any()));
+    // Initialise memory from status (a restarted controller resumes incidents); memory made for
+    // a policy or pool of the same name that was deleted since starts afresh.
+    let owners = Owners::of(t.policy, t.pool);
+    for n in &t.nodes {
+        let k = key(n);
+        let mut hosts = lock(&hc.hosts);
+        if hosts.get(&k).is_some_and(|m| m.owners != owners) {
+            hosts.remove(&k);
+        }
+        hosts
+            .entry(k.clone())
+            .or_insert_with(|| restore(previous, owners.clone(), &k, t.now));
+    }
     // Liveness probes run in the background, one at a time per host.
     for n in &t.nodes {
-        start_probe(hc, t.pool, n, t.now);
-    }
-    // Initialise memory from status (a restarted controller resumes incidents).
-    for n in &t.nodes {
-        let name = n.name_any();
-        let mut hosts = lock(&hc.hosts);
-        hosts
-            .entry(HaKey::host(&name))
-            .or_insert_with(|| restore(previous, &name, t.now));
+        start_probe(hc, &key(n), t.pool, n, t.now);
     }
     let failing = t
         .nodes
         .iter()
         .filter(|n| {
             let hosts = lock(&hc.hosts);
-            hosts.get(&HaKey::host(&n.name_any())).is_some_and(|m| {
+            hosts.get(&key(n)).is_some_and(|m| {
                 (!m.libvirt.up && elapsed(m.libvirt.since, t.now) >= t.timings.libvirt_grace)
                     || matches!(
                         m.verdict,
@@ -81,6 +89,9 @@ pub(super) async fn pool(
         })
         .count();
     let storm = host_health::storm(t.nodes.len(), failing, t.policy.max_failed_hosts_percent());
+    hc.ctx
+        .ha
+        .set_storm(&ns, &t.pool.name_any(), &t.policy.name_any(), storm);
     if storm {
         tally.storms.push(format!(
             "{failing} of {} host(s) of HostPool {} look failed (more than {}%)",
@@ -91,8 +102,9 @@ pub(super) async fn pool(
     }
 
     for n in &t.nodes {
-        host(hc, &t, n, storm, st, tally).await;
+        host(hc, &t, &key(n), n, storm, st, tally).await;
     }
+    let mut blocks = std::collections::HashMap::new();
     if let Some(ac) = &t.policy.spec.admission_control {
         let (ok, msg, beyond) = admission_for(t.policy, t.pool, ac, &t.covered);
         let enforce = ac.mode == Some(crate::api::ha_policy::AdmissionMode::Enforce);
@@ -103,22 +115,28 @@ pub(super) async fn pool(
                 continue;
             };
             let unplaced = v.status.as_ref().and_then(|s| s.host.as_ref()).is_none();
-            let block = (enforce && unplaced && beyond.contains(&v.name_any())).then(|| {
-                format!(
+            if enforce && unplaced && beyond.contains(&v.name_any()) {
+                blocks.insert(uid.to_string(), format!(
                     "admission control (HAPolicy {}, mode Enforce): no failover capacity left for this VM; {msg}",
                     t.policy.name_any()
-                )
-            });
-            hc.ctx.placement.set_admission_block(uid, block);
+                ));
+            }
         }
         tally.capacity.push((ok, msg));
     }
+    let owner = AdmissionOwner {
+        namespace: ns.clone(),
+        policy: t.policy.name_any(),
+        pool: t.pool.name_any(),
+    };
+    hc.ctx.placement.set_admission_blocks(owner, blocks);
 }
 
 /// Judge one host, remember the verdict, act on it, and count it.
 async fn host(
     hc: &Arc<HaContext>,
     t: &PoolTick<'_>,
+    key: &HaKey,
     n: &Arc<Node>,
     storm: bool,
     st: &mut HAPolicyStatus,
@@ -126,7 +144,7 @@ async fn host(
 ) {
     let ctx = &hc.ctx;
     let name = n.name_any();
-    let Some(mem) = lock(&hc.hosts).get(&HaKey::host(&name)).cloned() else {
+    let Some(mem) = lock(&hc.hosts).get(key).cloned() else {
         return;
     };
     let on_host: Vec<&Arc<VirtualMachine>> = t
@@ -177,8 +195,8 @@ async fn host(
         now: t.now,
     };
     let d = host_health::decide(&inputs, &t.timings);
-    let mem = record(hc, ctx, t.pool, &name, &mem, &d, t.now).await;
-    ctx.ha.set(HaKey::host(&name), d.verdict);
+    let mem = record(hc, ctx, t.pool, key, &mem, &d, t.now).await;
+    ctx.ha.set(key.clone(), d.verdict);
     act(
         hc,
         ctx,
@@ -186,6 +204,7 @@ async fn host(
         t.pool,
         n,
         &t.nodes,
+        key,
         &mem,
         &d,
         &on_host,
@@ -210,10 +229,7 @@ async fn host(
             mem.fence.attempts
         ));
     }
-    let fresh = lock(&hc.hosts)
-        .get(&HaKey::host(&name))
-        .cloned()
-        .unwrap_or(mem);
+    let fresh = lock(&hc.hosts).get(key).cloned().unwrap_or(mem);
     tally.hosts.push(HostHealth {
         name: name.clone(),
         pool: t.pool.name_any(),
@@ -227,6 +243,6 @@ async fn host(
         fenced_at: fresh.fence.confirmed_at.map(ts),
     });
     if let Some(i) = &fresh.incident {
-        upsert_incident(&mut st.incidents, &name, i, t.all_vms);
+        upsert_incident(&mut st.incidents, key, i, t.all_vms);
     }
 }

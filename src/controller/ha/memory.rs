@@ -12,9 +12,12 @@ use kube::runtime::events::EventType;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What the controller remembers about one host between ticks.
+/// What the controller remembers about one host of one pool, for one policy, between ticks.
 #[derive(Debug, Clone)]
 pub(super) struct Memory {
+    /// The UIDs of the policy and the pool it was made for: a policy or pool deleted and made
+    /// again under the same name starts afresh.
+    pub(super) owners: Owners,
     pub(super) libvirt: Signal,
     /// Domains from the last successful probe.
     pub(super) domains: Vec<DomainInfo>,
@@ -31,6 +34,22 @@ pub(super) struct Memory {
     pub(super) incident: Option<Open>,
 }
 
+/// The UIDs of the HAPolicy and HostPool a [`Memory`] belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct Owners {
+    pub(super) policy: Option<String>,
+    pub(super) pool: Option<String>,
+}
+
+impl Owners {
+    pub(super) fn of(policy: &crate::api::HAPolicy, pool: &HostPool) -> Self {
+        Owners {
+            policy: policy.metadata.uid.clone(),
+            pool: pool.metadata.uid.clone(),
+        }
+    }
+}
+
 /// The open incident of a host.
 #[derive(Debug, Clone)]
 pub(super) struct Open {
@@ -40,9 +59,17 @@ pub(super) struct Open {
     pub(super) host_back: Option<Timestamp>,
 }
 
-/// Memory for a host not seen since the controller started: what the status recorded.
-pub(super) fn restore(status: &crate::api::HAPolicyStatus, host: &str, now: Timestamp) -> Memory {
-    let h = status.hosts.iter().find(|h| h.name == host);
+/// Memory for a host of a pool not seen since the controller started: what the status recorded.
+pub(super) fn restore(
+    status: &crate::api::HAPolicyStatus,
+    owners: Owners,
+    key: &HaKey,
+    now: Timestamp,
+) -> Memory {
+    let h = status
+        .hosts
+        .iter()
+        .find(|h| h.name == key.host.node && h.pool == key.host.pool);
     let verdict = h.map(|h| h.verdict).unwrap_or_default();
     let incident = h.and_then(|h| h.incident.clone()).map(|id| {
         let rec = status.incidents.iter().find(|i| i.name == id);
@@ -63,6 +90,7 @@ pub(super) fn restore(status: &crate::api::HAPolicyStatus, host: &str, now: Time
         }
     });
     Memory {
+        owners,
         // Until the first probe: a host in an incident counts as unreachable (so a fenced host is
         // not taken for recovered), any other as reachable (so no grace is shortened).
         libvirt: Signal {
@@ -112,20 +140,27 @@ pub(super) fn stale_domains(
         .collect()
 }
 
+/// A new incident's ID: `<pool>-<host>-<unix seconds>` (one policy may judge a Node in two of
+/// its pools).
+pub(super) fn incident_id(pool: &str, host: &str, now: Timestamp) -> String {
+    format!("{pool}-{host}-{}", now.as_second())
+}
+
 /// Remember the decision, open or close the incident, publish an Event on a verdict change.
 pub(super) async fn record(
     hc: &HaContext,
     ctx: &Context,
     pool: &HostPool,
-    host: &str,
+    key: &HaKey,
     before: &Memory,
     d: &Decision,
     now: Timestamp,
 ) -> Memory {
+    let host = key.host.node.as_str();
     let changed = before.verdict != d.verdict;
     let mem = {
         let mut hosts = lock(&hc.hosts);
-        let Some(m) = hosts.get_mut(&HaKey::host(host)) else {
+        let Some(m) = hosts.get_mut(key) else {
             return before.clone();
         };
         if changed {
@@ -135,7 +170,7 @@ pub(super) async fn record(
         m.message = d.message.clone();
         if in_incident(d.verdict) && m.incident.is_none() {
             m.incident = Some(Open {
-                id: format!("{host}-{}", now.as_second()),
+                id: incident_id(&key.host.pool, host, now),
                 detected: now,
                 proven: None,
                 host_back: None,
@@ -206,6 +241,7 @@ mod tests {
             incidents: vec![Incident {
                 name: "h1-90".into(),
                 host: "h1".into(),
+                pool: None,
                 detected: t(90),
                 proven_off: Some(t(99)),
                 evidence: Some("Fenced".into()),
@@ -215,7 +251,13 @@ mod tests {
             ..Default::default()
         };
         let now = Timestamp::from_second(200).expect("now");
-        let m = restore(&status, "h1", now);
+        let key = |pool: &str, host: &str| {
+            HaKey::new(
+                "ha",
+                crate::controller::context::PoolHost::new("ns", pool, host),
+            )
+        };
+        let m = restore(&status, Owners::default(), &key("p", "h1"), now);
         assert_eq!(m.verdict, HostVerdict::Fenced);
         assert_eq!(m.fence.attempts, 2);
         assert_eq!(m.fence.confirmed_at, Some(t(99).0));
@@ -223,7 +265,9 @@ mod tests {
         assert_eq!(i.id, "h1-90");
         assert_eq!(i.detected, t(90).0);
         assert_eq!(i.proven, Some((t(99).0, Evidence::Fenced)));
-        // A host never seen starts healthy.
-        assert_eq!(restore(&status, "h2", now).verdict, HostVerdict::Healthy);
+        // A host never seen starts healthy, and so does the same Node in another pool.
+        let fresh = |k: &HaKey| restore(&status, Owners::default(), k, now).verdict;
+        assert_eq!(fresh(&key("p", "h2")), HostVerdict::Healthy);
+        assert_eq!(fresh(&key("other", "h1")), HostVerdict::Healthy);
     }
 }

@@ -89,6 +89,50 @@ impl HaContext {
     }
 }
 
+/// How often what is remembered for deleted policies, pools and Nodes is dropped.
+pub const SWEEP: Duration = Duration::from_secs(2);
+
+impl HaContext {
+    /// Drop what is remembered for (policy, pool, host)s that are gone: HA memory, verdicts,
+    /// storm guards and admission blocks of a deleted policy or pool, of a pool the policy no
+    /// longer names, of a Node the pool no longer selects, and memory made for an earlier
+    /// object of the same name. Nothing is dropped before the caches hold their first list.
+    pub fn forget_gone(&self) {
+        let Some(live) = self.ctx.forget_gone() else {
+            return;
+        };
+        let caches = &self.ctx.caches;
+        let uid_of_policy = |k: &HaKey| {
+            caches
+                .policies
+                .get(&ObjectRef::new(&k.policy).within(&k.host.namespace))
+                .and_then(|p| p.metadata.uid.clone())
+        };
+        let uid_of_pool = |k: &HaKey| {
+            caches
+                .pools
+                .get(&ObjectRef::new(&k.host.pool).within(&k.host.namespace))
+                .and_then(|p| p.metadata.uid.clone())
+        };
+        let mut hosts = lock(&self.hosts);
+        hosts.retain(|k, m| {
+            live.contains(k)
+                && m.owners.policy == uid_of_policy(k)
+                && m.owners.pool == uid_of_pool(k)
+        });
+        self.ctx.metrics.set_ha_hosts_judged(hosts.len());
+    }
+}
+
+/// Drop what is remembered for gone objects every [`SWEEP`], for as long as it runs (a policy
+/// that is deleted is never reconciled again, so this does not wait for a reconcile).
+pub async fn sweep(hc: Arc<HaContext>) {
+    loop {
+        hc.forget_gone();
+        tokio::time::sleep(SWEEP).await;
+    }
+}
+
 /// A status time in whole seconds, as the API server stores it: a status built from in-memory
 /// times with sub-second parts never compares equal to the one read back, and would be written
 /// again at every tick.

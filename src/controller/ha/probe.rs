@@ -6,7 +6,6 @@ use crate::controller::lock;
 use crate::plan::host_health::Signal;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,11 +24,19 @@ pub(super) fn node_signal(n: &Node, now: Timestamp) -> Option<Signal> {
 
 /// Start a liveness probe of the host unless one runs; a probe running longer than the deadline
 /// marks libvirt down from when it started.
-pub(super) fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now: Timestamp) {
-    let name = node.name_any();
+pub(super) fn start_probe(
+    hc: &Arc<HaContext>,
+    key: &HaKey,
+    pool: &HostPool,
+    node: &Node,
+    now: Timestamp,
+) {
+    // The probe writes its outcome only into the memory that started it (not into memory made
+    // afresh meanwhile for a pool or policy deleted and made again).
+    let started_at = Instant::now();
     {
         let mut hosts = lock(&hc.hosts);
-        let Some(m) = hosts.get_mut(&HaKey::host(&name)) else {
+        let Some(m) = hosts.get_mut(key) else {
             drop(hosts);
             // First sight: memory is created by the caller right after; probe next tick.
             return;
@@ -47,20 +54,30 @@ pub(super) fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now
             }
             return;
         }
-        m.probe_started = Some(Instant::now());
+        m.probe_started = Some(started_at);
         m.probe_answered = false;
     }
     let uri = match hc.ctx.hosts.uri(pool, node) {
         Ok(u) => u,
         Err(_) => {
-            if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(&name)) {
+            // The pool cannot reach this host (its URI cannot be made, or is not allowed): for
+            // this pool the host's libvirt does not answer.
+            if let Some(m) = lock(&hc.hosts).get_mut(key) {
                 m.probe_started = None;
+                if m.libvirt.up {
+                    m.libvirt = Signal {
+                        up: false,
+                        since: now,
+                    };
+                    m.probed = false;
+                }
             }
             return;
         }
     };
     let hc = hc.clone();
     let pool = pool.clone();
+    let key = key.clone();
     tokio::spawn(async move {
         // Liveness: a round trip that touches no domain, within the deadline.
         let alive = tokio::time::timeout(PROBE_DEADLINE, async {
@@ -91,7 +108,10 @@ pub(super) fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now
         // the domain's lock until QEMU exits), which is no sign of a dead host.
         let ok = match hv {
             Some(hv) => {
-                if let Some(m) = lock(&hc.hosts).get_mut(&HaKey::host(&name)) {
+                if let Some(m) = lock(&hc.hosts)
+                    .get_mut(&key)
+                    .filter(|m| m.probe_started == Some(started_at))
+                {
                     m.probe_answered = true;
                 }
                 match tokio::time::timeout(LIST_DEADLINE, hv.list_domains()).await {
@@ -103,7 +123,10 @@ pub(super) fn start_probe(hc: &Arc<HaContext>, pool: &HostPool, node: &Node, now
         };
         let now = Timestamp::now();
         let mut hosts = lock(&hc.hosts);
-        if let Some(m) = hosts.get_mut(&HaKey::host(&name)) {
+        if let Some(m) = hosts
+            .get_mut(&key)
+            .filter(|m| m.probe_started == Some(started_at))
+        {
             let started = m.probe_started.take();
             m.probe_answered = false;
             match ok {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// Update the incident's record in status from the open incident and the VMs' recoveries.
 pub(super) fn upsert_incident(
     list: &mut Vec<Incident>,
-    host: &str,
+    key: &HaKey,
     i: &Open,
     vms: &[Arc<VirtualMachine>],
 ) {
@@ -47,7 +47,8 @@ pub(super) fn upsert_incident(
     vm_entries.sort_by(|a, b| a.name.cmp(&b.name));
     let entry = Incident {
         name: i.id.clone(),
-        host: host.to_string(),
+        host: key.host.node.clone(),
+        pool: Some(key.host.pool.clone()),
         detected: ts(i.detected),
         proven_off: i.proven.map(|(t, _)| ts(t)),
         evidence: i.proven.map(|(_, e)| evidence_name(e).to_string()),

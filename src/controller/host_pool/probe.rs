@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::api::{HostPool, HostState, HostStatus};
+use crate::controller::context::PoolHost;
 use crate::controller::hosts::{cordoned, redact};
 use crate::controller::{Context, credentials};
 use crate::hypervisor::HypervisorError;
@@ -128,7 +129,7 @@ pub(super) async fn probe(
         }
     };
     h.uri = Some(redact(&uri));
-    h.ha_verdict = ctx.ha.of_host(&name);
+    h.ha_verdict = ctx.ha.worst(&PoolHost::of(pool, &name));
     // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
     let answer = match connect_for_probe(pool, &uri, ctx, before).await {
         Ok(Some(hv)) => read_host(hv.as_ref()).await,

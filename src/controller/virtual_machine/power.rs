@@ -7,6 +7,7 @@ use crate::api::condition::{ConditionStatus, find, set_condition};
 use crate::api::virtual_machine::{PAUSE_ANNOTATION, POWER_ANNOTATION, RESTART_ANNOTATION};
 use crate::api::{RunStrategy, VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::controller::Context;
+use crate::controller::context::{HaKey, PoolHost};
 use crate::error::Result;
 use crate::hypervisor::{DomainInfo, DomainState, Hypervisor, HypervisorError, ShutOffReason};
 use crate::plan::definition::{self};
@@ -171,10 +172,21 @@ pub(super) fn hold_for_failover(
     host: &str,
     decision: &mut lifecycle::Decision,
 ) -> Option<Held> {
-    let verdict = ctx.ha.of_host(host).filter(|v| v.failing_over())?;
-    if decision.action != Action::Start || ctx.caches.covering_policy(vm).is_none() {
+    if decision.action != Action::Start {
         return None;
     }
+    // The verdicts of the policies covering this VM on this pool's view of the host.
+    let at = PoolHost::new(
+        &vm.namespace().unwrap_or_default(),
+        &vm.spec.host_pool,
+        host,
+    );
+    let verdict = ctx
+        .caches
+        .covering_policies(vm)
+        .iter()
+        .filter_map(|p| ctx.ha.get(&HaKey::new(&p.name_any(), at.clone())))
+        .find(|v| v.failing_over())?;
     decision.action = Action::None;
     decision.restart_handled = false;
     Some(Held {
