@@ -615,3 +615,31 @@ fn vm_boot_files_are_normalized_absolute_paths() {
         );
     }
 }
+
+#[test]
+fn the_storm_guard_cannot_be_switched_off() {
+    let policy = |percent: i32| {
+        json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "HAPolicy",
+            "metadata": {"name": "ha", "namespace": "default"},
+            "spec": {"hostPools": ["lab"], "maxFailedHostsPercent": percent}
+        })
+    };
+    for ok in [1, 50, 99] {
+        assert_eq!(
+            errors("HAPolicy", &policy(ok), None),
+            Vec::<String>::new(),
+            "{ok}"
+        );
+    }
+    for bad in [0, 100] {
+        let e = errors("HAPolicy", &policy(bad), None);
+        assert!(
+            e.iter()
+                .any(|m| m.contains("storm guard cannot be switched off")),
+            "{bad}: {e:?}"
+        );
+    }
+    let field = &schema("HAPolicy")["properties"]["spec"]["properties"]["maxFailedHostsPercent"];
+    assert_eq!(field["maximum"].as_f64(), Some(99.0), "{field}");
+}

@@ -261,3 +261,66 @@ async fn nothing_is_decided_before_the_caches_hold_their_first_list() {
     respond(send, &stored);
     task.await.expect("join").expect("reconcile ok");
 }
+
+#[tokio::test]
+async fn no_ha_tick_before_the_caches_hold_their_first_list() {
+    // Right after a start, the Node cache is still listing. A tick now would find no host of
+    // the pool, write a status without them and lose the incidents it would resume.
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let recorder = Recorder::new(client.clone(), Reporter::from("ferry-test"));
+    let (pools, mut pool_writer) = reflector::store::<HostPool>();
+    let (nodes, mut node_writer) = reflector::store::<Node>();
+    let (vms, mut vm_writer) = reflector::store::<VirtualMachine>();
+    let (policies, mut policy_writer) = reflector::store::<ferry::api::HAPolicy>();
+    let (migrations, mut migration_writer) =
+        reflector::store::<ferry::api::VirtualMachineMigration>();
+    use kube::runtime::watcher::Event::InitDone;
+    pool_writer.apply_watcher_event(&InitDone);
+    vm_writer.apply_watcher_event(&InitDone);
+    policy_writer.apply_watcher_event(&InitDone);
+    migration_writer.apply_watcher_event(&InitDone);
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            recorder,
+            Arc::new(Metrics::default()),
+            pools,
+            nodes,
+            vms,
+        )
+        .with_policies(policies)
+        .with_migrations(migrations),
+    );
+    let policy: ferry::api::HAPolicy = serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "HAPolicy",
+        "metadata": {"name": "ha", "namespace": "apps", "uid": "policy-uid", "generation": 1,
+                     "resourceVersion": "7"},
+        "spec": {"hostPools": ["lab"]}
+    }))
+    .expect("policy");
+    let hc = Arc::new(ferry::controller::ha::HaContext::new(ctx.clone()));
+    let action = ferry::controller::ha::reconcile(Arc::new(policy.clone()), hc.clone())
+        .await
+        .expect("reconcile ok");
+    assert!(
+        next(&mut handle).await.is_none(),
+        "no status write while the Node cache is incomplete"
+    );
+    assert_ne!(action, Action::await_change(), "it looks again soon");
+
+    // Once the Node list is complete, the tick runs (and reports the missing pool).
+    node_writer.apply_watcher_event(&InitDone);
+    let task = tokio::spawn(ferry::controller::ha::reconcile(
+        Arc::new(policy.clone()),
+        hc,
+    ));
+    let (req, send) = next(&mut handle).await.expect("status patch");
+    assert_eq!(req.method(), http::Method::PATCH);
+    let body = body_json(req).await;
+    assert!(body.to_string().contains("HostPoolNotFound"), "{body}");
+    let mut stored = serde_json::to_value(&policy).expect("json");
+    stored["status"] = body["status"].clone();
+    respond(send, &stored);
+    task.await.expect("join").expect("reconcile ok");
+}

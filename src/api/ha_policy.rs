@@ -82,11 +82,15 @@ pub struct HAPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub fence_retry_max_seconds: Option<i32>,
-    /// Storm guard: when more than this share (percent) of a pool's hosts look failed at once,
-    /// nothing is fenced and the condition `StormGuard` says so (a controller cut off from the
-    /// hosts must not power them off). Default 50.
+    /// Storm guard: when more than this share (percent) of a pool's hosts look failed at once
+    /// (libvirt silent or Node NotReady past its grace, or an incident under way), nothing is
+    /// fenced, no VM is stopped or restarted (failover and VM monitoring alike, unless a human
+    /// confirmed the host off), and the condition `StormGuard` says so: a controller cut off
+    /// from the hosts must not act on them. Default 50; at most 99, so the guard cannot be
+    /// switched off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = 1, max = 99))]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 99").message("maxFailedHostsPercent is 1 to 99: the storm guard cannot be switched off"))]
     pub max_failed_hosts_percent: Option<i32>,
     /// Admission control: keep enough room to restart the covered VMs after host failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -353,12 +357,13 @@ impl HAPolicy {
         self.spec.max_concurrent_restarts.unwrap_or(8).max(1) as usize
     }
 
-    /// Storm guard threshold in percent (default 50).
+    /// Storm guard threshold in percent (default 50, at most 99: an object stored before the
+    /// limit with 100 does not switch the guard off).
     pub fn max_failed_hosts_percent(&self) -> u32 {
         self.spec
             .max_failed_hosts_percent
             .unwrap_or(50)
-            .clamp(1, 100) as u32
+            .clamp(1, 99) as u32
     }
 
     /// Whether the policy covers a VM of pool `pool` with these labels (an invalid

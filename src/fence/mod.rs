@@ -43,6 +43,16 @@ pub enum FenceError {
         what: &'static str,
         detail: String,
     },
+    /// The BMC answers for another machine than the host's (Redfish: the system's UUID is not
+    /// the Node's `systemUUID`): its power state does not count and it is not powered off.
+    #[error(
+        "BMC {bmc} answers for system {found}, not for this host (whose UUID is {expected}): its power state does not count, and nothing was powered off"
+    )]
+    WrongSystem {
+        bmc: String,
+        expected: String,
+        found: String,
+    },
     /// The power-off was accepted but the BMC did not report Off in time.
     #[error(
         "BMC {bmc} still reports power {state:?} {seconds}s after the power-off: not confirmed"
@@ -59,7 +69,8 @@ pub enum FenceError {
 pub trait Fencer: Send + Sync {
     /// The BMC, for messages (address and system, no credentials).
     fn describe(&self) -> String;
-    /// The power state the BMC reports.
+    /// The power state the BMC reports, once it has shown it answers for the host it was made
+    /// for ([`FenceError::WrongSystem`] otherwise).
     async fn power_state(&self) -> Result<Power, FenceError>;
     /// Ask the BMC to cut power at once (no graceful shutdown).
     async fn power_off(&self) -> Result<(), FenceError>;
@@ -75,7 +86,8 @@ pub struct Fenced {
 }
 
 /// Fence: power off unless the BMC already reports Off, then poll every `poll` until it reports
-/// Off, for at most `confirm_timeout`.
+/// Off, for at most `confirm_timeout`. Every reading, the first one before any power-off
+/// included, checks that the BMC answers for the host's own system.
 pub async fn fence(
     f: &dyn Fencer,
     confirm_timeout: Duration,

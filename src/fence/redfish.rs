@@ -19,6 +19,8 @@ pub struct Redfish {
     system: String,
     creds: Credentials,
     timeout: Duration,
+    /// The host's firmware UUID, which the system's `UUID` must be (when set).
+    system_uuid: Option<String>,
 }
 
 impl Redfish {
@@ -53,7 +55,16 @@ impl Redfish {
             system: system_path.trim_end_matches('/').to_string(),
             creds,
             timeout,
+            system_uuid: None,
         })
+    }
+
+    /// Count this system's power state only while its `UUID` is `uuid` (the host's firmware
+    /// UUID, as kubelet reports it in the Node's `systemUUID`): another machine's system is
+    /// [`FenceError::WrongSystem`], never read as this host's and never powered off.
+    pub fn for_system_uuid(mut self, uuid: &str) -> Self {
+        self.system_uuid = Some(uuid.to_string());
+        self
     }
 
     fn url(&self, tail: &str) -> String {
@@ -156,6 +167,33 @@ fn rustls_native_roots() -> Vec<CertificateDer<'static>> {
     Vec::new()
 }
 
+/// Whether a Redfish system's `UUID` is the firmware UUID kubelet reports: equal ignoring case
+/// and hyphens, or equal once the first three fields are byte-swapped (SMBIOS before 2.6 stored
+/// them big-endian, later ones little-endian, and firmware and kernels disagree on which).
+fn same_system(expected: &str, found: &str) -> bool {
+    let hex = |s: &str| -> Option<Vec<u8>> {
+        let h: String = s.chars().filter(|c| *c != '-').collect();
+        if h.len() != 32 {
+            return None;
+        }
+        (0..16)
+            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
+            .collect()
+    };
+    let (Some(a), Some(b)) = (hex(expected), hex(found)) else {
+        return false;
+    };
+    if a.iter().all(|x| *x == 0) || a.iter().all(|x| *x == 0xff) {
+        // A placeholder UUID names no machine.
+        return false;
+    }
+    let mut swapped = b.clone();
+    swapped[0..4].reverse();
+    swapped[4..6].reverse();
+    swapped[6..8].reverse();
+    a == b || a == swapped
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
@@ -188,6 +226,23 @@ impl Fencer for Redfish {
                 .json()
                 .await
                 .map_err(|e| self.error("reading PowerState", e))?;
+            if let Some(expected) = &self.system_uuid {
+                let found = body
+                    .get("UUID")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default();
+                if !same_system(expected, found) {
+                    return Err(FenceError::WrongSystem {
+                        bmc: self.describe(),
+                        expected: expected.clone(),
+                        found: if found.is_empty() {
+                            "without a UUID".to_string()
+                        } else {
+                            found.to_string()
+                        },
+                    });
+                }
+            }
             Ok(match body.get("PowerState").and_then(|v| v.as_str()) {
                 Some("Off") => Power::Off,
                 Some("On") => Power::On,
@@ -212,5 +267,38 @@ impl Fencer for Redfish {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_is_the_hosts_by_its_uuid() {
+        let host = "4c4c4544-0042-3510-8052-b4c04f395231";
+        // (what, the system's UUID, same machine)
+        let cases = [
+            ("identical", host, true),
+            ("upper case", "4C4C4544-0042-3510-8052-B4C04F395231", true),
+            (
+                "SMBIOS byte order of the first three fields",
+                "44454c4c-4200-1035-8052-b4c04f395231",
+                true,
+            ),
+            (
+                "another machine",
+                "4c4c4544-0042-3510-8052-b4c04f395232",
+                false,
+            ),
+            ("no UUID", "", false),
+            ("not a UUID", "h1", false),
+        ];
+        for (what, found, want) in cases {
+            assert_eq!(same_system(host, found), want, "{what}");
+        }
+        // A placeholder UUID on the Node names no machine: nothing matches it.
+        let zero = "00000000-0000-0000-0000-000000000000";
+        assert!(!same_system(zero, zero));
     }
 }

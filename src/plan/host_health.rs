@@ -15,8 +15,9 @@
 //! | NotReady  | down, ≥ graces   |     | Failed → fence, or ask for confirmation        |
 //! | NotReady  | down, < a grace  |     | Suspect                                       |
 //!
-//! A restart elsewhere is only ever decided after a confirmed fence (the BMC reports Off), a
-//! confirmed shut-off from libvirt, or a human confirmation; a host is only ever fenced when the
+//! A restart elsewhere is only ever decided after a confirmed fence (the host's own BMC reports
+//! Off while the Node or libvirt also says the host is gone), a shut-off libvirt confirmed by
+//! looking each domain up after stopping it, or a human confirmation; a host is only ever fenced when the
 //! policy has VMs on it to restart.
 
 use crate::api::HAPolicy;
@@ -70,11 +71,14 @@ pub struct Inputs {
     pub human_confirmed: bool,
     /// Fence attempts in the current incident.
     pub fence: FenceRecord,
-    /// The pool's storm guard holds: fence nothing.
+    /// The pool's storm guard holds: fence nothing, stop or restart no VM (unless a human
+    /// confirmed the host off).
     pub storm: bool,
     /// The host still has ferry VMs placed on it.
     pub has_vms: bool,
-    /// libvirt confirmed every ferry domain on the host shut off (after `StopDomains`).
+    /// After ferry asked libvirt to stop them (`StopDomains`), a lookup by UUID found the domain
+    /// of every VM of the policy on the host shut off. An earlier listing, or a domain the host
+    /// does not know, proves nothing.
     pub shut_off_confirmed: bool,
     /// Domains of VMs that now run elsewhere are still defined on the host (known once libvirt
     /// answers again).
@@ -200,12 +204,21 @@ pub fn decide(i: &Inputs, t: &Timings) -> Decision {
         V::Recovered if i.stale_domains || i.libvirt.up => return recovering(i),
         _ => {}
     }
+    let node_ready = i.node.is_some_and(|n| n.up);
     // A Recovered host keeps its incident's fence record until it is Healthy again; that old
     // confirmation proves nothing about a new failure.
     if i.fence.confirmed_at.is_some() && i.previous != V::Recovered {
+        // The BMC's Off counts only while the Node or libvirt also says the host is gone: a
+        // host whose Node is Ready and whose libvirt answers is up, whatever a BMC says.
+        if node_ready && i.libvirt.up {
+            return decision(
+                V::Healthy,
+                HostAction::None,
+                "the BMC reported power Off, but the Node is Ready and libvirt answers: the host is up and nothing is restarted (is the BMC this host's?)",
+            );
+        }
         return fenced(i);
     }
-    let node_ready = i.node.is_some_and(|n| n.up);
     let node_down_for = i.node.map(|n| {
         if n.up {
             Duration::ZERO
@@ -329,6 +342,13 @@ fn not_ready_with_libvirt(i: &Inputs, t: &Timings, down: Duration) -> Decision {
                 evacuate(i, why)
             }
         }
+        NotReadyAction::Restart if i.storm && (i.has_vms || i.stale_domains) => decision(
+            V::Failed,
+            HostAction::None,
+            format!(
+                "{why}; storm guard: too many hosts of the pool look failed at once, no domain is stopped or restarted"
+            ),
+        ),
         NotReadyAction::Restart => {
             if i.has_vms && i.shut_off_confirmed {
                 decision(
@@ -477,6 +497,15 @@ fn fenced(i: &Inputs) -> Decision {
         Evidence::ShutOff => "its domains are shut off",
         Evidence::Confirmed => "a human confirmed the host is off",
     };
+    if i.storm && evidence != Evidence::Confirmed {
+        return decision(
+            HostVerdict::Fenced,
+            HostAction::None,
+            format!(
+                "{how}; storm guard: too many hosts of the pool look failed at once, its VMs are restarted once that ends"
+            ),
+        );
+    }
     decision(
         HostVerdict::Fenced,
         HostAction::Restart(evidence),
@@ -487,6 +516,13 @@ fn fenced(i: &Inputs) -> Decision {
 /// The host answers again after an incident.
 fn recovering(i: &Inputs) -> Decision {
     use HostVerdict as V;
+    if i.stale_domains && i.storm {
+        return decision(
+            V::Recovering,
+            HostAction::None,
+            "libvirt answers again; storm guard: too many hosts of the pool look failed at once, stale domains are removed once that ends",
+        );
+    }
     if i.stale_domains {
         return decision(
             V::Recovering,
@@ -508,9 +544,32 @@ fn recovering(i: &Inputs) -> Decision {
     )
 }
 
+/// Whether a host counts as failing for the storm guard: its libvirt silent past the grace, its
+/// Node NotReady (or gone) past the grace, or an incident under way (Failed, Fencing, Fenced).
+/// A controller cut off from the hosts, or the API server from the kubelets, makes many hosts
+/// look failed at once on either signal.
+pub fn looks_failed(
+    node: Option<Signal>,
+    libvirt: Signal,
+    previous: HostVerdict,
+    now: Timestamp,
+    t: &Timings,
+) -> bool {
+    let libvirt_silent = !libvirt.up && elapsed(libvirt.since, now) >= t.libvirt_grace;
+    let node_lost = node.is_none_or(|n| !n.up && elapsed(n.since, now) >= t.not_ready_grace);
+    libvirt_silent
+        || node_lost
+        || matches!(
+            previous,
+            HostVerdict::Failed | HostVerdict::Fencing | HostVerdict::Fenced
+        )
+}
+
 /// The storm guard: whether more than `max_percent` % of a pool's `hosts` look failed at once.
+/// While it holds nothing is fenced and no VM is stopped or restarted (a restart a human
+/// confirmed excepted). `max_percent` is at most 99: the guard cannot be switched off.
 pub fn storm(hosts: usize, failing: usize, max_percent: u32) -> bool {
-    hosts > 0 && failing * 100 > hosts * max_percent as usize
+    hosts > 0 && failing * 100 > hosts * max_percent.min(99) as usize
 }
 
 #[cfg(test)]

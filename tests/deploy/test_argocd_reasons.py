@@ -40,6 +40,8 @@ def vm_rows() -> list[Row]:
         ("False", "Stopped", "Stopped", "Progressing"),
         ("False", "NotRunning", "Terminating", "Progressing"),
         ("False", "HostFailingOver", "Stopped", "Progressing"),
+        # VM monitoring waits for the storm guard to end: ferry starts it then.
+        ("False", "StormGuardHolds", "Stopped", "Progressing"),
         ("False", "ClassUnavailable", "Pending", "Progressing"),
         ("False", "CloudInitUnavailable", "Pending", "Progressing"),
         ("False", "StoragePoolUnavailable", "Pending", "Progressing"),
@@ -156,7 +158,7 @@ NOT_CONDITION_REASONS = {
     # quantity units
     "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "KiB", "MiB", "GiB", "TiB",
     # words of the libvirt, Redfish, IPMI and ISO 9660 edges
-    "ForceOff", "On", "Off", "PowerState", "ResetType", "RAKP", "Credentials", "ConnectOptions",
+    "ForceOff", "On", "Off", "PowerState", "ResetType", "UUID", "RAKP", "Credentials", "ConnectOptions",
     "HostConnections", "LibvirtHost", "Hypervisor", "Seed", "SeedData", "FERRY", "HOSTNAME",
 }
 

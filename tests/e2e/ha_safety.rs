@@ -6,7 +6,7 @@
 use crate::support::bmc::{self, Sushy, SushySystem};
 use crate::support::cluster::{self, Cluster, metric_sum, wait_for};
 use crate::support::ha::{attach_ipmi, ha_policy, ipmi_fencing};
-use crate::support::hosts::{boots, console, running};
+use crate::support::hosts::{boots, console, kill_qemu, running};
 use crate::support::lab;
 use crate::support::migration::LAB_HOST;
 use crate::support::objects::{
@@ -176,7 +176,7 @@ async fn ha_pools_of_two_namespaces_on_the_same_hosts_keep_their_own_state() {
             let b = &b;
             async move {
                 let hosts = lab_hosts(b).await;
-                (hosts.len() == 2 && hosts.iter().all(|h| h.verdict != HostVerdict::Healthy))
+                (hosts.len() == 2 && hosts.iter().all(|h| h.verdict == HostVerdict::Degraded))
                     .then_some(())
             }
         },
@@ -270,5 +270,461 @@ async fn ha_pools_of_two_namespaces_on_the_same_hosts_keep_their_own_state() {
             .count(),
         1
     );
+    drop(ctl);
+}
+
+/// The HAPolicy `ha` of `c` with `extra` merged into its spec (fast fence retries for tests).
+async fn apply_policy(c: &Cluster, extra: serde_json::Value) {
+    c.apply::<HAPolicy>(ha_policy(8, extra)).await;
+}
+
+/// The status entry of `host` in pool `lab` of `c`'s HAPolicy `ha`.
+async fn lab_host(c: &Cluster, host: &str) -> Option<HostHealth> {
+    lab_hosts(c).await.into_iter().find(|h| h.name == host)
+}
+
+/// Redfish fencing through `sushy`, one system per lab host (`/redfish/v1/Systems/h1`, ...).
+fn redfish_fencing(sushy: &Sushy) -> serde_json::Value {
+    json!({"driver": "Redfish", "addressTemplate": sushy.base(),
+           "systemPathTemplate": format!("/redfish/v1/Systems/{{label:{LAB_HOST}}}"),
+           "credentialsSecret": "bmc", "requestTimeoutSeconds": 3, "confirmTimeoutSeconds": 40})
+}
+
+/// The Secret `bmc` for `sushy` (its CA included).
+async fn put_redfish_secret(c: &Cluster, sushy: &Sushy) {
+    c.apply::<k8s_openapi::api::core::v1::Secret>(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bmc"},
+        "stringData": {"username": "admin", "password": "s3cret",
+                       "ca.crt": String::from_utf8_lossy(&sushy.pki.ca_pem())}
+    }))
+    .await;
+}
+
+/// The power state `sushy` reports for `system` (read with ferry's own Redfish client).
+async fn redfish_power(sushy: &Sushy, system: &str) -> Option<ferry::fence::Power> {
+    use ferry::fence::Fencer;
+    let creds = ferry::fence::Credentials {
+        username: "admin".into(),
+        password: "s3cret".into(),
+        ca_pem: Some(sushy.pki.ca_pem()),
+    };
+    let f = ferry::fence::redfish::Redfish::new(
+        &sushy.base(),
+        &format!("/redfish/v1/Systems/{system}"),
+        creds,
+        Duration::from_secs(3),
+    )
+    .ok()?;
+    f.power_state().await.ok()
+}
+
+/// How many power-off requests `sushy` received.
+fn resets(sushy: &Sushy) -> usize {
+    sushy.log().matches("ComputerSystem.Reset").count()
+}
+
+/// A BMC's "Off" counts only for the Node's own system, and only while the Node or libvirt also
+/// says the host is gone. h1's libvirtd stops (its guest keeps running) and its Node goes
+/// NotReady, but the Redfish system the pool names for h1 is another machine (its UUID is not
+/// the Node's `systemUUID`): it is neither read as h1's nor powered off, the fence fails and
+/// says why, and nothing is restarted. Once the Node names that system's UUID, the fence powers
+/// it off; the BMC takes its time to report Off, and by then h1's libvirt answers again and its
+/// Node is Ready: the late "Off" is not counted, h1 is Healthy and its VM was never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn ha_a_bmc_off_counts_only_for_the_nodes_own_system_and_a_host_that_is_gone() {
+    assert!(
+        bmc::missing().is_empty(),
+        "BMC emulators missing: {:?}",
+        bmc::missing()
+    );
+    const H1_SYSTEM: &str = "1b7e0c39-5d2a-4d3e-9c1f-2a0b00000001";
+    const H2_SYSTEM: &str = "1b7e0c39-5d2a-4d3e-9c1f-2a0b00000002";
+    const ANOTHER_MACHINE: &str = "1b7e0c39-5d2a-4d3e-9c1f-2a0b0000aaaa";
+    // Power changes apply 20 s after the request: long enough for h1 to come back first.
+    let sushy = Sushy::start_with(
+        &[
+            SushySystem {
+                name: "h1".into(),
+                uuid: H1_SYSTEM.into(),
+                on: true,
+            },
+            SushySystem {
+                name: "h2".into(),
+                uuid: H2_SYSTEM.into(),
+                on: true,
+            },
+        ],
+        "admin",
+        "s3cret",
+        20,
+    );
+    let (mut c, lab, h1, h2, ctl) = crate::support::ha::ha_setup(
+        "ferry-e2e-ha-bmc-identity",
+        Some(redfish_fencing(&sushy)),
+        &[("vm-1", None)],
+        8,
+    )
+    .await;
+    put_redfish_secret(&c, &sushy).await;
+    apply_policy(
+        &c,
+        json!({"fenceRetrySeconds": 1, "fenceRetryMaxSeconds": 2}),
+    )
+    .await;
+    c.set_system_uuid(&h1, ANOTHER_MACHINE).await;
+    c.set_system_uuid(&h2, H2_SYSTEM).await;
+    let log = console(&lab, &c.namespace, "vm-1");
+
+    // h1's libvirt stops answering (its guest runs on) and its kubelet goes silent.
+    lab.stop_libvirtd("h1").expect("stop libvirtd on h1");
+    c.node_not_ready(&h1).await;
+    let h = wait_for(
+        "a fence of h1 refused: the BMC's system is not h1",
+        Duration::from_secs(90),
+        || {
+            let (c, h1) = (&c, h1.clone());
+            async move {
+                let h = lab_host(c, &h1).await?;
+                h.last_fence_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("not for this host"))
+                    .then_some(h)
+            }
+        },
+    )
+    .await;
+    assert!(h.fenced_at.is_none(), "{h:?}");
+    assert!(
+        h.last_fence_error
+            .as_deref()
+            .is_some_and(|e| e.contains(H1_SYSTEM)),
+        "{h:?}"
+    );
+    assert_eq!(
+        resets(&sushy),
+        0,
+        "nothing was powered off: {}",
+        sushy.log()
+    );
+    assert_eq!(
+        redfish_power(&sushy, "h1").await,
+        Some(ferry::fence::Power::On)
+    );
+    let vm = c.vms().get("vm-1").await.expect("vm-1");
+    assert_eq!(host_of(&vm).as_deref(), Some(h1.as_str()));
+    assert!(
+        !vm.annotations().contains_key(FAILOVER_ANNOTATION),
+        "{vm:?}"
+    );
+    assert!(running(&lab, "h2").is_empty(), "nothing started on h2");
+
+    // The Node now names the system's UUID: the next fence powers it off.
+    c.set_system_uuid(&h1, H1_SYSTEM).await;
+    wait_for(
+        "a power-off sent to h1's BMC",
+        Duration::from_secs(60),
+        || {
+            let n = resets(&sushy);
+            async move { (n > 0).then_some(()) }
+        },
+    )
+    .await;
+    // Before the BMC reports Off, h1 is back: libvirt answers and its Node is Ready.
+    lab.start_libvirtd("h1").expect("start libvirtd on h1");
+    c.node_ready(&h1).await;
+    wait_for("h1's BMC reporting Off", Duration::from_secs(60), || {
+        let sushy = &sushy;
+        async move {
+            (redfish_power(sushy, "h1").await == Some(ferry::fence::Power::Off)).then_some(())
+        }
+    })
+    .await;
+    // The late "Off" does not count: h1 is Healthy, its VM was never restarted.
+    let h = wait_for("h1 Healthy", Duration::from_secs(60), || {
+        let (c, h1) = (&c, h1.clone());
+        async move {
+            lab_host(c, &h1)
+                .await
+                .filter(|h| h.verdict == HostVerdict::Healthy)
+        }
+    })
+    .await;
+    assert!(h.fenced_at.is_none(), "{h:?}");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let vm = c.vms().get("vm-1").await.expect("vm-1");
+    assert_eq!(host_of(&vm).as_deref(), Some(h1.as_str()));
+    assert!(
+        !vm.annotations().contains_key(FAILOVER_ANNOTATION),
+        "{vm:?}"
+    );
+    assert!(
+        vm.status
+            .as_ref()
+            .and_then(|s| s.last_recovery.as_ref())
+            .is_none()
+    );
+    assert!(running(&lab, "h2").is_empty(), "nothing started on h2");
+    assert_eq!(running(&lab, "h1"), vec![format!("{}_vm-1", c.namespace)]);
+    assert_eq!(
+        boots(&lab::console_log(&log)),
+        1,
+        "the guest never rebooted"
+    );
+    assert_eq!(
+        lab_host(&c, &h1).await.map(|h| h.verdict),
+        Some(HostVerdict::Healthy)
+    );
+    drop(ctl);
+}
+
+/// The storm guard holds every action that stops or restarts VMs, not only fencing, and
+/// `maxFailedHostsPercent` cannot switch it off. With `notReadyAction: Restart`, both Nodes go
+/// NotReady at once while libvirt answers (the API server cut off from the kubelets looks like
+/// this): no domain is stopped and nothing restarts, and when the Nodes are back nothing moved.
+/// Then with one of two hosts silent (above `maxFailedHostsPercent: 49`) a crashed guest waits
+/// with `StormGuardHolds` and is started once the host answers again. A policy asking for 100 %
+/// is refused by the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn ha_storm_guard_holds_every_stop_and_restart() {
+    let (mut c, lab, h1, h2, ctl) =
+        crate::support::ha::ha_setup("ferry-e2e-ha-storm-all", None, &[("vm-1", None)], 8).await;
+    let ns = c.namespace.clone();
+    let log = console(&lab, &ns, "vm-1");
+    let domain = format!("{ns}_vm-1");
+
+    // The guard cannot be switched off.
+    let err = Api::<HAPolicy>::namespaced(c.client.clone(), &ns)
+        .patch(
+            "ha",
+            &kube::api::PatchParams::apply("ferry-e2e").force(),
+            &kube::api::Patch::Apply(&ha_policy(8, json!({"maxFailedHostsPercent": 100}))),
+        )
+        .await
+        .expect_err("maxFailedHostsPercent 100 is refused");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+
+    // notReadyAction Restart, and every Node NotReady at once while libvirt answers (h1, whose
+    // VM would be stopped, last).
+    apply_policy(&c, json!({"notReadyAction": "Restart"})).await;
+    c.node_not_ready(&h2).await;
+    c.node_not_ready(&h1).await;
+    let cond = wait_for("StormGuard", Duration::from_secs(60), || {
+        let c = &c;
+        async move {
+            crate::support::ha::ha_condition(c, "StormGuard")
+                .await
+                .filter(|x| x.status == "True")
+        }
+    })
+    .await;
+    assert!(cond.message.contains("HostPool lab"), "{cond:?}");
+    // Well past the grace: the domain was never stopped.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(
+        running(&lab, "h1"),
+        vec![domain.clone()],
+        "vm-1 still runs on h1"
+    );
+    let vm = c.vms().get("vm-1").await.expect("vm-1");
+    assert!(
+        !vm.annotations().contains_key(FAILOVER_ANNOTATION),
+        "{vm:?}"
+    );
+    let h = lab_host(&c, &h1).await.expect("h1");
+    assert!(
+        h.message
+            .as_deref()
+            .is_some_and(|m| m.contains("storm guard")),
+        "{h:?}"
+    );
+    c.node_ready(&h1).await;
+    c.node_ready(&h2).await;
+    wait_for("both hosts Healthy", Duration::from_secs(60), || {
+        let c = &c;
+        async move {
+            let hosts = lab_hosts(c).await;
+            hosts
+                .iter()
+                .all(|h| h.verdict == HostVerdict::Healthy)
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        boots(&lab::console_log(&log)),
+        1,
+        "the guest never rebooted"
+    );
+
+    // One of two hosts silent is a storm above 49 %: a crashed guest is not started again
+    // until h2 answers.
+    apply_policy(&c, json!({"maxFailedHostsPercent": 49})).await;
+    lab.stop_libvirtd("h2").expect("stop libvirtd on h2");
+    wait_for("StormGuard", Duration::from_secs(60), || {
+        let c = &c;
+        async move {
+            crate::support::ha::ha_condition(c, "StormGuard")
+                .await
+                .filter(|x| x.status == "True")
+        }
+    })
+    .await;
+    kill_qemu(&domain);
+    let vm = wait_vm(&c, "vm-1", "held by the storm guard", BOOT, |vm| {
+        ready_reason(vm).is_some_and(|(_, r)| r == "StormGuardHolds")
+    })
+    .await;
+    assert_eq!(host_of(&vm).as_deref(), Some(h1.as_str()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        running(&lab, "h1").is_empty(),
+        "not started during the storm"
+    );
+    assert_eq!(boots(&lab::console_log(&log)), 1);
+    lab.start_libvirtd("h2").expect("start libvirtd on h2");
+    wait_running(&c, "vm-1").await;
+    lab::wait_for_console(&log, "FERRY-BOOT 2", BOOT).expect("started again after the storm");
+    assert_eq!(running(&lab, "h1"), vec![domain]);
+    drop(ctl);
+}
+
+/// One BMC that hangs holds up no other host, and a tick never takes as long as a verdict
+/// counts. Three lab hosts: h1's libvirt stops answering (its Node stays Ready) and its BMC is
+/// a socket that takes requests and never answers (the pool allows 20 s per BMC request); h2's
+/// VM then loses its host to a power loss through h2's own BMC. h2 is fenced and its VM runs on
+/// h3 within seconds, while h1's BMC is still being asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn ha_a_hung_bmc_holds_up_no_other_host() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    assert!(
+        bmc::missing().is_empty(),
+        "BMC emulators missing: {:?}",
+        bmc::missing()
+    );
+    let lab = lab::Lab::up(3).expect("three lab hosts");
+    let mut c = Cluster::new("ferry-e2e-ha-hung-bmc").await;
+    let nodes = add_nodes(&mut c, &lab).await;
+    let (h1, h2, h3) = (nodes[0].clone(), nodes[1].clone(), nodes[2].clone());
+    let ns = c.namespace.clone();
+    // A BMC that takes requests and never answers.
+    let hung = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+    let hung_port = hung.local_addr().expect("address").port();
+    let sim = bmc::IpmiSim::start("admin", "s3cret", &lab.power_off_command("h2"), false);
+    crate::support::ha::put_bmc_password(&c, "s3cret").await;
+    let nodes_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
+    for (n, a) in [
+        (&h1, format!("127.0.0.1:{hung_port}")),
+        (&h2, sim.address().trim_start_matches("ipmi://").to_string()),
+        (&h3, "127.0.0.1:9".to_string()),
+    ] {
+        nodes_api
+            .patch(
+                n,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"metadata": {"annotations": {"ferry.dev/e2e-bmc": a}}}),
+                ),
+            )
+            .await
+            .expect("annotate Node");
+    }
+    c.cordon(&h1, true).await;
+    c.cordon(&h3, true).await;
+    let ctl = c.controller("ferry-e2e-ha-hung-bmc");
+    let mut pool = working_pool(&lab, &ns);
+    let mut fencing = ipmi_fencing();
+    fencing["requestTimeoutSeconds"] = json!(20);
+    fencing["confirmTimeoutSeconds"] = json!(30);
+    pool["spec"]["fencing"] = fencing;
+    c.apply::<HostPool>(pool).await;
+    // Two of three hosts failing is not a storm here.
+    apply_policy(&c, json!({"maxFailedHostsPercent": 99})).await;
+    c.apply::<VirtualMachine>(vm_manifest("vm-1", "lab", &lab, "Always"))
+        .await;
+    let vm = wait_running(&c, "vm-1").await;
+    assert_eq!(host_of(&vm).as_deref(), Some(h2.as_str()));
+    lab::wait_for_console(&console(&lab, &ns, "vm-1"), "FERRY-READY", BOOT).expect("vm-1 booted");
+    c.cordon(&h1, false).await;
+    c.cordon(&h3, false).await;
+
+    // h1's libvirt stops answering, its Node stays Ready: Degraded, and its hung BMC is asked.
+    lab.stop_libvirtd("h1").expect("stop libvirtd on h1");
+    wait_for("h1 Degraded", Duration::from_secs(60), || {
+        let (c, h1) = (&c, h1.clone());
+        async move {
+            lab_host(c, &h1)
+                .await
+                .filter(|h| h.verdict == HostVerdict::Degraded)
+        }
+    })
+    .await;
+    // Power loss of h2 through its BMC.
+    let lost = std::time::Instant::now();
+    crate::support::ha::ipmi_power_off(&sim);
+    c.node_not_ready(&h2).await;
+    let vm = wait_vm(&c, "vm-1", "Running on h3", BOOT, |vm| {
+        host_of(vm).as_deref() == Some(h3.as_str())
+            && ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let took = lost.elapsed();
+    eprintln!(
+        "power loss of h2 -> vm-1 Running on h3: {:.1}s",
+        took.as_secs_f64()
+    );
+    assert_eq!(
+        vm.status
+            .and_then(|s| s.last_recovery)
+            .map(|r| r.evidence)
+            .as_deref(),
+        Some("Fenced")
+    );
+    // h1's BMC was asked (its socket holds ferry's request) and never answered.
+    hung.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("read timeout");
+    let mut request = [0u8; 512];
+    assert!(
+        hung.recv_from(&mut request).is_ok(),
+        "ferry asked h1's BMC for its power state"
+    );
+    // One BMC request to h1's hangs for 20 s: a tick that waited for it would take that long.
+    assert!(
+        took < Duration::from_secs(30),
+        "h2's VM must not wait for h1's hung BMC: {took:?}"
+    );
+    let body = ctl.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    assert!(
+        body.contains(
+            "ferry_reconcile_duration_seconds_bucket{le=\"16.384\",controller=\"hapolicy\"}"
+        ),
+        "{body}"
+    );
+    let ticks = |le: &str| {
+        metric_sum(
+            &body,
+            &format!(
+                "ferry_reconcile_duration_seconds_bucket{{le=\"{le}\",controller=\"hapolicy\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        ticks("+Inf") - ticks("16.384"),
+        0.0,
+        "no HA tick took longer than 16 s:\n{body}"
+    );
+    assert_eq!(
+        lab_host(&c, &h1).await.map(|h| h.verdict),
+        Some(HostVerdict::Degraded)
+    );
+    drop(hung);
     drop(ctl);
 }

@@ -1,7 +1,7 @@
 //! HAPolicy VM monitoring: a crashed guest is restarted within the policy's limits.
 
 use crate::support::cluster::{self, Cluster};
-use crate::support::hosts::console;
+use crate::support::hosts::{console, kill_qemu};
 use crate::support::lab;
 use crate::support::objects::{
     BOOT, LABEL, condition, pool_manifest, ready_reason, vm_manifest, wait_vm,
@@ -10,16 +10,6 @@ use ferry::api::{VirtualMachine, VmPhase};
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use std::time::Duration;
-
-/// Kills the QEMU process of the lab domain `domain` (a crash, as libvirt sees it).
-fn kill_qemu(domain: &str) {
-    let out = lab::run_cmd(
-        "pkill",
-        &["-KILL", "-f", &format!("guest={domain},")],
-        Duration::from_secs(10),
-    );
-    assert!(out.success(), "no QEMU process of {domain} to kill");
-}
 
 /// VM monitoring: a covered VM whose QEMU process dies is started again, once here
 /// (`maxRestarts: 1`); the second crash leaves it stopped with `RestartLimitReached`, and a

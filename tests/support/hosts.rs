@@ -65,3 +65,13 @@ pub fn highest_tick(log: &str) -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+/// Kill the QEMU process of the lab domain `domain` (a crash, as libvirt sees it).
+pub fn kill_qemu(domain: &str) {
+    let out = lab::run_cmd(
+        "pkill",
+        &["-KILL", "-f", &format!("guest={domain},")],
+        std::time::Duration::from_secs(10),
+    );
+    assert!(out.success(), "no QEMU process of {domain} to kill");
+}

@@ -48,6 +48,13 @@ impl Caches {
             && self.vms.wait_until_ready().now_or_never().is_some()
     }
 
+    /// [`Caches::ready`], and the VirtualMachineMigration and HAPolicy caches too.
+    pub fn all_ready(&self) -> bool {
+        self.ready()
+            && self.migrations.wait_until_ready().now_or_never().is_some()
+            && self.policies.wait_until_ready().now_or_never().is_some()
+    }
+
     /// The HostPool `vm` names.
     pub fn pool_of(&self, vm: &VirtualMachine) -> Option<Arc<HostPool>> {
         let ns = vm.namespace().unwrap_or_default();
@@ -90,7 +97,7 @@ impl Caches {
     /// What HA state may exist now: every HAPolicy's pools that exist, and the Nodes each of
     /// them selects (`None` until the caches hold their first complete list).
     pub fn live_ha(&self) -> Option<LiveHa> {
-        if !self.ready() || self.policies.wait_until_ready().now_or_never().is_none() {
+        if !self.all_ready() {
             return None;
         }
         let mut live = LiveHa::default();

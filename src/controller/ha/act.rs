@@ -79,15 +79,7 @@ pub(super) async fn act(
         }
         HostAction::StopDomains => {
             if let Some(hv) = connected(ctx, pool, node).await {
-                for d in mem.domains.iter().filter(|d| d.state.is_active()) {
-                    if on_host
-                        .iter()
-                        .any(|v| v.metadata.uid.as_deref() == Some(d.uuid.as_str()))
-                        && let Err(e) = hv.destroy_domain(&d.uuid).await
-                    {
-                        tracing::warn!(host, domain = %d.name, error = %e, "could not stop the domain");
-                    }
-                }
+                stop_and_look(hc, key, hv.as_ref(), &host, on_host).await;
             }
         }
         HostAction::CleanStaleDomains => {
@@ -126,6 +118,43 @@ pub(super) async fn act(
                 Arc::new(policy.clone()),
             )
             .await;
+        }
+    }
+}
+
+/// Stop the domain of every VM on the host, then look each up by UUID: a domain found shut off
+/// is recorded as proven off. One the host does not know, or that still runs, proves nothing
+/// (a listing taken earlier, or an empty one, never counts).
+async fn stop_and_look(
+    hc: &HaContext,
+    key: &HaKey,
+    hv: &dyn Hypervisor,
+    host: &str,
+    on_host: &[&Arc<VirtualMachine>],
+) {
+    for vm in on_host {
+        let Some(uid) = vm.metadata.uid.as_deref() else {
+            continue;
+        };
+        if let Err(e) = hv.destroy_domain(uid).await {
+            tracing::warn!(host, vm = %vm.name_any(), error = %e, "could not stop the domain");
+            continue;
+        }
+        match hv.lookup_domain(uid).await {
+            Ok(Some(d)) if !d.state.is_active() => {
+                if let Some(m) = lock(&hc.hosts).get_mut(key) {
+                    m.stopped.insert(uid.to_string(), Timestamp::now());
+                }
+            }
+            Ok(Some(d)) => {
+                tracing::warn!(host, vm = %vm.name_any(), state = ?d.state, "the domain still runs after it was stopped")
+            }
+            Ok(None) => {
+                tracing::warn!(host, vm = %vm.name_any(), "the host does not know the VM's domain: that proves nothing about where it runs")
+            }
+            Err(e) => {
+                tracing::warn!(host, vm = %vm.name_any(), error = %e, "could not look the domain up after stopping it")
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! One tick of one pool: probe its hosts, judge each (`plan::host_health`), remember and act on
-//! the verdict, and count what the policy's status reports.
+//! the verdict, and say what the policy's status reports. The hosts are judged at once, each
+//! within its own deadline, so one slow BMC or host holds up no other.
 
 use super::*;
 use crate::api::{HAPolicyStatus, HostPool};
@@ -24,9 +25,33 @@ pub(super) struct PoolTick<'a> {
     pub(super) now: Timestamp,
 }
 
-/// One tick of `pool`: start probes, restore memory of hosts not seen yet, apply the storm guard,
-/// judge and act on every host, then admission control.
-#[allow(clippy::too_many_arguments)]
+/// What one tick of a pool found, for the policy's status.
+#[derive(Default)]
+pub(super) struct PoolOutcome {
+    /// VMs of the pool the policy covers.
+    pub(super) protected: usize,
+    /// Why the storm guard holds, when it does.
+    pub(super) storm: Option<String>,
+    /// Failover capacity: (sufficient, message), with admission control.
+    pub(super) capacity: Option<(bool, String)>,
+    /// Each host.
+    pub(super) hosts: Vec<HostOutcome>,
+}
+
+/// What one host's judgement says in the policy's status.
+pub(super) struct HostOutcome {
+    pub(super) key: HaKey,
+    pub(super) health: HostHealth,
+    /// The host waits for a human to confirm it off: what to do.
+    pub(super) awaiting: Option<String>,
+    /// The host's fence failed: what happened.
+    pub(super) fence_failed: Option<String>,
+    /// Its open incident.
+    pub(super) incident: Option<Open>,
+}
+
+/// One tick of `pool`: restore memory of hosts not seen yet, start probes, apply the storm
+/// guard, judge and act on every host at once, then admission control.
 pub(super) async fn pool(
     hc: &Arc<HaContext>,
     policy: &HAPolicy,
@@ -35,9 +60,7 @@ pub(super) async fn pool(
     previous: &HAPolicyStatus,
     all_vms: &[Arc<VirtualMachine>],
     now: Timestamp,
-    st: &mut HAPolicyStatus,
-    tally: &mut Tally,
-) {
+) -> PoolOutcome {
     let ns = policy.namespace().unwrap_or_default();
     let pool_vms = hc.ctx.caches.vms_in_pool(&ns, &pool.name_any());
     let covered: Vec<Arc<VirtualMachine>> = pool_vms
@@ -45,7 +68,10 @@ pub(super) async fn pool(
         .filter(|v| selector.is_none_or(|s| s.matches(v.labels())))
         .cloned()
         .collect();
-    tally.protected += covered.len();
+    let mut out = PoolOutcome {
+        protected: covered.len(),
+        ..PoolOutcome::default()
+    };
     let t = PoolTick {
         policy,
         pool,
@@ -80,11 +106,13 @@ pub(super) async fn pool(
         .filter(|n| {
             let hosts = lock(&hc.hosts);
             hosts.get(&key(n)).is_some_and(|m| {
-                (!m.libvirt.up && elapsed(m.libvirt.since, t.now) >= t.timings.libvirt_grace)
-                    || matches!(
-                        m.verdict,
-                        HostVerdict::Failed | HostVerdict::Fencing | HostVerdict::Fenced
-                    )
+                host_health::looks_failed(
+                    node_signal(n, t.now),
+                    m.libvirt,
+                    m.verdict,
+                    t.now,
+                    &t.timings,
+                )
             })
         })
         .count();
@@ -93,7 +121,7 @@ pub(super) async fn pool(
         .ha
         .set_storm(&ns, &t.pool.name_any(), &t.policy.name_any(), storm);
     if storm {
-        tally.storms.push(format!(
+        out.storm = Some(format!(
             "{failing} of {} host(s) of HostPool {} look failed (more than {}%)",
             t.nodes.len(),
             t.pool.name_any(),
@@ -101,9 +129,31 @@ pub(super) async fn pool(
         ));
     }
 
-    for n in &t.nodes {
-        host(hc, &t, &key(n), n, storm, st, tally).await;
-    }
+    // Every host at once, each within its deadline: one that hangs (a BMC or libvirt that does
+    // not answer) is reported from memory and judged again next tick.
+    let steps = t.nodes.iter().map(|n| {
+        let k = key(n);
+        let t = &t;
+        async move {
+            if tokio::time::timeout(HOST_STEP_DEADLINE, host(hc, t, &k, n, storm))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    policy = %t.policy.name_any(), pool = %t.pool.name_any(), host = %n.name_any(),
+                    "judging and acting on the host took longer than {}s; going on without it this tick",
+                    HOST_STEP_DEADLINE.as_secs()
+                );
+            }
+            outcome(hc, t, &k)
+        }
+    });
+    out.hosts = futures::future::join_all(steps)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+
     let mut blocks = std::collections::HashMap::new();
     if let Some(ac) = &t.policy.spec.admission_control {
         let (ok, msg, beyond) = admission_for(t.policy, t.pool, ac, &t.covered);
@@ -122,7 +172,7 @@ pub(super) async fn pool(
                 ));
             }
         }
-        tally.capacity.push((ok, msg));
+        out.capacity = Some((ok, msg));
     }
     let owner = AdmissionOwner {
         namespace: ns.clone(),
@@ -130,18 +180,11 @@ pub(super) async fn pool(
         pool: t.pool.name_any(),
     };
     hc.ctx.placement.set_admission_blocks(owner, blocks);
+    out
 }
 
-/// Judge one host, remember the verdict, act on it, and count it.
-async fn host(
-    hc: &Arc<HaContext>,
-    t: &PoolTick<'_>,
-    key: &HaKey,
-    n: &Arc<Node>,
-    storm: bool,
-    st: &mut HAPolicyStatus,
-    tally: &mut Tally,
-) {
+/// Judge one host, remember the verdict, and act on it (the act within [`ACT_DEADLINE`]).
+async fn host(hc: &Arc<HaContext>, t: &PoolTick<'_>, key: &HaKey, n: &Arc<Node>, storm: bool) {
     let ctx = &hc.ctx;
     let name = n.name_any();
     let Some(mem) = lock(&hc.hosts).get(key).cloned() else {
@@ -153,14 +196,7 @@ async fn host(
         .filter(|v| v.status.as_ref().and_then(|s| s.host.as_deref()) == Some(name.as_str()))
         .collect();
     let bmc = if !mem.libvirt.up && t.pool.spec.fencing.is_some() && !mem.fence.in_flight {
-        match bmc::fencer(ctx, t.pool, n).await {
-            Ok(f) => f.power_state().await.ok().map(|p| match p {
-                crate::fence::Power::On => host_health::Power::On,
-                crate::fence::Power::Off => host_health::Power::Off,
-                crate::fence::Power::Other => host_health::Power::Other,
-            }),
-            Err(_) => None,
-        }
+        bmc::power_for_tick(hc, key, t.pool, n, mem.libvirt.since).await
     } else {
         None
     };
@@ -178,17 +214,14 @@ async fn host(
         fence: mem.fence.clone(),
         storm,
         has_vms: !on_host.is_empty(),
-        shut_off_confirmed: mem.libvirt.up
-            && mem.probed
-            && mem
-                .domains
-                .iter()
-                .filter(|d| {
-                    on_host
-                        .iter()
-                        .any(|v| v.metadata.uid.as_deref() == Some(d.uuid.as_str()))
-                })
-                .all(|d| !d.state.is_active()),
+        // Proven by looking each domain up after stopping it (never from a listing).
+        shut_off_confirmed: !on_host.is_empty()
+            && on_host.iter().all(|v| {
+                v.metadata
+                    .uid
+                    .as_deref()
+                    .is_some_and(|uid| mem.stopped.contains_key(uid))
+            }),
         stale_domains: !stale.is_empty(),
         previous: mem.verdict,
         previous_since: mem.since,
@@ -197,52 +230,65 @@ async fn host(
     let d = host_health::decide(&inputs, &t.timings);
     let mem = record(hc, ctx, t.pool, key, &mem, &d, t.now).await;
     ctx.ha.set(key.clone(), d.verdict);
-    act(
-        hc,
-        ctx,
-        t.policy,
-        t.pool,
-        n,
-        &t.nodes,
-        key,
-        &mem,
-        &d,
-        &on_host,
-        &t.pool_vms,
-        &stale,
+    let acted = tokio::time::timeout(
+        ACT_DEADLINE,
+        act(
+            hc,
+            ctx,
+            t.policy,
+            t.pool,
+            n,
+            &t.nodes,
+            key,
+            &mem,
+            &d,
+            &on_host,
+            &t.pool_vms,
+            &stale,
+        ),
     )
     .await;
-    if d.action == HostAction::AskConfirmation
-        && let Some(id) = &incident_id
-    {
-        tally.awaiting.push(format!(
-            "host {name}: {}; to restart its VMs elsewhere, make sure it is off and run: kubectl annotate node {name} {CONFIRM_ANNOTATION}={id}",
-            d.message
-        ));
+    if acted.is_err() {
+        tracing::warn!(host = %name, action = ?d.action, "the action did not finish within {}s; it is tried again next tick", ACT_DEADLINE.as_secs());
     }
-    if let Some(err) = &mem.fence.last_error
-        && mem.fence.confirmed_at.is_none()
-        && in_incident(d.verdict)
-    {
-        tally.fence_failed.push(format!(
-            "host {name}: {} attempt(s), last: {err}",
-            mem.fence.attempts
-        ));
-    }
-    let fresh = lock(&hc.hosts).get(key).cloned().unwrap_or(mem);
-    tally.hosts.push(HostHealth {
-        name: name.clone(),
-        pool: t.pool.name_any(),
-        verdict: fresh.verdict,
-        since: ts(fresh.since),
-        message: Some(fresh.message.clone()),
-        incident: fresh.incident.as_ref().map(|i| i.id.clone()),
-        fence_attempts: (fresh.fence.attempts > 0).then_some(fresh.fence.attempts as i32),
-        last_fence_error: fresh.fence.last_error.clone(),
-        last_fence_attempt: fresh.fence.last_attempt.map(ts),
-        fenced_at: fresh.fence.confirmed_at.map(ts),
-    });
-    if let Some(i) = &fresh.incident {
-        upsert_incident(&mut st.incidents, key, i, t.all_vms);
-    }
+}
+
+/// The host's entry in the policy's status, from what is remembered about it.
+fn outcome(hc: &HaContext, t: &PoolTick<'_>, key: &HaKey) -> Option<HostOutcome> {
+    let m = lock(&hc.hosts).get(key).cloned()?;
+    let name = &key.host.node;
+    let awaiting = m
+        .incident
+        .as_ref()
+        .filter(|_| m.asks_confirmation)
+        .map(|i| {
+            format!(
+                "host {name}: {}; to restart its VMs elsewhere, make sure it is off and run: kubectl annotate node {name} {CONFIRM_ANNOTATION}={}",
+                m.message, i.id
+            )
+        });
+    let fence_failed = m
+        .fence
+        .last_error
+        .as_ref()
+        .filter(|_| m.fence.confirmed_at.is_none() && in_incident(m.verdict))
+        .map(|err| format!("host {name}: {} attempt(s), last: {err}", m.fence.attempts));
+    Some(HostOutcome {
+        key: key.clone(),
+        health: HostHealth {
+            name: name.clone(),
+            pool: t.pool.name_any(),
+            verdict: m.verdict,
+            since: ts(m.since),
+            message: Some(m.message.clone()),
+            incident: m.incident.as_ref().map(|i| i.id.clone()),
+            fence_attempts: (m.fence.attempts > 0).then_some(m.fence.attempts as i32),
+            last_fence_error: m.fence.last_error.clone(),
+            last_fence_attempt: m.fence.last_attempt.map(ts),
+            fenced_at: m.fence.confirmed_at.map(ts),
+        },
+        awaiting,
+        fence_failed,
+        incident: m.incident,
+    })
 }

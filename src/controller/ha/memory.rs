@@ -6,7 +6,7 @@ use crate::api::ha_policy::HostVerdict;
 use crate::api::{HostPool, VirtualMachine};
 use crate::controller::{Context, lock};
 use crate::hypervisor::DomainInfo;
-use crate::plan::host_health::{Decision, Evidence, FenceRecord, HostAction, Signal};
+use crate::plan::host_health::{Decision, Evidence, FenceRecord, HostAction, Power, Signal};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 use std::sync::Arc;
@@ -32,6 +32,15 @@ pub(super) struct Memory {
     pub(super) message: String,
     pub(super) fence: FenceRecord,
     pub(super) incident: Option<Open>,
+    /// VMs (by UID) whose domain a lookup by UUID found shut off after ferry asked libvirt to
+    /// stop it in this incident, with when: the only proof that the host's domains are off.
+    pub(super) stopped: std::collections::BTreeMap<String, Timestamp>,
+    /// The last decision asks a human to confirm the host off.
+    pub(super) asks_confirmation: bool,
+    /// The BMC's last power reading, with when it was taken.
+    pub(super) bmc: Option<(Power, Timestamp)>,
+    /// When the BMC read under way started (one at a time).
+    pub(super) bmc_read: Option<Instant>,
 }
 
 /// The UIDs of the HAPolicy and HostPool a [`Memory`] belongs to.
@@ -112,6 +121,10 @@ pub(super) fn restore(
             in_flight: false,
         },
         incident,
+        stopped: Default::default(),
+        asks_confirmation: false,
+        bmc: None,
+        bmc_read: None,
     }
 }
 
@@ -168,6 +181,7 @@ pub(super) async fn record(
             m.since = now;
         }
         m.message = d.message.clone();
+        m.asks_confirmation = d.action == HostAction::AskConfirmation;
         if in_incident(d.verdict) && m.incident.is_none() {
             m.incident = Some(Open {
                 id: incident_id(&key.host.pool, host, now),
@@ -191,6 +205,7 @@ pub(super) async fn record(
             // The incident (if any) is over; a Recovered host keeps it until then.
             m.incident = None;
             m.fence = FenceRecord::default();
+            m.stopped.clear();
         } else if d.verdict == HostVerdict::Recovered {
             // Its VMs run elsewhere and it is back: a later failure needs a fence of its own.
             m.fence = FenceRecord::default();

@@ -17,7 +17,7 @@ mod memory;
 mod probe;
 mod report;
 
-use super::context::HaKey;
+use super::context::{HA_VERDICT_TTL, HaKey};
 use super::hosts::pool_nodes;
 use super::{Context, lock, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
@@ -25,7 +25,7 @@ use crate::api::ha_policy::{CONFIRM_ANNOTATION, HostHealth, HostVerdict};
 use crate::api::{HAPolicy, HAPolicyStatus, VirtualMachine};
 use crate::error::{Error, Result};
 use crate::hypervisor::HostConnections;
-use crate::plan::host_health::{self, Evidence, HostAction, Inputs};
+use crate::plan::host_health::{self, Evidence, Inputs};
 use act::act;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -55,6 +55,25 @@ const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
 
 /// How long a probe's domain listing may take once the host answered.
 const LIST_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long a tick waits for a BMC reading before going on without it (the reading goes on in
+/// the background, for the next tick).
+const BMC_READ_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest the action on one host may take in a tick (stopping its domains, handing its
+/// VMs over, creating evacuation migrations); what is left is done next tick. A fence runs on
+/// its own, outside the tick.
+const ACT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The longest one host may take in a tick, judging and acting together; the hosts of a tick
+/// are judged at once, so this bounds the tick.
+const HOST_STEP_DEADLINE: Duration = Duration::from_secs(15);
+
+// A tick never takes longer than a verdict counts: placement never sees a verdict expire
+// between two ticks because one host was slow.
+const _: () = assert!(HOST_STEP_DEADLINE.as_secs() * 2 <= HA_VERDICT_TTL.as_secs());
+const _: () =
+    assert!(ACT_DEADLINE.as_secs() + BMC_READ_WAIT.as_secs() < HOST_STEP_DEADLINE.as_secs());
 
 /// Poll interval while waiting for a BMC to report Off.
 const FENCE_POLL: Duration = Duration::from_millis(250);
@@ -162,6 +181,11 @@ fn in_incident(v: HostVerdict) -> bool {
 ))]
 pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requeue> {
     let ctx = hc.ctx.clone();
+    if !ctx.caches.all_ready() {
+        // Judged on a partial list, every host would look new (its memory not restored), every
+        // VM missing, and the status written from that would lose the incidents under way.
+        return Ok(Requeue::requeue(Duration::from_millis(500)));
+    }
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = policy.namespace().unwrap_or_default();
     let now = Timestamp::now();
@@ -178,23 +202,36 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
     };
     let all_vms = ctx.caches.vms.state();
     let mut tally = Tally::default();
+    let mut pools = Vec::new();
     for pool_name in &policy.spec.host_pools {
         match ctx.caches.pools.get(&ObjectRef::new(pool_name).within(&ns)) {
             None => tally.missing_pools.push(pool_name.clone()),
-            Some(pool) => {
-                judge::pool(
-                    &hc,
-                    &policy,
-                    &pool,
-                    selector.as_ref(),
-                    &previous,
-                    &all_vms,
-                    now,
-                    &mut st,
-                    &mut tally,
-                )
-                .await
+            Some(pool) => pools.push(pool),
+        }
+    }
+    // Every pool at once (each judges its hosts at once).
+    let ticks = pools.iter().map(|pool| {
+        judge::pool(
+            &hc,
+            &policy,
+            pool,
+            selector.as_ref(),
+            &previous,
+            &all_vms,
+            now,
+        )
+    });
+    for out in futures::future::join_all(ticks).await {
+        tally.protected += out.protected;
+        tally.storms.extend(out.storm);
+        tally.capacity.extend(out.capacity);
+        for h in out.hosts {
+            tally.awaiting.extend(h.awaiting);
+            tally.fence_failed.extend(h.fence_failed);
+            if let Some(i) = &h.incident {
+                upsert_incident(&mut st.incidents, &h.key, i, &all_vms);
             }
+            tally.hosts.push(h.health);
         }
     }
     tally.report(&policy, &mut st, now);
@@ -208,10 +245,6 @@ async fn write(ctx: &Context, policy: &HAPolicy, st: &HAPolicyStatus) -> Result<
     let api: Api<HAPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     apply_status(&api, policy, policy.status.as_ref(), st).await?;
     Ok(())
-}
-
-fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
-    Duration::from_millis((now.as_millisecond() - since.as_millisecond()).max(0) as u64)
 }
 
 /// Failed reconciles back off.

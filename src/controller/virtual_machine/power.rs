@@ -152,6 +152,9 @@ fn pause_requested(vm: &VirtualMachine) -> bool {
 /// Ready reason of a VM that VM monitoring leaves stopped.
 pub(super) const RESTART_LIMIT_REACHED: &str = "RestartLimitReached";
 
+/// Ready reason of a crashed VM that VM monitoring does not start while the storm guard holds.
+pub(super) const STORM_GUARD_HOLDS: &str = "StormGuardHolds";
+
 /// Ready reason of a VM whose host the HA controller is failing over.
 pub(super) const HOST_FAILING_OVER: &str = "HostFailingOver";
 
@@ -230,7 +233,8 @@ pub(super) async fn monitor_unplanned_stop(
         .into_iter()
         .map(Time)
         .collect();
-    let was_held = find(&st.conditions, "Ready").is_some_and(|c| c.reason == RESTART_LIMIT_REACHED);
+    let was_held = find(&st.conditions, "Ready")
+        .is_some_and(|c| c.reason == RESTART_LIMIT_REACHED || c.reason == STORM_GUARD_HOLDS);
     let unplanned = decision.action == Action::Start
         && monitoring::unplanned_stop(
             inputs.state.is_active(),
@@ -246,6 +250,38 @@ pub(super) async fn monitor_unplanned_stop(
         DomainState::ShutOff(ShutOffReason::Shutdown) => "was shut down from inside the guest",
         _ => "stopped without ferry asking",
     };
+    // The storm guard of a policy covering the VM holds for its pool: no VM is restarted while
+    // too many of the pool's hosts look failed (the controller's view is then likelier wrong
+    // than the hosts).
+    let ns = vm.namespace().unwrap_or_default();
+    if let Some(guard) = ctx
+        .caches
+        .covering_policies(vm)
+        .into_iter()
+        .find(|p| ctx.ha.storm(&ns, &vm.spec.host_pool, &p.name_any()))
+    {
+        decision.action = Action::None;
+        let message = format!(
+            "the domain {what}; the storm guard of HAPolicy {} holds for HostPool {} (too many of its hosts look failed at once), so it is started again once that ends",
+            guard.name_any(),
+            vm.spec.host_pool
+        );
+        if find(&st.conditions, "Ready").is_none_or(|c| c.reason != STORM_GUARD_HOLDS) {
+            ctx.event(
+                vm,
+                EventType::Warning,
+                STORM_GUARD_HOLDS,
+                "Start",
+                message.clone(),
+            )
+            .await;
+        }
+        return Some(Held {
+            reason: STORM_GUARD_HOLDS,
+            message,
+            retry_after: Some(Duration::from_secs(2)),
+        });
+    }
     match monitoring::decide(&history, now, limits) {
         monitoring::Verdict::Restart { count } => {
             st.unplanned_restarts.push(Time(now));

@@ -97,6 +97,15 @@ fn verdict_table() {
         ("BMC Off but no VMs of the policy there: nothing is fenced", Inputs { libvirt: sig(false, 1), bmc: Some(Power::Off), has_vms: false, ..base() }, t, V::Failed, HostAction::None),
         ("no VMs and no fencing: nobody is asked to confirm", Inputs { node: Some(sig(false, 31)), libvirt: sig(false, 31), fencing_configured: false, has_vms: false, ..base() }, t, V::Failed, HostAction::None),
         ("storm guard: fence nothing", Inputs { node: Some(sig(false, 31)), libvirt: sig(false, 31), storm: true, ..base() }, t, V::Failed, HostAction::None),
+        ("storm guard: Restart stops no domain", Inputs { node: Some(sig(false, 31)), storm: true, ..base() }, restart, V::Failed, HostAction::None),
+        ("storm guard: Restart restarts nothing, even with proof", Inputs { node: Some(sig(false, 31)), shut_off_confirmed: true, storm: true, previous: V::Failed, ..base() }, restart, V::Failed, HostAction::None),
+        ("storm guard: Restart undefines no stale domain", Inputs { node: Some(sig(false, 40)), has_vms: false, stale_domains: true, storm: true, previous: V::Failed, ..base() }, restart, V::Failed, HostAction::None),
+        ("storm guard: LiveMigrateThenRestart fences nothing after the deadline", Inputs { node: Some(sig(false, 100)), storm: true, previous: V::Evacuating, previous_since: at(61), ..base() }, then_restart, V::Failed, HostAction::None),
+        ("storm guard: live migration goes on (it stops nothing)", Inputs { node: Some(sig(false, 31)), storm: true, ..base() }, t, V::Evacuating, HostAction::Evacuate),
+        ("storm guard: a fenced host's VMs wait", Inputs { node: Some(sig(false, 60)), libvirt: sig(false, 60), fence: confirmed(1), storm: true, previous: V::Fencing, ..base() }, t, V::Fenced, HostAction::None),
+        ("storm guard: still fenced after a restart of the controller, VMs wait", Inputs { node: Some(sig(false, 60)), libvirt: sig(false, 60), storm: true, previous: V::Fenced, ..base() }, t, V::Fenced, HostAction::None),
+        ("storm guard: a human confirmation still restarts", Inputs { node: Some(sig(false, 31)), libvirt: sig(false, 31), fencing_configured: false, human_confirmed: true, storm: true, previous: V::Failed, ..base() }, t, V::Fenced, HostAction::Restart(Evidence::Confirmed)),
+        ("storm guard: stale domains wait", Inputs { node: Some(sig(false, 60)), libvirt: sig(true, 1), stale_domains: true, storm: true, previous: V::Fenced, ..base() }, t, V::Recovering, HostAction::None),
         ("fence in flight", Inputs { node: Some(sig(false, 31)), libvirt: sig(false, 31), fence: FenceRecord { in_flight: true, attempts: 1, ..Default::default() }, previous: V::Fencing, ..base() }, t, V::Fencing, HostAction::None),
         ("fence failed, backoff not over: no restart", Inputs { node: Some(sig(false, 60)), libvirt: sig(false, 60), fence: failed_fence(1, 1), previous: V::Fencing, ..base() }, t, V::Failed, HostAction::None),
         ("fence failed, backoff over: retry", Inputs { node: Some(sig(false, 60)), libvirt: sig(false, 60), fence: failed_fence(1, 3), previous: V::Failed, ..base() }, t, V::Fencing, HostAction::Fence),
@@ -105,6 +114,10 @@ fn verdict_table() {
         ("fenced stays fenced (restarted controller)", Inputs { node: Some(sig(false, 60)), libvirt: sig(false, 60), previous: V::Fenced, ..base() }, t, V::Fenced, HostAction::Restart(Evidence::Fenced)),
         ("fenced host back with stale domains", Inputs { node: Some(sig(false, 60)), libvirt: sig(true, 1), stale_domains: true, previous: V::Fenced, ..base() }, t, V::Recovering, HostAction::CleanStaleDomains),
         ("fenced host back, clean", Inputs { node: Some(sig(false, 60)), libvirt: sig(true, 1), previous: V::Recovering, ..base() }, t, V::Recovered, HostAction::None),
+        ("BMC Off confirmed but the host answers and its Node is Ready: not counted", Inputs { fence: FenceRecord { attempts: 1, confirmed_at: Some(at(1)), ..Default::default() }, previous: V::Fencing, ..base() }, t, V::Healthy, HostAction::None),
+        ("BMC Off confirmed, Node NotReady while libvirt answers: counted", Inputs { node: Some(sig(false, 120)), fence: FenceRecord { attempts: 1, confirmed_at: Some(at(1)), ..Default::default() }, previous: V::Fencing, ..base() }, then_restart, V::Fenced, HostAction::Restart(Evidence::Fenced)),
+        ("BMC Off confirmed, Node Ready but libvirt gone: counted", Inputs { libvirt: sig(false, 5), fence: FenceRecord { attempts: 1, confirmed_at: Some(at(1)), ..Default::default() }, previous: V::Fencing, ..base() }, t, V::Fenced, HostAction::Restart(Evidence::Fenced)),
+        ("notReadyAction Restart: no lookup proof yet, stop again", Inputs { node: Some(sig(false, 40)), previous: V::Failed, ..base() }, restart, V::Failed, HostAction::StopDomains),
         ("recovered and Ready: healthy", Inputs { previous: V::Recovered, ..base() }, t, V::Healthy, HostAction::None),
         ("fenced host back with its fence on record", Inputs { node: Some(sig(false, 60)), libvirt: sig(true, 1), fence: confirmed(30), previous: V::Recovering, ..base() }, t, V::Recovered, HostAction::None),
         ("recovered, fence on record, Node NotReady: stays recovered", Inputs { node: Some(sig(false, 60)), libvirt: sig(true, 5), fence: confirmed(30), previous: V::Recovered, ..base() }, t, V::Recovered, HostAction::None),
@@ -178,9 +191,36 @@ fn storm_guard() {
         (4, 3, 50, true),
         (10, 1, 5, true),
         (0, 0, 50, false),
-        (5, 5, 100, false),
+        // At most 99 %: a pool whose every host looks failed is always a storm.
+        (5, 5, 100, true),
+        (100, 100, 100, true),
+        (100, 99, 100, false),
     ];
     for (hosts, failing, max, want) in cases {
         assert_eq!(storm(hosts, failing, max), want, "{hosts} {failing} {max}");
+    }
+}
+
+#[test]
+fn what_counts_as_failing_for_the_storm_guard() {
+    let t = Timings::default(); // NotReady grace 30 s, libvirt grace 10 s
+    // (what, Node, libvirt, previous verdict, counts)
+    #[rustfmt::skip]
+    let cases = [
+        ("healthy", Some(sig(true, 100)), sig(true, 100), V::Healthy, false),
+        ("libvirt silent within its grace", Some(sig(true, 100)), sig(false, 5), V::Healthy, false),
+        ("libvirt silent past its grace", Some(sig(true, 100)), sig(false, 11), V::Degraded, true),
+        ("Node NotReady within its grace", Some(sig(false, 10)), sig(true, 100), V::Suspect, false),
+        ("Node NotReady past its grace, libvirt answers", Some(sig(false, 31)), sig(true, 100), V::Suspect, true),
+        ("Node gone", None, sig(true, 100), V::Healthy, true),
+        ("an incident under way", Some(sig(true, 100)), sig(true, 100), V::Fencing, true),
+        ("evacuated and recovered", Some(sig(true, 100)), sig(true, 100), V::Recovered, false),
+    ];
+    for (what, node, libvirt, previous, want) in cases {
+        assert_eq!(
+            looks_failed(node, libvirt, previous, at(0), &t),
+            want,
+            "{what}"
+        );
     }
 }
