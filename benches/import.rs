@@ -86,24 +86,37 @@ async fn main() {
         .await
         .expect("pool");
 
-    // ferry's importer.
-    let key = ImportKey {
+    // ferry's importer, allowed to fetch from loopback as a pool would allow it.
+    let key = ImportKey::new(&uri, &pool_dir.to_string_lossy(), false, &sha);
+    let spec: ferry::api::HostPoolSpec = serde_json::from_value(serde_json::json!({
+        "nodeSelector": {}, "libvirt": {"uriTemplate": uri}, "storage": {"pool": POOL},
+        "imports": {"allowedNetworks": ["127.0.0.0/8"]}
+    }))
+    .expect("pool spec");
+    let policy =
+        ferry::plan::import_policy::Policy::of("bench", &spec, &[], Vec::new()).expect("policy");
+    let request = image_import::Request {
         uri: uri.clone(),
         pool: POOL.into(),
-        sha256: sha.clone(),
+        url: url.clone(),
+        format: ferry::api::virtual_machine::ImageFormat::Raw,
+        policy,
+        opts: ConnectOptions::default(),
     };
     let t = Instant::now();
     let hosts = ferry::hypervisor::HostConnections::default();
-    image_import::start(&hosts, key.clone(), url.clone(), ConnectOptions::default());
+    let imports = image_import::Imports::default();
+    imports.start(&hosts, key.clone(), request);
     loop {
-        match image_import::take_state(&key) {
+        match imports.state(&key, Instant::now()) {
             Some(ImportState::Done) => break,
             Some(ImportState::Failed { message, .. }) => panic!("import failed: {message}"),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
     let ferry_s = t.elapsed().as_secs_f64();
-    let vol = image_import::lookup(hv.as_ref(), POOL, &sha)
+    let vol = imports
+        .lookup(hv.as_ref(), POOL, &key)
         .await
         .expect("lookup")
         .expect("imported");

@@ -1,11 +1,12 @@
 //! The `ferry` binary: parse the command line and run the chosen command.
 
 use clap::{Parser, Subcommand};
+use ferry::controller::image_import::Imports;
 use ferry::controller::run::{self, Scope};
 use ferry::http::{self, HttpState};
 use ferry::leader::{self, LeaseSettings};
 use ferry::metrics::Metrics;
-use ferry::plan::uri_policy;
+use ferry::plan::{import_policy, uri_policy};
 use ferry::telemetry::{self, LogFormat};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
@@ -90,6 +91,18 @@ struct ControllerArgs {
         value_delimiter = ','
     )]
     libvirt_credentials_dirs: Vec<String>,
+    /// A network of the cluster (Pod or Service CIDR, such as 10.96.0.0/12) that image imports
+    /// may not reach unless a HostPool lists it in `spec.imports.allowedNetworks`; repeat, or
+    /// separate with commas. Loopback, link-local and the Nodes' addresses are refused anyway.
+    #[arg(
+        long = "cluster-cidr",
+        env = "FERRY_CLUSTER_CIDRS",
+        value_delimiter = ','
+    )]
+    cluster_cidrs: Vec<String>,
+    /// Image imports that run at once; more wait their turn.
+    #[arg(long, env = "FERRY_MAX_CONCURRENT_IMPORTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    max_concurrent_imports: u16,
 }
 
 impl ControllerArgs {
@@ -111,6 +124,15 @@ impl ControllerArgs {
         };
         limits.validate()?;
         Ok(limits)
+    }
+
+    /// What image imports may do, from the flags.
+    fn imports(&self) -> Result<Imports, String> {
+        let cluster = import_policy::parse_networks("--cluster-cidr", &self.cluster_cidrs)?;
+        Ok(Imports::new(
+            usize::from(self.max_concurrent_imports),
+            cluster,
+        ))
     }
 }
 
@@ -193,6 +215,7 @@ async fn client_config(args: &ControllerArgs) -> Result<Config, String> {
 
 async fn controller(args: ControllerArgs) -> Result<(), String> {
     let uri_limits = args.uri_limits()?;
+    let imports = args.imports()?;
     let config = client_config(&args).await?;
     let default_ns = config.default_namespace.clone();
     let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
@@ -268,6 +291,7 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
         scope,
         vm_concurrency: args.vm_concurrency,
         uri_limits,
+        imports,
     };
     run::run(
         client,

@@ -163,14 +163,14 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
         assert_eq!(Path::new(&golden.path), golden_file.as_path());
 
         let overlay = host
-            .create_overlay(POOL, "vm1-root.qcow2", &golden, 0)
+            .create_overlay(POOL, "vm1-root.qcow2", &golden, "qcow2", 0)
             .await
             .expect("create overlay");
         assert_eq!(overlay.format, "qcow2");
         assert_eq!(overlay.capacity, golden.capacity);
         assert!(Path::new(&overlay.path).exists());
         let err = host
-            .create_overlay(POOL, "vm1-root.qcow2", &golden, 0)
+            .create_overlay(POOL, "vm1-root.qcow2", &golden, "qcow2", 0)
             .await
             .expect_err("name taken");
         assert!(
@@ -361,7 +361,7 @@ async fn a_leased_disk_never_runs_on_two_hosts() {
             .expect("lookup golden")
             .expect("golden image");
         let overlay = h1
-            .create_overlay(POOL, "lease-root.qcow2", &golden, 0)
+            .create_overlay(POOL, "lease-root.qcow2", &golden, "qcow2", 0)
             .await
             .expect("overlay");
         let uuid = format!("{:08x}-f0f0-4000-8000-000000000002", lab.id);
@@ -695,6 +695,29 @@ impl Drop for SlowServer {
     }
 }
 
+/// An import of `url` into the lab's pool on `uri`, as a HostPool that lets imports reach
+/// loopback (where the test's servers listen) would ask for it.
+fn import_request(
+    uri: &str,
+    url: &str,
+    format: ferry::api::virtual_machine::ImageFormat,
+) -> ferry::controller::image_import::Request {
+    let spec: ferry::api::HostPoolSpec = serde_json::from_value(serde_json::json!({
+        "nodeSelector": {}, "libvirt": {"uriTemplate": uri}, "storage": {"pool": POOL},
+        "imports": {"allowedNetworks": ["127.0.0.0/8"]}
+    }))
+    .expect("pool spec");
+    ferry::controller::image_import::Request {
+        uri: uri.to_string(),
+        pool: POOL.into(),
+        url: url.to_string(),
+        format,
+        policy: ferry::plan::import_policy::Policy::of("lab", &spec, &[], Vec::new())
+            .expect("policy"),
+        opts: opts(),
+    }
+}
+
 /// The SHA-256 of what [`SlowServer`] sends.
 fn slow_server_sha256(mib: u64) -> String {
     let block: Vec<u8> = (0..=255u8).cycle().take(65536).collect();
@@ -724,6 +747,8 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
         let mib = 16;
         let sha = slow_server_sha256(mib);
         let name = naming::imported_image_name(&sha);
+        let key = ImportKey::new(&uri, &pool_dir, true, &sha);
+        let imports = image_import::Imports::default();
         host.upload_volume(
             POOL,
             &name,
@@ -733,7 +758,8 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
         .await
         .expect("a half image");
         assert_eq!(
-            image_import::lookup(host.as_ref(), POOL, &sha)
+            imports
+                .lookup(host.as_ref(), POOL, &key)
                 .await
                 .expect("lookup"),
             None
@@ -743,30 +769,33 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
         // An import running in this process: looking the image up while its volume is being
         // written (no marker yet) leaves it alone.
         let server = SlowServer::start(mib);
-        let key = ImportKey {
-            uri: uri.clone(),
-            pool: POOL.into(),
-            sha256: sha.clone(),
-        };
         let hosts = HostConnections::default();
-        image_import::start(&hosts, key.clone(), server.url.clone(), opts());
+        imports.start(
+            &hosts,
+            key.clone(),
+            import_request(
+                &uri,
+                &server.url,
+                ferry::api::virtual_machine::ImageFormat::Raw,
+            ),
+        );
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut looked_mid_import = 0;
         loop {
             let in_pool = host.lookup_volume(POOL, &name).await.expect("lookup");
-            let found = image_import::lookup(host.as_ref(), POOL, &sha)
+            let found = imports
+                .lookup(host.as_ref(), POOL, &key)
                 .await
                 .expect("lookup");
             if let Some(v) = found {
                 assert_eq!(std::fs::metadata(&v.path).expect("image").len(), mib << 20);
                 break;
             }
-            if in_pool.is_some() && image_import::running(&key) {
+            if in_pool.is_some() && imports.running(&key) {
                 looked_mid_import += 1;
             }
-            match image_import::take_state(&key) {
-                Some(ImportState::Failed { message, .. }) => panic!("import failed: {message}"),
-                Some(ImportState::Running { .. }) | Some(ImportState::Done) | None => {}
+            if let Some(ImportState::Failed { message, .. }) = imports.state(&key, Instant::now()) {
+                panic!("import failed: {message}");
             }
             assert!(Instant::now() < deadline, "import not done in 120 s");
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -804,7 +833,7 @@ async fn a_cloned_volume_is_a_standalone_copy_of_what_the_guest_sees() {
             .expect("golden image");
         let golden_before = file_digest(Path::new(&golden.path));
         let source = host
-            .create_overlay(POOL, "clone-src.qcow2", &golden, 0)
+            .create_overlay(POOL, "clone-src.qcow2", &golden, "qcow2", 0)
             .await
             .expect("overlay");
         // Data of the source's own, on top of its golden image.

@@ -327,7 +327,7 @@ async fn storage_pool_and_overlay() {
             format: "qcow2".into(),
         };
         let vol = host
-            .create_overlay("images", "vm1-root.qcow2", &golden, 1 << 20)
+            .create_overlay("images", "vm1-root.qcow2", &golden, "qcow2", 1 << 20)
             .await
             .expect("create overlay");
         assert_eq!(vol.name, "vm1-root.qcow2");
@@ -345,7 +345,7 @@ async fn storage_pool_and_overlay() {
             Some(vol.clone())
         );
         let err = host
-            .create_overlay("images", "vm1-root.qcow2", &golden, 0)
+            .create_overlay("images", "vm1-root.qcow2", &golden, "qcow2", 0)
             .await
             .expect_err("name taken");
         assert!(!err.is_connection_lost(), "{err:?}");
@@ -788,9 +788,13 @@ impl Hypervisor for Flaky {
         _: &str,
         _: &str,
         b: &VolumeInfo,
+        _: &str,
         _: u64,
     ) -> HvResult<VolumeInfo> {
         Ok(b.clone())
+    }
+    async fn read_volume_head(&self, _: &str, _: &str, _: usize) -> HvResult<Vec<u8>> {
+        Ok(Vec::new())
     }
     async fn clone_volume(&self, _: &str, _: &str, s: &VolumeInfo) -> HvResult<VolumeInfo> {
         Ok(s.clone())

@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::schema;
+use super::virtual_machine::ImageFormat;
 
 /// A set of hypervisor hosts (labelled Nodes) that run VirtualMachines through libvirt.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -49,6 +50,9 @@ pub struct HostPoolSpec {
     /// Where each VM's serial console is logged on the hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<ConsoleSpec>,
+    /// What image imports (`http:` disks) of the pool's VMs may fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imports: Option<ImportSpec>,
     /// Where the kernels and initrds that VMs of the pool may boot directly live on the hosts.
     /// Unset: no VM of the pool may use `spec.boot` (direct kernel boot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,8 +327,52 @@ pub struct StorageSpec {
     #[schemars(schema_with = "schema::host_directory")]
     pub path: Option<String>,
     /// Whether every host sees the same pool contents (NFS, a cluster file system). Default true.
+    /// With `false`, a VM whose host failed is not restarted elsewhere: its disks stayed on that
+    /// host, and ferry never replaces them with new ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<bool>,
+    /// Golden images: volumes of the pool a platform admin put there for VMs to start from. A
+    /// VM's `image:` disk must name one of them. ferry gives each such VM a qcow2 overlay with
+    /// the image as its read-only backing file and never attaches the image itself (a `volume:`
+    /// disk naming it is refused). Each image's format is taken from here, never guessed from
+    /// the file; a qcow2 image whose header names a backing file or an external data file is
+    /// refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::named_list::<GoldenImage, 256>")]
+    pub images: Vec<GoldenImage>,
+}
+
+/// A golden image of a pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GoldenImage {
+    /// Volume name in the storage pool.
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^/]+$"))]
+    pub name: String,
+    /// `qcow2` (default) or `raw`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ImageFormat>,
+}
+
+/// Size of an imported image when the pool sets none.
+pub const DEFAULT_IMPORT_MAX_SIZE: &str = "64Gi";
+
+/// What image imports (`http:` disks) of the pool's VMs may fetch.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportSpec {
+    /// Networks (CIDRs such as `192.0.2.0/24` or `2001:db8::/32`) an import may reach even though
+    /// ferry refuses them by default: loopback, link-local, unspecified and multicast
+    /// addresses, the controller's `--cluster-cidr` networks and the addresses of the cluster's
+    /// Nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::cidrs")]
+    pub allowed_networks: Vec<String>,
+    /// Largest image an import may download (default 64Gi): a longer download is cut off and
+    /// discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::import_size")]
+    pub max_size: Option<String>,
 }
 
 /// Serial console settings.
@@ -508,7 +556,7 @@ impl HostPool {
 impl HostPool {
     /// Whether every host sees the same storage (default true).
     pub fn shared_storage(&self) -> bool {
-        self.spec.storage.shared.unwrap_or(true)
+        self.spec.storage.is_shared()
     }
 
     /// Whether cordoned hosts are evacuated (default false).
@@ -528,4 +576,19 @@ impl HostPool {
 
 fn secs(v: Option<i32>, default: u64) -> std::time::Duration {
     std::time::Duration::from_secs(v.map(|s| s.max(1) as u64).unwrap_or(default))
+}
+
+impl StorageSpec {
+    /// Whether every host sees the same pool contents (default true).
+    pub fn is_shared(&self) -> bool {
+        self.shared != Some(false)
+    }
+
+    /// The format of golden image `name`, when the pool declares it.
+    pub fn golden_image(&self, name: &str) -> Option<ImageFormat> {
+        self.images
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.format.unwrap_or(ImageFormat::Qcow2))
+    }
 }

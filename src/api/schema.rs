@@ -73,6 +73,27 @@ pub fn disk_size(_: &mut SchemaGenerator) -> Schema {
     quantity_between("1Mi", "64Ti", "size")
 }
 
+/// Largest image an import may download: 1Mi to 64Ti.
+pub fn import_size(_: &mut SchemaGenerator) -> Schema {
+    quantity_between("1Mi", "64Ti", "maxSize")
+}
+
+/// Networks in CIDR notation (`10.0.0.0/8`, `fd00::/8`), at most 32. The controller parses
+/// them too (a server without CEL takes anything that looks like one).
+pub fn cidrs(_: &mut SchemaGenerator) -> Schema {
+    Schema::try_from(json!({
+        "type": "array",
+        "maxItems": 32,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "maxLength": 43,
+            "pattern": r"^[0-9a-fA-F:.]+/[0-9]{1,3}$"
+        }
+    }))
+    .unwrap_or_default()
+}
+
 /// Optional host memory reservation: 0 to 64Ti.
 pub fn reserved_memory(_: &mut SchemaGenerator) -> Schema {
     quantity_between("0", "64Ti", "reservedMemory")

@@ -285,6 +285,7 @@ pub struct CpuSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("[has(self.image), has(self.volume), has(self.http), has(self.clone)].filter(x, x).size() == 1").message("a disk needs exactly one of image, volume, http or clone"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.format) || has(self.volume)").message("format applies to volume disks only (an image's format is in its HostPool's storage.images, an import's in http.format)"))]
 pub struct Disk {
     /// Name of the disk, unique within the VM (a DNS label).
     #[schemars(
@@ -299,10 +300,18 @@ pub struct Disk {
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("image cannot be changed; add a new disk instead"))]
     #[schemars(length(min = 1, max = 255))]
     pub image: Option<String>,
-    /// An existing volume in the HostPool's storage pool, used as it is and never deleted by ferry.
+    /// An existing volume in the HostPool's storage pool, attached read-write as it is and never
+    /// deleted by ferry. It may not be a golden image of the pool, a volume ferry made (an
+    /// overlay, a copy, an imported image, a cloud-init seed) or a volume another VM of the
+    /// storage pool attaches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub volume: Option<String>,
+    /// Format of a `volume:` disk: `raw` (default) or `qcow2`. ferry never guesses a format from
+    /// a file's contents; a qcow2 volume whose header names a backing file or an external data
+    /// file is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ImageFormat>,
     /// Golden image downloaded from an HTTP(S) URL into the pool, verified by its SHA-256, kept
     /// once per pool and checksum for every VM that names it (removed when the last one is
     /// deleted). The VM gets a qcow2 overlay on it, as with `image`. Cannot be changed.
@@ -337,6 +346,37 @@ pub struct HttpImage {
     /// SHA-256 of the file, 64 hex digits. Required: an image that does not match is discarded.
     #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
     pub sha256: String,
+    /// Format of the image: `qcow2` (default) or `raw`. A qcow2 image whose header names a
+    /// backing file or an external data file is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ImageFormat>,
+}
+
+/// Format of an image or volume as QEMU opens it. Only formats that cannot name other files
+/// without ferry seeing it: `raw`, and `qcow2` (whose header ferry checks).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    /// The bytes as they are.
+    Raw,
+    /// QEMU copy-on-write v2 or v3.
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The name libvirt and QEMU use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+impl std::fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Another VM's disk to copy.

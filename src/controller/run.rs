@@ -72,6 +72,8 @@ pub struct Settings {
     pub vm_concurrency: u16,
     /// What HostPools' libvirt URIs may say.
     pub uri_limits: crate::plan::uri_policy::Limits,
+    /// Image imports: at most so many at once, the cluster's networks.
+    pub imports: crate::controller::image_import::Imports,
 }
 
 /// Run both controllers until `shutdown` resolves.
@@ -87,6 +89,7 @@ pub async fn run(
         scope,
         vm_concurrency,
         uri_limits,
+        imports,
     } = settings;
     let (node_store, node_writer) = reflector::store::<Node>();
     let nodes = watcher(
@@ -164,7 +167,8 @@ pub async fn run(
         )
         .with_migrations(migration_store.clone())
         .with_policies(policy_store)
-        .with_uri_limits(uri_limits),
+        .with_uri_limits(uri_limits)
+        .with_imports(imports),
     );
     // A migration changes what the VM controller may do with its VM.
     let migrations_for_vms = watcher(

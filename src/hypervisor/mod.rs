@@ -239,16 +239,22 @@ pub trait Hypervisor: Send + Sync {
     async fn ensure_pool(&self, pool: &str, path: Option<&str>) -> HvResult<String>;
     /// A volume of a pool, if it exists (the pool is refreshed first).
     async fn lookup_volume(&self, pool: &str, name: &str) -> HvResult<Option<VolumeInfo>>;
-    /// Create a qcow2 volume `name` in `pool` backed by `backing` (never written to), with the given
-    /// virtual size (at least the backing volume's). Fails with code
+    /// Create a qcow2 volume `name` in `pool` backed by `backing` (never written to), opened as
+    /// `backing_format` (the caller's declaration, never what the host guessed: `backing.format`
+    /// is not used), with the given virtual size (at least the backing volume's). Fails with code
     /// [`error_code::STORAGE_VOL_EXIST`] when the name is taken.
     async fn create_overlay(
         &self,
         pool: &str,
         name: &str,
         backing: &VolumeInfo,
+        backing_format: &str,
         capacity: u64,
     ) -> HvResult<VolumeInfo>;
+    /// The first `len` bytes of a volume (fewer when it is shorter), read through libvirt
+    /// (`virStorageVolDownload`), so it works on remote hosts: enough to check an image's header
+    /// before QEMU opens it.
+    async fn read_volume_head(&self, pool: &str, name: &str, len: usize) -> HvResult<Vec<u8>>;
     /// Create volume `name` in `pool` as a standalone qcow2 copy of `source` (same pool): what the
     /// guest sees in `source`, backing chain included, copied by libvirt
     /// (`virStorageVolCreateXMLFrom`). A failed copy leaves nothing. It runs as long as the copy

@@ -35,6 +35,39 @@ pub fn imported_marker_name(sha256: &str) -> String {
     format!("ferry-image-{}.verified", sha256.to_ascii_lowercase())
 }
 
+/// What kind of volume ferry makes under the name `name`, if the name is one ferry gives its own
+/// volumes: a VM's overlay or copy, a cloud-init seed, an imported image or its marker. Such a
+/// volume belongs to one VM (or, for an image, to ferry), never to a `volume:` disk.
+pub fn made_by_ferry(name: &str) -> Option<&'static str> {
+    let hex = |s: &str, min: usize, max: usize| {
+        (min..=max).contains(&s.len()) && s.chars().all(|c| c.is_ascii_hexdigit())
+    };
+    if let Some(rest) = name.strip_prefix("ferry-image-")
+        && let Some((sum, ext)) = rest.split_once('.')
+        && hex(sum, 64, 64)
+        && matches!(ext, "img" | "verified")
+    {
+        return Some("an imported image");
+    }
+    let parts: Vec<&str> = name.split('_').collect();
+    let named = |p: &[&str]| p.iter().all(|s| !s.is_empty());
+    match parts.as_slice() {
+        [_, _, "cidata", short, last]
+            if named(&parts)
+                && hex(short, 1, 8)
+                && last.strip_suffix(".iso").is_some_and(|d| hex(d, 1, 12)) =>
+        {
+            Some("a cloud-init seed")
+        }
+        [_, _, _, last]
+            if named(&parts) && last.strip_suffix(".qcow2").is_some_and(|u| hex(u, 1, 8)) =>
+        {
+            Some("a VM's own disk")
+        }
+        _ => None,
+    }
+}
+
 /// Console log file of a VM's domain inside the pool's console directory.
 pub fn console_log_path(dir: &str, domain: &str) -> String {
     format!("{}/{domain}.console.log", dir.trim_end_matches('/'))
@@ -59,5 +92,30 @@ mod tests {
             console_log_path("/logs/", "ns_vm"),
             "/logs/ns_vm.console.log"
         );
+    }
+
+    #[test]
+    fn ferry_knows_its_own_volumes_by_name() {
+        let sum = "ab".repeat(32);
+        let cases = [
+            (
+                overlay_volume_name("ns", "vm", "root", "1234abcd-ef00"),
+                Some("a VM's own disk"),
+            ),
+            (
+                seed_volume_name("ns", "vm.x", "1234abcd-ef00", "00112233445566778899"),
+                Some("a cloud-init seed"),
+            ),
+            (imported_image_name(&sum), Some("an imported image")),
+            (imported_marker_name(&sum), Some("an imported image")),
+            ("tiny.qcow2".to_string(), None),
+            ("data_disk.img".to_string(), None),
+            ("a_b_c_notahex.qcow2".to_string(), None),
+            ("ferry-image-abc.img".to_string(), None),
+            ("__x_12.qcow2".to_string(), None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(made_by_ferry(&name), want, "{name}");
+        }
     }
 }

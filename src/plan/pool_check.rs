@@ -8,6 +8,7 @@ use crate::api::host_pool::{DEFAULT_CONSOLE_DIR, HostPoolSpec};
 use crate::api::virtual_machine::VirtualMachineSpec;
 use crate::plan::host_paths::{check_directory, check_file_within, overlap, segments};
 use crate::plan::uri_policy::{self, Limits, PoolTerms, Problem, Role};
+use crate::plan::{import_policy, naming};
 
 /// The pool's settings that URI checks depend on.
 pub fn terms(spec: &HostPoolSpec) -> PoolTerms {
@@ -18,6 +19,8 @@ pub fn terms(spec: &HostPoolSpec) -> PoolTerms {
 }
 
 const PATH: &str = "PathNotAllowed";
+const IMAGE: &str = "ImageNotAllowed";
+const IMPORTS: &str = "ImportSettingsInvalid";
 
 /// Every problem with `spec` as the controller would use it under `limits`.
 pub fn check_pool(spec: &HostPoolSpec, limits: &Limits) -> Result<(), Vec<Problem>> {
@@ -80,6 +83,25 @@ pub fn check_pool(spec: &HostPoolSpec, limits: &Limits) -> Result<(), Vec<Proble
                 });
             }
         }
+    }
+    // Golden images are the admin's; a name ferry gives its own volumes would make another
+    // VM's disk (or an imported image) every VM's backing file.
+    for (i, image) in spec.storage.images.iter().enumerate() {
+        if let Some(kind) = naming::made_by_ferry(&image.name) {
+            out.push(Problem {
+                reason: IMAGE,
+                message: format!(
+                    "spec.storage.images[{i}] {:?} is {kind}, a volume ferry made, not a golden image",
+                    image.name
+                ),
+            });
+        }
+    }
+    if let Err(message) = import_policy::Policy::of("", spec, &[], Vec::new()) {
+        out.push(Problem {
+            reason: IMPORTS,
+            message,
+        });
     }
     if out.is_empty() { Ok(()) } else { Err(out) }
 }
@@ -273,6 +295,30 @@ mod tests {
                     "PathNotAllowed",
                     "spec.console.logDirectory /var/log/libvirt/qemu and spec.boot.directories[0] /var/log/libvirt overlap",
                 )),
+            ),
+            (
+                "another VM's disk as a golden image",
+                json!({"storage": {"pool": "ferry", "images": [{"name": "tiny.qcow2"}, {"name": "team_db_root_0123abcd.qcow2"}]}}),
+                &lab,
+                Some((
+                    "ImageNotAllowed",
+                    "spec.storage.images[1] \"team_db_root_0123abcd.qcow2\" is a VM's own disk",
+                )),
+            ),
+            (
+                "an allowed network that is none",
+                json!({"imports": {"allowedNetworks": ["localhost"]}}),
+                &lab,
+                Some((
+                    "ImportSettingsInvalid",
+                    "spec.imports.allowedNetworks: \"localhost\" is not a network",
+                )),
+            ),
+            (
+                "import settings that are fine",
+                json!({"imports": {"allowedNetworks": ["127.0.0.1/32", "fd00::/8"], "maxSize": "10Gi"}}),
+                &lab,
+                None,
             ),
             (
                 "console logs among the disks",

@@ -161,6 +161,7 @@ mod tests {
                 name: "root".into(),
                 image: Some("tiny.qcow2".into()),
                 volume: None,
+                format: None,
                 http: None,
                 clone: None,
                 size: Some("1Gi".into()),

@@ -19,6 +19,7 @@ pub use placement::{AdmissionOwner, Placement};
 pub use vm_runtime::{PoolReports, VmRuntime};
 
 use crate::api::{HostPool, VirtualMachine};
+use crate::controller::image_import::Imports;
 use crate::hypervisor::HostConnections;
 use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Node;
@@ -50,6 +51,8 @@ pub struct Context {
     pub pool_reports: PoolReports,
     /// Retry delays per object.
     pub backoff: Backoff,
+    /// Image imports: their states, the slots they take turns on, the cluster's networks.
+    pub imports: Imports,
 }
 
 impl Context {
@@ -92,6 +95,7 @@ impl Context {
             vm_runtime: VmRuntime::default(),
             pool_reports: PoolReports::default(),
             backoff: Backoff::default(),
+            imports: Imports::default(),
         }
     }
 
@@ -104,6 +108,12 @@ impl Context {
     /// Allow in libvirt URIs what `limits` allow (the controller's flags).
     pub fn with_uri_limits(mut self, limits: crate::plan::uri_policy::Limits) -> Self {
         self.hosts.set_uri_limits(limits);
+        self
+    }
+
+    /// Run image imports with `imports` (the controller's flags).
+    pub fn with_imports(mut self, imports: Imports) -> Self {
+        self.imports = imports;
         self
     }
 

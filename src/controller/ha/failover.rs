@@ -102,10 +102,17 @@ pub(super) async fn restart(
     let Ok(value) = serde_json::to_string(&failover) else {
         return;
     };
-    for (uid, _) in &plan.release {
+    // On storage the hosts do not share, no VM restarts elsewhere (its disks stayed on the failed
+    // host): every one is told at once, and each says so in its own status.
+    let release: Vec<&str> = if pool.shared_storage() {
+        plan.release.iter().map(|(uid, _)| uid.as_str()).collect()
+    } else {
+        stranded.iter().map(|s| s.uid.as_str()).collect()
+    };
+    for uid in release {
         let Some(vm) = on_host
             .iter()
-            .find(|v| v.metadata.uid.as_deref() == Some(uid.as_str()))
+            .find(|v| v.metadata.uid.as_deref() == Some(uid))
         else {
             continue;
         };
@@ -122,10 +129,19 @@ pub(super) async fn restart(
                     EventType::Warning,
                     "Failover",
                     "Failover",
-                    format!(
-                        "Host {host} failed and is proven off ({}); restarting the VM elsewhere (incident {})",
-                        failover.evidence, incident.id
-                    ),
+                    if pool.shared_storage() {
+                        format!(
+                            "Host {host} failed and is proven off ({}); restarting the VM elsewhere (incident {})",
+                            failover.evidence, incident.id
+                        )
+                    } else {
+                        format!(
+                            "Host {host} failed and is proven off ({}), but the VM's disks are on that host only (HostPool {} storage is not shared): not restarted elsewhere (incident {})",
+                            failover.evidence,
+                            pool.name_any(),
+                            incident.id
+                        )
+                    },
                 )
                 .await
             }

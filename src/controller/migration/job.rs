@@ -2,6 +2,7 @@
 //! progress watched and the policy's limits applied (also to a job adopted after a restart).
 
 use super::*;
+use crate::api::virtual_machine::ImageFormat;
 use crate::api::{
     HostPool, MigrationPhase, VirtualMachine, VirtualMachineMigration,
     VirtualMachineMigrationStatus,
@@ -11,6 +12,7 @@ use crate::controller::{Context, scheduling};
 use crate::error::{Error, Result};
 use crate::hypervisor::{Hypervisor, HypervisorError, MigrationRequest, StorageMode};
 use crate::metrics::MigrationOutcome;
+use crate::plan::image_header;
 use crate::plan::migration::{Policy, Tracker, Verdict};
 use kube::ResourceExt;
 use kube::api::Api;
@@ -163,7 +165,8 @@ pub(super) struct CopyPlan {
     pool: String,
     /// Directory to define the pool at on a host that lacks it.
     path: Option<String>,
-    overlays: Vec<(String, String, u64)>,
+    /// (overlay, golden image, the image's declared format, size).
+    overlays: Vec<(String, String, Option<ImageFormat>, u64)>,
 }
 
 impl CopyPlan {
@@ -184,9 +187,11 @@ impl CopyPlan {
                     .as_deref()
                     .and_then(|s| crate::plan::quantity::parse_bytes(s).ok())
                     .unwrap_or(0);
+                let format = pool.spec.storage.golden_image(&image);
                 Some((
                     crate::plan::naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid),
                     image,
+                    format,
                     size,
                 ))
             })
@@ -205,7 +210,7 @@ impl CopyPlan {
             .ensure_pool(&self.pool, self.path.as_deref())
             .await
             .map_err(|e| format!("storage pool {:?} on the target host: {e}", self.pool))?;
-        for (name, image, size) in &self.overlays {
+        for (name, image, format, size) in &self.overlays {
             if target
                 .lookup_volume(&self.pool, name)
                 .await
@@ -224,9 +229,21 @@ impl CopyPlan {
                         self.pool
                     )
                 })?;
+            let format = format.ok_or_else(|| {
+                format!(
+                    "golden image {image:?} is not declared in the HostPool's spec.storage.images"
+                )
+            })?;
+            let head = target
+                .read_volume_head(&self.pool, image, image_header::HEAD_BYTES)
+                .await
+                .map_err(|e| format!("reading golden image {image:?} on the target: {e}"))?;
+            image_header::check(format, &head).map_err(|why| {
+                format!("golden image {image:?} on the target host ({format}) {why}")
+            })?;
             let capacity = (*size).max(golden.capacity);
             target
-                .create_overlay(&self.pool, name, &golden, capacity)
+                .create_overlay(&self.pool, name, &golden, format.as_str(), capacity)
                 .await
                 .map_err(|e| format!("creating overlay {name} on the target: {e}"))?;
             created.push(name.clone());
@@ -328,7 +345,7 @@ pub(super) async fn run_job(
             let done = hosts.target_hv.completed_job(vm_uid).await.ok().flatten();
             // Storage not shared: the disks now live on the target; the source's copies go.
             if let Some(plan) = &copy {
-                for (name, _, _) in &plan.overlays {
+                for (name, _, _, _) in &plan.overlays {
                     if let Err(e) = hosts.source_hv.delete_volume(&plan.pool, name).await {
                         tracing::warn!(volume = %name, error = %e, "could not remove the source's copy of a migrated disk");
                     }

@@ -2,8 +2,8 @@
 //! of another VM's volume, existing volumes; what status records of them.
 
 use super::*;
-use crate::api::virtual_machine::{DiskStatus, HttpImage};
-use crate::api::{DiskClone, DiskSource, VirtualMachine, VirtualMachineStatus, VmPhase};
+use crate::api::virtual_machine::{DiskStatus, HttpImage, ImageFormat};
+use crate::api::{DiskClone, DiskSource, HostPool, VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::controller::Context;
 use crate::controller::cloud_init;
 use crate::controller::image_import;
@@ -11,11 +11,46 @@ use crate::error::Result;
 use crate::hypervisor::{Hypervisor, HypervisorError, VolumeInfo};
 use crate::plan::definition::{self, ResolvedDisk};
 use crate::plan::validate::ValidSpec;
-use crate::plan::{clone, naming};
+use crate::plan::{clone, image_header, import_policy, naming, volume_access};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use std::time::Duration;
+
+/// Whether `vm`'s disks only name volumes they may use on `pool` (see [`volume_access::check`]).
+/// Other VMs and pools are only looked at when a disk names a plain volume.
+pub(super) fn check_access(
+    vm: &VirtualMachine,
+    pool: &HostPool,
+    caches: &crate::controller::context::Caches,
+) -> Result<(), String> {
+    let storage = &pool.spec.storage;
+    let (mut other_golden, mut neighbours) = (Vec::new(), Vec::new());
+    if vm.spec.disks.iter().any(|d| d.volume.is_some()) {
+        let pools = caches.pools.state();
+        let sharing = |p: &HostPool| volume_access::shares_storage(&p.spec.storage, storage);
+        other_golden = pools
+            .iter()
+            .filter(|p| sharing(p))
+            .flat_map(|p| p.spec.storage.images.iter().map(|i| i.name.clone()))
+            .collect();
+        neighbours = caches
+            .vms
+            .state()
+            .iter()
+            .filter(|o| o.metadata.uid != vm.metadata.uid)
+            .filter(|o| caches.pool_of(o).is_some_and(|p| sharing(&p)))
+            .map(|o| volume_access::Neighbour::of(o))
+            .collect();
+    }
+    volume_access::check(
+        &volume_access::Claimant::of(vm),
+        &pool.name_any(),
+        storage,
+        &other_golden,
+        &neighbours,
+    )
+}
 
 /// The VM's disks on its host, created where missing; looked up and created once per spec
 /// generation and host (later reconciles reuse the result; any failure further on forgets it, so
@@ -52,7 +87,7 @@ pub(super) async fn ensure(
     {
         Some(disks) if seed_path_matches(&disks) => disks,
         _ => {
-            hv.ensure_pool(&storage.pool, storage.path.as_deref())
+            let dir = hv.ensure_pool(&storage.pool, storage.path.as_deref())
             .await
             .map_err(|e| match e {
                 e if e.is_connection_lost() => host_error(e, "preparing storage"),
@@ -113,8 +148,7 @@ pub(super) async fn ensure(
                     None
                 }
             };
-            let mut disks =
-                provision_disks(vm, valid, hv, &storage.pool, &placed.name, st, ctx).await?;
+            let mut disks = provision_disks(vm, valid, placed, &dir, st, ctx).await?;
             disks.extend(seed_disk);
             ctx.vm_runtime
                 .remember_provisioned(&uid, vm.metadata.generation, &placed.name, &disks);
@@ -128,24 +162,31 @@ pub(super) async fn ensure(
 }
 
 /// Make sure every disk has its volume on the host, creating overlays for image disks.
-/// Every golden image and volume is checked before anything is created, and overlays created in
-/// this call are removed again if a later one fails: a failure leaves the host as it was.
+/// Every golden image and volume is checked before anything is created (its header too, for the
+/// format it is opened in), and overlays created in this call are removed again if a later one
+/// fails: a failure leaves the host as it was. A disk status records as made for this VM is
+/// never made again: when it is missing here, that is an error naming it.
 pub(super) async fn provision_disks(
     vm: &VirtualMachine,
     valid: &ValidSpec,
-    hv: &dyn Hypervisor,
-    pool: &str,
-    host: &str,
+    placed: &Placed,
+    dir: &str,
     st: &mut VirtualMachineStatus,
     ctx: &Context,
 ) -> Result<Vec<ResolvedDisk>, Blocked> {
+    let hv = placed.hv.as_ref();
+    let storage = &placed.pool.spec.storage;
+    let pool = storage.pool.as_str();
+    let host = placed.name.as_str();
     let ns = vm.namespace().unwrap_or_default();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    let lost = |e: HypervisorError| host_blocked(host, e, "looking up volumes", st.phase);
+    let phase = st.phase;
+    let lost = |e: HypervisorError| host_blocked(host, e, "looking up volumes", phase);
     enum Plan {
-        Ready(VolumeInfo),
+        Ready(VolumeInfo, ImageFormat),
         Create {
             golden: VolumeInfo,
+            backing_format: ImageFormat,
             name: String,
             capacity: u64,
         },
@@ -158,7 +199,17 @@ pub(super) async fn provision_disks(
     for (i, d) in vm.spec.disks.iter().enumerate() {
         let plan = match d.source() {
             Some(DiskSource::Volume(v)) => match hv.lookup_volume(pool, v).await.map_err(lost)? {
-                Some(vol) => Plan::Ready(vol),
+                Some(vol) => {
+                    let format = volume_access::attached_format(d);
+                    check_header(hv, pool, &vol.name, format, phase, host)
+                        .await?
+                        .map_err(|why| {
+                            refused_image(format!(
+                                "volume {v:?} (spec.disks[{i}].volume, format {format}) {why}; fix spec.disks[{i}].format or use another volume"
+                            ))
+                        })?;
+                    Plan::Ready(vol, format)
+                }
                 None => {
                     return Err(Blocked::new(
                         VmPhase::Pending,
@@ -173,10 +224,23 @@ pub(super) async fn provision_disks(
             Some(source @ (DiskSource::Image(_) | DiskSource::Http(_))) => {
                 let name = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
                 match hv.lookup_volume(pool, &name).await.map_err(lost)? {
-                    Some(vol) => Plan::Ready(vol),
+                    Some(vol) => Plan::Ready(vol, ImageFormat::Qcow2),
                     None => {
+                        not_made_before(st, d, &name, pool, host)?;
+                        let backing_format =
+                            volume_access::backing_format(d, storage).ok_or_else(|| {
+                                Blocked::new(
+                                    VmPhase::Pending,
+                                    volume_access::DISK_NOT_ALLOWED,
+                                    format!(
+                                        "spec.disks[{i}]: HostPool {} does not declare the image",
+                                        placed.pool.name_any()
+                                    ),
+                                    Retry::After(RESYNC),
+                                )
+                            })?;
                         let golden = match source {
-                            DiskSource::Http(h) => imported_image(vm, ctx, hv, pool, host, i, h).await?,
+                            DiskSource::Http(h) => imported_image(vm, ctx, placed, dir, i, h).await?,
                             DiskSource::Image(image) => hv.lookup_volume(pool, image).await.map_err(lost)?.ok_or_else(|| {
                                 Blocked::new(
                                     VmPhase::Pending,
@@ -188,6 +252,19 @@ pub(super) async fn provision_disks(
                             DiskSource::Volume(_) | DiskSource::Clone(_) => unreachable!("matched above"),
                         };
                         let image = golden.name.as_str();
+                        check_header(hv, pool, image, backing_format, phase, host)
+                            .await?
+                            .map_err(|why| {
+                                refused_image(match source {
+                                    DiskSource::Http(_) => format!(
+                                        "the image spec.disks[{i}].http imported as {image} ({backing_format}) {why}"
+                                    ),
+                                    _ => format!(
+                                        "golden image {image:?} (declared {backing_format} in HostPool {}) {why}; a platform admin must replace it or fix its format in spec.storage.images",
+                                        placed.pool.name_any()
+                                    ),
+                                })
+                            })?;
                         let wanted = valid
                             .disk_sizes
                             .iter()
@@ -210,6 +287,7 @@ pub(super) async fn provision_disks(
                         let capacity = wanted.unwrap_or(golden.capacity);
                         Plan::Create {
                             golden,
+                            backing_format,
                             name,
                             capacity,
                         }
@@ -219,8 +297,9 @@ pub(super) async fn provision_disks(
             Some(DiskSource::Clone(c)) => {
                 let name = naming::overlay_volume_name(&ns, &vm.name_any(), &d.name, &uid);
                 match hv.lookup_volume(pool, &name).await.map_err(lost)? {
-                    Some(vol) => Plan::Ready(vol),
+                    Some(vol) => Plan::Ready(vol, ImageFormat::Qcow2),
                     None => {
+                        not_made_before(st, d, &name, pool, host)?;
                         let from = clone_source(vm, ctx, hv, pool, host, i, c).await?;
                         Plan::Copy { from, name }
                     }
@@ -241,17 +320,20 @@ pub(super) async fn provision_disks(
     }
     let mut created: Vec<String> = Vec::new();
     let mut resolved = Vec::new();
+    let mut made = Vec::new();
     for (d, plan) in vm.spec.disks.iter().zip(plans) {
-        let vol = match plan {
-            Plan::Ready(v) => v,
+        let (vol, format) = match plan {
+            Plan::Ready(v, format) => (v, format),
             Plan::Create { .. } | Plan::Copy { .. } => {
                 let (made, name, from) = match plan {
                     Plan::Create {
                         golden,
+                        backing_format,
                         name,
                         capacity,
                     } => (
-                        hv.create_overlay(pool, &name, &golden, capacity).await,
+                        hv.create_overlay(pool, &name, &golden, backing_format.as_str(), capacity)
+                            .await,
                         name,
                         format!("image {:?}", golden.name),
                     ),
@@ -260,12 +342,12 @@ pub(super) async fn provision_disks(
                         name,
                         format!("a copy of volume {:?}", from.name),
                     ),
-                    Plan::Ready(_) => unreachable!("matched above"),
+                    Plan::Ready(..) => unreachable!("matched above"),
                 };
                 match made {
                     Ok(v) => {
                         created.push(name.clone());
-                        v
+                        (v, ImageFormat::Qcow2)
                     }
                     Err(e) => {
                         for c in &created {
@@ -293,19 +375,25 @@ pub(super) async fn provision_disks(
         resolved.push(ResolvedDisk {
             name: d.name.clone(),
             path: vol.path.clone(),
-            format: vol.format.clone(),
+            format: format.as_str().to_string(),
         });
-        if d.has_overlay()
-            && !st
-                .disks
-                .iter()
-                .any(|s| s.name == d.name && s.volume == vol.name)
-        {
-            st.disks.push(DiskStatus {
+        if d.has_overlay() {
+            made.push(DiskStatus {
                 name: d.name.clone(),
                 pool: pool.to_string(),
                 volume: vol.name.clone(),
             });
+        }
+    }
+    // Recorded only once every disk exists: a volume rolled back above is never taken for one
+    // that was made and lost.
+    for m in made {
+        if !st
+            .disks
+            .iter()
+            .any(|s| s.name == m.name && s.volume == m.volume)
+        {
+            st.disks.push(m);
         }
     }
     for c in &created {
@@ -319,6 +407,69 @@ pub(super) async fn provision_disks(
         .await;
     }
     Ok(resolved)
+}
+
+/// Reason of a VM whose image or volume ferry will not open as declared.
+pub(super) const IMAGE_REFUSED: &str = "ImageRefused";
+
+/// Reason of a VM whose disk was made before and is not on its host now.
+pub(super) const DISK_MISSING: &str = "DiskMissing";
+
+fn refused_image(message: String) -> Blocked {
+    Blocked::new(
+        VmPhase::Pending,
+        IMAGE_REFUSED,
+        message,
+        Retry::After(RESYNC),
+    )
+}
+
+/// Whether volume `name` of `pool` may be opened as `format`: the outer error when the host
+/// cannot be asked, the inner one saying what is wrong with the file.
+async fn check_header(
+    hv: &dyn Hypervisor,
+    pool: &str,
+    name: &str,
+    format: ImageFormat,
+    phase: Option<VmPhase>,
+    host: &str,
+) -> Result<Result<(), String>, Blocked> {
+    if format == ImageFormat::Raw {
+        return Ok(Ok(()));
+    }
+    let head = hv
+        .read_volume_head(pool, name, image_header::HEAD_BYTES)
+        .await
+        .map_err(|e| host_blocked(host, e, "reading an image's header", phase))?;
+    Ok(image_header::check(format, &head).map(|_| ()))
+}
+
+/// Disk `d`'s volume `name` is missing: fine when it was never made, an error when status says
+/// it was (made on another host, or removed behind ferry's back). ferry never makes a VM's disk
+/// twice: a new, empty one in its place would lose what the guest wrote.
+fn not_made_before(
+    st: &VirtualMachineStatus,
+    d: &crate::api::virtual_machine::Disk,
+    name: &str,
+    pool: &str,
+    host: &str,
+) -> Result<(), Blocked> {
+    match st
+        .disks
+        .iter()
+        .find(|s| s.name == d.name && s.volume == name)
+    {
+        None => Ok(()),
+        Some(rec) => Err(Blocked::new(
+            VmPhase::Failed,
+            DISK_MISSING,
+            format!(
+                "disk {} (volume {} in storage pool {:?}) was made for this VM before (status.disks) but is not in storage pool {pool:?} on host {host}: ferry never puts a new, empty disk in its place. Make that volume visible to host {host} (a pool's storage is shared unless it says spec.storage.shared: false), or bring back the host that has it; to start over with a fresh disk, delete and recreate the VM",
+                d.name, rec.volume, rec.pool
+            ),
+            Retry::After(Duration::from_secs(60)),
+        )),
+    }
 }
 
 /// The volume a clone disk copies, when the copy can be made now (see [`clone::decide`]).
@@ -422,28 +573,24 @@ pub(super) fn record_disks(
 }
 
 /// The golden image a disk downloads from a URL, if it is in the pool; otherwise the import is
-/// started (or its progress or failure reported) and the VM waits.
+/// started (or its progress or failure reported) and the VM waits. `dir` is the storage pool's
+/// directory on the host.
 pub(super) async fn imported_image(
     vm: &VirtualMachine,
     ctx: &Context,
-    hv: &dyn Hypervisor,
-    pool: &str,
-    host: &str,
+    placed: &Placed,
+    dir: &str,
     i: usize,
     h: &HttpImage,
 ) -> Result<VolumeInfo, Blocked> {
+    let (hv, host) = (placed.hv.as_ref(), placed.name.as_str());
+    let storage = &placed.pool.spec.storage;
+    let pool = storage.pool.as_str();
     let lost = |e: HypervisorError| host_blocked(host, e, "looking up images", None);
-    if let Some(v) = image_import::lookup(hv, pool, &h.sha256)
-        .await
-        .map_err(lost)?
-    {
+    let key = image_import::ImportKey::new(hv.uri(), dir, storage.is_shared(), &h.sha256);
+    if let Some(v) = ctx.imports.lookup(hv, pool, &key).await.map_err(lost)? {
         return Ok(v);
     }
-    let key = image_import::ImportKey {
-        uri: hv.uri().to_string(),
-        pool: pool.to_string(),
-        sha256: h.sha256.to_ascii_lowercase(),
-    };
     let importing = |progress: String| {
         Blocked::new(
             VmPhase::Provisioning,
@@ -455,46 +602,67 @@ pub(super) async fn imported_image(
             Retry::After(Duration::from_secs(5)),
         )
     };
-    match image_import::take_state(&key) {
+    let now = std::time::Instant::now();
+    match ctx.imports.state(&key, now) {
+        Some(image_import::ImportState::Queued) => Err(importing(format!(
+            "waiting for a slot (at most {} imports run at once)",
+            ctx.imports.limit()
+        ))),
         Some(image_import::ImportState::Running { bytes, total }) => {
             Err(importing(image_import::progress(bytes, total)))
         }
-        Some(image_import::ImportState::Failed { message, checksum }) => {
-            ctx.event(
-                vm,
-                EventType::Warning,
-                if checksum {
-                    "ChecksumMismatch"
-                } else {
-                    "ImportFailed"
-                },
-                "Import",
-                message.clone(),
-            )
-            .await;
+        Some(image_import::ImportState::Failed {
+            message,
+            kind,
+            until,
+        }) => {
+            let (reason, fix) = match kind {
+                image_import::FailureKind::Checksum => {
+                    ("ChecksumMismatch", "fix the URL or checksum")
+                }
+                image_import::FailureKind::Refused => (
+                    import_policy::IMPORT_REFUSED,
+                    "use another URL, or have a platform admin change the HostPool's spec.imports",
+                ),
+                image_import::FailureKind::Other => ("ImportFailed", "fix the URL or the server"),
+            };
             Err(Blocked::new(
                 VmPhase::Pending,
-                if checksum {
-                    "ChecksumMismatch"
-                } else {
-                    "ImportFailed"
-                },
+                reason,
                 format!(
-                    "importing spec.disks[{i}].http into pool {pool:?} on host {host} failed, nothing was kept: {message}; fix the URL or checksum (ferry retries with backoff)"
+                    "importing spec.disks[{i}].http into pool {pool:?} on host {host} failed, nothing was kept: {message}; {fix} (ferry tries again in {}s)",
+                    until.saturating_duration_since(now).as_secs()
                 ),
-                Retry::Backoff,
+                Retry::After(until.saturating_duration_since(now) + Duration::from_secs(1)),
             ))
         }
         // Finished between the look at the pool and now: look again shortly.
         Some(image_import::ImportState::Done) => Err(importing("finished, verifying".into())),
         // Never started here, or finished and since removed from the pool: start.
         None => {
-            image_import::start(
-                &ctx.hosts.connections,
-                key,
-                h.url.clone(),
-                crate::hypervisor::ConnectOptions::default(),
-            );
+            let policy = import_policy::Policy::of(
+                &placed.pool.name_any(),
+                &placed.pool.spec,
+                ctx.imports.cluster_networks(),
+                node_addresses(ctx),
+            )
+            .map_err(|m| {
+                Blocked::new(
+                    VmPhase::Pending,
+                    import_policy::IMPORT_REFUSED,
+                    format!("HostPool {}: {m}", placed.pool.name_any()),
+                    Retry::After(RESYNC),
+                )
+            })?;
+            let req = image_import::Request {
+                uri: hv.uri().to_string(),
+                pool: pool.to_string(),
+                url: h.url.clone(),
+                format: h.format.unwrap_or(ImageFormat::Qcow2),
+                policy,
+                opts: crate::hypervisor::ConnectOptions::default(),
+            };
+            ctx.imports.start(&ctx.hosts.connections, key, req);
             ctx.event(
                 vm,
                 EventType::Normal,
@@ -506,6 +674,23 @@ pub(super) async fn imported_image(
             Err(importing("started".to_string()))
         }
     }
+}
+
+/// The addresses of the cluster's Nodes, which imports do not reach unless a pool allows them.
+fn node_addresses(ctx: &Context) -> Vec<(std::net::IpAddr, String)> {
+    ctx.caches
+        .nodes
+        .state()
+        .iter()
+        .flat_map(|n| {
+            let name = n.name_any();
+            n.status
+                .iter()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .filter_map(move |a| Some((a.address.parse().ok()?, name.clone())))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[cfg(test)]

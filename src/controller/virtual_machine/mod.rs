@@ -174,6 +174,7 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
                     | "DuplicateMAC"
                     | "HostPoolRefused"
                     | "BootFileNotAllowed"
+                    | "DiskNotAllowed"
             ) && st.host.is_none()
             {
                 set_condition(

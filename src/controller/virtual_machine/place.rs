@@ -9,7 +9,7 @@ use crate::controller::scheduling::{self, NotPlaced};
 use crate::controller::{Context, status::apply_status};
 use crate::error::Result;
 use crate::plan::validate::ValidSpec;
-use crate::plan::{pool_check, uri_policy};
+use crate::plan::{pool_check, uri_policy, volume_access};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -65,9 +65,29 @@ pub(super) async fn place(
             Retry::After(RESYNC),
         )
     })?;
+    super::disks::check_access(vm, &pool, &ctx.caches).map_err(|m| {
+        Blocked::new(
+            waiting,
+            volume_access::DISK_NOT_ALLOWED,
+            format!("fix the spec: {m}"),
+            Retry::After(RESYNC),
+        )
+    })?;
     // The HA controller proved the VM's host off: place it anew, once per incident, never on
     // that host (its pool status may not show it down yet).
-    let exclude = failover_request(vm, st).map(|f| {
+    let failover = failover_request(vm, st);
+    if let Some(f) = &failover
+        && let Some(m) =
+            volume_access::failover_blocked(&vm.spec, &pool.spec.storage, pool_name, &f.host)
+    {
+        return Err(Blocked::new(
+            VmPhase::Unknown,
+            FAILOVER_REFUSED,
+            format!("host {} failed (incident {}); {m}", f.host, f.incident),
+            Retry::After(Duration::from_secs(60)),
+        ));
+    }
+    let exclude = failover.map(|f| {
         tracing::info!(vm = %vm.name_any(), host = %f.host, incident = %f.incident, "host proven off; placing the VM anew");
         st.host = None;
         st.phase = Some(VmPhase::Pending);
@@ -175,6 +195,10 @@ pub(super) async fn place(
         hv,
     })
 }
+
+/// Reason of a VM that is not restarted elsewhere after its host failed, because its disks
+/// cannot follow it.
+pub(super) const FAILOVER_REFUSED: &str = "FailoverRefused";
 
 /// The failover the HA controller asks for through the `ferry.dev/failover` annotation: only
 /// while the VM is still placed on the failed host and that incident was not handled yet.

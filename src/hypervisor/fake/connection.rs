@@ -337,6 +337,7 @@ impl Hypervisor for FakeConnection {
         pool: &str,
         name: &str,
         backing: &VolumeInfo,
+        _backing_format: &str,
         capacity: u64,
     ) -> HvResult<VolumeInfo> {
         self.call(Op::CreateOverlay, &pool_target(pool, name), |w, h, _| {
@@ -406,9 +407,13 @@ impl Hypervisor for FakeConnection {
                 Some(size) => ("qcow2", size),
                 None => ("raw", capacity.max(written)),
             };
-            self.net
-                .lock()
-                .add_volume(&self.shared.host, OP, pool, name, capacity, format)
+            let mut world = self.net.lock();
+            let vol = world.add_volume(&self.shared.host, OP, pool, name, capacity, format)?;
+            world
+                .pool(&self.shared.host, OP, pool)?
+                .heads
+                .insert(name.to_string(), head);
+            Ok(vol)
         }
         .await;
         self.finish(Op::UploadVolume, &target, started, result.is_ok());
@@ -426,10 +431,32 @@ impl Hypervisor for FakeConnection {
         .await
     }
 
+    async fn read_volume_head(&self, pool: &str, name: &str, len: usize) -> HvResult<Vec<u8>> {
+        self.call(Op::LookupVolume, &pool_target(pool, name), |w, h, _| {
+            let p = w.pool(h, "read_volume_head", pool)?;
+            let Some(vol) = p.volumes.get(name) else {
+                return Err(failed(
+                    "read_volume_head",
+                    error_code::NO_STORAGE_VOL,
+                    format!("Storage volume not found: no storage vol with matching name '{name}'"),
+                ));
+            };
+            let mut head = p
+                .heads
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| super::world::blank_head(vol));
+            head.truncate(len);
+            Ok(head)
+        })
+        .await
+    }
+
     async fn delete_volume(&self, pool: &str, name: &str) -> HvResult<()> {
         self.call(Op::DeleteVolume, &pool_target(pool, name), |w, h, _| {
             if let Some(p) = w.storage_of(h).pools.get_mut(pool) {
                 p.volumes.remove(name);
+                p.heads.remove(name);
             }
             Ok(())
         })
@@ -514,13 +541,16 @@ impl Hypervisor for FakeConnection {
 }
 
 /// Reads an upload's chunks on a blocking thread (a source may block waiting for its producer):
-/// the first 32 bytes and the total length, or the source's error.
+/// the first bytes (what the fake keeps of a volume's content) and the total length, or the
+/// source's error.
 async fn drain(source: UploadSource) -> HvResult<(Vec<u8>, u64)> {
     let read = tokio::task::spawn_blocking(move || {
         let (mut head, mut total) = (Vec::new(), 0u64);
         for chunk in source {
             let chunk = chunk?;
-            let want = 32usize.saturating_sub(head.len()).min(chunk.len());
+            let want = super::world::HEAD
+                .saturating_sub(head.len())
+                .min(chunk.len());
             head.extend_from_slice(&chunk[..want]);
             total += chunk.len() as u64;
         }

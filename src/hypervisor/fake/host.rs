@@ -216,6 +216,17 @@ impl FakeHost {
             .add_volume(&self.uri, "add_volume", pool, name, capacity, format)
     }
 
+    /// Set the first bytes of a volume's content (what `read_volume_head` returns), e.g. a
+    /// qcow2 header naming a backing file.
+    pub fn set_volume_head(&self, pool: &str, name: &str, head: &[u8]) -> HvResult<()> {
+        let mut net = self.net.lock();
+        let p = net.pool(&self.uri, "set_volume_head", pool)?;
+        let mut h = head.to_vec();
+        h.truncate(super::world::HEAD);
+        p.heads.insert(name.to_string(), h);
+        Ok(())
+    }
+
     /// The volumes of a pool, by name (empty when the pool does not exist).
     pub fn volumes(&self, pool: &str) -> Vec<VolumeInfo> {
         self.net

@@ -394,7 +394,7 @@ async fn volumes_are_created_copied_uploaded_and_deleted() {
         .add_volume("images", "golden.qcow2", 1 << 30, "qcow2")
         .unwrap();
     let overlay = hv
-        .create_overlay("images", "vm.qcow2", &golden, 1 << 20)
+        .create_overlay("images", "vm.qcow2", &golden, "qcow2", 1 << 20)
         .await
         .unwrap();
     assert_eq!(
@@ -406,7 +406,7 @@ async fn volumes_are_created_copied_uploaded_and_deleted() {
         ("/srv/images/vm.qcow2", 1 << 30, "qcow2")
     );
     let err = hv
-        .create_overlay("images", "vm.qcow2", &golden, 0)
+        .create_overlay("images", "vm.qcow2", &golden, "qcow2", 0)
         .await
         .expect_err("taken");
     assert!(

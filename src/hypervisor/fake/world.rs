@@ -144,6 +144,28 @@ pub(super) struct Storage {
 pub(super) struct Pool {
     pub(super) path: String,
     pub(super) volumes: BTreeMap<String, VolumeInfo>,
+    /// The first bytes of volumes filled with content (uploads, [`FakeHost::set_volume_head`]);
+    /// other volumes read as what ferry would have written: a qcow2 header without a backing
+    /// file for qcow2, zeros for raw.
+    ///
+    /// [`FakeHost::set_volume_head`]: super::FakeHost::set_volume_head
+    pub(super) heads: BTreeMap<String, Vec<u8>>,
+}
+
+/// How many leading bytes of a volume's content the fake keeps.
+pub(super) const HEAD: usize = 512;
+
+/// The head of a volume the fake keeps no content for.
+pub(super) fn blank_head(vol: &VolumeInfo) -> Vec<u8> {
+    let mut h = vec![0u8; HEAD];
+    if vol.format == "qcow2" {
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[4..8].copy_from_slice(&3u32.to_be_bytes());
+        h[20..24].copy_from_slice(&16u32.to_be_bytes());
+        h[24..32].copy_from_slice(&vol.capacity.to_be_bytes());
+        h[100..104].copy_from_slice(&104u32.to_be_bytes());
+    }
+    h
 }
 
 /// An operation failure in libvirt's words.
@@ -362,7 +384,7 @@ impl World {
             name.to_string(),
             Pool {
                 path: path.to_string(),
-                volumes: BTreeMap::new(),
+                ..Pool::default()
             },
         );
         Ok(path.to_string())

@@ -314,11 +314,21 @@ impl Hypervisor for LibvirtHost {
         pool: &str,
         name: &str,
         backing: &VolumeInfo,
+        backing_format: &str,
         capacity: u64,
     ) -> HvResult<VolumeInfo> {
         let (pool, name, backing) = (pool.to_string(), name.to_string(), backing.clone());
+        let format = backing_format.to_string();
         self.call("create_overlay", move |c| {
-            storage::create_overlay(c, &pool, &name, &backing, capacity)
+            storage::create_overlay(c, &pool, &name, &backing, &format, capacity)
+        })
+        .await
+    }
+
+    async fn read_volume_head(&self, pool: &str, name: &str, len: usize) -> HvResult<Vec<u8>> {
+        let (pool, name) = (pool.to_string(), name.to_string());
+        self.call("read_volume_head", move |c| {
+            storage::read_head(c, &pool, &name, len)
         })
         .await
     }

@@ -94,8 +94,8 @@ fn pool_xml(name: &str, path: &str) -> CallResult<String> {
 /// What a new volume is.
 #[derive(Clone, Copy)]
 enum NewVolume<'a> {
-    /// A qcow2 overlay on this volume (never written to).
-    Overlay(&'a VolumeInfo),
+    /// A qcow2 overlay on this volume (never written to), opened in this format.
+    Overlay(&'a VolumeInfo, &'a str),
     /// An empty qcow2 volume (the target of a copy).
     Qcow2,
     /// An empty raw volume with nothing allocated (filled by an upload).
@@ -105,14 +105,14 @@ enum NewVolume<'a> {
 /// The XML of a new volume of `capacity` bytes.
 fn volume_xml(name: &str, capacity: u64, kind: NewVolume) -> CallResult<String> {
     check_xml_value("volume name", name)?;
-    if let NewVolume::Overlay(backing) = kind {
+    if let NewVolume::Overlay(backing, format) = kind {
         check_xml_value("backing path", &backing.path)?;
-        check_xml_value("backing format", &backing.format)?;
+        check_xml_value("backing format", format)?;
     }
     let capacity = capacity.to_string();
     let format = match kind {
         NewVolume::Raw => "raw",
-        NewVolume::Overlay(_) | NewVolume::Qcow2 => "qcow2",
+        NewVolume::Overlay(..) | NewVolume::Qcow2 => "qcow2",
     };
     write_document(|w| {
         start(w, "volume", &[])?;
@@ -124,10 +124,10 @@ fn volume_xml(name: &str, capacity: u64, kind: NewVolume) -> CallResult<String> 
         start(w, "target", &[])?;
         empty_elem(w, "format", &[("type", format)])?;
         end(w, "target")?;
-        if let NewVolume::Overlay(backing) = kind {
+        if let NewVolume::Overlay(backing, format) = kind {
             start(w, "backingStore", &[])?;
             text_elem(w, "path", &[], &backing.path)?;
-            empty_elem(w, "format", &[("type", &backing.format)])?;
+            empty_elem(w, "format", &[("type", format)])?;
             end(w, "backingStore")?;
         }
         end(w, "volume")
@@ -231,16 +231,46 @@ pub(super) fn create_overlay(
     pool: &str,
     name: &str,
     backing: &VolumeInfo,
+    backing_format: &str,
     capacity: u64,
 ) -> CallResult<VolumeInfo> {
     let pool = require_pool(conn, pool)?;
     let xml = volume_xml(
         name,
         capacity.max(backing.capacity),
-        NewVolume::Overlay(backing),
+        NewVolume::Overlay(backing, backing_format),
     )?;
     let vol = StorageVol::create_xml(&pool, &xml, 0)?;
     volume_info(&vol)
+}
+
+/// The first `len` bytes of a volume (fewer when it is shorter).
+pub(super) fn read_head(conn: &Connect, pool: &str, name: &str, len: usize) -> CallResult<Vec<u8>> {
+    let pool = require_pool(conn, pool)?;
+    let vol = pool.lookup_storage_vol_by_name(name)?;
+    let stream = Stream::new(conn, 0)?;
+    if let Err(e) = vol.download(&stream, 0, len as u64, 0) {
+        let _ = stream.abort();
+        return Err(Fail::Virt(e));
+    }
+    let mut head = Vec::with_capacity(len);
+    let mut buf = vec![0u8; len.max(1)];
+    loop {
+        match stream.recv(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let n = usize::try_from(n).unwrap_or(0).min(buf.len());
+                head.extend_from_slice(&buf[..n]);
+            }
+            Err(e) => {
+                let _ = stream.abort();
+                return Err(Fail::Virt(e));
+            }
+        }
+    }
+    stream.finish()?;
+    head.truncate(len);
+    Ok(head)
 }
 
 /// A standalone qcow2 copy of `source`, or nothing when the copy fails.
@@ -341,9 +371,10 @@ mod tests {
             name: "g".into(),
             path: "/srv/golden <1>.qcow2".into(),
             capacity: 1000,
-            format: "qcow2".into(),
+            format: "raw".into(),
         };
-        let xml = volume_xml("vm&1.qcow2", 1000, NewVolume::Overlay(&backing)).unwrap_or_default();
+        let xml = volume_xml("vm&1.qcow2", 1000, NewVolume::Overlay(&backing, "qcow2"))
+            .unwrap_or_default();
         let facts = XmlFacts::parse(&xml).expect("well-formed");
         assert_eq!(facts.text("volume/name"), Some("vm&1.qcow2"));
         assert_eq!(facts.text("volume/capacity"), Some("1000"));

@@ -1,0 +1,397 @@
+//! Golden images imported from HTTP(S) URLs into a host's storage pool, verified by SHA-256.
+//!
+//! An image is stored once per storage and checksum under a name derived from the checksum
+//! ([`naming::imported_image_name`]), shared by every VM that names that checksum. The download
+//! is streamed straight into a libvirt volume (`virStorageVolUpload` on a connection of its
+//! own), hashing on the way. Only after a complete, verified upload is a small marker volume
+//! written next to it: an image volume without its marker is the remainder of an interrupted
+//! import (controller restart) and is deleted before the import starts again.
+//!
+//! What an import may do is bounded ([`crate::plan::import_policy`]): where it connects (checked
+//! for the URL, every address a name resolves to, and every redirect), how much it downloads (the
+//! pool's `imports.maxSize`), what the image's header may name ([`crate::plan::image_header`]:
+//! no backing file, no external data file), and how many run at once (the controller's
+//! `--max-concurrent-imports`; the others wait their turn).
+//!
+//! An import is known by the storage it writes into and the checksum ([`ImportKey`]): the hosts
+//! of a shared storage share one import, so no import ever removes another one's volume. Only the
+//! import that created a volume removes it, and it does so before it reports the failure. A
+//! failure is reported to every VM waiting for that image until its retry is due (2 s after
+//! the failure, doubling with each failure of that image up to 5 min, reset by a success; at
+//! least 5 min for a failure that needs a person: [`retry_after`]), however often the VMs
+//! waiting for it are reconciled; then the next look starts the import again.
+//!
+//! Imports run in the background; reconciles read their progress from [`Imports`].
+
+mod fetch;
+mod run;
+
+use crate::hypervisor::{ConnectOptions, HostConnections, Hypervisor, HypervisorError, VolumeInfo};
+use crate::plan::import_policy::Policy;
+use crate::plan::naming;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Imports at once when the controller is not told otherwise.
+pub const DEFAULT_MAX_IMPORTS: usize = 4;
+
+/// Why an import failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The download's SHA-256 is not the one the spec gives.
+    Checksum,
+    /// The pool's import policy refused it: an address it may not reach, an image larger than
+    /// the cap, an image whose header names another file.
+    Refused,
+    /// The network, the server or the host failed.
+    Other,
+}
+
+/// First wait before a failed import starts again.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+/// Longest wait before a failed import starts again, and the least for a failure that needs a
+/// person.
+const RETRY_LONGEST: Duration = Duration::from_secs(300);
+
+/// How long a failure is reported before the import is tried again, given the image's backoff
+/// `delay`: a server that was down may be back soon; a wrong checksum, a refused address or an
+/// oversized image need a person.
+pub fn retry_after(kind: FailureKind, delay: Duration) -> Duration {
+    match kind {
+        FailureKind::Other => delay,
+        FailureKind::Checksum | FailureKind::Refused => delay.max(RETRY_LONGEST),
+    }
+}
+
+/// The backoff of one image's failed imports: 2 s doubling to 5 min.
+fn backoff() -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_min_delay(RETRY_FIRST)
+        .with_factor(2.0)
+        .with_max_delay(RETRY_LONGEST)
+        .without_max_times()
+        .build()
+}
+
+/// Where an import of one image into one storage stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportState {
+    /// Waiting for one of the `--max-concurrent-imports` slots.
+    Queued,
+    /// Bytes received so far and the total when the server said it.
+    Running { bytes: u64, total: Option<u64> },
+    /// The image is in the pool, verified.
+    Done,
+    /// It failed, and nothing it made is left. Reported until `until`, then tried again.
+    Failed {
+        message: String,
+        kind: FailureKind,
+        until: Instant,
+    },
+}
+
+/// One image in one storage: the directory of the storage pool, qualified with the host's URI
+/// unless every host of the pool sees the same storage.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImportKey {
+    pub storage: String,
+    pub sha256: String,
+}
+
+impl ImportKey {
+    /// The import of `sha256` into the storage pool whose directory on the host at `uri` is
+    /// `dir`; `shared` when every host of the pool sees that directory's contents.
+    pub fn new(uri: &str, dir: &str, shared: bool, sha256: &str) -> Self {
+        ImportKey {
+            storage: if shared {
+                format!("shared:{dir}")
+            } else {
+                format!("{uri} {dir}")
+            },
+            sha256: sha256.to_ascii_lowercase(),
+        }
+    }
+}
+
+/// What to import, from where, into what.
+#[derive(Clone)]
+pub struct Request {
+    /// The host whose storage pool receives the image.
+    pub uri: String,
+    pub pool: String,
+    pub url: String,
+    /// The format the spec declares (its header is checked for it).
+    pub format: crate::api::virtual_machine::ImageFormat,
+    pub policy: Policy,
+    pub opts: ConnectOptions,
+}
+
+struct Inner {
+    table: Mutex<HashMap<ImportKey, ImportState>>,
+    /// Images whose imports failed since their last success: the waits before the next tries.
+    retries: Mutex<HashMap<ImportKey, ExponentialBackoff>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+    cluster: Vec<IpNet>,
+}
+
+/// The imports of this process: their states, the slots they take turns on, and the cluster's
+/// networks no import reaches unless its pool allows it.
+#[derive(Clone)]
+pub struct Imports {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Imports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imports")
+            .field("limit", &self.inner.limit)
+            .field("cluster", &self.inner.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Imports {
+    fn default() -> Self {
+        Imports::new(DEFAULT_MAX_IMPORTS, Vec::new())
+    }
+}
+
+impl Imports {
+    /// At most `limit` imports at once (at least one); `cluster` are the cluster's networks.
+    pub fn new(limit: usize, cluster: Vec<IpNet>) -> Self {
+        let limit = limit.max(1);
+        Imports {
+            inner: Arc::new(Inner {
+                table: Mutex::default(),
+                retries: Mutex::default(),
+                slots: Arc::new(tokio::sync::Semaphore::new(limit)),
+                limit,
+                cluster,
+            }),
+        }
+    }
+
+    /// Imports at once, at most.
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// The cluster's networks (`--cluster-cidr`).
+    pub fn cluster_networks(&self) -> &[IpNet] {
+        &self.inner.cluster
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<ImportKey, ImportState>> {
+        self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, key: &ImportKey, state: ImportState) {
+        self.table().insert(key.clone(), state);
+    }
+
+    /// The outcome of an import that ended at `now`: `Done`, or the failure with the time its
+    /// retry is due (the image's backoff, reset by a success).
+    fn finished(&self, key: &ImportKey, outcome: Result<(), run::Failure>, now: Instant) {
+        let mut retries = self.inner.retries.lock().unwrap_or_else(|e| e.into_inner());
+        let state = match outcome {
+            Ok(()) => {
+                retries.remove(key);
+                ImportState::Done
+            }
+            Err(f) => {
+                let delay = retries
+                    .entry(key.clone())
+                    .or_insert_with(backoff)
+                    .next()
+                    .unwrap_or(RETRY_LONGEST);
+                ImportState::Failed {
+                    until: now + retry_after(f.kind, delay),
+                    message: f.message,
+                    kind: f.kind,
+                }
+            }
+        };
+        self.set(key, state);
+    }
+
+    /// The state of an import this process knows of, as of `now`. `Done` is reported once and
+    /// then forgotten (the next look finds the image in the pool, or starts again); `Failed`
+    /// until its time is up.
+    pub fn state(&self, key: &ImportKey, now: Instant) -> Option<ImportState> {
+        let mut t = self.table();
+        match t.get(key) {
+            Some(ImportState::Done) => t.remove(key),
+            Some(ImportState::Failed { until, .. }) if *until <= now => {
+                t.remove(key);
+                None
+            }
+            other => other.cloned(),
+        }
+    }
+
+    /// Whether this process is importing `key` now (queued or running).
+    pub fn running(&self, key: &ImportKey) -> bool {
+        matches!(
+            self.table().get(key),
+            Some(ImportState::Queued | ImportState::Running { .. })
+        )
+    }
+
+    /// The verified image if the pool has it. An image without its marker is either being
+    /// imported by this process (left alone) or the remainder of an import cut short, by a
+    /// controller restart say (removed); `None` is returned for both.
+    pub async fn lookup(
+        &self,
+        hv: &dyn Hypervisor,
+        pool: &str,
+        key: &ImportKey,
+    ) -> Result<Option<VolumeInfo>, HypervisorError> {
+        let name = naming::imported_image_name(&key.sha256);
+        let Some(vol) = hv.lookup_volume(pool, &name).await? else {
+            return Ok(None);
+        };
+        if hv
+            .lookup_volume(pool, &naming::imported_marker_name(&key.sha256))
+            .await?
+            .is_some()
+        {
+            return Ok(Some(vol));
+        }
+        // Asked after the volume was seen: an import marks itself running before it creates the
+        // volume and stays so until its marker is written.
+        if self.running(key) || matches!(self.table().get(key), Some(ImportState::Done)) {
+            return Ok(None);
+        }
+        tracing::warn!(volume = %name, "removing an image whose import did not finish");
+        hv.delete_volume(pool, &name).await?;
+        Ok(None)
+    }
+
+    /// Start importing `req.url` as `key` unless an import of it is under way (or failed and is
+    /// still being reported). The upload runs on a connection of its own from `hosts`.
+    pub fn start(&self, hosts: &HostConnections, key: ImportKey, req: Request) {
+        {
+            let mut t = self.table();
+            if t.get(&key).is_some_and(|s| !matches!(s, ImportState::Done)) {
+                return;
+            }
+            t.insert(key.clone(), ImportState::Queued);
+        }
+        let (hosts, imports) = (hosts.clone(), self.clone());
+        tokio::spawn(async move {
+            let Ok(_slot) = imports.inner.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let progress = |s: ImportState| imports.set(&key, s);
+            let outcome = run::run(&hosts, &key, &req, &progress).await;
+            imports.finished(&key, outcome, Instant::now());
+        });
+    }
+}
+
+/// `123 MiB of 1024 MiB (12 %)`, or `123 MiB` without a total.
+pub fn progress(bytes: u64, total: Option<u64>) -> String {
+    let mib = |b: u64| b / (1024 * 1024);
+    match total {
+        Some(t) if t > 0 => format!(
+            "{} MiB of {} MiB ({} %)",
+            mib(bytes),
+            mib(t),
+            bytes.saturating_mul(100) / t
+        ),
+        _ => format!("{} MiB", mib(bytes)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reads_well() {
+        assert_eq!(
+            progress(128 << 20, Some(1 << 30)),
+            "128 MiB of 1024 MiB (12 %)"
+        );
+        assert_eq!(progress(5 << 20, None), "5 MiB");
+    }
+
+    #[test]
+    fn states_are_reported_until_their_time() {
+        let imports = Imports::default();
+        let key = ImportKey::new("test:///x", "/pool", true, "AB");
+        let now = Instant::now();
+        imports.set(&key, ImportState::Done);
+        assert_eq!(imports.state(&key, now), Some(ImportState::Done));
+        assert_eq!(imports.state(&key, now), None, "done is reported once");
+        imports.set(
+            &key,
+            ImportState::Running {
+                bytes: 1,
+                total: None,
+            },
+        );
+        assert!(imports.state(&key, now).is_some());
+        assert!(imports.running(&key));
+        let failed = ImportState::Failed {
+            message: "no".into(),
+            kind: FailureKind::Checksum,
+            until: now + Duration::from_secs(300),
+        };
+        imports.set(&key, failed.clone());
+        assert!(!imports.running(&key));
+        assert_eq!(imports.state(&key, now), Some(failed.clone()));
+        assert_eq!(
+            imports.state(&key, now + Duration::from_secs(10)),
+            Some(failed),
+            "a failure stays while it is reported"
+        );
+        assert_eq!(imports.state(&key, now + Duration::from_secs(300)), None);
+    }
+
+    #[test]
+    fn a_failed_import_starts_again_only_when_its_retry_is_due() {
+        let imports = Imports::default();
+        let key = ImportKey::new("test:///x", "/pool", true, "cd");
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let fail = |kind| {
+            Err(run::Failure {
+                kind,
+                message: "no".into(),
+            })
+        };
+        let due = |imports: &Imports, now| match imports.state(&key, now) {
+            Some(ImportState::Failed { until, .. }) => Some(until),
+            _ => None,
+        };
+        // The network failed: 2 s, then 4 s for the second failure of the same image.
+        imports.finished(&key, fail(FailureKind::Other), at(10));
+        assert_eq!(due(&imports, at(11)), Some(at(12)));
+        assert_eq!(imports.state(&key, at(12)), None, "due: start again");
+        imports.finished(&key, fail(FailureKind::Other), at(20));
+        assert_eq!(due(&imports, at(23)), Some(at(24)));
+        // A wrong checksum needs a person: 5 min at least.
+        imports.finished(&key, fail(FailureKind::Checksum), at(30));
+        assert_eq!(due(&imports, at(31)), Some(at(330)));
+        // A success starts the sequence over.
+        imports.finished(&key, Ok(()), at(400));
+        assert_eq!(imports.state(&key, at(400)), Some(ImportState::Done));
+        imports.finished(&key, fail(FailureKind::Other), at(500));
+        assert_eq!(due(&imports, at(501)), Some(at(502)));
+    }
+
+    #[test]
+    fn hosts_of_shared_storage_share_an_import() {
+        let a = ImportKey::new("qemu+tls://a/system", "/srv/pool", true, "ab");
+        let b = ImportKey::new("qemu+tls://b/system", "/srv/pool", true, "AB");
+        assert_eq!(a, b);
+        let a = ImportKey::new("qemu+tls://a/system", "/srv/pool", false, "ab");
+        let b = ImportKey::new("qemu+tls://b/system", "/srv/pool", false, "ab");
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,303 @@
+//! One import: download under the pool's policy, check the image's header, verify, upload, and
+//! mark the image complete; or leave nothing of what it made.
+
+use super::fetch::{self, Refusal};
+use super::{FailureKind, ImportKey, ImportState, Request};
+use crate::cloud_init::hex;
+use crate::hypervisor::{
+    ConnectOptions, HostConnections, Hypervisor, HypervisorError, UploadSource, error_code,
+};
+use crate::plan::{image_header, naming};
+use futures::StreamExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long one import may take in all.
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// Chunks of [`CHUNK`] bytes in flight between the download and the libvirt upload.
+const QUEUE: usize = 8;
+/// Bytes per chunk handed to libvirt.
+const CHUNK: usize = 1 << 20;
+
+/// Why an import failed.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub(super) kind: FailureKind,
+    pub(super) message: String,
+}
+
+fn failure(kind: FailureKind, message: impl Into<String>) -> Failure {
+    Failure {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn other(message: impl Into<String>) -> Failure {
+    failure(FailureKind::Other, message)
+}
+
+fn refused(message: impl Into<String>) -> Failure {
+    failure(FailureKind::Refused, message)
+}
+
+/// A chunk from the download, or its end.
+enum Piece {
+    Data(Vec<u8>),
+    /// Everything arrived and the checksum matched.
+    Verified,
+    Failed(Failure),
+}
+
+/// The bytes received so far, with their hash; checked against the size cap as they come.
+struct Received {
+    hasher: ring::digest::Context,
+    bytes: u64,
+}
+
+/// Download, check, verify and upload; on success write the marker. Reports progress through
+/// `progress`.
+pub(super) async fn run(
+    hosts: &HostConnections,
+    key: &ImportKey,
+    req: &Request,
+    progress: &(dyn Fn(ImportState) + Sync),
+) -> Result<(), Failure> {
+    install_crypto_provider();
+    let deadline = Instant::now() + IMPORT_TIMEOUT;
+    let url = req.url.as_str();
+    let policy = Arc::new(req.policy.clone());
+    policy.check_url(url).map_err(refused)?;
+    let refusal = Refusal::default();
+    let client = fetch::client(policy.clone(), refusal.clone()).map_err(other)?;
+    let failed_download = |e: &dyn std::error::Error, refusal: &Refusal| match refusal.get() {
+        Some(why) => refused(why),
+        None => other(format!("downloading {url} failed: {}", error_chain(e))),
+    };
+    progress(ImportState::Running {
+        bytes: 0,
+        total: None,
+    });
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| failed_download(&e, &refusal))?;
+    if !resp.status().is_success() {
+        return Err(other(format!(
+            "downloading {url} failed: the server answered {}",
+            resp.status()
+        )));
+    }
+    let total = resp.content_length();
+    if let Some(t) = total {
+        policy.check_size(t).map_err(refused)?;
+    }
+    progress(ImportState::Running { bytes: 0, total });
+
+    // The image's header is checked before anything is created on the host.
+    let mut stream = resp.bytes_stream();
+    let mut got = Received {
+        hasher: ring::digest::Context::new(&ring::digest::SHA256),
+        bytes: 0,
+    };
+    let mut first = Vec::with_capacity(CHUNK);
+    let mut ended = false;
+    while first.len() < image_header::HEAD_BYTES {
+        match stream.next().await {
+            Some(Ok(c)) => {
+                got.hasher.update(&c);
+                got.bytes += c.len() as u64;
+                policy.check_size(got.bytes).map_err(refused)?;
+                first.extend_from_slice(&c);
+            }
+            Some(Err(e)) => return Err(failed_download(&e, &refusal)),
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    image_header::check(req.format, &first).map_err(|why| {
+        refused(format!(
+            "the image at {url} (declared {}) {why}",
+            req.format
+        ))
+    })?;
+
+    // A connection of its own: the upload occupies it for as long as the download lasts. Its
+    // calls may take longer than the import's own deadline, which ends a stalled one first.
+    let opts = ConnectOptions {
+        call_timeout: IMPORT_TIMEOUT + Duration::from_secs(600),
+        ..req.opts.clone()
+    };
+    let hv = hosts
+        .dedicated(&req.uri, &opts)
+        .await
+        .map_err(|e| other(format!("connecting to the host for the upload: {e}")))?;
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(QUEUE);
+    let expected = key.sha256.to_ascii_lowercase();
+    let url_owned = url.to_string();
+    let size_policy = policy.clone();
+    let report = |bytes| progress(ImportState::Running { bytes, total });
+    report(got.bytes);
+    let download = async move {
+        let mut buf = first;
+        let send = |tx: &tokio::sync::mpsc::Sender<Piece>, p: Piece| {
+            let tx = tx.clone();
+            async move { tx.send(p).await.is_ok() }
+        };
+        if !ended {
+            loop {
+                if buf.len() >= CHUNK {
+                    report(got.bytes);
+                    let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK));
+                    if !send(&tx, Piece::Data(full)).await {
+                        return;
+                    }
+                }
+                let next = stream.next().await;
+                if Instant::now() > deadline {
+                    let f = other(format!("the import took longer than {IMPORT_TIMEOUT:?}"));
+                    let _ = send(&tx, Piece::Failed(f)).await;
+                    return;
+                }
+                match next {
+                    Some(Ok(c)) => {
+                        got.hasher.update(&c);
+                        got.bytes += c.len() as u64;
+                        if let Err(why) = size_policy.check_size(got.bytes) {
+                            let _ = send(&tx, Piece::Failed(refused(why))).await;
+                            return;
+                        }
+                        buf.extend_from_slice(&c);
+                    }
+                    Some(Err(e)) => {
+                        let f = other(format!(
+                            "downloading {url_owned} failed after {} bytes: {}",
+                            got.bytes,
+                            error_chain(&e)
+                        ));
+                        let _ = send(&tx, Piece::Failed(f)).await;
+                        return;
+                    }
+                    None => break,
+                }
+            }
+        }
+        if !buf.is_empty() && !send(&tx, Piece::Data(buf)).await {
+            return;
+        }
+        report(got.bytes);
+        let sum = hex(got.hasher.finish().as_ref());
+        let last = if sum == expected {
+            Piece::Verified
+        } else {
+            Piece::Failed(failure(
+                FailureKind::Checksum,
+                format!(
+                    "checksum mismatch: {url_owned} has sha256 {sum}, the spec says {expected}; the download was discarded"
+                ),
+            ))
+        };
+        let _ = send(&tx, last).await;
+    };
+    // The download's own failure, which the upload only sees as a message.
+    let cause: Arc<Mutex<Option<Failure>>> = Arc::default();
+    let cause_slot = cause.clone();
+    // Runs on the upload connection's thread, which may block waiting for the download.
+    let source: UploadSource = Box::new(std::iter::from_fn(move || match rx.blocking_recv() {
+        Some(Piece::Data(d)) => Some(Ok(d)),
+        Some(Piece::Verified) => None,
+        Some(Piece::Failed(f)) => {
+            let message = f.message.clone();
+            *cause_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+            Some(Err(message))
+        }
+        None => Some(Err("the download stopped without finishing".into())),
+    }));
+    let name = naming::imported_image_name(&key.sha256);
+    let upload = hv.upload_volume(&req.pool, &name, total.unwrap_or(0), source);
+    let (uploaded, ()) = futures::join!(upload, download);
+    let result = match uploaded {
+        Ok(_) => write_marker(hv.as_ref(), &req.pool, key).await,
+        Err(e) => {
+            let cause = cause.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Err(upload_failed(hv.as_ref(), &req.pool, &name, e, cause).await)
+        }
+    };
+    hv.close().await;
+    result
+}
+
+/// Write the marker that makes the image complete; when that fails, remove the image (this
+/// import made it).
+async fn write_marker(hv: &dyn Hypervisor, pool: &str, key: &ImportKey) -> Result<(), Failure> {
+    let marker = key.sha256.clone().into_bytes();
+    let written = hv
+        .upload_volume(
+            pool,
+            &naming::imported_marker_name(&key.sha256),
+            marker.len() as u64,
+            Box::new(std::iter::once(Ok(marker))),
+        )
+        .await;
+    match written {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let name = naming::imported_image_name(&key.sha256);
+            if let Err(err) = hv.delete_volume(pool, &name).await {
+                tracing::warn!(volume = %name, error = %err, "could not remove an image without its marker");
+            }
+            Err(other(format!("storing the image's marker failed: {e}")))
+        }
+    }
+}
+
+/// What a failed upload reports, once nothing this import made is left: `upload_volume` removes
+/// the volume it created, and this makes sure before the failure is reported. A name already
+/// taken is another import's (or a remainder's) volume: left alone.
+async fn upload_failed(
+    hv: &dyn Hypervisor,
+    pool: &str,
+    name: &str,
+    e: HypervisorError,
+    cause: Option<Failure>,
+) -> Failure {
+    let taken = matches!(&e, HypervisorError::OperationFailed { code, .. } if *code == error_code::STORAGE_VOL_EXIST);
+    if taken {
+        return other(format!(
+            "volume {name} exists already in storage pool {pool:?}: another import of this image is under way, or one was cut short (it is removed at the next look)"
+        ));
+    }
+    if !e.is_connection_lost()
+        && let Ok(Some(_)) = hv.lookup_volume(pool, name).await
+        && let Err(err) = hv.delete_volume(pool, name).await
+    {
+        tracing::warn!(volume = %name, error = %err, "could not remove a failed import");
+    }
+    cause.unwrap_or_else(|| {
+        other(match &e {
+            HypervisorError::OperationFailed { message, .. } => message.clone(),
+            e => e.to_string(),
+        })
+    })
+}
+
+/// reqwest is built without a TLS provider of its own: use ring, as the Kubernetes client does.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An error with its causes ("error sending request: connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
