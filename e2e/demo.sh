@@ -71,7 +71,7 @@ metadata: {name: lab}
 spec:
   nodeSelector: {matchLabels: {ferry.dev/hypervisor: "true"}}
   libvirt: {uriTemplate: "$LAB_H1_UNIX_URI", connectTimeoutSeconds: 5}
-  storage: {pool: ferry, path: "$LAB_POOL_DIR"}
+  storage: {pool: ferry, path: "$LAB_POOL_DIR", images: [{name: "$LAB_GOLDEN"}]}
   console: {logDirectory: "$LAB_CONSOLE_DIR"}
   boot: {directories: ["$(dirname "$LAB_KERNEL")"]}
 ---

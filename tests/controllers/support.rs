@@ -243,7 +243,8 @@ pub fn pool(hosts: u8) -> HostPool {
         "spec": {
             "nodeSelector": {"matchLabels": {"pool": "lab"}},
             "libvirt": {"uriTemplate": "qemu+tcp://{address}/system"},
-            "storage": {"pool": "images", "path": "/var/lib/ferry/images"}
+            "storage": {"pool": "images", "path": "/var/lib/ferry/images",
+                        "images": [{"name": "tiny.qcow2"}]}
         }
     }))
     .expect("pool");

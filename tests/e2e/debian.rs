@@ -176,8 +176,12 @@ async fn debian_guest_runs_cloud_init() {
     c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
     let ctl = c.controller("e2e-debian");
     let ns = c.namespace.clone();
-    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
-        .await;
+    let mut pool = pool_manifest("lab", &lab);
+    pool["spec"]["storage"]["images"]
+        .as_array_mut()
+        .expect("images")
+        .push(json!({"name": golden}));
+    c.apply::<ferry::api::HostPool>(pool).await;
 
     let user_data = format!(
         "#cloud-config\n\

@@ -362,8 +362,13 @@ async fn bad_input_and_failures_end_in_clear_conditions() {
         Some(VmPhase::Pending)
     );
 
-    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
-        .await;
+    // A golden image the pool declares but the host does not have.
+    let mut pool = pool_manifest("lab", &lab);
+    pool["spec"]["storage"]["images"]
+        .as_array_mut()
+        .expect("images")
+        .push(json!({"name": "does-not-exist.qcow2"}));
+    c.apply::<ferry::api::HostPool>(pool).await;
 
     // A missing golden image: a clear condition, nothing created on the host.
     let mut m = vm_manifest("noimage", "lab", &lab, "Always");

@@ -62,8 +62,8 @@ pub async fn wait_vm(
     }
 }
 
-/// The HostPool `name` of a one-host lab: its unix socket, the shared pool, the console directory
-/// and the directory of the guest's kernel and initrd.
+/// The HostPool `name` of a one-host lab: its unix socket, the shared pool with the tiny guest's
+/// golden image, the console directory and the directory of the guest's kernel and initrd.
 pub fn pool_manifest(name: &str, lab: &lab::Lab) -> serde_json::Value {
     json!({
         "apiVersion": "ferry.dev/v1alpha1", "kind": "HostPool",
@@ -72,7 +72,8 @@ pub fn pool_manifest(name: &str, lab: &lab::Lab) -> serde_json::Value {
             "nodeSelector": {"matchLabels": {LABEL: "true"}},
             "libvirt": {"uriTemplate": lab.hosts[0].unix_uri, "connectTimeoutSeconds": 5,
                         "keepaliveIntervalSeconds": 2, "keepaliveCount": 3},
-            "storage": {"pool": "ferry", "path": lab.pool_dir},
+            "storage": {"pool": "ferry", "path": lab.pool_dir,
+                        "images": [{"name": lab.golden, "format": "qcow2"}]},
             "console": {"logDirectory": lab.console_dir},
             "boot": {"directories": [boot_dir(lab)]}
         }

@@ -31,7 +31,7 @@ local needs_person = {
   ImportFailed = true, DiskLocked = true, InvalidSpec = true, RestartLimitReached = true,
   HostMisconfigured = true, CloneSourceNotFound = true, CloneSourceElsewhere = true,
   CloneSourceRunning = true, DuplicateMAC = true, HostPoolRefused = true,
-  BootFileNotAllowed = true,
+  BootFileNotAllowed = true, DiskNotAllowed = true, ImageRefused = true, ImportRefused = true,
 }
 
 local st = obj.status
