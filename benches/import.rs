@@ -106,9 +106,10 @@ async fn main() {
     let t = Instant::now();
     let hosts = ferry::hypervisor::HostConnections::default();
     let imports = image_import::Imports::default();
-    imports.start(&hosts, key.clone(), request);
+    let source = image_import::source("bench", "bench", &url);
+    imports.start(&hosts, key.clone(), &source, request);
     loop {
-        match imports.state(&key, Instant::now()) {
+        match imports.state(&key, &source, Instant::now()) {
             Some(ImportState::Done) => break,
             Some(ImportState::Failed { message, .. }) => panic!("import failed: {message}"),
             _ => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -770,9 +770,11 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
         // written (no marker yet) leaves it alone.
         let server = SlowServer::start(mib);
         let hosts = HostConnections::default();
+        let source = image_import::source("lab", "lab", &server.url);
         imports.start(
             &hosts,
             key.clone(),
+            &source,
             import_request(
                 &uri,
                 &server.url,
@@ -794,7 +796,9 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
             if in_pool.is_some() && imports.running(&key) {
                 looked_mid_import += 1;
             }
-            if let Some(ImportState::Failed { message, .. }) = imports.state(&key, Instant::now()) {
+            if let Some(ImportState::Failed { message, .. }) =
+                imports.state(&key, &source, Instant::now())
+            {
                 panic!("import failed: {message}");
             }
             assert!(Instant::now() < deadline, "import not done in 120 s");

@@ -1,4 +1,5 @@
-//! Golden images imported over HTTP: checksum, failures, sharing and removal.
+//! Golden images imported over HTTP: checksum, failures, sharing and removal, and what an
+//! import may reach.
 
 use crate::support::cluster::{self, Cluster};
 use crate::support::hosts::{console, domains, volumes};
@@ -97,8 +98,10 @@ async fn image_imported_over_http_boots_and_is_shared() {
     c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
     let ctl = c.controller("e2e-import");
     let ns = c.namespace.clone();
-    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
-        .await;
+    // The test's server listens on loopback, which imports reach only where a pool allows it.
+    let mut pool = pool_manifest("lab", &lab);
+    pool["spec"]["imports"] = json!({"allowedNetworks": ["127.0.0.1/32"]});
+    c.apply::<ferry::api::HostPool>(pool).await;
 
     let server = HttpServer::start();
     let image =
@@ -221,4 +224,140 @@ async fn image_imported_over_http_boots_and_is_shared() {
     assert!(removed, "an ImageRemoved Event");
     drop(server);
     drop(ctl);
+}
+
+/// A server on loopback that answers every request with a redirect to `target`; killed on drop.
+struct Redirector {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redirector {
+    fn start(target: &str) -> Redirector {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let script = [
+            "import http.server, sys",
+            "class H(http.server.BaseHTTPRequestHandler):",
+            "    def do_GET(self):",
+            "        self.send_response(302)",
+            "        self.send_header('Location', sys.argv[2])",
+            "        self.end_headers()",
+            "    def log_message(self, *a):",
+            "        pass",
+            "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()",
+        ]
+        .join("\n");
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", &script, &port.to_string(), target])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the redirecting server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redirecting server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Redirector { child, port }
+    }
+}
+
+impl Drop for Redirector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Image imports reach only what the pool allows: loopback and link-local (a cloud's metadata
+/// service) are refused by default, a redirect from an allowed address to a refused one is
+/// refused, and a download larger than the pool's `imports.maxSize` is cut off; each waits with
+/// `ImportRefused` naming why, and nothing is left in the storage pool. (On the main before
+/// imports were checked, every one of these was fetched.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn imports_reach_only_what_the_pool_allows() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-importpolicy").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let _ctl = c.controller("e2e-importpolicy");
+    // "lab" allows nothing extra; "small" allows the test's servers on 127.0.0.1 and 1 MiB.
+    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
+        .await;
+    let mut small = pool_manifest("small", &lab);
+    small["spec"]["imports"] = json!({"allowedNetworks": ["127.0.0.1/32"], "maxSize": "1Mi"});
+    c.apply::<ferry::api::HostPool>(small).await;
+
+    let server = HttpServer::start();
+    let big = vec![0u8; 2 << 20];
+    std::fs::write(server.dir.path().join("big.img"), &big).expect("serve a 2 MiB file");
+    let big_sha = ferry::cloud_init::sha256_hex(&big);
+    // 127.0.0.2 is loopback too, outside what "small" allows.
+    let redirect = Redirector::start(&format!("http://127.0.0.2:{}/big.img", server.port));
+
+    let vm = |name: &str, pool: &str, url: &str, format: &str| {
+        let mut m = http_vm(name, &lab, url, &big_sha, "Always");
+        m["spec"]["hostPool"] = json!(pool);
+        m["spec"]["disks"][0]["http"]["format"] = json!(format);
+        m
+    };
+    let cases = [
+        (
+            vm("loopback", "lab", &server.url("big.img"), "raw"),
+            "127.0.0.1 is a loopback address",
+        ),
+        (
+            vm(
+                "metadata",
+                "lab",
+                "http://169.254.169.254/latest/meta-data/",
+                "raw",
+            ),
+            "169.254.169.254 is a link-local address",
+        ),
+        (
+            vm(
+                "redirected",
+                "small",
+                &format!("http://127.0.0.1:{}/x", redirect.port),
+                "raw",
+            ),
+            "redirected to",
+        ),
+        (
+            vm("toobig", "small", &server.url("big.img"), "raw"),
+            "larger than 1048576 bytes",
+        ),
+    ];
+    for (m, _) in &cases {
+        c.apply::<VirtualMachine>(m.clone()).await;
+    }
+    for (m, why) in &cases {
+        let name = m["metadata"]["name"].as_str().unwrap_or_default();
+        let vm = wait_vm(&c, name, "ImportRefused", Duration::from_secs(120), |vm| {
+            ready_reason(vm).is_some_and(|(_, r)| r == "ImportRefused")
+        })
+        .await;
+        let msg = condition(&vm, "Ready")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(msg.contains(why), "{name}: {msg}");
+    }
+    assert!(
+        image_volumes(&lab).is_empty(),
+        "nothing left: {:?}",
+        image_volumes(&lab)
+    );
+    assert!(domains(&lab).is_empty(), "no domain: {:?}", domains(&lab));
 }

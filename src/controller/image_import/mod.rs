@@ -16,7 +16,9 @@
 //! An import is known by the storage it writes into and the checksum ([`ImportKey`]): the hosts
 //! of a shared storage share one import, so no import ever removes another one's volume. Only the
 //! import that created a volume removes it, and it does so before it reports the failure. A
-//! failure is reported to every VM waiting for that image until its retry is due (2 s after
+//! failure belongs to its source (the HostPool whose policy applied, and the URL): it is
+//! reported to the VMs that name that image from that source, never to a VM whose URL or pool
+//! differs (which starts an import of its own), until its retry is due (2 s after
 //! the failure, doubling with each failure of that image up to 5 min, reset by a success; at
 //! least 5 min for a failure that needs a person: [`retry_after`]), however often the VMs
 //! waiting for it are reconciled; then the next look starts the import again.
@@ -129,8 +131,19 @@ pub struct Request {
     pub opts: ConnectOptions,
 }
 
+/// Where an import comes from: the HostPool (`namespace/name`) whose policy applies, and the URL.
+pub type Source = String;
+
+/// The source of an import of `url` for a VM of HostPool `pool` in `namespace`.
+pub fn source(namespace: &str, pool: &str, url: &str) -> Source {
+    format!("{namespace}/{pool} {url}")
+}
+
 struct Inner {
-    table: Mutex<HashMap<ImportKey, ImportState>>,
+    /// Imports queued, running, or done and not yet reported.
+    table: Mutex<HashMap<ImportKey, (ImportState, Source)>>,
+    /// Failed imports, per image and source, until their retry is due.
+    failures: Mutex<HashMap<(ImportKey, Source), ImportState>>,
     /// Images whose imports failed since their last success: the waits before the next tries.
     retries: Mutex<HashMap<ImportKey, ExponentialBackoff>>,
     slots: Arc<tokio::sync::Semaphore>,
@@ -167,6 +180,7 @@ impl Imports {
         Imports {
             inner: Arc::new(Inner {
                 table: Mutex::default(),
+                failures: Mutex::default(),
                 retries: Mutex::default(),
                 slots: Arc::new(tokio::sync::Semaphore::new(limit)),
                 limit,
@@ -185,22 +199,36 @@ impl Imports {
         &self.inner.cluster
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<ImportKey, ImportState>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<ImportKey, (ImportState, Source)>> {
         self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set(&self, key: &ImportKey, state: ImportState) {
-        self.table().insert(key.clone(), state);
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(ImportKey, Source), ImportState>> {
+        self.inner
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, key: &ImportKey, source: &str, state: ImportState) {
+        self.table()
+            .insert(key.clone(), (state, source.to_string()));
     }
 
     /// The outcome of an import that ended at `now`: `Done`, or the failure with the time its
     /// retry is due (the image's backoff, reset by a success).
-    fn finished(&self, key: &ImportKey, outcome: Result<(), run::Failure>, now: Instant) {
+    fn finished(
+        &self,
+        key: &ImportKey,
+        source: &str,
+        outcome: Result<(), run::Failure>,
+        now: Instant,
+    ) {
         let mut retries = self.inner.retries.lock().unwrap_or_else(|e| e.into_inner());
-        let state = match outcome {
+        match outcome {
             Ok(()) => {
                 retries.remove(key);
-                ImportState::Done
+                self.set(key, source, ImportState::Done);
             }
             Err(f) => {
                 let delay = retries
@@ -208,25 +236,37 @@ impl Imports {
                     .or_insert_with(backoff)
                     .next()
                     .unwrap_or(RETRY_LONGEST);
-                ImportState::Failed {
+                let failed = ImportState::Failed {
                     until: now + retry_after(f.kind, delay),
                     message: f.message,
                     kind: f.kind,
-                }
+                };
+                // The failure is recorded before the import stops counting as running.
+                self.failures()
+                    .insert((key.clone(), source.to_string()), failed);
+                self.table().remove(key);
             }
-        };
-        self.set(key, state);
+        }
     }
 
-    /// The state of an import this process knows of, as of `now`. `Done` is reported once and
-    /// then forgotten (the next look finds the image in the pool, or starts again); `Failed`
-    /// until its time is up.
-    pub fn state(&self, key: &ImportKey, now: Instant) -> Option<ImportState> {
-        let mut t = self.table();
-        match t.get(key) {
-            Some(ImportState::Done) => t.remove(key),
+    /// The state of the import of `key` as a VM whose import comes from `source` sees it, as of
+    /// `now`: an import queued or running (from any source: the checksum decides what is
+    /// stored); `Done`, reported once and then forgotten (the next look finds the image in the
+    /// pool, or starts again); a failure from this source until its retry is due.
+    pub fn state(&self, key: &ImportKey, source: &str, now: Instant) -> Option<ImportState> {
+        {
+            let mut t = self.table();
+            match t.get(key) {
+                Some((ImportState::Done, _)) => return t.remove(key).map(|(s, _)| s),
+                Some((s, _)) => return Some(s.clone()),
+                None => {}
+            }
+        }
+        let mut f = self.failures();
+        let at = (key.clone(), source.to_string());
+        match f.get(&at) {
             Some(ImportState::Failed { until, .. }) if *until <= now => {
-                t.remove(key);
+                f.remove(&at);
                 None
             }
             other => other.cloned(),
@@ -237,7 +277,7 @@ impl Imports {
     pub fn running(&self, key: &ImportKey) -> bool {
         matches!(
             self.table().get(key),
-            Some(ImportState::Queued | ImportState::Running { .. })
+            Some((ImportState::Queued | ImportState::Running { .. }, _))
         )
     }
 
@@ -263,7 +303,7 @@ impl Imports {
         }
         // Asked after the volume was seen: an import marks itself running before it creates the
         // volume and stays so until its marker is written.
-        if self.running(key) || matches!(self.table().get(key), Some(ImportState::Done)) {
+        if self.running(key) || matches!(self.table().get(key), Some((ImportState::Done, _))) {
             return Ok(None);
         }
         tracing::warn!(volume = %name, "removing an image whose import did not finish");
@@ -271,24 +311,35 @@ impl Imports {
         Ok(None)
     }
 
-    /// Start importing `req.url` as `key` unless an import of it is under way (or failed and is
-    /// still being reported). The upload runs on a connection of its own from `hosts`.
-    pub fn start(&self, hosts: &HostConnections, key: ImportKey, req: Request) {
+    /// Start importing `req.url` from `source` as `key` unless an import of it is under way
+    /// (or failed from this source and is still being reported). The upload runs on a
+    /// connection of its own from `hosts`.
+    pub fn start(&self, hosts: &HostConnections, key: ImportKey, source: &str, req: Request) {
         {
             let mut t = self.table();
-            if t.get(&key).is_some_and(|s| !matches!(s, ImportState::Done)) {
+            if t.get(&key)
+                .is_some_and(|(s, _)| !matches!(s, ImportState::Done))
+            {
                 return;
             }
-            t.insert(key.clone(), ImportState::Queued);
+            let mut f = self.failures();
+            let at = (key.clone(), source.to_string());
+            if matches!(f.get(&at), Some(ImportState::Failed { until, .. }) if *until > Instant::now())
+            {
+                return;
+            }
+            f.remove(&at);
+            t.insert(key.clone(), (ImportState::Queued, source.to_string()));
         }
+        let source = source.to_string();
         let (hosts, imports) = (hosts.clone(), self.clone());
         tokio::spawn(async move {
             let Ok(_slot) = imports.inner.slots.clone().acquire_owned().await else {
                 return;
             };
-            let progress = |s: ImportState| imports.set(&key, s);
+            let progress = |s: ImportState| imports.set(&key, &source, s);
             let outcome = run::run(&hosts, &key, &req, &progress).await;
-            imports.finished(&key, outcome, Instant::now());
+            imports.finished(&key, &source, outcome, Instant::now());
         });
     }
 }
@@ -320,37 +371,66 @@ mod tests {
         assert_eq!(progress(5 << 20, None), "5 MiB");
     }
 
+    fn fail(kind: FailureKind) -> Result<(), run::Failure> {
+        Err(run::Failure {
+            kind,
+            message: "no".into(),
+        })
+    }
+
     #[test]
     fn states_are_reported_until_their_time() {
         let imports = Imports::default();
         let key = ImportKey::new("test:///x", "/pool", true, "AB");
+        let (src, other) = (
+            source("team", "lab", "http://a/x"),
+            source("team", "lab", "http://b/x"),
+        );
         let now = Instant::now();
-        imports.set(&key, ImportState::Done);
-        assert_eq!(imports.state(&key, now), Some(ImportState::Done));
-        assert_eq!(imports.state(&key, now), None, "done is reported once");
+        imports.set(&key, &src, ImportState::Done);
+        assert_eq!(imports.state(&key, &other, now), Some(ImportState::Done));
+        assert_eq!(
+            imports.state(&key, &src, now),
+            None,
+            "done is reported once"
+        );
         imports.set(
             &key,
+            &src,
             ImportState::Running {
                 bytes: 1,
                 total: None,
             },
         );
-        assert!(imports.state(&key, now).is_some());
+        assert!(
+            imports.state(&key, &other, now).is_some(),
+            "a running import is everyone's"
+        );
         assert!(imports.running(&key));
-        let failed = ImportState::Failed {
-            message: "no".into(),
-            kind: FailureKind::Checksum,
-            until: now + Duration::from_secs(300),
-        };
-        imports.set(&key, failed.clone());
+        imports.finished(&key, &src, fail(FailureKind::Checksum), now);
         assert!(!imports.running(&key));
-        assert_eq!(imports.state(&key, now), Some(failed.clone()));
+        let failed = imports.state(&key, &src, now).expect("failed");
+        assert!(matches!(failed, ImportState::Failed { .. }));
         assert_eq!(
-            imports.state(&key, now + Duration::from_secs(10)),
+            imports.state(&key, &src, now + Duration::from_secs(10)),
             Some(failed),
             "a failure stays while it is reported"
         );
-        assert_eq!(imports.state(&key, now + Duration::from_secs(300)), None);
+        assert_eq!(
+            imports.state(&key, &other, now),
+            None,
+            "another URL's VM starts its own import"
+        );
+        let pool_b = source("team", "other", "http://a/x");
+        assert_eq!(
+            imports.state(&key, &pool_b, now),
+            None,
+            "so does another pool's"
+        );
+        assert_eq!(
+            imports.state(&key, &src, now + Duration::from_secs(300)),
+            None
+        );
     }
 
     #[test]
@@ -359,29 +439,24 @@ mod tests {
         let key = ImportKey::new("test:///x", "/pool", true, "cd");
         let t0 = Instant::now();
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        let fail = |kind| {
-            Err(run::Failure {
-                kind,
-                message: "no".into(),
-            })
-        };
-        let due = |imports: &Imports, now| match imports.state(&key, now) {
+        let src = source("team", "lab", "http://a/x");
+        let due = |imports: &Imports, now| match imports.state(&key, &src, now) {
             Some(ImportState::Failed { until, .. }) => Some(until),
             _ => None,
         };
         // The network failed: 2 s, then 4 s for the second failure of the same image.
-        imports.finished(&key, fail(FailureKind::Other), at(10));
+        imports.finished(&key, &src, fail(FailureKind::Other), at(10));
         assert_eq!(due(&imports, at(11)), Some(at(12)));
-        assert_eq!(imports.state(&key, at(12)), None, "due: start again");
-        imports.finished(&key, fail(FailureKind::Other), at(20));
+        assert_eq!(imports.state(&key, &src, at(12)), None, "due: start again");
+        imports.finished(&key, &src, fail(FailureKind::Other), at(20));
         assert_eq!(due(&imports, at(23)), Some(at(24)));
         // A wrong checksum needs a person: 5 min at least.
-        imports.finished(&key, fail(FailureKind::Checksum), at(30));
+        imports.finished(&key, &src, fail(FailureKind::Checksum), at(30));
         assert_eq!(due(&imports, at(31)), Some(at(330)));
         // A success starts the sequence over.
-        imports.finished(&key, Ok(()), at(400));
-        assert_eq!(imports.state(&key, at(400)), Some(ImportState::Done));
-        imports.finished(&key, fail(FailureKind::Other), at(500));
+        imports.finished(&key, &src, Ok(()), at(400));
+        assert_eq!(imports.state(&key, &src, at(400)), Some(ImportState::Done));
+        imports.finished(&key, &src, fail(FailureKind::Other), at(500));
         assert_eq!(due(&imports, at(501)), Some(at(502)));
     }
 

@@ -603,7 +603,12 @@ pub(super) async fn imported_image(
         )
     };
     let now = std::time::Instant::now();
-    match ctx.imports.state(&key, now) {
+    let source = image_import::source(
+        &placed.pool.namespace().unwrap_or_default(),
+        &placed.pool.name_any(),
+        &h.url,
+    );
+    match ctx.imports.state(&key, &source, now) {
         Some(image_import::ImportState::Queued) => Err(importing(format!(
             "waiting for a slot (at most {} imports run at once)",
             ctx.imports.limit()
@@ -662,7 +667,7 @@ pub(super) async fn imported_image(
                 policy,
                 opts: crate::hypervisor::ConnectOptions::default(),
             };
-            ctx.imports.start(&ctx.hosts.connections, key, req);
+            ctx.imports.start(&ctx.hosts.connections, key, &source, req);
             ctx.event(
                 vm,
                 EventType::Normal,
