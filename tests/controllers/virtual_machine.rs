@@ -52,6 +52,17 @@ async fn reconciled(world: &mut World, mut vm: VirtualMachine, times: usize) -> 
     vm
 }
 
+/// The first bytes of a qcow2 v3 image whose header names a backing file.
+fn backed_qcow2() -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..4].copy_from_slice(b"QFI\xfb");
+    h[4..8].copy_from_slice(&3u32.to_be_bytes());
+    h[8..16].copy_from_slice(&512u64.to_be_bytes());
+    h[16..20].copy_from_slice(&11u32.to_be_bytes());
+    h[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
+    h
+}
+
 fn failed(code: i32, message: &str) -> Fault {
     Fault::Failed {
         code,
@@ -104,6 +115,20 @@ async fn drive_steps() {
             defined: false,
             running: false,
             events: &["Scheduled", "ImageNotFound"],
+        },
+        Case {
+            name: "a golden image whose header names a backing file is never opened",
+            strategy: "Always",
+            host: |h| {
+                with_image(h);
+                h.set_volume_head("images", "tiny.qcow2", &backed_qcow2())
+                    .expect("head");
+            },
+            phase: VmPhase::Pending,
+            ready: "ImageRefused",
+            defined: false,
+            running: false,
+            events: &["Scheduled", "ImageRefused"],
         },
         Case {
             name: "a storage pool the host cannot use is named",
@@ -239,4 +264,133 @@ async fn a_guest_asked_to_stop_is_forced_off_after_its_grace() {
             .event_reasons()
             .contains(&"ForcedOff".to_string())
     );
+}
+
+/// A disk status records as made for the VM is never made again: missing on the host (storage
+/// the host does not see, or removed behind ferry's back), the VM fails with `DiskMissing` and
+/// no new, empty overlay takes its place.
+#[tokio::test]
+async fn a_disk_made_before_is_never_made_again() {
+    let fakes = FakeConnector::new();
+    let h1 = fakes.add_host(&host_uri(1));
+    with_image(&h1);
+    let overlay = ferry::plan::naming::overlay_volume_name("apps", "web", "root", UID);
+    let mut obj = vm("Always");
+    obj.status = Some(
+        serde_json::from_value(serde_json::json!({
+            "host": "h1", "phase": "Running",
+            "disks": [{"name": "root", "pool": "images", "volume": overlay}]
+        }))
+        .expect("status"),
+    );
+    let (mut world, obj) = one_host(fakes, obj);
+    let current = reconciled(&mut world, obj, 3).await;
+    let st = current.status.clone().unwrap_or_default();
+    let ready = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .unwrap_or_default();
+    assert_eq!(ready.0, "DiskMissing", "{ready:?}");
+    assert!(ready.1.contains(&overlay), "{}", ready.1);
+    assert_eq!(st.phase, Some(VmPhase::Failed));
+    let volumes: Vec<String> = h1.volumes("images").into_iter().map(|v| v.name).collect();
+    assert_eq!(volumes, ["tiny.qcow2"], "no new overlay");
+    assert!(h1.domain(UID).is_none(), "nothing defined");
+}
+
+/// A failover onto another host: only when the HA controller released the VM (the annotation
+/// alone moves nothing), never on storage the hosts do not share (`FailoverRefused`, the VM
+/// stays on its host), and never onto a new, empty disk where the recorded one is not visible
+/// (`DiskMissing`).
+#[tokio::test]
+async fn failovers_never_start_a_vm_on_fresh_disks() {
+    use ferry::api::ha_policy::FAILOVER_ANNOTATION;
+    use ferry::controller::context::{HaKey, PoolHost};
+    let overlay = ferry::plan::naming::overlay_volume_name("apps", "web", "root", UID);
+    // (case, storage shared, released by the HA controller, reason, host afterwards)
+    let cases = [
+        ("forged annotation", true, false, None, "h1"),
+        (
+            "storage not shared",
+            false,
+            true,
+            Some("FailoverRefused"),
+            "h1",
+        ),
+        (
+            "disk not on the new host",
+            true,
+            true,
+            Some("DiskMissing"),
+            "h2",
+        ),
+    ];
+    for (name, shared, released, reason, host_after) in cases {
+        let fakes = FakeConnector::new();
+        let h1 = fakes.add_host(&host_uri(1));
+        let h2 = fakes.add_host(&host_uri(2));
+        with_image(&h1);
+        with_image(&h2);
+        h1.set_reachable(false);
+        let mut p = pool(2);
+        p.spec.storage.shared = Some(shared);
+        let mut obj = vm("Always");
+        let failover = serde_json::json!({"incident": "i-1", "host": "h1", "evidence": "Fenced",
+            "detected": "2026-01-01T00:00:00Z", "proven": "2026-01-01T00:00:10Z"});
+        obj.metadata.annotations = Some(
+            [(FAILOVER_ANNOTATION.to_string(), failover.to_string())]
+                .into_iter()
+                .collect(),
+        );
+        obj.status = Some(
+            serde_json::from_value(serde_json::json!({
+                "host": "h1", "phase": "Running",
+                "disks": [{"name": "root", "pool": "images", "volume": overlay}]
+            }))
+            .expect("status"),
+        );
+        let mut world = World::new(
+            fakes,
+            vec![p],
+            vec![node(1, false), node(2, true)],
+            vec![obj.clone()],
+            vec![],
+            vec![],
+        );
+        // The HA controller's verdict on h1 in this incident.
+        world.ctx.ha.set(
+            HaKey::new("ha", PoolHost::new("apps", "lab", "h1")),
+            ferry::api::ha_policy::HostVerdict::Fenced,
+        );
+        if released {
+            world
+                .ctx
+                .ha
+                .release(UID, PoolHost::new("apps", "lab", "h1"), "i-1");
+        }
+        let current = reconciled(&mut world, obj, 3).await;
+        let st = current.status.clone().unwrap_or_default();
+        let ready = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+            .unwrap_or_default();
+        if let Some(reason) = reason {
+            assert_eq!(ready.0, reason, "{name}: {ready:?}");
+        }
+        assert_eq!(st.host.as_deref(), Some(host_after), "{name}: {ready:?}");
+        let volumes: Vec<String> = h2.volumes("images").into_iter().map(|v| v.name).collect();
+        assert_eq!(volumes, ["tiny.qcow2"], "{name}: no new overlay on h2");
+        assert!(h2.domain(UID).is_none(), "{name}: nothing defined on h2");
+        if name == "storage not shared" {
+            assert!(
+                ready.1.contains("root"),
+                "{name}: names the disk: {}",
+                ready.1
+            );
+        }
+    }
 }

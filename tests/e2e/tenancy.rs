@@ -1,6 +1,6 @@
 //! Tenancy: what a namespace editor may do (VMs and migrations, never HostPools or HAPolicies),
-//! what a HostPool may say (transports, URI parameters, host directories), and MACs that are
-//! unique within a pool.
+//! what a HostPool may say (transports, URI parameters, host directories), MACs that are
+//! unique within a pool, and disks that reach only what they may.
 
 use crate::support::cluster::{self, Cluster, wait_for};
 use crate::support::lab;
@@ -580,4 +580,155 @@ async fn hostpools_are_checked_before_use() {
         !marker.exists(),
         "the controller ran the ext transport's command"
     );
+}
+
+/// A VM's disks reach only what they may: a `volume:` disk naming the golden image, another VM's
+/// overlay, or an `image:` disk naming another VM's overlay waits with `DiskNotAllowed` and is
+/// not placed; a qcow2 volume whose header names a backing file waits with `ImageRefused` and
+/// no domain is defined for it. (On the main before disks were checked, the golden image and the
+/// other VM's overlay were attached read-write and the backing file followed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn disks_reach_only_what_they_may() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-disks").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let _ctl = c.controller("e2e-disks");
+    c.apply::<HostPool>(pool_manifest("lab", &lab)).await;
+    let with_disks = |name: &str, disks: serde_json::Value| {
+        let mut m = vm_manifest(name, "lab", &lab, "Halted");
+        m["spec"]["disks"] = disks;
+        m
+    };
+    let root = json!({"name": "root", "image": lab.golden});
+
+    // The owner of an overlay, defined and left off.
+    c.apply::<VirtualMachine>(vm_manifest("owner", "lab", &lab, "Halted"))
+        .await;
+    let owner = wait_vm(
+        &c,
+        "owner",
+        "its disk recorded",
+        Duration::from_secs(90),
+        |v| v.status.as_ref().is_some_and(|s| !s.disks.is_empty()),
+    )
+    .await;
+    let overlay = owner.status.as_ref().expect("status").disks[0]
+        .volume
+        .clone();
+
+    let cases = [
+        (
+            "golden",
+            json!([root.clone(), {"name": "data", "volume": lab.golden}]),
+            "a golden image",
+        ),
+        (
+            "thief",
+            json!([root.clone(), {"name": "data", "volume": overlay}]),
+            "a VM's own disk",
+        ),
+        (
+            "backdoor",
+            json!([{"name": "root", "image": overlay}]),
+            "is not a golden image of HostPool lab",
+        ),
+    ];
+    for (name, disks, _) in &cases {
+        c.apply::<VirtualMachine>(with_disks(name, disks.clone()))
+            .await;
+    }
+    for (name, _, why) in &cases {
+        let vm = refused(&c, name, "DiskNotAllowed", "a disk reached what it may not").await;
+        let message = crate::support::objects::condition(&vm, "Ready")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(message.contains(why), "{name}: {message}");
+    }
+
+    // A qcow2 volume that names a backing file (here: the golden image) is never opened.
+    lab.create_overlay("chained")
+        .expect("a qcow2 file with a backing file");
+    c.apply::<VirtualMachine>(with_disks(
+        "chained",
+        json!([root.clone(), {"name": "data", "volume": "chained.qcow2", "format": "qcow2"}]),
+    ))
+    .await;
+    let vm = wait_vm(
+        &c,
+        "chained",
+        "ImageRefused",
+        Duration::from_secs(90),
+        |v| ready_reason(v).is_some_and(|(_, r)| r == "ImageRefused"),
+    )
+    .await;
+    let message = crate::support::objects::condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("backing file"), "{message}");
+    let defined = crate::support::hosts::domains(&lab);
+    let owner_domain = format!("{}_owner", c.namespace);
+    assert_eq!(defined, [owner_domain], "only the owner has a domain");
+}
+
+/// The `ferry.dev/failover` annotation counts only when the HA controller released the VM for
+/// that incident: one written by anyone who may edit the VM (here, for its own host, which is
+/// fine) moves nothing. (On the main before releases were recorded, the VM controller took the
+/// VM off its host at once and looked for another one, while its domain stayed there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn a_forged_failover_annotation_moves_nothing() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-forged").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let _ctl = c.controller("e2e-forged");
+    c.apply::<HostPool>(pool_manifest("lab", &lab)).await;
+    c.apply::<VirtualMachine>(vm_manifest("victim", "lab", &lab, "Halted"))
+        .await;
+    wait_vm(
+        &c,
+        "victim",
+        "defined on its host",
+        Duration::from_secs(90),
+        |v| {
+            host_of(v).as_deref() == Some(node.as_str())
+                && v.status.as_ref().and_then(|s| s.phase) == Some(ferry::api::VmPhase::Stopped)
+        },
+    )
+    .await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let forged = json!({"incident": "forged-1", "host": node, "evidence": "Fenced",
+                        "detected": now, "proven": now});
+    let patch = json!({"metadata": {"annotations": {
+        ferry::api::ha_policy::FAILOVER_ANNOTATION: forged.to_string()
+    }}});
+    c.vms()
+        .patch("victim", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("an editor writes the annotation");
+    // The reconcile the change causes, and a few more seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        let vm = c.vms().get("victim").await.expect("the VM");
+        let st = vm.status.clone().unwrap_or_default();
+        assert_eq!(
+            st.host.as_deref(),
+            Some(node.as_str()),
+            "the VM stays on its host: {st:?}"
+        );
+        assert!(st.last_recovery.is_none(), "no recovery: {st:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let defined = crate::support::hosts::domains(&lab);
+    assert_eq!(defined, [format!("{}_victim", c.namespace)]);
 }

@@ -108,13 +108,28 @@ impl LiveHa {
     }
 }
 
-/// Verdicts per [`HaKey`] and storm guards per (policy, pool), each with when it was last set.
+/// Verdicts per [`HaKey`] and storm guards per (policy, pool), each with when it was last set;
+/// and the VMs the HA controller released for a restart elsewhere.
 #[derive(Default)]
 pub struct HaVerdicts {
     /// Per pool host, the verdict of each policy that judges it.
     verdicts: Mutex<HashMap<PoolHost, ByPolicy>>,
     /// Pools whose storm guard holds, per policy, with when that was last seen.
     storms: Mutex<HashMap<GuardKey, Instant>>,
+    /// Per VM UID, the failover the HA controller of this process released it for.
+    released: Mutex<HashMap<String, Release>>,
+}
+
+/// A VM the HA controller released for a restart elsewhere: its host, as its pool sees it, is
+/// proven off in this incident.
+///
+/// The `ferry.dev/failover` annotation that tells the VirtualMachine controller so is on the
+/// VirtualMachine, which a namespace editor may write: the controller acts on the annotation
+/// only when it matches the release recorded here, so a forged one starts nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub host: PoolHost,
+    pub incident: String,
 }
 
 fn fresh(at: &Instant) -> bool {
@@ -197,6 +212,35 @@ impl HaVerdicts {
         lock(&self.storms).get(&key).is_some_and(fresh)
     }
 
+    /// Record that VM `uid` is released for a restart elsewhere in `incident` of `host` (the HA
+    /// controller, just before it writes the annotation); replaces an earlier release.
+    pub fn release(&self, uid: &str, host: PoolHost, incident: &str) {
+        lock(&self.released).insert(
+            uid.to_string(),
+            Release {
+                host,
+                incident: incident.to_string(),
+            },
+        );
+    }
+
+    /// Forget VM `uid`'s release (the annotation could not be written).
+    pub fn unrelease(&self, uid: &str) {
+        lock(&self.released).remove(uid);
+    }
+
+    /// Whether VM `uid` is released for a restart elsewhere in `incident` of `host`.
+    pub fn released(&self, uid: &str, host: &PoolHost, incident: &str) -> bool {
+        lock(&self.released)
+            .get(uid)
+            .is_some_and(|r| &r.host == host && r.incident == incident)
+    }
+
+    /// Keep only the releases of VMs for which `keep` holds (the VMs that exist).
+    pub fn retain_releases(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.released).retain(|uid, _| keep(uid));
+    }
+
     /// Keep only the verdicts and storm guards of the (policy, pool, host) triples and
     /// (policy, pool) pairs in `live`: the rest belong to a policy, pool or Node that is gone.
     pub fn retain(&self, live: &LiveHa) {
@@ -205,6 +249,7 @@ impl HaVerdicts {
             !by_policy.is_empty()
         });
         lock(&self.storms).retain(|k, _| live.guards.contains(k));
+        lock(&self.released).retain(|_, r| live.hosts.iter().any(|k| k.host == r.host));
     }
 
     /// How many (policy, pool, host) verdicts are held.
@@ -243,6 +288,36 @@ mod tests {
         );
         assert_eq!(ha.worst(&healthy), Some(V::Evacuating));
         assert_eq!(ha.len(), 3);
+    }
+
+    #[test]
+    fn a_release_is_for_one_vm_host_and_incident() {
+        let ha = HaVerdicts::default();
+        let h1 = PoolHost::new("team", "lab", "h1");
+        let other_pool = PoolHost::new("team", "other", "h1");
+        ha.release("vm-1", h1.clone(), "i-1");
+        assert!(ha.released("vm-1", &h1, "i-1"));
+        assert!(!ha.released("vm-2", &h1, "i-1"), "another VM");
+        assert!(!ha.released("vm-1", &h1, "i-0"), "another incident");
+        assert!(
+            !ha.released("vm-1", &other_pool, "i-1"),
+            "another pool's host"
+        );
+        // A later incident replaces the earlier one: an old annotation counts no more.
+        ha.release("vm-1", h1.clone(), "i-2");
+        assert!(!ha.released("vm-1", &h1, "i-1"));
+        assert!(ha.released("vm-1", &h1, "i-2"));
+        ha.unrelease("vm-1");
+        assert!(!ha.released("vm-1", &h1, "i-2"));
+        // Dropped with the VM, and with the pool host.
+        ha.release("vm-1", h1.clone(), "i-3");
+        ha.release("gone", h1.clone(), "i-3");
+        ha.retain_releases(|uid| uid != "gone");
+        assert!(!ha.released("gone", &h1, "i-3"));
+        let mut live = LiveHa::default();
+        live.host(HaKey::new("ha", other_pool.clone()));
+        ha.retain(&live);
+        assert!(!ha.released("vm-1", &h1, "i-3"));
     }
 
     #[test]

@@ -140,6 +140,14 @@ impl Context {
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
         self.pool_reports.retain(|uid| pools.contains(uid));
+        let vms: std::collections::HashSet<String> = self
+            .caches
+            .vms
+            .state()
+            .iter()
+            .filter_map(|v| v.metadata.uid.clone())
+            .collect();
+        self.ha.retain_releases(|uid| vms.contains(uid));
         Some(live)
     }
 

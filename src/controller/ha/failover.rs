@@ -1,10 +1,13 @@
 //! Handing a failed host's VMs to the VirtualMachine controller, in priority order and within
-//! capacity (`plan::recovery`), through the `ferry.dev/failover` annotation.
+//! capacity (`plan::recovery`), through the `ferry.dev/failover` annotation. Each release is
+//! recorded in the shared HA state first ([`crate::controller::context::HaVerdicts::release`]):
+//! the annotation is on an object a namespace editor may write, so only the release counts.
 
 use super::*;
 use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
 use crate::api::{HAPolicy, HostPool, VirtualMachine};
 use crate::controller::Context;
+use crate::controller::context::PoolHost;
 use crate::controller::scheduling::{self, need};
 use crate::plan::placement::{self, Placed};
 use crate::plan::recovery::{self, Stranded};
@@ -30,11 +33,14 @@ pub(super) async fn restart(
     let Some((proven, evidence)) = incident.proven else {
         return;
     };
+    let pool_host = PoolHost::of(pool, host);
+    // Released by this process in this incident (an annotation alone proves nothing: anyone who
+    // may edit the VM may write it; after a restart the VMs are released again).
     let handed = |v: &VirtualMachine| {
-        v.annotations()
-            .get(FAILOVER_ANNOTATION)
-            .and_then(|a| serde_json::from_str::<Failover>(a).ok())
-            .is_some_and(|f| f.incident == incident.id)
+        v.metadata
+            .uid
+            .as_deref()
+            .is_some_and(|uid| ctx.ha.released(uid, &pool_host, &incident.id))
     };
     let stranded: Vec<Stranded> = on_host
         .iter()
@@ -118,6 +124,7 @@ pub(super) async fn restart(
         };
         let ns = vm.namespace().unwrap_or_default();
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+        ctx.ha.release(uid, pool_host.clone(), &incident.id);
         let patch = serde_json::json!({"metadata": {"annotations": {FAILOVER_ANNOTATION: value}}});
         match api
             .patch(&vm.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
@@ -145,7 +152,10 @@ pub(super) async fn restart(
                 )
                 .await
             }
-            Err(e) => tracing::warn!(vm = %vm.name_any(), error = %e, "could not hand the VM over for failover"),
+            Err(e) => {
+                ctx.ha.unrelease(uid);
+                tracing::warn!(vm = %vm.name_any(), error = %e, "could not hand the VM over for failover")
+            }
         }
     }
 }

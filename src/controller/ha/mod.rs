@@ -229,7 +229,7 @@ pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requ
             tally.awaiting.extend(h.awaiting);
             tally.fence_failed.extend(h.fence_failed);
             if let Some(i) = &h.incident {
-                upsert_incident(&mut st.incidents, &h.key, i, &all_vms);
+                upsert_incident(&mut st.incidents, &h.key, i, &all_vms, &ctx.ha);
             }
             tally.hosts.push(h.health);
         }

@@ -12,26 +12,36 @@ use crate::plan::capacity::Amount;
 use kube::ResourceExt;
 use std::sync::Arc;
 
-/// Update the incident's record in status from the open incident and the VMs' recoveries.
+/// Update the incident's record in status from the open incident and the VMs' recoveries. A
+/// VM's failover annotation counts only when the HA controller released it (`ha`) or the VM
+/// controller acted on it (the VM's recovery names the incident): anyone who may edit the VM
+/// may write the annotation.
 pub(super) fn upsert_incident(
     list: &mut Vec<Incident>,
     key: &HaKey,
     i: &Open,
     vms: &[Arc<VirtualMachine>],
+    ha: &crate::controller::context::HaVerdicts,
 ) {
     let mut vm_entries: Vec<IncidentVm> = vms
         .iter()
         .filter_map(|v| {
-            let handed = v
-                .annotations()
-                .get(FAILOVER_ANNOTATION)
-                .and_then(|a| serde_json::from_str::<Failover>(a).ok())
-                .filter(|f| f.incident == i.id);
             let rec = v
                 .status
                 .as_ref()
                 .and_then(|s| s.last_recovery.as_ref())
                 .filter(|r| r.incident == i.id);
+            let released = v
+                .metadata
+                .uid
+                .as_deref()
+                .is_some_and(|uid| ha.released(uid, &key.host, &i.id));
+            let handed = v
+                .annotations()
+                .get(FAILOVER_ANNOTATION)
+                .and_then(|a| serde_json::from_str::<Failover>(a).ok())
+                .filter(|f| f.incident == i.id && f.host == key.host.node)
+                .filter(|_| released || rec.is_some());
             if handed.is_none() && rec.is_none() {
                 return None;
             }

@@ -5,6 +5,7 @@ use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
 use crate::api::virtual_machine::Recovery;
 use crate::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
+use crate::controller::context::{HaVerdicts, PoolHost};
 use crate::controller::scheduling::{self, NotPlaced};
 use crate::controller::{Context, status::apply_status};
 use crate::error::Result;
@@ -75,17 +76,34 @@ pub(super) async fn place(
     })?;
     // The HA controller proved the VM's host off: place it anew, once per incident, never on
     // that host (its pool status may not show it down yet).
-    let failover = failover_request(vm, st);
+    let failover = failover_request(vm, st, &ctx.ha);
     if let Some(f) = &failover
         && let Some(m) =
             volume_access::failover_blocked(&vm.spec, &pool.spec.storage, pool_name, &f.host)
     {
-        return Err(Blocked::new(
-            VmPhase::Unknown,
-            FAILOVER_REFUSED,
-            format!("host {} failed (incident {}); {m}", f.host, f.incident),
-            Retry::After(Duration::from_secs(60)),
-        ));
+        // Handled: the VM stays on its host, and starts there again once the host is back.
+        st.last_recovery = Some(Recovery {
+            incident: f.incident.clone(),
+            from_host: f.host.clone(),
+            evidence: f.evidence.clone(),
+            detected: Some(f.detected.clone()),
+            proven_off: Some(f.proven.clone()),
+            ..Recovery::default()
+        });
+        return Err(failover_refused(&f.host, &f.incident, &m));
+    }
+    // Said so for as long as the host is down in that incident.
+    if let Some(r) = &st.last_recovery
+        && r.to_host.is_none()
+        && st.host.as_deref() == Some(r.from_host.as_str())
+        && let Some(m) =
+            volume_access::failover_blocked(&vm.spec, &pool.spec.storage, pool_name, &r.from_host)
+        && ctx
+            .ha
+            .worst(&PoolHost::of(&pool, &r.from_host))
+            .is_some_and(host_in_incident)
+    {
+        return Err(failover_refused(&r.from_host, &r.incident, &m));
     }
     let exclude = failover.map(|f| {
         tracing::info!(vm = %vm.name_any(), host = %f.host, incident = %f.incident, "host proven off; placing the VM anew");
@@ -200,9 +218,31 @@ pub(super) async fn place(
 /// cannot follow it.
 pub(super) const FAILOVER_REFUSED: &str = "FailoverRefused";
 
+fn failover_refused(host: &str, incident: &str, why: &str) -> Blocked {
+    Blocked::new(
+        VmPhase::Unknown,
+        FAILOVER_REFUSED,
+        format!("host {host} failed (incident {incident}); {why}"),
+        Retry::After(Duration::from_secs(30)),
+    )
+}
+
+/// Whether an HA verdict means the host is down in an open incident.
+fn host_in_incident(v: crate::api::ha_policy::HostVerdict) -> bool {
+    use crate::api::ha_policy::HostVerdict as V;
+    matches!(v, V::Failed | V::Fencing | V::Fenced | V::Recovering)
+}
+
 /// The failover the HA controller asks for through the `ferry.dev/failover` annotation: only
-/// while the VM is still placed on the failed host and that incident was not handled yet.
-pub fn failover_request(vm: &VirtualMachine, st: &VirtualMachineStatus) -> Option<Failover> {
+/// while the VM is still placed on the failed host, that incident was not handled yet, and the
+/// HA controller released this VM for it (`ha`). A namespace editor may write the annotation
+/// too; one the HA controller did not release the VM for is ignored, so it can never get a VM
+/// started on a second host while it runs on the first.
+pub fn failover_request(
+    vm: &VirtualMachine,
+    st: &VirtualMachineStatus,
+    ha: &HaVerdicts,
+) -> Option<Failover> {
     let raw = vm.annotations().get(FAILOVER_ANNOTATION)?;
     let f: Failover = match serde_json::from_str(raw) {
         Ok(f) => f,
@@ -215,5 +255,18 @@ pub fn failover_request(vm: &VirtualMachine, st: &VirtualMachineStatus) -> Optio
         .last_recovery
         .as_ref()
         .is_some_and(|r| r.incident == f.incident);
-    (st.host.as_deref() == Some(f.host.as_str()) && !handled).then_some(f)
+    if st.host.as_deref() != Some(f.host.as_str()) || handled {
+        return None;
+    }
+    let host = PoolHost::new(
+        &vm.namespace().unwrap_or_default(),
+        &vm.spec.host_pool,
+        &f.host,
+    );
+    let uid = vm.metadata.uid.as_deref().unwrap_or_default();
+    if !ha.released(uid, &host, &f.incident) {
+        tracing::warn!(vm = %vm.name_any(), host = %f.host, incident = %f.incident, "ignoring a {FAILOVER_ANNOTATION} annotation the HA controller did not write for this VM");
+        return None;
+    }
+    Some(f)
 }
