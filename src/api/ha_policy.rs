@@ -188,6 +188,11 @@ pub struct Failover {
     pub detected: Time,
     /// When the host was proven off.
     pub proven: Time,
+    /// When the HA controller released the VM (a new value with each release, so that the
+    /// VirtualMachine controller hears of a release the annotation already described, as after
+    /// a controller restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<Time>,
 }
 
 /// Action for a NotReady host whose libvirt still answers.

@@ -63,14 +63,20 @@ pub(super) async fn restart(
     if stranded.is_empty() {
         return;
     }
+    // Restarts under way: VMs released and not yet placed, and VMs placed anew in this incident
+    // (by this process or, before a restart, by another) whose domain does not run yet.
     let in_flight = pool_vms
         .iter()
-        .filter(|v| handed(v))
         .filter(|v| {
-            v.status
+            let recovery = v
+                .status
                 .as_ref()
                 .and_then(|s| s.last_recovery.as_ref())
-                .is_none_or(|r| r.incident != incident.id || r.running.is_none())
+                .filter(|r| r.incident == incident.id);
+            match recovery {
+                Some(r) => r.running.is_none(),
+                None => handed(v),
+            }
         })
         .count();
     let mut candidates = scheduling::candidates(pool, &ctx.caches, &ctx.ha);
@@ -104,6 +110,7 @@ pub(super) async fn restart(
         evidence: evidence_name(evidence).to_string(),
         detected: ts(incident.detected),
         proven: ts(proven),
+        released: Some(ts(k8s_openapi::jiff::Timestamp::now())),
     };
     let Ok(value) = serde_json::to_string(&failover) else {
         return;
