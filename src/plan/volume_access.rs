@@ -71,6 +71,9 @@ pub struct Claimant<'a> {
     pub name: String,
     pub created: Option<Timestamp>,
     pub spec: &'a VirtualMachineSpec,
+    /// The disks whose volumes its status records as made for it (overlays that exist and are
+    /// never made again).
+    pub made: Vec<String>,
 }
 
 impl<'a> Claimant<'a> {
@@ -79,6 +82,11 @@ impl<'a> Claimant<'a> {
             name: Neighbour::of(vm).name,
             created: vm.metadata.creation_timestamp.as_ref().map(|t| t.0),
             spec: &vm.spec,
+            made: vm
+                .status
+                .as_ref()
+                .map(|s| s.disks.iter().map(|d| d.name.clone()).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -90,7 +98,9 @@ impl<'a> Claimant<'a> {
     }
 }
 
-/// Whether `vm`'s disks only use what they may, on HostPool `pool_name`'s `storage`.
+/// Whether `vm`'s disks only use what they may, on HostPool `pool_name`'s `storage`. An
+/// `image:` disk whose overlay the VM's status records as made is not checked against the
+/// pool's declared images: that overlay exists and is never made again.
 /// `other_golden` are the golden images other HostPools on the same storage declare;
 /// `neighbours` the other VMs on the same storage (only looked at for `volume:` disks). The error
 /// lists every problem and what to change.
@@ -104,7 +114,11 @@ pub fn check(
     let mut problems = Vec::new();
     for (i, d) in vm.spec.disks.iter().enumerate() {
         match d.source() {
-            Some(DiskSource::Image(image)) if storage.golden_image(image).is_none() => {
+            // An overlay made before the pool declared its images (ferry never makes it again,
+            // nor opens the image itself) keeps working; a new one needs a declared image.
+            Some(DiskSource::Image(image))
+                if storage.golden_image(image).is_none() && !vm.made.contains(&d.name) =>
+            {
                 let declared: Vec<&str> = storage.images.iter().map(|i| i.name.as_str()).collect();
                 problems.push(format!(
                     "spec.disks[{i}].image {image:?} is not a golden image of HostPool {pool_name} (it declares {}): name one of those, or ask a platform admin to add it to spec.storage.images",
@@ -337,6 +351,11 @@ mod tests {
                 None,
             ),
             (
+                "an overlay made before the image was declared keeps working",
+                json!([{"name": "made", "image": "older.qcow2"}]),
+                None,
+            ),
+            (
                 "every problem is listed",
                 json!([{"name": "a", "image": "nope"}, {"name": "b", "volume": "tiny.qcow2"}]),
                 Some("spec.disks[1].volume"),
@@ -344,7 +363,14 @@ mod tests {
         ];
         let st = storage(json!({}));
         for (name, disks, want) in cases {
-            let v = vm("me", 200, disks);
+            let mut v = vm("me", 200, disks);
+            // Status records the overlay of disk "made" (made before the pool declared images).
+            v.status = Some(
+                serde_json::from_value(json!({"disks": [
+                    {"name": "made", "pool": "ferry", "volume": "team_me_made_0123abcd.qcow2"}
+                ]}))
+                .expect("status"),
+            );
             let got = check(&Claimant::of(&v), "p", &st, &golden_elsewhere, &others);
             match want {
                 None => assert_eq!(got, Ok(()), "{name}"),
