@@ -300,13 +300,19 @@ async fn no_ha_tick_before_the_caches_hold_their_first_list() {
     }))
     .expect("policy");
     let hc = Arc::new(ferry::controller::ha::HaContext::new(ctx.clone()));
-    let action = ferry::controller::ha::reconcile(Arc::new(policy.clone()), hc.clone())
-        .await
-        .expect("reconcile ok");
+    let first = tokio::spawn(ferry::controller::ha::reconcile(
+        Arc::new(policy.clone()),
+        hc.clone(),
+    ));
     assert!(
         next(&mut handle).await.is_none(),
         "no status write while the Node cache is incomplete"
     );
+    let action = tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("the tick returns at once")
+        .expect("join")
+        .expect("reconcile ok");
     assert_ne!(action, Action::await_change(), "it looks again soon");
 
     // Once the Node list is complete, the tick runs (and reports the missing pool).
