@@ -331,3 +331,60 @@ async fn ha_storm_guard_fences_nothing_when_most_hosts_look_failed() {
     );
     drop(ctl);
 }
+
+/// No failover onto a fresh disk: on storage the hosts do not share (`storage.shared: false`),
+/// a VM whose host lost power and was fenced is not restarted elsewhere; it waits with
+/// `FailoverRefused` naming its disk, nothing runs on the survivor and no new overlay is made.
+/// (Before failovers checked the storage, the VM controller placed it on h2 and made a new,
+/// empty overlay there, as its code reads; not run against that version.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn ha_local_storage_refuses_a_failover() {
+    let ((mut c, lab, h1, _h2, ctl), sim) =
+        ha_setup_with_ipmi("ferry-e2e-ha-local", &[("vm-local", None)], 1, "s3cret").await;
+    let pools: Api<ferry::api::HostPool> = Api::namespaced(c.client.clone(), &c.namespace);
+    pools
+        .patch(
+            "lab",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"storage": {"shared": false}}})),
+        )
+        .await
+        .expect("the pool's storage is not shared");
+    let volumes = || {
+        let mut v = crate::support::hosts::volumes(&lab);
+        v.sort();
+        v
+    };
+    let volumes_before = volumes();
+
+    ipmi_power_off(&sim);
+    c.node_not_ready(&h1).await;
+    let vm = wait_vm(
+        &c,
+        "vm-local",
+        "FailoverRefused",
+        Duration::from_secs(120),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "FailoverRefused"),
+    )
+    .await;
+    let message = crate::support::objects::condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("not shared") && message.contains("root"),
+        "{message}"
+    );
+    assert_eq!(host_of(&vm).as_deref(), Some(h1.as_str()));
+    // It stays so: nothing starts on h2, no disk is made for it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let vm = c.vms().get("vm-local").await.expect("vm");
+    assert_eq!(host_of(&vm).as_deref(), Some(h1.as_str()));
+    assert_eq!(
+        ready_reason(&vm).map(|r| r.1).as_deref(),
+        Some("FailoverRefused")
+    );
+    assert!(running(&lab, "h2").is_empty(), "{:?}", running(&lab, "h2"));
+    assert_eq!(volumes(), volumes_before);
+    drop(ctl);
+}
