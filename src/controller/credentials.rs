@@ -164,10 +164,14 @@ pub fn with_pkipath(uri: &str, dir: &Path) -> String {
     with_params(uri, &[("pkipath", dir.display().to_string())])
 }
 
-/// Write `files` into `dir` (created with mode 0700, files 0600, each replaced atomically).
+/// Write `files` into `dir` (created with mode 0700, files 0600, each replaced atomically). A file
+/// that already holds the same bytes is left alone, so connecting again rewrites nothing, and
+/// two writers at once never share a temporary file.
 pub fn write_files(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -175,7 +179,11 @@ pub fn write_files(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<(), String> 
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     for (name, bytes) in files {
         let path = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
+        if std::fs::read(&path).is_ok_and(|old| old == *bytes) {
+            continue;
+        }
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -356,5 +364,39 @@ mod tests {
             tls.uri("qemu+tls://h/system", &dir),
             format!("qemu+tls://h/system?pkipath={d}")
         );
+    }
+
+    #[test]
+    fn writing_the_same_files_again_changes_nothing_and_leaves_no_temporary_file() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ns_s_7");
+        let files = [
+            ("cacert.pem", b"ca".to_vec()),
+            ("clientkey.pem", b"key".to_vec()),
+        ];
+        write_files(&dir, &files).expect("written");
+        let inode = std::fs::metadata(dir.join("clientkey.pem"))
+            .expect("meta")
+            .ino();
+        write_files(&dir, &files).expect("written again");
+        assert_eq!(
+            std::fs::metadata(dir.join("clientkey.pem"))
+                .expect("meta")
+                .ino(),
+            inode,
+            "not replaced"
+        );
+        write_files(&dir, &[("clientkey.pem", b"new".to_vec())]).expect("rotated");
+        assert_eq!(
+            std::fs::read(dir.join("clientkey.pem")).expect("read"),
+            b"new"
+        );
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 }
