@@ -5,6 +5,7 @@ pub mod cloud_init;
 pub mod controller;
 pub mod error;
 pub mod fence;
+pub mod gate;
 pub mod http;
 pub mod hypervisor;
 pub mod leader;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use ferry::controller::image_import::Imports;
 use ferry::controller::run::{self, Scope};
+use ferry::gate::ActionGate;
 use ferry::http::{self, HttpState};
 use ferry::leader::{self, LeaseSettings};
 use ferry::metrics::Metrics;
@@ -65,6 +66,11 @@ struct ControllerArgs {
     /// Seconds before expiry at which the leader renews.
     #[arg(long, env = "FERRY_LEASE_GRACE", default_value_t = 5)]
     lease_grace: u64,
+    /// Milliseconds before its lease would expire at which a leader that saw no renewal land
+    /// stops every host and BMC action (a call under way then, and clocks that differ between
+    /// replicas, must fit in it); default: half the grace period, at least 1 s.
+    #[arg(long, env = "FERRY_LEASE_MARGIN_MS")]
+    lease_margin_ms: Option<u64>,
     /// VirtualMachine reconciles run at once, at most (each holds its working copy of the VM and
     /// its pool until done, so this bounds the memory of a full resync).
     #[arg(long, env = "FERRY_VM_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
@@ -246,16 +252,27 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
     };
 
     let mut leadership = None;
+    // Without leader election this replica acts alone; with it, only until its lease lapses.
+    let mut gate = ActionGate::open();
     if args.leader_election {
+        let grace = args
+            .lease_grace
+            .min(args.lease_duration.saturating_sub(1))
+            .max(1);
+        let default_margin = LeaseSettings::default_margin(grace);
+        let margin = args
+            .lease_margin_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(default_margin)
+            // Shorter than the grace period, or the gate would close before every renewal.
+            .min(std::time::Duration::from_millis(grace * 1000 - 250));
         let settings = LeaseSettings {
             name: args.lease_name.clone(),
             namespace: args.lease_namespace.clone().unwrap_or(default_ns),
             identity: identity.clone(),
             duration: args.lease_duration,
-            grace: args
-                .lease_grace
-                .min(args.lease_duration.saturating_sub(1))
-                .max(1),
+            grace,
+            margin,
         };
         // A standby is healthy and ready: it can take over at any moment.
         ready.store(true, Ordering::Relaxed);
@@ -264,6 +281,26 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
             r = leader::acquire(client.clone(), &settings) => r.map_err(|e| format!("leader election: {e}"))?,
             _ = run::shutdown_signal() => return Ok(()),
         };
+        let counted = metrics.clone();
+        gate = ActionGate::leased_observed(move |action| counted.action_withheld(action));
+        tokio::spawn(leader::keep_deadline(
+            client.clone(),
+            settings.clone(),
+            gate.clone(),
+        ));
+        // The controllers start once the first renewal is seen (at once, normally): actions
+        // before that would only be withheld.
+        let seen = async {
+            while !gate.is_open() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let within = std::time::Duration::from_secs(settings.duration);
+        if tokio::time::timeout(within, seen).await.is_err() {
+            tracing::warn!(
+                "no renewal of the leader lease seen yet: host and BMC actions wait for one"
+            );
+        }
         leadership = Some(acquired);
     }
 
@@ -279,8 +316,10 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
     let mut lease = None;
     if let Some((rx, task)) = leadership {
         let flag = leadership_lost.clone();
+        let revoked = gate.clone();
         let watcher = tokio::spawn(async move {
             leader::lost(rx).await;
+            revoked.revoke("the leader election reported the lease lost");
             flag.store(true, Ordering::Relaxed);
             tracing::error!("leadership lost: stopping so that only one replica acts");
             let _ = lost_tx.send(());
@@ -298,10 +337,13 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
         settings,
         metrics,
         reporter,
+        gate.clone(),
         move || ready_flag.store(true, Ordering::Relaxed),
         stop,
     )
     .await;
+    // Stopped: nothing more is done on hosts, whatever is still running.
+    gate.revoke("the controller stopped");
     if let Some((watcher, task)) = lease {
         // Dropping the last receiver makes the lease manager release the lease, so a standby
         // takes over at once instead of after the lease expires.

@@ -6,6 +6,7 @@ mod bmc;
 
 use bmc::{IpmiSim, Sushy};
 use ferry::fence::{self, Credentials, FenceError, Fencer, Power, ipmi::Ipmi, redfish::Redfish};
+use ferry::gate::ActionGate;
 use std::time::{Duration, Instant};
 
 const USER: &str = "admin";
@@ -26,6 +27,7 @@ fn redfish(s: &Sushy, system: &str, password: &str) -> Redfish {
         &format!("/redfish/v1/Systems/{system}"),
         creds(password, Some(s.pki.ca_pem())),
         Duration::from_secs(3),
+        ActionGate::open(),
     )
     .expect("client")
 }
@@ -71,6 +73,7 @@ async fn redfish_fence_outcomes() {
         "/redfish/v1/Systems/h2",
         creds(PASS, Some(other_ca.ca_pem())),
         Duration::from_secs(3),
+        ActionGate::open(),
     )
     .expect("client");
     match untrusted.power_state().await {
@@ -97,6 +100,7 @@ async fn redfish_fence_outcomes() {
         "/redfish/v1/Systems/h2",
         creds(PASS, Some(sushy.pki.ca_pem())),
         Duration::from_secs(3),
+        ActionGate::open(),
     )
     .expect("client");
     let r = fence::fence(&down, Duration::from_secs(5), POLL).await;
@@ -125,6 +129,7 @@ fn ipmi(sim: &IpmiSim, password: &str) -> Ipmi {
         &sim.address(),
         creds(password, None),
         Duration::from_secs(3),
+        ActionGate::open(),
     )
     .expect("client")
 }
@@ -148,15 +153,38 @@ async fn ipmi_fence_outcomes() {
     assert!(killed.exists(), "the power-off hook ran");
     assert_eq!(f.power_state().await.expect("state"), Power::Off);
 
-    // Wrong password.
+    // A replica that may not act (its leader lease lapsed): the BMC is asked nothing that
+    // changes power, and the fence fails saying why.
     sim.set_power(true);
+    std::fs::remove_file(&killed).expect("remove the hook's marker");
+    let lapsed = ActionGate::leased();
+    lapsed.renewed_until(Instant::now());
+    let gated = Ipmi::new(
+        &sim.address(),
+        creds(PASS, None),
+        Duration::from_secs(3),
+        lapsed,
+    )
+    .expect("client");
+    let r = fence::fence(&gated, Duration::from_secs(5), POLL).await;
+    assert!(matches!(r, Err(FenceError::Withheld { .. })), "{r:?}");
+    assert!(sim.power_on(), "nothing was powered off");
+    assert!(!killed.exists(), "the power-off hook did not run");
+
+    // Wrong password.
     let r = fence::fence(&ipmi(&sim, "wrong"), Duration::from_secs(5), POLL).await;
     assert!(matches!(r, Err(FenceError::Auth { .. })), "{r:?}");
     assert!(sim.power_on(), "nothing was powered off");
 
     // A hung BMC (process stopped): a timeout within the bound.
     let addr = sim.address();
-    let short = Ipmi::new(&addr, creds(PASS, None), Duration::from_secs(2)).expect("client");
+    let short = Ipmi::new(
+        &addr,
+        creds(PASS, None),
+        Duration::from_secs(2),
+        ActionGate::open(),
+    )
+    .expect("client");
     sim.freeze(true);
     let start = Instant::now();
     let r = fence::fence(&short, Duration::from_secs(5), POLL).await;

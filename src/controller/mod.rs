@@ -20,3 +20,6 @@ pub use context::{Context, HA_VERDICT_TTL, lock};
 
 /// Field manager of every server-side apply ferry makes.
 pub const FIELD_MANAGER: &str = "ferry";
+
+/// How soon a reconcile that found the [`crate::gate::ActionGate`] closed looks again.
+pub const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);

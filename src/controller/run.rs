@@ -2,6 +2,7 @@
 
 use super::{Context, ha, host_pool, hosts, migration, virtual_machine};
 use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
+use crate::gate::ActionGate;
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -76,12 +77,13 @@ pub struct Settings {
     pub imports: crate::controller::image_import::Imports,
 }
 
-/// Run both controllers until `shutdown` resolves.
+/// Run the controllers until `shutdown` resolves; every host and BMC action asks `gate` first.
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
     reporter: Reporter,
+    gate: ActionGate,
     ready: impl FnOnce() + Send,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -168,7 +170,8 @@ pub async fn run(
         .with_migrations(migration_store.clone())
         .with_policies(policy_store)
         .with_uri_limits(uri_limits)
-        .with_imports(imports),
+        .with_imports(imports)
+        .with_gate(gate),
     );
     // A migration changes what the VM controller may do with its VM.
     let migrations_for_vms = watcher(

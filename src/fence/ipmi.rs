@@ -6,7 +6,8 @@
 //! across awaits, so its futures cannot move between tokio workers), bounded by the request
 //! timeout as a whole.
 
-use super::{Credentials, FenceError, Fencer, Power, bounded};
+use super::{Credentials, FenceError, Fencer, Power, allowed, bounded};
+use crate::gate::ActionGate;
 use async_trait::async_trait;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -21,11 +22,18 @@ pub struct Ipmi {
     target: SocketAddr,
     creds: Credentials,
     timeout: Duration,
+    gate: ActionGate,
 }
 
 impl Ipmi {
-    /// A client for `address` (`ipmi://host[:port]`, or `host[:port]`; port 623 by default).
-    pub fn new(address: &str, creds: Credentials, timeout: Duration) -> Result<Ipmi, FenceError> {
+    /// A client for `address` (`ipmi://host[:port]`, or `host[:port]`; port 623 by default);
+    /// every power-off asks `gate` first.
+    pub fn new(
+        address: &str,
+        creds: Credentials,
+        timeout: Duration,
+        gate: ActionGate,
+    ) -> Result<Ipmi, FenceError> {
         let hostport = address.strip_prefix("ipmi://").unwrap_or(address);
         let hostport = hostport.trim_end_matches('/');
         let with_port = if hostport
@@ -52,6 +60,7 @@ impl Ipmi {
             target,
             creds,
             timeout,
+            gate,
         })
     }
 
@@ -162,6 +171,7 @@ impl Fencer for Ipmi {
     }
 
     async fn power_off(&self) -> Result<(), FenceError> {
+        allowed(&self.gate, &self.describe())?;
         self.with_session("Chassis Control power down", |c| {
             c.chassis_control(ipmi::ChassisControl::PowerDown)
         })

@@ -3,11 +3,13 @@
 //! One [`Fencer`] trait, two protocols: Redfish (`redfish.rs`, ComputerSystem.Reset ForceOff) and
 //! IPMI v2.0 over LAN (`ipmi.rs`, chassis power off). Every BMC call is bounded by a timeout. A
 //! fence counts only when the BMC reports Off: a timeout, an error or a state that stays On is a
-//! failed fence, and [`fence`] says which.
+//! failed fence, and [`fence`] says which. Every driver is built with the [`ActionGate`] and asks
+//! it before cutting power: a replica that may not act (see [`crate::gate`]) never does.
 
 pub mod ipmi;
 pub mod redfish;
 
+use crate::gate::ActionGate;
 use async_trait::async_trait;
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,9 @@ pub enum FenceError {
         expected: String,
         found: String,
     },
+    /// This replica may not act now (see [`crate::gate`]): no power-off was sent.
+    #[error("power-off through BMC {bmc} withheld: {reason}")]
+    Withheld { bmc: String, reason: String },
     /// The power-off was accepted but the BMC did not report Off in time.
     #[error(
         "BMC {bmc} still reports power {state:?} {seconds}s after the power-off: not confirmed"
@@ -138,6 +143,15 @@ impl std::fmt::Debug for Credentials {
             .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
             .finish()
     }
+}
+
+/// Ask `gate` before cutting power through `bmc`.
+pub(crate) fn allowed(gate: &ActionGate, bmc: &str) -> Result<(), FenceError> {
+    gate.check("fence power_off")
+        .map_err(|w| FenceError::Withheld {
+            bmc: bmc.to_string(),
+            reason: w.reason,
+        })
 }
 
 /// Run `fut` with a timeout, turning the elapsed timeout into [`FenceError::Timeout`].

@@ -3,7 +3,8 @@
 //! system roots when none is given), basic auth, and the system path always named explicitly
 //! (never "the first/last system").
 
-use super::{Credentials, FenceError, Fencer, Power, bounded};
+use super::{Credentials, FenceError, Fencer, Power, allowed, bounded};
+use crate::gate::ActionGate;
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -21,15 +22,18 @@ pub struct Redfish {
     timeout: Duration,
     /// The host's firmware UUID, which the system's `UUID` must be (when set).
     system_uuid: Option<String>,
+    gate: ActionGate,
 }
 
 impl Redfish {
-    /// A client for the system at `base` + `system_path`; every request is bounded by `timeout`.
+    /// A client for the system at `base` + `system_path`; every request is bounded by `timeout`,
+    /// every power-off asks `gate` first.
     pub fn new(
         base: &str,
         system_path: &str,
         creds: Credentials,
         timeout: Duration,
+        gate: ActionGate,
     ) -> Result<Redfish, FenceError> {
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("https://") || base.starts_with("http://")) {
@@ -56,6 +60,7 @@ impl Redfish {
             creds,
             timeout,
             system_uuid: None,
+            gate,
         })
     }
 
@@ -254,6 +259,7 @@ impl Fencer for Redfish {
 
     async fn power_off(&self) -> Result<(), FenceError> {
         let bmc = self.describe();
+        allowed(&self.gate, &bmc)?;
         bounded(&bmc, "ComputerSystem.Reset ForceOff", self.timeout, async {
             let resp = self
                 .client

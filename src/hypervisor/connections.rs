@@ -18,7 +18,9 @@
 //! Every libvirt connection ferry opens comes from the registry's [`Connector`]: the shared ones
 //! from [`HostConnections::get`], connections of their own (a migration, a volume copy, an image
 //! upload) from [`HostConnections::dedicated`]. A test can therefore stand in for every host with
-//! one connector (see [`fake`](super::fake)).
+//! one connector (see [`fake`](super::fake)). Every connection handed out, shared or dedicated,
+//! asks the registry's [`ActionGate`] before a call that changes the host (see
+//! [`crate::gate`]), so no caller can act on a host while this replica may not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,8 +30,10 @@ use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::time::Instant;
 
+use super::gated::Gated;
 use super::libvirt::LibvirtHost;
 use super::{HvResult, Hypervisor, HypervisorError};
+use crate::gate::ActionGate;
 
 pub use super::{CallObserver, ConnectOptions};
 
@@ -61,6 +65,8 @@ pub struct HostConnections {
 
 struct Inner {
     connector: Arc<dyn Connector>,
+    /// Every connection handed out asks it before a call that changes the host.
+    gate: ActionGate,
     observer: Option<Arc<dyn CallObserver>>,
     min_backoff: Duration,
     max_backoff: Duration,
@@ -161,6 +167,7 @@ impl HostConnections {
         HostConnections {
             inner: Arc::new(Inner {
                 connector,
+                gate: ActionGate::open(),
                 observer: None,
                 min_backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(30),
@@ -178,6 +185,7 @@ impl HostConnections {
         HostConnections {
             inner: Arc::new(Inner {
                 connector: self.inner.connector.clone(),
+                gate: self.inner.gate.clone(),
                 observer: self.inner.observer.clone(),
                 min_backoff: self.inner.min_backoff,
                 max_backoff: self.inner.max_backoff,
@@ -200,6 +208,7 @@ impl HostConnections {
         HostConnections {
             inner: Arc::new(Inner {
                 connector: self.inner.connector.clone(),
+                gate: self.inner.gate.clone(),
                 observer: self.inner.observer.clone(),
                 min_backoff: min,
                 max_backoff: max.max(min),
@@ -208,6 +217,34 @@ impl HostConnections {
                 domains: self.inner.domains.clone(),
             }),
         }
+    }
+
+    /// The same registry whose connections ask `gate` before every call that changes a host
+    /// (see [`crate::gate`]). Call before sharing the registry; siblings share the gate.
+    pub fn with_gate(self, gate: ActionGate) -> Self {
+        let entries = self
+            .inner
+            .entries
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default();
+        HostConnections {
+            inner: Arc::new(Inner {
+                connector: self.inner.connector.clone(),
+                gate,
+                observer: self.inner.observer.clone(),
+                min_backoff: self.inner.min_backoff,
+                max_backoff: self.inner.max_backoff,
+                entries: Mutex::new(entries),
+                lost: self.inner.lost.clone(),
+                domains: self.inner.domains.clone(),
+            }),
+        }
+    }
+
+    /// The gate every connection of this registry asks before changing a host.
+    pub fn gate(&self) -> &ActionGate {
+        &self.inner.gate
     }
 
     /// The open connection to `uri`, or a new one opened with `opts` (options apply to new
@@ -250,6 +287,7 @@ impl HostConnections {
         };
         match self.inner.connector.connect(uri, &opts).await {
             Ok(conn) => {
+                let conn = Gated::wrap(conn, &self.inner.gate);
                 state.failure = None;
                 state.conn = Some(conn.clone());
                 Ok(conn)
@@ -270,7 +308,8 @@ impl HostConnections {
         uri: &str,
         opts: &ConnectOptions,
     ) -> HvResult<Arc<dyn Hypervisor>> {
-        self.inner.connector.connect(uri, opts).await
+        let conn = self.inner.connector.connect(uri, opts).await?;
+        Ok(Gated::wrap(conn, &self.inner.gate))
     }
 
     /// URIs of connections that the host or the network ended (keepalive timeout, daemon gone,

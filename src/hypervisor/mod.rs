@@ -8,6 +8,7 @@
 pub mod connections;
 pub mod domain_xml;
 pub mod fake;
+mod gated;
 pub mod libvirt;
 pub mod migration;
 mod xml;
@@ -52,6 +53,14 @@ pub enum HypervisorError {
     /// until the definition changes.
     #[error("{message}")]
     InvalidDefinition { message: String },
+    /// This replica may not act on hosts now (its leader lease lapsed or went to another
+    /// replica, see [`crate::gate`]): nothing was sent to the host.
+    #[error("{operation} on {uri} withheld: {reason}")]
+    Withheld {
+        operation: &'static str,
+        uri: String,
+        reason: String,
+    },
     /// The host answered but refused or failed the operation.
     #[error("{operation} failed: {message}")]
     OperationFailed {
@@ -100,6 +109,11 @@ impl HypervisorError {
                     || message.contains("Failed to acquire lock")
                     || message.contains("Failed to get \"write\" lock")
         )
+    }
+
+    /// Whether this replica withheld the call (see [`HypervisorError::Withheld`]).
+    pub fn is_withheld(&self) -> bool {
+        matches!(self, HypervisorError::Withheld { .. })
     }
 
     /// Whether the host answered that the domain, pool or volume does not exist.

@@ -36,6 +36,12 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
+/// Labels naming a host or BMC action.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: &'static str,
+}
+
 /// Labels of a libvirt call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -58,6 +64,7 @@ pub struct Metrics {
     migration_downtime: Histogram,
     fences: Family<ResultLabels, Counter>,
     ha_judged: Gauge,
+    withheld: Family<ActionLabels, Counter>,
     /// What the state gauges are computed from at each scrape (shared with the collector).
     inventory: Arc<RwLock<Option<InventorySource>>>,
 }
@@ -116,6 +123,12 @@ impl Default for Metrics {
             "(HAPolicy, HostPool, host) triples the HA controller judges and remembers",
             ha_judged.clone(),
         );
+        let withheld = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "actions_withheld",
+            "Host and BMC actions this replica withheld because its leader lease lapsed, per action",
+            withheld.clone(),
+        );
         registry.register(
             "build",
             "The ferry build: version and git commit (always 1)",
@@ -129,6 +142,7 @@ impl Default for Metrics {
             migration_downtime,
             fences,
             ha_judged,
+            withheld,
             registry,
             reconciles,
             failures,
@@ -174,6 +188,11 @@ impl Metrics {
         self.migrations
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// Count a host or BMC action withheld by the [`crate::gate::ActionGate`].
+    pub fn action_withheld(&self, action: &'static str) {
+        self.withheld.get_or_create(&ActionLabels { action }).inc();
     }
 
     /// Count a fence attempt: `confirmed` when the BMC reported the host off.

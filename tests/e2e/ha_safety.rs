@@ -313,6 +313,7 @@ async fn redfish_power(sushy: &Sushy, system: &str) -> Option<ferry::fence::Powe
         &format!("/redfish/v1/Systems/{system}"),
         creds,
         Duration::from_secs(3),
+        ferry::gate::ActionGate::open(),
     )
     .ok()?;
     f.power_state().await.ok()

@@ -16,6 +16,7 @@ mod ha_fencing;
 mod ha_not_ready;
 mod ha_safety;
 mod images;
+mod leadership;
 mod lifecycle;
 mod migration;
 mod pools;

@@ -6,6 +6,7 @@
 
 use super::chart_rbac::ChartIdentity;
 use super::netns;
+use super::proxy::CuttableProxy;
 use ferry::api::{HostPool, VirtualMachine, crds};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node};
@@ -351,6 +352,22 @@ impl Cluster {
         )
     }
 
+    /// Start `ferry controller` whose only way to the API server is a [`CuttableProxy`] the
+    /// test holds: cutting it partitions this replica from the API server (and nothing else).
+    pub fn controller_behind_proxy(&self, identity: &str) -> (ControllerProcess, CuttableProxy) {
+        let proxy = CuttableProxy::start(&api_server_address(&self.kubeconfig))
+            .expect("a proxy to the API server");
+        let ctl = ControllerProcess::start_via(
+            &self.kubeconfig,
+            &self.namespace,
+            identity,
+            None,
+            Some(proxy.port),
+            &[],
+        );
+        (ctl, proxy)
+    }
+
     /// [`Cluster::controller`] with extra environment variables (e.g. a quieter `RUST_LOG`).
     pub fn controller_with_env(&self, identity: &str, env: &[(&str, &str)]) -> ControllerProcess {
         ControllerProcess::start(
@@ -526,9 +543,26 @@ fn kubeconfig_in_netns(
     ns: &str,
     dir: &std::path::Path,
 ) -> (PathBuf, Vec<netns::Forwarder>) {
+    let mut forwarders = Vec::new();
+    let path = kubeconfig_relayed(kubeconfig, dir, |upstream| {
+        let fwd =
+            netns::Forwarder::start(ns, upstream).expect("relay the API server into the namespace");
+        let port = fwd.port;
+        forwarders.push(fwd);
+        port
+    });
+    (path, forwarders)
+}
+
+/// A copy of `kubeconfig` (written to `dir`) whose servers are reached on a loopback port that
+/// `relay` returns for each server's `host:port`, the TLS server name kept.
+fn kubeconfig_relayed(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    mut relay: impl FnMut(&str) -> u16,
+) -> PathBuf {
     let text = std::fs::read_to_string(kubeconfig).expect("read kubeconfig");
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
-    let mut forwarders = Vec::new();
     if let Some(clusters) = doc.get_mut("clusters").and_then(|c| c.as_sequence_mut()) {
         for c in clusters {
             let Some(cluster) = c.get_mut("cluster") else {
@@ -550,24 +584,33 @@ fn kubeconfig_in_netns(
                     if scheme == "https" { "443" } else { "80" }.to_string(),
                 ),
             };
-            let fwd = netns::Forwarder::start(ns, &format!("{host}:{port}"))
-                .expect("relay the API server into the namespace");
+            let local = relay(&format!("{host}:{port}"));
             let map = cluster.as_mapping_mut().expect("cluster mapping");
             map.insert(
                 "server".into(),
-                format!("{scheme}://127.0.0.1:{}/{path}", fwd.port).into(),
+                format!("{scheme}://127.0.0.1:{local}/{path}").into(),
             );
             if scheme == "https" && !map.contains_key("tls-server-name") {
                 let name = host.trim_start_matches('[').trim_end_matches(']');
                 map.insert("tls-server-name".into(), name.into());
             }
-            forwarders.push(fwd);
         }
     }
     let path = dir.join("kubeconfig");
     std::fs::write(&path, serde_yaml::to_string(&doc).expect("kubeconfig YAML"))
         .expect("write kubeconfig");
-    (path, forwarders)
+    path
+}
+
+/// The `host:port` of the first server `kubeconfig` names.
+fn api_server_address(kubeconfig: &std::path::Path) -> String {
+    let mut found = None;
+    let dir = tempfile::tempdir().expect("tempdir");
+    kubeconfig_relayed(kubeconfig, dir.path(), |upstream| {
+        found.get_or_insert_with(|| upstream.to_string());
+        0
+    });
+    found.expect("a server in the kubeconfig")
 }
 
 impl ControllerProcess {
@@ -579,17 +622,32 @@ impl ControllerProcess {
         ns: Option<&str>,
         env: &[(&str, &str)],
     ) -> ControllerProcess {
+        Self::start_via(kubeconfig, namespace, identity, ns, None, env)
+    }
+
+    fn start_via(
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        identity: &str,
+        ns: Option<&str>,
+        proxy_port: Option<u16>,
+        env: &[(&str, &str)],
+    ) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join(format!("{identity}.log"));
         let port = free_port();
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let (kubeconfig, forwarders) = match ns {
-            Some(ns) => {
+        let (kubeconfig, forwarders) = match (ns, proxy_port) {
+            (Some(ns), _) => {
                 let (k, f) = kubeconfig_in_netns(kubeconfig, ns, dir.path());
                 (k, f)
             }
-            None => (kubeconfig.to_path_buf(), Vec::new()),
+            (None, Some(p)) => (
+                kubeconfig_relayed(kubeconfig, dir.path(), |_| p),
+                Vec::new(),
+            ),
+            (None, None) => (kubeconfig.to_path_buf(), Vec::new()),
         };
         let kubeconfig = kubeconfig.as_path();
         let mut cmd = match ns {

@@ -15,3 +15,4 @@ pub mod lab;
 pub mod migration;
 pub mod netns;
 pub mod objects;
+pub mod proxy;

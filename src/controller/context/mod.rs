@@ -20,6 +20,7 @@ pub use vm_runtime::{PoolReports, VmRuntime};
 
 use crate::api::{HostPool, VirtualMachine};
 use crate::controller::image_import::Imports;
+use crate::gate::ActionGate;
 use crate::hypervisor::HostConnections;
 use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Node;
@@ -97,6 +98,18 @@ impl Context {
             backoff: Backoff::default(),
             imports: Imports::default(),
         }
+    }
+
+    /// Let every host and BMC action ask `gate` first (see [`crate::gate`]); a context made
+    /// without it acts unconditionally, as a replica without leader election does.
+    pub fn with_gate(mut self, gate: ActionGate) -> Self {
+        self.hosts.connections = self.hosts.connections.clone().with_gate(gate);
+        self
+    }
+
+    /// The gate every host and BMC action asks first.
+    pub fn gate(&self) -> &ActionGate {
+        self.hosts.connections.gate()
     }
 
     /// Use `store` for VirtualMachineMigrations.

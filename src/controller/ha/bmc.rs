@@ -159,13 +159,14 @@ pub(super) async fn fencer(
                 )
             })?;
             Ok(Box::new(
-                fence::redfish::Redfish::new(&address, &path, creds, timeout)
+                fence::redfish::Redfish::new(&address, &path, creds, timeout, ctx.gate().clone())
                     .map_err(|e| e.to_string())?
                     .for_system_uuid(uuid),
             ))
         }
         FenceDriver::Ipmi => Ok(Box::new(
-            fence::ipmi::Ipmi::new(&address, creds, timeout).map_err(|e| e.to_string())?,
+            fence::ipmi::Ipmi::new(&address, creds, timeout, ctx.gate().clone())
+                .map_err(|e| e.to_string())?,
         )),
     }
 }

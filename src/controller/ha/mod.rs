@@ -181,6 +181,11 @@ fn in_incident(v: HostVerdict) -> bool {
 ))]
 pub async fn reconcile(policy: Arc<HAPolicy>, hc: Arc<HaContext>) -> Result<Requeue> {
     let ctx = hc.ctx.clone();
+    if !ctx.gate().is_open() {
+        // This replica may not act now (its leader lease lapsed): no fence, no host action, no
+        // write. Liveness timers keep what they measured.
+        return Ok(Requeue::requeue(super::GATE_WAIT));
+    }
     if !ctx.caches.all_ready() {
         // Judged on a partial list, every host would look new (its memory not restored), every
         // VM missing, and the status written from that would lose the incidents under way.

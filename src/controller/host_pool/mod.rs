@@ -38,6 +38,10 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
         // A partial Node list would drop hosts from the status (and add them back a moment later).
         return Ok(Requeue::requeue(Duration::from_millis(500)));
     }
+    if !ctx.gate().is_open() {
+        // This replica may not act now (its leader lease lapsed): no host action, no write.
+        return Ok(Requeue::requeue(super::GATE_WAIT));
+    }
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = pool.namespace().unwrap_or_default();
     let api: Api<HostPool> = Api::namespaced(ctx.client.clone(), &ns);

@@ -65,6 +65,10 @@ const WAIT: Duration = Duration::from_secs(10);
     object.name = %m.name_any(),
 ))]
 pub async fn reconcile(m: Arc<VirtualMachineMigration>, ctx: Arc<Context>) -> Result<Requeue> {
+    if !ctx.gate().is_open() {
+        // This replica may not act now (its leader lease lapsed): no host action, no write.
+        return Ok(Requeue::requeue(super::GATE_WAIT));
+    }
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     // Deciding without the VMs, pools and Nodes would misread a missing entry as a missing
     // object (after a restart, a running migration would look orphaned).

@@ -53,6 +53,10 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Req
         // Nothing is decided or written on partial caches; look again shortly.
         return Ok(Requeue::requeue(CACHE_WAIT));
     }
+    if !ctx.gate().is_open() {
+        // This replica may not act now (its leader lease lapsed): no host action, no write.
+        return Ok(Requeue::requeue(super::GATE_WAIT));
+    }
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let ns = vm.namespace().unwrap_or_default();
     let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
@@ -131,6 +135,11 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
     let mut st = vm.status.clone().unwrap_or_default();
     let now = Timestamp::now();
     let outcome = drive(vm, api, ctx, &mut st, now).await;
+    if !ctx.gate().is_open() {
+        // The gate closed during the reconcile (an action was withheld, or the leader lease
+        // lapsed): a replica that may not act reports nothing either.
+        return Ok(Requeue::requeue(super::GATE_WAIT));
+    }
     let requeue = match outcome {
         Ok(after) => {
             ctx.backoff.reset(&key(vm));
@@ -220,6 +229,14 @@ async fn drive(
 }
 
 fn host_blocked(host: &str, e: HypervisorError, what: &str, phase: Option<VmPhase>) -> Blocked {
+    if e.is_withheld() {
+        return Blocked::new(
+            phase.unwrap_or(VmPhase::Pending),
+            "ActionWithheld",
+            format!("{what} on host {host}: {e}"),
+            Retry::After(super::GATE_WAIT),
+        );
+    }
     if let HypervisorError::Rejected { .. } = &e {
         let phase = match phase {
             None | Some(VmPhase::Pending) => VmPhase::Pending,
