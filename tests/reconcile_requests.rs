@@ -1,6 +1,9 @@
 //! The exact Kubernetes requests one VirtualMachine reconcile makes, against a mocked API server
 //! (kube-rs's tower-test pattern). Hypervisor-side behaviour is tested against real libvirt
-//! elsewhere; these cases never reach a host.
+//! elsewhere; these cases reach in-memory hosts (`ferry::hypervisor::fake`) at most.
+
+#[path = "support/fake_pool.rs"]
+mod fake_pool;
 
 use ferry::api::{FINALIZER, HostPool, VirtualMachine};
 use ferry::controller::Context;
@@ -329,4 +332,124 @@ async fn no_ha_tick_before_the_caches_hold_their_first_list() {
     stored["status"] = body["status"].clone();
     respond(send, &stored);
     task.await.expect("join").expect("reconcile ok");
+}
+
+/// A VM failing over, in the caches of a controller whose pool has h2 ready (h1 fenced), with
+/// in-memory hosts behind it.
+fn failing_over() -> (
+    Arc<Context>,
+    Handle,
+    Vec<ferry::hypervisor::fake::FakeHost>,
+    VirtualMachine,
+) {
+    use ferry::api::HostState;
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let (fakes, hosts) = fake_pool::hosts(&["h1", "h2"]);
+    hosts[0].power_off();
+    let vm = fake_pool::vm_failing_over("apps", "web", UID, "h1");
+    let pool = fake_pool::pool(
+        "apps",
+        &[("h1", HostState::Unreachable), ("h2", HostState::Ready)],
+    );
+    let (ctx, _writer) = fake_pool::context(
+        client,
+        &fakes,
+        pool,
+        &[fake_pool::node("h1"), fake_pool::node("h2")],
+        std::slice::from_ref(&vm),
+    );
+    fake_pool::fenced(&ctx, "h1");
+    (ctx, handle, hosts, vm)
+}
+
+const UID: &str = "0b6f1b7e-1111-2222-3333-444455556666";
+
+fn conflict(send: tower_test::mock::SendResponse<Response<Body>>) {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": "Operation cannot be fulfilled on virtualmachines.ferry.dev \"web\": the object has been modified; please apply your changes to the latest version and try again",
+        "reason": "Conflict", "code": 409});
+    send.send_response(
+        Response::builder()
+            .status(409)
+            .body(Body::from(serde_json::to_vec(&body).expect("json")))
+            .expect("response"),
+    );
+}
+
+/// A restart elsewhere is written with optimistic concurrency before anything happens on the
+/// new host: a fresh read of the VM, then the placement applied with the version read as a
+/// precondition. When another reconcile placed the VM in between (409 Conflict), this one
+/// creates nothing, writes nothing more and looks again soon.
+#[tokio::test]
+async fn a_failover_placement_is_conditional_and_a_conflict_creates_nothing() {
+    let (ctx, mut handle, hosts, vm) = failing_over();
+    let task = tokio::spawn(reconcile(Arc::new(vm.clone()), ctx));
+
+    // 1. The VM, read afresh: still the version the cache holds.
+    let (req, send) = next(&mut handle).await.expect("fresh read");
+    assert_eq!(req.method(), http::Method::GET);
+    assert_eq!(
+        req.uri().path(),
+        "/apis/ferry.dev/v1alpha1/namespaces/apps/virtualmachines/web"
+    );
+    respond(send, &serde_json::to_value(&vm).expect("json"));
+
+    // 2. The placement on h2, conditional on that version.
+    let (req, send) = next(&mut handle).await.expect("placement");
+    assert_eq!(req.method(), http::Method::PATCH);
+    assert_eq!(
+        req.uri().path(),
+        "/apis/ferry.dev/v1alpha1/namespaces/apps/virtualmachines/web/status"
+    );
+    let body = body_json(req).await;
+    assert_eq!(body["metadata"]["resourceVersion"], "41", "{body}");
+    assert_eq!(body["status"]["host"], "h2");
+    assert_eq!(body["status"]["lastRecovery"]["fromHost"], "h1");
+    conflict(send);
+
+    // 3. Nothing else: no Event, no status write, nothing created or started on h2.
+    let action = task.await.expect("join").expect("reconcile ok");
+    assert_eq!(action, Action::requeue(Duration::from_millis(500)));
+    assert!(next(&mut handle).await.is_none(), "nothing else is written");
+    let h2_calls: Vec<_> = hosts[1]
+        .calls()
+        .into_iter()
+        .map(|c| c.op)
+        .filter(|op| {
+            !matches!(
+                op,
+                ferry::hypervisor::fake::Op::Connect | ferry::hypervisor::fake::Op::LookupDomain
+            )
+        })
+        .collect();
+    assert!(h2_calls.is_empty(), "h2 was changed: {h2_calls:?}");
+    assert!(hosts[1].domains().is_empty());
+}
+
+/// A cache that lags behind (the API server holds a newer version of the VM, say one another
+/// process already placed): the fresh read shows it, and nothing is decided, written or asked
+/// of any host.
+#[tokio::test]
+async fn a_failover_decided_on_a_stale_cache_does_nothing() {
+    let (ctx, mut handle, hosts, vm) = failing_over();
+    hosts[1].take_calls();
+    let task = tokio::spawn(reconcile(Arc::new(vm.clone()), ctx));
+    let (req, send) = next(&mut handle).await.expect("fresh read");
+    assert_eq!(req.method(), http::Method::GET);
+    let mut newer = serde_json::to_value(&vm).expect("json");
+    newer["metadata"]["resourceVersion"] = json!("57");
+    newer["status"]["host"] = json!("h3");
+    respond(send, &newer);
+    let action = task.await.expect("join").expect("reconcile ok");
+    assert_eq!(action, Action::requeue(Duration::from_millis(500)));
+    assert!(next(&mut handle).await.is_none(), "nothing is written");
+    assert!(
+        hosts[1]
+            .calls()
+            .iter()
+            .all(|c| c.op == ferry::hypervisor::fake::Op::Connect),
+        "no host was asked anything: {:?}",
+        hosts[1].calls()
+    );
 }

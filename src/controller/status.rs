@@ -22,17 +22,55 @@ where
     if current == Some(status) {
         return Ok(false);
     }
+    write(api, obj, status, None).await?;
+    Ok(true)
+}
+
+/// Apply `status` to `obj`'s status subresource only while the object is still at `version`
+/// (its `resourceVersion`): optimistic concurrency, so that a decision made on that version is
+/// never written over a newer one. A newer object fails with 409 Conflict ([`is_conflict`]).
+/// Returns the object as written.
+pub async fn apply_status_at<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    status: &S,
+    version: &str,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Serialize,
+{
+    write(api, obj, status, Some(version)).await
+}
+
+async fn write<K, S>(
+    api: &Api<K>,
+    obj: &K,
+    status: &S,
+    version: Option<&str>,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Serialize,
+{
     let name = obj.meta().name.clone().unwrap_or_default();
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
+    if let Some(v) = version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": v });
+    }
     api.patch_status(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
-    .await?;
-    Ok(true)
+    .await
+}
+
+/// Whether a write failed because the object changed since the version it was conditional on.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
 }

@@ -21,6 +21,7 @@ pub mod placement;
 pub mod pool_check;
 pub mod quantity;
 pub mod recovery;
+pub mod sighting;
 pub mod uri;
 pub mod uri_policy;
 pub mod validate;

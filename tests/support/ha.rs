@@ -32,14 +32,32 @@ pub async fn ha_setup(
     names: &[(&str, Option<&str>)],
     max_concurrent: u32,
 ) -> HaSetup {
+    let (c, lab, nodes, ctl) = ha_setup_on(2, prefix, fencing, names, max_concurrent).await;
+    let [h1, h2] = <[String; 2]>::try_from(nodes).expect("two Nodes");
+    (c, lab, h1, h2, ctl)
+}
+
+/// [`ha_setup`] with `hosts` lab hosts: returns their Node names (`<ns>-h1`, ...), the VMs on
+/// the first.
+pub async fn ha_setup_on(
+    hosts: usize,
+    prefix: &str,
+    fencing: Option<serde_json::Value>,
+    names: &[(&str, Option<&str>)],
+    max_concurrent: u32,
+) -> (Cluster, lab::Lab, Vec<String>, cluster::ControllerProcess) {
     assert!(
         cluster::enabled(),
         "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
     );
-    let lab = lab::Lab::up(2).expect("two lab hosts");
+    let lab = lab::Lab::up(hosts).expect("lab hosts");
     let mut c = Cluster::new(prefix).await;
     let ns = c.namespace.clone();
-    let (h1, h2) = (format!("{ns}-h1"), format!("{ns}-h2"));
+    let nodes: Vec<String> = lab
+        .hosts
+        .iter()
+        .map(|h| format!("{ns}-{}", h.name))
+        .collect();
     for h in &lab.hosts {
         c.add_node_with_labels(
             &format!("{ns}-{}", h.name),
@@ -48,7 +66,10 @@ pub async fn ha_setup(
         )
         .await;
     }
-    c.cordon(&h2, true).await;
+    let h1 = nodes[0].clone();
+    for other in &nodes[1..] {
+        c.cordon(other, true).await;
+    }
     let ctl = c.controller(prefix);
     let template = lab.hosts[0]
         .unix_uri
@@ -83,13 +104,15 @@ pub async fn ha_setup(
         lab::wait_for_console(&console(&lab, &ns, name), "FERRY-READY", BOOT)
             .expect("guest ready on h1");
     }
-    c.cordon(&h2, false).await;
+    for other in &nodes[1..] {
+        c.cordon(other, false).await;
+    }
     let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &ns);
-    wait_for("both hosts Healthy", Duration::from_secs(60), || {
+    wait_for("every host Healthy", Duration::from_secs(60), || {
         let p = policies.clone();
         async move {
             let s = p.get("ha").await.ok()?.status?;
-            (s.hosts.len() == 2
+            (s.hosts.len() == hosts
                 && s.hosts
                     .iter()
                     .all(|h| h.verdict == ferry::api::ha_policy::HostVerdict::Healthy))
@@ -97,7 +120,7 @@ pub async fn ha_setup(
         }
     })
     .await;
-    (c, lab, h1, h2, ctl)
+    (c, lab, nodes, ctl)
 }
 
 /// The HAPolicy `ha` of the HA tests: the lab pool, short graces, `extra` merged into its spec.

@@ -9,6 +9,7 @@
 pub mod bmc;
 pub mod chart_rbac;
 pub mod cluster;
+pub mod fake_pool;
 pub mod ha;
 pub mod hosts;
 pub mod lab;

@@ -4,6 +4,76 @@
 use super::*;
 use crate::plan::domain::{describe_changes, pending_restart};
 
+/// Whether a VM in this phase had its domain defined on its host.
+fn had_domain(phase: Option<VmPhase>) -> bool {
+    matches!(
+        phase,
+        Some(
+            VmPhase::Starting
+                | VmPhase::Running
+                | VmPhase::Stopping
+                | VmPhase::Stopped
+                | VmPhase::Migrating
+                | VmPhase::Unknown
+        )
+    )
+}
+
+/// Look before you start: the domain of a VM that had one is gone from the host its status
+/// names. Before it is defined (and started) there anew, its domain is looked up on the pool's
+/// other hosts: a migration that finished without being recorded leaves it running on the
+/// target. Found running elsewhere, it is adopted there (the reconcile ends, the next one goes on
+/// on that host); a host that cannot be asked and is not proven off blocks.
+async fn look_elsewhere(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    placed: &Placed,
+    st: &mut VirtualMachineStatus,
+    now: Timestamp,
+) -> Result<(), Blocked> {
+    use crate::api::condition::{ConditionStatus, set_condition};
+    use crate::plan::sighting::{Verdict, decide};
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let seen = super::sighting::look(ctx, &placed.pool, &uid, &[placed.name.as_str()]).await;
+    match decide(&seen) {
+        Verdict::Free => Ok(()),
+        Verdict::Adopt(host) => {
+            st.host = Some(host.clone());
+            set_condition(
+                &mut st.conditions,
+                "Scheduled",
+                ConditionStatus::True,
+                "Adopted",
+                format!(
+                    "found running on host {host}; its domain was gone from host {}",
+                    placed.name
+                ),
+                vm.metadata.generation,
+                now,
+            );
+            ctx.vm_runtime.forget_provisioned(&uid);
+            Err(Blocked::new(
+                VmPhase::Running,
+                "Adopted",
+                format!(
+                    "the domain was gone from host {} but runs on host {host} (a migration there finished without being recorded): adopted there, not started again",
+                    placed.name
+                ),
+                Retry::After(Duration::from_millis(200)),
+            ))
+        }
+        Verdict::RunningTwice(hosts) => Err(super::sighting::running_twice(&hosts)),
+        Verdict::Wait(unknown) => Err(super::sighting::unconfirmed(
+            format!(
+                "the domain is gone from host {}, and it is not defined there anew",
+                placed.name
+            ),
+            &placed.pool,
+            &unknown,
+        )),
+    }
+}
+
 /// KVM when the host has it, plain QEMU emulation otherwise.
 pub(super) async fn virt_type(
     hosts: &HostAccess,
@@ -66,6 +136,9 @@ pub(super) async fn domain(
             ),
             Retry::Backoff,
         ));
+    }
+    if dom.is_none() && had_domain(prior_phase) {
+        look_elsewhere(vm, ctx, placed, st, now).await?;
     }
     let configured = dom
         .as_ref()

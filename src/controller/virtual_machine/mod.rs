@@ -7,11 +7,13 @@ mod disks;
 mod migrations;
 mod place;
 mod power;
+mod record;
+mod sighting;
 mod spec;
 
+use super::Context;
 use super::cloud_init;
 use super::context::HostAccess;
-use super::{Context, status::apply_status};
 use crate::api::condition::{ConditionStatus, find, set_condition};
 use crate::api::{FINALIZER, HostPool, VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::cloud_init::Seed;
@@ -26,6 +28,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use record::{Record, WriteError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +43,24 @@ const CACHE_WAIT: Duration = Duration::from_millis(500);
 
 /// How often a VM in transition is looked at.
 const TRANSITION: Duration = Duration::from_secs(2);
+
+/// How soon a reconcile that worked from a stale copy of the VM looks again (the watch usually
+/// brings the newer copy sooner).
+const STALE_WAIT: Duration = Duration::from_millis(500);
+
+/// The reason of a [`Blocked`] that is not reported: the reconcile worked from a stale copy of
+/// the VM (its cache lags behind, or another process wrote since), so nothing it saw is written.
+const STALE: &str = "StaleCopy";
+
+/// A reconcile that must stop because it worked from a stale copy of the VM.
+fn stale() -> Blocked {
+    Blocked::new(
+        VmPhase::Unknown,
+        STALE,
+        "the VM changed since this reconcile read it",
+        Retry::After(STALE_WAIT),
+    )
+}
 
 /// Reconcile one VirtualMachine. Runs in a `reconcile` span naming the object (inside
 /// kube-runtime's `reconciling object` span), so that logs and exported traces carry it.
@@ -134,11 +155,18 @@ impl Placed {
 async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) -> Result<Requeue> {
     let mut st = vm.status.clone().unwrap_or_default();
     let now = Timestamp::now();
-    let outcome = drive(vm, api, ctx, &mut st, now).await;
+    let mut record = Record::new(api, vm);
+    let outcome = drive(vm, &mut record, ctx, &mut st, now).await;
     if !ctx.gate().is_open() {
         // The gate closed during the reconcile (an action was withheld, or the leader lease
         // lapsed): a replica that may not act reports nothing either.
         return Ok(Requeue::requeue(super::GATE_WAIT));
+    }
+    if let Err(b) = &outcome
+        && b.reason == STALE
+    {
+        tracing::debug!(vm = %vm.name_any(), "the VM changed since this reconcile read it; looking again");
+        return Ok(Requeue::requeue(STALE_WAIT));
     }
     let requeue = match outcome {
         Ok(after) => {
@@ -204,20 +232,26 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
         }
     };
     st.observed_generation = vm.metadata.generation;
-    apply_status(api, vm, vm.status.as_ref(), &st).await?;
-    requeue
+    match record.write(&st).await {
+        Ok(_) => requeue,
+        Err(WriteError::Stale) => {
+            tracing::debug!(vm = %vm.name_any(), "the VM changed since this reconcile read it; its status is not written");
+            Ok(Requeue::requeue(STALE_WAIT))
+        }
+        Err(WriteError::Failed(e)) => Err(e.into()),
+    }
 }
 
 /// Drive the VM one step towards its spec; `st` is updated with what was observed and done.
 async fn drive(
     vm: &VirtualMachine,
-    api: &Api<VirtualMachine>,
+    record: &mut Record<'_>,
     ctx: &Context,
     st: &mut VirtualMachineStatus,
     now: Timestamp,
 ) -> Result<Duration, Blocked> {
     let (valid, seed) = spec::resolve(vm, &ctx.client, &ctx.caches, st).await?;
-    let placed = place::place(vm, &valid, api, ctx, st, now).await?;
+    let placed = place::place(vm, &valid, record, ctx, st, now).await?;
     if let Some(after) = migrations::follow(vm, ctx, &placed, st, now).await? {
         return Ok(after);
     }

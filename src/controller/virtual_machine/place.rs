@@ -1,20 +1,21 @@
 //! Finding or choosing the VM's host, and connecting to it.
 
 use super::*;
+use crate::api::HostPool;
 use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
 use crate::api::virtual_machine::Recovery;
 use crate::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
+use crate::controller::Context;
 use crate::controller::context::{HaVerdicts, PoolHost};
 use crate::controller::scheduling::{self, NotPlaced};
-use crate::controller::{Context, status::apply_status};
 use crate::error::Result;
+use crate::plan::sighting::{self as sighting_plan, Verdict};
 use crate::plan::validate::ValidSpec;
 use crate::plan::{pool_check, uri_policy, volume_access};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use std::time::Duration;
 pub(super) async fn place(
     vm: &VirtualMachine,
     valid: &ValidSpec,
-    api: &Api<VirtualMachine>,
+    record: &mut Record<'_>,
     ctx: &Context,
     st: &mut VirtualMachineStatus,
     now: Timestamp,
@@ -75,21 +76,14 @@ pub(super) async fn place(
         )
     })?;
     // The HA controller proved the VM's host off: place it anew, once per incident, never on
-    // that host (its pool status may not show it down yet).
+    // that host (its pool status may not show it down yet). First look whether it runs anywhere.
     let failover = failover_request(vm, st, &ctx.ha);
     if let Some(f) = &failover
         && let Some(m) =
             volume_access::failover_blocked(&vm.spec, &pool.spec.storage, pool_name, &f.host)
     {
         // Handled: the VM stays on its host, and starts there again once the host is back.
-        st.last_recovery = Some(Recovery {
-            incident: f.incident.clone(),
-            from_host: f.host.clone(),
-            evidence: f.evidence.clone(),
-            detected: Some(f.detected.clone()),
-            proven_off: Some(f.proven.clone()),
-            ..Recovery::default()
-        });
+        st.last_recovery = Some(recovery(f));
         return Err(failover_refused(&f.host, &f.incident, &m));
     }
     // Said so for as long as the host is down in that incident.
@@ -105,21 +99,21 @@ pub(super) async fn place(
     {
         return Err(failover_refused(&r.from_host, &r.incident, &m));
     }
-    let exclude = failover.map(|f| {
-        tracing::info!(vm = %vm.name_any(), host = %f.host, incident = %f.incident, "host proven off; placing the VM anew");
-        st.host = None;
-        st.phase = Some(VmPhase::Pending);
-        st.last_recovery = Some(Recovery {
-            incident: f.incident.clone(),
-            from_host: f.host.clone(),
-            evidence: f.evidence.clone(),
-            detected: Some(f.detected.clone()),
-            proven_off: Some(f.proven.clone()),
-            ..Recovery::default()
-        });
-        ctx.vm_runtime.forget_provisioned(vm.metadata.uid.as_deref().unwrap_or_default());
-        f.host
-    });
+    let mut exclude = None;
+    if let Some(f) = &failover {
+        match look_before_start(vm, ctx, &pool, record, st, f, now).await? {
+            Some(adopted) => st.host = Some(adopted),
+            None => {
+                tracing::info!(vm = %vm.name_any(), host = %f.host, incident = %f.incident, "host proven off; placing the VM anew");
+                st.host = None;
+                st.phase = Some(VmPhase::Pending);
+                st.last_recovery = Some(recovery(f));
+                ctx.vm_runtime
+                    .forget_provisioned(vm.metadata.uid.as_deref().unwrap_or_default());
+                exclude = Some(f.host.clone());
+            }
+        }
+    }
     let host = match st.host.clone() {
         Some(h) => h,
         None => {
@@ -144,7 +138,9 @@ pub(super) async fn place(
                 ),
             })?;
             // Record the choice before anything is created on the host, so that a crash here can
-            // never lead to a second copy somewhere else.
+            // never lead to a second copy somewhere else. The write is conditional on the version
+            // of the VM this choice was made on: if another reconcile (another process, or one
+            // working from a stale cache) placed it meanwhile, this one fails and creates nothing.
             st.host = Some(host.clone());
             st.domain_uuid = vm.metadata.uid.clone();
             if let Some(r) = st.last_recovery.as_mut()
@@ -163,18 +159,24 @@ pub(super) async fn place(
                 vm.metadata.generation,
                 now,
             );
-            apply_status(api, vm, vm.status.as_ref(), st)
-                .await
-                .map_err(|e| {
-                    ctx.placement
-                        .forget(vm.metadata.uid.as_deref().unwrap_or_default());
-                    Blocked::new(
+            let uid = vm.metadata.uid.as_deref().unwrap_or_default();
+            match record.write(st).await {
+                Ok(_) => {}
+                Err(WriteError::Stale) => {
+                    ctx.placement.forget(uid);
+                    tracing::info!(vm = %vm.name_any(), %host, "not placed: the VM changed since this reconcile read it (placed by another reconcile?)");
+                    return Err(stale());
+                }
+                Err(WriteError::Failed(e)) => {
+                    ctx.placement.forget(uid);
+                    return Err(Blocked::new(
                         VmPhase::Pending,
                         "StatusWriteFailed",
                         format!("could not record the placement: {e}"),
                         Retry::Backoff,
-                    )
-                })?;
+                    ));
+                }
+            }
             ctx.event(
                 vm,
                 EventType::Normal,
@@ -231,6 +233,110 @@ fn failover_refused(host: &str, incident: &str, why: &str) -> Blocked {
 fn host_in_incident(v: crate::api::ha_policy::HostVerdict) -> bool {
     use crate::api::ha_policy::HostVerdict as V;
     matches!(v, V::Failed | V::Fencing | V::Fenced | V::Recovering)
+}
+
+/// The recovery record of a failover, before the VM has a new host.
+fn recovery(f: &Failover) -> Recovery {
+    Recovery {
+        incident: f.incident.clone(),
+        from_host: f.host.clone(),
+        evidence: f.evidence.clone(),
+        detected: Some(f.detected.clone()),
+        proven_off: Some(f.proven.clone()),
+        ..Recovery::default()
+    }
+}
+
+/// Look before you start: before a failover places the VM anew, make sure the VM is not already
+/// running somewhere. The VM is read afresh (a stale cache stops here), then its domain is looked
+/// up on every host of the pool, the failed one included. Returns the host it was found running on, adopted there
+/// (recorded in status, with an Event), or `None` when it may be placed anew.
+async fn look_before_start(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    pool: &HostPool,
+    record: &mut Record<'_>,
+    st: &mut VirtualMachineStatus,
+    f: &Failover,
+    now: Timestamp,
+) -> Result<Option<String>, Blocked> {
+    match record.is_current().await {
+        Ok(true) => {}
+        Ok(false) => return Err(stale()),
+        Err(e) => {
+            return Err(Blocked::new(
+                VmPhase::Unknown,
+                "StatusReadFailed",
+                format!("could not read the VM before restarting it elsewhere: {e}"),
+                Retry::Backoff,
+            ));
+        }
+    }
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    // The failed host is asked too: the annotation alone is no proof (a namespace editor can
+    // write it); a host the HA controller holds fenced is not asked.
+    let seen = sighting::look(ctx, pool, &uid, &[]).await;
+    match sighting_plan::decide(&seen) {
+        Verdict::Free => Ok(None),
+        Verdict::Adopt(host) => {
+            st.host = Some(host.clone());
+            st.last_recovery = Some(Recovery {
+                to_host: Some(host.clone()),
+                replaced: Some(Time(now)),
+                ..recovery(f)
+            });
+            set_condition(
+                &mut st.conditions,
+                "Scheduled",
+                ConditionStatus::True,
+                "Adopted",
+                format!("found running on host {host} after host {} failed", f.host),
+                vm.metadata.generation,
+                now,
+            );
+            ctx.vm_runtime.forget_provisioned(&uid);
+            match record.write(st).await {
+                Ok(_) => {}
+                Err(WriteError::Stale) => return Err(stale()),
+                Err(WriteError::Failed(e)) => {
+                    return Err(Blocked::new(
+                        VmPhase::Unknown,
+                        "StatusWriteFailed",
+                        format!("could not record that the VM runs on host {host}: {e}"),
+                        Retry::Backoff,
+                    ));
+                }
+            }
+            ctx.event(
+                vm,
+                EventType::Warning,
+                "Adopted",
+                "Failover",
+                if host == f.host {
+                    format!(
+                        "A restart elsewhere was asked for (host {host} failed, incident {}), but the VM still runs on host {host}: kept there, not started again",
+                        f.incident
+                    )
+                } else {
+                    format!(
+                        "Host {} failed, but the VM already runs on host {host} (a migration there finished without being recorded): adopted there, not started again",
+                        f.host
+                    )
+                },
+            )
+            .await;
+            Ok(Some(host))
+        }
+        Verdict::RunningTwice(hosts) => Err(sighting::running_twice(&hosts)),
+        Verdict::Wait(unknown) => Err(sighting::unconfirmed(
+            format!(
+                "host {} failed, but the VM is not started elsewhere",
+                f.host
+            ),
+            pool,
+            &unknown,
+        )),
+    }
 }
 
 /// The failover the HA controller asks for through the `ferry.dev/failover` annotation: only
