@@ -3,6 +3,7 @@
 //! - `plan/` (pure decisions) imports no Kubernetes client, no libvirt, no hypervisor, controller
 //!   or fencing module, and reads no clock.
 //! - `fence/` (the BMC clients) imports no planner, controller or hypervisor module.
+//! - `gate` (may this replica act) imports nothing of ferry: both edges ask it.
 //! - `api/` (the CRD types) imports nothing else of ferry: conversions into planner inputs live
 //!   on the `plan/` side.
 //! - No controller imports another controller, and the modules controllers share import none.
@@ -440,6 +441,32 @@ fn fencing_knows_no_planner() {
         bad.is_empty(),
         "fence/ takes and returns its own types (see ARCHITECTURE.md):\n{}",
         bad.join("\n")
+    );
+}
+
+#[test]
+fn the_gate_knows_nothing_of_ferry() {
+    let sources = sources();
+    let mut bad: Vec<String> = sources
+        .iter()
+        .filter(|s| s.file == Path::new("src/gate.rs"))
+        .flat_map(|s| {
+            s.paths
+                .iter()
+                .filter(|(p, _)| starts(p, "crate") && !starts(p, "crate::gate"))
+                .map(|(p, _)| format!("{}: uses {p}", s.file.display()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    bad.dedup();
+    assert!(
+        bad.is_empty(),
+        "gate.rs is a leaf both edges ask (see ARCHITECTURE.md):\n{}",
+        bad.join("\n")
+    );
+    assert!(
+        sources.iter().any(|s| s.file == Path::new("src/gate.rs")),
+        "src/gate.rs is read"
     );
 }
 
