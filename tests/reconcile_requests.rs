@@ -359,7 +359,7 @@ fn failing_over() -> (
         &[fake_pool::node("h1"), fake_pool::node("h2")],
         std::slice::from_ref(&vm),
     );
-    fake_pool::fenced(&ctx, "h1");
+    fake_pool::fenced(&ctx, "apps", "h1");
     (ctx, handle, hosts, vm)
 }
 

@@ -58,9 +58,9 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
     Permission {
         group: "ferry.dev",
         resource: "virtualmachines",
-        verbs: &["list", "watch", "patch"],
+        verbs: &["get", "list", "watch", "patch"],
         scope: Watched,
-        why: "run::run: VirtualMachine Controller watch; virtual_machine::reconcile: finalizer() JSON patches",
+        why: "run::run: VirtualMachine Controller watch; virtual_machine::reconcile: finalizer() JSON patches; virtual_machine::place: the fresh read before a restart elsewhere",
     },
     Permission {
         group: "ferry.dev",
@@ -160,6 +160,6 @@ mod tests {
                 assert!(known.contains(v), "unknown verb {v}");
             }
         }
-        assert_eq!(flattened().len(), 25);
+        assert_eq!(flattened().len(), 26);
     }
 }

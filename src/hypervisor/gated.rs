@@ -194,7 +194,9 @@ mod tests {
             }],
             nics: vec![],
             boot: None,
+            serial_console: true,
             console_log: None,
+            graphics: None,
             owner: Owner {
                 namespace: "ns".into(),
                 name: "vm".into(),

@@ -112,8 +112,8 @@ async fn two_controllers_placing_one_vm_after_a_failover_start_it_once() {
         std::slice::from_ref(&handed),
     );
 
-    fake_pool::fenced(&a, "h1");
-    fake_pool::fenced(&b, "h1");
+    fake_pool::fenced(&a, &ns, "h1");
+    fake_pool::fenced(&b, &ns, "h1");
     let (ra, rb) = tokio::join!(
         reconcile(Arc::new(handed.clone()), a.clone()),
         reconcile(Arc::new(handed.clone()), b.clone())
@@ -248,7 +248,7 @@ async fn an_unreachable_host_not_proven_off_blocks_the_restart() {
         &nodes,
         std::slice::from_ref(&handed),
     );
-    fake_pool::fenced(&ctx, "h1");
+    fake_pool::fenced(&ctx, &ns, "h1");
     reconcile(Arc::new(handed.clone()), ctx.clone())
         .await
         .expect("reconcile");

@@ -355,10 +355,12 @@ impl Cluster {
     /// Start `ferry controller` whose only way to the API server is a [`CuttableProxy`] the
     /// test holds: cutting it partitions this replica from the API server (and nothing else).
     pub fn controller_behind_proxy(&self, identity: &str) -> (ControllerProcess, CuttableProxy) {
-        let proxy = CuttableProxy::start(&api_server_address(&self.kubeconfig))
+        let kubeconfig = self.controller_kubeconfig();
+        let proxy = CuttableProxy::start(&api_server_address(kubeconfig))
             .expect("a proxy to the API server");
         let ctl = ControllerProcess::start_via(
-            &self.kubeconfig,
+            kubeconfig,
+            Some(&self.namespace),
             &self.namespace,
             identity,
             None,
@@ -622,12 +624,22 @@ impl ControllerProcess {
         ns: Option<&str>,
         env: &[(&str, &str)],
     ) -> ControllerProcess {
-        Self::start_via(kubeconfig, namespace, identity, ns, None, env)
+        Self::start_via(
+            kubeconfig,
+            namespace,
+            lease_namespace,
+            identity,
+            ns,
+            None,
+            env,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_via(
         kubeconfig: &std::path::Path,
-        namespace: &str,
+        namespace: Option<&str>,
+        lease_namespace: &str,
         identity: &str,
         ns: Option<&str>,
         proxy_port: Option<u16>,

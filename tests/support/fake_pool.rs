@@ -158,11 +158,12 @@ pub fn context(
     (Arc::new(ctx), vm_writer)
 }
 
-/// Mark `host` proven off (fenced) in `ctx`'s HA verdicts, as the HA controller does once its BMC
-/// confirmed it off.
-pub fn fenced(ctx: &Context, host: &str) {
+/// Mark `host` of the pool in `ns` proven off (fenced) in `ctx`'s HA verdicts, as the HA
+/// controller does for an HAPolicy `ha` once the host's BMC confirmed it off.
+pub fn fenced(ctx: &Context, ns: &str, host: &str) {
+    use ferry::controller::context::{HaKey, PoolHost};
     ctx.ha.set(
-        ferry::controller::context::HaKey::host(host),
+        HaKey::new("ha", PoolHost::new(ns, POOL, host)),
         ferry::api::ha_policy::HostVerdict::Fenced,
     );
 }
@@ -189,7 +190,9 @@ pub fn run_domain_on(host: &FakeHost, ns: &str, name: &str, uid: &str) {
         }],
         nics: vec![],
         boot: None,
+        serial_console: true,
         console_log: None,
+        graphics: None,
         owner: Owner {
             namespace: ns.into(),
             name: name.into(),

@@ -71,7 +71,7 @@ src/controller/permissions.rs; tests/deploy.rs compares them).
 {{- define "ferry.watchedRules" -}}
 - apiGroups: ["ferry.dev"]
   resources: ["virtualmachines"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["ferry.dev"]
   resources: ["virtualmachines/status"]
   verbs: ["patch"]

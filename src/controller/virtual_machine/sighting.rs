@@ -5,6 +5,7 @@ use super::{Blocked, Retry};
 use crate::api::ha_policy::HostVerdict;
 use crate::api::{HostPool, VmPhase};
 use crate::controller::Context;
+use crate::controller::context::PoolHost;
 use crate::controller::hosts::pool_nodes;
 use crate::plan::sighting::Seen;
 use kube::ResourceExt;
@@ -14,8 +15,8 @@ use std::time::Duration;
 const LOOK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What each host of `pool` (the Nodes it selects) but `skip` shows of domain `uuid`, asked all at
-/// once. A host the HA controller holds fenced (the BMC confirmed it off, or a person did) is
-/// proven off and not asked.
+/// once. A host that an HAPolicy covering this pool holds fenced (the BMC confirmed it off, or a
+/// person did) is proven off and not asked.
 pub(super) async fn look(
     ctx: &Context,
     pool: &HostPool,
@@ -28,7 +29,12 @@ pub(super) async fn look(
         .filter(|n| !skip.contains(&n.name_any().as_str()))
         .map(|node| async move {
             let name = node.name_any();
-            if ctx.ha.of_host(&name) == Some(HostVerdict::Fenced) {
+            let fenced = ctx
+                .ha
+                .of(&PoolHost::of(pool, &name))
+                .iter()
+                .any(|(_, v)| *v == HostVerdict::Fenced);
+            if fenced {
                 let seen = Seen::Unreachable {
                     proven_off: true,
                     why: "fenced".into(),
