@@ -50,6 +50,9 @@ def vm_rows() -> list[Row]:
         ("False", "StatusWriteFailed", "Pending", "Progressing"),
         ("False", "HostUnreachable", "Pending", "Progressing"),
         ("False", "DefineFailed", "Provisioning", "Progressing"),
+        # Look before you start: waits that end by themselves.
+        ("False", "OtherHostUnreachable", "Pending", "Progressing"),
+        ("False", "ActionWithheld", "Pending", "Progressing"),
         # A person must act: Degraded whatever the phase.
         ("False", "HostPoolNotFound", "Pending", "Degraded"),
         ("False", "ClassNotFound", "Pending", "Degraded"),
@@ -80,6 +83,10 @@ def vm_rows() -> list[Row]:
         ("False", "Paused", "Running", "Degraded"),
         ("False", "HostUnreachable", "Unknown", "Degraded"),
         ("False", "HostGone", "Unknown", "Degraded"),
+        ("False", "RunningTwice", "Unknown", "Degraded"),
+        ("False", "StatusReadFailed", "Unknown", "Degraded"),
+        # Found running elsewhere: the one reconcile that adopts it reports Ready=False.
+        ("False", "Adopted", "Running", "Degraded"),
         ("False", "MigrationUnconfirmed", "Unknown", "Degraded"),
         ("False", "FailoverRefused", "Unknown", "Degraded"),
         ("False", "DefineFailed", "Failed", "Degraded"),
@@ -99,6 +106,7 @@ def vm_rows() -> list[Row]:
         # Conditions other than Ready do not change the health of a running VM.
         Row("VirtualMachine", "Scheduled", "True", "Placed", "Running", "Healthy"),
         Row("VirtualMachine", "Scheduled", "True", "Migrated", "Running", "Healthy"),
+        Row("VirtualMachine", "Scheduled", "True", "Adopted", "Running", "Healthy"),
         Row("VirtualMachine", "Migrating", "True", "Migrating", "Migrating", "Progressing"),
         Row("VirtualMachine", "Migrating", "False", "NotMigrating", "Running", "Healthy"),
         Row("VirtualMachine", "Migrating", "False", "Migrated", "Running", "Healthy"),
@@ -155,6 +163,8 @@ NOT_CONDITION_REASONS = {
     "StaleDomainRemoved", "Fenced", "Confirmed", "Copied", "Start", "Stop", "Define", "Delete",
     "Update", "Provision", "Import", "Schedule", "Migrate", "Cleanup", "Reconcile", "Probe",
     "Evacuate", "Fence", "Failover", "Recover", "ShutOff", "Resumed", "Pause", "Check",
+    # never reported: a reconcile that read a stale copy of the VM stops without writing
+    "StaleCopy",
     # API values: kinds, status types, phases and states, printer columns, field names
     "VirtualMachine", "VirtualMachineClass", "VirtualMachineMigration", "HostPool", "HAPolicy",
     "VirtualMachineStatus", "VirtualMachineMigrationStatus", "HostPoolStatus", "HAPolicyStatus",
