@@ -360,6 +360,7 @@ fn failing_over() -> (
         std::slice::from_ref(&vm),
     );
     fake_pool::fenced(&ctx, "apps", "h1");
+    fake_pool::released(&ctx, "apps", "h1", UID);
     (ctx, handle, hosts, vm)
 }
 
@@ -388,7 +389,13 @@ async fn a_failover_placement_is_conditional_and_a_conflict_creates_nothing() {
 
     // 1. The VM, read afresh: still the version the cache holds.
     let (req, send) = next(&mut handle).await.expect("fresh read");
-    assert_eq!(req.method(), http::Method::GET);
+    assert_eq!(
+        req.method(),
+        http::Method::GET,
+        "{} {:?}",
+        req.uri(),
+        req.body()
+    );
     assert_eq!(
         req.uri().path(),
         "/apis/ferry.dev/v1alpha1/namespaces/apps/virtualmachines/web"

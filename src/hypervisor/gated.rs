@@ -275,7 +275,9 @@ mod tests {
                 conn.destroy_domain(U1).await.err(),
                 conn.undefine_domain(U1).await.err(),
                 conn.ensure_pool("ferry", Some("/pool")).await.err(),
-                conn.create_overlay("ferry", "v", &backing, 1).await.err(),
+                conn.create_overlay("ferry", "v", &backing, "qcow2", 1)
+                    .await
+                    .err(),
                 conn.clone_volume("ferry", "v", &backing).await.err(),
                 conn.upload_volume("ferry", "v", 1, Box::new(std::iter::empty()))
                     .await

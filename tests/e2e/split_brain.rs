@@ -112,8 +112,10 @@ async fn two_controllers_placing_one_vm_after_a_failover_start_it_once() {
         std::slice::from_ref(&handed),
     );
 
-    fake_pool::fenced(&a, &ns, "h1");
-    fake_pool::fenced(&b, &ns, "h1");
+    for ctx in [&a, &b] {
+        fake_pool::fenced(ctx, &ns, "h1");
+        fake_pool::released(ctx, &ns, "h1", &uid);
+    }
     let (ra, rb) = tokio::join!(
         reconcile(Arc::new(handed.clone()), a.clone()),
         reconcile(Arc::new(handed.clone()), b.clone())
@@ -172,8 +174,9 @@ async fn two_controllers_placing_one_vm_after_a_failover_start_it_once() {
     );
 }
 
-/// The `ferry.dev/failover` annotation is no proof (a namespace editor can write it): a VM whose
-/// host is not fenced and still runs it is kept there, and nothing is created elsewhere.
+/// The `ferry.dev/failover` annotation is no proof (a namespace editor can write it): written by
+/// hand it is ignored; and even when the HA controller released the VM, a host that still runs
+/// it keeps it there, and nothing is created elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster: run e2e/run.sh"]
 async fn a_forged_failover_keeps_the_vm_where_it_runs() {
@@ -196,6 +199,26 @@ async fn a_forged_failover_keeps_the_vm_where_it_runs() {
         &nodes,
         std::slice::from_ref(&handed),
     );
+    // Written by hand: nothing happens.
+    reconcile(Arc::new(handed.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert!(hosts[1].domains().is_empty(), "nothing on h2");
+    let st = c
+        .vms()
+        .get("web")
+        .await
+        .expect("vm")
+        .status
+        .expect("status");
+    assert_eq!(st.host.as_deref(), Some("h1"));
+    assert!(
+        st.last_recovery.is_none(),
+        "a forged request is not answered"
+    );
+    // Released by the HA controller (its host wrongly judged off): the VM is found on h1.
+    fake_pool::released(&ctx, &ns, "h1", &uid);
+    let handed = c.vms().get("web").await.expect("vm");
     reconcile(Arc::new(handed.clone()), ctx)
         .await
         .expect("reconcile");
@@ -249,6 +272,12 @@ async fn an_unreachable_host_not_proven_off_blocks_the_restart() {
         std::slice::from_ref(&handed),
     );
     fake_pool::fenced(&ctx, &ns, "h1");
+    fake_pool::released(
+        &ctx,
+        &ns,
+        "h1",
+        handed.metadata.uid.as_deref().expect("uid"),
+    );
     reconcile(Arc::new(handed.clone()), ctx.clone())
         .await
         .expect("reconcile");

@@ -64,7 +64,7 @@ pub fn pool(ns: &str, states: &[(&str, HostState)]) -> HostPool {
         "spec": {
             "nodeSelector": {"matchLabels": {LABEL: "true"}},
             "libvirt": {"uriTemplate": "qemu+tcp://{name}/system"},
-            "storage": {"pool": STORAGE, "path": "/fake/pool"}
+            "storage": {"pool": STORAGE, "path": "/fake/pool", "images": [{"name": IMAGE}]}
         },
         "status": {"selectedHosts": hosts.len(), "readyHosts": 0, "hosts": hosts}
     }))
@@ -99,7 +99,8 @@ pub fn failover(host: &str, incident: &str) -> String {
         host: host.into(),
         evidence: "Fenced".into(),
         detected: now.clone(),
-        proven: now,
+        proven: now.clone(),
+        released: Some(now),
     })
     .expect("failover JSON")
 }
@@ -166,6 +167,14 @@ pub fn fenced(ctx: &Context, ns: &str, host: &str) {
         HaKey::new("ha", PoolHost::new(ns, POOL, host)),
         ferry::api::ha_policy::HostVerdict::Fenced,
     );
+}
+
+/// Record in `ctx` that the HA controller released VM `uid` of `ns` from `host` (incident
+/// `<host>-1`, as [`failover`] writes it), as it does once the host is proven off.
+pub fn released(ctx: &Context, ns: &str, host: &str, uid: &str) {
+    use ferry::controller::context::PoolHost;
+    ctx.ha
+        .release(uid, PoolHost::new(ns, POOL, host), &format!("{host}-1"));
 }
 
 /// Give `host` a running domain of VM `ns/name` (UID `uid`) on the pool's storage, as a host
