@@ -598,8 +598,9 @@ async fn ha_storm_guard_holds_every_stop_and_restart() {
 /// counts. Three lab hosts: h1's libvirt stops answering (its Node stays Ready) and its BMC is
 /// a socket that takes requests and never answers (the pool allows 20 s per BMC request); h2's
 /// VM then loses its host to a power loss through h2's own BMC. h2 is fenced within seconds,
-/// while h1's BMC is still being asked. The VM is not started on h3 while h1, neither answering
-/// nor proven off, might run it (look before you start); once h1's libvirt answers again, it is.
+/// while h1's BMC is still being asked. The VM is not started elsewhere while h1, neither
+/// answering nor proven off, might run it (look before you start); once h1's libvirt answers
+/// again, it is (on h1 or h3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster and root: run e2e/run.sh"]
 async fn ha_a_hung_bmc_holds_up_no_other_host() {
@@ -692,11 +693,18 @@ async fn ha_a_hung_bmc_holds_up_no_other_host() {
     assert_ne!(host_of(&waiting).as_deref(), Some(h3.as_str()));
     assert!(running(&lab, "h3").is_empty(), "nothing started on h3 yet");
     lab.start_libvirtd("h1").expect("start libvirtd on h1");
-    let vm = wait_vm(&c, "vm-1", "Running on h3", BOOT, |vm| {
-        host_of(vm).as_deref() == Some(h3.as_str())
+    // Placed anew on a survivor: h1 (answering again) or h3, never the fenced h2.
+    let vm = wait_vm(&c, "vm-1", "Running on h1 or h3", BOOT, |vm| {
+        host_of(vm).is_some_and(|h| h == h1 || h == h3)
             && ready_reason(vm) == Some(("True".into(), "Running".into()))
     })
     .await;
+    let on = if host_of(&vm).as_deref() == Some(h1.as_str()) {
+        "h1"
+    } else {
+        "h3"
+    };
+    assert_eq!(running(&lab, on), vec![format!("{ns}_vm-1")]);
     assert_eq!(
         vm.status
             .and_then(|s| s.last_recovery)
