@@ -300,6 +300,11 @@ impl HostVerdict {
     pub fn failing_over(self) -> bool {
         matches!(self, Self::Failed | Self::Fencing | Self::Fenced)
     }
+
+    /// The host is down in an open incident: failing over, or back with stale domains left.
+    pub fn in_incident(self) -> bool {
+        self.failing_over() || self == Self::Recovering
+    }
 }
 
 impl std::fmt::Display for HostVerdict {

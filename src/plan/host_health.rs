@@ -557,12 +557,7 @@ pub fn looks_failed(
 ) -> bool {
     let libvirt_silent = !libvirt.up && elapsed(libvirt.since, now) >= t.libvirt_grace;
     let node_lost = node.is_none_or(|n| !n.up && elapsed(n.since, now) >= t.not_ready_grace);
-    libvirt_silent
-        || node_lost
-        || matches!(
-            previous,
-            HostVerdict::Failed | HostVerdict::Fencing | HostVerdict::Fenced
-        )
+    libvirt_silent || node_lost || previous.failing_over()
 }
 
 /// The storm guard: whether more than `max_percent` % of a pool's `hosts` look failed at once.

@@ -271,7 +271,7 @@ fn outcome(hc: &HaContext, t: &PoolTick<'_>, key: &HaKey) -> Option<HostOutcome>
         .fence
         .last_error
         .as_ref()
-        .filter(|_| m.fence.confirmed_at.is_none() && in_incident(m.verdict))
+        .filter(|_| m.fence.confirmed_at.is_none() && m.verdict.in_incident())
         .map(|err| format!("host {name}: {} attempt(s), last: {err}", m.fence.attempts));
     Some(HostOutcome {
         key: key.clone(),

@@ -103,7 +103,7 @@ pub(super) fn restore(
         // Until the first probe: a host in an incident counts as unreachable (so a fenced host is
         // not taken for recovered), any other as reachable (so no grace is shortened).
         libvirt: Signal {
-            up: !in_incident(verdict),
+            up: !verdict.in_incident(),
             since: now,
         },
         domains: Vec::new(),
@@ -182,7 +182,7 @@ pub(super) async fn record(
         }
         m.message = d.message.clone();
         m.asks_confirmation = d.action == HostAction::AskConfirmation;
-        if in_incident(d.verdict) && m.incident.is_none() {
+        if d.verdict.in_incident() && m.incident.is_none() {
             m.incident = Some(Open {
                 id: incident_id(&key.host.pool, host, now),
                 detected: now,

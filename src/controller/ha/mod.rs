@@ -21,7 +21,7 @@ use super::context::{HA_VERDICT_TTL, HaKey};
 use super::hosts::pool_nodes;
 use super::{Context, lock, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
-use crate::api::ha_policy::{CONFIRM_ANNOTATION, HostHealth, HostVerdict};
+use crate::api::ha_policy::{CONFIRM_ANNOTATION, HostHealth};
 use crate::api::{HAPolicy, HAPolicyStatus, VirtualMachine};
 use crate::error::{Error, Result};
 use crate::hypervisor::HostConnections;
@@ -165,12 +165,6 @@ fn evidence_name(e: Evidence) -> &'static str {
         Evidence::ShutOff => "ShutOff",
         Evidence::Confirmed => "Confirmed",
     }
-}
-
-/// Whether a verdict belongs to an open incident.
-fn in_incident(v: HostVerdict) -> bool {
-    use HostVerdict as V;
-    matches!(v, V::Failed | V::Fencing | V::Fenced | V::Recovering)
 }
 
 /// Reconcile one HAPolicy: one tick of every covered host.

@@ -3,7 +3,7 @@
 use super::*;
 use crate::api::HostPool;
 use crate::api::condition::{ConditionStatus, set_condition};
-use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover};
+use crate::api::ha_policy::{FAILOVER_ANNOTATION, Failover, HostVerdict};
 use crate::api::virtual_machine::Recovery;
 use crate::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::controller::Context;
@@ -95,7 +95,7 @@ pub(super) async fn place(
         && ctx
             .ha
             .worst(&PoolHost::of(&pool, &r.from_host))
-            .is_some_and(host_in_incident)
+            .is_some_and(HostVerdict::in_incident)
     {
         return Err(failover_refused(&r.from_host, &r.incident, &m));
     }
@@ -227,12 +227,6 @@ fn failover_refused(host: &str, incident: &str, why: &str) -> Blocked {
         format!("host {host} failed (incident {incident}); {why}"),
         Retry::After(Duration::from_secs(30)),
     )
-}
-
-/// Whether an HA verdict means the host is down in an open incident.
-fn host_in_incident(v: crate::api::ha_policy::HostVerdict) -> bool {
-    use crate::api::ha_policy::HostVerdict as V;
-    matches!(v, V::Failed | V::Fencing | V::Fenced | V::Recovering)
 }
 
 /// The recovery record of a failover, before the VM has a new host.
