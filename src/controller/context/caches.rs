@@ -1,6 +1,6 @@
 //! The reflector caches every controller reads, and the questions asked of them.
 
-use super::ha::{HaKey, LiveHa, PoolHost};
+use super::ha::{HaKey, LiveHa, PolicyPool, PoolHost};
 use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
 use crate::controller::hosts::pool_nodes;
 use futures::FutureExt;
@@ -107,7 +107,7 @@ impl Caches {
                 let Some(pool) = self.pools.get(&ObjectRef::new(pool_name).within(&ns)) else {
                     continue;
                 };
-                live.guard(&ns, pool_name, &policy.name_any());
+                live.guard(PolicyPool::new(&ns, pool_name, &policy.name_any()));
                 for node in pool_nodes(&self.nodes, &pool) {
                     live.host(HaKey::new(
                         &policy.name_any(),

@@ -69,8 +69,35 @@ impl HaKey {
     }
 }
 
-/// A pool as one HAPolicy guards it: (namespace, pool, policy).
-type GuardKey = (String, String, String);
+impl HaKey {
+    /// The pool and policy of this key: whose storm guard and admission blocks apply to it.
+    pub fn policy_pool(&self) -> PolicyPool {
+        PolicyPool::new(&self.host.namespace, &self.host.pool, &self.policy)
+    }
+}
+
+/// A HostPool as one HAPolicy (in the pool's namespace) guards it: what a storm guard and a
+/// set of admission blocks belong to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyPool {
+    /// The policy's (and the pool's) namespace.
+    pub namespace: String,
+    /// The HAPolicy.
+    pub policy: String,
+    /// The HostPool.
+    pub pool: String,
+}
+
+impl PolicyPool {
+    /// HostPool `pool` in `namespace` as HAPolicy `policy` guards it.
+    pub fn new(namespace: &str, pool: &str, policy: &str) -> Self {
+        PolicyPool {
+            namespace: namespace.to_string(),
+            policy: policy.to_string(),
+            pool: pool.to_string(),
+        }
+    }
+}
 
 /// The verdict of each policy judging one pool host, with when it was set.
 type ByPolicy = BTreeMap<String, (HostVerdict, Instant)>;
@@ -80,19 +107,18 @@ type ByPolicy = BTreeMap<String, (HostVerdict, Instant)>;
 #[derive(Debug, Default)]
 pub struct LiveHa {
     hosts: HashSet<HaKey>,
-    guards: HashSet<GuardKey>,
+    guards: HashSet<PolicyPool>,
 }
 
 impl LiveHa {
-    /// HAPolicy `policy` covers HostPool `pool` in `namespace`.
-    pub fn guard(&mut self, namespace: &str, pool: &str, policy: &str) {
-        self.guards
-            .insert((namespace.to_string(), pool.to_string(), policy.to_string()));
+    /// The policy covers the pool.
+    pub fn guard(&mut self, guard: PolicyPool) {
+        self.guards.insert(guard);
     }
 
     /// ... and the pool selects this host.
     pub fn host(&mut self, key: HaKey) {
-        self.guard(&key.host.namespace, &key.host.pool, &key.policy);
+        self.guard(key.policy_pool());
         self.hosts.insert(key);
     }
 
@@ -101,10 +127,9 @@ impl LiveHa {
         self.hosts.contains(key)
     }
 
-    /// Whether HAPolicy `policy` covers HostPool `pool` in `namespace`.
-    pub fn guards(&self, namespace: &str, pool: &str, policy: &str) -> bool {
-        self.guards
-            .contains(&(namespace.to_string(), pool.to_string(), policy.to_string()))
+    /// Whether the policy covers the pool.
+    pub fn guards(&self, guard: &PolicyPool) -> bool {
+        self.guards.contains(guard)
     }
 }
 
@@ -115,7 +140,7 @@ pub struct HaVerdicts {
     /// Per pool host, the verdict of each policy that judges it.
     verdicts: Mutex<HashMap<PoolHost, ByPolicy>>,
     /// Pools whose storm guard holds, per policy, with when that was last seen.
-    storms: Mutex<HashMap<GuardKey, Instant>>,
+    storms: Mutex<HashMap<PolicyPool, Instant>>,
     /// Per VM UID, the failover the HA controller of this process released it for.
     released: Mutex<HashMap<String, Release>>,
 }
@@ -194,22 +219,20 @@ impl HaVerdicts {
             .insert(key.policy, (v, Instant::now()));
     }
 
-    /// Record whether HAPolicy `policy`'s storm guard holds for HostPool `pool` in `namespace`
-    /// (the HA controller, on every tick).
-    pub fn set_storm(&self, namespace: &str, pool: &str, policy: &str, holds: bool) {
-        let key = (namespace.to_string(), pool.to_string(), policy.to_string());
+    /// Record whether the policy's storm guard holds for the pool (the HA controller, on every
+    /// tick).
+    pub fn set_storm(&self, guard: &PolicyPool, holds: bool) {
         let mut storms = lock(&self.storms);
         if holds {
-            storms.insert(key, Instant::now());
+            storms.insert(guard.clone(), Instant::now());
         } else {
-            storms.remove(&key);
+            storms.remove(guard);
         }
     }
 
-    /// Whether HAPolicy `policy`'s storm guard holds for HostPool `pool` in `namespace` now.
-    pub fn storm(&self, namespace: &str, pool: &str, policy: &str) -> bool {
-        let key = (namespace.to_string(), pool.to_string(), policy.to_string());
-        lock(&self.storms).get(&key).is_some_and(fresh)
+    /// Whether the policy's storm guard holds for the pool now.
+    pub fn storm(&self, guard: &PolicyPool) -> bool {
+        lock(&self.storms).get(guard).is_some_and(fresh)
     }
 
     /// Record that VM `uid` is released for a restart elsewhere in `incident` of `host` (the HA
@@ -327,19 +350,23 @@ mod tests {
         let a = PoolHost::new("team-a", "lab", "h1");
         ha.set(HaKey::new("ha", b.clone()), V::Fenced);
         ha.set(HaKey::new("ha", a.clone()), V::Healthy);
-        ha.set_storm("team-b", "lab", "ha", true);
-        ha.set_storm("team-a", "lab", "ha", true);
-        assert!(ha.storm("team-b", "lab", "ha"));
+        let (guard_a, guard_b) = (
+            PolicyPool::new("team-a", "lab", "ha"),
+            PolicyPool::new("team-b", "lab", "ha"),
+        );
+        ha.set_storm(&guard_b, true);
+        ha.set_storm(&guard_a, true);
+        assert!(ha.storm(&guard_b));
         // team-b's pool is deleted.
         let mut live = LiveHa::default();
         live.host(HaKey::new("ha", a.clone()));
         ha.retain(&live);
         assert_eq!(ha.get(&HaKey::new("ha", b)), None);
         assert_eq!(ha.get(&HaKey::new("ha", a)), Some(V::Healthy));
-        assert!(!ha.storm("team-b", "lab", "ha"));
-        assert!(ha.storm("team-a", "lab", "ha"));
-        ha.set_storm("team-a", "lab", "ha", false);
-        assert!(!ha.storm("team-a", "lab", "ha"));
+        assert!(!ha.storm(&guard_b));
+        assert!(ha.storm(&guard_a));
+        ha.set_storm(&guard_a, false);
+        assert!(!ha.storm(&guard_a));
         assert_eq!(ha.len(), 1);
     }
 }

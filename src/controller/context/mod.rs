@@ -12,10 +12,10 @@ mod vm_runtime;
 
 pub use backoff::Backoff;
 pub use caches::Caches;
-pub use ha::{HA_VERDICT_TTL, HaKey, HaVerdicts, LiveHa, PoolHost};
+pub use ha::{HA_VERDICT_TTL, HaKey, HaVerdicts, LiveHa, PolicyPool, PoolHost};
 pub use hosts::HostAccess;
 pub use migrations::{Job, JobResult, MigrationBook};
-pub use placement::{AdmissionOwner, Placement};
+pub use placement::Placement;
 pub use vm_runtime::{PoolReports, VmRuntime};
 
 use crate::api::{HostPool, VirtualMachine};
@@ -143,8 +143,7 @@ impl Context {
     pub fn forget_gone(&self) -> Option<LiveHa> {
         let live = self.caches.live_ha()?;
         self.ha.retain(&live);
-        self.placement
-            .retain_admission_blocks(|o| live.guards(&o.namespace, &o.pool, &o.policy));
+        self.placement.retain_admission_blocks(|o| live.guards(o));
         let pools: std::collections::HashSet<String> = self
             .caches
             .pools

@@ -1,6 +1,7 @@
 //! Placements chosen but not yet visible in the VM cache, and the VMs admission control keeps
 //! from being placed.
 
+use super::ha::PolicyPool;
 use super::lock;
 use crate::plan::placement::Placed;
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ pub struct Placement {
     /// VMs (by UID) that admission control in `Enforce` mode keeps from being placed, with why,
     /// per (HAPolicy, HostPool) that blocks them: one policy's verdict never clears or outlives
     /// another's, and a policy or pool that is gone blocks nothing.
-    admission_blocked: Mutex<HashMap<AdmissionOwner, HashMap<String, String>>>,
+    admission_blocked: Mutex<HashMap<PolicyPool, HashMap<String, String>>>,
 }
 
 impl Placement {
@@ -33,16 +34,17 @@ impl Placement {
     /// by policy and pool).
     pub fn admission_block(&self, uid: &str) -> Option<String> {
         let blocked = lock(&self.admission_blocked);
-        let mut owners: Vec<&AdmissionOwner> = blocked.keys().collect();
+        let mut owners: Vec<&PolicyPool> = blocked.keys().collect();
         owners.sort();
         owners
             .into_iter()
             .find_map(|o| blocked.get(o).and_then(|b| b.get(uid)).cloned())
     }
 
-    /// The VMs (by UID, with why) that `owner` keeps from being placed now, replacing what it
-    /// said before (the HA controller, on every tick).
-    pub fn set_admission_blocks(&self, owner: AdmissionOwner, blocks: HashMap<String, String>) {
+    /// The VMs (by UID, with why) that `owner`'s admission control (an HAPolicy's, for one of
+    /// its pools) keeps from being placed now, replacing what it said before (the HA
+    /// controller, on every tick).
+    pub fn set_admission_blocks(&self, owner: PolicyPool, blocks: HashMap<String, String>) {
         let mut m = lock(&self.admission_blocked);
         if blocks.is_empty() {
             m.remove(&owner);
@@ -52,32 +54,17 @@ impl Placement {
     }
 
     /// Keep only the admission blocks of the owners `keep` accepts (the others are gone).
-    pub fn retain_admission_blocks(&self, keep: impl Fn(&AdmissionOwner) -> bool) {
+    pub fn retain_admission_blocks(&self, keep: impl Fn(&PolicyPool) -> bool) {
         lock(&self.admission_blocked).retain(|o, _| keep(o));
     }
-}
-
-/// Who keeps VMs from being placed: an HAPolicy's admission control for one of its pools.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AdmissionOwner {
-    /// The policy's (and the pool's) namespace.
-    pub namespace: String,
-    /// The HAPolicy.
-    pub policy: String,
-    /// The HostPool.
-    pub pool: String,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn owner(policy: &str) -> AdmissionOwner {
-        AdmissionOwner {
-            namespace: "ns".into(),
-            policy: policy.into(),
-            pool: "lab".into(),
-        }
+    fn owner(policy: &str) -> PolicyPool {
+        PolicyPool::new("ns", "lab", policy)
     }
 
     #[test]

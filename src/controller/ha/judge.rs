@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::api::{HAPolicyStatus, HostPool};
-use crate::controller::context::{AdmissionOwner, PoolHost};
+use crate::controller::context::{PolicyPool, PoolHost};
 use crate::plan::host_health::Timings;
 use k8s_openapi::api::core::v1::Node;
 use kube::core::Selector;
@@ -117,9 +117,8 @@ pub(super) async fn pool(
         })
         .count();
     let storm = host_health::storm(t.nodes.len(), failing, t.policy.max_failed_hosts_percent());
-    hc.ctx
-        .ha
-        .set_storm(&ns, &t.pool.name_any(), &t.policy.name_any(), storm);
+    let guard = PolicyPool::new(&ns, &t.pool.name_any(), &t.policy.name_any());
+    hc.ctx.ha.set_storm(&guard, storm);
     if storm {
         out.storm = Some(format!(
             "{failing} of {} host(s) of HostPool {} look failed (more than {}%)",
@@ -174,12 +173,7 @@ pub(super) async fn pool(
         }
         out.capacity = Some((ok, msg));
     }
-    let owner = AdmissionOwner {
-        namespace: ns.clone(),
-        policy: t.policy.name_any(),
-        pool: t.pool.name_any(),
-    };
-    hc.ctx.placement.set_admission_blocks(owner, blocks);
+    hc.ctx.placement.set_admission_blocks(guard, blocks);
     out
 }
 

@@ -7,7 +7,7 @@ use crate::api::condition::{ConditionStatus, find, set_condition};
 use crate::api::virtual_machine::{PAUSE_ANNOTATION, POWER_ANNOTATION, RESTART_ANNOTATION};
 use crate::api::{RunStrategy, VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::controller::Context;
-use crate::controller::context::{HaKey, PoolHost};
+use crate::controller::context::{HaKey, PolicyPool, PoolHost};
 use crate::error::Result;
 use crate::hypervisor::{DomainInfo, DomainState, Hypervisor, HypervisorError, ShutOffReason};
 use crate::plan::definition::{self};
@@ -254,12 +254,10 @@ pub(super) async fn monitor_unplanned_stop(
     // too many of the pool's hosts look failed (the controller's view is then likelier wrong
     // than the hosts).
     let ns = vm.namespace().unwrap_or_default();
-    if let Some(guard) = ctx
-        .caches
-        .covering_policies(vm)
-        .into_iter()
-        .find(|p| ctx.ha.storm(&ns, &vm.spec.host_pool, &p.name_any()))
-    {
+    if let Some(guard) = ctx.caches.covering_policies(vm).into_iter().find(|p| {
+        ctx.ha
+            .storm(&PolicyPool::new(&ns, &vm.spec.host_pool, &p.name_any()))
+    }) {
         decision.action = Action::None;
         let message = format!(
             "the domain {what}; the storm guard of HAPolicy {} holds for HostPool {} (too many of its hosts look failed at once), so it is started again once that ends",
