@@ -578,6 +578,19 @@ fn secs(v: Option<i32>, default: u64) -> std::time::Duration {
     std::time::Duration::from_secs(v.map(|s| s.max(1) as u64).unwrap_or(default))
 }
 
+impl FencingSpec {
+    /// How long each BMC request may take (`requestTimeoutSeconds`, default 5 s).
+    pub fn request_timeout(&self) -> std::time::Duration {
+        secs(self.request_timeout_seconds, 5)
+    }
+
+    /// How long the BMC has to report power Off after a power-off request
+    /// (`confirmTimeoutSeconds`, default 30 s).
+    pub fn confirm_timeout(&self) -> std::time::Duration {
+        secs(self.confirm_timeout_seconds, 30)
+    }
+}
+
 impl StorageSpec {
     /// Whether every host sees the same pool contents (default true).
     pub fn is_shared(&self) -> bool {

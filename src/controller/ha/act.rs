@@ -2,6 +2,7 @@
 //! its VMs over for a restart elsewhere.
 
 use super::*;
+use crate::api::host_pool::FencingSpec;
 use crate::api::{HAPolicy, HostPool, VirtualMachine};
 use crate::controller::{Context, lock};
 use crate::fence;
@@ -12,7 +13,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Carry out the decision's action.
 #[allow(clippy::too_many_arguments)]
@@ -44,18 +44,18 @@ pub(super) async fn act(
             if let Some(m) = lock(&hc.hosts).get_mut(key) {
                 m.fence.in_flight = true;
             }
+            // The pool has fencing settings: the fencer was made from them.
             let confirm = pool
                 .spec
                 .fencing
                 .as_ref()
-                .and_then(|f| f.confirm_timeout_seconds)
-                .unwrap_or(30)
-                .max(1) as u64;
+                .map(FencingSpec::confirm_timeout)
+                .unwrap_or_default();
             let hc = hc.clone();
             let pool_ref = pool.clone();
             let key = key.clone();
             tokio::spawn(async move {
-                let r = fence::fence(f.as_ref(), Duration::from_secs(confirm), FENCE_POLL).await;
+                let r = fence::fence(f.as_ref(), confirm, FENCE_POLL).await;
                 let note = match &r {
                     Ok(done) => format!(
                         "Host {host} fenced: {} reports power Off ({} ms)",

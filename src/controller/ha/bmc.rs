@@ -3,7 +3,7 @@
 
 use super::{BMC_READ_WAIT, HaContext, HaKey};
 use crate::api::HostPool;
-use crate::api::host_pool::FenceDriver;
+use crate::api::host_pool::{FenceDriver, FencingSpec};
 use crate::controller::{Context, lock};
 use crate::fence::{self, Credentials, Fencer};
 use crate::plan::host_health::Power;
@@ -79,10 +79,9 @@ fn read_deadline(pool: &HostPool) -> Duration {
         .spec
         .fencing
         .as_ref()
-        .and_then(|f| f.request_timeout_seconds)
-        .unwrap_or(5)
-        .max(1) as u64;
-    Duration::from_secs(request + 5)
+        .map(FencingSpec::request_timeout)
+        .unwrap_or_default();
+    request + Duration::from_secs(5)
 }
 
 /// The fencing client's power state as the planner's.
@@ -143,7 +142,7 @@ pub(super) async fn fencer(
         password: text("password")?,
         ca_pem: key("ca.crt"),
     };
-    let timeout = Duration::from_secs(f.request_timeout_seconds.unwrap_or(5).max(1) as u64);
+    let timeout = f.request_timeout();
     match f.driver {
         FenceDriver::Redfish => {
             let tmpl = f
