@@ -5,7 +5,9 @@
 
 use crate::support::bmc::{self, Sushy, SushySystem};
 use crate::support::cluster::{self, Cluster, metric_sum, wait_for};
-use crate::support::ha::{attach_ipmi, ha_policy, ipmi_fencing};
+use crate::support::ha::{
+    attach_ipmi, ha_condition, ha_host, ha_policy, ipmi_fencing, wait_verdict,
+};
 use crate::support::hosts::{boots, console, kill_qemu, running};
 use crate::support::lab;
 use crate::support::migration::LAB_HOST;
@@ -14,6 +16,7 @@ use crate::support::objects::{
 };
 use ferry::api::ha_policy::{FAILOVER_ANNOTATION, HostHealth, HostVerdict};
 use ferry::api::{HAPolicy, HostPool, VirtualMachine};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -150,12 +153,7 @@ async fn ha_pools_of_two_namespaces_on_the_same_hosts_keep_their_own_state() {
         "s3cret",
         1,
     );
-    b.apply::<k8s_openapi::api::core::v1::Secret>(json!({
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bmc"},
-        "stringData": {"username": "admin", "password": "s3cret",
-                       "ca.crt": String::from_utf8_lossy(&sushy.pki.ca_pem())}
-    }))
-    .await;
+    put_redfish_secret(&b, &sushy).await;
     let mut broken = working_pool(&lab, &shared);
     broken["spec"]["libvirt"]["uriTemplate"] =
         json!("qemu+unix:///system?socket=/tmp/ferry-e2e-nowhere/{name}/libvirt-sock");
@@ -205,18 +203,7 @@ async fn ha_pools_of_two_namespaces_on_the_same_hosts_keep_their_own_state() {
             "team B fenced: {h:?}"
         );
     }
-    let vm = a.vms().get("vm-1").await.expect("vm-1");
-    assert_eq!(host_of(&vm).as_deref(), Some(h1.as_str()));
-    assert!(
-        !vm.annotations().contains_key(FAILOVER_ANNOTATION),
-        "{vm:?}"
-    );
-    assert!(
-        vm.status
-            .as_ref()
-            .and_then(|s| s.last_recovery.as_ref())
-            .is_none()
-    );
+    assert_never_failed_over(&a, "vm-1", &h1).await;
     assert_eq!(
         boots(&lab::console_log(&console(&lab, &a.namespace, "vm-1"))),
         1,
@@ -278,9 +265,31 @@ async fn apply_policy(c: &Cluster, extra: serde_json::Value) {
     c.apply::<HAPolicy>(ha_policy(8, extra)).await;
 }
 
-/// The status entry of `host` in pool `lab` of `c`'s HAPolicy `ha`.
-async fn lab_host(c: &Cluster, host: &str) -> Option<HostHealth> {
-    lab_hosts(c).await.into_iter().find(|h| h.name == host)
+/// Wait until the storm guard of `c`'s HAPolicy `ha` holds; returns its condition.
+async fn wait_storm_guard(c: &Cluster) -> Condition {
+    wait_for("StormGuard", Duration::from_secs(60), || async move {
+        ha_condition(c, "StormGuard")
+            .await
+            .filter(|x| x.status == "True")
+    })
+    .await
+}
+
+/// VM `name` of `c` is still placed on `host`: never handed over for a failover, never
+/// recovered elsewhere.
+async fn assert_never_failed_over(c: &Cluster, name: &str, host: &str) {
+    let vm = c.vms().get(name).await.expect("the VM");
+    assert_eq!(host_of(&vm).as_deref(), Some(host));
+    assert!(
+        !vm.annotations().contains_key(FAILOVER_ANNOTATION),
+        "{vm:?}"
+    );
+    assert!(
+        vm.status
+            .as_ref()
+            .and_then(|s| s.last_recovery.as_ref())
+            .is_none()
+    );
 }
 
 /// Redfish fencing through `sushy`, one system per lab host (`/redfish/v1/Systems/h1`, ...).
@@ -386,7 +395,7 @@ async fn ha_a_bmc_off_counts_only_for_the_nodes_own_system_and_a_host_that_is_go
         || {
             let (c, h1) = (&c, h1.clone());
             async move {
-                let h = lab_host(c, &h1).await?;
+                let h = ha_host(c, &h1).await?;
                 h.last_fence_error
                     .as_deref()
                     .is_some_and(|e| e.contains("not for this host"))
@@ -442,29 +451,10 @@ async fn ha_a_bmc_off_counts_only_for_the_nodes_own_system_and_a_host_that_is_go
     })
     .await;
     // The late "Off" does not count: h1 is Healthy, its VM was never restarted.
-    let h = wait_for("h1 Healthy", Duration::from_secs(60), || {
-        let (c, h1) = (&c, h1.clone());
-        async move {
-            lab_host(c, &h1)
-                .await
-                .filter(|h| h.verdict == HostVerdict::Healthy)
-        }
-    })
-    .await;
+    let h = wait_verdict(&c, &h1, HostVerdict::Healthy, Duration::from_secs(60)).await;
     assert!(h.fenced_at.is_none(), "{h:?}");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let vm = c.vms().get("vm-1").await.expect("vm-1");
-    assert_eq!(host_of(&vm).as_deref(), Some(h1.as_str()));
-    assert!(
-        !vm.annotations().contains_key(FAILOVER_ANNOTATION),
-        "{vm:?}"
-    );
-    assert!(
-        vm.status
-            .as_ref()
-            .and_then(|s| s.last_recovery.as_ref())
-            .is_none()
-    );
+    assert_never_failed_over(&c, "vm-1", &h1).await;
     assert!(running(&lab, "h2").is_empty(), "nothing started on h2");
     assert_eq!(running(&lab, "h1"), vec![format!("{}_vm-1", c.namespace)]);
     assert_eq!(
@@ -473,7 +463,7 @@ async fn ha_a_bmc_off_counts_only_for_the_nodes_own_system_and_a_host_that_is_go
         "the guest never rebooted"
     );
     assert_eq!(
-        lab_host(&c, &h1).await.map(|h| h.verdict),
+        ha_host(&c, &h1).await.map(|h| h.verdict),
         Some(HostVerdict::Healthy)
     );
     drop(ctl);
@@ -514,15 +504,7 @@ async fn ha_storm_guard_holds_every_stop_and_restart() {
     apply_policy(&c, json!({"notReadyAction": "Restart"})).await;
     c.node_not_ready(&h2).await;
     c.node_not_ready(&h1).await;
-    let cond = wait_for("StormGuard", Duration::from_secs(60), || {
-        let c = &c;
-        async move {
-            crate::support::ha::ha_condition(c, "StormGuard")
-                .await
-                .filter(|x| x.status == "True")
-        }
-    })
-    .await;
+    let cond = wait_storm_guard(&c).await;
     assert!(cond.message.contains("HostPool lab"), "{cond:?}");
     // Well past the grace: the domain was never stopped.
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -536,7 +518,7 @@ async fn ha_storm_guard_holds_every_stop_and_restart() {
         !vm.annotations().contains_key(FAILOVER_ANNOTATION),
         "{vm:?}"
     );
-    let h = lab_host(&c, &h1).await.expect("h1");
+    let h = ha_host(&c, &h1).await.expect("h1");
     assert!(
         h.message
             .as_deref()
@@ -566,15 +548,7 @@ async fn ha_storm_guard_holds_every_stop_and_restart() {
     // until h2 answers.
     apply_policy(&c, json!({"maxFailedHostsPercent": 49})).await;
     lab.stop_libvirtd("h2").expect("stop libvirtd on h2");
-    wait_for("StormGuard", Duration::from_secs(60), || {
-        let c = &c;
-        async move {
-            crate::support::ha::ha_condition(c, "StormGuard")
-                .await
-                .filter(|x| x.status == "True")
-        }
-    })
-    .await;
+    wait_storm_guard(&c).await;
     kill_qemu(&domain);
     let vm = wait_vm(&c, "vm-1", "held by the storm guard", BOOT, |vm| {
         ready_reason(vm).is_some_and(|(_, r)| r == "StormGuardHolds")
@@ -661,28 +635,12 @@ async fn ha_a_hung_bmc_holds_up_no_other_host() {
 
     // h1's libvirt stops answering, its Node stays Ready: Degraded, and its hung BMC is asked.
     lab.stop_libvirtd("h1").expect("stop libvirtd on h1");
-    wait_for("h1 Degraded", Duration::from_secs(60), || {
-        let (c, h1) = (&c, h1.clone());
-        async move {
-            lab_host(c, &h1)
-                .await
-                .filter(|h| h.verdict == HostVerdict::Degraded)
-        }
-    })
-    .await;
+    wait_verdict(&c, &h1, HostVerdict::Degraded, Duration::from_secs(60)).await;
     // Power loss of h2 through its BMC.
     let lost = std::time::Instant::now();
     crate::support::ha::ipmi_power_off(&sim);
     c.node_not_ready(&h2).await;
-    wait_for("h2 Fenced", BOOT, || {
-        let (c, h2) = (&c, h2.clone());
-        async move {
-            lab_host(c, &h2)
-                .await
-                .filter(|h| h.verdict == HostVerdict::Fenced)
-        }
-    })
-    .await;
+    wait_verdict(&c, &h2, HostVerdict::Fenced, BOOT).await;
     let took = lost.elapsed();
     eprintln!("power loss of h2 -> h2 fenced: {:.1}s", took.as_secs_f64());
     // h1 can't be asked whether it runs the VM and is not proven off: the restart waits.

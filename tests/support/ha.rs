@@ -247,17 +247,17 @@ pub async fn ha_host(c: &Cluster, host: &str) -> Option<ferry::api::ha_policy::H
     st.hosts.into_iter().find(|h| h.name == host)
 }
 
-/// Wait until the HAPolicy `ha` gives `host` the verdict `want`.
+/// Wait until the HAPolicy `ha` gives `host` the verdict `want`; returns the host's entry.
 pub async fn wait_verdict(
     c: &Cluster,
     host: &str,
     want: ferry::api::ha_policy::HostVerdict,
     timeout: Duration,
-) {
+) -> ferry::api::ha_policy::HostHealth {
     wait_for(&format!("{host} {want}"), timeout, || async move {
-        (ha_host(c, host).await?.verdict == want).then_some(())
+        ha_host(c, host).await.filter(|h| h.verdict == want)
     })
-    .await;
+    .await
 }
 
 /// An HAPolicy condition.
