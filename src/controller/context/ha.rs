@@ -276,13 +276,9 @@ impl HaVerdicts {
     }
 
     /// How many (policy, pool, host) verdicts are held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         lock(&self.verdicts).values().map(BTreeMap::len).sum()
-    }
-
-    /// Whether no verdict is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
