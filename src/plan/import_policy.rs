@@ -16,7 +16,7 @@
 use crate::api::host_pool::{DEFAULT_IMPORT_MAX_SIZE, HostPoolSpec};
 use crate::plan::quantity;
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 /// Reason of a VM whose import the policy refuses.
 pub const IMPORT_REFUSED: &str = "ImportRefused";
@@ -140,26 +140,13 @@ impl Policy {
 }
 
 /// An IPv4 address written as IPv6 (mapped `::ffff:a.b.c.d`, or the old compatible `::a.b.c.d`)
-/// as the IPv4 address it is.
+/// as the IPv4 address it is; `::` and `::1` stay the IPv6 unspecified and loopback addresses.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
-                    IpAddr::V4(Ipv4Addr::new(
-                        (s[6] >> 8) as u8,
-                        s[6] as u8,
-                        (s[7] >> 8) as u8,
-                        s[7] as u8,
-                    ))
-                } else {
-                    IpAddr::V6(v6)
-                }
-            }
-        },
-        v4 => v4,
+        IpAddr::V6(v6) if !v6.is_unspecified() && !v6.is_loopback() => {
+            v6.to_ipv4().map_or(ip, IpAddr::V4)
+        }
+        ip => ip,
     }
 }
 
@@ -189,7 +176,7 @@ fn special(ip: IpAddr) -> Option<&'static str> {
                 Some("a loopback")
             } else if a.is_unspecified() {
                 Some("an unspecified")
-            } else if (a.segments()[0] & 0xffc0) == 0xfe80 {
+            } else if a.is_unicast_link_local() {
                 Some("a link-local")
             } else if a.is_multicast() {
                 Some("a multicast")
