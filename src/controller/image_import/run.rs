@@ -63,7 +63,8 @@ pub(super) async fn run(
     req: &Request,
     progress: &(dyn Fn(ImportState) + Sync),
 ) -> Result<(), Failure> {
-    install_crypto_provider();
+    // reqwest is built without a TLS provider of its own: ring, as the Kubernetes client uses.
+    crate::telemetry::install_tls_provider();
     let deadline = Instant::now() + IMPORT_TIMEOUT;
     let url = req.url.as_str();
     let policy = Arc::new(req.policy.clone());
@@ -283,11 +284,6 @@ async fn upload_failed(
             e => e.to_string(),
         })
     })
-}
-
-/// reqwest is built without a TLS provider of its own: use ring, as the Kubernetes client does.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// An error with its causes ("error sending request: connection refused").
