@@ -69,9 +69,6 @@ pub(super) async fn ensure(
     let prior_phase = st.phase;
     let host_error = placed.blocked(prior_phase);
     let storage = &pool.spec.storage;
-    // Disks are looked up and created once per spec generation and host; later reconciles reuse
-    // the result (any failure further on forgets it, so a volume removed behind ferry's back is
-    // noticed at the next attempt).
     let seed_volume = seed.as_ref().map(|s| cloud_init::volume_name(vm, s));
     let seed_path_matches = |disks: &[ResolvedDisk]| {
         let cached = disks.iter().find(|d| d.name == definition::SEED_DISK);
@@ -155,8 +152,9 @@ pub(super) async fn ensure(
             disks
         }
     };
-    // Record what exists also when the disks came from the cache: this reconcile may have
-    // started from an object older than the status write that recorded them.
+    // Recorded only once every disk exists (a volume rolled back while provisioning is never
+    // taken for one that was made and lost), and also when the disks came from the cache: this
+    // reconcile may have started from an object older than the status write that recorded them.
     record_disks(vm, st, &storage.pool, seed_volume.as_deref());
     Ok(disks)
 }
@@ -165,13 +163,14 @@ pub(super) async fn ensure(
 /// Every golden image and volume is checked before anything is created (its header too, for the
 /// format it is opened in), and overlays created in this call are removed again if a later one
 /// fails: a failure leaves the host as it was. A disk status records as made for this VM is
-/// never made again: when it is missing here, that is an error naming it.
-pub(super) async fn provision_disks(
+/// never made again: when it is missing here, that is an error naming it. Status is not
+/// written here: [`ensure`] records the disks once all of them exist.
+async fn provision_disks(
     vm: &VirtualMachine,
     valid: &ValidSpec,
     placed: &Placed,
     dir: &str,
-    st: &mut VirtualMachineStatus,
+    st: &VirtualMachineStatus,
     ctx: &Context,
 ) -> Result<Vec<ResolvedDisk>, Blocked> {
     let hv = placed.hv.as_ref();
@@ -320,7 +319,6 @@ pub(super) async fn provision_disks(
     }
     let mut created: Vec<String> = Vec::new();
     let mut resolved = Vec::new();
-    let mut made = Vec::new();
     for (d, plan) in vm.spec.disks.iter().zip(plans) {
         let (vol, format) = match plan {
             Plan::Ready(v, format) => (v, format),
@@ -374,27 +372,9 @@ pub(super) async fn provision_disks(
         };
         resolved.push(ResolvedDisk {
             name: d.name.clone(),
-            path: vol.path.clone(),
+            path: vol.path,
             format: format.as_str().to_string(),
         });
-        if d.has_overlay() {
-            made.push(DiskStatus {
-                name: d.name.clone(),
-                pool: pool.to_string(),
-                volume: vol.name.clone(),
-            });
-        }
-    }
-    // Recorded only once every disk exists: a volume rolled back above is never taken for one
-    // that was made and lost.
-    for m in made {
-        if !st
-            .disks
-            .iter()
-            .any(|s| s.name == m.name && s.volume == m.volume)
-        {
-            st.disks.push(m);
-        }
     }
     for c in &created {
         ctx.event(
