@@ -48,11 +48,7 @@ impl Neighbour {
         let pick =
             |f: fn(&Disk) -> Option<&String>| vm.spec.disks.iter().filter_map(f).cloned().collect();
         Neighbour {
-            name: format!(
-                "{}/{}",
-                vm.metadata.namespace.as_deref().unwrap_or_default(),
-                vm.metadata.name.as_deref().unwrap_or_default()
-            ),
+            name: qualified_name(vm),
             created: vm.metadata.creation_timestamp.as_ref().map(|t| t.0),
             volumes: pick(|d| d.volume.as_ref()),
             images: pick(|d| d.image.as_ref()),
@@ -63,6 +59,15 @@ impl Neighbour {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// `namespace/name` of `vm`.
+fn qualified_name(vm: &VirtualMachine) -> String {
+    format!(
+        "{}/{}",
+        vm.metadata.namespace.as_deref().unwrap_or_default(),
+        vm.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// The VM being checked.
@@ -79,7 +84,7 @@ pub struct Claimant<'a> {
 impl<'a> Claimant<'a> {
     pub fn of(vm: &'a VirtualMachine) -> Self {
         Claimant {
-            name: Neighbour::of(vm).name,
+            name: qualified_name(vm),
             created: vm.metadata.creation_timestamp.as_ref().map(|t| t.0),
             spec: &vm.spec,
             made: vm
