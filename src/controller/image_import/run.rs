@@ -7,6 +7,7 @@ use crate::cloud_init::hex;
 use crate::hypervisor::{
     ConnectOptions, HostConnections, Hypervisor, HypervisorError, UploadSource, error_code,
 };
+use crate::plan::import_policy::Policy;
 use crate::plan::{image_header, naming};
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,15 @@ enum Piece {
 struct Received {
     hasher: ring::digest::Context,
     bytes: u64,
+}
+
+impl Received {
+    /// Count and hash `chunk`; the policy's refusal once the download is over its size cap.
+    fn add(&mut self, chunk: &[u8], policy: &Policy) -> Result<(), String> {
+        self.hasher.update(chunk);
+        self.bytes += chunk.len() as u64;
+        policy.check_size(self.bytes)
+    }
 }
 
 /// Download, check, verify and upload; on success write the marker. Reports progress through
@@ -107,9 +117,7 @@ pub(super) async fn run(
     while first.len() < image_header::HEAD_BYTES {
         match stream.next().await {
             Some(Ok(c)) => {
-                got.hasher.update(&c);
-                got.bytes += c.len() as u64;
-                policy.check_size(got.bytes).map_err(refused)?;
+                got.add(&c, &policy).map_err(refused)?;
                 first.extend_from_slice(&c);
             }
             Some(Err(e)) => return Err(failed_download(&e, &refusal)),
@@ -166,9 +174,7 @@ pub(super) async fn run(
                 }
                 match next {
                     Some(Ok(c)) => {
-                        got.hasher.update(&c);
-                        got.bytes += c.len() as u64;
-                        if let Err(why) = size_policy.check_size(got.bytes) {
+                        if let Err(why) = got.add(&c, &size_policy) {
                             let _ = send(&tx, Piece::Failed(refused(why))).await;
                             return;
                         }
