@@ -13,54 +13,62 @@ use kube::api::DeleteParams;
 use serde_json::json;
 use std::time::Duration;
 
-/// A static HTTP server on loopback (Python's http.server) for the files in a temporary
-/// directory; killed on drop.
-struct HttpServer {
+/// A `python3` HTTP server on a free loopback port; killed on drop.
+struct PythonServer {
     child: std::process::Child,
-    dir: tempfile::TempDir,
     port: u16,
 }
 
-impl HttpServer {
-    fn start() -> HttpServer {
-        let dir = tempfile::tempdir().expect("tempdir");
+impl PythonServer {
+    /// `python3 <args> <port> <extra>` in `dir`, once it accepts connections on the port.
+    fn start(what: &str, dir: &std::path::Path, args: &[&str], extra: &[&str]) -> PythonServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let child = std::process::Command::new("/usr/bin/python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(dir.path())
+            .args(args)
+            .arg(port.to_string())
+            .args(extra)
+            .current_dir(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("start python3 -m http.server");
+            .unwrap_or_else(|e| panic!("start the {what}: {e}"));
+        let server = PythonServer { child, port };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "HTTP server did not start"
-            );
+            assert!(std::time::Instant::now() < deadline, "{what} did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        HttpServer { child, dir, port }
-    }
-
-    fn url(&self, file: &str) -> String {
-        format!("http://127.0.0.1:{}/{file}", self.port)
+        server
     }
 }
 
-impl Drop for HttpServer {
+impl Drop for PythonServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A static HTTP server on loopback (Python's http.server) for the files in a temporary
+/// directory; killed on drop (before the directory is removed).
+struct HttpServer {
+    http: PythonServer,
+    dir: tempfile::TempDir,
+}
+
+impl HttpServer {
+    fn start() -> HttpServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = ["-m", "http.server", "--bind", "127.0.0.1"];
+        let http = PythonServer::start("HTTP server", dir.path(), &args, &[]);
+        HttpServer { http, dir }
+    }
+
+    fn url(&self, file: &str) -> String {
+        format!("http://127.0.0.1:{}/{file}", self.http.port)
     }
 }
 
@@ -227,52 +235,25 @@ async fn image_imported_over_http_boots_and_is_shared() {
 }
 
 /// A server on loopback that answers every request with a redirect to `target`; killed on drop.
-struct Redirector {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redirector {
-    fn start(target: &str) -> Redirector {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let script = [
-            "import http.server, sys",
-            "class H(http.server.BaseHTTPRequestHandler):",
-            "    def do_GET(self):",
-            "        self.send_response(302)",
-            "        self.send_header('Location', sys.argv[2])",
-            "        self.end_headers()",
-            "    def log_message(self, *a):",
-            "        pass",
-            "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()",
-        ]
-        .join("\n");
-        let child = std::process::Command::new("/usr/bin/python3")
-            .args(["-c", &script, &port.to_string(), target])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the redirecting server");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redirecting server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Redirector { child, port }
-    }
-}
-
-impl Drop for Redirector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn redirector(target: &str) -> PythonServer {
+    let script = [
+        "import http.server, sys",
+        "class H(http.server.BaseHTTPRequestHandler):",
+        "    def do_GET(self):",
+        "        self.send_response(302)",
+        "        self.send_header('Location', sys.argv[2])",
+        "        self.end_headers()",
+        "    def log_message(self, *a):",
+        "        pass",
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()",
+    ]
+    .join("\n");
+    PythonServer::start(
+        "redirecting server",
+        std::path::Path::new("/"),
+        &["-c", &script],
+        &[target],
+    )
 }
 
 /// Image imports reach only what the pool allows: loopback and link-local (a cloud's metadata
@@ -304,7 +285,7 @@ async fn imports_reach_only_what_the_pool_allows() {
     std::fs::write(server.dir.path().join("big.img"), &big).expect("serve a 2 MiB file");
     let big_sha = ferry::cloud_init::sha256_hex(&big);
     // 127.0.0.2 is loopback too, outside what "small" allows.
-    let redirect = Redirector::start(&format!("http://127.0.0.2:{}/big.img", server.port));
+    let redirect = redirector(&format!("http://127.0.0.2:{}/big.img", server.http.port));
 
     let vm = |name: &str, pool: &str, url: &str, format: &str| {
         let mut m = http_vm(name, &lab, url, &big_sha, "Always");
