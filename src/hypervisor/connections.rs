@@ -199,29 +199,19 @@ impl HostConnections {
     /// The same registry with another backoff after failed attempts: `min` after the first
     /// failure, doubling up to `max`. Call before sharing the registry.
     pub fn with_backoff(self, min: Duration, max: Duration) -> Self {
-        let entries = self
-            .inner
-            .entries
-            .lock()
-            .map(|mut e| std::mem::take(&mut *e))
-            .unwrap_or_default();
-        HostConnections {
-            inner: Arc::new(Inner {
-                connector: self.inner.connector.clone(),
-                gate: self.inner.gate.clone(),
-                observer: self.inner.observer.clone(),
-                min_backoff: min,
-                max_backoff: max.max(min),
-                entries: Mutex::new(entries),
-                lost: self.inner.lost.clone(),
-                domains: self.inner.domains.clone(),
-            }),
-        }
+        self.reconfigured(self.inner.gate.clone(), min, max.max(min))
     }
 
     /// The same registry whose connections ask `gate` before every call that changes a host
     /// (see [`crate::gate`]). Call before sharing the registry; siblings share the gate.
     pub fn with_gate(self, gate: ActionGate) -> Self {
+        let (min, max) = (self.inner.min_backoff, self.inner.max_backoff);
+        self.reconfigured(gate, min, max)
+    }
+
+    /// This registry (its connections, connector, observer and channels) with another gate and
+    /// backoff.
+    fn reconfigured(&self, gate: ActionGate, min_backoff: Duration, max_backoff: Duration) -> Self {
         let entries = self
             .inner
             .entries
@@ -233,8 +223,8 @@ impl HostConnections {
                 connector: self.inner.connector.clone(),
                 gate,
                 observer: self.inner.observer.clone(),
-                min_backoff: self.inner.min_backoff,
-                max_backoff: self.inner.max_backoff,
+                min_backoff,
+                max_backoff,
                 entries: Mutex::new(entries),
                 lost: self.inner.lost.clone(),
                 domains: self.inner.domains.clone(),
