@@ -54,29 +54,9 @@ fn opts() -> ConnectOptions {
 
 fn definition(name: &str, uuid: &str) -> DomainDefinition {
     DomainDefinition {
-        name: name.into(),
-        uuid: uuid.into(),
-        virt_type: VirtType::Qemu,
         vcpus: 2,
-        cpu_model: CpuModel::HostModel,
         memory_kib: 256 * 1024,
-        disks: vec![DiskDef {
-            name: "root".into(),
-            path: "/pool/root.qcow2".into(),
-            format: "qcow2".into(),
-            bus: Bus::Virtio,
-            read_only: false,
-        }],
-        nics: vec![],
-        boot: None,
-        serial_console: true,
-        console_log: None,
-        graphics: None,
-        owner: Owner {
-            namespace: "default".into(),
-            name: name.into(),
-            uid: uuid.into(),
-        },
+        ..fake::sample_definition("default", name, uuid, "/pool/root.qcow2")
     }
 }
 

@@ -168,42 +168,13 @@ impl Hypervisor for Gated {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hypervisor::fake::sample_definition;
     use crate::hypervisor::fake::{FakeConnector, Op};
     use crate::hypervisor::{HostConnections, MigrationRequest, StorageMode};
-    use crate::plan::domain::{
-        Bus, CpuModel, DiskDef, DomainState, Owner, ShutOffReason, VirtType,
-    };
+    use crate::plan::domain::{DomainState, ShutOffReason};
     use std::time::{Duration, Instant};
 
     const U1: &str = "00000000-0000-4000-8000-000000000001";
-
-    fn def() -> DomainDefinition {
-        DomainDefinition {
-            name: "vm".into(),
-            uuid: U1.into(),
-            virt_type: VirtType::Qemu,
-            vcpus: 1,
-            cpu_model: CpuModel::HostModel,
-            memory_kib: 128 * 1024,
-            disks: vec![DiskDef {
-                name: "root".into(),
-                path: "/pool/vm.qcow2".into(),
-                format: "qcow2".into(),
-                bus: Bus::Virtio,
-                read_only: false,
-            }],
-            nics: vec![],
-            boot: None,
-            serial_console: true,
-            console_log: None,
-            graphics: None,
-            owner: Owner {
-                namespace: "ns".into(),
-                name: "vm".into(),
-                uid: U1.into(),
-            },
-        }
-    }
 
     /// Every method of the trait is forwarded here: one left to the trait's default would answer
     /// "not supported" (or nothing) instead of reaching the host.
@@ -235,9 +206,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_gate_withholds_every_change_and_lets_reads_through() {
+        let def = sample_definition("ns", "vm", U1, "/pool/vm.qcow2");
         let fakes = FakeConnector::new();
         let h1 = fakes.add_host("qemu+tcp://h1/system");
-        h1.add_domain(&def(), DomainState::ShutOff(ShutOffReason::Shutdown))
+        h1.add_domain(&def, DomainState::ShutOff(ShutOffReason::Shutdown))
             .expect("domain");
         let gate = ActionGate::leased();
         let hosts = HostConnections::with_connector(Arc::new(fakes.clone())).with_gate(gate);
@@ -267,7 +239,7 @@ mod tests {
         h1.take_calls();
         for conn in [&hv, &own] {
             let results = vec![
-                conn.define_domain(&def()).await.err(),
+                conn.define_domain(&def).await.err(),
                 conn.start_domain(U1).await.err(),
                 conn.pause_domain(U1).await.err(),
                 conn.resume_domain(U1).await.err(),

@@ -180,33 +180,15 @@ pub fn released(ctx: &Context, ns: &str, host: &str, uid: &str) {
 /// Give `host` a running domain of VM `ns/name` (UID `uid`) on the pool's storage, as a host
 /// that runs the VM has it.
 pub fn run_domain_on(host: &FakeHost, ns: &str, name: &str, uid: &str) {
-    use ferry::plan::domain::{
-        Bus, CpuModel, DiskDef, DomainDefinition, DomainState, Owner, VirtType,
-    };
+    use ferry::plan::domain::{DomainDefinition, DomainState};
     let def = DomainDefinition {
         name: format!("{ns}_{name}"),
-        uuid: uid.into(),
-        virt_type: VirtType::Qemu,
-        vcpus: 1,
-        cpu_model: CpuModel::HostModel,
-        memory_kib: 128 * 1024,
-        disks: vec![DiskDef {
-            name: "root".into(),
-            path: format!("/fake/pool/{ns}_{name}_root.qcow2"),
-            format: "qcow2".into(),
-            bus: Bus::Virtio,
-            read_only: false,
-        }],
-        nics: vec![],
-        boot: None,
-        serial_console: true,
-        console_log: None,
-        graphics: None,
-        owner: Owner {
-            namespace: ns.into(),
-            name: name.into(),
-            uid: uid.into(),
-        },
+        ..ferry::hypervisor::fake::sample_definition(
+            ns,
+            name,
+            uid,
+            &format!("/fake/pool/{ns}_{name}_root.qcow2"),
+        )
     };
     host.add_domain(&def, DomainState::Running)
         .expect("a running domain");

@@ -75,8 +75,40 @@ pub use host::FakeHost;
 
 use super::connections::{ConnectOptions, Connector, HostConnections};
 use super::{HvResult, Hypervisor, HypervisorError};
+use crate::plan::domain::{Bus, CpuModel, DiskDef, DomainDefinition, Owner, VirtType};
 use connection::ConnShared;
 use world::{HostState, World};
+
+/// A small definition for tests: domain `name` of VM `namespace/name` (UID `uuid`), 1 vCPU,
+/// 128 MiB, one virtio qcow2 disk at `disk`, a serial console. Change fields with struct update
+/// syntax where a test needs others.
+pub fn sample_definition(namespace: &str, name: &str, uuid: &str, disk: &str) -> DomainDefinition {
+    DomainDefinition {
+        name: name.into(),
+        uuid: uuid.into(),
+        virt_type: VirtType::Qemu,
+        vcpus: 1,
+        cpu_model: CpuModel::HostModel,
+        memory_kib: 128 * 1024,
+        disks: vec![DiskDef {
+            name: "root".into(),
+            path: disk.into(),
+            format: "qcow2".into(),
+            bus: Bus::Virtio,
+            read_only: false,
+        }],
+        nics: vec![],
+        boot: None,
+        serial_console: true,
+        console_log: None,
+        graphics: None,
+        owner: Owner {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uuid.into(),
+        },
+    }
+}
 
 /// The hosts behind one connector.
 #[derive(Default)]

@@ -6,41 +6,10 @@ use std::time::Duration;
 use super::*;
 use crate::hypervisor::migration::{MigrationRequest, StorageMode};
 use crate::hypervisor::{CallObserver, error_code};
-use crate::plan::domain::{
-    Bus, CpuModel, DiskDef, DomainDefinition, DomainState, GuestInfo, GuestInterface, Owner,
-    ShutOffReason, VirtType,
-};
+use crate::plan::domain::{DomainState, GuestInfo, GuestInterface, ShutOffReason};
 
 const U1: &str = "00000000-0000-4000-8000-000000000001";
 const U2: &str = "00000000-0000-4000-8000-000000000002";
-
-fn def(name: &str, uuid: &str, disk: &str) -> DomainDefinition {
-    DomainDefinition {
-        name: name.into(),
-        uuid: uuid.into(),
-        virt_type: VirtType::Qemu,
-        vcpus: 1,
-        cpu_model: CpuModel::HostModel,
-        memory_kib: 128 * 1024,
-        disks: vec![DiskDef {
-            name: "root".into(),
-            path: disk.into(),
-            format: "qcow2".into(),
-            bus: Bus::Virtio,
-            read_only: false,
-        }],
-        nics: vec![],
-        boot: None,
-        serial_console: true,
-        console_log: None,
-        graphics: None,
-        owner: Owner {
-            namespace: "ns".into(),
-            name: name.into(),
-            uid: uuid.into(),
-        },
-    }
-}
 
 /// Records what an observer hears.
 #[derive(Default)]
@@ -82,7 +51,7 @@ async fn a_domain_lives_through_define_start_redefine_shutdown_undefine() {
     let heard = Arc::new(Heard::default());
     let hv = connect(&fakes, h1.uri(), &heard).await;
 
-    let d = def("ns_vm", U1, "/pool/vm.qcow2");
+    let d = sample_definition("ns", "ns_vm", U1, "/pool/vm.qcow2");
     hv.define_domain(&d).await.expect("define");
     hv.define_domain(&d).await.expect("define again");
     let info = hv.lookup_domain(U1).await.unwrap().expect("defined");
@@ -123,7 +92,7 @@ async fn definitions_are_refused_as_libvirt_refuses_them() {
     let fakes = FakeConnector::new();
     let h1 = fakes.add_host("qemu+tcp://h1/system");
     let hv = connect(&fakes, h1.uri(), &Arc::default()).await;
-    let mut bad = def("ns_vm", U1, "/p/a\0b");
+    let mut bad = sample_definition("ns", "ns_vm", U1, "/p/a\0b");
     let err = hv.define_domain(&bad).await.expect_err("NUL in a path");
     assert!(
         matches!(err, HypervisorError::InvalidDefinition { .. }),
@@ -132,7 +101,7 @@ async fn definitions_are_refused_as_libvirt_refuses_them() {
     bad.disks[0].path = "/p/a".into();
     hv.define_domain(&bad).await.expect("define");
     let err = hv
-        .define_domain(&def("ns_vm", U2, "/p/b"))
+        .define_domain(&sample_definition("ns", "ns_vm", U2, "/p/b"))
         .await
         .expect_err("name taken by another UUID");
     assert!(err.to_string().contains("already exists"), "{err}");
@@ -144,8 +113,11 @@ async fn destroying_or_undefining_a_running_domain_follows_libvirt() {
     let fakes = FakeConnector::new();
     let h1 = fakes.add_host("qemu+tcp://h1/system");
     let hv = connect(&fakes, h1.uri(), &Arc::default()).await;
-    h1.add_domain(&def("ns_a", U1, "/p/a"), DomainState::Running)
-        .unwrap();
+    h1.add_domain(
+        &sample_definition("ns", "ns_a", U1, "/p/a"),
+        DomainState::Running,
+    )
+    .unwrap();
     // Undefined while running: transient until it stops, then gone.
     hv.undefine_domain(U1).await.expect("undefine");
     let t = h1.domain(U1).expect("transient");
@@ -155,8 +127,11 @@ async fn destroying_or_undefining_a_running_domain_follows_libvirt() {
     hv.destroy_domain(U1).await.expect("destroy when gone");
 
     // A guest that ignores the power button keeps running until destroyed.
-    h1.add_domain(&def("ns_b", U2, "/p/b"), DomainState::Running)
-        .unwrap();
+    h1.add_domain(
+        &sample_definition("ns", "ns_b", U2, "/p/b"),
+        DomainState::Running,
+    )
+    .unwrap();
     h1.ignore_shutdown(U2, true);
     hv.shutdown_domain(U2).await.expect("asked");
     assert_eq!(h1.domain(U2).unwrap().state, DomainState::Running);
@@ -173,7 +148,7 @@ async fn a_disk_runs_on_one_host_of_a_shared_storage_at_a_time() {
     let h1 = fakes.add_host("qemu+tcp://h1/system");
     let h2 = fakes.add_host_sharing_storage("qemu+tcp://h2/system", &h1);
     let h3 = fakes.add_host("qemu+tcp://h3/system");
-    let d = def("ns_vm", U1, "/shared/vm.qcow2");
+    let d = sample_definition("ns", "ns_vm", U1, "/shared/vm.qcow2");
     h1.add_domain(&d, DomainState::Running).unwrap();
     let hv2 = connect(&fakes, h2.uri(), &Arc::default()).await;
     hv2.define_domain(&d).await.expect("define on h2");
@@ -202,7 +177,9 @@ async fn lifecycle_events_reach_the_registry() {
         .get(h1.uri(), &ConnectOptions::default())
         .await
         .unwrap();
-    hv.define_domain(&def("ns_vm", U1, "/p/vm")).await.unwrap();
+    hv.define_domain(&sample_definition("ns", "ns_vm", U1, "/p/vm"))
+        .await
+        .unwrap();
     hv.start_domain(U1).await.unwrap();
     h1.set_state(U1, DomainState::ShutOff(ShutOffReason::Crashed));
     assert_eq!(events.recv().await.unwrap(), U1);
@@ -308,8 +285,11 @@ async fn a_partition_loses_connections_and_refuses_new_ones() {
         .get(h1.uri(), &ConnectOptions::default())
         .await
         .unwrap();
-    h1.add_domain(&def("ns_vm", U1, "/p/vm"), DomainState::Running)
-        .unwrap();
+    h1.add_domain(
+        &sample_definition("ns", "ns_vm", U1, "/p/vm"),
+        DomainState::Running,
+    )
+    .unwrap();
     h1.set_reachable(false);
     assert_eq!(lost.recv().await.unwrap(), h1.uri());
     assert!(!hv.is_connected());
@@ -455,8 +435,11 @@ async fn guest_agents_answer_only_while_the_domain_runs() {
     let fakes = FakeConnector::new();
     let h1 = fakes.add_host("qemu+tcp://h1/system");
     let hv = connect(&fakes, h1.uri(), &Arc::default()).await;
-    h1.add_domain(&def("ns_vm", U1, "/p/vm"), DomainState::Running)
-        .unwrap();
+    h1.add_domain(
+        &sample_definition("ns", "ns_vm", U1, "/p/vm"),
+        DomainState::Running,
+    )
+    .unwrap();
     assert_eq!(hv.guest_info(U1).await.unwrap(), None);
     let report = GuestInfo {
         os: Some("Debian".into()),
@@ -493,8 +476,11 @@ async fn a_migration_moves_the_domain_and_an_abort_keeps_it() {
     let heard = Arc::new(Heard::default());
     let src = connect(&fakes, h1.uri(), &heard).await;
     let dst = connect(&fakes, h2.uri(), &Arc::default()).await;
-    h1.add_domain(&def("ns_vm", U1, "/shared/vm"), DomainState::Running)
-        .unwrap();
+    h1.add_domain(
+        &sample_definition("ns", "ns_vm", U1, "/shared/vm"),
+        DomainState::Running,
+    )
+    .unwrap();
 
     // Aborted while it runs: the domain stays on the source.
     h1.set_migration_time(Duration::from_secs(60));
