@@ -32,13 +32,26 @@ pub struct LeaseSettings {
 }
 
 impl LeaseSettings {
+    /// The margin for a grace period: `requested`, or [`LeaseSettings::default_margin`]; at most
+    /// a quarter second short of the grace period, or the gate would close before each renewal.
+    pub fn margin(grace: u64, requested: Option<Duration>) -> Duration {
+        requested
+            .unwrap_or_else(|| Self::default_margin(grace))
+            .min(longest_margin(grace))
+    }
+
     /// The default margin for a grace period: half of it, at least one second (and never the
     /// whole grace period).
     pub fn default_margin(grace: u64) -> Duration {
         Duration::from_millis(grace * 500)
             .max(Duration::from_secs(1))
-            .min(Duration::from_millis((grace * 1000).saturating_sub(250)))
+            .min(longest_margin(grace))
     }
+}
+
+/// The longest margin for a grace period of `grace` seconds.
+fn longest_margin(grace: u64) -> Duration {
+    Duration::from_millis((grace * 1000).saturating_sub(250))
 }
 
 /// Wait until this process holds the lease. Returns the manager's state channel (it turns `false`

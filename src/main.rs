@@ -259,13 +259,10 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
             .lease_grace
             .min(args.lease_duration.saturating_sub(1))
             .max(1);
-        let default_margin = LeaseSettings::default_margin(grace);
-        let margin = args
-            .lease_margin_ms
-            .map(std::time::Duration::from_millis)
-            .unwrap_or(default_margin)
-            // Shorter than the grace period, or the gate would close before every renewal.
-            .min(std::time::Duration::from_millis(grace * 1000 - 250));
+        let margin = LeaseSettings::margin(
+            grace,
+            args.lease_margin_ms.map(std::time::Duration::from_millis),
+        );
         let settings = LeaseSettings {
             name: args.lease_name.clone(),
             namespace: args.lease_namespace.clone().unwrap_or(default_ns),
