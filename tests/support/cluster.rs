@@ -286,14 +286,7 @@ impl Cluster {
 
     /// Start `ferry controller` for this namespace.
     pub fn controller(&self, identity: &str) -> ControllerProcess {
-        ControllerProcess::start(
-            self.controller_kubeconfig(),
-            Some(&self.namespace),
-            &self.namespace,
-            identity,
-            None,
-            &[],
-        )
+        self.controller_with_env(identity, &[])
     }
 
     /// Start `ferry controller` for every namespace (its Lease in this one), as a cluster-wide
