@@ -79,10 +79,12 @@ impl Drop for Forwarder {
     }
 }
 
-/// Copy both ways between `inside` and a new connection to `upstream`, on two threads.
-fn relay(inside: TcpStream, upstream: SocketAddr) -> io::Result<()> {
+/// Copy both ways between `inside` and a new connection to `upstream`, on two threads. Returns
+/// handles on both sockets, for a caller that may have to close them.
+pub(super) fn relay(inside: TcpStream, upstream: SocketAddr) -> io::Result<[TcpStream; 2]> {
     inside.set_nonblocking(false)?;
     let outside = TcpStream::connect_timeout(&upstream, Duration::from_secs(5))?;
+    let ends = [inside.try_clone()?, outside.try_clone()?];
     for (mut from, mut to) in [
         (inside.try_clone()?, outside.try_clone()?),
         (outside, inside),
@@ -92,5 +94,5 @@ fn relay(inside: TcpStream, upstream: SocketAddr) -> io::Result<()> {
             let _ = to.shutdown(Shutdown::Write);
         });
     }
-    Ok(())
+    Ok(ends)
 }

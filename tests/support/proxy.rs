@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::netns;
+
 /// A relay from a loopback port to `upstream`.
 pub struct CuttableProxy {
     /// The port on 127.0.0.1.
@@ -50,7 +52,10 @@ impl CuttableProxy {
                         let _ = inside.shutdown(Shutdown::Both);
                     }
                     Ok((inside, _)) => {
-                        let _ = relay(&s, inside);
+                        if let Ok(ends) = netns::relay(inside, s.upstream) {
+                            let mut socks = s.sockets.lock().unwrap_or_else(|p| p.into_inner());
+                            socks.extend(ends);
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
@@ -86,25 +91,4 @@ fn close_all(s: &Shared) {
     for sock in socks.drain(..) {
         let _ = sock.shutdown(Shutdown::Both);
     }
-}
-
-/// Copy both ways between `inside` and a new connection to `upstream`, on two threads.
-fn relay(s: &Shared, inside: TcpStream) -> io::Result<()> {
-    inside.set_nonblocking(false)?;
-    let outside = TcpStream::connect_timeout(&s.upstream, Duration::from_secs(5))?;
-    {
-        let mut socks = s.sockets.lock().unwrap_or_else(|p| p.into_inner());
-        socks.push(inside.try_clone()?);
-        socks.push(outside.try_clone()?);
-    }
-    for (mut from, mut to) in [
-        (inside.try_clone()?, outside.try_clone()?),
-        (outside, inside),
-    ] {
-        std::thread::spawn(move || {
-            let _ = io::copy(&mut from, &mut to);
-            let _ = to.shutdown(Shutdown::Write);
-        });
-    }
-    Ok(())
 }
