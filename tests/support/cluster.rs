@@ -348,19 +348,23 @@ impl Cluster {
     /// Start `ferry controller` whose only way to the API server is a [`CuttableProxy`] the
     /// test holds: cutting it partitions this replica from the API server (and nothing else).
     pub fn controller_behind_proxy(&self, identity: &str) -> (ControllerProcess, CuttableProxy) {
-        let kubeconfig = self.controller_kubeconfig();
-        let proxy = CuttableProxy::start(&api_server_address(kubeconfig))
-            .expect("a proxy to the API server");
+        let mut proxy: Option<CuttableProxy> = None;
         let ctl = ControllerProcess::start_via(
-            kubeconfig,
+            self.controller_kubeconfig(),
             Some(&self.namespace),
             &self.namespace,
             identity,
             None,
-            Some(proxy.port),
+            Some(&mut |upstream: &str| {
+                proxy
+                    .get_or_insert_with(|| {
+                        CuttableProxy::start(upstream).expect("a proxy to the API server")
+                    })
+                    .port
+            }),
             &[],
         );
-        (ctl, proxy)
+        (ctl, proxy.expect("a server in the kubeconfig"))
     }
 
     /// [`Cluster::controller`] with extra environment variables (e.g. a quieter `RUST_LOG`).
@@ -597,17 +601,6 @@ fn kubeconfig_relayed(
     path
 }
 
-/// The `host:port` of the first server `kubeconfig` names.
-fn api_server_address(kubeconfig: &std::path::Path) -> String {
-    let mut found = None;
-    let dir = tempfile::tempdir().expect("tempdir");
-    kubeconfig_relayed(kubeconfig, dir.path(), |upstream| {
-        found.get_or_insert_with(|| upstream.to_string());
-        0
-    });
-    found.expect("a server in the kubeconfig")
-}
-
 impl ControllerProcess {
     fn start(
         kubeconfig: &std::path::Path,
@@ -628,6 +621,8 @@ impl ControllerProcess {
         )
     }
 
+    /// [`ControllerProcess::start`], outside a namespace reaching the API server through the
+    /// loopback port `relay` returns for each server's `host:port` (when given).
     #[allow(clippy::too_many_arguments)]
     fn start_via(
         kubeconfig: &std::path::Path,
@@ -635,7 +630,7 @@ impl ControllerProcess {
         lease_namespace: &str,
         identity: &str,
         ns: Option<&str>,
-        proxy_port: Option<u16>,
+        relay: Option<&mut dyn FnMut(&str) -> u16>,
         env: &[(&str, &str)],
     ) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -643,13 +638,13 @@ impl ControllerProcess {
         let port = free_port();
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let (kubeconfig, forwarders) = match (ns, proxy_port) {
+        let (kubeconfig, forwarders) = match (ns, relay) {
             (Some(ns), _) => {
                 let (k, f) = kubeconfig_in_netns(kubeconfig, ns, dir.path());
                 (k, f)
             }
-            (None, Some(p)) => (
-                kubeconfig_relayed(kubeconfig, dir.path(), |_| p),
+            (None, Some(relay)) => (
+                kubeconfig_relayed(kubeconfig, dir.path(), relay),
                 Vec::new(),
             ),
             (None, None) => (kubeconfig.to_path_buf(), Vec::new()),
