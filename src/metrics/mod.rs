@@ -304,6 +304,7 @@ mod tests {
             downtime: Some(std::time::Duration::from_millis(40)),
         });
         m.fence_finished(false);
+        m.action_withheld("start_domain");
         let text = m.encode().expect("encodes");
         let page = include_str!("../../docs/observability.md");
         let mut names = Vec::new();
