@@ -432,7 +432,7 @@ impl Hypervisor for FakeConnection {
     }
 
     async fn read_volume_head(&self, pool: &str, name: &str, len: usize) -> HvResult<Vec<u8>> {
-        self.call(Op::LookupVolume, &pool_target(pool, name), |w, h, _| {
+        self.call(Op::ReadVolumeHead, &pool_target(pool, name), |w, h, _| {
             let p = w.pool(h, "read_volume_head", pool)?;
             let Some(vol) = p.volumes.get(name) else {
                 return Err(failed(
