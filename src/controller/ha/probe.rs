@@ -38,7 +38,8 @@ pub(super) fn start_probe(
         let mut hosts = lock(&hc.hosts);
         let Some(m) = hosts.get_mut(key) else {
             drop(hosts);
-            // First sight: memory is created by the caller right after; probe next tick.
+            // The caller made the memory just before; it is gone only if the policy or pool was
+            // forgotten meanwhile: nothing to probe for.
             return;
         };
         if let Some(started) = m.probe_started {
