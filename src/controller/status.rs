@@ -22,28 +22,15 @@ where
     if current == Some(status) {
         return Ok(false);
     }
-    write(api, obj, status, None).await?;
+    apply_status_at(api, obj, status, None).await?;
     Ok(true)
 }
 
-/// Apply `status` to `obj`'s status subresource only while the object is still at `version`
-/// (its `resourceVersion`): optimistic concurrency, so that a decision made on that version is
-/// never written over a newer one. A newer object fails with 409 Conflict ([`is_conflict`]).
-/// Returns the object as written.
+/// Apply `status` to `obj`'s status subresource; with a `version` (a `resourceVersion`), only
+/// while the object is still at that version: optimistic concurrency, so that a decision made on
+/// that version is never written over a newer one. A newer object fails with 409 Conflict
+/// ([`is_conflict`]). Returns the object as written.
 pub async fn apply_status_at<K, S>(
-    api: &Api<K>,
-    obj: &K,
-    status: &S,
-    version: &str,
-) -> Result<K, kube::Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-    S: Serialize,
-{
-    write(api, obj, status, Some(version)).await
-}
-
-async fn write<K, S>(
     api: &Api<K>,
     obj: &K,
     status: &S,

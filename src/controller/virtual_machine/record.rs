@@ -6,7 +6,7 @@
 //! a host.
 
 use crate::api::{VirtualMachine, VirtualMachineStatus};
-use crate::controller::status::{apply_status, apply_status_at, is_conflict};
+use crate::controller::status::{apply_status_at, is_conflict};
 use kube::ResourceExt;
 use kube::api::Api;
 
@@ -44,16 +44,8 @@ impl<'a> Record<'a> {
         if self.written.as_ref() == Some(st) {
             return Ok(false);
         }
-        let Some(version) = self.version.clone() else {
-            // An object without a version never came from an API server: nothing to be
-            // conditional on.
-            apply_status(self.api, self.vm, self.written.as_ref(), st)
-                .await
-                .map_err(WriteError::Failed)?;
-            self.written = Some(st.clone());
-            return Ok(true);
-        };
-        match apply_status_at(self.api, self.vm, st, &version).await {
+        // An object without a version never came from an API server: its write is unconditional.
+        match apply_status_at(self.api, self.vm, st, self.version.as_deref()).await {
             Ok(obj) => {
                 self.version = obj.metadata.resource_version;
                 self.written = Some(st.clone());
