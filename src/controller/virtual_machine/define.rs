@@ -31,30 +31,26 @@ async fn look_elsewhere(
     st: &mut VirtualMachineStatus,
     now: Timestamp,
 ) -> Result<(), Blocked> {
-    use crate::api::condition::{ConditionStatus, set_condition};
     use crate::plan::sighting::{Verdict, decide};
     let uid = vm.metadata.uid.clone().unwrap_or_default();
     let seen = super::sighting::look(ctx, &placed.pool, &uid, &[placed.name.as_str()]).await;
     match decide(&seen) {
         Verdict::Free => Ok(()),
         Verdict::Adopt(host) => {
-            st.host = Some(host.clone());
-            set_condition(
-                &mut st.conditions,
-                "Scheduled",
-                ConditionStatus::True,
-                "Adopted",
+            super::sighting::adopt(
+                vm,
+                ctx,
+                st,
+                &host,
                 format!(
                     "found running on host {host}; its domain was gone from host {}",
                     placed.name
                 ),
-                vm.metadata.generation,
                 now,
             );
-            ctx.vm_runtime.forget_provisioned(&uid);
             Err(Blocked::new(
                 VmPhase::Running,
-                "Adopted",
+                super::sighting::ADOPTED,
                 format!(
                     "the domain was gone from host {} but runs on host {host} (a migration there finished without being recorded): adopted there, not started again",
                     placed.name

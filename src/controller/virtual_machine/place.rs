@@ -273,22 +273,19 @@ async fn look_before_start(
     match sighting_plan::decide(&seen) {
         Verdict::Free => Ok(None),
         Verdict::Adopt(host) => {
-            st.host = Some(host.clone());
             st.last_recovery = Some(Recovery {
                 to_host: Some(host.clone()),
                 replaced: Some(Time(now)),
                 ..recovery(f)
             });
-            set_condition(
-                &mut st.conditions,
-                "Scheduled",
-                ConditionStatus::True,
-                "Adopted",
+            sighting::adopt(
+                vm,
+                ctx,
+                st,
+                &host,
                 format!("found running on host {host} after host {} failed", f.host),
-                vm.metadata.generation,
                 now,
             );
-            ctx.vm_runtime.forget_provisioned(&uid);
             match record.write(st).await {
                 Ok(_) => {}
                 Err(WriteError::Stale) => return Err(stale()),
@@ -304,7 +301,7 @@ async fn look_before_start(
             ctx.event(
                 vm,
                 EventType::Warning,
-                "Adopted",
+                sighting::ADOPTED,
                 "Failover",
                 if host == f.host {
                     format!(

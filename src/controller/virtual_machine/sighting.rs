@@ -2,12 +2,14 @@
 //! (`plan::sighting` decides from the answers).
 
 use super::{Blocked, Retry};
+use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::ha_policy::HostVerdict;
-use crate::api::{HostPool, VmPhase};
+use crate::api::{HostPool, VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::controller::Context;
 use crate::controller::context::PoolHost;
 use crate::controller::hosts::pool_nodes;
 use crate::plan::sighting::Seen;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use std::time::Duration;
 
@@ -63,6 +65,33 @@ pub(super) async fn look(
             (name, seen)
         });
     futures::future::join_all(asks).await
+}
+
+/// Reason of a VM taken over on the host it was found running on.
+pub(super) const ADOPTED: &str = "Adopted";
+
+/// Take the VM over on `host`, where it was found running: its status names that host, its
+/// `Scheduled` condition says `why`, and what was provisioned for it elsewhere is forgotten.
+pub(super) fn adopt(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    st: &mut VirtualMachineStatus,
+    host: &str,
+    why: String,
+    now: Timestamp,
+) {
+    st.host = Some(host.to_string());
+    set_condition(
+        &mut st.conditions,
+        "Scheduled",
+        ConditionStatus::True,
+        ADOPTED,
+        why,
+        vm.metadata.generation,
+        now,
+    );
+    ctx.vm_runtime
+        .forget_provisioned(vm.metadata.uid.as_deref().unwrap_or_default());
 }
 
 /// The VM runs on several hosts at once: nothing is started or changed.
