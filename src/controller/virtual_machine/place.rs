@@ -243,8 +243,8 @@ fn recovery(f: &Failover) -> Recovery {
 
 /// Look before you start: before a failover places the VM anew, make sure the VM is not already
 /// running somewhere. The VM is read afresh (a stale cache stops here), then its domain is looked
-/// up on every host of the pool, the failed one included. Returns the host it was found running on, adopted there
-/// (recorded in status, with an Event), or `None` when it may be placed anew.
+/// up on every host of the pool, the failed one included. Returns the host it was found running
+/// on, adopted there (recorded in status, with an Event), or `None` when it may be placed anew.
 async fn look_before_start(
     vm: &VirtualMachine,
     ctx: &Context,
@@ -267,8 +267,9 @@ async fn look_before_start(
         }
     }
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    // The failed host is asked too: the annotation alone is no proof (a namespace editor can
-    // write it); a host the HA controller holds fenced is not asked.
+    // The failed host is asked too, unless the HA controller holds it fenced: a release does not
+    // always come with a fence (the evidence may be libvirt's word that the domains shut off),
+    // and a host wrongly judged off still shows the VM running.
     let seen = sighting::look(ctx, pool, &uid, &[]).await;
     match sighting_plan::decide(&seen) {
         Verdict::Free => Ok(None),
