@@ -2,7 +2,8 @@
 //! power, and what each failure on the way shows.
 
 use super::support::{World, host_uri, node, pool, vm};
-use ferry::api::{VirtualMachine, VmPhase};
+use ferry::api::condition::find;
+use ferry::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
 use ferry::controller::virtual_machine::reconcile;
 use ferry::hypervisor::fake::{FakeConnector, FakeHost, Fault, Op, Times};
 use std::sync::Arc;
@@ -41,6 +42,11 @@ fn one_host(fakes: FakeConnector, vm: VirtualMachine) -> (World, VirtualMachine)
         vec![],
     );
     (world, vm)
+}
+
+/// The reason and message of the VM's `Ready` condition.
+fn ready(st: &VirtualMachineStatus) -> Option<(String, String)> {
+    find(&st.conditions, "Ready").map(|c| (c.reason.clone(), c.message.clone()))
 }
 
 /// `vm` after `times` reconciles, each seeing what the one before wrote (as a watch would).
@@ -181,11 +187,7 @@ async fn drive_steps() {
         let (mut world, obj) = one_host(fakes, vm(case.strategy));
         let current = reconciled(&mut world, obj, 3).await;
         let st = current.status.clone().unwrap_or_default();
-        let ready = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .map(|c| (c.reason.clone(), c.message.clone()));
+        let ready = ready(&st);
         assert_eq!(st.phase, Some(case.phase), "{}: {ready:?}", case.name);
         assert_eq!(
             ready.as_ref().map(|r| r.0.as_str()),
@@ -286,12 +288,7 @@ async fn a_disk_made_before_is_never_made_again() {
     let (mut world, obj) = one_host(fakes, obj);
     let current = reconciled(&mut world, obj, 3).await;
     let st = current.status.clone().unwrap_or_default();
-    let ready = st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.reason.clone(), c.message.clone()))
-        .unwrap_or_default();
+    let ready = ready(&st).unwrap_or_default();
     assert_eq!(ready.0, "DiskMissing", "{ready:?}");
     assert!(ready.1.contains(&overlay), "{}", ready.1);
     assert_eq!(st.phase, Some(VmPhase::Failed));
@@ -372,12 +369,7 @@ async fn failovers_never_start_a_vm_on_fresh_disks() {
         }
         let current = reconciled(&mut world, obj, 3).await;
         let st = current.status.clone().unwrap_or_default();
-        let ready = st
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .map(|c| (c.reason.clone(), c.message.clone()))
-            .unwrap_or_default();
+        let ready = ready(&st).unwrap_or_default();
         if let Some(reason) = reason {
             assert_eq!(ready.0, reason, "{name}: {ready:?}");
         }
