@@ -100,19 +100,16 @@ pub(super) async fn place(
         return Err(failover_refused(&r.from_host, &r.incident, &m));
     }
     let mut exclude = None;
-    if let Some(f) = &failover {
-        match look_before_start(vm, ctx, &pool, record, st, f, now).await? {
-            Some(adopted) => st.host = Some(adopted),
-            None => {
-                tracing::info!(vm = %vm.name_any(), host = %f.host, incident = %f.incident, "host proven off; placing the VM anew");
-                st.host = None;
-                st.phase = Some(VmPhase::Pending);
-                st.last_recovery = Some(recovery(f));
-                ctx.vm_runtime
-                    .forget_provisioned(vm.metadata.uid.as_deref().unwrap_or_default());
-                exclude = Some(f.host.clone());
-            }
-        }
+    if let Some(f) = &failover
+        && !look_before_start(vm, ctx, &pool, record, st, f, now).await?
+    {
+        tracing::info!(vm = %vm.name_any(), host = %f.host, incident = %f.incident, "host proven off; placing the VM anew");
+        st.host = None;
+        st.phase = Some(VmPhase::Pending);
+        st.last_recovery = Some(recovery(f));
+        ctx.vm_runtime
+            .forget_provisioned(vm.metadata.uid.as_deref().unwrap_or_default());
+        exclude = Some(f.host.clone());
     }
     let host = match st.host.clone() {
         Some(h) => h,
@@ -243,8 +240,9 @@ fn recovery(f: &Failover) -> Recovery {
 
 /// Look before you start: before a failover places the VM anew, make sure the VM is not already
 /// running somewhere. The VM is read afresh (a stale cache stops here), then its domain is looked
-/// up on every host of the pool, the failed one included. Returns the host it was found running
-/// on, adopted there (recorded in status, with an Event), or `None` when it may be placed anew.
+/// up on every host of the pool, the failed one included. Returns whether it was found running
+/// and adopted there (status names that host, recorded, with an Event); if not, it may be placed
+/// anew.
 async fn look_before_start(
     vm: &VirtualMachine,
     ctx: &Context,
@@ -253,7 +251,7 @@ async fn look_before_start(
     st: &mut VirtualMachineStatus,
     f: &Failover,
     now: Timestamp,
-) -> Result<Option<String>, Blocked> {
+) -> Result<bool, Blocked> {
     match record.is_current().await {
         Ok(true) => {}
         Ok(false) => return Err(stale()),
@@ -272,7 +270,7 @@ async fn look_before_start(
     // and a host wrongly judged off still shows the VM running.
     let seen = sighting::look(ctx, pool, &uid, &[]).await;
     match sighting_plan::decide(&seen) {
-        Verdict::Free => Ok(None),
+        Verdict::Free => Ok(false),
         Verdict::Adopt(host) => {
             st.last_recovery = Some(Recovery {
                 to_host: Some(host.clone()),
@@ -317,7 +315,7 @@ async fn look_before_start(
                 },
             )
             .await;
-            Ok(Some(host))
+            Ok(true)
         }
         Verdict::RunningTwice(hosts) => Err(sighting::running_twice(&hosts)),
         Verdict::Wait(unknown) => Err(sighting::unconfirmed(
