@@ -16,7 +16,7 @@ use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, Store};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +28,7 @@ fn vm(finalizer: bool, status: Option<Value>) -> VirtualMachine {
         "apiVersion": "ferry.dev/v1alpha1",
         "kind": "VirtualMachine",
         "metadata": {
-            "name": "web", "namespace": "apps", "uid": "0b6f1b7e-1111-2222-3333-444455556666",
+            "name": "web", "namespace": "apps", "uid": UID,
             "generation": 3, "resourceVersion": "41"
         },
         "spec": {"hostPool": "missing", "cpu": {"cores": 1}, "memory": "256Mi",
@@ -44,21 +44,25 @@ fn vm(finalizer: bool, status: Option<Value>) -> VirtualMachine {
 }
 
 fn context() -> (Arc<Context>, Handle) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "default");
-    let recorder = Recorder::new(client.clone(), Reporter::from("ferry-test"));
     let (pools, _pw) = reflector::store::<HostPool>();
     let (nodes, _nw) = reflector::store::<Node>();
     let (vms, _vw) = reflector::store::<VirtualMachine>();
-    let ctx = Context::new(
-        client,
-        recorder,
-        Arc::new(Metrics::default()),
-        pools,
-        nodes,
-        vms,
-    );
+    let (ctx, handle) = mocked(pools, nodes, vms);
     (Arc::new(ctx), handle)
+}
+
+/// A context over a mocked API server (its handle), with these caches.
+fn mocked(
+    pools: Store<HostPool>,
+    nodes: Store<Node>,
+    vms: Store<VirtualMachine>,
+) -> (Context, Handle) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let recorder = Recorder::new(client.clone(), Reporter::from("ferry-test"));
+    let metrics = Arc::new(Metrics::default());
+    let ctx = Context::new(client, recorder, metrics, pools, nodes, vms);
+    (ctx, handle)
 }
 
 async fn body_json(req: Request<Body>) -> Value {
@@ -222,22 +226,13 @@ async fn an_invalid_spec_waits_for_a_change() {
 async fn nothing_is_decided_before_the_caches_hold_their_first_list() {
     // As right after a restart: the HostPool cache is still listing (its writer is alive and
     // has not seen the end of the initial list). Judging now would report the pool missing.
-    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "default");
-    let recorder = Recorder::new(client.clone(), Reporter::from("ferry-test"));
     let (pools, mut pool_writer) = reflector::store::<HostPool>();
     let (nodes, mut node_writer) = reflector::store::<Node>();
     let (vms, mut vm_writer) = reflector::store::<VirtualMachine>();
     node_writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
     vm_writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
-    let ctx = Arc::new(Context::new(
-        client,
-        recorder,
-        Arc::new(Metrics::default()),
-        pools,
-        nodes,
-        vms,
-    ));
+    let (ctx, mut handle) = mocked(pools, nodes, vms);
+    let ctx = Arc::new(ctx);
     let obj = Arc::new(vm(true, None));
     let action = reconcile(obj.clone(), ctx.clone())
         .await
@@ -269,9 +264,6 @@ async fn nothing_is_decided_before_the_caches_hold_their_first_list() {
 async fn no_ha_tick_before_the_caches_hold_their_first_list() {
     // Right after a start, the Node cache is still listing. A tick now would find no host of
     // the pool, write a status without them and lose the incidents it would resume.
-    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "default");
-    let recorder = Recorder::new(client.clone(), Reporter::from("ferry-test"));
     let (pools, mut pool_writer) = reflector::store::<HostPool>();
     let (nodes, mut node_writer) = reflector::store::<Node>();
     let (vms, mut vm_writer) = reflector::store::<VirtualMachine>();
@@ -283,18 +275,8 @@ async fn no_ha_tick_before_the_caches_hold_their_first_list() {
     vm_writer.apply_watcher_event(&InitDone);
     policy_writer.apply_watcher_event(&InitDone);
     migration_writer.apply_watcher_event(&InitDone);
-    let ctx = Arc::new(
-        Context::new(
-            client,
-            recorder,
-            Arc::new(Metrics::default()),
-            pools,
-            nodes,
-            vms,
-        )
-        .with_policies(policies)
-        .with_migrations(migrations),
-    );
+    let (ctx, mut handle) = mocked(pools, nodes, vms);
+    let ctx = Arc::new(ctx.with_policies(policies).with_migrations(migrations));
     let policy: ferry::api::HAPolicy = serde_json::from_value(json!({
         "apiVersion": "ferry.dev/v1alpha1", "kind": "HAPolicy",
         "metadata": {"name": "ha", "namespace": "apps", "uid": "policy-uid", "generation": 1,
