@@ -2,6 +2,7 @@
 //! mocked API server (kube-rs's tower-test pattern) that answers as a server would for the
 //! objects a test gives it, and records every request.
 
+use crate::fake_pool::filled;
 use ferry::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
 use ferry::controller::Context;
 use ferry::hypervisor::fake::FakeConnector;
@@ -14,7 +15,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -180,11 +181,11 @@ impl World {
                 );
             }
         });
-        let (pool_store, pool_writer) = filled(pools);
-        let (node_store, node_writer) = filled(nodes);
-        let (vm_store, vm_writer) = filled(vms);
-        let (migration_store, migration_writer) = filled(migrations);
-        let (policy_store, policy_writer) = filled(policies);
+        let (pool_store, pool_writer) = filled(&pools);
+        let (node_store, node_writer) = filled(&nodes);
+        let (vm_store, vm_writer) = filled(&vms);
+        let (migration_store, migration_writer) = filled(&migrations);
+        let (policy_store, policy_writer) = filled(&policies);
         // Lists complete and no more updates: the caches count as ready.
         drop((pool_writer, node_writer, migration_writer, policy_writer));
         let recorder = Recorder::new(client.clone(), Reporter::from("ferry-test"));
@@ -213,20 +214,6 @@ impl World {
             .apply_watcher_event(&Event::Apply(now.clone()));
         now
     }
-}
-
-/// A store holding `objs`, its initial list complete.
-fn filled<K>(objs: Vec<K>) -> (Store<K>, reflector::store::Writer<K>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    let (store, mut writer) = reflector::store::<K>();
-    writer.apply_watcher_event(&Event::Init);
-    for o in objs {
-        writer.apply_watcher_event(&Event::InitApply(o));
-    }
-    writer.apply_watcher_event(&Event::InitDone);
-    (store, writer)
 }
 
 /// The URI of lab host `name` (address 10.0.0.N) in [`pool`].
