@@ -33,7 +33,7 @@ fn opts() -> ConnectOptions {
         call_timeout: Duration::from_secs(60),
         keepalive_interval: 1,
         keepalive_count: 2,
-        observer: None,
+        ..ConnectOptions::default()
     }
 }
 
@@ -588,7 +588,7 @@ async fn lost_connections_are_detected_and_replaced() {
             call_timeout: Duration::from_secs(2),
             keepalive_interval: 0,
             keepalive_count: 0,
-            observer: None,
+            ..ConnectOptions::default()
         };
         let no_keepalive = LibvirtHost::connect(&uri, short.clone())
             .await

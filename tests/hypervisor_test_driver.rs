@@ -48,7 +48,7 @@ fn opts() -> ConnectOptions {
         call_timeout: Duration::from_secs(10),
         keepalive_interval: 2,
         keepalive_count: 3,
-        observer: None,
+        ..ConnectOptions::default()
     }
 }
 

@@ -138,6 +138,10 @@ pub struct ConnectOptions {
     /// Unanswered keepalive probes before libvirt closes the connection: a dead host is noticed
     /// after `keepalive_interval × (keepalive_count + 1)` seconds.
     pub keepalive_count: u32,
+    /// At most this many calls run at once on the connection (libvirt serves concurrent calls on
+    /// one connection, so a host starts several domains side by side); the others wait their
+    /// turn. Calls that last long (migrations, copies, uploads) take connections of their own.
+    pub parallel_calls: usize,
     /// Told the duration and outcome of every call (for metrics). A [`HostConnections`] registry
     /// fills in its own observer when this is `None`.
     pub observer: Option<Arc<dyn CallObserver>>,
@@ -145,13 +149,14 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     /// 10 s to connect, 60 s per call, keepalive every 5 s with 3 misses allowed (the HostPool
-    /// defaults).
+    /// defaults), 8 calls at once.
     fn default() -> Self {
         ConnectOptions {
             connect_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(60),
             keepalive_interval: 5,
             keepalive_count: 3,
+            parallel_calls: 8,
             observer: None,
         }
     }
@@ -164,6 +169,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("call_timeout", &self.call_timeout)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_count", &self.keepalive_count)
+            .field("parallel_calls", &self.parallel_calls)
             .field("observer", &self.observer.is_some())
             .finish()
     }

@@ -4,7 +4,7 @@
 use std::ffi::c_void;
 use std::os::raw::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -120,11 +120,14 @@ pub(super) fn init_libvirt() -> Result<(), String> {
 
 unsafe extern "C" fn tick(_timer: c_int, _opaque: *mut c_void) {}
 
-/// The body of a connection's thread: open the connection (answering on `ready`), then run the
-/// calls that arrive on `rx` one at a time until the handle closes it or goes away.
+/// The body of a connection's thread: open the connection (answering on `ready`), then hand the
+/// calls that arrive on `rx` to at most `parallel` worker threads sharing the connection (libvirt
+/// serves concurrent calls on one connection; each call and the read of its error stay on one
+/// worker), until the handle closes it or goes away. Calls queued before the close still run.
 pub(super) fn connection_thread(
     shared: Arc<Shared>,
     keepalive: Option<(i32, u32)>,
+    parallel: usize,
     ready: oneshot::Sender<HvResult<()>>,
     rx: mpsc::Receiver<Msg>,
 ) {
@@ -166,21 +169,90 @@ pub(super) fn connection_thread(
         close(conn, &shared);
         return;
     }
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Msg::Job(job) => {
-                if catch_unwind(AssertUnwindSafe(|| job(&conn))).is_err() {
-                    tracing::error!(uri = %shared.uri, "a libvirt call panicked");
+    let ack = dispatch(&conn, &shared.uri, parallel.max(1), &rx);
+    close(conn, &shared);
+    if let Some(ack) = ack {
+        let _ = ack.send(());
+    }
+}
+
+/// Hand every call on `rx` to a worker, starting another (up to `parallel`) when every idle one
+/// already has a call waiting for it.
+/// Returns once the handle closes the connection (with its acknowledgement) or goes away, after
+/// every worker has finished the calls it was given.
+fn dispatch(
+    conn: &Connect,
+    uri: &str,
+    parallel: usize,
+    rx: &mpsc::Receiver<Msg>,
+) -> Option<oneshot::Sender<()>> {
+    let (work_tx, work_rx) = mpsc::channel::<Job>();
+    let work_rx = Mutex::new(work_rx);
+    // Workers waiting for a call, and calls sent that no worker has taken yet.
+    let (idle, waiting) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        let mut workers = 0;
+        let ack = loop {
+            match rx.recv() {
+                Ok(Msg::Job(job)) => {
+                    if waiting.load(Ordering::SeqCst) >= idle.load(Ordering::SeqCst)
+                        && workers < parallel
+                    {
+                        let started = std::thread::Builder::new()
+                            .name(thread_name(uri))
+                            .spawn_scoped(scope, || work(conn, uri, &work_rx, &idle, &waiting));
+                        match started {
+                            Ok(_) => workers += 1,
+                            // The workers already running take the call.
+                            Err(e) if workers > 0 => {
+                                tracing::warn!(uri, error = %e, "cannot start another libvirt worker")
+                            }
+                            Err(e) => {
+                                tracing::error!(uri, error = %e, "cannot start a libvirt worker");
+                                drop(job);
+                                continue;
+                            }
+                        }
+                    }
+                    waiting.fetch_add(1, Ordering::SeqCst);
+                    if work_tx.send(job).is_err() {
+                        break None;
+                    }
                 }
+                Ok(Msg::Close(ack)) => break Some(ack),
+                Err(_) => break None,
             }
-            Msg::Close(ack) => {
-                close(conn, &shared);
-                let _ = ack.send(());
-                return;
-            }
+        };
+        // The workers finish what they were given, see the queue closed and end; the scope
+        // waits for them.
+        drop(work_tx);
+        ack
+    })
+}
+
+/// One worker: run calls from the shared queue until it closes.
+fn work(
+    conn: &Connect,
+    uri: &str,
+    queue: &Mutex<mpsc::Receiver<Job>>,
+    idle: &AtomicUsize,
+    waiting: &AtomicUsize,
+) {
+    loop {
+        idle.fetch_add(1, Ordering::SeqCst);
+        let next = match queue.lock() {
+            Ok(q) => q.recv(),
+            Err(_) => Err(mpsc::RecvError),
+        };
+        idle.fetch_sub(1, Ordering::SeqCst);
+        let Ok(job) = next else {
+            return;
+        };
+        waiting.fetch_sub(1, Ordering::SeqCst);
+        if catch_unwind(AssertUnwindSafe(|| job(conn))).is_err() {
+            tracing::error!(uri, "a libvirt call panicked");
         }
     }
-    close(conn, &shared);
 }
 
 /// Closes explicitly instead of dropping: `virt` panics in `Drop` when `virConnectClose` fails.
@@ -197,5 +269,71 @@ fn close_connection(conn: Connect, callback: Option<CloseCallback>, uri: &str) {
     };
     if ret < 0 {
         tracing::warn!(uri, error = %virt::error::Error::last_error(), "closing the libvirt connection failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Runs `jobs` calls that each wait (at most 5 s) until `parallel` of them have run at once;
+    /// returns the most that ran at once (every call answered).
+    fn most_at_once(parallel: usize, jobs: usize) -> usize {
+        let uri = "test:///default";
+        let conn = Connect::open(Some(uri)).expect("libvirt's test driver");
+        let (tx, rx) = mpsc::channel();
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
+        for _ in 0..jobs {
+            let (running, most, answered) = (running.clone(), most.clone(), answered.clone());
+            let job: Job = Box::new(move |c: &Connect| {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // A real call on the shared connection.
+                if c.hostname().is_ok() {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }
+                let until = Instant::now() + Duration::from_secs(5);
+                while most.load(Ordering::SeqCst) < parallel && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                running.fetch_sub(1, Ordering::SeqCst);
+            });
+            tx.send(Msg::Job(job)).expect("queue");
+        }
+        drop(tx);
+        assert!(dispatch(&conn, uri, parallel, &rx).is_none());
+        close_connection(conn, None, uri);
+        assert_eq!(answered.load(Ordering::SeqCst), jobs);
+        most.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn calls_run_side_by_side_up_to_the_limit() {
+        assert_eq!(most_at_once(4, 7), 4);
+        assert_eq!(most_at_once(1, 3), 1);
+    }
+
+    #[test]
+    fn a_close_waits_for_the_calls_sent_before_it() {
+        let uri = "test:///default";
+        let conn = Connect::open(Some(uri)).expect("libvirt's test driver");
+        let (tx, rx) = mpsc::channel();
+        let done = Arc::new(AtomicUsize::new(0));
+        for _ in 0..5 {
+            let done = done.clone();
+            let job: Job = Box::new(move |_: &Connect| {
+                std::thread::sleep(Duration::from_millis(20));
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+            tx.send(Msg::Job(job)).expect("queue");
+        }
+        let (ack, _acked) = oneshot::channel();
+        tx.send(Msg::Close(ack)).expect("queue");
+        assert!(dispatch(&conn, uri, 3, &rx).is_some());
+        assert_eq!(done.load(Ordering::SeqCst), 5);
+        close_connection(conn, None, uri);
     }
 }

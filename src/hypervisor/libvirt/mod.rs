@@ -2,8 +2,9 @@
 //!
 //! libvirt calls block and report errors through a per-thread slot, so each connection is owned
 //! by one OS thread. [`LibvirtHost`] sends that thread closures over a channel and awaits each
-//! answer on a oneshot (the tokio-rusqlite pattern): a call and the read of its error always run on
-//! the same thread, and no tokio worker ever blocks on libvirt.
+//! answer on a oneshot (the tokio-rusqlite pattern); the thread hands them to up to
+//! [`ConnectOptions::parallel_calls`] workers sharing the connection: a call and the read of its
+//! error always run on the same thread, and no tokio worker ever blocks on libvirt.
 //!
 //! Time bounds: opening waits at most [`ConnectOptions::connect_timeout`] (libvirt has no connect
 //! timeout; the opening thread is left to finish and close what it opened), and every call at
@@ -48,7 +49,7 @@ use crate::plan::domain::DomainDefinition;
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// One open libvirt connection, owned by its own thread. Cheap to share behind an `Arc`; calls
-/// from many tasks are queued and run one at a time on that thread.
+/// from many tasks run side by side on its workers, up to [`ConnectOptions::parallel_calls`].
 pub struct LibvirtHost {
     uri: String,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
@@ -98,9 +99,10 @@ impl LibvirtHost {
         let thread_shared = shared.clone();
         let keepalive = (opts.keepalive_interval > 0)
             .then_some((opts.keepalive_interval, opts.keepalive_count));
+        let parallel = opts.parallel_calls;
         std::thread::Builder::new()
             .name(thread_name(uri))
-            .spawn(move || connection_thread(thread_shared, keepalive, ready_tx, rx))
+            .spawn(move || connection_thread(thread_shared, keepalive, parallel, ready_tx, rx))
             .map_err(|e| HypervisorError::ConnectionLost {
                 uri: uri.into(),
                 message: format!("cannot start the connection thread: {e}"),
