@@ -63,6 +63,12 @@ pub struct HAPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_concurrent_restarts: Option<i32>,
+    /// Seconds the VMs of a lower priority wait for the higher-priority VMs restarted before
+    /// them to run; past it they restart anyway (a higher-priority VM that fits nowhere holds
+    /// nothing back). 0: every priority restarts at once, in priority order. Default 120.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub restart_wave_timeout_seconds: Option<i32>,
     /// With `LiveMigrateThenRestart`: seconds the evacuation may take before the host is fenced
     /// and the VMs still on it are restarted elsewhere. Default 300.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,6 +371,15 @@ impl HAPolicy {
     /// Most concurrent restarts (default 8).
     pub fn max_concurrent_restarts(&self) -> usize {
         self.spec.max_concurrent_restarts.unwrap_or(8).max(1) as usize
+    }
+
+    /// How long a lower priority waits for the higher ones to run (default 120 s; `None`: it
+    /// does not wait).
+    pub fn restart_wave_timeout(&self) -> Option<std::time::Duration> {
+        match self.spec.restart_wave_timeout_seconds.unwrap_or(120) {
+            s if s <= 0 => None,
+            s => Some(std::time::Duration::from_secs(s as u64)),
+        }
     }
 
     /// Storm guard threshold in percent (default 50, at most 99: an object stored before the

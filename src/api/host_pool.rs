@@ -210,6 +210,11 @@ pub struct CapacitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::reserved_memory")]
     pub reserved_memory: Option<String>,
+    /// Most VMs restarted on one host at once after another host failed (HA restarts handed to
+    /// it whose domain does not run yet), 1 to 1000. Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent_restarts_per_host: Option<i32>,
 }
 
 /// How a host is chosen among those that fit.
@@ -566,6 +571,17 @@ impl HostPool {
             .as_ref()
             .and_then(|m| m.evacuate_cordoned_hosts)
             .unwrap_or(false)
+    }
+
+    /// Most HA restarts under way on one host (`capacity.maxConcurrentRestartsPerHost`,
+    /// default 8).
+    pub fn max_concurrent_restarts_per_host(&self) -> usize {
+        self.spec
+            .capacity
+            .as_ref()
+            .and_then(|c| c.max_concurrent_restarts_per_host)
+            .unwrap_or(8)
+            .max(1) as usize
     }
 
     /// The placement strategy (default `Spread`).

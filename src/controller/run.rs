@@ -157,6 +157,7 @@ pub async fn run(
     );
     let policy_store = policy_controller.store();
     let policy_store_for_metrics = policy_store.clone();
+    let policy_store_for_waves = policy_store.clone();
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(
         Context::new(
@@ -322,7 +323,26 @@ pub async fn run(
     let hacontext = Arc::new(ha::HaContext::new(ctx.clone()));
     // What is remembered for deleted policies, pools and Nodes is dropped.
     let sweeper = tokio::spawn(ha::sweep(hacontext.clone()));
+    // A released VM that runs on its new host lets the next restart wave start at once, not at
+    // the next tick.
+    let restart_ran = {
+        let ran = ctx.ha.restart_ran.clone();
+        futures::stream::unfold(ran, |ran| async move {
+            ran.notified().await;
+            Some(((), ran))
+        })
+        .flat_map(move |()| {
+            futures::stream::iter(
+                policy_store_for_waves
+                    .state()
+                    .into_iter()
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+    };
     let hapolicies = policy_controller
+        .reconcile_on(restart_ran)
         .graceful_shutdown_on(Box::pin(shutdown_signal()))
         .run(ha::reconcile, ha::error_policy, hacontext)
         .for_each(|r| async move {

@@ -143,6 +143,9 @@ pub struct HaVerdicts {
     storms: Mutex<HashMap<PolicyPool, Instant>>,
     /// Per VM UID, the failover the HA controller of this process released it for.
     released: Mutex<HashMap<String, Release>>,
+    /// Wakes the HA controller when a released VM's domain runs on its new host (the next
+    /// restart wave may start).
+    pub restart_ran: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// A VM the HA controller released for a restart elsewhere: its host, as its pool sees it, is
@@ -155,6 +158,11 @@ pub struct HaVerdicts {
 pub struct Release {
     pub host: PoolHost,
     pub incident: String,
+    /// When it was released.
+    pub at: Instant,
+    /// Whether the VM controller saw its domain run on the new host (its status may not say
+    /// so yet).
+    pub ran: bool,
 }
 
 fn fresh(at: &Instant) -> bool {
@@ -243,8 +251,31 @@ impl HaVerdicts {
             Release {
                 host,
                 incident: incident.to_string(),
+                at: Instant::now(),
+                ran: false,
             },
         );
+    }
+
+    /// How long ago VM `uid` was released in `incident` of `host`, unless the VM controller
+    /// already saw its domain run.
+    pub fn starting_since(&self, uid: &str, host: &PoolHost, incident: &str) -> Option<Duration> {
+        lock(&self.released)
+            .get(uid)
+            .filter(|r| &r.host == host && r.incident == incident && !r.ran)
+            .map(|r| r.at.elapsed())
+    }
+
+    /// The VM controller saw VM `uid`'s domain run on its new host after the failover of
+    /// `incident`: the HA controller may start the next wave.
+    pub fn ran(&self, uid: &str, incident: &str) {
+        if let Some(r) = lock(&self.released)
+            .get_mut(uid)
+            .filter(|r| r.incident == incident)
+        {
+            r.ran = true;
+            self.restart_ran.notify_one();
+        }
     }
 
     /// Forget VM `uid`'s release (the annotation could not be written).
@@ -307,6 +338,25 @@ mod tests {
         );
         assert_eq!(ha.worst(&healthy), Some(V::Evacuating));
         assert_eq!(ha.len(), 3);
+    }
+
+    #[test]
+    fn a_released_vm_starts_until_the_vm_controller_saw_it_run() {
+        let ha = HaVerdicts::default();
+        let h1 = PoolHost::new("team", "lab", "h1");
+        ha.release("vm-1", h1.clone(), "i-1");
+        assert!(ha.starting_since("vm-1", &h1, "i-1").is_some());
+        assert!(ha.starting_since("vm-1", &h1, "i-2").is_none());
+        // A run in another incident is not this one's.
+        ha.ran("vm-1", "i-0");
+        assert!(ha.starting_since("vm-1", &h1, "i-1").is_some());
+        ha.ran("vm-1", "i-1");
+        assert!(ha.starting_since("vm-1", &h1, "i-1").is_none());
+        // Still released (the annotation stays valid), and the HA controller was woken.
+        assert!(ha.released("vm-1", &h1, "i-1"));
+        let woken = ha.restart_ran.notified();
+        futures::pin_mut!(woken);
+        assert!(woken.as_mut().enable());
     }
 
     #[test]

@@ -75,7 +75,13 @@ pub(super) async fn act(
             });
         }
         HostAction::Restart(_) => {
-            failover::restart(ctx, policy, pool, &host, mem, on_host, pool_vms).await;
+            let waiting = failover::restart(ctx, policy, pool, &host, mem, on_host, pool_vms).await;
+            if let Some(i) = lock(&hc.hosts)
+                .get_mut(key)
+                .and_then(|m| m.incident.as_mut())
+            {
+                i.waiting = waiting.into_iter().collect();
+            }
         }
         HostAction::StopDomains => {
             if let Some(hv) = connected(ctx, pool, node).await {

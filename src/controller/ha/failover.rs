@@ -10,13 +10,14 @@ use crate::controller::Context;
 use crate::controller::context::PoolHost;
 use crate::controller::scheduling::{self, need};
 use crate::plan::placement::{self, Placed};
-use crate::plan::recovery::{self, Stranded};
+use crate::plan::recovery::{self, InFlight, Limits, Stranded};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use std::sync::Arc;
 
-/// Hand the host's VMs to the VirtualMachine controller, in priority order and within capacity.
+/// Hand the host's VMs to the VirtualMachine controller, in waves by priority and within
+/// capacity and the restart limits. Returns the VMs kept back (by UID), with why.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn restart(
     ctx: &Context,
@@ -26,12 +27,12 @@ pub(super) async fn restart(
     mem: &Memory,
     on_host: &[&Arc<VirtualMachine>],
     pool_vms: &[Arc<VirtualMachine>],
-) {
+) -> Vec<(String, String)> {
     let Some(incident) = &mem.incident else {
-        return;
+        return Vec::new();
     };
     let Some((proven, evidence)) = incident.proven else {
-        return;
+        return Vec::new();
     };
     let pool_host = PoolHost::of(pool, host);
     // Released by this process in this incident (an annotation alone proves nothing: anyone who
@@ -61,24 +62,41 @@ pub(super) async fn restart(
         })
         .collect();
     if stranded.is_empty() {
-        return;
+        return Vec::new();
     }
     // Restarts under way: VMs released and not yet placed, and VMs placed anew in this incident
-    // (by this process or, before a restart, by another) whose domain does not run yet.
-    let in_flight = pool_vms
+    // (by this process or, before a restart, by another) whose domain does not run yet, with
+    // how long ago they were handed over.
+    let wave_timeout = policy.restart_wave_timeout();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let in_flight: Vec<InFlight> = pool_vms
         .iter()
-        .filter(|v| {
+        .filter_map(|v| {
+            let uid = v.metadata.uid.as_deref()?;
             let recovery = v
                 .status
                 .as_ref()
                 .and_then(|s| s.last_recovery.as_ref())
                 .filter(|r| r.incident == incident.id);
-            match recovery {
-                Some(r) => r.running.is_none(),
-                None => handed(v),
-            }
+            // Released by this process: in flight until the VM controller saw it run.
+            let since = ctx.ha.starting_since(uid, &pool_host, &incident.id);
+            let (host, since) = match recovery {
+                Some(r) if r.running.is_some() => return None,
+                _ if handed(v) => (recovery.and_then(|r| r.to_host.clone()), since?),
+                Some(r) => {
+                    let placed = r.replaced.as_ref().map_or(0, |t| t.0.as_second());
+                    let secs = (now.as_second() - placed).max(0) as u64;
+                    (r.to_host.clone(), std::time::Duration::from_secs(secs))
+                }
+                None => return None,
+            };
+            Some(InFlight {
+                priority: policy.priority(v.labels()),
+                host,
+                overdue: wave_timeout.is_none_or(|t| since >= t),
+            })
         })
-        .count();
+        .collect();
     let mut candidates = scheduling::candidates(pool, &ctx.caches, &ctx.ha);
     for c in &mut candidates {
         if c.name == host {
@@ -96,10 +114,15 @@ pub(super) async fn restart(
             })
         })
         .collect();
+    let limits = Limits {
+        total: policy.max_concurrent_restarts(),
+        per_host: pool.max_concurrent_restarts_per_host(),
+        waves: wave_timeout.is_some(),
+    };
     let plan = recovery::plan(
         &stranded,
-        in_flight,
-        policy.max_concurrent_restarts(),
+        &in_flight,
+        limits,
         &candidates,
         &placed,
         pool.placement_strategy(),
@@ -113,14 +136,18 @@ pub(super) async fn restart(
         released: Some(ts(k8s_openapi::jiff::Timestamp::now())),
     };
     let Ok(value) = serde_json::to_string(&failover) else {
-        return;
+        return Vec::new();
     };
     // On storage the hosts do not share, no VM restarts elsewhere (its disks stayed on the failed
     // host): every one is told at once, and each says so in its own status.
-    let release: Vec<&str> = if pool.shared_storage() {
-        plan.release.iter().map(|(uid, _)| uid.as_str()).collect()
+    let (release, waiting): (Vec<&str>, _) = if pool.shared_storage() {
+        let release = plan.release.iter().map(|(uid, _)| uid.as_str()).collect();
+        (release, plan.waiting.clone())
     } else {
-        stranded.iter().map(|s| s.uid.as_str()).collect()
+        (
+            stranded.iter().map(|s| s.uid.as_str()).collect(),
+            Vec::new(),
+        )
     };
     for uid in release {
         let Some(vm) = on_host
@@ -165,4 +192,5 @@ pub(super) async fn restart(
             }
         }
     }
+    waiting
 }

@@ -66,6 +66,8 @@ pub(super) struct Open {
     pub(super) detected: Timestamp,
     pub(super) proven: Option<(Timestamp, Evidence)>,
     pub(super) host_back: Option<Timestamp>,
+    /// VMs (by UID) not handed over yet, with why (the last restart plan).
+    pub(super) waiting: std::collections::BTreeMap<String, String>,
 }
 
 /// Memory for a host of a pool not seen since the controller started: what the status recorded.
@@ -96,6 +98,7 @@ pub(super) fn restore(
             }),
             host_back: rec.and_then(|r| r.host_back.as_ref().map(|t| t.0)),
             id,
+            waiting: Default::default(),
         }
     });
     Memory {
@@ -188,6 +191,7 @@ pub(super) async fn record(
                 detected: now,
                 proven: None,
                 host_back: None,
+                waiting: Default::default(),
             });
         }
         if let (HostAction::Restart(e), Some(i)) = (d.action, m.incident.as_mut())

@@ -42,7 +42,13 @@ pub(super) fn upsert_incident(
                 .and_then(|a| serde_json::from_str::<Failover>(a).ok())
                 .filter(|f| f.incident == i.id && f.host == key.host.node)
                 .filter(|_| released || rec.is_some());
-            if handed.is_none() && rec.is_none() {
+            let waiting = v
+                .metadata
+                .uid
+                .as_deref()
+                .and_then(|uid| i.waiting.get(uid))
+                .filter(|_| handed.is_none() && rec.is_none());
+            if handed.is_none() && rec.is_none() && waiting.is_none() {
                 return None;
             }
             Some(IncidentVm {
@@ -50,7 +56,7 @@ pub(super) fn upsert_incident(
                 released: handed.map(|f| f.proven),
                 host: rec.and_then(|r| r.to_host.clone()),
                 running: rec.and_then(|r| r.running.clone()),
-                waiting: None,
+                waiting: waiting.cloned(),
             })
         })
         .collect();

@@ -98,6 +98,7 @@ pub(super) async fn run_state(
         && r.to_host.as_deref() == Some(placed.name.as_str())
     {
         r.running = Some(Time(now));
+        ctx.ha.ran(&uid, &r.incident);
     }
     let (ready, reason, message) = match &held {
         Some(h) if !state.is_active() => (ConditionStatus::False, h.reason, h.message.clone()),
