@@ -133,7 +133,8 @@ pub fn ha_policy(max_concurrent: u32, extra: serde_json::Value) -> serde_json::V
         "metadata": {"name": "ha"},
         "spec": {"hostPools": ["lab"], "notReadyGraceSeconds": 5,
                  "libvirtUnreachableGraceSeconds": 3, "maxConcurrentRestarts": max_concurrent,
-                 "priorityClasses": [{"name": "high", "value": 100}]}
+                 "priorityClasses": [{"name": "high", "value": 100},
+                                      {"name": "mid", "value": 50}]}
     });
     if let (Some(spec), Some(extra)) = (policy["spec"].as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());

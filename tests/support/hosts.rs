@@ -75,3 +75,21 @@ pub fn kill_qemu(domain: &str) {
     );
     assert!(out.success(), "no QEMU process of {domain} to kill");
 }
+
+/// When the QEMU process of the lab domain `domain` started, in clock ticks since boot
+/// (`/proc/<pid>/stat`, field 22): the order in which domains were started.
+pub fn qemu_started(domain: &str) -> Option<u64> {
+    let needle = format!("guest={domain},");
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let dir = e.ok()?.path();
+        let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !cmdline.contains(&needle) {
+            return None;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // After the command name in parentheses: field 3 onwards; start time is field 22.
+        let rest = stat.rsplit_once(')')?.1;
+        rest.split_whitespace().nth(19)?.parse().ok()
+    })
+}
