@@ -231,11 +231,7 @@ pub(super) async fn domain(
                 changes.join("; ")
             )
         } else {
-            if dom.state.is_active() {
-                "the running domain matches the spec".to_string()
-            } else {
-                "the domain is not running; its next start uses the current spec".to_string()
-            }
+            up_to_date(dom.state.is_active())
         },
         generation,
         now,
@@ -252,4 +248,36 @@ pub(super) async fn domain(
     }
 
     Ok(dom)
+}
+
+/// RestartRequired's message when nothing needs a restart.
+fn up_to_date(active: bool) -> String {
+    if active {
+        "the running domain matches the spec".to_string()
+    } else {
+        "the domain is not running; its next start uses the current spec".to_string()
+    }
+}
+
+/// Say in an `UpToDate` RestartRequired condition whether the domain now runs (it was started
+/// or stopped after the condition was set): the same status write carries it, not another one.
+pub(super) fn restate_up_to_date(
+    st: &mut VirtualMachineStatus,
+    active: bool,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    if crate::api::condition::find(&st.conditions, "RestartRequired")
+        .is_some_and(|c| c.reason == "UpToDate")
+    {
+        set_condition(
+            &mut st.conditions,
+            "RestartRequired",
+            ConditionStatus::False,
+            "UpToDate",
+            up_to_date(active),
+            generation,
+            now,
+        );
+    }
 }

@@ -76,6 +76,9 @@ pub(super) async fn run_state(
             .map(|d| d.state)
             .unwrap_or(dom.state)
     };
+    if state.is_active() != dom.state.is_active() {
+        super::define::restate_up_to_date(st, state.is_active(), generation, now);
+    }
     let phase = lifecycle::phase(Some(state), decision.action);
     // What the guest agent says (addresses, OS); nothing when it does not run or has no agent.
     let report = if state == DomainState::Running {
