@@ -11,7 +11,7 @@
 #   lab.sh heal           [--id ID] hK               undo partition
 #   lab.sh stop-libvirtd  [--id ID] [--kill] hK      stop hK's libvirtd only (guests keep running)
 #   lab.sh start-libvirtd [--id ID] hK               start it again in the same namespaces
-#   lab.sh power-off      [--id ID] hK               power loss: SIGKILL hK's QEMU guests and libvirtd
+#   lab.sh power-off      [--id ID] hK               power loss: SIGKILL hK's guests and daemons
 #   lab.sh exec           [--id ID] hK -- CMD...     run CMD inside hK's namespaces
 #
 # Exit status: 0 ok, 1 error, 2 usage, 3 the lab ID is already in use.
@@ -836,25 +836,39 @@ cmd_start_libvirtd() {
   need_lab; local k; k=$(host_index "${ARGS[0]:-}")
   HOSTS=$(cat "$DIR/hosts")
   if pid_alive "$(pid_from "$(hdir "$k")/libvirtd.pid")"; then log "h$k: libvirtd already running"; return 0; fi
+  pid_alive "$(pid_from "$(hdir "$k")/virtlockd.pid")" || start_virtlogd_lockd "$k"
   start_libvirtd "$k"
   log "h$k: libvirtd started"
 }
 
-# A power loss as far as one shared kernel allows: every QEMU process of the host and its libvirtd
-# die at once (SIGKILL, by their pid files, checked to belong to this lab); virtlockd releases the
-# dead guests' disk locks. The namespaces stay, so start-libvirtd can "power it on" again.
+# A power loss as far as one shared kernel allows: every QEMU process of the host and its libvirtd,
+# virtlockd and virtlogd die at once (SIGKILL, by their pid files, checked to belong to this lab),
+# which drops the dead guests' disk leases. The namespaces stay, so start-libvirtd can "power it
+# on" again (it starts virtlogd and virtlockd first when they are gone).
 cmd_power_off() {
   need_lab; local k; k=$(host_index "${ARGS[0]:-}")
-  local d f pid; d=$(hdir "$k")
+  local d f pid killed=() i; d=$(hdir "$k")
   for f in "$d"/run/libvirt/qemu/*.pid; do
     [ -f "$f" ] || continue
     pid=$(pid_from "$f")
     if [ -n "$pid" ] && pid_alive "$pid" && grep -qF "$DIR" "/proc/$pid/cmdline" 2>/dev/null; then
       kill -KILL "$pid" 2>/dev/null || true
+      killed+=("$pid")
     fi
   done
   stop_pidfile "$d/libvirtd.pid" 0 KILL
-  rm -f "$d/run/libvirt/libvirt-sock" "$d/run/libvirt/libvirt-sock-ro" 2>/dev/null || true
+  # virtlockd goes too, and with it the leases it held (it would otherwise keep a killed guest's
+  # leases until it saw the process gone, seconds later); virtlogd with it.
+  stop_pidfile "$d/virtlockd.pid" 0 KILL
+  stop_pidfile "$d/virtlogd.pid" 0 KILL
+  rm -f "$d"/run/libvirt/libvirt-sock* "$d"/run/libvirt/virtlockd-* "$d"/run/libvirt/virtlogd-* \
+    2>/dev/null || true
+  # Powered off means nothing of the host runs any more: a killed QEMU holds its disk locks
+  # until it has exited (a large guest takes a moment to tear down).
+  for pid in "${killed[@]}"; do
+    for ((i = 0; i < 100; i++)); do pid_alive "$pid" || break; sleep 0.1; done
+    pid_alive "$pid" && die "h$k: QEMU process $pid still runs 10 s after SIGKILL"
+  done
   log "h$k: powered off (guests and libvirtd killed)"
 }
 

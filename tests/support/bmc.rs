@@ -335,7 +335,9 @@ impl IpmiSim {
         let set = if ignore_power_off {
             "power) : ;;".to_string()
         } else {
-            format!("power) echo $2 > \"$S\"; [ \"$2\" = 0 ] && {{ {on_power_off} ; }} ;;")
+            // Off is reported once the host's processes are gone, as a real BMC reports it once
+            // the power is cut.
+            format!("power) [ \"$2\" = 0 ] && {{ {on_power_off} ; }}; echo $2 > \"$S\" ;;")
         };
         let script = format!(
             "#!/bin/sh\nS='{}/power'\nshift; op=$1; shift\ncase $op in\n  get) for p in \"$@\"; do [ \"$p\" = power ] && echo \"power:$(cat \"$S\")\"; done ;;\n  set) while [ $# -ge 2 ]; do case $1 in {set} esac; shift 2; done ;;\nesac\nexit 0\n",
