@@ -104,63 +104,57 @@ async fn main() {
                 .iter()
                 .map(|m| m.expect("every guest booted again on h2"))
                 .fold(0.0, f64::max);
-            if let Some(done) = script_done {
+            let row = if let Some(done) = script_done {
                 let failed = done.join().expect("the script's thread");
                 assert!(failed.is_empty(), "virsh failed: {failed:?}");
                 changes.stop();
-                let row = format!(
+                format!(
                     "mode=script vms={n} run={run} first_domain={:.2}s last_domain={:.2}s last_console_boot={last_marker:.2}s",
                     each[0],
                     each[n - 1]
-                );
-                eprintln!("HA-BENCH {row}");
-                rows.push(row);
-                drop(ctl);
-                drop(sim);
-                drop(c);
-                drop(lab);
-                continue;
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let writes = changes.stop();
-            let requests = status_requests(&c.client).await - requests_before;
-            let events = vm_events(&c.client, &ns, t0).await;
-            let per_vm = |f: &dyn Fn(&str) -> usize| {
-                let v: Vec<usize> = names.iter().map(|n| f(n)).collect();
+                )
+            } else {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let writes = changes.stop();
+                let requests = status_requests(&c.client).await - requests_before;
+                let events = vm_events(&c.client, &ns, t0).await;
+                let per_vm = |f: &dyn Fn(&str) -> usize| {
+                    let v: Vec<usize> = names.iter().map(|n| f(n)).collect();
+                    format!(
+                        "{:.1}(max {})",
+                        v.iter().sum::<usize>() as f64 / n as f64,
+                        v.iter().copied().max().unwrap_or(0)
+                    )
+                };
+                let before = per_vm(&|n| writes.get(n).map_or(0, |w| w.0));
+                let restart = per_vm(&|n| writes.get(n).map_or(0, |w| w.1));
+                let events: Vec<String> = events.iter().map(|(r, k)| format!("{r}={k}")).collect();
+                let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &ns);
+                let st = policies
+                    .get("ha")
+                    .await
+                    .expect("policy")
+                    .status
+                    .expect("status");
+                let inc = st
+                    .incidents
+                    .iter()
+                    .find(|i| i.host == h1)
+                    .expect("incident");
+                let secs = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+                    (t.0.as_millisecond() - t0.as_millisecond()) as f64 / 1000.0
+                };
+                let detected = secs(&inc.detected);
+                let fenced = inc.proven_off.as_ref().map(secs).unwrap_or(f64::NAN);
                 format!(
-                    "{:.1}(max {})",
-                    v.iter().sum::<usize>() as f64 / n as f64,
-                    v.iter().copied().max().unwrap_or(0)
+                    "mode={} vms={n} run={run} detected={detected:.0}s fenced={fenced:.0}s first_domain={:.2}s last_domain={:.2}s last_console_boot={last_marker:.2}s status_changes_per_vm=before:{before},restart:{restart} status_requests_per_vm={:.1} vm_events={}",
+                    if hang { "hang" } else { "bmc-power-off" },
+                    each[0],
+                    each[n - 1],
+                    requests / n as f64,
+                    events.join(","),
                 )
             };
-            let before = per_vm(&|n| writes.get(n).map_or(0, |w| w.0));
-            let restart = per_vm(&|n| writes.get(n).map_or(0, |w| w.1));
-            let events: Vec<String> = events.iter().map(|(r, k)| format!("{r}={k}")).collect();
-            let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &ns);
-            let st = policies
-                .get("ha")
-                .await
-                .expect("policy")
-                .status
-                .expect("status");
-            let inc = st
-                .incidents
-                .iter()
-                .find(|i| i.host == h1)
-                .expect("incident");
-            let secs = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
-                (t.0.as_millisecond() - t0.as_millisecond()) as f64 / 1000.0
-            };
-            let detected = secs(&inc.detected);
-            let fenced = inc.proven_off.as_ref().map(secs).unwrap_or(f64::NAN);
-            let row = format!(
-                "mode={} vms={n} run={run} detected={detected:.0}s fenced={fenced:.0}s first_domain={:.2}s last_domain={:.2}s last_console_boot={last_marker:.2}s status_changes_per_vm=before:{before},restart:{restart} status_requests_per_vm={:.1} vm_events={}",
-                if hang { "hang" } else { "bmc-power-off" },
-                each[0],
-                each[n - 1],
-                requests / n as f64,
-                events.join(","),
-            );
             eprintln!("HA-BENCH {row}");
             rows.push(row);
             drop(ctl);
