@@ -264,12 +264,8 @@ pub async fn run(
     };
     // A freed migration slot wakes the migrations waiting for one.
     let slot_freed = {
-        let (freed, store) = (ctx.migrations.slot_freed.clone(), migration_store.clone());
-        futures::stream::unfold(freed, |freed| async move {
-            freed.notified().await;
-            Some(((), freed))
-        })
-        .flat_map(move |()| {
+        let store = migration_store.clone();
+        notifications(ctx.migrations.slot_freed.clone()).flat_map(move |()| {
             futures::stream::iter(
                 store
                     .state()
@@ -326,12 +322,7 @@ pub async fn run(
     // A released VM that runs on its new host lets the next restart wave start at once, not at
     // the next tick.
     let restart_ran = {
-        let ran = ctx.ha.restart_ran.clone();
-        futures::stream::unfold(ran, |ran| async move {
-            ran.notified().await;
-            Some(((), ran))
-        })
-        .flat_map(move |()| {
+        notifications(ctx.ha.restart_ran.clone()).flat_map(move |()| {
             futures::stream::iter(
                 policy_store_for_waves
                     .state()
@@ -413,6 +404,14 @@ pub async fn shutdown_signal() {
 }
 
 /// The messages of a broadcast channel as a stream; a receiver that fell behind skips ahead.
+/// One item per wake-up of `notify` (wake-ups while none is awaited coalesce into one).
+fn notifications(notify: Arc<tokio::sync::Notify>) -> impl futures::Stream<Item = ()> {
+    futures::stream::unfold(notify, |n| async move {
+        n.notified().await;
+        Some(((), n))
+    })
+}
+
 fn broadcast_stream<T: Clone + Send + 'static>(
     rx: tokio::sync::broadcast::Receiver<T>,
 ) -> impl futures::Stream<Item = T> {
