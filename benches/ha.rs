@@ -27,7 +27,7 @@ use kube::{Api, ResourceExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::ha::{ha_setup_with_ipmi, ipmi_power_off};
+use support::ha::{ha_setup_with_ipmi, ha_status, ipmi_power_off};
 use support::hosts::{console, running};
 use support::lab;
 
@@ -129,13 +129,7 @@ async fn main() {
                 let before = per_vm(&|n| writes.get(n).map_or(0, |w| w.0));
                 let restart = per_vm(&|n| writes.get(n).map_or(0, |w| w.1));
                 let events: Vec<String> = events.iter().map(|(r, k)| format!("{r}={k}")).collect();
-                let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &ns);
-                let st = policies
-                    .get("ha")
-                    .await
-                    .expect("policy")
-                    .status
-                    .expect("status");
+                let st = ha_status(&c).await.expect("HAPolicy status");
                 let inc = st
                     .incidents
                     .iter()

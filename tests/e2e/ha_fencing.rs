@@ -3,7 +3,8 @@
 
 use crate::support::cluster::{Cluster, wait_for};
 use crate::support::ha::{
-    ha_condition, ha_host, ha_setup, ha_setup_with_ipmi, ipmi_power_off, put_bmc_password,
+    ha_condition, ha_host, ha_setup, ha_setup_with_ipmi, ha_status, ipmi_power_off,
+    put_bmc_password, wait_recovered,
 };
 use crate::support::hosts::{self, boots, console, running};
 use crate::support::lab;
@@ -23,18 +24,7 @@ async fn wait_restarted_by_priority(
 ) -> (k8s_openapi::jiff::Timestamp, k8s_openapi::jiff::Timestamp) {
     let mut times = Vec::new();
     for name in ["vm-high", "vm-low"] {
-        let vm = wait_vm(c, name, "Running on h2 after failover", BOOT, |vm| {
-            host_of(vm).as_deref() == Some(h2)
-                && ready_reason(vm) == Some(("True".into(), "Running".into()))
-        })
-        .await;
-        let r = vm
-            .status
-            .and_then(|s| s.last_recovery)
-            .expect("lastRecovery");
-        assert_eq!(r.from_host, h1);
-        assert_eq!(r.evidence, "Fenced");
-        assert_eq!(r.to_host.as_deref(), Some(h2));
+        let r = wait_recovered(c, name, h1, h2, "Fenced").await;
         times.push((
             r.replaced.expect("replaced").0,
             r.running.expect("running").0,
@@ -73,18 +63,7 @@ async fn ha_power_loss_fences_and_restarts_elsewhere_once() {
     c.node_not_ready(&h1).await;
 
     for (name, _) in &names {
-        let vm = wait_vm(&c, name, "Running on h2 after failover", BOOT, |vm| {
-            host_of(vm).as_deref() == Some(h2.as_str())
-                && ready_reason(vm) == Some(("True".into(), "Running".into()))
-        })
-        .await;
-        let r = vm
-            .status
-            .and_then(|s| s.last_recovery)
-            .expect("lastRecovery");
-        assert_eq!(r.from_host, h1);
-        assert_eq!(r.evidence, "Fenced");
-        assert_eq!(r.to_host.as_deref(), Some(h2.as_str()));
+        let r = wait_recovered(&c, name, &h1, &h2, "Fenced").await;
         assert!(r.running.is_some(), "{r:?}");
     }
     eprintln!(
@@ -118,13 +97,7 @@ async fn ha_power_loss_fences_and_restarts_elsewhere_once() {
     };
     let all = want(names.iter().map(|(n, _)| format!("{ns}_{n}")).collect());
     assert_eq!(want(running(&lab, "h2")), all);
-    let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &ns);
-    let st = policies
-        .get("ha")
-        .await
-        .expect("policy")
-        .status
-        .expect("status");
+    let st = ha_status(&c).await.expect("HAPolicy status");
     let h = st.hosts.iter().find(|h| h.name == h1).expect("h1 entry");
     assert_eq!(
         h.verdict,
@@ -188,12 +161,7 @@ async fn ha_without_fencing_waits_for_confirmation() {
         "no restart without proof"
     );
     assert!(running(&lab, "h2").is_empty());
-    let st = policies
-        .get("ha")
-        .await
-        .expect("policy")
-        .status
-        .expect("status");
+    let st = ha_status(&c).await.expect("HAPolicy status");
     let incident = st
         .hosts
         .iter()

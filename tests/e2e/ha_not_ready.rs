@@ -3,7 +3,7 @@
 
 use crate::support::cluster::wait_for;
 use crate::support::ha::{
-    ha_host, ha_policy, ha_setup, ha_setup_with_ipmi, ipmi_power, wait_verdict,
+    ha_host, ha_policy, ha_setup, ha_setup_with_ipmi, ipmi_power, wait_recovered, wait_verdict,
 };
 use crate::support::hosts::{boots, console, running};
 use crate::support::lab;
@@ -241,20 +241,7 @@ async fn ha_not_ready_actions_and_a_host_that_returns() {
     .await;
     c.node_not_ready(&h2).await;
     for name in ["vm-move", "vm-stay"] {
-        let vm = wait_vm(&c, name, "restarted on h1", BOOT, |vm| {
-            host_of(vm).as_deref() == Some(h1.as_str())
-                && ready_reason(vm) == Some(("True".into(), "Running".into()))
-        })
-        .await;
-        let r = vm
-            .status
-            .and_then(|s| s.last_recovery)
-            .expect("lastRecovery");
-        assert_eq!(
-            (r.from_host.as_str(), r.evidence.as_str()),
-            (h2.as_str(), "ShutOff"),
-            "{name}"
-        );
+        wait_recovered(&c, name, &h2, &h1, "ShutOff").await;
     }
     for (name, boot) in [("vm-move", "FERRY-BOOT 2"), ("vm-stay", "FERRY-BOOT 3")] {
         lab::wait_for_console(&console(&lab, &ns, name), boot, BOOT)

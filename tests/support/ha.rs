@@ -244,11 +244,52 @@ pub async fn put_bmc_password(c: &Cluster, password: &str) {
         .expect("apply Secret bmc");
 }
 
+/// The status of the HAPolicy `ha`.
+pub async fn ha_status(c: &Cluster) -> Option<ferry::api::HAPolicyStatus> {
+    let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &c.namespace);
+    policies.get("ha").await.ok()?.status
+}
+
 /// The HAPolicy's status entry of a host.
 pub async fn ha_host(c: &Cluster, host: &str) -> Option<ferry::api::ha_policy::HostHealth> {
-    let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &c.namespace);
-    let st = policies.get("ha").await.ok()?.status?;
+    let st = ha_status(c).await?;
     st.hosts.into_iter().find(|h| h.name == host)
+}
+
+/// Wait until VM `name` runs on `to` after a failover of `from` proven by `evidence`; returns
+/// its `lastRecovery`.
+pub async fn wait_recovered(
+    c: &Cluster,
+    name: &str,
+    from: &str,
+    to: &str,
+    evidence: &str,
+) -> ferry::api::virtual_machine::Recovery {
+    let vm = wait_vm(
+        c,
+        name,
+        &format!("Running on {to} after failover"),
+        BOOT,
+        |vm| {
+            host_of(vm).as_deref() == Some(to)
+                && ready_reason(vm) == Some(("True".into(), "Running".into()))
+        },
+    )
+    .await;
+    let r = vm
+        .status
+        .and_then(|s| s.last_recovery)
+        .expect("lastRecovery");
+    assert_eq!(
+        (
+            r.from_host.as_str(),
+            r.evidence.as_str(),
+            r.to_host.as_deref()
+        ),
+        (from, evidence, Some(to)),
+        "{name}"
+    );
+    r
 }
 
 /// Wait until the HAPolicy `ha` gives `host` the verdict `want`; returns the host's entry.
@@ -269,7 +310,6 @@ pub async fn ha_condition(
     c: &Cluster,
     type_: &str,
 ) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    let policies: Api<ferry::api::HAPolicy> = Api::namespaced(c.client.clone(), &c.namespace);
-    let st = policies.get("ha").await.ok()?.status?;
+    let st = ha_status(c).await?;
     st.conditions.into_iter().find(|x| x.type_ == type_)
 }
