@@ -1,5 +1,6 @@
 //! ferry: a Kubernetes operator that runs KVM virtual machines on libvirt hosts.
 
+pub mod access;
 pub mod api;
 pub mod cloud_init;
 pub mod controller;

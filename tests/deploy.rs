@@ -171,7 +171,13 @@ fn granted(
                         let scope = match (binding["kind"].as_str(), binding_ns) {
                             // Kinds that are cluster-scoped in the API.
                             (Some("ClusterRoleBinding"), _)
-                                if resource == "nodes" || resource == "virtualmachineclasses" =>
+                                if matches!(
+                                    resource.as_str(),
+                                    "nodes"
+                                        | "virtualmachineclasses"
+                                        | "tokenreviews"
+                                        | "subjectaccessreviews"
+                                ) =>
                             {
                                 PermissionScope::Cluster
                             }

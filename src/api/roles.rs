@@ -43,6 +43,10 @@ pub const TENANT_RESOURCES: &[&str] = &["virtualmachines", "virtualmachinemigrat
 /// VMs may use, how hosts are fenced and what a VM's size means.
 pub const PLATFORM_RESOURCES: &[&str] = &["hostpools", "hapolicies", "virtualmachineclasses"];
 
+/// A VM's serial console and VNC display, as subresources ferry's console proxy checks with a
+/// SubjectAccessReview (`get`): whoever edits a VM may open its consoles, `view` may not.
+pub const CONSOLE_RESOURCES: &[&str] = &["virtualmachines/console", "virtualmachines/vnc"];
+
 /// Every role for people, and nothing else.
 pub const USER_ROLES: &[UserRole] = &[
     UserRole {
@@ -62,6 +66,12 @@ pub const USER_ROLES: &[UserRole] = &[
         aggregate_to: &["edit", "admin"],
         resources: TENANT_RESOURCES,
         verbs: WRITE,
+    },
+    UserRole {
+        suffix: "console",
+        aggregate_to: &["edit", "admin"],
+        resources: CONSOLE_RESOURCES,
+        verbs: &["get"],
     },
     UserRole {
         suffix: "platform-admin",
@@ -123,6 +133,16 @@ mod tests {
             }
         }
         assert!(!a.iter().any(|(r, _, v)| *r == "view" && WRITE.contains(v)));
+    }
+
+    #[test]
+    fn editors_open_consoles_and_viewers_do_not() {
+        let a = aggregated();
+        for res in CONSOLE_RESOURCES {
+            assert!(a.contains(&("edit", res, "get")));
+            assert!(a.contains(&("admin", res, "get")));
+            assert!(!a.iter().any(|(r, x, _)| *r == "view" && x == res));
+        }
     }
 
     #[test]

@@ -119,6 +119,20 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         why: "Context::event: kube-runtime Recorder (create, then patch to count repeats)",
     },
     Permission {
+        group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        verbs: &["create"],
+        scope: Cluster,
+        why: "access::Access::authenticate: the bearer token of a console or dashboard user",
+    },
+    Permission {
+        group: "authorization.k8s.io",
+        resource: "subjectaccessreviews",
+        verbs: &["create"],
+        scope: Cluster,
+        why: "access::Access::allowed: may that user open a console (virtualmachines/console, /vnc) or act on a VM",
+    },
+    Permission {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "patch"],
@@ -160,6 +174,6 @@ mod tests {
                 assert!(known.contains(v), "unknown verb {v}");
             }
         }
-        assert_eq!(flattened().len(), 26);
+        assert_eq!(flattened().len(), 28);
     }
 }
