@@ -1,14 +1,14 @@
 //! Every connection the registry hands out, behind the [`ActionGate`]: calls that change a host
 //! (define, start, shutdown, destroy, undefine, storage pool and volume changes, migration and
-//! its controls) pass only while the gate is open; reads always pass.
+//! its controls) pass only while the gate is open; reads and consoles always pass.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::{
-    DomainInfo, GuestInfo, HostInfo, HvResult, Hypervisor, HypervisorError, JobProgress,
-    MigrationRequest, UploadSource, VolumeInfo,
+    ConsoleKind, ConsoleStream, DomainInfo, GuestInfo, HostInfo, HvResult, Hypervisor,
+    HypervisorError, JobProgress, MigrationRequest, UploadSource, VolumeInfo,
 };
 use crate::gate::ActionGate;
 use crate::plan::domain::DomainDefinition;
@@ -159,6 +159,10 @@ impl Hypervisor for Gated {
     async fn start_post_copy(&self, uuid: &str) -> HvResult<()> {
         self.allow("start_post_copy")?;
         self.inner.start_post_copy(uuid).await
+    }
+    /// A console changes nothing on the host: it passes with the gate closed, as reads do.
+    async fn open_console(&self, uuid: &str, kind: ConsoleKind) -> HvResult<ConsoleStream> {
+        self.inner.open_console(uuid, kind).await
     }
     async fn close(&self) {
         self.inner.close().await

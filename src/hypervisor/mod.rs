@@ -6,6 +6,7 @@
 //! ferry makes, through a [`Connector`].
 
 pub mod connections;
+pub mod console;
 pub mod domain_xml;
 pub mod fake;
 mod gated;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use connections::{Connector, HostConnections, LibvirtConnector};
+pub use console::{ConsoleKind, ConsoleStream};
 pub use libvirt::LibvirtHost;
 pub use migration::{JobProgress, MigrationRequest, StorageMode};
 
@@ -84,6 +86,9 @@ pub mod error_code {
     pub const NO_STORAGE_VOL: i32 = 50;
     /// `VIR_ERR_STORAGE_VOL_EXIST`: creating a volume whose name is taken.
     pub const STORAGE_VOL_EXIST: i32 = 90;
+    /// `VIR_ERR_ARGUMENT_UNSUPPORTED`: e.g. a file descriptor asked for over a connection that
+    /// cannot pass one.
+    pub const ARGUMENT_UNSUPPORTED: i32 = 74;
     /// `VIR_ERR_RESOURCE_BUSY`: the lock manager holds a disk lease for another domain.
     pub const RESOURCE_BUSY: i32 = 87;
 }
@@ -336,6 +341,14 @@ pub trait Hypervisor: Send + Sync {
     /// Switch the running migration (started with post-copy allowed) to post-copy.
     async fn start_post_copy(&self, _uuid: &str) -> HvResult<()> {
         Err(unsupported("start_post_copy"))
+    }
+    /// Open a console of a running domain. The serial console takes over from any other session
+    /// and occupies this connection's thread until the stream ends: open it on a connection of
+    /// its own ([`HostConnections::dedicated`]) and close that connection afterwards. The VNC
+    /// display needs a connection that can pass file descriptors (a local unix socket); others
+    /// fail with [`error_code::ARGUMENT_UNSUPPORTED`].
+    async fn open_console(&self, _uuid: &str, _kind: ConsoleKind) -> HvResult<ConsoleStream> {
+        Err(unsupported("open_console"))
     }
     /// Close the connection; later calls fail with `ConnectionLost`.
     async fn close(&self);

@@ -18,6 +18,7 @@
 //! `domains`, `storage` and `migration`.
 
 mod connection;
+mod console;
 mod domains;
 mod errors;
 mod events;
@@ -37,6 +38,7 @@ use virt::sys;
 
 use self::connection::{Job, Msg, Shared, connection_thread, init_libvirt, thread_name};
 use self::errors::{CallResult, Fail, classify};
+use super::console::{CONSOLE_QUEUE, ConsoleKind, ConsoleStream};
 use super::domain_xml;
 use super::migration::{JobProgress, MigrationRequest};
 use super::{
@@ -192,6 +194,94 @@ impl LibvirtHost {
                 Err(self.shared.lost_error())
             }
         }
+    }
+}
+
+impl LibvirtHost {
+    /// Runs `job` on the connection thread without waiting for it (a console relay that lasts
+    /// as long as its session). False when the connection is closed.
+    fn detach(&self, job: Job) -> bool {
+        match self.tx.lock() {
+            Ok(guard) => guard
+                .as_ref()
+                .is_some_and(|s| s.send(Msg::Job(job)).is_ok()),
+            Err(_) => false,
+        }
+    }
+
+    /// The serial console, relayed on this connection's thread until either side ends.
+    async fn open_serial(&self, uuid: &str) -> HvResult<ConsoleStream> {
+        let uuid = uuid.to_string();
+        let stream = self
+            .call("open_console", move |c| console::open_serial(c, &uuid))
+            .await?;
+        let (out_tx, from_guest) = tokio::sync::mpsc::channel(CONSOLE_QUEUE);
+        let (to_guest, mut input) = tokio::sync::mpsc::channel::<Vec<u8>>(CONSOLE_QUEUE);
+        let (wake_tx, wake_rx) = mpsc::channel();
+        let relay_wake = wake_tx.clone();
+        if !self.detach(Box::new(move |_conn| {
+            console::relay(stream, relay_wake, wake_rx, out_tx)
+        })) {
+            return Err(self.shared.lost_error());
+        }
+        tokio::spawn(async move {
+            while let Some(bytes) = input.recv().await {
+                if wake_tx.send(console::Wake::Input(bytes)).is_err() {
+                    return;
+                }
+            }
+            let _ = wake_tx.send(console::Wake::Closed);
+        });
+        Ok(ConsoleStream {
+            from_guest,
+            to_guest,
+        })
+    }
+
+    /// The VNC display: the socket libvirt hands over, pumped by two tasks.
+    async fn open_vnc(&self, uuid: &str) -> HvResult<ConsoleStream> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let uuid = uuid.to_string();
+        let fd = self
+            .call("open_graphics", move |c| console::open_graphics(c, &uuid))
+            .await?;
+        let socket = std::os::unix::net::UnixStream::from(fd);
+        let socket = socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(socket))
+            .map_err(|e| HypervisorError::OperationFailed {
+                operation: "open_graphics",
+                code: 0,
+                message: format!("the display's socket: {e}"),
+            })?;
+        let (mut reader, mut writer) = socket.into_split();
+        let (out_tx, from_guest) = tokio::sync::mpsc::channel(CONSOLE_QUEUE);
+        let (to_guest, mut input) = tokio::sync::mpsc::channel::<Vec<u8>>(CONSOLE_QUEUE);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if out_tx.send(buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(bytes) = input.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.shutdown().await;
+        });
+        Ok(ConsoleStream {
+            from_guest,
+            to_guest,
+        })
     }
 }
 
@@ -418,6 +508,13 @@ impl Hypervisor for LibvirtHost {
             migration::start_post_copy(c, &uuid)
         })
         .await
+    }
+
+    async fn open_console(&self, uuid: &str, kind: ConsoleKind) -> HvResult<ConsoleStream> {
+        match kind {
+            ConsoleKind::Serial => self.open_serial(uuid).await,
+            ConsoleKind::Vnc => self.open_vnc(uuid).await,
+        }
     }
 
     async fn close(&self) {
