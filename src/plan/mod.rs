@@ -1,6 +1,7 @@
 //! Pure decisions: no Kubernetes client, no libvirt, no clock (callers pass `now`).
 
 pub mod admission;
+pub mod adoption;
 pub mod bmc;
 pub mod capacity;
 pub mod class;

@@ -10,9 +10,11 @@
 //! files and against the XML libvirt itself returns.
 
 mod metadata;
+mod read;
 mod write;
 
 pub use metadata::parse_metadata;
+pub use read::describe;
 
 use crate::plan::domain::{CpuModel, DomainDefinition, NicSource};
 

@@ -6,6 +6,7 @@
 
 mod changes;
 mod definition;
+mod description;
 mod identity;
 mod observed;
 mod shape;
@@ -15,6 +16,7 @@ pub use definition::{
     Bus, CpuModel, DiskDef, DomainDefinition, Graphics, KernelBoot, NicDef, NicSource, Owner,
     SEED_DISK, VirtType,
 };
+pub use description::{Backing, DescribedDisk, DescribedDomain, DescribedNic, DomainDescription};
 pub use identity::{definition_hash, derive_mac};
 pub use observed::{
     DomainInfo, DomainState, FerryMetadata, GuestInfo, GuestInterface, HostInfo, ShutOffReason,
