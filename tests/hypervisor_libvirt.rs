@@ -921,3 +921,119 @@ async fn a_cloned_volume_is_a_standalone_copy_of_what_the_guest_sees() {
     .await;
     blocking(move || lab.down()).await.expect("lab down");
 }
+
+/// Domains made with plain virsh, outside ferry, as adoption reads them: a running one ferry can
+/// express (a flat disk in the pool, kernel boot), and a shut-off one it cannot (a disk with a
+/// backing file, a host directory passed through), each with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_domains_read_as_adoption_sees_them() {
+    use ferry::plan::adoption::{PoolView, assess, spec_for};
+    if !Lab::should_run("foreign_domains_read_as_adoption_sees_them") {
+        return;
+    }
+    let lab = blocking(|| Lab::up(1)).await.expect("lab up");
+    bounded(Duration::from_secs(300), async {
+        let host = LibvirtHost::connect(&lab.host("h1").unix_uri, opts())
+            .await
+            .expect("connect");
+        let pool_dir = lab.pool_dir.to_string_lossy().to_string();
+        host.ensure_pool(POOL, Some(&pool_dir))
+            .await
+            .expect("define the pool");
+        // A flat copy of the golden image, and an overlay on it.
+        let flat = lab.pool_dir.join("legacy.qcow2");
+        std::fs::copy(lab.golden_path(), &flat).expect("copy the golden image");
+        let chained = lab.create_overlay("chained").expect("overlay");
+        lab.virsh_ok("h1", &["pool-refresh", POOL]).expect("refresh");
+
+        let dir = lab.dir.clone();
+        let define = |name: &str, xml: String| {
+            let file = dir.join(format!("{name}.xml"));
+            std::fs::write(&file, xml).expect("write XML");
+            lab.virsh_ok("h1", &["define", &file.to_string_lossy()])
+                .expect("virsh define");
+        };
+        define(
+            "legacy",
+            lab.tiny_domain_xml("legacy", &flat, &lab.console_path("legacy")),
+        );
+        lab.virsh_ok("h1", &["start", "legacy"]).expect("virsh start");
+        let shared = dir.join("shared");
+        std::fs::create_dir_all(&shared).expect("mkdir");
+        define(
+            "odd",
+            lab.tiny_domain_xml_with(
+                "odd",
+                &chained,
+                &lab.console_path("odd"),
+                "",
+                &format!(
+                    "    <filesystem type='mount'><source dir='{}'/><target dir='shared'/></filesystem>\n",
+                    shared.display()
+                ),
+            ),
+        );
+
+        let boot_dirs: Vec<String> = [&lab.kernel, &lab.initrd]
+            .iter()
+            .filter_map(|p| p.parent())
+            .map(|p| p.to_string_lossy().to_string())
+            .collect();
+        let pool = PoolView {
+            storage_dir: Some(&pool_dir),
+            golden_images: std::slice::from_ref(&lab.golden),
+            boot_dirs: &boot_dirs,
+        };
+
+        let (legacy, state) = host
+            .describe_domain("legacy")
+            .await
+            .expect("describe")
+            .expect("defined");
+        assert_eq!(state, DomainState::Running);
+        assert!(legacy.persistent.is_some());
+        let a = assess(&legacy, state, &pool);
+        assert!(a.blockers.is_empty(), "{:?}", a.blockers);
+        let hw = a.hardware.expect("adoptable");
+        assert_eq!((hw.vcpus, hw.memory_kib), (1, 128 * 1024));
+        assert_eq!(hw.disks[0].volume, "legacy.qcow2");
+        assert_eq!(
+            hw.boot.as_ref().map(|b| b.kernel.clone()),
+            Some(lab.kernel.to_string_lossy().to_string())
+        );
+        assert!(hw.serial_console);
+        let spec = spec_for(&hw, state, "lab");
+        assert_eq!(spec.disks[0].volume.as_deref(), Some("legacy.qcow2"));
+        let res = ferry::plan::class::resolve(&spec, None).expect("sized");
+        ferry::plan::validate::validate(&spec, &res).expect("a valid spec");
+
+        let (odd, state) = host
+            .describe_domain("odd")
+            .await
+            .expect("describe")
+            .expect("defined");
+        assert!(matches!(state, DomainState::ShutOff(_)), "{state:?}");
+        let a = assess(&odd, state, &pool);
+        assert!(a.hardware.is_none());
+        let golden = lab.golden_path().to_string_lossy().to_string();
+        for needle in [
+            format!("has the backing file {golden}"),
+            "filesystem mount: host hardware or files passed through".to_string(),
+        ] {
+            assert!(
+                a.blockers.iter().any(|b| b.contains(&needle)),
+                "{:?} should mention {needle:?}",
+                a.blockers
+            );
+        }
+
+        assert_eq!(host.describe_domain("absent").await.expect("describe"), None);
+        lab.virsh_ok("h1", &["destroy", "legacy"]).expect("destroy");
+        for name in ["legacy", "odd"] {
+            lab.virsh_ok("h1", &["undefine", name]).expect("undefine");
+        }
+        host.close().await;
+    })
+    .await;
+    blocking(move || lab.down()).await.expect("lab down");
+}

@@ -11,7 +11,7 @@ use super::{
     HypervisorError, JobProgress, MigrationRequest, UploadSource, VolumeInfo,
 };
 use crate::gate::ActionGate;
-use crate::plan::domain::DomainDefinition;
+use crate::plan::domain::{DescribedDomain, DomainDefinition, DomainState};
 
 /// A connection whose mutating calls ask the gate first.
 pub(super) struct Gated {
@@ -60,6 +60,12 @@ impl Hypervisor for Gated {
     }
     async fn lookup_domain(&self, uuid: &str) -> HvResult<Option<DomainInfo>> {
         self.inner.lookup_domain(uuid).await
+    }
+    async fn describe_domain(
+        &self,
+        name: &str,
+    ) -> HvResult<Option<(DescribedDomain, DomainState)>> {
+        self.inner.describe_domain(name).await
     }
     async fn define_domain(&self, def: &DomainDefinition) -> HvResult<()> {
         self.allow("define_domain")?;

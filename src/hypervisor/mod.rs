@@ -24,7 +24,7 @@ pub use console::{ConsoleKind, ConsoleStream};
 pub use libvirt::LibvirtHost;
 pub use migration::{JobProgress, MigrationRequest, StorageMode};
 
-use crate::plan::domain::DomainDefinition;
+use crate::plan::domain::{DescribedDomain, DomainDefinition};
 // What the trait's calls return; they live in `plan::domain`. Re-exported while controllers
 // import them from here.
 pub use crate::plan::domain::{
@@ -239,6 +239,15 @@ pub trait Hypervisor: Send + Sync {
     async fn list_domains(&self) -> HvResult<Vec<DomainInfo>>;
     /// The domain with this UUID, if the host has it.
     async fn lookup_domain(&self, uuid: &str) -> HvResult<Option<DomainInfo>>;
+    /// The domain called `name`, whoever made it, as its XML describes it (running instance and
+    /// persistent definition), with its state; `None` when the host has no domain of that name.
+    /// Reads only.
+    async fn describe_domain(
+        &self,
+        _name: &str,
+    ) -> HvResult<Option<(DescribedDomain, DomainState)>> {
+        Err(unsupported("describe_domain"))
+    }
     /// Define (or redefine) a persistent domain from its definition. A running domain keeps
     /// running; the new definition applies at its next start. A definition the host's format
     /// cannot carry fails with [`HypervisorError::InvalidDefinition`] before anything is sent.

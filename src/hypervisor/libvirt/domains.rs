@@ -8,12 +8,15 @@ use virt::domain::Domain;
 use virt::sys;
 
 use super::errors::{
-    CallResult, Fail, VIR_ERR_ARGUMENT_UNSUPPORTED, VIR_ERR_INVALID_ARG, VIR_ERR_NO_SUPPORT,
+    CallResult, Fail, VIR_ERR_ARGUMENT_UNSUPPORTED, VIR_ERR_INVALID_ARG, VIR_ERR_NO_SUPPORT, found,
     is_code, is_connection_error, lookup_dom, not_found_domain,
 };
 use crate::hypervisor::domain_xml;
 use crate::hypervisor::error_code;
-use crate::plan::domain::{DomainInfo, DomainState, GuestInfo, GuestInterface, ShutOffReason};
+use crate::hypervisor::xml::XmlFacts;
+use crate::plan::domain::{
+    Backing, DescribedDomain, DomainInfo, DomainState, GuestInfo, GuestInterface, ShutOffReason,
+};
 
 /// `virDomainGetState`, called directly: `virt`'s `Domain::state` drops the error and reports a
 /// failed call as an unknown state.
@@ -104,6 +107,64 @@ pub(super) fn lookup(conn: &Connect, uuid: &str) -> CallResult<Option<DomainInfo
             Err(f) => Err(f),
         },
     }
+}
+
+/// The domain called `name` as its XML describes it (the running instance and the persistent
+/// definition), with its state; `None` when the host has no domain of that name. Reads only.
+pub(super) fn describe(
+    conn: &Connect,
+    name: &str,
+) -> CallResult<Option<(DescribedDomain, DomainState)>> {
+    let Some(dom) = found(conn.lookup_domain_by_name(name), error_code::NO_DOMAIN)? else {
+        return Ok(None);
+    };
+    let (state, reason) = raw_state(&dom)?;
+    let read = |xml: String| {
+        domain_xml::describe(&xml)
+            .map_err(|e| Fail::Other(format!("the XML of domain {name}: {e}")))
+    };
+    let mut current = read(dom.xml_desc(0)?)?;
+    let persistent = if dom.is_persistent()? {
+        Some(read(dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)?)?)
+    } else {
+        None
+    };
+    // A domain that does not run shows no backing chains: a storage pool may know them.
+    for disk in &mut current.disks {
+        if disk.backing == Backing::Unknown
+            && disk.kind == "file"
+            && let Some(path) = &disk.source
+        {
+            disk.backing = volume_backing(conn, path)?;
+        }
+    }
+    Ok(Some((
+        DescribedDomain {
+            current,
+            persistent,
+        },
+        map_state(state, reason),
+    )))
+}
+
+/// The backing file of the volume at `path`, as the storage pool holding it says;
+/// [`Backing::Unknown`] when no pool on the host holds it.
+fn volume_backing(conn: &Connect, path: &str) -> CallResult<Backing> {
+    let Some(vol) = found(
+        conn.lookup_storage_vol_by_path(path),
+        error_code::NO_STORAGE_VOL,
+    )?
+    else {
+        return Ok(Backing::Unknown);
+    };
+    let facts = XmlFacts::parse(&vol.xml_desc(0)?)
+        .ok_or_else(|| Fail::Other(format!("the host returned unreadable XML for {path}")))?;
+    Ok(Backing::Known(
+        facts
+            .text("volume/backingStore/path")
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
+    ))
 }
 
 /// Define (or redefine) a persistent domain from XML.

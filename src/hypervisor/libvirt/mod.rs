@@ -45,7 +45,7 @@ use super::{
     ConnectOptions, DomainInfo, GuestInfo, HostInfo, HvResult, Hypervisor, HypervisorError,
     UploadSource, VolumeInfo,
 };
-use crate::plan::domain::DomainDefinition;
+use crate::plan::domain::{DescribedDomain, DomainDefinition, DomainState};
 
 /// How long [`LibvirtHost::close`] waits for the connection thread to confirm.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -339,6 +339,15 @@ impl Hypervisor for LibvirtHost {
     async fn lookup_domain(&self, uuid: &str) -> HvResult<Option<DomainInfo>> {
         let uuid = uuid.to_string();
         self.call("lookup_domain", move |c| domains::lookup(c, &uuid))
+            .await
+    }
+
+    async fn describe_domain(
+        &self,
+        name: &str,
+    ) -> HvResult<Option<(DescribedDomain, DomainState)>> {
+        let name = name.to_string();
+        self.call("describe_domain", move |c| domains::describe(c, &name))
             .await
     }
 
