@@ -1,5 +1,6 @@
 //! The HTTP endpoint: `/healthz` (the process lives), `/readyz` (it can serve: watches are up or
-//! it is a standby waiting for leadership), `/metrics` (Prometheus text format).
+//! it is a standby waiting for leadership), `/metrics` (Prometheus text format), and, when
+//! enabled, the console proxy and the dashboard ([`crate::web`]).
 
 use crate::metrics::Metrics;
 use axum::Router;
@@ -16,15 +17,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// The console proxy and dashboard, when served.
+    pub web: Option<Arc<crate::web::Web>>,
 }
 
 /// The router, separate from serving so tests can call it.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let web = state.web.clone();
+    let base = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    match web {
+        Some(web) => base.merge(crate::web::routes(web)),
+        None => base,
+    }
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {

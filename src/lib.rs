@@ -13,6 +13,7 @@ pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod telemetry;
+pub mod web;
 
 pub use error::{Error, Result};
 

@@ -71,6 +71,10 @@ struct ControllerArgs {
     /// replicas, must fit in it); default: half the grace period, at least 1 s.
     #[arg(long, env = "FERRY_LEASE_MARGIN_MS")]
     lease_margin_ms: Option<u64>,
+    /// Serve the console proxy on the HTTP address (behind Kubernetes
+    /// authentication: TokenReview and SubjectAccessReview).
+    #[arg(long, env = "FERRY_WEB", default_value_t = true, action = clap::ArgAction::Set)]
+    web: bool,
     /// VirtualMachine reconciles run at once, at most (each holds its working copy of the VM and
     /// its pool until done, so this bounds the memory of a full resync).
     #[arg(long, env = "FERRY_VM_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
@@ -227,9 +231,14 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
     let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let web = args
+        .web
+        .then(|| Arc::new(ferry::web::Web::new(client.clone(), identity.clone())));
     let http_state = HttpState {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        web: web.clone(),
     };
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
@@ -241,7 +250,6 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
         }
     });
 
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
     let scope = match &args.namespace {
         Some(ns) => Scope::Namespace(ns.clone()),
         None => Scope::All,
@@ -335,7 +343,12 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
         metrics,
         reporter,
         gate.clone(),
-        move || ready_flag.store(true, Ordering::Relaxed),
+        move |ctx| {
+            if let Some(web) = &web {
+                web.set_context(ctx);
+            }
+            ready_flag.store(true, Ordering::Relaxed);
+        },
         stop,
     )
     .await;

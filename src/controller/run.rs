@@ -84,7 +84,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     reporter: Reporter,
     gate: ActionGate,
-    ready: impl FnOnce() + Send,
+    ready: impl FnOnce(Arc<Context>) + Send,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let Settings {
@@ -342,7 +342,7 @@ pub async fn run(
             }
         });
 
-    ready();
+    ready(ctx.clone());
     tokio::select! {
         _ = futures::future::join4(vms, hostpools, migrations, hapolicies) => {},
         _ = shutdown => {},

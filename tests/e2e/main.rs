@@ -10,6 +10,7 @@
 mod support;
 
 mod cloud_init;
+mod consoles;
 mod credentials;
 mod debian;
 mod ha_adoption;

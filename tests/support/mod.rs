@@ -9,6 +9,7 @@
 pub mod bmc;
 pub mod chart_rbac;
 pub mod cluster;
+pub mod consoles;
 pub mod fake_pool;
 pub mod ha;
 pub mod hosts;

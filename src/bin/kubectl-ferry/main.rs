@@ -11,6 +11,7 @@ mod fixtures;
 mod migrate;
 mod output;
 mod power;
+mod proxy;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -91,19 +92,46 @@ enum Command {
         /// VirtualMachine name.
         vm: String,
     },
-    /// Show where a VM's serial console is logged and attach with virsh.
+    /// Attach to a VM's serial console (Ctrl-] leaves).
     ///
-    /// Attaching runs `virsh -c URI console DOMAIN` with your own libvirt client credentials
-    /// (not the controller's): the HostPool's URI must be reachable from this machine.
+    /// With --url (or $FERRY_URL), the controller's address: through ferry's console proxy, with
+    /// your kubeconfig's token (RBAC: get virtualmachines/console). Without it: shows where the
+    /// console is logged and attaches with `virsh -c URI console DOMAIN`, which needs your own
+    /// libvirt access to the host.
     Console {
         /// VirtualMachine name.
         vm: String,
+        /// The controller's address, e.g. http://127.0.0.1:8080 after
+        /// `kubectl -n ferry-system port-forward svc/ferry 8080`.
+        #[arg(long, env = "FERRY_URL")]
+        url: Option<String>,
+        /// Bearer token instead of the kubeconfig user's.
+        #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// Only print the log path and the virsh command.
         #[arg(long)]
         no_attach: bool,
-        /// libvirt URI to attach through, instead of the HostPool's.
+        /// libvirt URI to attach through with virsh, instead of the HostPool's.
         #[arg(long)]
         uri: Option<String>,
+    },
+    /// Open a VM's VNC display through ferry's console proxy: listens locally for a VNC viewer
+    /// and prints the address (RBAC: get virtualmachines/vnc).
+    Vnc {
+        /// VirtualMachine name.
+        vm: String,
+        /// The controller's address (see `console --help`).
+        #[arg(long, env = "FERRY_URL")]
+        url: String,
+        /// Bearer token instead of the kubeconfig user's.
+        #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// End after the first viewer disconnects.
+        #[arg(long)]
+        once: bool,
     },
     /// Show a VM's host, IP, phase, conditions and last restart.
     Status {
@@ -141,7 +169,17 @@ fn restart_token() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
-async fn client(cli: &Cli) -> Result<(Client, String), String> {
+/// The token for the console proxy: `--token`, else the kubeconfig user's.
+fn proxy_token(flag: &Option<String>, kubeconfig: Option<String>) -> Result<String, String> {
+    flag.clone().or(kubeconfig).ok_or_else(|| {
+        "the kubeconfig's user has no bearer token (client certificates and exec plugins cannot be \
+         forwarded to ferry's console proxy): pass --token, e.g. --token \"$(kubectl create token NAME)\""
+            .to_string()
+    })
+}
+
+/// A client, the namespace, and the user's bearer token when the kubeconfig has one.
+async fn client(cli: &Cli) -> Result<(Client, String, Option<String>), String> {
     let opts = KubeConfigOptions {
         context: cli.context.clone(),
         ..KubeConfigOptions::default()
@@ -164,8 +202,9 @@ async fn client(cli: &Cli) -> Result<(Client, String), String> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
+    let bearer = proxy::kubeconfig_token(&config);
     let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
-    Ok((client, namespace))
+    Ok((client, namespace, bearer))
 }
 
 /// Read an object, with a message that names it when it is missing.
@@ -202,7 +241,7 @@ async fn apply_plan(api: &Api<VirtualMachine>, name: &str, plan: Plan) -> Result
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let (client, ns) = client(&cli).await?;
+    let (client, ns, bearer) = client(&cli).await?;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
     match &cli.command {
         Command::Start(a) | Command::Stop(a) => {
@@ -274,7 +313,35 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Console { vm, no_attach, uri } => {
+        Command::Console {
+            vm,
+            url: Some(url),
+            token,
+            uri: None,
+            no_attach: false,
+        } => {
+            let token = proxy_token(token, bearer)?;
+            proxy::console(&proxy::endpoint(url, &ns, vm, "console")?, &token).await
+        }
+        Command::Vnc {
+            vm,
+            url,
+            token,
+            listen,
+            once,
+        } => {
+            let token = proxy_token(token, bearer)?;
+            proxy::vnc(
+                &proxy::endpoint(url, &ns, vm, "vnc")?,
+                &token,
+                listen,
+                *once,
+            )
+            .await
+        }
+        Command::Console {
+            vm, no_attach, uri, ..
+        } => {
             let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
             let pools: Api<HostPool> = Api::namespaced(client.clone(), &ns);
             let pool = get(&pools, "HostPool", &ns, &obj.spec.host_pool).await?;

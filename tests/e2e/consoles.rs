@@ -1,0 +1,154 @@
+//! The console proxy on a real host, authorised by a real API server: a user with only `view`
+//! gets 403 and no console; a user with `edit` types into the tiny guest's serial console and
+//! reads its answer, and receives a VNC framebuffer update the size of the guest's display;
+//! every session is an Event on the VM.
+//!
+//! Needs TokenReview and SubjectAccessReview, which the API stand-in does not have: skipped
+//! there (`e2e/run.sh consoles` starts a real API server when KUBECONFIG is unset).
+
+use crate::support::cluster::{self, Cluster, wait_for};
+use crate::support::consoles::{self, Rfb};
+use crate::support::hosts::console;
+use crate::support::lab;
+use crate::support::objects::{BOOT, LABEL, pool_manifest, ready_reason, vm_manifest, wait_vm};
+use ferry::api::VirtualMachine;
+use futures::SinkExt;
+use kube::Api;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn consoles_are_authorised_by_rbac_and_reach_the_guest() {
+    assert!(cluster::enabled(), "set FERRY_E2E=1 and KUBECONFIG");
+    if std::env::var_os("FERRY_STANDIN").is_some() {
+        eprintln!(
+            "SKIPPED: the API stand-in has no TokenReview or SubjectAccessReview (e2e/run.sh runs it against a real API server where one is installed)"
+        );
+        return;
+    }
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-console").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let ctl = c.controller("e2e-console");
+    let port = ctl.http_port;
+    let ns = c.namespace.clone();
+    consoles::apply_user_roles(&c);
+    let viewer = consoles::user(&c, "alice", "view");
+    let editor = consoles::user(&c, "bob", "edit");
+
+    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
+        .await;
+    c.apply::<VirtualMachine>(vm_manifest("con", "lab", &lab, "Always"))
+        .await;
+    wait_vm(&c, "con", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let log = console(&lab, &ns, "con");
+    tokio::task::spawn_blocking(move || {
+        lab::wait_for_console(&log, "FERRY-READY", Duration::from_secs(120))
+    })
+    .await
+    .expect("task")
+    .expect("guest boots");
+    consoles::wait_can(
+        &c,
+        &editor,
+        "get",
+        "virtualmachines.ferry.dev/console",
+        true,
+    )
+    .await;
+    consoles::wait_can(&c, &viewer, "get", "virtualmachines.ferry.dev", true).await;
+
+    let path = |kind: &str| format!("/api/v1/namespaces/{ns}/virtualmachines/con/{kind}");
+    // No token, a bad token, a viewer, an unknown VM.
+    assert_eq!(consoles::get(port, &path("console"), None).await.0, 401);
+    assert_eq!(
+        consoles::get(port, &path("console"), Some("nonsense"))
+            .await
+            .0,
+        401
+    );
+    for kind in ["console", "vnc"] {
+        let (status, body) = consoles::get(port, &path(kind), Some(&viewer)).await;
+        assert_eq!(status, 403, "{kind}: {body}");
+        assert!(body.contains(&format!("virtualmachines/{kind}")), "{body}");
+        assert!(consoles::connect(port, &path(kind), &viewer).await.is_err());
+    }
+    let (status, _) = consoles::get(
+        port,
+        &format!("/api/v1/namespaces/{ns}/virtualmachines/nope/console"),
+        Some(&editor),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // The editor types into the serial console and reads the guest's answer.
+    let mut ws = consoles::connect(port, &path("console"), &editor)
+        .await
+        .expect("serial console");
+    ws.send(Message::Binary(b"hello from bob\r".to_vec().into()))
+        .await
+        .expect("type");
+    consoles::read_until(
+        &mut ws,
+        "FERRY-ECHO hello from bob",
+        Duration::from_secs(30),
+    )
+    .await;
+    ws.close(None).await.expect("close");
+
+    // VNC: a full framebuffer update covering the guest's display.
+    let ws = consoles::connect(port, &path("vnc"), &editor)
+        .await
+        .expect("VNC");
+    let fb = Rfb::new(ws).first_update().await;
+    let shot = lab
+        .virsh_ok(
+            &lab.hosts[0].name,
+            &["domdisplay", "--all", &format!("{ns}_con")],
+        )
+        .unwrap_or_default();
+    eprintln!("VNC: {fb:?} (virsh domdisplay: {shot:?})");
+    assert!(fb.width >= 640 && fb.height >= 400, "{fb:?}");
+    let area: u64 = fb.rects.iter().map(|r| r.2 as u64 * r.3 as u64).sum();
+    assert_eq!(area, fb.width as u64 * fb.height as u64, "{fb:?}");
+    assert!(
+        fb.rects
+            .iter()
+            .all(|r| r.0 + r.2 <= fb.width && r.1 + r.3 <= fb.height),
+        "{fb:?}"
+    );
+
+    // Each session is an Event on the VM: who opened which console, and for how long.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), &ns);
+    let who = format!("system:serviceaccount:{ns}:bob");
+    wait_for("console Events", Duration::from_secs(30), || {
+        let events = events.clone();
+        let who = who.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            let notes: Vec<String> = list
+                .items
+                .iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("con"))
+                .filter(|e| {
+                    e.reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("Console"))
+                })
+                .filter_map(|e| e.note.clone())
+                .collect();
+            let has = |s: &str| notes.iter().any(|n| n.contains(&who) && n.contains(s));
+            (has("opened the serial console")
+                && has("serial console session ended after")
+                && has("opened the VNC display"))
+            .then_some(())
+        }
+    })
+    .await;
+    drop(ctl);
+}
