@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod adoption;
+pub mod balance;
 pub mod bmc;
 pub mod capacity;
 pub mod class;

@@ -111,17 +111,7 @@ pub fn choose_host(
     for p in placed.iter().filter(|p| p.uid != req.uid) {
         by_host.entry(p.host.as_str()).or_default().push(p);
     }
-    let affinity_in_pool: Vec<bool> = req
-        .affinity
-        .iter()
-        .map(|t| {
-            t.required
-                && by_host
-                    .values()
-                    .flatten()
-                    .any(|p| t.selector.matches(&p.labels))
-        })
-        .collect();
+    let affinity_in_pool = required_in_pool(req.affinity, by_host.values().flatten().copied());
     let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut best: Option<(u64, &str)> = None;
     for c in candidates {
@@ -145,27 +135,43 @@ pub fn choose_host(
     if let Some((_, name)) = best {
         return Ok(name.to_string());
     }
-    let mut counted: Vec<(&str, usize)> = reasons.into_iter().collect();
-    counted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    Err(format!(
-        "no host fits: {}",
-        counted
-            .iter()
-            .map(|(r, n)| format!("{n} {r}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
+    Err(format!("no host fits: {}", tally(reasons)))
 }
 
-/// The host's score, or the first rule it breaks. `on_host` holds the other VMs placed on it;
-/// `affinity_in_pool[i]` says whether `req.affinity[i]` is required and matches a VM of the pool.
-fn judge(
+/// Counted reasons in a phrase, the most frequent first (ties by name): "3 lack memory, 1
+/// cordoned".
+pub fn tally(counts: BTreeMap<&str, usize>) -> String {
+    let mut counted: Vec<(&str, usize)> = counts.into_iter().collect();
+    counted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counted
+        .iter()
+        .map(|(r, n)| format!("{n} {r}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// For each of `affinity`'s terms: whether it is required and matches one of `others` (the
+/// pool's VMs other than the one to place). A required term no VM of the pool matches does not
+/// bind: the first VM of a group may go anywhere.
+pub fn required_in_pool<'p>(
+    affinity: &[Term],
+    others: impl Iterator<Item = &'p Placed> + Clone,
+) -> Vec<bool> {
+    affinity
+        .iter()
+        .map(|t| t.required && others.clone().any(|p| t.selector.matches(&p.labels)))
+        .collect()
+}
+
+/// Whether host `c` may take the VM by the hard rules (the module's list, in order), and if so
+/// what would then be allocated there; otherwise the first rule it breaks. `on_host` holds the
+/// other VMs placed on it; `affinity_in_pool` is [`required_in_pool`] of `req.affinity`.
+pub fn fits(
     c: &Candidate,
     on_host: &[&Placed],
     affinity_in_pool: &[bool],
     req: &Request<'_>,
-    strategy: PlacementStrategy,
-) -> Result<u64, &'static str> {
+) -> Result<Fit, &'static str> {
     if !req
         .node_selector
         .iter()
@@ -207,6 +213,28 @@ fn judge(
     if used.cpus > allocatable.cpus {
         return Err("lack CPU");
     }
+    Ok(Fit { used, allocatable })
+}
+
+/// What a host that fits would hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fit {
+    /// Allocated on the host with the VM: the VMs there, foreign domains and the VM.
+    pub used: Amount,
+    /// What VMs may use of the host.
+    pub allocatable: Amount,
+}
+
+/// The host's score, or the first rule it breaks (see [`fits`]).
+fn judge(
+    c: &Candidate,
+    on_host: &[&Placed],
+    affinity_in_pool: &[bool],
+    req: &Request<'_>,
+    strategy: PlacementStrategy,
+) -> Result<u64, &'static str> {
+    let Fit { used, allocatable } = fits(c, on_host, affinity_in_pool, req)?;
+    let any_here = |t: &Term| on_host.iter().any(|p| t.selector.matches(&p.labels));
     let share = |u: u64, a: u64| -> u64 {
         if a == 0 {
             1000
