@@ -73,6 +73,23 @@ pub struct HostPoolSpec {
     /// no fencing; a failed host's VMs restart only after a human confirms the host is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fencing: Option<FencingSpec>,
+    /// Domains on the pool's hosts that ferry did not make and should describe for adoption.
+    /// Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<AdoptionSpec>,
+}
+
+/// Domains made outside ferry that the pool looks at for adoption.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptionSpec {
+    /// Names of libvirt domains, or prefixes ending in `*`. Each host's status lists the
+    /// domains it has that match, that carry no ferry metadata, with what ferry makes of them
+    /// (`adoptionCandidates`): their size and disks, what ferry cannot express about them
+    /// (`blockers`), and what the guest would see differently after its first restart under
+    /// ferry (`notes`). Reading them changes nothing on the host. At most 64 entries.
+    #[schemars(length(max = 64), inner(length(min = 1, max = 255)))]
+    pub domains: Vec<String>,
 }
 
 /// Live-migration policy of a pool. The defaults are KubeVirt's (5 migrations per pool, 2 out
@@ -483,6 +500,37 @@ pub struct HostStatus {
     /// Recovering, Recovered) when an HAPolicy covers the pool; the policy's status has details.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha_verdict: Option<crate::api::ha_policy::HostVerdict>,
+    /// Domains on the host that `spec.adoption.domains` names and ferry did not make, by name
+    /// (at most 32), with what ferry makes of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adoption_candidates: Vec<AdoptionCandidate>,
+}
+
+/// A domain made outside ferry, as ferry would adopt it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptionCandidate {
+    /// Domain name.
+    pub name: String,
+    /// Domain UUID.
+    pub uuid: String,
+    /// Running, ShutOff, Paused or Other.
+    pub state: String,
+    /// Whether ferry can express the domain as it runs (`blockers` is empty).
+    pub adoptable: bool,
+    /// vCPUs.
+    pub cpus: i32,
+    /// Memory as a quantity (`512Mi`).
+    pub memory: String,
+    /// The disks as volumes of the pool's storage, in the domain's order (when adoptable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// What ferry cannot express about the domain; it is adoptable once the list is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blockers: Vec<String>,
+    /// What the guest would see differently after its first restart under ferry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// An amount of CPUs and memory.
@@ -528,6 +576,7 @@ impl HostStatus {
             foreign_allocated: None,
             orphans: Vec::new(),
             ha_verdict: None,
+            adoption_candidates: Vec::new(),
         }
     }
 }

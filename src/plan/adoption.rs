@@ -4,9 +4,11 @@
 //! its persistent definition) and says what the domain is in ferry's terms, what the guest would
 //! see differently after its first restart under ferry (`notes`), and what ferry cannot express
 //! at all (`blockers`: nothing may be taken over then). [`spec_for`] turns the hardware into the
-//! VirtualMachine spec that describes the domain as it runs.
+//! VirtualMachine spec that describes the domain as it runs; [`candidate`] into the entry a
+//! HostPool's status lists for a domain its `spec.adoption.domains` names ([`allowed`]).
 
 use crate::api::VirtualMachineSpec;
+use crate::api::host_pool::AdoptionCandidate;
 use crate::api::virtual_machine::{
     BootSpec, ConsolesSpec, CpuSpec, Disk, DiskBus, ImageFormat, Nic, NicModel, RunStrategy,
 };
@@ -27,6 +29,42 @@ pub struct PoolView<'a> {
     pub golden_images: &'a [String],
     /// The HostPool's `boot.directories`.
     pub boot_dirs: &'a [String],
+}
+
+/// Whether `patterns` (a HostPool's `spec.adoption.domains`: exact names, or prefixes ending in
+/// `*`) name the domain `name`.
+pub fn allowed(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => p == name,
+    })
+}
+
+/// The HostPool status entry of a domain in state `state`: what [`assess`] makes of it.
+pub fn candidate(d: &DescribedDomain, state: DomainState, pool: &PoolView) -> AdoptionCandidate {
+    let a = assess(d, state, pool);
+    let c = &d.current;
+    AdoptionCandidate {
+        name: c.name.clone(),
+        uuid: c.uuid.clone(),
+        state: match state {
+            DomainState::Running => "Running",
+            DomainState::ShutOff(_) => "ShutOff",
+            DomainState::Paused => "Paused",
+            _ => "Other",
+        }
+        .to_string(),
+        adoptable: a.hardware.is_some(),
+        cpus: i32::try_from(c.vcpus).unwrap_or(i32::MAX),
+        memory: quantity(c.memory_kib.saturating_mul(1024)),
+        volumes: a
+            .hardware
+            .iter()
+            .flat_map(|h| h.disks.iter().map(|d| d.volume.clone()))
+            .collect(),
+        blockers: a.blockers,
+        notes: a.notes,
+    }
 }
 
 /// A disk of an adopted domain, as a volume of the pool.

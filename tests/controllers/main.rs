@@ -6,6 +6,7 @@
 #[path = "../support/fake_pool.rs"]
 mod fake_pool;
 mod ha;
+mod host_pool;
 mod migration;
 mod support;
 mod virtual_machine;

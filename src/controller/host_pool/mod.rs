@@ -1,6 +1,7 @@
 //! The HostPool controller: find the pool's Nodes, probe each host's libvirt, report per-host
 //! state and pool conditions.
 
+mod candidates;
 mod probe;
 mod report;
 

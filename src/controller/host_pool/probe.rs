@@ -78,6 +78,7 @@ pub(super) fn keep_last_known(h: &mut HostStatus, before: &HostStatus) {
     h.foreign_domains = before.foreign_domains;
     h.foreign_allocated = before.foreign_allocated.clone();
     h.orphans = before.orphans.clone();
+    h.adoption_candidates = before.adoption_candidates.clone();
 }
 
 /// How long a probe waits for a new connection to a host it last saw `Unreachable`. The attempt
@@ -132,7 +133,13 @@ pub(super) async fn probe(
     h.ha_verdict = ctx.ha.worst(&PoolHost::of(pool, &name));
     // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
     let answer = match connect_for_probe(pool, &uri, ctx, before).await {
-        Ok(Some(hv)) => read_host(hv.as_ref()).await,
+        Ok(Some(hv)) => match read_host(hv.as_ref()).await {
+            Ok((info, domains)) => {
+                h.adoption_candidates = candidates::describe(pool, hv.as_ref(), &domains).await;
+                Ok((info, domains))
+            }
+            Err(e) => Err(e),
+        },
         // Still unreachable, still trying in the background: say what was last known.
         Ok(None) => {
             h.state = HostState::Unreachable;

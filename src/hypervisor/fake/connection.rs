@@ -1,6 +1,7 @@
 //! One connection to a fake host: the [`Hypervisor`] calls, with the faults, call log, observer
 //! reports and lifecycle events a test sees.
 
+use crate::plan::domain::{DescribedDomain, DomainDescription, DomainState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -244,6 +245,44 @@ impl Hypervisor for FakeConnection {
     async fn lookup_domain(&self, uuid: &str) -> HvResult<Option<DomainInfo>> {
         self.call(Op::LookupDomain, uuid, |w, h, _| {
             Ok(w.host(h).domains.get(uuid).map(FakeDomain::info))
+        })
+        .await
+    }
+
+    async fn describe_domain(
+        &self,
+        name: &str,
+    ) -> HvResult<Option<(DescribedDomain, DomainState)>> {
+        self.call(Op::DescribeDomain, name, |w, h, _| {
+            let host = w.host(h);
+            let Some(dom) = host.domains.values().find(|d| d.name == name) else {
+                return Ok(None);
+            };
+            let info = dom.info();
+            let described = host
+                .descriptions
+                .get(&dom.uuid)
+                .cloned()
+                .unwrap_or_else(|| {
+                    let d = DomainDescription {
+                        name: info.name.clone(),
+                        uuid: info.uuid.clone(),
+                        virt_type: "qemu".into(),
+                        arch: "x86_64".into(),
+                        machine: "pc-i440fx-7.2".into(),
+                        vcpus: info.vcpus,
+                        memory_kib: info.memory_kib,
+                        current_memory_kib: info.memory_kib,
+                        clock_offset: Some("utc".into()),
+                        serials: vec!["serial pty".into(), "console pty".into()],
+                        ..DomainDescription::default()
+                    };
+                    DescribedDomain {
+                        persistent: info.persistent.then(|| d.clone()),
+                        current: d,
+                    }
+                });
+            Ok(Some((described, info.state)))
         })
         .await
     }

@@ -15,6 +15,7 @@ pub enum Op {
     Ping,
     ListDomains,
     LookupDomain,
+    DescribeDomain,
     DefineDomain,
     StartDomain,
     ShutdownDomain,
@@ -47,6 +48,7 @@ impl Op {
             Op::Ping => "ping",
             Op::ListDomains => "list_domains",
             Op::LookupDomain => "lookup_domain",
+            Op::DescribeDomain => "describe_domain",
             Op::DefineDomain => "define_domain",
             Op::StartDomain => "start_domain",
             Op::ShutdownDomain => "shutdown_domain",
@@ -180,7 +182,8 @@ pub struct Call {
     pub connection: u64,
     /// The operation.
     pub op: Op,
-    /// What it was about: a domain UUID, `pool/volume`, a pool name; empty for host-wide calls.
+    /// What it was about: a domain UUID (a domain name for `describe_domain`), `pool/volume`, a
+    /// pool name; empty for host-wide calls.
     pub target: String,
     /// Whether it succeeded.
     pub ok: bool,

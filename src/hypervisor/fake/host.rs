@@ -8,6 +8,7 @@ use super::Net;
 use super::faults::{Call, Fault, Op, Rule, Times};
 use super::world::{Definition, FakeDomain};
 use crate::hypervisor::HvResult;
+use crate::plan::domain::DescribedDomain;
 use crate::plan::domain::{
     DomainDefinition, DomainInfo, DomainState, GuestInfo, HostInfo, ShutOffReason, VolumeInfo,
 };
@@ -110,6 +111,17 @@ impl FakeHost {
                 ignores_shutdown: false,
             },
         );
+    }
+
+    /// Have `describe_domain` report `described` for the domain with this UUID (as its XML
+    /// would read); without it, a domain reads as a plain i440fx guest of its size with a serial
+    /// console and nothing else.
+    pub fn describe_as(&self, uuid: &str, described: DescribedDomain) {
+        self.net
+            .lock()
+            .host(&self.uri)
+            .descriptions
+            .insert(uuid.to_string(), described);
     }
 
     /// The domain with this UUID, as a `lookup_domain` call would report it (not logged).

@@ -9,6 +9,7 @@ use super::connection::ConnShared;
 use super::faults::{Call, DISK_LOCKED, Rule};
 use crate::hypervisor::migration::JobProgress;
 use crate::hypervisor::{HvResult, HypervisorError, error_code};
+use crate::plan::domain::DescribedDomain;
 use crate::plan::domain::{
     DomainDefinition, DomainInfo, DomainState, FerryMetadata, GuestInfo, HostInfo, ShutOffReason,
     VolumeInfo, definition_hash, shape,
@@ -46,6 +47,8 @@ pub(super) struct HostState {
     pub(super) jobs: BTreeMap<String, Arc<super::migration::MigrationJob>>,
     /// The last completed job per domain UUID.
     pub(super) completed: BTreeMap<String, JobProgress>,
+    /// What `describe_domain` reports for a domain, by UUID, when a test set it.
+    pub(super) descriptions: BTreeMap<String, DescribedDomain>,
 }
 
 /// A domain of a fake host.
@@ -469,6 +472,7 @@ impl HostState {
             migration_time: std::time::Duration::ZERO,
             jobs: BTreeMap::new(),
             completed: BTreeMap::new(),
+            descriptions: BTreeMap::new(),
         }
     }
 }

@@ -388,3 +388,46 @@ fn domain_names_become_vm_names() {
     }
     assert_eq!(vm_name(&"a".repeat(100)).len(), 63);
 }
+
+#[test]
+fn the_allow_list_names_domains_and_prefixes() {
+    let p = vec!["legacy".to_string(), "web-*".to_string()];
+    let cases = [
+        ("exact name", "legacy", true),
+        ("a longer name is not the exact one", "legacy2", false),
+        ("prefix", "web-1", true),
+        ("the prefix itself", "web-", true),
+        ("another name", "db", false),
+    ];
+    for (name, domain, want) in cases {
+        assert_eq!(allowed(&p, domain), want, "{name}");
+    }
+    assert!(!allowed(&[], "legacy"), "nothing by default");
+}
+
+#[test]
+fn a_candidate_says_what_ferry_makes_of_the_domain() {
+    let dirs = boot_dirs();
+    let c = candidate(&described(legacy()), RUNNING, &pool(&dirs, &[]));
+    assert_eq!(
+        (c.name.as_str(), c.state.as_str(), c.adoptable),
+        ("legacy", "Running", true)
+    );
+    assert_eq!((c.cpus, c.memory.as_str()), (1, "128Mi"));
+    assert_eq!(c.volumes, ["legacy.qcow2"]);
+    assert!(c.blockers.is_empty());
+
+    let mut bad = legacy();
+    bad.passthrough.push("hostdev usb".into());
+    let c = candidate(
+        &described(bad),
+        DomainState::ShutOff(ShutOffReason::Shutdown),
+        &pool(&dirs, &[]),
+    );
+    assert_eq!((c.state.as_str(), c.adoptable), ("ShutOff", false));
+    assert!(c.volumes.is_empty());
+    assert_eq!(
+        c.blockers,
+        ["hostdev usb: host hardware or files passed through to the guest"]
+    );
+}
