@@ -9,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod adoption_candidates;
 mod cloud_init;
 mod consoles;
 mod credentials;

@@ -148,14 +148,34 @@ pub(super) fn describe(
 }
 
 /// The backing file of the volume at `path`, as the storage pool holding it says;
-/// [`Backing::Unknown`] when no pool on the host holds it.
+/// [`Backing::Unknown`] when no pool on the host holds it. A file made behind libvirt's back is
+/// seen after its pool (the one whose directory holds it) is refreshed.
 fn volume_backing(conn: &Connect, path: &str) -> CallResult<Backing> {
-    let Some(vol) = found(
-        conn.lookup_storage_vol_by_path(path),
-        error_code::NO_STORAGE_VOL,
-    )?
-    else {
-        return Ok(Backing::Unknown);
+    let lookup = || {
+        found(
+            conn.lookup_storage_vol_by_path(path),
+            error_code::NO_STORAGE_VOL,
+        )
+    };
+    let vol = match lookup()? {
+        Some(v) => v,
+        None => {
+            let Some(dir) = std::path::Path::new(path).parent().and_then(|d| d.to_str()) else {
+                return Ok(Backing::Unknown);
+            };
+            let Some(pool) = found(
+                conn.lookup_storage_pool_by_target_path(dir),
+                error_code::NO_STORAGE_POOL,
+            )?
+            else {
+                return Ok(Backing::Unknown);
+            };
+            super::storage::refresh(&pool)?;
+            match lookup()? {
+                Some(v) => v,
+                None => return Ok(Backing::Unknown),
+            }
+        }
     };
     let facts = XmlFacts::parse(&vol.xml_desc(0)?)
         .ok_or_else(|| Fail::Other(format!("the host returned unreadable XML for {path}")))?;

@@ -57,7 +57,7 @@ fn require_pool(conn: &Connect, name: &str) -> CallResult<StoragePool> {
 
 /// Refreshes a pool so volumes created or removed behind libvirt's back are seen. A pool busy
 /// with another job refuses; that is not worth failing the lookup for.
-fn refresh(pool: &StoragePool) -> CallResult<()> {
+pub(super) fn refresh(pool: &StoragePool) -> CallResult<()> {
     match pool.refresh(0) {
         Ok(_) => Ok(()),
         Err(e) if is_connection_error(e.code().to_raw() as i32, e.domain().to_raw() as i32) => {
