@@ -924,7 +924,8 @@ async fn a_cloned_volume_is_a_standalone_copy_of_what_the_guest_sees() {
 
 /// Domains made with plain virsh, outside ferry, as adoption reads them: a running one ferry can
 /// express (a flat disk in the pool, kernel boot), and a shut-off one it cannot (a disk with a
-/// backing file, a host directory passed through), each with the reason.
+/// backing file, a host directory passed through), each with the reason. ferry's metadata is
+/// written into them and removed again without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_domains_read_as_adoption_sees_them() {
     use ferry::plan::adoption::{PoolView, assess, spec_for};
@@ -1028,6 +1029,49 @@ async fn foreign_domains_read_as_adoption_sees_them() {
         }
 
         assert_eq!(host.describe_domain("absent").await.expect("describe"), None);
+
+        // Ownership recorded in the running domain's metadata and removed again, without a
+        // restart (the domain keeps its ID) and in both its running and persistent XML.
+        let uuid = legacy.current.uuid.clone();
+        let id = || lab.virsh_ok("h1", &["domid", "legacy"]).expect("domid");
+        let id_before = id();
+        let console = lab.console_path("legacy");
+        let def = tiny_def(&lab, "legacy", &uuid, &flat.to_string_lossy(), &console);
+        let meta = FerryMetadata {
+            owner: def.owner.clone(),
+            definition_hash: definition_hash(&def),
+            shape: shape(&def),
+        };
+        host.set_metadata(&uuid, Some(&meta)).await.expect("set");
+        host.set_metadata(&uuid, Some(&meta)).await.expect("set again");
+        let d = host.lookup_domain(&uuid).await.expect("lookup").expect("there");
+        assert_eq!((d.live.as_ref(), d.config.as_ref()), (Some(&meta), Some(&meta)));
+        assert_eq!(d.state, DomainState::Running);
+        host.set_metadata(&uuid, None).await.expect("remove");
+        host.set_metadata(&uuid, None).await.expect("remove again");
+        let d = host.lookup_domain(&uuid).await.expect("lookup").expect("there");
+        assert_eq!((d.live, d.config, d.state), (None, None, DomainState::Running));
+        assert_eq!(id(), id_before, "the domain was not restarted");
+        // Shut off: only the persistent definition has metadata to change.
+        host.set_metadata(
+            &odd.current.uuid,
+            Some(&FerryMetadata {
+                owner: Owner {
+                    uid: odd.current.uuid.clone(),
+                    ..meta.owner.clone()
+                },
+                ..meta.clone()
+            }),
+        )
+        .await
+        .expect("set on a shut-off domain");
+        let d = host
+            .lookup_domain(&odd.current.uuid)
+            .await
+            .expect("lookup")
+            .expect("there");
+        assert_eq!(d.config.map(|m| m.owner.uid), Some(odd.current.uuid.clone()));
+
         lab.virsh_ok("h1", &["destroy", "legacy"]).expect("destroy");
         for name in ["legacy", "odd"] {
             lab.virsh_ok("h1", &["undefine", name]).expect("undefine");

@@ -11,7 +11,7 @@ use super::{
     HypervisorError, JobProgress, MigrationRequest, UploadSource, VolumeInfo,
 };
 use crate::gate::ActionGate;
-use crate::plan::domain::{DescribedDomain, DomainDefinition, DomainState};
+use crate::plan::domain::{DescribedDomain, DomainDefinition, DomainState, FerryMetadata};
 
 /// A connection whose mutating calls ask the gate first.
 pub(super) struct Gated {
@@ -66,6 +66,10 @@ impl Hypervisor for Gated {
         name: &str,
     ) -> HvResult<Option<(DescribedDomain, DomainState)>> {
         self.inner.describe_domain(name).await
+    }
+    async fn set_metadata(&self, uuid: &str, meta: Option<&FerryMetadata>) -> HvResult<()> {
+        self.allow("set_metadata")?;
+        self.inner.set_metadata(uuid, meta).await
     }
     async fn define_domain(&self, def: &DomainDefinition) -> HvResult<()> {
         self.allow("define_domain")?;

@@ -24,7 +24,7 @@ pub use console::{ConsoleKind, ConsoleStream};
 pub use libvirt::LibvirtHost;
 pub use migration::{JobProgress, MigrationRequest, StorageMode};
 
-use crate::plan::domain::{DescribedDomain, DomainDefinition};
+use crate::plan::domain::{DescribedDomain, DomainDefinition, FerryMetadata};
 // What the trait's calls return; they live in `plan::domain`. Re-exported while controllers
 // import them from here.
 pub use crate::plan::domain::{
@@ -247,6 +247,12 @@ pub trait Hypervisor: Send + Sync {
         _name: &str,
     ) -> HvResult<Option<(DescribedDomain, DomainState)>> {
         Err(unsupported("describe_domain"))
+    }
+    /// Write ferry's metadata into the domain (its running instance and its persistent
+    /// definition), or remove it (`None`). Nothing else of the domain changes and the guest sees
+    /// nothing. Safe to repeat.
+    async fn set_metadata(&self, _uuid: &str, _meta: Option<&FerryMetadata>) -> HvResult<()> {
+        Err(unsupported("set_metadata"))
     }
     /// Define (or redefine) a persistent domain from its definition. A running domain keeps
     /// running; the new definition applies at its next start. A definition the host's format

@@ -76,6 +76,33 @@ pub fn to_xml(def: &DomainDefinition) -> Result<String, XmlError> {
     Ok(out)
 }
 
+/// ferry's metadata as the fragment `virDomainSetMetadata` takes, with [`METADATA_NS`] as its
+/// namespace and [`METADATA_KEY`] as its prefix; [`parse_metadata`] reads it back from the
+/// domain's XML.
+pub fn metadata_fragment(meta: &FerryMetadata) -> Result<String, XmlError> {
+    let o = &meta.owner;
+    for (field, value) in [
+        ("owner.namespace", &o.namespace),
+        ("owner.name", &o.name),
+        ("owner.uid", &o.uid),
+    ] {
+        if let Some(c) = value
+            .chars()
+            .find(|&c| !crate::hypervisor::xml::is_xml_char(c))
+        {
+            return Err(XmlError::InvalidCharacter {
+                field: field.into(),
+                code: c as u32,
+            });
+        }
+    }
+    crate::hypervisor::xml::write_document(|w| write::write_metadata_element(w, meta, false))
+        .map_err(XmlError::Write)
+}
+
+/// The prefix [`metadata_fragment`] is stored under.
+pub const METADATA_KEY: &str = METADATA_PREFIX;
+
 fn validate(def: &DomainDefinition) -> Result<(), XmlError> {
     let mut values: Vec<(String, &str)> = vec![
         ("name".into(), &def.name),

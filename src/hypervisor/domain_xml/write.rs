@@ -3,7 +3,8 @@
 use super::{GUEST_AGENT_CHANNEL, METADATA_NS, METADATA_PREFIX};
 use crate::hypervisor::xml::{IoResult, W, empty_elem, end, start, text_elem};
 use crate::plan::domain::{
-    Bus, CpuModel, DomainDefinition, Graphics, NicSource, definition_hash, disk_targets, shape,
+    Bus, CpuModel, DomainDefinition, FerryMetadata, Graphics, NicSource, definition_hash,
+    disk_targets, shape,
 };
 
 pub(super) fn write_domain(w: &mut W, def: &DomainDefinition) -> IoResult {
@@ -164,20 +165,39 @@ fn write_devices(w: &mut W, def: &DomainDefinition) -> IoResult {
 }
 
 fn write_metadata(w: &mut W, def: &DomainDefinition) -> IoResult {
-    let shape = shape(def);
-    let hash = definition_hash(def);
-    let p = |local: &str| format!("{METADATA_PREFIX}:{local}");
-    start(
-        w,
-        &p("vm"),
-        &[
-            (&format!("xmlns:{METADATA_PREFIX}"), METADATA_NS),
-            ("namespace", &def.owner.namespace),
-            ("name", &def.owner.name),
-            ("uid", &def.owner.uid),
-            ("definitionHash", &hash),
-        ],
-    )?;
+    let meta = FerryMetadata {
+        owner: def.owner.clone(),
+        definition_hash: definition_hash(def),
+        shape: shape(def),
+    };
+    write_metadata_element(w, &meta, true)
+}
+
+/// ferry's metadata element. With `prefixed`, in ferry's namespace under its usual prefix (inside
+/// a domain definition); without, unprefixed and without a namespace declaration: the fragment
+/// `virDomainSetMetadata` takes, which puts the element and its children into the namespace it
+/// is given.
+pub(super) fn write_metadata_element(w: &mut W, meta: &FerryMetadata, prefixed: bool) -> IoResult {
+    let shape = &meta.shape;
+    let p = |local: &str| {
+        if prefixed {
+            format!("{METADATA_PREFIX}:{local}")
+        } else {
+            local.to_string()
+        }
+    };
+    let xmlns = format!("xmlns:{METADATA_PREFIX}");
+    let mut attrs: Vec<(&str, &str)> = Vec::new();
+    if prefixed {
+        attrs.push((&xmlns, METADATA_NS));
+    }
+    attrs.extend([
+        ("namespace", meta.owner.namespace.as_str()),
+        ("name", meta.owner.name.as_str()),
+        ("uid", meta.owner.uid.as_str()),
+        ("definitionHash", meta.definition_hash.as_str()),
+    ]);
+    start(w, &p("vm"), &attrs)?;
     text_elem(w, &p("vcpus"), &[], &shape.vcpus.to_string())?;
     text_elem(w, &p("cpu"), &[], &shape.cpu)?;
     text_elem(

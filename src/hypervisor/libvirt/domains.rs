@@ -187,6 +187,28 @@ fn volume_backing(conn: &Connect, path: &str) -> CallResult<Backing> {
     ))
 }
 
+/// Write `fragment` (from [`domain_xml::metadata_fragment`]) as ferry's metadata element of the
+/// domain, or remove the element (`None`): in its persistent definition, and in its running
+/// instance when it runs.
+pub(super) fn set_metadata(conn: &Connect, uuid: &str, fragment: Option<&str>) -> CallResult<()> {
+    let dom = lookup_dom(conn, uuid)?.ok_or_else(|| not_found_domain(uuid))?;
+    let mut flags = 0;
+    if dom.is_persistent()? {
+        flags |= sys::VIR_DOMAIN_AFFECT_CONFIG;
+    }
+    if dom.is_active()? {
+        flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+    }
+    dom.set_metadata(
+        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        fragment,
+        fragment.map(|_| domain_xml::METADATA_KEY),
+        Some(domain_xml::METADATA_NS),
+        flags,
+    )?;
+    Ok(())
+}
+
 /// Define (or redefine) a persistent domain from XML.
 pub(super) fn define(conn: &Connect, xml: &str) -> CallResult<()> {
     conn.define_domain_xml(xml)?;

@@ -45,7 +45,7 @@ use super::{
     ConnectOptions, DomainInfo, GuestInfo, HostInfo, HvResult, Hypervisor, HypervisorError,
     UploadSource, VolumeInfo,
 };
-use crate::plan::domain::{DescribedDomain, DomainDefinition, DomainState};
+use crate::plan::domain::{DescribedDomain, DomainDefinition, DomainState, FerryMetadata};
 
 /// How long [`LibvirtHost::close`] waits for the connection thread to confirm.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -349,6 +349,22 @@ impl Hypervisor for LibvirtHost {
         let name = name.to_string();
         self.call("describe_domain", move |c| domains::describe(c, &name))
             .await
+    }
+
+    async fn set_metadata(&self, uuid: &str, meta: Option<&FerryMetadata>) -> HvResult<()> {
+        let fragment = match meta {
+            Some(m) => Some(domain_xml::metadata_fragment(m).map_err(|e| {
+                HypervisorError::InvalidDefinition {
+                    message: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        let uuid = uuid.to_string();
+        self.call("set_metadata", move |c| {
+            domains::set_metadata(c, &uuid, fragment.as_deref())
+        })
+        .await
     }
 
     async fn define_domain(&self, def: &DomainDefinition) -> HvResult<()> {
