@@ -230,6 +230,20 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
             1
         );
 
+        // Measured load: the booted guest has used CPU time and its QEMU holds memory; the
+        // CPU time only grows.
+        let counted = |all: Vec<ferry::plan::load::DomainCounters>| {
+            all.into_iter()
+                .find(|c| c.uuid == uuid)
+                .expect("the running domain is counted")
+        };
+        let first = counted(host.domain_counters().await.expect("counters"));
+        assert!(first.cpu_time_ns > 0, "{first:?}");
+        assert!(first.rss_bytes > 16 << 20, "{first:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = counted(host.domain_counters().await.expect("counters"));
+        assert!(second.cpu_time_ns >= first.cpu_time_ns, "{first:?} {second:?}");
+
         // ACPI shutdown: the guest powers itself off.
         let t = Instant::now();
         host.shutdown_domain(&uuid).await.expect("shutdown");
@@ -239,6 +253,9 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
         .await;
         let shutdown_time = t.elapsed();
         host.shutdown_domain(&uuid).await.expect("shutdown when off");
+        // A domain that does not run is not counted.
+        let off = host.domain_counters().await.expect("counters");
+        assert!(off.iter().all(|c| c.uuid != uuid), "{off:?}");
 
         // Second boot on the same disk.
         let offset = console_len(&console);

@@ -504,6 +504,12 @@ pub struct HostStatus {
     /// (at most 32), with what ferry makes of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adoption_candidates: Vec<AdoptionCandidate>,
+    /// What the host's running domains use, measured (libvirt's CPU time and resident memory
+    /// over a rolling window of about two minutes). Coarse: rewritten at most every 5 minutes,
+    /// and only when it moved by 5 % of the host's capacity or more. Absent until measured, and
+    /// while the host does not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<MeasuredLoad>,
 }
 
 /// A domain made outside ferry, as ferry would adopt it.
@@ -531,6 +537,18 @@ pub struct AdoptionCandidate {
     /// What the guest would see differently after its first restart under ferry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// Measured use of a host's CPUs and memory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasuredLoad {
+    /// CPU in millicores (1000 is one CPU busy), in steps of 100.
+    pub cpu_millicores: i64,
+    /// Resident memory as a quantity (`1536Mi`), in steps of 64Mi.
+    pub memory: String,
+    /// When it was measured.
+    pub measured_at: Time,
 }
 
 /// An amount of CPUs and memory.
@@ -577,6 +595,7 @@ impl HostStatus {
             orphans: Vec::new(),
             ha_verdict: None,
             adoption_candidates: Vec::new(),
+            load: None,
         }
     }
 }

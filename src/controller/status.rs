@@ -1,11 +1,20 @@
 //! Writing status by server-side apply, only when it changed.
 
 use super::FIELD_MANAGER;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+
+/// A status time in whole seconds, as the API server stores it: a status built from in-memory
+/// times with sub-second parts never compares equal to the one read back, and would be written
+/// again every time.
+pub fn whole_seconds(t: Timestamp) -> Time {
+    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+}
 
 /// Apply `status` to `obj`'s status subresource unless it equals `current`.
 /// Returns whether a write was made.

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::gate::ActionGate;
 use crate::plan::domain::{DescribedDomain, DomainDefinition, DomainState, FerryMetadata};
+use crate::plan::load::DomainCounters;
 
 /// A connection whose mutating calls ask the gate first.
 pub(super) struct Gated {
@@ -143,6 +144,9 @@ impl Hypervisor for Gated {
     }
     async fn guest_info(&self, uuid: &str) -> HvResult<Option<GuestInfo>> {
         self.inner.guest_info(uuid).await
+    }
+    async fn domain_counters(&self) -> HvResult<Vec<DomainCounters>> {
+        self.inner.domain_counters().await
     }
     async fn delete_volume(&self, pool: &str, name: &str) -> HvResult<()> {
         self.allow("delete_volume")?;

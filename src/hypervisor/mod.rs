@@ -25,6 +25,7 @@ pub use libvirt::LibvirtHost;
 pub use migration::{JobProgress, MigrationRequest, StorageMode};
 
 use crate::plan::domain::{DescribedDomain, DomainDefinition, FerryMetadata};
+use crate::plan::load::DomainCounters;
 // What the trait's calls return; they live in `plan::domain`. Re-exported while controllers
 // import them from here.
 pub use crate::plan::domain::{
@@ -327,6 +328,11 @@ pub trait Hypervisor: Send + Sync {
     async fn guest_info(&self, uuid: &str) -> HvResult<Option<GuestInfo>> {
         let _ = uuid;
         Ok(None)
+    }
+    /// The cumulative CPU time and resident memory of every running domain (for measured
+    /// load). Hosts that cannot tell say so with an error.
+    async fn domain_counters(&self) -> HvResult<Vec<DomainCounters>> {
+        Err(unsupported("domain_counters"))
     }
     /// Delete a volume. Succeeds when it is already gone.
     async fn delete_volume(&self, pool: &str, name: &str) -> HvResult<()>;

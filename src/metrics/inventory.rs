@@ -4,6 +4,7 @@
 //! so nothing can drift.
 
 use crate::api::{HAPolicy, HostPool, HostState, VirtualMachine, VmPhase};
+use crate::plan::quantity::parse_bytes;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -82,6 +83,14 @@ pub struct HostRow {
     pub state: &'static str,
 }
 
+/// One host of one HostPool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    pub object_namespace: String,
+    pub pool: String,
+    pub host: String,
+}
+
 /// One host as an HAPolicy judges it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictRow {
@@ -118,6 +127,10 @@ pub struct Inventory {
     pub hosts: Vec<(&'static str, i64)>,
     pub vm_rows: Vec<VmRow>,
     pub host_rows: Vec<HostRow>,
+    /// Measured CPU use per host, in millicores (hosts not measured are left out).
+    pub host_cpu_used: Vec<(HostLabels, i64)>,
+    /// Measured resident memory per host, in bytes.
+    pub host_memory_used: Vec<(HostLabels, i64)>,
     pub verdicts: Vec<VerdictRow>,
     /// Fence attempts per host in its open incident (hosts with none are left out).
     pub fence_attempts: Vec<(FenceLabels, i64)>,
@@ -170,6 +183,17 @@ pub fn inventory<'a>(
                 host: host.name.clone(),
                 state: state_name(host.state),
             });
+            if let Some(load) = &host.load {
+                let labels = HostLabels {
+                    object_namespace: pool.metadata.namespace.clone().unwrap_or_default(),
+                    pool: pool.metadata.name.clone().unwrap_or_default(),
+                    host: host.name.clone(),
+                };
+                let memory = parse_bytes(&load.memory).unwrap_or(0);
+                inv.host_memory_used
+                    .push((labels.clone(), i64::try_from(memory).unwrap_or(i64::MAX)));
+                inv.host_cpu_used.push((labels, load.cpu_millicores));
+            }
         }
     }
     for policy in policies {
@@ -302,6 +326,18 @@ impl Collector for InventoryCollector {
             "host_status",
             "One series per host of each HostPool (always 1): its state",
             inv.host_rows.into_iter().map(|r| (r, 1)),
+        )?;
+        gauges(
+            e,
+            "host_cpu_used_millicores",
+            "CPU the host's running domains use, measured over about two minutes (1000 is one CPU), as the HostPool status shows it",
+            inv.host_cpu_used,
+        )?;
+        gauges(
+            e,
+            "host_memory_used_bytes",
+            "Resident memory of the host's running domains, as the HostPool status shows it",
+            inv.host_memory_used,
         )?;
         gauges(
             e,
@@ -440,6 +476,34 @@ mod tests {
         for s in HOST_STATES {
             assert_eq!(serde_json::json!(state_name(s)), serde_json::json!(s));
         }
+    }
+
+    #[test]
+    fn measured_load_is_one_series_per_measured_host() {
+        let mut p = pool(&["Ready", "Ready"]);
+        let load: crate::api::host_pool::MeasuredLoad =
+            serde_json::from_value(serde_json::json!({"cpuMillicores": 1500, "memory": "1536Mi", "measuredAt": "2026-12-07T01:00:00Z"}))
+                .expect("valid load");
+        if let Some(st) = p.status.as_mut() {
+            st.hosts[0].load = Some(load);
+        }
+        let m = Metrics::default();
+        m.set_inventory_source(Some(Box::new(move || {
+            inventory([], std::slice::from_ref(&p).iter(), [])
+        })));
+        let text = m.encode().expect("encodes");
+        let labels = "{object_namespace=\"vms\",pool=\"rack1\",host=\"hv-0\"}";
+        assert!(
+            text.contains(&format!("ferry_host_cpu_used_millicores{labels} 1500")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("ferry_host_memory_used_bytes{labels} 1610612736")),
+            "{text}"
+        );
+        // The host not measured has no series.
+        assert!(!text.contains("host=\"hv-1\"}} 0"), "{text}");
+        assert_eq!(text.matches("ferry_host_cpu_used_millicores{").count(), 1);
     }
 
     #[test]

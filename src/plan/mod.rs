@@ -15,6 +15,7 @@ pub mod host_paths;
 pub mod image_header;
 pub mod import_policy;
 pub mod lifecycle;
+pub mod load;
 pub mod mac;
 pub mod migration;
 pub mod monitoring;

@@ -98,6 +98,19 @@ async fn placement_across_three_hosts() {
         "{:?}",
         st.conditions
     );
+    // Measured load: the empty hosts report none, at once (no domain needs a second sample).
+    let st = wait_for("3 hosts measured", Duration::from_secs(60), || {
+        hosts_with(|h| h.load.is_some(), 3)
+    })
+    .await;
+    for h in &st.hosts {
+        let load = h.load.clone().expect("load");
+        assert_eq!(
+            (load.cpu_millicores, load.memory.as_str()),
+            (0, "0"),
+            "{h:?}"
+        );
+    }
 
     // Six small VMs at once: spread 2/2/2.
     let started = std::time::Instant::now();

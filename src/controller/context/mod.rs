@@ -6,6 +6,7 @@ mod backoff;
 mod caches;
 mod ha;
 mod hosts;
+mod load;
 mod migrations;
 mod placement;
 mod vm_runtime;
@@ -14,6 +15,7 @@ pub use backoff::Backoff;
 pub use caches::Caches;
 pub use ha::{HA_VERDICT_TTL, HaKey, HaVerdicts, LiveHa, PolicyPool, PoolHost};
 pub use hosts::HostAccess;
+pub use load::{LOAD_WINDOW, LoadWindows};
 pub use migrations::{Job, JobResult, MigrationBook};
 pub use placement::Placement;
 pub use vm_runtime::{PoolReports, VmRuntime};
@@ -25,9 +27,9 @@ use crate::hypervisor::HostConnections;
 use crate::metrics::Metrics;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
-use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
 use std::sync::{Arc, Mutex};
 
 /// What every reconcile shares.
@@ -54,6 +56,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// Image imports: their states, the slots they take turns on, the cluster's networks.
     pub imports: Imports,
+    /// Measured load per host of each pool.
+    pub load: LoadWindows,
 }
 
 impl Context {
@@ -97,6 +101,7 @@ impl Context {
             pool_reports: PoolReports::default(),
             backoff: Backoff::default(),
             imports: Imports::default(),
+            load: LoadWindows::default(),
         }
     }
 
@@ -152,6 +157,15 @@ impl Context {
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
         self.pool_reports.retain(|uid| pools.contains(uid));
+        let pool_names: std::collections::HashSet<(String, String)> = self
+            .caches
+            .pools
+            .state()
+            .iter()
+            .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        self.load
+            .retain(|h| pool_names.contains(&(h.namespace.clone(), h.pool.clone())));
         let vms: std::collections::HashSet<String> = self
             .caches
             .vms

@@ -152,11 +152,9 @@ pub async fn sweep(hc: Arc<HaContext>) {
     }
 }
 
-/// A status time in whole seconds, as the API server stores it: a status built from in-memory
-/// times with sub-second parts never compares equal to the one read back, and would be written
-/// again at every tick.
+/// A status time in whole seconds (see [`crate::controller::status::whole_seconds`]).
 fn ts(t: Timestamp) -> Time {
-    Time(Timestamp::from_second(t.as_second()).unwrap_or(t))
+    crate::controller::status::whole_seconds(t)
 }
 
 fn evidence_name(e: Evidence) -> &'static str {

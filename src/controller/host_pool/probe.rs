@@ -2,12 +2,17 @@
 //! facts and domains, and turn them into its status entry.
 
 use super::*;
+use crate::api::host_pool::MeasuredLoad;
 use crate::api::{HostPool, HostState, HostStatus};
 use crate::controller::context::PoolHost;
 use crate::controller::hosts::{cordoned, redact};
+use crate::controller::status::whole_seconds;
 use crate::controller::{Context, credentials};
 use crate::hypervisor::HypervisorError;
+use crate::plan::balance::Usage;
 use crate::plan::capacity::{self, Amount};
+use crate::plan::load;
+use crate::plan::quantity::parse_bytes;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -30,6 +35,11 @@ pub(super) async fn hosts(
         probe(pool, n, ctx, vm_uids.as_ref(), before)
     });
     let mut hosts: Vec<HostStatus> = futures::future::join_all(probes).await;
+    // Nodes that left the pool leave no load window behind.
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    let names: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+    ctx.load
+        .retain(|h| h.namespace != namespace || h.pool != name || names.contains(&h.node));
     for h in &mut hosts {
         let before = previous.hosts.iter().find(|p| p.name == h.name);
         // Keep the previous contact time while the state holds, so a steady pool causes no writes.
@@ -130,18 +140,21 @@ pub(super) async fn probe(
         }
     };
     h.uri = Some(redact(&uri));
-    h.ha_verdict = ctx.ha.worst(&PoolHost::of(pool, &name));
+    let host = PoolHost::of(pool, &name);
+    h.ha_verdict = ctx.ha.worst(&host);
     // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
     let answer = match connect_for_probe(pool, &uri, ctx, before).await {
         Ok(Some(hv)) => match read_host(hv.as_ref()).await {
             Ok((info, domains)) => {
                 h.adoption_candidates = candidates::describe(pool, hv.as_ref(), &domains).await;
+                h.load = measure(hv.as_ref(), ctx, &host, &info, before).await;
                 Ok((info, domains))
             }
             Err(e) => Err(e),
         },
         // Still unreachable, still trying in the background: say what was last known.
         Ok(None) => {
+            ctx.load.forget(&host);
             h.state = HostState::Unreachable;
             h.message = before.and_then(|b| b.message.clone());
             return h;
@@ -181,9 +194,59 @@ pub(super) async fn probe(
                 HostState::Unreachable
             };
             h.message = Some(e.to_string());
+            ctx.load.forget(&host);
         }
     }
     h
+}
+
+/// Sample the host's domain counters into its load window and say what to report: the
+/// previous report while the load stays near it (see [`load::report`]). `None` when the host
+/// cannot tell (the call failed: the window starts again); the previous report while every
+/// domain was seen in one sample only.
+async fn measure(
+    hv: &dyn crate::hypervisor::Hypervisor,
+    ctx: &Context,
+    host: &PoolHost,
+    info: &crate::hypervisor::HostInfo,
+    before: Option<&HostStatus>,
+) -> Option<MeasuredLoad> {
+    let domains = match hv.domain_counters().await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(host = %host.node, error = %e, "no load sample");
+            ctx.load.forget(host);
+            return None;
+        }
+    };
+    let now = whole_seconds(Timestamp::now()).0;
+    let used = ctx.load.record(host, load::Sample { at: now, domains });
+    // Only domains seen once (the first sample, as after a restart): nothing new to say yet.
+    if used.new_domains > 0 && used.new_domains == used.domains.len() {
+        return before.and_then(|b| b.load.clone());
+    }
+    let capacity = Usage {
+        cpu_millis: u64::from(info.cpus).saturating_mul(1000),
+        memory: info.memory_kib.saturating_mul(1024),
+    };
+    let previous = before.and_then(|b| b.load.as_ref()).and_then(|l| {
+        Some(load::Report {
+            usage: Usage {
+                cpu_millis: u64::try_from(l.cpu_millicores).ok()?,
+                memory: parse_bytes(&l.memory).ok()?,
+            },
+            at: l.measured_at.0,
+        })
+    });
+    let r = load::report(previous, used.total, capacity, now);
+    if previous == Some(r) {
+        return before.and_then(|b| b.load.clone());
+    }
+    Some(MeasuredLoad {
+        cpu_millicores: i64::try_from(r.usage.cpu_millis).unwrap_or(i64::MAX),
+        memory: capacity::quantity(r.usage.memory),
+        measured_at: Time(r.at),
+    })
 }
 
 /// Host facts and domains, in one go.

@@ -17,6 +17,7 @@ use crate::hypervisor::xml::XmlFacts;
 use crate::plan::domain::{
     Backing, DescribedDomain, DomainInfo, DomainState, GuestInfo, GuestInterface, ShutOffReason,
 };
+use crate::plan::load::DomainCounters;
 
 /// `virDomainGetState`, called directly: `virt`'s `Domain::state` drops the error and reports a
 /// failed call as an unknown state.
@@ -92,6 +93,34 @@ pub(super) fn list(conn: &Connect) -> CallResult<Vec<DomainInfo>> {
             // Gone between the listing and the look (a transient domain stopped).
             Err(f) if is_code(&f, error_code::NO_DOMAIN) => {}
             Err(f) => return Err(f),
+        }
+    }
+    Ok(out)
+}
+
+/// CPU time and resident memory of every running domain. A domain that stops between the
+/// listing and the look is left out; one whose QEMU reports no resident set counts 0 bytes.
+pub(super) fn counters(conn: &Connect) -> CallResult<Vec<DomainCounters>> {
+    let mut out = Vec::new();
+    for dom in conn.list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)? {
+        let read = dom.uuid_string().and_then(|uuid| {
+            let cpu_time_ns = dom.info()?.cpu_time;
+            let rss_kib = dom
+                .memory_stats(0)?
+                .iter()
+                .find(|m| m.tag == sys::VIR_DOMAIN_MEMORY_STAT_RSS)
+                .map_or(0, |m| m.val);
+            Ok(DomainCounters {
+                uuid: uuid.to_ascii_lowercase(),
+                cpu_time_ns,
+                rss_bytes: rss_kib.saturating_mul(1024),
+            })
+        });
+        match read {
+            Ok(c) => out.push(c),
+            Err(e) if e.code().to_raw() as i32 == error_code::NO_DOMAIN => {}
+            Err(e) if e.code().to_raw() as i32 == error_code::OPERATION_INVALID => {}
+            Err(e) => return Err(Fail::Virt(e)),
         }
     }
     Ok(out)

@@ -46,6 +46,7 @@ use super::{
     UploadSource, VolumeInfo,
 };
 use crate::plan::domain::{DescribedDomain, DomainDefinition, DomainState, FerryMetadata};
+use crate::plan::load::DomainCounters;
 
 /// How long [`LibvirtHost::close`] waits for the connection thread to confirm.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -467,6 +468,10 @@ impl Hypervisor for LibvirtHost {
         let uuid = uuid.to_string();
         self.call("guest_info", move |c| domains::guest_info(c, &uuid))
             .await
+    }
+
+    async fn domain_counters(&self) -> HvResult<Vec<DomainCounters>> {
+        self.call("domain_counters", domains::counters).await
     }
 
     async fn upload_volume(
