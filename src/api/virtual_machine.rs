@@ -592,6 +592,10 @@ pub const RESTART_ANNOTATION: &str = "ferry.dev/restart";
 pub const PAUSE_ANNOTATION: &str = "ferry.dev/paused";
 /// Annotation that lets deletion finish without cleaning up a host that does not answer.
 pub const ABANDON_ANNOTATION: &str = "ferry.dev/abandon-host-resources";
+/// Annotation (`true`) that makes deleting the VM release its domain instead of removing it: the
+/// domain and its disks stay on the host, running (or not) and defined, without ferry's metadata.
+/// Honoured only for a domain the VM's HostPool names in `spec.adoption.domains`.
+pub const RELEASE_ANNOTATION: &str = "ferry.dev/release";
 
 impl VirtualMachine {
     /// The effective run strategy (default `Always`).

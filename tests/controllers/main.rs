@@ -8,5 +8,6 @@ mod fake_pool;
 mod ha;
 mod host_pool;
 mod migration;
+mod release;
 mod support;
 mod virtual_machine;

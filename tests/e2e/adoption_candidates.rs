@@ -140,3 +140,128 @@ async fn named_foreign_domains_are_described_and_left_alone() {
         .expect("domstate");
     assert_eq!(odd_state.trim(), "shut off");
 }
+
+/// A VM ferry runs, deleted with `ferry.dev/release: "true"` while its HostPool names its domain:
+/// the VM object goes, the domain keeps running on the host (one boot, ticks going on), defined,
+/// with its disk and without ferry's metadata, and the pool lists it as a foreign domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn a_released_vm_keeps_running_unmanaged() {
+    use crate::support::hosts::console;
+    use crate::support::objects::{apply_placed, vm_manifest, wait_vm};
+    use ferry::api::{VirtualMachine, VmPhase};
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let lab = lab::Lab::up(1).expect("a lab host");
+    let mut c = Cluster::new("ferry-e2e-release").await;
+    let ns = c.namespace.clone();
+    c.add_node(&format!("{ns}-h1"), &lab.hosts[0].ip, LABEL)
+        .await;
+    let _ctl = c.controller("e2e-release");
+    let mut pool = pool_manifest("lab", &lab);
+    pool["spec"]["adoption"] = json!({"domains": [format!("{ns}_keep")]});
+    c.apply::<HostPool>(pool).await;
+
+    let mut vms = Vec::new();
+    for name in ["keep", "other"] {
+        let mut m = vm_manifest(name, "lab", &lab, "Always");
+        m["spec"]["boot"]["cmdline"] = json!(format!("{} ferry.tick_ms=50", lab.cmdline));
+        apply_placed(&c, m).await;
+        vms.push(name);
+    }
+    for name in &vms {
+        wait_vm(&c, name, "running", BOOT, |vm| {
+            vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Running)
+        })
+        .await;
+        lab::wait_for_console(&console(&lab, &ns, name), "FERRY-BOOT 1", BOOT).expect("booted");
+    }
+    let api = c.vms();
+    let annotate = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/release": "true"}}})),
+            )
+            .await
+            .expect("annotate");
+            api.delete(name, &DeleteParams::default())
+                .await
+                .expect("delete");
+        }
+    };
+
+    // The pool does not name this one: deletion waits, the domain stays ferry's.
+    annotate("other").await;
+    let waiting: VirtualMachine = wait_vm(&c, "other", "refused", Duration::from_secs(60), |vm| {
+        crate::support::objects::ready_reason(vm).is_some_and(|(_, r)| r == "ReleaseNotAllowed")
+    })
+    .await;
+    assert!(waiting.metadata.deletion_timestamp.is_some());
+    let other = format!("{ns}_other");
+    assert_eq!(domain_on(&lab, "h1", &other), (true, true));
+
+    let log = console(&lab, &ns, "keep");
+    annotate("keep").await;
+    c.wait_vm_gone("keep", Duration::from_secs(60)).await;
+    let domain = format!("{ns}_keep");
+    let ticks = highest_tick(&lab::console_log(&log));
+    lab::wait_for_console(
+        &log,
+        &format!("FERRY-TICK {}", ticks + 20),
+        Duration::from_secs(60),
+    )
+    .expect("the guest keeps running after the release");
+    let text = lab::console_log(&log);
+    assert_eq!(boots(&text), 1, "booted once");
+    assert_eq!(domain_on(&lab, "h1", &domain), (true, true));
+    let xml = lab.virsh_ok("h1", &["dumpxml", &domain]).expect("dumpxml");
+    assert!(!xml.contains("ferry.dev/xmlns"), "ferry's metadata is gone");
+    let inactive = lab
+        .virsh_ok("h1", &["dumpxml", "--inactive", &domain])
+        .expect("dumpxml --inactive");
+    assert!(!inactive.contains("ferry.dev/xmlns"));
+    assert!(
+        crate::support::hosts::volumes(&lab)
+            .iter()
+            .any(|v| v.starts_with(&format!("{ns}_keep_root_"))),
+        "its disk stays"
+    );
+    // The pool now sees it as a foreign domain it names: described, and not adoptable as it is
+    // (ferry's own overlay, on the golden image).
+    let pools = c.pools();
+    let listed: AdoptionCandidate = wait_for(
+        "the released domain listed as a candidate",
+        Duration::from_secs(90),
+        || {
+            let pools = pools.clone();
+            let domain = domain.clone();
+            async move {
+                let st = pools.get("lab").await.ok()?.status?;
+                let h = st.hosts.into_iter().find(|h| h.name.ends_with("-h1"))?;
+                h.adoption_candidates.into_iter().find(|c| c.name == domain)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        (listed.state.as_str(), listed.adoptable),
+        ("Running", false)
+    );
+
+    // Let the waiting one go the ordinary way.
+    api.patch(
+        "other",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/release": null}}})),
+    )
+    .await
+    .expect("remove the annotation");
+    c.wait_vm_gone("other", Duration::from_secs(120)).await;
+    assert!(!domain_on(&lab, "h1", &other).0, "removed with its VM");
+}

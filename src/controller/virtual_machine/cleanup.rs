@@ -30,6 +30,15 @@ pub(super) async fn cleanup(
         return Ok(Requeue::await_change());
     };
     let ns = vm.namespace().unwrap_or_default();
+    if super::release::requested(vm) {
+        let pool = ctx
+            .caches
+            .pools
+            .get(&ObjectRef::new(&vm.spec.host_pool).within(&ns));
+        if let Some(why) = super::release::refusal(vm, pool.as_deref()) {
+            return refuse_release(vm, api, ctx, why).await;
+        }
+    }
     let migrations = ctx.caches.migrations_of(&ns, &vm.name_any());
     if let Some(m) = migrations.iter().find(|m| m.holds_vm()) {
         // The migration controller aborts it because the VM is being deleted.
@@ -135,6 +144,13 @@ pub(super) async fn clean_host(
             )));
         }
     };
+    if super::release::requested(vm) {
+        super::release::release(vm, ctx, hv.as_ref(), &host, &uid, &domain).await?;
+        ctx.vm_runtime.stopped(&uid);
+        ctx.vm_runtime.forget_provisioned(&uid);
+        ctx.backoff.reset(&key(vm));
+        return Ok(Requeue::await_change());
+    }
     stop_for_delete(vm, hv.as_ref(), &uid).await?;
     hv.undefine_domain(&uid).await?;
     for (pool, volume) in &volumes {
@@ -158,6 +174,35 @@ pub(super) async fn clean_host(
     )
     .await;
     Ok(Requeue::await_change())
+}
+
+/// Deletion waits: the VM asks to be released, and its HostPool does not allow it.
+async fn refuse_release(
+    vm: &VirtualMachine,
+    api: &Api<VirtualMachine>,
+    ctx: &Context,
+    why: String,
+) -> Result<Requeue> {
+    let mut st = vm.status.clone().unwrap_or_default();
+    let reason = super::release::NOT_ALLOWED;
+    let known = crate::api::condition::find(&st.conditions, "Ready")
+        .is_some_and(|c| c.reason == reason && c.message == why);
+    if !known {
+        ctx.event(vm, EventType::Warning, reason, "Delete", why.clone())
+            .await;
+    }
+    st.phase = Some(VmPhase::Terminating);
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        ConditionStatus::False,
+        reason,
+        why.clone(),
+        vm.metadata.generation,
+        Timestamp::now(),
+    );
+    apply_status(api, vm, vm.status.as_ref(), &st).await?;
+    Err(Error::Missing(why))
 }
 
 /// Remove the imported images this VM used that no other VM names any more (overlays on them

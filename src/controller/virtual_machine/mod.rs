@@ -8,6 +8,7 @@ mod migrations;
 mod place;
 mod power;
 mod record;
+mod release;
 mod sighting;
 mod spec;
 

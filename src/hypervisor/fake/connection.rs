@@ -1,7 +1,7 @@
 //! One connection to a fake host: the [`Hypervisor`] calls, with the faults, call log, observer
 //! reports and lifecycle events a test sees.
 
-use crate::plan::domain::{DescribedDomain, DomainDescription, DomainState};
+use crate::plan::domain::{DescribedDomain, DomainDescription, DomainState, FerryMetadata};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -283,6 +283,13 @@ impl Hypervisor for FakeConnection {
                     }
                 });
             Ok(Some((described, info.state)))
+        })
+        .await
+    }
+
+    async fn set_metadata(&self, uuid: &str, meta: Option<&FerryMetadata>) -> HvResult<()> {
+        self.call(Op::SetMetadata, uuid, |w, h, _| {
+            w.set_metadata(h, uuid, meta)
         })
         .await
     }

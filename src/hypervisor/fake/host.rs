@@ -156,7 +156,7 @@ impl FakeHost {
             .config
             .as_ref()?
         {
-            Definition::Ferry(def) => Some(def.as_ref().clone()),
+            Definition::Ferry(def) | Definition::Released(def) => Some(def.as_ref().clone()),
             Definition::Foreign { .. } => None,
         }
     }

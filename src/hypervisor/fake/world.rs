@@ -73,6 +73,8 @@ pub(super) enum Definition {
     Ferry(Box<DomainDefinition>),
     /// By someone else: no ferry metadata.
     Foreign { vcpus: u32, memory_kib: u64 },
+    /// By ferry, its metadata removed since (a released domain).
+    Released(Box<DomainDefinition>),
 }
 
 impl Definition {
@@ -83,13 +85,13 @@ impl Definition {
                 definition_hash: definition_hash(def),
                 shape: shape(def),
             }),
-            Definition::Foreign { .. } => None,
+            Definition::Foreign { .. } | Definition::Released(_) => None,
         }
     }
 
     fn size(&self) -> (u32, u64) {
         match self {
-            Definition::Ferry(def) => (def.vcpus, def.memory_kib),
+            Definition::Ferry(def) | Definition::Released(def) => (def.vcpus, def.memory_kib),
             Definition::Foreign { vcpus, memory_kib } => (*vcpus, *memory_kib),
         }
     }
@@ -97,7 +99,7 @@ impl Definition {
     /// Paths of the disks the guest may write.
     fn writable_disks(&self) -> Vec<&str> {
         match self {
-            Definition::Ferry(def) => def
+            Definition::Ferry(def) | Definition::Released(def) => def
                 .disks
                 .iter()
                 .filter(|d| !d.read_only)
@@ -212,6 +214,39 @@ impl World {
             self.storage.resize_with(i + 1, Storage::default);
         }
         &mut self.storage[i]
+    }
+
+    /// Write ferry's metadata into a domain or remove it. Removing turns a domain ferry defined
+    /// into a released one; writing is modelled only where it changes nothing (a domain that
+    /// has this very metadata).
+    pub(super) fn set_metadata(
+        &mut self,
+        uri: &str,
+        uuid: &str,
+        meta: Option<&FerryMetadata>,
+    ) -> HvResult<()> {
+        const OP: &str = "set_metadata";
+        let Some(dom) = self.host(uri).domains.get_mut(uuid) else {
+            return Err(no_domain(OP, uuid));
+        };
+        let release = |d: &mut Option<Definition>| {
+            if let Some(Definition::Ferry(def)) = d.take() {
+                *d = Some(Definition::Released(def));
+            }
+        };
+        match meta {
+            None => {
+                release(&mut dom.config);
+                release(&mut dom.live);
+                Ok(())
+            }
+            Some(m) if dom.info().config.as_ref() == Some(m) => Ok(()),
+            Some(_) => Err(failed(
+                OP,
+                error_code::OPERATION_INVALID,
+                "the in-memory hypervisor does not model writing metadata into this domain",
+            )),
+        }
     }
 
     /// Define or redefine a domain from a definition ferry made.
