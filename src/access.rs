@@ -2,8 +2,9 @@
 //! checked with a TokenReview, each request with a SubjectAccessReview, so RBAC roles grant
 //! consoles and dashboard actions like any other verb.
 //!
-//! A VM's serial console is the subresource `virtualmachines/console` of group `ferry.dev`, its
-//! VNC display `virtualmachines/vnc` (verb `get`); the chart aggregates both into `edit`.
+//! A VM's serial console is the subresource `virtualmachines/console` of group
+//! `subresources.ferry.dev` (ferry's aggregated API), its VNC display `virtualmachines/vnc` (verb
+//! `get`); the chart aggregates both into `edit`.
 //! Dashboard actions are checked with the verb the action's API call needs (`patch` on
 //! `virtualmachines`, `create` on `virtualmachinemigrations`), and then made with the caller's
 //! own token, so the API server checks them once more.
@@ -30,6 +31,10 @@ const CACHE_ENTRIES: usize = 4096;
 
 /// The API group of ferry's resources.
 pub const GROUP: &str = "ferry.dev";
+
+/// The API group of ferry's aggregated API, whose subresources are a VM's consoles
+/// (`virtualmachines/console`, `virtualmachines/vnc`).
+pub const SUBRESOURCE_GROUP: &str = "subresources.ferry.dev";
 
 /// An authenticated user, as the TokenReview named them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -74,14 +79,21 @@ pub struct Request {
 }
 
 impl Request {
-    /// Opening the serial console of VM `name`.
+    /// Opening the serial console of VM `name` (as the API server authorizes it for the
+    /// aggregated API).
     pub fn console(namespace: &str, name: &str) -> Request {
-        Self::vm("get", "console", namespace, name)
+        Request {
+            group: SUBRESOURCE_GROUP,
+            ..Self::vm("get", "console", namespace, name)
+        }
     }
 
     /// Opening the VNC display of VM `name`.
     pub fn vnc(namespace: &str, name: &str) -> Request {
-        Self::vm("get", "vnc", namespace, name)
+        Request {
+            group: SUBRESOURCE_GROUP,
+            ..Self::vm("get", "vnc", namespace, name)
+        }
     }
 
     /// Changing VM `name` (start, stop, restart: annotations or `spec.runStrategy`).
@@ -316,7 +328,7 @@ mod tests {
     fn requests_read_as_rbac_rules() {
         assert_eq!(
             Request::console("team", "web").describe(),
-            "get virtualmachines/console.ferry.dev team/web"
+            "get virtualmachines/console.subresources.ferry.dev team/web"
         );
         assert_eq!(
             Request::create_migration("team").describe(),
@@ -324,7 +336,7 @@ mod tests {
         );
         let a = Request::vnc("team", "web").attributes();
         assert_eq!(a.subresource.as_deref(), Some("vnc"));
-        assert_eq!(a.group.as_deref(), Some("ferry.dev"));
+        assert_eq!(a.group.as_deref(), Some("subresources.ferry.dev"));
         assert_eq!(Request::patch_vm("t", "w").attributes().subresource, None);
     }
 }

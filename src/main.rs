@@ -75,6 +75,17 @@ struct ControllerArgs {
     /// authentication: TokenReview and SubjectAccessReview).
     #[arg(long, env = "FERRY_WEB", default_value_t = true, action = clap::ArgAction::Set)]
     web: bool,
+    /// Serve ferry's aggregated API (`subresources.ferry.dev`: the consoles through the
+    /// Kubernetes API server, for an APIService to point at) over TLS on this address; needs
+    /// --aggregated-api-cert and --aggregated-api-key, and --web.
+    #[arg(long, env = "FERRY_AGGREGATED_API_ADDR", requires_all = ["aggregated_api_cert", "aggregated_api_key"])]
+    aggregated_api_addr: Option<SocketAddr>,
+    /// PEM file: the aggregated API's serving certificate (chain).
+    #[arg(long, env = "FERRY_AGGREGATED_API_CERT")]
+    aggregated_api_cert: Option<std::path::PathBuf>,
+    /// PEM file: the aggregated API's private key.
+    #[arg(long, env = "FERRY_AGGREGATED_API_KEY")]
+    aggregated_api_key: Option<std::path::PathBuf>,
     /// VirtualMachine reconciles run at once, at most (each holds its working copy of the VM and
     /// its pool until done, so this bounds the memory of a full resync).
     #[arg(long, env = "FERRY_VM_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
@@ -249,6 +260,27 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
             tracing::error!(error = %e, "HTTP endpoint stopped");
         }
     });
+    if let (Some(addr), Some(cert), Some(key)) = (
+        args.aggregated_api_addr,
+        args.aggregated_api_cert.clone(),
+        args.aggregated_api_key.clone(),
+    ) {
+        let web = web
+            .clone()
+            .ok_or("--aggregated-api-addr serves the consoles: it needs --web true")?;
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let (cert, key) = (read(&cert)?, read(&key)?);
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("aggregated API: cannot listen on {addr}: {e}"))?;
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ferry::web::aggregated::serve(web, client, tcp, cert, key).await {
+                tracing::error!(error = %e, "aggregated API stopped");
+            }
+        });
+    }
 
     let scope = match &args.namespace {
         Some(ns) => Scope::Namespace(ns.clone()),

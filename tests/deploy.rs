@@ -122,6 +122,9 @@ fn strs(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The built-in Role in kube-system that reads `extension-apiserver-authentication`.
+const AUTH_READER: &str = "extension-apiserver-authentication-reader";
+
 /// Every (scope, group, resource, verb) the manifests grant to ServiceAccount `sa`.
 /// Cluster-wide grants are `Cluster` for nodes and `Watched` (all namespaces) for everything
 /// else; a Role in `lease_ns` grants leases as `Lease`; a Role in `watch_ns` grants `Watched`.
@@ -146,6 +149,15 @@ fn granted(
     }) {
         let binding_ns = binding["metadata"]["namespace"].as_str();
         let role_ref = &binding["roleRef"];
+        // The aggregated API reads the API server's front-proxy settings through the built-in
+        // Role every extension API server is bound to (checked by
+        // chart_binds_the_aggregated_api_to_the_front_proxy_settings).
+        if role_ref["kind"] == "Role"
+            && role_ref["name"] == AUTH_READER
+            && binding_ns == Some("kube-system")
+        {
+            continue;
+        }
         let role = docs
             .iter()
             .find(|d| {
@@ -263,6 +275,68 @@ fn chart_grants_exactly_the_required_permissions() {
     }
 }
 
+/// With the aggregated API on (`aggregatedAPI.enabled`), the chart registers it, serves it on
+/// the port the Service targets with the certificate of the Secret it is given, and binds the
+/// controller to the API server's front-proxy settings; with it off, none of that.
+#[test]
+fn chart_binds_the_aggregated_api_to_the_front_proxy_settings() {
+    let Some(helm) = helm() else { return };
+    for (sets, on) in [
+        (
+            &[
+                "aggregatedAPI.enabled=true",
+                "aggregatedAPI.tlsSecret=api-tls",
+                "aggregatedAPI.caBundle=Q0E=",
+            ][..],
+            true,
+        ),
+        (&[][..], false),
+    ] {
+        let docs = render(&helm, sets);
+        let kind = |k: &str| docs.iter().filter(|d| d["kind"] == k).collect::<Vec<_>>();
+        let reader = kind("RoleBinding").into_iter().find(|b| {
+            b["roleRef"]["name"] == AUTH_READER && b["metadata"]["namespace"] == "kube-system"
+        });
+        assert_eq!(reader.is_some(), on, "{sets:?}");
+        let apiservice = kind("APIService");
+        assert_eq!(apiservice.len(), usize::from(on), "{sets:?}");
+        let args = kind("Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            args.iter().any(|a| a == "--aggregated-api-addr"),
+            on,
+            "{sets:?}"
+        );
+        if !on {
+            continue;
+        }
+        let reader = reader.expect("reader binding");
+        assert_eq!(reader["subjects"][0]["name"], "ferry");
+        assert_eq!(reader["subjects"][0]["namespace"], "ferry-system");
+        let api = apiservice[0];
+        assert_eq!(api["metadata"]["name"], "v1alpha1.subresources.ferry.dev");
+        let service = &api["spec"]["service"];
+        let svc = kind("Service")
+            .into_iter()
+            .find(|s| s["metadata"]["name"] == service["name"])
+            .expect("the APIService's Service");
+        assert_eq!(svc["spec"]["ports"][0]["port"], service["port"]);
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], "aggregated-api");
+        assert_eq!(api["spec"]["caBundle"], "Q0E=");
+        let volumes = &kind("Deployment")[0]["spec"]["template"]["spec"]["volumes"];
+        assert!(
+            volumes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| v["secret"]["secretName"] == "api-tls"),
+            "{volumes}"
+        );
+    }
+}
+
 #[test]
 fn kustomize_rbac_grants_exactly_the_required_permissions() {
     let dir = root().join("config/rbac");
@@ -341,7 +415,7 @@ fn wanted_user_roles(
                 out.insert((
                     format!("{prefix}-{}", role.suffix),
                     aggregated.clone(),
-                    "ferry.dev".to_string(),
+                    role.group.to_string(),
                     resource.to_string(),
                     verb.to_string(),
                 ));

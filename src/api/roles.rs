@@ -16,7 +16,10 @@ pub struct UserRole {
     /// Built-in ClusterRoles it is aggregated into (`view`, `edit`, `admin`); empty: bound by a
     /// cluster admin with a (Cluster)RoleBinding.
     pub aggregate_to: &'static [&'static str],
-    /// Resources of the `ferry.dev` group it covers.
+    /// API group of its resources: `ferry.dev`, or `subresources.ferry.dev` for the consoles
+    /// (ferry's aggregated API).
+    pub group: &'static str,
+    /// Resources of that group it covers.
     pub resources: &'static [&'static str],
     pub verbs: &'static [&'static str],
 }
@@ -43,14 +46,16 @@ pub const TENANT_RESOURCES: &[&str] = &["virtualmachines", "virtualmachinemigrat
 /// VMs may use, how hosts are fenced and what a VM's size means.
 pub const PLATFORM_RESOURCES: &[&str] = &["hostpools", "hapolicies", "virtualmachineclasses"];
 
-/// A VM's serial console and VNC display, as subresources ferry's console proxy checks with a
-/// SubjectAccessReview (`get`): whoever edits a VM may open its consoles, `view` may not.
+/// A VM's serial console and VNC display, subresources of `subresources.ferry.dev` (ferry's
+/// aggregated API; the console proxy asks the same with a SubjectAccessReview), verb `get`:
+/// whoever edits a VM may open its consoles, `view` may not.
 pub const CONSOLE_RESOURCES: &[&str] = &["virtualmachines/console", "virtualmachines/vnc"];
 
 /// Every role for people, and nothing else.
 pub const USER_ROLES: &[UserRole] = &[
     UserRole {
         suffix: "view",
+        group: "ferry.dev",
         aggregate_to: &["view", "edit", "admin"],
         resources: &[
             "virtualmachines",
@@ -63,18 +68,21 @@ pub const USER_ROLES: &[UserRole] = &[
     },
     UserRole {
         suffix: "edit",
+        group: "ferry.dev",
         aggregate_to: &["edit", "admin"],
         resources: TENANT_RESOURCES,
         verbs: WRITE,
     },
     UserRole {
         suffix: "console",
+        group: crate::access::SUBRESOURCE_GROUP,
         aggregate_to: &["edit", "admin"],
         resources: CONSOLE_RESOURCES,
         verbs: &["get"],
     },
     UserRole {
         suffix: "platform-admin",
+        group: "ferry.dev",
         aggregate_to: &[],
         resources: PLATFORM_RESOURCES,
         verbs: READ_WRITE,

@@ -27,7 +27,7 @@ use kube::{Api, Resource};
 
 use super::auth::{authorize, caller};
 use super::{Web, problem};
-use crate::access::Request;
+use crate::access::{Identity, Request};
 use crate::api::VirtualMachine;
 use crate::api::virtual_machine::ConsolesSpec;
 use crate::controller::Context;
@@ -55,7 +55,11 @@ async fn serial(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    open(web, ns, name, ConsoleKind::Serial, headers, ws)
+    let who = match caller(&web, &headers).await {
+        Ok((who, _)) => who,
+        Err(r) => return r,
+    };
+    open(web, who, ns, name, ConsoleKind::Serial, ws)
         .await
         .unwrap_or_else(|r| r)
 }
@@ -66,20 +70,25 @@ async fn vnc(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    open(web, ns, name, ConsoleKind::Vnc, headers, ws)
+    let who = match caller(&web, &headers).await {
+        Ok((who, _)) => who,
+        Err(r) => return r,
+    };
+    open(web, who, ns, name, ConsoleKind::Vnc, ws)
         .await
         .unwrap_or_else(|r| r)
 }
 
-async fn open(
+/// `who`'s session on `kind` console of VM `ns/name`, once RBAC allows it (a
+/// SubjectAccessReview), or the response that says why not.
+pub(super) async fn open(
     web: Arc<Web>,
+    who: Identity,
     ns: String,
     name: String,
     kind: ConsoleKind,
-    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Response> {
-    let (who, _) = caller(&web, &headers).await?;
     let ctx = web.context()?;
     let vm = ctx
         .caches
@@ -119,7 +128,7 @@ async fn open(
                 StatusCode::BAD_GATEWAY
             };
             let hint = if status == StatusCode::NOT_IMPLEMENTED {
-                " (libvirt hands a VNC display over only on a unix-socket connection: see docs/consoles.md)"
+                " (libvirt hands a VNC display over only on a unix-socket connection: see docs/virtual-machines.md#consoles)"
             } else {
                 ""
             };

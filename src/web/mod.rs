@@ -1,12 +1,17 @@
 //! What the controller serves to people, behind Kubernetes authentication ([`crate::access`]):
-//! the console proxy (`console`: WebSocket endpoints for a VM's serial console and VNC display).
+//! the console proxy (`console`: WebSocket endpoints for a VM's serial console and VNC display),
+//! reached directly with a bearer token or through the Kubernetes API server as ferry's
+//! aggregated API (`aggregated`).
 //!
 //! Only the leader has libvirt connections and caches: a standby answers 503 until it leads.
 // Handlers turn a refusal into the response that says why: `Result<_, Response>` is the point.
 #![allow(clippy::result_large_err)]
 
+pub mod aggregated;
 pub mod auth;
 pub mod console;
+pub mod front_proxy;
+pub mod tls_listener;
 
 use std::sync::{Arc, RwLock};
 

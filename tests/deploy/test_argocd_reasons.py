@@ -161,6 +161,7 @@ NOT_CONDITION_REASONS = {
     "SeedRemoved", "ImageRemoved", "ImportStarted", "LeftBehind", "RestartedAfterCrash",
     "OrphanDomains", "HostReady", "HostCordoned", "EvacuationBlocked", "EvacuationCancelled",
     "StaleDomainRemoved", "Fenced", "Confirmed", "Copied", "Start", "Stop", "Define", "Delete",
+    "ConsoleOpened", "ConsoleClosed", "Console", "Normal",
     "Update", "Provision", "Import", "Schedule", "Migrate", "Cleanup", "Reconcile", "Probe",
     "Evacuate", "Fence", "Failover", "Recover", "ShutOff", "Resumed", "Pause", "Check",
     # never reported: a reconcile that read a stale copy of the VM stops without writing
@@ -172,8 +173,10 @@ NOT_CONDITION_REASONS = {
     "Misconfigured", "Phase", "Host", "IP", "Age", "VM", "Source", "Target", "Strategy", "Hosts",
     "Selected", "Protected", "Capacity", "Action", "CPUs", "Memory", "Model", "Shared", "HA",
     "IPMI", "InternalIP", "ExternalIP", "Hostname", "True", "False",
+    # discovery document of the aggregated API
+    "APIResourceList",
     # quantity units
-    "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "KiB", "MiB", "GiB", "TiB",
+    "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "KiB", "MiB", "GiB", "TiB", "KB", "MB", "GB",
     # words of the libvirt, Redfish, IPMI and ISO 9660 edges
     "ForceOff", "On", "Off", "PowerState", "ResetType", "UUID", "RAKP", "Credentials", "ConnectOptions",
     "HostConnections", "LibvirtHost", "Hypervisor", "Seed", "SeedData", "FERRY", "HOSTNAME",

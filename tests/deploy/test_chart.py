@@ -38,7 +38,7 @@ def test_default_render_has_the_expected_objects() -> None:
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
     assert kinds == sorted([
         "ClusterRole/ferry-controller", "ClusterRole/ferry-edit", "ClusterRole/ferry-view",
-        "ClusterRole/ferry-platform-admin",
+        "ClusterRole/ferry-console", "ClusterRole/ferry-platform-admin",
         "ClusterRoleBinding/ferry-controller", "Deployment/ferry", "PodDisruptionBudget/ferry",
         "Role/ferry-leader-election", "RoleBinding/ferry-leader-election", "Service/ferry-metrics",
         "ServiceAccount/ferry",
@@ -120,9 +120,11 @@ def test_all_toggles_on() -> None:
     assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["podAntiAffinity"]
     assert {"name": "pki-rack1", "mountPath": "/etc/ferry/pki/rack1", "readOnly": True} in c["volumeMounts"]
     roles = {(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"] in ("Role", "RoleBinding")}
-    assert roles == {("Role", "vms"), ("RoleBinding", "vms"), ("Role", "ferry-system"), ("RoleBinding", "ferry-system")}
+    # kube-system: the aggregated API reads the API server's front-proxy settings.
+    assert roles == {("Role", "vms"), ("RoleBinding", "vms"), ("Role", "ferry-system"), ("RoleBinding", "ferry-system"),
+                     ("RoleBinding", "kube-system")}
 
-    svc = one(docs, "Service")
+    (svc,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "ferry-metrics"]
     sm = one(docs, "ServiceMonitor")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["metadata"]["labels"]["release"] == "prometheus"
@@ -134,6 +136,13 @@ def test_all_toggles_on() -> None:
     assert np["spec"]["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert np["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert np["spec"]["ingress"][1]["ports"] == [{"port": "aggregated-api", "protocol": "TCP"}]
+
+    api = one(docs, "APIService")
+    assert api["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "ferry-system/ferry-aggregated-api"
+    (api_svc,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == api["spec"]["service"]["name"]]
+    assert api_svc["spec"]["ports"][0]["targetPort"] == "aggregated-api"
+    assert {"name": "aggregated-api", "secret": {"secretName": "ferry-aggregated-api-tls"}} in dep["spec"]["template"]["spec"]["volumes"]
     assert len(np["spec"]["egress"]) == 3
 
     cm = one(docs, "ConfigMap")

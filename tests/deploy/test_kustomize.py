@@ -28,7 +28,8 @@ def test_config_default_renders_everything_in_ferry_system() -> None:
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in out)
     assert kinds == sorted([
         "Namespace/ferry-system", "ServiceAccount/ferry", "ClusterRole/ferry-controller",
-        "ClusterRole/ferry-view", "ClusterRole/ferry-edit", "ClusterRole/ferry-platform-admin",
+        "ClusterRole/ferry-view", "ClusterRole/ferry-edit", "ClusterRole/ferry-console",
+        "ClusterRole/ferry-platform-admin",
         "ClusterRoleBinding/ferry-controller",
         "Role/ferry-leader-election", "RoleBinding/ferry-leader-election", "Deployment/ferry",
         "Service/ferry-metrics", "PodDisruptionBudget/ferry",

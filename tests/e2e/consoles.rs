@@ -1,7 +1,10 @@
 //! The console proxy on a real host, authorised by a real API server: a user with only `view`
 //! gets 403 and no console; a user with `edit` types into the tiny guest's serial console and
 //! reads its answer, and receives a VNC framebuffer update the size of the guest's display;
-//! every session is an Event on the VM.
+//! every session is an Event on the VM. Then the same through the API server (ferry's
+//! aggregated API, registered against the controller) with `kubectl ferry console|vnc` and
+//! nothing but a kubeconfig: a view user's token is refused, a client-certificate user with
+//! `edit` reads the guest's answer and a VNC viewer gets the RFB greeting.
 //!
 //! Needs TokenReview and SubjectAccessReview, which the API stand-in does not have: skipped
 //! there (`e2e/run.sh consoles` starts a real API server when KUBECONFIG is unset).
@@ -31,7 +34,17 @@ async fn consoles_are_authorised_by_rbac_and_reach_the_guest() {
     let mut c = Cluster::new("ferry-e2e-console").await;
     let node = format!("{}-h1", c.namespace);
     c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
-    let ctl = c.controller("e2e-console");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let api = consoles::AggregatedApi::prepare(&c, certs.path());
+    let api_addr = api.addr.to_string();
+    let ctl = c.controller_with_env(
+        "e2e-console",
+        &[
+            ("FERRY_AGGREGATED_API_ADDR", api_addr.as_str()),
+            ("FERRY_AGGREGATED_API_CERT", &api.cert.to_string_lossy()),
+            ("FERRY_AGGREGATED_API_KEY", &api.key.to_string_lossy()),
+        ],
+    );
     let port = ctl.http_port;
     let ns = c.namespace.clone();
     consoles::apply_user_roles(&c);
@@ -57,7 +70,7 @@ async fn consoles_are_authorised_by_rbac_and_reach_the_guest() {
         &c,
         &editor,
         "get",
-        "virtualmachines.ferry.dev/console",
+        "virtualmachines.subresources.ferry.dev/console",
         true,
     )
     .await;
@@ -123,6 +136,42 @@ async fn consoles_are_authorised_by_rbac_and_reach_the_guest() {
         "{fb:?}"
     );
 
+    // Through the Kubernetes API server (ferry's aggregated API), with nothing but a kubeconfig:
+    // a user with a client certificate and edit types into the console with `kubectl ferry
+    // console`; the viewer's kubeconfig is refused by the API server's RBAC.
+    api.register(&c).await;
+    let carol = consoles::cert_user(&c, certs.path(), "carol", "edit").await;
+    let viewer_kubeconfig = consoles::token_kubeconfig(&c, certs.path(), "alice", &viewer);
+    let refused = consoles::plugin_console(
+        &viewer_kubeconfig,
+        &ns,
+        "con",
+        "",
+        "",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!refused.0, "the viewer got a console: {refused:?}");
+    assert!(
+        refused.2.contains("403") || refused.2.contains("orbidden"),
+        "{refused:?}"
+    );
+    let answer = consoles::plugin_console(
+        &carol,
+        &ns,
+        "con",
+        "hello from carol\r",
+        "FERRY-ECHO hello from carol",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        answer.0,
+        "kubectl ferry console through the API server: {answer:?}"
+    );
+    let vnc = consoles::plugin_vnc_greeting(&carol, &ns, "con", Duration::from_secs(60)).await;
+    assert!(vnc.starts_with("RFB 003."), "{vnc:?}");
+
     // Each session is an Event on the VM: who opened which console, and for how long.
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.client.clone(), &ns);
     let who = format!("system:serviceaccount:{ns}:bob");
@@ -143,12 +192,19 @@ async fn consoles_are_authorised_by_rbac_and_reach_the_guest() {
                 .filter_map(|e| e.note.clone())
                 .collect();
             let has = |s: &str| notes.iter().any(|n| n.contains(&who) && n.contains(s));
+            let carol = |s: &str| {
+                notes
+                    .iter()
+                    .any(|n| n.starts_with("carol") && n.contains(s))
+            };
             (has("opened the serial console")
                 && has("serial console session ended after")
-                && has("opened the VNC display"))
+                && has("opened the VNC display")
+                && carol("opened the serial console"))
             .then_some(())
         }
     })
     .await;
     drop(ctl);
+    drop(api);
 }

@@ -20,14 +20,16 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 /// How long the minted token is valid: longer than any test or benchmark run.
 const TOKEN_SECONDS: i64 = 6 * 3600;
 
-/// The chart's ServiceAccount, installed for one namespace; its cluster-scoped objects are
-/// removed by [`ChartIdentity::remove`] (the namespaced ones go with the namespace).
+/// The chart's ServiceAccount, installed for one namespace; its objects outside it are removed
+/// by [`ChartIdentity::remove`] (the others go with the namespace).
 pub struct ChartIdentity {
     /// A kubeconfig that authenticates as the ServiceAccount.
     pub kubeconfig: PathBuf,
     /// `system:serviceaccount:<namespace>:<name>`.
     pub user: String,
-    cluster_scoped: Vec<(ApiResource, String)>,
+    /// Objects outside the namespace (cluster-scoped, or in another namespace such as the
+    /// aggregated API's RoleBinding in kube-system): removed by [`ChartIdentity::remove`].
+    elsewhere: Vec<(ApiResource, Option<String>, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -55,7 +57,12 @@ fn helm() -> PathBuf {
 /// with `all_namespaces` every namespace (the chart's default).
 fn render(namespace: &str, all_namespaces: bool) -> Vec<serde_json::Value> {
     let mut cmd = std::process::Command::new(helm());
-    cmd.args(["template", namespace, CHART, "--namespace", namespace]);
+    // With the aggregated API (the consoles through the API server), whose RBAC is a superset
+    // (only the RBAC objects are applied: the certificate values are placeholders).
+    cmd.args(["template", namespace, CHART, "--namespace", namespace])
+        .args(["--set", "aggregatedAPI.enabled=true"])
+        .args(["--set", "aggregatedAPI.tlsSecret=unused"])
+        .args(["--set", "aggregatedAPI.caBundle=unused"]);
     if !all_namespaces {
         cmd.args(["--set", &format!("watchNamespace={namespace}")]);
     }
@@ -116,7 +123,7 @@ impl ChartIdentity {
         if !server_has_rbac(client).await {
             return None;
         }
-        let mut cluster_scoped = Vec::new();
+        let mut elsewhere = Vec::new();
         let mut service_account = None;
         for obj in render(namespace, all_namespaces) {
             let ar = api_resource(&obj);
@@ -139,8 +146,8 @@ impl ChartIdentity {
             if ar.kind == "ServiceAccount" {
                 service_account = Some(name.clone());
             }
-            if object_ns.is_none() {
-                cluster_scoped.push((ar, name));
+            if object_ns.as_deref() != Some(namespace) {
+                elsewhere.push((ar, object_ns, name));
             }
         }
         let sa = service_account.expect("the chart renders a ServiceAccount");
@@ -170,15 +177,19 @@ impl ChartIdentity {
         Some(ChartIdentity {
             kubeconfig,
             user,
-            cluster_scoped,
+            elsewhere,
             _dir: dir,
         })
     }
 
-    /// Delete the cluster-scoped objects (ClusterRole, ClusterRoleBinding).
+    /// Delete the objects outside the namespace (ClusterRole, ClusterRoleBinding, the RoleBinding
+    /// in kube-system).
     pub async fn remove(&self, client: &Client) {
-        for (ar, name) in &self.cluster_scoped {
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
+        for (ar, ns, name) in &self.elsewhere {
+            let api: Api<DynamicObject> = match ns {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+                None => Api::all_with(client.clone(), ar),
+            };
             let _ = tokio::time::timeout(
                 Duration::from_secs(10),
                 api.delete(name, &DeleteParams::default()),

@@ -9,6 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::cluster::Cluster;
+use std::path::PathBuf;
 
 /// Run kubectl against the test cluster; its stdout, or the error text.
 pub fn kubectl(c: &Cluster, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
@@ -263,4 +264,474 @@ impl Rfb {
             }
         }
     }
+}
+
+/// Run `openssl` with `args` in `dir`; panics with its error text on failure.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A user `name` who authenticates with a client certificate the cluster signed (a
+/// CertificateSigningRequest for `kubernetes.io/kube-apiserver-client`, approved by the test),
+/// bound to ClusterRole `role` in the test namespace; their kubeconfig, written in `dir`.
+pub async fn cert_user(c: &Cluster, dir: &std::path::Path, name: &str, role: &str) -> PathBuf {
+    let ns = &c.namespace;
+    let csr_name = format!("{ns}-{name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    let csr = std::fs::read(dir.join(format!("{name}.csr"))).expect("read CSR");
+    let manifest = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": csr_name},
+        "spec": {
+            "request": base64(&csr),
+            "signerName": "kubernetes.io/kube-apiserver-client",
+            "expirationSeconds": 3600,
+            "usages": ["client auth"],
+        }
+    });
+    kubectl(c, &["apply", "-f", "-"], Some(&manifest.to_string())).expect("create the CSR");
+    kubectl(c, &["certificate", "approve", &csr_name], None).expect("approve the CSR");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cert = loop {
+        let out = kubectl(
+            c,
+            &[
+                "get",
+                "csr",
+                &csr_name,
+                "-o",
+                "jsonpath={.status.certificate}",
+            ],
+            None,
+        )
+        .unwrap_or_default();
+        if !out.trim().is_empty() {
+            break out.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "CSR {csr_name} was not signed");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let _ = kubectl(c, &["delete", "csr", &csr_name], None);
+    kubectl(
+        c,
+        &[
+            "-n",
+            ns,
+            "create",
+            "rolebinding",
+            &format!("{name}-{role}"),
+            &format!("--clusterrole={role}"),
+            &format!("--user={name}"),
+        ],
+        None,
+    )
+    .expect("role binding");
+    let key = std::fs::read(dir.join(format!("{name}.key"))).expect("read key");
+    let server = kubectl(
+        c,
+        &[
+            "config",
+            "view",
+            "--minify",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+        None,
+    )
+    .expect("server");
+    let ca = kubectl(
+        c,
+        &[
+            "config",
+            "view",
+            "--minify",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ],
+        None,
+    )
+    .expect("CA");
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "users": [{"name": name, "user": {"client-certificate-data": cert, "client-key-data": base64(&key)}}],
+        "contexts": [{"name": name, "context": {"cluster": "test", "user": name, "namespace": ns}}],
+        "current-context": name
+    });
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config).expect("YAML")).expect("write kubeconfig");
+    path
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run base64");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bytes)
+        .expect("write to base64");
+    let out = child.wait_with_output().expect("base64 output");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// ferry's aggregated API registered with the test's API server: a serving certificate for the
+/// Service's name, a Service without selector whose Endpoints point at the controller's TLS
+/// port (the API server routes to Endpoints with --enable-aggregator-routing), and the
+/// APIService `v1alpha1.subresources.ferry.dev`. Endpoints may not name a loopback address, so
+/// the controller listens on a /32 address of a veth pair the test creates (local traffic only,
+/// no route anywhere). The APIService and the pair are removed on drop.
+pub struct AggregatedApi {
+    /// PEM files of the serving certificate and key, for the controller.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The address the controller must serve the aggregated API on.
+    pub addr: std::net::SocketAddr,
+    interface: String,
+    kubeconfig: PathBuf,
+}
+
+impl AggregatedApi {
+    /// Certificates in `dir`, a free port; nothing registered yet.
+    pub fn prepare(c: &Cluster, dir: &std::path::Path) -> Self {
+        let dns = format!("ferry-api.{}.svc", c.namespace);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-keyout",
+                "api.key",
+                "-out",
+                "api.crt",
+                "-subj",
+                &format!("/CN={dns}"),
+                "-addext",
+                &format!("subjectAltName=DNS:{dns}"),
+            ],
+        );
+        // 198.18.0.0/15 is for benchmarks and tests (RFC 2544): never routed to anyone.
+        let pid = std::process::id();
+        let interface = format!("fapi{}", pid % 100_000);
+        let ip = std::net::Ipv4Addr::new(198, 18, (pid >> 8) as u8, (pid & 0xff) as u8);
+        let ip_cmd = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip_cmd(&[
+            "link",
+            "add",
+            &interface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{interface}p"),
+        ]);
+        let mut api = AggregatedApi {
+            cert: dir.join("api.crt"),
+            key: dir.join("api.key"),
+            addr: std::net::SocketAddr::from((ip, 0)),
+            interface,
+            kubeconfig: c.kubeconfig.clone(),
+        };
+        ip_cmd(&["addr", "add", &format!("{ip}/32"), "dev", &api.interface]);
+        ip_cmd(&["link", "set", &api.interface, "up"]);
+        ip_cmd(&["link", "set", &format!("{}p", api.interface), "up"]);
+        let port = std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        api.addr = std::net::SocketAddr::from((ip, port));
+        api
+    }
+
+    /// Register it and wait until the API server calls it Available.
+    pub async fn register(&self, c: &Cluster) {
+        let ns = &c.namespace;
+        let ca = base64(&std::fs::read(&self.cert).expect("read the serving certificate"));
+        let objects = serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "v1", "kind": "Service",
+                 "metadata": {"name": "ferry-api", "namespace": ns},
+                 "spec": {"ports": [{"name": "https", "port": 443, "targetPort": self.addr.port()}]}},
+                {"apiVersion": "v1", "kind": "Endpoints",
+                 "metadata": {"name": "ferry-api", "namespace": ns},
+                 "subsets": [{"addresses": [{"ip": self.addr.ip().to_string()}],
+                              "ports": [{"name": "https", "port": self.addr.port()}]}]},
+                {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                 "metadata": {"name": "v1alpha1.subresources.ferry.dev"},
+                 "spec": {"group": "subresources.ferry.dev", "version": "v1alpha1",
+                          "service": {"namespace": ns, "name": "ferry-api", "port": 443},
+                          "caBundle": ca, "groupPriorityMinimum": 1000, "versionPriority": 15}}
+            ]
+        });
+        kubectl(c, &["apply", "-f", "-"], Some(&objects.to_string()))
+            .expect("register the aggregated API");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let status = kubectl(
+                c,
+                &["get", "apiservice", "v1alpha1.subresources.ferry.dev", "-o",
+                  "jsonpath={.status.conditions[?(@.type==\"Available\")].status} {.status.conditions[?(@.type==\"Available\")].message}"],
+                None,
+            )
+            .unwrap_or_default();
+            if status.starts_with("True") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the APIService is not Available: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+impl Drop for AggregatedApi {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .args([
+                "delete",
+                "apiservice",
+                "v1alpha1.subresources.ferry.dev",
+                "--ignore-not-found",
+                "--wait=false",
+            ])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env(
+                "PATH",
+                format!(
+                    "/opt/ferry-tools/bin:{}",
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.interface])
+            .output();
+    }
+}
+
+/// A kubeconfig for the test cluster that authenticates with `token`, written in `dir`.
+pub fn token_kubeconfig(c: &Cluster, dir: &std::path::Path, name: &str, token: &str) -> PathBuf {
+    let view = |path: &str| {
+        kubectl(
+            c,
+            &[
+                "config",
+                "view",
+                "--minify",
+                "--raw",
+                "-o",
+                &format!("jsonpath={path}"),
+            ],
+            None,
+        )
+        .expect("kubectl config view")
+    };
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": view("{.clusters[0].cluster.server}"),
+            "certificate-authority-data": view("{.clusters[0].cluster.certificate-authority-data}")}}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": "test", "user": name, "namespace": c.namespace}}],
+        "current-context": name
+    });
+    let path = dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&config).expect("YAML")).expect("write kubeconfig");
+    path
+}
+
+/// A child process's output, gathered by a thread as it comes.
+fn gather(
+    mut from: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut t) = sink.lock() {
+                t.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    });
+    text
+}
+
+fn plugin(kubeconfig: &std::path::Path, ns: &str, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["-n", ns])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl-ferry")
+}
+
+/// `kubectl ferry console VM` as the user of `kubeconfig`, typing `input`: (whether `expect`
+/// came back, or with `expect` empty whether the plugin succeeded; its stdout; its stderr). The
+/// plugin is stopped once `expect` is seen or after `limit`.
+pub async fn plugin_console(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    vm: &str,
+    input: &str,
+    expect: &str,
+    limit: Duration,
+) -> (bool, String, String) {
+    let (kubeconfig, ns, vm) = (kubeconfig.to_path_buf(), ns.to_string(), vm.to_string());
+    let (input, expect) = (input.to_string(), expect.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = plugin(&kubeconfig, &ns, &["console", &vm]);
+        let mut stdin = child.stdin.take().expect("stdin");
+        if !input.is_empty() {
+            stdin
+                .write_all(input.as_bytes())
+                .expect("type into the plugin");
+        }
+        let out = gather(child.stdout.take().expect("stdout"));
+        let err = gather(child.stderr.take().expect("stderr"));
+        let text = |t: &std::sync::Arc<std::sync::Mutex<String>>| {
+            t.lock().map(|t| t.clone()).unwrap_or_default()
+        };
+        let deadline = Instant::now() + limit;
+        let ok = loop {
+            if !expect.is_empty() && text(&out).contains(&expect) {
+                break true;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                break expect.is_empty() && status.success();
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(stdin);
+        (ok, text(&out), text(&err))
+    })
+    .await
+    .expect("plugin task")
+}
+
+/// `kubectl ferry vnc VM --once` as the user of `kubeconfig`: what a VNC viewer connecting to
+/// the address it prints reads first (the RFB greeting), or the plugin's output when it fails.
+pub async fn plugin_vnc_greeting(
+    kubeconfig: &std::path::Path,
+    ns: &str,
+    vm: &str,
+    limit: Duration,
+) -> String {
+    let (kubeconfig, ns, vm) = (kubeconfig.to_path_buf(), ns.to_string(), vm.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut child = plugin(
+            &kubeconfig,
+            &ns,
+            &["vnc", &vm, "--once", "--listen", "127.0.0.1:0"],
+        );
+        let out = gather(child.stdout.take().expect("stdout"));
+        let err = gather(child.stderr.take().expect("stderr"));
+        let deadline = Instant::now() + limit;
+        let addr = loop {
+            let text = out.lock().map(|t| t.clone()).unwrap_or_default();
+            if let Some(addr) = text.strip_prefix("VNC display on ").and_then(|r| {
+                r.split(':')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(":")
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+            }) {
+                break Some(addr);
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let greeting = match addr {
+            Some(addr) => {
+                let mut tcp = std::net::TcpStream::connect(addr).expect("connect to the plugin");
+                tcp.set_read_timeout(Some(limit)).expect("timeout");
+                let mut buf = [0u8; 12];
+                match tcp.read_exact(&mut buf) {
+                    Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+                    Err(e) => format!("reading the greeting: {e}"),
+                }
+            }
+            None => String::new(),
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        if greeting.is_empty() {
+            format!(
+                "no address: {} {}",
+                out.lock().map(|t| t.clone()).unwrap_or_default(),
+                err.lock().map(|t| t.clone()).unwrap_or_default()
+            )
+        } else {
+            greeting
+        }
+    })
+    .await
+    .expect("plugin task")
 }

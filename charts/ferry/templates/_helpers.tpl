@@ -62,6 +62,12 @@ app.kubernetes.io/component: controller
 {{- if ge (int .Values.leaderElection.leaseGraceSeconds) (int .Values.leaderElection.leaseDurationSeconds) }}
 {{- fail "leaderElection.leaseGraceSeconds must be smaller than leaderElection.leaseDurationSeconds" }}
 {{- end }}
+{{- if and .Values.aggregatedAPI.enabled (not .Values.aggregatedAPI.tlsSecret) }}
+{{- fail "aggregatedAPI.enabled needs aggregatedAPI.tlsSecret: a kubernetes.io/tls Secret with the serving certificate" }}
+{{- end }}
+{{- if and .Values.aggregatedAPI.enabled (not (or .Values.aggregatedAPI.caBundle .Values.aggregatedAPI.certManagerCertificate)) }}
+{{- fail "aggregatedAPI.enabled needs aggregatedAPI.caBundle or aggregatedAPI.certManagerCertificate: the API server must trust the serving certificate" }}
+{{- end }}
 {{- end }}
 
 {{/*

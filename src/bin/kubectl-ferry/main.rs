@@ -94,38 +94,29 @@ enum Command {
     },
     /// Attach to a VM's serial console (Ctrl-] leaves).
     ///
-    /// With --url (or $FERRY_URL), the controller's address: through ferry's console proxy, with
-    /// your kubeconfig's token (RBAC: get virtualmachines/console). Without it: shows where the
-    /// console is logged and attaches with `virsh -c URI console DOMAIN`, which needs your own
-    /// libvirt access to the host.
+    /// Through the Kubernetes API server (ferry's aggregated API) with your kubeconfig's
+    /// credentials; RBAC: get virtualmachines/console in subresources.ferry.dev (the edit role
+    /// has it). With --virsh: shows where the console is logged and attaches with `virsh -c URI
+    /// console DOMAIN`, which needs your own libvirt access to the host.
     Console {
         /// VirtualMachine name.
         vm: String,
-        /// The controller's address, e.g. http://127.0.0.1:8080 after
-        /// `kubectl -n ferry-system port-forward svc/ferry 8080`.
-        #[arg(long, env = "FERRY_URL")]
-        url: Option<String>,
-        /// Bearer token instead of the kubeconfig user's.
-        #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// Only print the log path and the virsh command.
+        /// Attach with virsh instead (your own libvirt access to the host).
         #[arg(long)]
+        virsh: bool,
+        /// With --virsh: only print the log path and the virsh command.
+        #[arg(long, requires = "virsh")]
         no_attach: bool,
-        /// libvirt URI to attach through with virsh, instead of the HostPool's.
-        #[arg(long)]
+        /// With --virsh: libvirt URI to attach through, instead of the HostPool's.
+        #[arg(long, requires = "virsh")]
         uri: Option<String>,
     },
-    /// Open a VM's VNC display through ferry's console proxy: listens locally for a VNC viewer
-    /// and prints the address (RBAC: get virtualmachines/vnc).
+    /// Open a VM's VNC display through the Kubernetes API server (ferry's aggregated API):
+    /// listens locally for a VNC viewer and prints the address (RBAC: get virtualmachines/vnc
+    /// in subresources.ferry.dev).
     Vnc {
         /// VirtualMachine name.
         vm: String,
-        /// The controller's address (see `console --help`).
-        #[arg(long, env = "FERRY_URL")]
-        url: String,
-        /// Bearer token instead of the kubeconfig user's.
-        #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
-        token: Option<String>,
         /// Local address to listen on.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
@@ -169,17 +160,8 @@ fn restart_token() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
-/// The token for the console proxy: `--token`, else the kubeconfig user's.
-fn proxy_token(flag: &Option<String>, kubeconfig: Option<String>) -> Result<String, String> {
-    flag.clone().or(kubeconfig).ok_or_else(|| {
-        "the kubeconfig's user has no bearer token (client certificates and exec plugins cannot be \
-         forwarded to ferry's console proxy): pass --token, e.g. --token \"$(kubectl create token NAME)\""
-            .to_string()
-    })
-}
-
-/// A client, the namespace, and the user's bearer token when the kubeconfig has one.
-async fn client(cli: &Cli) -> Result<(Client, String, Option<String>), String> {
+/// A client and the namespace.
+async fn client(cli: &Cli) -> Result<(Client, String), String> {
     let opts = KubeConfigOptions {
         context: cli.context.clone(),
         ..KubeConfigOptions::default()
@@ -202,9 +184,8 @@ async fn client(cli: &Cli) -> Result<(Client, String, Option<String>), String> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
-    let bearer = proxy::kubeconfig_token(&config);
     let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
-    Ok((client, namespace, bearer))
+    Ok((client, namespace))
 }
 
 /// Read an object, with a message that names it when it is missing.
@@ -241,7 +222,7 @@ async fn apply_plan(api: &Api<VirtualMachine>, name: &str, plan: Plan) -> Result
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let (client, ns, bearer) = client(&cli).await?;
+    let (client, ns) = client(&cli).await?;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
     match &cli.command {
         Command::Start(a) | Command::Stop(a) => {
@@ -314,31 +295,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Console {
-            vm,
-            url: Some(url),
-            token,
-            uri: None,
-            no_attach: false,
-        } => {
-            let token = proxy_token(token, bearer)?;
-            proxy::console(&proxy::endpoint(url, &ns, vm, "console")?, &token).await
-        }
+            vm, virsh: false, ..
+        } => proxy::console(&client, &proxy::path(&ns, vm, "console")).await,
         Command::Vnc {
-            vm,
-            url,
-            token,
-            listen,
-            once,
-        } => {
-            let token = proxy_token(token, bearer)?;
-            proxy::vnc(
-                &proxy::endpoint(url, &ns, vm, "vnc")?,
-                &token,
-                listen,
-                *once,
-            )
-            .await
-        }
+            vm, listen, once, ..
+        } => proxy::vnc(&client, &proxy::path(&ns, vm, "vnc"), listen, *once).await,
         Command::Console {
             vm, no_attach, uri, ..
         } => {

@@ -1,75 +1,81 @@
-//! `console` and `vnc` through ferry's console proxy: a WebSocket to the controller, with the
-//! bearer token of the kubeconfig's user (or `--token`). The controller checks it with a
-//! TokenReview and asks RBAC (`virtualmachines/console`, `virtualmachines/vnc`).
+//! `console` and `vnc` through the Kubernetes API server: ferry's aggregated API
+//! (`subresources.ferry.dev`) serves a VM's consoles as WebSockets, so the kubeconfig's own
+//! credentials (client certificate, token, OIDC, exec plugin) are all it takes, and RBAC decides
+//! (`get` on `virtualmachines/console` or `virtualmachines/vnc` of `subresources.ferry.dev`).
 
+use axum::http::{Request, StatusCode, header};
 use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use kube::Client;
 use std::io::Write;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// The byte that ends an interactive console session: Ctrl-] (as `virsh console` and telnet).
 pub const ESCAPE: u8 = 0x1d;
 
-/// The bearer token of the kubeconfig's user: `token`, else the contents of `tokenFile`.
-pub fn kubeconfig_token(config: &kube::Config) -> Option<String> {
-    use secrecy::ExposeSecret;
-    if let Some(t) = &config.auth_info.token {
-        return Some(t.expose_secret().to_string());
-    }
-    let file = config.auth_info.token_file.as_ref()?;
-    std::fs::read_to_string(file)
-        .ok()
-        .map(|t| t.trim().to_string())
+/// The API path of a VM's console (`console` or `vnc`).
+pub fn path(ns: &str, vm: &str, kind: &str) -> String {
+    format!(
+        "/apis/{}/v1alpha1/namespaces/{ns}/virtualmachines/{vm}/{kind}",
+        ferry::access::SUBRESOURCE_GROUP
+    )
 }
 
-/// The WebSocket URL of a VM's console at the controller's `base` URL (`http://…` or
-/// `https://…`, as the dashboard is reached).
-pub fn endpoint(base: &str, ns: &str, vm: &str, kind: &str) -> Result<String, String> {
-    let base = base.trim_end_matches('/');
-    let ws = if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// A WebSocket to `path` on the API server, with the client's credentials.
+async fn open(client: &Client, path: &str) -> Result<Socket, String> {
+    let key = generate_key();
+    let req = Request::get(path)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_KEY, &key)
+        .body(kube::client::Body::from(Vec::new()))
+        .map_err(|e| format!("{path}: {e}"))?;
+    let res = client.send(req).await.map_err(|e| format!("{path}: {e}"))?;
+    let status = res.status();
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        let body = res.into_body().collect_bytes().await.unwrap_or_default();
+        let why = refusal(&body);
+        let hint = if status == StatusCode::NOT_FOUND && !why.contains("virtualmachine") {
+            " (is ferry's aggregated API registered? the chart's aggregatedAPI.enabled)"
+        } else {
+            ""
+        };
+        return Err(format!("{path}: {status}: {why}{hint}"));
+    }
+    let accept = res.headers().get(header::SEC_WEBSOCKET_ACCEPT).cloned();
+    if accept.as_ref().and_then(|a| a.to_str().ok())
+        != Some(derive_accept_key(key.as_bytes()).as_str())
+    {
         return Err(format!(
-            "--url {base:?}: give the controller's address as http://HOST:PORT or https://HOST:PORT"
+            "{path}: the WebSocket handshake's answer does not match"
         ));
-    };
-    Ok(format!(
-        "{ws}/api/v1/namespaces/{ns}/virtualmachines/{vm}/{kind}"
-    ))
+    }
+    let upgraded = hyper::upgrade::on(res)
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    Ok(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await)
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open(url: &str, token: &str) -> Result<Socket, String> {
-    let mut req = url
-        .into_client_request()
-        .map_err(|e| format!("{url}: {e}"))?;
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| "the token is not a valid header value".to_string())?;
-    req.headers_mut().insert("authorization", value);
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).trim().to_string())
-                .unwrap_or_default();
-            Err(format!("{url}: {} {body}", resp.status()))
-        }
-        Err(e) => Err(format!("{url}: {e}")),
-    }
+/// Why the API server or the proxy said no: a `Status`'s message, else the body as text.
+fn refusal(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
 }
 
 /// The serial console, attached to this terminal (raw mode) until Ctrl-] or the guest side
 /// ends; with stdin not a terminal, stdin is sent as it is.
-pub async fn console(url: &str, token: &str) -> Result<(), String> {
-    let ws = open(url, token).await?;
+pub async fn console(client: &Client, path: &str) -> Result<(), String> {
+    let ws = open(client, path).await?;
     let raw = RawTerminal::enter();
     if raw.is_some() {
         eprint!("Connected; Ctrl-] leaves.\r\n");
@@ -121,9 +127,9 @@ pub async fn console(url: &str, token: &str) -> Result<(), String> {
 
 /// A local VNC listener at `listen`: each viewer that connects gets its own session to the
 /// VM's display. Prints the address; with `once`, ends after the first viewer leaves.
-pub async fn vnc(url: &str, token: &str, listen: &str, once: bool) -> Result<(), String> {
+pub async fn vnc(client: &Client, path: &str, listen: &str, once: bool) -> Result<(), String> {
     // Check access before a viewer connects, so a 403 is said now.
-    drop(open(url, token).await?);
+    drop(open(client, path).await?);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listening on {listen}: {e}"))?;
@@ -137,7 +143,7 @@ pub async fn vnc(url: &str, token: &str, listen: &str, once: bool) -> Result<(),
             .accept()
             .await
             .map_err(|e| format!("accepting on {addr}: {e}"))?;
-        let ws = match open(url, token).await {
+        let ws = match open(client, path).await {
             Ok(ws) => ws,
             Err(e) => {
                 eprintln!("viewer {peer}: {e}");
@@ -225,15 +231,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_follow_the_controllers_scheme() {
+    fn consoles_are_subresources_of_the_aggregated_api() {
         assert_eq!(
-            endpoint("http://127.0.0.1:8080/", "team", "web", "console").unwrap(),
-            "ws://127.0.0.1:8080/api/v1/namespaces/team/virtualmachines/web/console"
+            path("team", "web", "console"),
+            "/apis/subresources.ferry.dev/v1alpha1/namespaces/team/virtualmachines/web/console"
         );
-        assert_eq!(
-            endpoint("https://ferry.example.com", "t", "w", "vnc").unwrap(),
-            "wss://ferry.example.com/api/v1/namespaces/t/virtualmachines/w/vnc"
-        );
-        assert!(endpoint("ferry:8080", "t", "w", "vnc").is_err());
+    }
+
+    #[test]
+    fn a_refusal_says_why() {
+        let status = br#"{"kind":"Status","message":"virtualmachines.subresources.ferry.dev \"web\" is forbidden"}"#;
+        assert!(refusal(status).contains("forbidden"), "{}", refusal(status));
+        assert_eq!(refusal(b"no console\n"), "no console");
     }
 }
