@@ -185,20 +185,23 @@ pub async fn run(
     // from these caches at each scrape, once all hold a complete list (before that they would
     // show zeros that are not true).
     let gauges = {
-        let (vms, pools, policies, metrics) = (
+        let (vms, pools, policies, metrics, load) = (
             vm_store.clone(),
             pool_store.clone(),
             policy_store_for_metrics,
             metrics.clone(),
+            ctx.load.clone(),
         );
         tokio::spawn(async move {
             if listed(&vms).await && listed(&pools).await && listed(&policies).await {
                 metrics.set_inventory_source(Some(Box::new(move || {
+                    let vms = vms.state();
                     crate::metrics::inventory(
-                        vms.state().iter().map(|v| v.as_ref()),
+                        vms.iter().map(|v| v.as_ref()),
                         pools.state().iter().map(|p| p.as_ref()),
                         policies.state().iter().map(|p| p.as_ref()),
                     )
+                    .with_vm_load(vms.iter().map(|v| v.as_ref()), &load.domains())
                 })));
             }
         })

@@ -4,10 +4,12 @@
 //! so nothing can drift.
 
 use crate::api::{HAPolicy, HostPool, HostState, VirtualMachine, VmPhase};
+use crate::plan::balance::Usage;
 use crate::plan::quantity::parse_bytes;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 /// Every VM phase, in the order of the API. A VM without a phase yet counts as `Pending`.
@@ -83,6 +85,14 @@ pub struct HostRow {
     pub state: &'static str,
 }
 
+/// One VirtualMachine.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VmLabels {
+    pub object_namespace: String,
+    pub name: String,
+    pub host: String,
+}
+
 /// One host of one HostPool.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostLabels {
@@ -131,6 +141,10 @@ pub struct Inventory {
     pub host_cpu_used: Vec<(HostLabels, i64)>,
     /// Measured resident memory per host, in bytes.
     pub host_memory_used: Vec<(HostLabels, i64)>,
+    /// Measured CPU use per running VM, in millicores (VMs not measured are left out).
+    pub vm_cpu_used: Vec<(VmLabels, i64)>,
+    /// Measured resident memory per running VM, in bytes.
+    pub vm_memory_used: Vec<(VmLabels, i64)>,
     pub verdicts: Vec<VerdictRow>,
     /// Fence attempts per host in its open incident (hosts with none are left out).
     pub fence_attempts: Vec<(FenceLabels, i64)>,
@@ -243,6 +257,34 @@ pub fn inventory<'a>(
     inv
 }
 
+impl Inventory {
+    /// Add the measured use of `vms` from `load` (by VM UID, which is its domain's UUID).
+    pub fn with_vm_load<'a>(
+        mut self,
+        vms: impl IntoIterator<Item = &'a VirtualMachine>,
+        load: &HashMap<String, Usage>,
+    ) -> Inventory {
+        for vm in vms {
+            let Some(u) = vm.metadata.uid.as_ref().and_then(|uid| load.get(uid)) else {
+                continue;
+            };
+            let labels = VmLabels {
+                object_namespace: vm.metadata.namespace.clone().unwrap_or_default(),
+                name: vm.metadata.name.clone().unwrap_or_default(),
+                host: vm
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.host.clone())
+                    .unwrap_or_default(),
+            };
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.vm_memory_used.push((labels.clone(), gauge(u.memory)));
+            self.vm_cpu_used.push((labels, gauge(u.cpu_millis)));
+        }
+        self
+    }
+}
+
 /// Computes the [`Inventory`] at scrape time (reads the controllers' caches).
 pub type InventorySource = Box<dyn Fn() -> Inventory + Send + Sync>;
 
@@ -338,6 +380,18 @@ impl Collector for InventoryCollector {
             "host_memory_used_bytes",
             "Resident memory of the host's running domains, as the HostPool status shows it",
             inv.host_memory_used,
+        )?;
+        gauges(
+            e,
+            "virtual_machine_cpu_used_millicores",
+            "CPU a running VM's domain uses, measured over about two minutes (1000 is one CPU)",
+            inv.vm_cpu_used,
+        )?;
+        gauges(
+            e,
+            "virtual_machine_memory_used_bytes",
+            "Resident memory of a running VM's QEMU process, at its host's last sample",
+            inv.vm_memory_used,
         )?;
         gauges(
             e,
@@ -504,6 +558,42 @@ mod tests {
         // The host not measured has no series.
         assert!(!text.contains("host=\"hv-1\"}} 0"), "{text}");
         assert_eq!(text.matches("ferry_host_cpu_used_millicores{").count(), 1);
+    }
+
+    #[test]
+    fn measured_vm_load_is_one_series_per_measured_vm() {
+        let mut a = vm(serde_json::json!({"phase": "Running", "host": "hv-0"}));
+        a.metadata.uid = Some("uid-a".into());
+        let mut b = vm(serde_json::json!({"phase": "Running", "host": "hv-1"}));
+        b.metadata.name = Some("web-2".into());
+        b.metadata.uid = Some("uid-b".into());
+        let load = HashMap::from([(
+            "uid-a".to_string(),
+            Usage {
+                cpu_millis: 250,
+                memory: 300 << 20,
+            },
+        )]);
+        let m = Metrics::default();
+        m.set_inventory_source(Some(Box::new(move || {
+            inventory([&a, &b], [], []).with_vm_load([&a, &b], &load)
+        })));
+        let text = m.encode().expect("encodes");
+        let labels = "{object_namespace=\"vms\",name=\"web-1\",host=\"hv-0\"}";
+        assert!(
+            text.contains(&format!(
+                "ferry_virtual_machine_cpu_used_millicores{labels} 250"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "ferry_virtual_machine_memory_used_bytes{labels} 314572800"
+            )),
+            "{text}"
+        );
+        // web-2 is not measured: no series.
+        assert!(!text.contains("name=\"web-2\",host"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use super::balance::Usage;
 use k8s_openapi::jiff::Timestamp;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// One running domain's cumulative counters.
@@ -44,8 +44,8 @@ pub struct HostUse {
     pub domains: BTreeMap<String, Usage>,
     /// The sum over the domains.
     pub total: Usage,
-    /// Domains seen in one sample only (no CPU figure yet).
-    pub new_domains: usize,
+    /// Domains seen in one sample only (no CPU figure yet), by UUID.
+    pub unmeasured: BTreeSet<String>,
 }
 
 impl Window {
@@ -95,7 +95,7 @@ impl Window {
         for d in &newest.domains {
             let cpu = self.cpu_millis(d, newest.at);
             if cpu.is_none() {
-                out.new_domains += 1;
+                out.unmeasured.insert(d.uuid.clone());
             }
             let u = Usage {
                 cpu_millis: cpu.unwrap_or(0),

@@ -309,6 +309,24 @@ async fn vm_lifecycle_on_a_real_host() {
         body.contains("ferry_libvirt_call_duration_seconds"),
         "{body}"
     );
+    // Measured load: the running guest's CPU and resident memory, once its host was sampled
+    // twice (the probe runs every 15 s).
+    let series =
+        |name: &str| format!("{name}{{object_namespace=\"{ns}\",name=\"web\",host=\"{node}\"}} ");
+    let value = |body: &str, name: &str| -> Option<u64> {
+        let line = body.lines().find(|l| l.starts_with(&series(name)))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    let body: String = wait_for("the VM's load measured", Duration::from_secs(60), || {
+        let body = ctl.http_get("/metrics").map(|(_, b)| b);
+        async move {
+            let body = body?;
+            value(&body, "ferry_virtual_machine_cpu_used_millicores").map(|_| body)
+        }
+    })
+    .await;
+    let memory = value(&body, "ferry_virtual_machine_memory_used_bytes");
+    assert!(memory.is_some_and(|m| m > 16 << 20), "{body}");
 
     // Delete: domain and overlay gone, golden image untouched.
     c.vms()

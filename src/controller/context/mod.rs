@@ -56,8 +56,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// Image imports: their states, the slots they take turns on, the cluster's networks.
     pub imports: Imports,
-    /// Measured load per host of each pool.
-    pub load: LoadWindows,
+    /// Measured load per host of each pool (shared with the metrics' scrape).
+    pub load: Arc<LoadWindows>,
 }
 
 impl Context {
@@ -101,7 +101,7 @@ impl Context {
             pool_reports: PoolReports::default(),
             backoff: Backoff::default(),
             imports: Imports::default(),
-            load: LoadWindows::default(),
+            load: Arc::default(),
         }
     }
 

@@ -222,7 +222,7 @@ async fn measure(
     let now = whole_seconds(Timestamp::now()).0;
     let used = ctx.load.record(host, load::Sample { at: now, domains });
     // Only domains seen once (the first sample, as after a restart): nothing new to say yet.
-    if used.new_domains > 0 && used.new_domains == used.domains.len() {
+    if !used.unmeasured.is_empty() && used.unmeasured.len() == used.domains.len() {
         return before.and_then(|b| b.load.clone());
     }
     let capacity = Usage {

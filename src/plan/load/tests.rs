@@ -33,7 +33,7 @@ fn cpu_is_counter_growth_over_the_window() {
     w.push(sample(0, vec![dom("a", 10.0, 100), dom("b", 0.0, 50)]));
     // One sample: no CPU figure yet, memory known.
     let u = w.usage();
-    assert_eq!(u.new_domains, 2);
+    assert_eq!(u.unmeasured.len(), 2);
     assert_eq!(
         u.total,
         Usage {
@@ -46,7 +46,7 @@ fn cpu_is_counter_growth_over_the_window() {
     assert_eq!(cpu(&w, "a"), Some(500));
     assert_eq!(cpu(&w, "b"), Some(1000));
     let u = w.usage();
-    assert_eq!(u.new_domains, 0);
+    assert_eq!(u.unmeasured.len(), 0);
     assert_eq!(
         u.total,
         Usage {
@@ -75,7 +75,7 @@ fn old_samples_fall_out_of_the_span() {
     w.push(sample(500, vec![dom("a", 40.0, 1)]));
     assert_eq!(w.len(), 1);
     assert_eq!(cpu(&w, "a"), Some(0));
-    assert_eq!(w.usage().new_domains, 1);
+    assert_eq!(w.usage().unmeasured.len(), 1);
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn a_restarted_domain_starts_again() {
     // The counter went back: the domain restarted between the samples.
     w.push(sample(30, vec![dom("a", 1.0, 1)]));
     assert_eq!(cpu(&w, "a"), Some(0));
-    assert_eq!(w.usage().new_domains, 1);
+    assert_eq!(w.usage().unmeasured.len(), 1);
     w.push(sample(45, vec![dom("a", 4.0, 1)]));
     assert_eq!(cpu(&w, "a"), Some(200));
 }
@@ -97,7 +97,7 @@ fn a_domain_missing_from_a_sample_starts_again() {
     w.push(sample(0, vec![dom("a", 0.0, 1)]));
     w.push(sample(15, vec![]));
     w.push(sample(30, vec![dom("a", 50.0, 1)]));
-    assert_eq!(w.usage().new_domains, 1);
+    assert_eq!(w.usage().unmeasured.len(), 1);
     w.push(sample(45, vec![dom("a", 65.0, 1)]));
     assert_eq!(cpu(&w, "a"), Some(1000));
     // Gone from the newest sample: not counted.
