@@ -7,11 +7,12 @@
 //! VirtualMachine spec that describes the domain as it runs; [`candidate`] into the entry a
 //! HostPool's status lists for a domain its `spec.adoption.domains` names ([`allowed`]).
 
-use crate::api::VirtualMachineSpec;
 use crate::api::host_pool::AdoptionCandidate;
+use crate::api::virtual_machine::RELEASE_ANNOTATION;
 use crate::api::virtual_machine::{
     BootSpec, ConsolesSpec, CpuSpec, Disk, DiskBus, ImageFormat, Nic, NicModel, RunStrategy,
 };
+use crate::api::{HostPool, VirtualMachine, VirtualMachineSpec};
 use crate::plan::capacity::quantity;
 use crate::plan::domain::{
     Backing, Bus, CpuModel, DescribedDomain, DomainDescription, DomainState, KernelBoot, NicDef,
@@ -37,6 +38,36 @@ pub fn allowed(patterns: &[String], name: &str) -> bool {
     patterns.iter().any(|p| match p.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),
         None => p == name,
+    })
+}
+
+/// Why deleting `vm` may not release its domain (annotation `ferry.dev/release`), with what to
+/// do instead; `None` when it may. Only a domain its HostPool (`pool`, `None` when it is gone)
+/// names in `spec.adoption.domains` may leave ferry's management: which domains do is a
+/// platform admin's decision.
+pub fn release_refusal(vm: &VirtualMachine, pool: Option<&HostPool>) -> Option<String> {
+    let ns = vm.metadata.namespace.as_deref().unwrap_or_default();
+    let domain = naming::domain_name(ns, vm.metadata.name.as_deref().unwrap_or_default());
+    let undo = format!(
+        "remove the annotation {RELEASE_ANNOTATION} to delete the VM with its domain and disks"
+    );
+    let Some(pool) = pool else {
+        return Some(format!(
+            "HostPool {} is gone, so nothing allows releasing domain {domain}; {undo}",
+            vm.spec.host_pool
+        ));
+    };
+    let patterns = pool
+        .spec
+        .adoption
+        .as_ref()
+        .map(|a| a.domains.as_slice())
+        .unwrap_or_default();
+    (!allowed(patterns, &domain)).then(|| {
+        format!(
+            "HostPool {} does not name domain {domain} in spec.adoption.domains: a platform admin decides which domains may leave ferry's management; {undo}",
+            pool.metadata.name.as_deref().unwrap_or_default()
+        )
     })
 }
 

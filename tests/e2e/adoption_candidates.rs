@@ -141,7 +141,7 @@ async fn named_foreign_domains_are_described_and_left_alone() {
     assert_eq!(odd_state.trim(), "shut off");
 }
 
-/// A VM ferry runs, deleted with `ferry.dev/release: "true"` while its HostPool names its domain:
+/// A VM ferry runs, released with `kubectl ferry release` while its HostPool names its domain:
 /// the VM object goes, the domain keeps running on the host (one boot, ticks going on), defined,
 /// with its disk and without ferry's metadata, and the pool lists it as a foreign domain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +196,21 @@ async fn a_released_vm_keeps_running_unmanaged() {
         }
     };
 
-    // The pool does not name this one: deletion waits, the domain stays ferry's.
+    // The pool does not name this one: the plugin refuses; annotated and deleted anyway, deletion
+    // waits and the domain stays ferry's.
+    let plugin = |vm: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+            .args(["-n", &ns, "release", vm])
+            .output()
+            .expect("run kubectl-ferry")
+    };
+    let out = plugin("other");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not name domain"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     annotate("other").await;
     let waiting: VirtualMachine = wait_vm(&c, "other", "refused", Duration::from_secs(60), |vm| {
         crate::support::objects::ready_reason(vm).is_some_and(|(_, r)| r == "ReleaseNotAllowed")
@@ -207,7 +221,17 @@ async fn a_released_vm_keeps_running_unmanaged() {
     assert_eq!(domain_on(&lab, "h1", &other), (true, true));
 
     let log = console(&lab, &ns, "keep");
-    annotate("keep").await;
+    let out = plugin("keep");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains(&format!("domain {ns}_keep stays on")),
+        "{said}"
+    );
     c.wait_vm_gone("keep", Duration::from_secs(60)).await;
     let domain = format!("{ns}_keep");
     let ticks = highest_tick(&lab::console_log(&log));

@@ -12,6 +12,7 @@ mod migrate;
 mod output;
 mod power;
 mod proxy;
+mod release;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -28,7 +29,7 @@ use std::process::ExitCode;
 const FIELD_MANAGER: &str = "kubectl-ferry";
 
 /// Manage ferry virtual machines: start, stop, restart, pause, unpause, migrate (and cancel),
-/// console, status, hosts.
+/// console, status, hosts, release.
 ///
 /// Start and stop do not fight GitOps: for a VM with runStrategy Manual they set the
 /// ferry.dev/power annotation, which Argo CD and Flux leave alone when it is not in Git; for other
@@ -123,6 +124,13 @@ enum Command {
         /// End after the first viewer disconnects.
         #[arg(long)]
         once: bool,
+    },
+    /// Delete a VM but leave its domain on its host, running (or not) and defined, with its
+    /// disks, without ferry's metadata (sets ferry.dev/release=true, then deletes). Only for a
+    /// domain the VM's HostPool names in spec.adoption.domains.
+    Release {
+        /// VirtualMachine name.
+        vm: String,
     },
     /// Show a VM's host, IP, phase, conditions and last restart.
     Status {
@@ -307,6 +315,28 @@ async fn run(cli: Cli) -> Result<(), String> {
             let pools: Api<HostPool> = Api::namespaced(client.clone(), &ns);
             let pool = get(&pools, "HostPool", &ns, &obj.spec.host_pool).await?;
             console::attach(client, &obj, &pool, uri.clone(), *no_attach).await
+        }
+        Command::Release { vm } => {
+            let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
+            let pools: Api<HostPool> = Api::namespaced(client.clone(), &ns);
+            let pool = match pools.get(&obj.spec.host_pool).await {
+                Ok(p) => Some(p),
+                Err(kube::Error::Api(e)) if e.code == 404 => None,
+                Err(e) => return Err(format!("reading HostPool {}: {e}", obj.spec.host_pool)),
+            };
+            let (patch, what) = release::release_plan(&obj, pool.as_ref())?;
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            vms.patch(vm, &pp, &Patch::Merge(&patch))
+                .await
+                .map_err(|e| format!("patching VirtualMachine {vm}: {e}"))?;
+            vms.delete(vm, &DeleteParams::default())
+                .await
+                .map_err(|e| format!("deleting VirtualMachine {vm}: {e}"))?;
+            println!("{what}");
+            Ok(())
         }
         Command::Status { vm, output } => {
             let obj = get(&vms, "VirtualMachine", &ns, vm).await?;

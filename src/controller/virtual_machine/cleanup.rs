@@ -35,7 +35,7 @@ pub(super) async fn cleanup(
             .caches
             .pools
             .get(&ObjectRef::new(&vm.spec.host_pool).within(&ns));
-        if let Some(why) = super::release::refusal(vm, pool.as_deref()) {
+        if let Some(why) = crate::plan::adoption::release_refusal(vm, pool.as_deref()) {
             return refuse_release(vm, api, ctx, why).await;
         }
     }

@@ -4,13 +4,11 @@
 //! ferry's management (or join it) is a platform admin's decision, so a namespace editor cannot
 //! leave unmanaged domains on the hosts on their own.
 
-use crate::api::HostPool;
 use crate::api::VirtualMachine;
 use crate::api::virtual_machine::RELEASE_ANNOTATION;
 use crate::controller::Context;
 use crate::error::Result;
 use crate::hypervisor::Hypervisor;
-use crate::plan::{adoption, naming};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
@@ -22,32 +20,6 @@ pub(super) fn requested(vm: &VirtualMachine) -> bool {
     vm.annotations()
         .get(RELEASE_ANNOTATION)
         .is_some_and(|v| v == "true")
-}
-
-/// Why `vm`'s domain may not be released, with what to do; `None` when it may.
-pub(super) fn refusal(vm: &VirtualMachine, pool: Option<&HostPool>) -> Option<String> {
-    let domain = naming::domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any());
-    let undo = format!(
-        "remove the annotation {RELEASE_ANNOTATION} to delete the VM with its domain and disks"
-    );
-    let Some(pool) = pool else {
-        return Some(format!(
-            "HostPool {} is gone, so nothing allows releasing domain {domain}; {undo}",
-            vm.spec.host_pool
-        ));
-    };
-    let patterns = pool
-        .spec
-        .adoption
-        .as_ref()
-        .map(|a| a.domains.as_slice())
-        .unwrap_or_default();
-    (!adoption::allowed(patterns, &domain)).then(|| {
-        format!(
-            "HostPool {} does not name domain {domain} in spec.adoption.domains: a platform admin decides which domains may leave ferry's management; {undo}",
-            pool.name_any()
-        )
-    })
 }
 
 /// Release the VM's domain (UUID `uid`, name `domain`) on `host`: ferry's metadata is removed,

@@ -431,3 +431,46 @@ fn a_candidate_says_what_ferry_makes_of_the_domain() {
         ["hostdev usb: host hardware or files passed through to the guest"]
     );
 }
+
+#[test]
+fn release_needs_the_pool_to_name_the_domain() {
+    let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": "web", "namespace": "apps"},
+        "spec": {"hostPool": "lab", "cpu": {"cores": 1}, "memory": "256Mi"}
+    }))
+    .expect("vm");
+    let pool = |domains: &[&str]| -> HostPool {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "HostPool",
+            "metadata": {"name": "lab", "namespace": "apps"},
+            "spec": {"nodeSelector": {}, "libvirt": {"uriTemplate": "qemu+tcp://{address}/system"},
+                     "storage": {"pool": "images"}, "adoption": {"domains": domains}}
+        }))
+        .expect("pool")
+    };
+    let cases: [(&str, Option<HostPool>, Option<&str>); 4] = [
+        ("named by prefix", Some(pool(&["apps_*"])), None),
+        ("named exactly", Some(pool(&["apps_web"])), None),
+        (
+            "not named",
+            Some(pool(&["legacy"])),
+            Some("HostPool lab does not name domain apps_web in spec.adoption.domains"),
+        ),
+        ("pool gone", None, Some("HostPool lab is gone")),
+    ];
+    for (name, pool, want) in cases {
+        let got = release_refusal(&vm, pool.as_ref());
+        match want {
+            None => assert_eq!(got, None, "{name}"),
+            Some(needle) => {
+                let got = got.unwrap_or_default();
+                assert!(got.contains(needle), "{name}: {got}");
+                assert!(
+                    got.contains("remove the annotation ferry.dev/release"),
+                    "{name}"
+                );
+            }
+        }
+    }
+}
