@@ -123,6 +123,25 @@ async fn named_foreign_domains_are_described_and_left_alone() {
         );
     }
 
+    // The admin's view through the plugin.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+        .args(["-n", &c.namespace, "hosts", "lab"])
+        .output()
+        .expect("run kubectl-ferry");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        row("legacy").contains("Running  adoptable: 1 vCPU, 128Mi, volumes legacy.qcow2"),
+        "{text}"
+    );
+    assert!(row("legacy-odd").contains("not adoptable: "), "{text}");
+
     // Described, not touched.
     let text = lab::console_log(&log);
     assert_eq!(boots(&text), 1, "legacy booted once");

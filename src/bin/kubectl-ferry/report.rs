@@ -1,6 +1,6 @@
 //! `status` and `hosts`: what they print as text.
 
-use ferry::api::host_pool::HostStatus;
+use ferry::api::host_pool::{AdoptionCandidate, HostStatus};
 use ferry::api::virtual_machine::{POWER_ANNOTATION, RESTART_ANNOTATION};
 use ferry::api::{HostPool, VirtualMachine};
 use kube::ResourceExt;
@@ -135,6 +135,31 @@ pub fn hosts_report(pools: &[HostPool], vms: &[VirtualMachine]) -> String {
                 "  {host:<24} {state:<14} {version:<10} {count:>4}  {message}"
             );
         }
+        let candidates: Vec<(&str, &AdoptionCandidate)> = st
+            .hosts
+            .iter()
+            .flat_map(|h| h.adoption_candidates.iter().map(|c| (h.name.as_str(), c)))
+            .collect();
+        if !candidates.is_empty() {
+            let _ = writeln!(out, "  Domains named in spec.adoption.domains:");
+            for (host, c) in candidates {
+                let verdict = if c.adoptable {
+                    format!(
+                        "adoptable: {} vCPU, {}, volumes {}",
+                        c.cpus,
+                        c.memory,
+                        c.volumes.join(", ")
+                    )
+                } else {
+                    format!("not adoptable: {}", c.blockers.join("; "))
+                };
+                let _ = writeln!(
+                    out,
+                    "    {host:<22} {:<24} {:<8} {verdict}",
+                    c.name, c.state
+                );
+            }
+        }
     }
     if pools.is_empty() {
         out.push_str("No HostPools found.\n");
@@ -210,5 +235,35 @@ mod tests {
         assert_eq!(row("hv-2")[..4], ["hv-2", "Unreachable", "-", "1"]);
         assert_eq!(row("hv-9")[..4], ["hv-9", "-", "-", "1"]);
         assert_eq!(row("(unplaced)")[..4], ["(unplaced)", "-", "-", "1"]);
+        assert!(!text.contains("adoption"), "{text}");
+    }
+
+    #[test]
+    fn hosts_lists_adoption_candidates() {
+        let p = pool(json!({
+            "selectedHosts": 1, "readyHosts": 1,
+            "hosts": [{"name": "hv-1", "state": "Ready", "adoptionCandidates": [
+                {"name": "legacy", "uuid": "u1", "state": "Running", "adoptable": true,
+                 "cpus": 1, "memory": "128Mi", "volumes": ["legacy.qcow2"]},
+                {"name": "web-1", "uuid": "u2", "state": "ShutOff", "adoptable": false,
+                 "cpus": 2, "memory": "1Gi",
+                 "blockers": ["hostdev pci: host hardware", "clock offset localtime"]}
+            ]}]
+        }));
+        let text = hosts_report(&[p], &[]);
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(name))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            line("legacy"),
+            "hv-1 legacy Running adoptable: 1 vCPU, 128Mi, volumes legacy.qcow2"
+        );
+        assert_eq!(
+            line("web-1"),
+            "hv-1 web-1 ShutOff not adoptable: hostdev pci: host hardware; clock offset localtime"
+        );
     }
 }
