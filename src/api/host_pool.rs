@@ -501,7 +501,7 @@ pub struct HostStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha_verdict: Option<crate::api::ha_policy::HostVerdict>,
     /// Domains on the host that `spec.adoption.domains` names and ferry did not make, by name
-    /// (at most 32), with what ferry makes of them.
+    /// (at most 32 per host and 64 per pool), with what ferry makes of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adoption_candidates: Vec<AdoptionCandidate>,
     /// What the host's running domains use, measured (libvirt's CPU time and resident memory

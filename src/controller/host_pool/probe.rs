@@ -35,6 +35,7 @@ pub(super) async fn hosts(
         probe(pool, n, ctx, vm_uids.as_ref(), before)
     });
     let mut hosts: Vec<HostStatus> = futures::future::join_all(probes).await;
+    candidates::bound(&mut hosts);
     // Nodes that left the pool leave no load window behind.
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
     let names: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
