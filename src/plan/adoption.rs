@@ -14,6 +14,7 @@ use crate::api::virtual_machine::{
 };
 use crate::api::{HostPool, VirtualMachine, VirtualMachineSpec};
 use crate::plan::capacity::quantity;
+use crate::plan::domain::DomainInfo;
 use crate::plan::domain::{
     Backing, Bus, CpuModel, DescribedDomain, DomainDescription, DomainState, KernelBoot, NicDef,
     NicSource,
@@ -601,6 +602,146 @@ pub fn spec_for(hw: &Hardware, state: DomainState, pool: &str) -> VirtualMachine
         migration: None,
         cloud_init: None,
         consoles,
+    }
+}
+
+/// What the VM's `spec` says differently from the domain's hardware `hw`, one line per field; empty
+/// when the spec describes the domain as it runs (defaults as ferry applies them: virtio, raw,
+/// both consoles).
+pub fn spec_differences(spec: &VirtualMachineSpec, hw: &Hardware) -> Vec<String> {
+    use crate::plan::quantity::parse_bytes;
+    let want = spec_for(hw, DomainState::Running, &spec.host_pool);
+    let mut out = Vec::new();
+    let mut differ = |field: &str, spec_says: String, domain_has: String| {
+        if spec_says != domain_has {
+            out.push(format!(
+                "{field}: the spec says {spec_says}, the domain has {domain_has}"
+            ));
+        }
+    };
+    let cpu = |s: &VirtualMachineSpec| s.cpu.as_ref().map(|c| (c.cores, c.model.clone()));
+    differ(
+        "spec.cpu",
+        format!("{:?}", cpu(spec)),
+        format!("{:?}", cpu(&want)),
+    );
+    let memory = |s: &VirtualMachineSpec| s.memory.as_deref().and_then(|m| parse_bytes(m).ok());
+    differ(
+        "spec.memory",
+        format!("{:?}", memory(spec)),
+        format!("{:?}", memory(&want)),
+    );
+    let disks = |s: &VirtualMachineSpec| -> Vec<String> {
+        s.disks
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} volume {:?} {} {:?}",
+                    d.name,
+                    d.volume,
+                    d.format.unwrap_or(ImageFormat::Raw),
+                    d.bus.unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    differ(
+        "spec.disks",
+        format!("{:?}", disks(spec)),
+        format!("{:?}", disks(&want)),
+    );
+    let nics = |s: &VirtualMachineSpec| -> Vec<String> {
+        s.networks
+            .iter()
+            .map(|n| {
+                format!(
+                    "{:?} {:?}/{:?} {:?}",
+                    n.mac.as_deref().map(str::to_ascii_lowercase),
+                    n.network,
+                    n.bridge,
+                    n.model.unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    differ(
+        "spec.networks",
+        format!("{:?}", nics(spec)),
+        format!("{:?}", nics(&want)),
+    );
+    differ(
+        "spec.boot",
+        format!("{:?}", spec.boot),
+        format!("{:?}", want.boot),
+    );
+    let consoles = |s: &VirtualMachineSpec| {
+        (
+            ConsolesSpec::serial_of(s.consoles.as_ref()),
+            ConsolesSpec::vnc_of(s.consoles.as_ref()),
+        )
+    };
+    differ(
+        "spec.consoles (serial, vnc)",
+        format!("{:?}", consoles(spec)),
+        format!("{:?}", consoles(&want)),
+    );
+    if spec.cloud_init.is_some() {
+        out.push("spec.cloudInit: the domain booted without ferry's seed; leave it out".into());
+    }
+    out
+}
+
+/// Whether a VM (UID `uid`) may take over the domain a host reports (`info`, its metadata) as
+/// described (`described`), into HostPool `pool` whose `spec.adoption.domains` is `patterns`;
+/// the domain's hardware when it may, else every reason why not. Nothing is taken over while
+/// any reason stands.
+#[allow(clippy::too_many_arguments)]
+pub fn claim(
+    patterns: &[String],
+    domain: &str,
+    uuid: &str,
+    uid: &str,
+    info: Option<&DomainInfo>,
+    described: Option<(&DescribedDomain, DomainState)>,
+    pool: &PoolView,
+    spec: &VirtualMachineSpec,
+) -> Result<Hardware, Vec<String>> {
+    if !allowed(patterns, domain) {
+        return Err(vec![format!(
+            "the HostPool does not name domain {domain:?} in spec.adoption.domains: a platform admin decides which domains VirtualMachines of this namespace may adopt"
+        )]);
+    }
+    let Some(info) = info else {
+        return Err(vec![format!("the host has no domain with UUID {uuid}")]);
+    };
+    if info.name != domain {
+        return Err(vec![format!(
+            "the domain with UUID {uuid} is called {:?}, not {domain:?}",
+            info.name
+        )]);
+    }
+    if let Some(m) = [info.live.as_ref(), info.config.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|m| m.owner.uid != uid)
+    {
+        return Err(vec![format!(
+            "domain {domain:?} belongs to VirtualMachine {}/{}: ferry adopts only domains nobody owns",
+            m.owner.namespace, m.owner.name
+        )]);
+    }
+    let Some((d, state)) = described else {
+        return Err(vec![format!("domain {domain:?} is gone from the host")]);
+    };
+    let a = assess(d, state, pool);
+    let Some(hw) = a.hardware else {
+        return Err(a.blockers);
+    };
+    let differences = spec_differences(spec, &hw);
+    if differences.is_empty() {
+        Ok(hw)
+    } else {
+        Err(differences)
     }
 }
 

@@ -474,3 +474,82 @@ fn release_needs_the_pool_to_name_the_domain() {
         }
     }
 }
+
+fn info(meta_uid: Option<&str>) -> DomainInfo {
+    let meta = meta_uid.map(|uid| crate::plan::domain::FerryMetadata {
+        owner: crate::plan::domain::Owner {
+            namespace: "other".into(),
+            name: "vm".into(),
+            uid: uid.into(),
+        },
+        definition_hash: String::new(),
+        shape: Default::default(),
+    });
+    DomainInfo {
+        name: "legacy".into(),
+        uuid: "70295d7a-b851-46e1-bfa3-4e82b34cff8b".into(),
+        state: RUNNING,
+        persistent: true,
+        vcpus: 1,
+        memory_kib: 131072,
+        live: meta.clone(),
+        config: meta,
+    }
+}
+
+#[test]
+fn a_claim_needs_the_pool_an_unowned_domain_and_a_matching_spec() {
+    let dirs = boot_dirs();
+    let view = pool(&dirs, &[]);
+    let d = described(legacy());
+    let hw = assess(&d, RUNNING, &view).hardware.expect("adoptable");
+    let spec = spec_for(&hw, RUNNING, "rack1");
+    let named = vec!["legacy".to_string()];
+    let uuid = "70295d7a-b851-46e1-bfa3-4e82b34cff8b";
+    let go = |patterns: &[String], info: Option<&DomainInfo>, spec: &VirtualMachineSpec| {
+        claim(
+            patterns,
+            "legacy",
+            uuid,
+            "vm-uid",
+            info,
+            Some((&d, RUNNING)),
+            &view,
+            spec,
+        )
+    };
+    assert_eq!(go(&named, Some(&info(None)), &spec), Ok(hw.clone()));
+    assert_eq!(
+        go(&named, Some(&info(Some("vm-uid"))), &spec),
+        Ok(hw.clone()),
+        "ours already: repeating the claim is harmless"
+    );
+    let reasons = |r: Result<Hardware, Vec<String>>| r.expect_err("blocked").join("\n");
+    assert!(reasons(go(&[], Some(&info(None)), &spec)).contains("does not name domain"));
+    assert!(
+        reasons(go(&named, Some(&info(Some("x"))), &spec)).contains("belongs to VirtualMachine")
+    );
+    assert!(reasons(go(&named, None, &spec)).contains("no domain with UUID"));
+    let mut renamed = info(None);
+    renamed.name = "other".into();
+    assert!(reasons(go(&named, Some(&renamed), &spec)).contains("is called \"other\""));
+
+    let mut bigger = spec.clone();
+    bigger.cpu = Some(CpuSpec {
+        cores: 2,
+        model: None,
+    });
+    bigger.memory = Some("131072Ki".into());
+    let why = reasons(go(&named, Some(&info(None)), &bigger));
+    assert!(why.contains("spec.cpu"), "{why}");
+    assert!(
+        !why.contains("spec.memory"),
+        "128Mi written another way: {why}"
+    );
+    let mut defaults = spec.clone();
+    defaults.consoles = None;
+    assert!(
+        reasons(go(&named, Some(&info(None)), &defaults)).contains("spec.consoles"),
+        "the domain has no display: the spec must say vnc: false"
+    );
+}
