@@ -90,6 +90,7 @@ fn vms() -> Vec<Vm> {
                         cpus: 1 + (r >> 8) % 4,
                         memory: gib * GI,
                     },
+                    excludes: vec![],
                 },
                 demand: Usage {
                     cpu_millis: busy * ((r >> 16) % 1500),
@@ -105,7 +106,7 @@ fn vms() -> Vec<Vm> {
             match (r >> 32) % 100 {
                 0..5 => vm.pinned = Some("evictionStrategy None".into()),
                 5..10 => vm.node_selector = one("rack", format!("r{}", h % 10)),
-                10..15 => vm.anti_affinity = required("app", app),
+                10..15 => vm.set_anti_affinity(required("app", app)),
                 15..17 => vm.affinity = required("app", format!("app-{}", (i + 1) % 400)),
                 _ => {}
             }

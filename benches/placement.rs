@@ -57,6 +57,7 @@ fn placed(n: usize, hosts: usize) -> Vec<Placed> {
                 cpus: 1 + (i % 4) as u64,
                 memory: (1 + (i % 8) as u64) * GI,
             },
+            excludes: vec![],
         })
         .collect()
 }
@@ -97,6 +98,7 @@ fn main() {
         let none: Vec<Term> = Vec::new();
         let selector = BTreeMap::new();
         let anti = term("app-7", true);
+        let new_labels = labels(&[("app", "app-new".to_string())]);
         let pref = term("app-3", false);
         for (what, affinity, anti_affinity) in [
             ("none", &none, &none),
@@ -104,6 +106,7 @@ fn main() {
         ] {
             let req = Request {
                 uid: "new-vm",
+                labels: &new_labels,
                 need: Amount {
                     cpus: 2,
                     memory: 4 * GI,

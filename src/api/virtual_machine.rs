@@ -557,7 +557,8 @@ pub struct PlacementSpec {
     #[schemars(length(max = 16))]
     pub affinity: Vec<VmAffinityTerm>,
     /// Run on a host that runs no VirtualMachine (of the same namespace) matching these terms;
-    /// the VM itself never counts.
+    /// the VM itself never counts. Required terms bind both ways, as pod anti-affinity does: a
+    /// VM they match is not placed, restarted or migrated onto this VM's host either.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub anti_affinity: Vec<VmAffinityTerm>,

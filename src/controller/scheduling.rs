@@ -72,6 +72,7 @@ pub fn choose(
     let placed = placed_vms(pool, caches, &mut placing);
     let req = Request {
         uid: &uid,
+        labels: vm.labels(),
         need,
         node_selector: &spec.node_selector,
         affinity: &affinity,
@@ -79,16 +80,31 @@ pub fn choose(
     };
     let host = placement::choose_host(&candidates, &placed, &req, pool.placement_strategy())
         .map_err(NotPlaced::NoHost)?;
-    placing.insert(
-        uid.clone(),
-        Placed {
-            uid: uid.clone(),
-            host: host.clone(),
-            labels: vm.labels().clone(),
-            need: req.need,
-        },
-    );
+    let chosen = Placed {
+        need: req.need,
+        ..as_placed(vm, uid.clone(), host.clone())
+    };
+    placing.insert(uid.clone(), chosen);
     Ok(host)
+}
+
+/// `vm` as placement counts it on `host` (under `uid`): its labels, its need and what its
+/// required anti-affinity excludes from the host (an invalid term excludes nothing: such a VM
+/// is not placed anywhere, and says so).
+pub fn as_placed(vm: &VirtualMachine, uid: String, host: String) -> Placed {
+    let anti = vm
+        .spec
+        .placement
+        .as_ref()
+        .and_then(|p| placement::terms(&p.anti_affinity, "antiAffinity").ok())
+        .unwrap_or_default();
+    Placed {
+        uid,
+        host,
+        labels: vm.labels().clone(),
+        need: need(vm),
+        excludes: placement::excludes(&anti),
+    }
 }
 
 /// Choose the target host of a live migration of `vm` away from `source`: the requested host
@@ -124,6 +140,7 @@ pub fn choose_migration_target(
     };
     let req = Request {
         uid: &uid,
+        labels: vm.labels(),
         need: need(vm),
         node_selector: &spec.node_selector,
         affinity: &affinity,
@@ -150,12 +167,7 @@ fn placed_vms(
         match vm.status.as_ref().and_then(|s| s.host.clone()) {
             Some(host) => {
                 placing.remove(&uid);
-                out.push(Placed {
-                    uid,
-                    host,
-                    labels: vm.labels().clone(),
-                    need: need(&vm),
-                });
+                out.push(as_placed(&vm, uid, host));
             }
             None => {
                 if let Some(p) = placing.get(&uid) {
@@ -183,12 +195,8 @@ fn placed_vms(
         {
             continue;
         }
-        out.push(Placed {
-            uid: format!("{}@{target}", vm.metadata.uid.clone().unwrap_or_default()),
-            host: target,
-            labels: vm.labels().clone(),
-            need: need(&vm),
-        });
+        let uid = format!("{}@{target}", vm.metadata.uid.clone().unwrap_or_default());
+        out.push(as_placed(&vm, uid, target));
     }
     out
 }

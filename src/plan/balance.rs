@@ -27,9 +27,9 @@
 //! a run a VM moves at most once. Every move lowers the imbalance, and planning stops at the
 //! target, so the measurements a run leaves plan nothing further.
 //!
-//! The target's hard rules are placement's own ([`placement::fits`]); balancing adds what only
-//! a move has: the anti-affinity of the VMs already on the target, and the required affinity of
-//! the VMs the move leaves behind.
+//! The target's hard rules are placement's own ([`placement::fits`], which includes the
+//! anti-affinity of the VMs already on the target); balancing adds what only a move has: the
+//! required affinity of the VMs the move leaves behind.
 
 use super::placement::{self, Candidate, Placed, Request, Term};
 use k8s_openapi::jiff::Timestamp;
@@ -89,10 +89,19 @@ pub struct Vm {
     pub node_selector: BTreeMap<String, String>,
     /// Affinity terms (required ones are kept).
     pub affinity: Vec<Term>,
-    /// Anti-affinity terms (required ones are kept).
+    /// Anti-affinity terms (required ones are kept); their selectors are also
+    /// `placed.excludes` (see [`Vm::set_anti_affinity`]).
     pub anti_affinity: Vec<Term>,
     /// Balancing moves it made lately.
     pub history: Vec<PastMove>,
+}
+
+impl Vm {
+    /// Set its anti-affinity terms, and with them what it excludes from its host.
+    pub fn set_anti_affinity(&mut self, terms: Vec<Term>) {
+        self.placed.excludes = placement::excludes(&terms);
+        self.anti_affinity = terms;
+    }
 }
 
 /// A balancing move a VM made.
@@ -365,7 +374,8 @@ impl<'a> State<'a> {
     }
 
     /// Whether VM `v` may move from `a` to `b` now: placement's rules for `b`, the no-return
-    /// rule, the anti-affinity of the VMs on `b`, and the affinity of the VMs left on `a`.
+    /// rule (placement's include the anti-affinity of the VMs on `b`), and the affinity of the
+    /// VMs left on `a`.
     fn allowed(&self, vms: &[Vm], v: usize, a: usize, b: usize) -> bool {
         let vm = &vms[v];
         if self.barred[v].contains(&b) {
@@ -374,6 +384,7 @@ impl<'a> State<'a> {
         let there: Vec<&Placed> = self.on[b].iter().map(|&w| &vms[w].placed).collect();
         let req = Request {
             uid: &vm.placed.uid,
+            labels: &vm.placed.labels,
             need: vm.placed.need,
             node_selector: &vm.node_selector,
             affinity: &vm.affinity,
@@ -387,15 +398,6 @@ impl<'a> State<'a> {
             return false;
         }
         let labels = &vm.placed.labels;
-        let excluded = |w: usize| {
-            vms[w]
-                .anti_affinity
-                .iter()
-                .any(|t| t.required && t.selector.matches(labels))
-        };
-        if self.on[b].iter().any(|&w| excluded(w)) {
-            return false;
-        }
         // None of the VMs left on `a` may lose its last partner there.
         let left = |w: usize| {
             self.on[a]

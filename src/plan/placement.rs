@@ -3,7 +3,8 @@
 //!
 //! Rules, in order, per host (the first that fails is the reason counted for that host):
 //! the VM's `nodeSelector`; the Node is not cordoned; the Node is Ready; the host's libvirt
-//! answers; its capacity is known; required anti-affinity (no VM matching a term on the host);
+//! answers; its capacity is known; required anti-affinity, both ways (no VM on the host matching
+//! one of the VM's terms, and none whose own terms match the VM, as Kubernetes does for pods);
 //! required affinity (a VM matching each term on the host, when such a VM exists anywhere in the
 //! pool); memory and vCPUs fit in what is allocatable after what is already there (ferry's VMs
 //! placed on the host, started or not, and running foreign domains). Among the hosts that fit,
@@ -47,6 +48,9 @@ pub struct Placed {
     pub labels: BTreeMap<String, String>,
     /// Its vCPUs and memory.
     pub need: Amount,
+    /// The selectors of its required anti-affinity terms: no VM they match may join it on its
+    /// host.
+    pub excludes: Vec<Selector>,
 }
 
 /// An affinity or anti-affinity term, ready to match.
@@ -77,11 +81,22 @@ pub fn terms(spec: &[VmAffinityTerm], what: &str) -> Result<Vec<Term>, String> {
         .collect()
 }
 
+/// The selectors of the required terms among `anti_affinity` (what [`Placed::excludes`] holds).
+pub fn excludes(anti_affinity: &[Term]) -> Vec<Selector> {
+    anti_affinity
+        .iter()
+        .filter(|t| t.required)
+        .map(|t| t.selector.clone())
+        .collect()
+}
+
 /// What the VM to place asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     /// The VM's UID (the VM never counts against itself).
     pub uid: &'a str,
+    /// The VM's labels (what the anti-affinity of VMs already placed is matched against).
+    pub labels: &'a BTreeMap<String, String>,
     /// Its vCPUs and memory.
     pub need: Amount,
     /// Labels its host's Node must carry.
@@ -194,6 +209,10 @@ pub fn fits(
     let any_here = |t: &Term| on_host.iter().any(|p| t.selector.matches(&p.labels));
     if req.anti_affinity.iter().any(|t| t.required && any_here(t)) {
         return Err("run a VM the anti-affinity excludes");
+    }
+    let excluded_by = |p: &&Placed| p.excludes.iter().any(|s| s.matches(req.labels));
+    if on_host.iter().any(excluded_by) {
+        return Err("run a VM whose anti-affinity excludes this one");
     }
     let required_affinity_missed = req
         .affinity

@@ -4,7 +4,7 @@
 //! after the other, so that a higher-priority VM's room is never taken by a lower-priority one.
 
 use super::capacity::Amount;
-use super::placement::{Candidate, Placed, Request, Term, choose_host};
+use super::placement::{self, Candidate, Placed, Request, Term, choose_host};
 use crate::api::host_pool::PlacementStrategy;
 use std::collections::BTreeMap;
 
@@ -97,6 +97,7 @@ pub fn plan(
         }
         let req = Request {
             uid: &vm.uid,
+            labels: &vm.labels,
             need: vm.need,
             node_selector: &vm.node_selector,
             affinity: &vm.affinity,
@@ -145,6 +146,7 @@ pub fn plan(
             host: host.clone(),
             labels: vm.labels.clone(),
             need: vm.need,
+            excludes: placement::excludes(&vm.anti_affinity),
         });
         out.release.push((vm.uid.clone(), host));
     }
@@ -419,6 +421,7 @@ mod tests {
                 cpus: 1,
                 memory: 2 * GI,
             },
+            excludes: vec![],
         }];
         let vms = vec![vm("a", 0, 1), vm("b", 0, 1), vm("c", 0, 1)];
         let limits = Limits {

@@ -27,7 +27,8 @@ fn labelled_vm(name: &str, lab: &lab::Lab, app: &str, anti: bool) -> serde_json:
 }
 
 /// Three lab hosts: six VMs spread 2/2/2, the pool reports capacity and allocation per host, a
-/// required anti-affinity pair lands on two hosts even where spreading would put them together,
+/// VM with a required anti-affinity keeps a VM it matches (with no rule of its own) off its host
+/// even where spreading would put them together,
 /// a cordoned Node receives nothing new, and a VM that fits nowhere waits with a counted reason
 /// and is placed as soon as its host is uncordoned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,14 +206,15 @@ async fn placement_across_three_hosts() {
     .await;
 
     // Anti-affinity: db-a takes the emptiest schedulable host (h2); spreading alone would put db-b
-    // there too (1 VM against h3's 2), the required anti-affinity sends it to h3.
+    // there too (1 VM against h3's 2). db-b has no rule of its own: db-a's required anti-affinity
+    // binds both ways (as pod anti-affinity does) and sends it to h3.
     let a = apply_placed(&c, labelled_vm("db-a", &lab, "db", true)).await;
     assert_eq!(
         host_of(&a),
         Some(h2.clone()),
         "db-a on the emptiest uncordoned host"
     );
-    let b = apply_placed(&c, labelled_vm("db-b", &lab, "db", true)).await;
+    let b = apply_placed(&c, labelled_vm("db-b", &lab, "db", false)).await;
     assert_eq!(
         host_of(&b),
         Some(h3.clone()),

@@ -106,12 +106,8 @@ pub(super) async fn restart(
     let placed: Vec<Placed> = pool_vms
         .iter()
         .filter_map(|v| {
-            Some(Placed {
-                uid: v.metadata.uid.clone()?,
-                host: v.status.as_ref()?.host.clone()?,
-                labels: v.labels().clone(),
-                need: need(v),
-            })
+            let host = v.status.as_ref()?.host.clone()?;
+            Some(scheduling::as_placed(v, v.metadata.uid.clone()?, host))
         })
         .collect();
     let limits = Limits {

@@ -64,6 +64,7 @@ fn vm(name: &str, host: &str, millis: u64) -> Vm {
                 cpus: 1,
                 memory: GI,
             },
+            excludes: vec![],
         },
         demand: Usage {
             cpu_millis: millis,
@@ -243,7 +244,7 @@ fn cases() -> Vec<Case> {
             hosts: three(),
             vms: vec![
                 with(vm("a", "h1", 2000), |v| {
-                    v.anti_affinity = vec![term("app", "db", true)]
+                    v.set_anti_affinity(vec![term("app", "db", true)])
                 }),
                 vm("b", "h1", 2000),
                 with(vm("db", "h2", 100), |v| {
@@ -265,7 +266,7 @@ fn cases() -> Vec<Case> {
                     v.placed.labels = label("app", "web")
                 }),
                 with(vm("db", "h2", 100), |v| {
-                    v.anti_affinity = vec![term("app", "web", true)]
+                    v.set_anti_affinity(vec![term("app", "web", true)])
                 }),
             ],
             settings: level3(),
@@ -634,7 +635,7 @@ fn random_pool(seed: u64, hosts: usize, per_host: usize) -> (Vec<Host>, Vec<Vm>)
         match next() % 20 {
             0 => v.pinned = Some("evictionStrategy None".into()),
             1 => v.node_selector = hs[h].candidate.labels.clone(),
-            2 => v.anti_affinity = vec![term("app", &format!("vm{:05}", i / 2), true)],
+            2 => v.set_anti_affinity(vec![term("app", &format!("vm{:05}", i / 2), true)]),
             3 => v.affinity = vec![term("app", &format!("vm{:05}", i / 3), true)],
             4 => v.history = vec![moved(60, elsewhere)],
             5 => v.history = vec![moved(3 * 3600, elsewhere)],

@@ -39,7 +39,14 @@ fn vm(uid: &str, host: &str, cpus: u64, gib: u64, app: &str) -> Placed {
             cpus,
             memory: gib * GI,
         },
+        excludes: vec![],
     }
+}
+
+/// `p` with a required anti-affinity against VMs labelled `app=<app>`.
+fn excluding(mut p: Placed, app: &str) -> Placed {
+    p.excludes = excludes(&[term(app, true, 0)]);
+    p
 }
 
 fn term(app: &str, required: bool, weight: u64) -> Term {
@@ -62,6 +69,7 @@ struct Case {
     node_selector: BTreeMap<String, String>,
     affinity: Vec<Term>,
     anti_affinity: Vec<Term>,
+    labels: BTreeMap<String, String>,
     strategy: PlacementStrategy,
     want: Result<&'static str, &'static str>,
 }
@@ -76,6 +84,7 @@ impl Default for Case {
             node_selector: BTreeMap::new(),
             affinity: vec![],
             anti_affinity: vec![],
+            labels: BTreeMap::new(),
             strategy: Spread,
             want: Err(""),
         }
@@ -86,6 +95,7 @@ fn run(cases: Vec<Case>) {
     for c in cases {
         let req = Request {
             uid: "new",
+            labels: &c.labels,
             need: Amount {
                 cpus: c.need.0,
                 memory: c.need.1 * GI,
@@ -344,6 +354,39 @@ fn affinity_and_anti_affinity() {
             ..Case::default()
         },
         Case {
+            name: "a placed VM's required anti-affinity keeps the new VM off its host",
+            hosts: hosts(),
+            placed: vec![
+                excluding(vm("1", "a", 1, 1, "db"), "web"),
+                vm("2", "c", 1, 1, "cache"),
+            ],
+            labels: labels(&[("app", "web")]),
+            strategy: Pack,
+            want: Ok("c"),
+            ..Case::default()
+        },
+        Case {
+            name: "placed VMs' anti-affinity everywhere",
+            hosts: hosts(),
+            placed: vec![
+                excluding(vm("1", "a", 1, 1, "db"), "web"),
+                excluding(vm("2", "b", 1, 1, "db"), "web"),
+                excluding(vm("3", "c", 1, 1, "db"), "web"),
+            ],
+            labels: labels(&[("app", "web")]),
+            want: Err("no host fits: 3 run a VM whose anti-affinity excludes this one"),
+            ..Case::default()
+        },
+        Case {
+            name: "a placed VM's anti-affinity that does not match the new VM binds nothing",
+            hosts: hosts(),
+            placed: vec![excluding(vm("1", "a", 1, 1, "db"), "db")],
+            labels: labels(&[("app", "web")]),
+            strategy: Pack,
+            want: Ok("a"),
+            ..Case::default()
+        },
+        Case {
             name: "required affinity joins the match, against the spread",
             hosts: hosts(),
             placed: vec![vm("1", "b", 4, 4, "web"), vm("2", "a", 1, 1, "x")],
@@ -419,6 +462,7 @@ fn ties_break_by_name() {
         let uid = format!("vm{i}");
         let req = Request {
             uid: &uid,
+            labels: &BTreeMap::new(),
             need: Amount {
                 cpus: 1,
                 memory: 128 << 20,
@@ -433,6 +477,7 @@ fn ties_break_by_name() {
             host: h,
             labels: BTreeMap::new(),
             need: req.need,
+            excludes: vec![],
         });
     }
     let on = |h: &str| placed.iter().filter(|p| p.host == h).count();
