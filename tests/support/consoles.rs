@@ -419,6 +419,9 @@ pub struct AggregatedApi {
     pub key: PathBuf,
     /// The address the controller must serve the aggregated API on.
     pub addr: std::net::SocketAddr,
+    /// A second address with the same port, for a second (standby) controller: the API server
+    /// picks one of the Endpoints' addresses at random for each request.
+    pub standby_addr: std::net::SocketAddr,
     interface: String,
     kubeconfig: PathBuf,
 }
@@ -451,6 +454,7 @@ impl AggregatedApi {
         let pid = std::process::id();
         let interface = format!("fapi{}", pid % 100_000);
         let ip = std::net::Ipv4Addr::new(198, 18, (pid >> 8) as u8, (pid & 0xff) as u8);
+        let ip2 = std::net::Ipv4Addr::new(198, 19, (pid >> 8) as u8, (pid & 0xff) as u8);
         let ip_cmd = |args: &[&str]| {
             let out = std::process::Command::new("ip")
                 .args(args)
@@ -476,17 +480,27 @@ impl AggregatedApi {
             cert: dir.join("api.crt"),
             key: dir.join("api.key"),
             addr: std::net::SocketAddr::from((ip, 0)),
+            standby_addr: std::net::SocketAddr::from((ip2, 0)),
             interface,
             kubeconfig: c.kubeconfig.clone(),
         };
         ip_cmd(&["addr", "add", &format!("{ip}/32"), "dev", &api.interface]);
         ip_cmd(&["link", "set", &api.interface, "up"]);
+        ip_cmd(&[
+            "addr",
+            "add",
+            &format!("{ip2}/32"),
+            "dev",
+            &format!("{}p", api.interface),
+        ]);
         ip_cmd(&["link", "set", &format!("{}p", api.interface), "up"]);
+        // Nothing else listens on these test addresses: a port free on one is free on both.
         let port = std::net::TcpListener::bind((ip, 0))
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         api.addr = std::net::SocketAddr::from((ip, port));
+        api.standby_addr = std::net::SocketAddr::from((ip2, port));
         api
     }
 
@@ -501,7 +515,7 @@ impl AggregatedApi {
                  "spec": {"ports": [{"name": "https", "port": 443, "targetPort": self.addr.port()}]}},
                 {"apiVersion": "v1", "kind": "Endpoints",
                  "metadata": {"name": "ferry-api", "namespace": ns},
-                 "subsets": [{"addresses": [{"ip": self.addr.ip().to_string()}],
+                 "subsets": [{"addresses": [{"ip": self.addr.ip().to_string()}, {"ip": self.standby_addr.ip().to_string()}],
                               "ports": [{"name": "https", "port": self.addr.port()}]}]},
                 {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
                  "metadata": {"name": "v1alpha1.subresources.ferry.dev"},
