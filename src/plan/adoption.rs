@@ -148,7 +148,7 @@ pub struct Assessment {
 
 /// The file name of `path` if it is a file directly inside `dir` (both normalized absolute
 /// paths, compared as text as [`host_paths`] does: ferry does not resolve paths on the hosts).
-fn file_in<'a>(path: &'a str, dir: &str) -> Option<&'a str> {
+pub(crate) fn file_in<'a>(path: &'a str, dir: &str) -> Option<&'a str> {
     let p = host_paths::segments(path).ok()?;
     let d = host_paths::segments(dir).ok()?;
     (p.len() == d.len() + 1 && host_paths::inside(&p, &d)).then(|| p[d.len()])

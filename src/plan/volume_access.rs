@@ -8,14 +8,17 @@
 //! - `volume:` names a plain volume: never a golden image (of any HostPool on that storage, nor
 //!   one a VM there overlays), never a volume ferry made (overlays, copies, seeds, imported
 //!   images: known by their names and by what VMs' status records), and never a volume another
-//!   VM on that storage attaches (the older VM keeps it). It is attached in the format the spec
-//!   gives (`raw` by default).
+//!   VM on that storage attaches (the older VM keeps it), nor one a libvirt domain ferry does not
+//!   manage attaches or builds on (a foreign domain on a host of a pool on that storage, as the
+//!   HostPool probe last read it). It is attached in the format the spec gives (`raw` by
+//!   default).
 //! - Formats are never guessed from a file: overlays and copies are qcow2 because ferry made them
 //!   so, seeds raw, images and volumes as declared.
 
 use crate::api::host_pool::StorageSpec;
 use crate::api::virtual_machine::{Disk, ImageFormat, VirtualMachineSpec};
 use crate::api::{DiskSource, VirtualMachine};
+use crate::plan::domain::{Backing, DomainDescription};
 use crate::plan::naming;
 use k8s_openapi::jiff::Timestamp;
 
@@ -26,6 +29,49 @@ pub const DISK_NOT_ALLOWED: &str = "DiskNotAllowed";
 /// the same directory).
 pub fn shares_storage(a: &StorageSpec, b: &StorageSpec) -> bool {
     a.pool == b.pool || (a.path.is_some() && a.path == b.path)
+}
+
+/// A volume a libvirt domain ferry does not manage attaches, or builds on (a backing file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignUse {
+    pub volume: String,
+    /// The domain's name.
+    pub domain: String,
+    /// The Node name of its host.
+    pub host: String,
+}
+
+/// The volumes of the storage pool in directory `dir` that domain `d` attaches or whose disks
+/// build on (first backing files), sorted and once each. A `volume` disk counts by its volume
+/// name. Without a known `dir`, every file disk counts by its file name: a namespace editor
+/// may then be refused a volume that only shares a name, never given one a domain uses.
+pub fn foreign_volumes(d: &DomainDescription, dir: Option<&str>) -> Vec<String> {
+    let in_pool = |path: &str| -> Option<String> {
+        match dir {
+            Some(dir) => crate::plan::adoption::file_in(path, dir).map(str::to_string),
+            None => path
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+        }
+    };
+    let mut out: Vec<String> = Vec::new();
+    for disk in &d.disks {
+        let source = match (disk.kind.as_str(), disk.source.as_deref()) {
+            ("volume", Some(v)) => Some(v.to_string()),
+            ("file", Some(p)) => in_pool(p),
+            _ => None,
+        };
+        let backing = match &disk.backing {
+            Backing::Known(Some(p)) => in_pool(p),
+            _ => None,
+        };
+        out.extend(source.into_iter().chain(backing));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Another VM on the same storage, as far as its claims on volumes go.
@@ -107,14 +153,16 @@ impl<'a> Claimant<'a> {
 /// `image:` disk whose overlay the VM's status records as made is not checked against the
 /// pool's declared images: that overlay exists and is never made again.
 /// `other_golden` are the golden images other HostPools on the same storage declare;
-/// `neighbours` the other VMs on the same storage (only looked at for `volume:` disks). The error
-/// lists every problem and what to change.
+/// `neighbours` the other VMs on the same storage and `foreign` the volumes domains ferry does not
+/// manage use there (both only looked at for `volume:` disks). The error lists every problem and
+/// what to change.
 pub fn check(
     vm: &Claimant,
     pool_name: &str,
     storage: &StorageSpec,
     other_golden: &[String],
     neighbours: &[Neighbour],
+    foreign: &[ForeignUse],
 ) -> Result<(), String> {
     let mut problems = Vec::new();
     for (i, d) in vm.spec.disks.iter().enumerate() {
@@ -131,7 +179,15 @@ pub fn check(
                 ));
             }
             Some(DiskSource::Volume(v)) => {
-                if let Some(why) = volume_problem(vm, v, storage, other_golden, neighbours) {
+                let why = volume_problem(vm, v, storage, other_golden, neighbours).or_else(|| {
+                    foreign.iter().find(|f| f.volume == *v).map(|f| {
+                        format!(
+                            "used by libvirt domain {} on host {}, which ferry does not manage",
+                            f.domain, f.host
+                        )
+                    })
+                });
+                if let Some(why) = why {
                     problems.push(format!(
                         "spec.disks[{i}].volume {v:?} is {why}; a volume: disk may only name a plain volume no other VM uses"
                     ));
@@ -365,7 +421,17 @@ mod tests {
                 json!([{"name": "a", "image": "nope"}, {"name": "b", "volume": "tiny.qcow2"}]),
                 Some("spec.disks[1].volume"),
             ),
+            (
+                "a volume a domain ferry does not manage uses",
+                json!([{"name": "d", "volume": "legacy-root.qcow2"}]),
+                Some("used by libvirt domain legacy on host hv-2, which ferry does not manage"),
+            ),
         ];
+        let foreign = [ForeignUse {
+            volume: "legacy-root.qcow2".into(),
+            domain: "legacy".into(),
+            host: "hv-2".into(),
+        }];
         let st = storage(json!({}));
         for (name, disks, want) in cases {
             let mut v = vm("me", 200, disks);
@@ -376,7 +442,14 @@ mod tests {
                 ]}))
                 .expect("status"),
             );
-            let got = check(&Claimant::of(&v), "p", &st, &golden_elsewhere, &others);
+            let got = check(
+                &Claimant::of(&v),
+                "p",
+                &st,
+                &golden_elsewhere,
+                &others,
+                &foreign,
+            );
             match want {
                 None => assert_eq!(got, Ok(()), "{name}"),
                 Some(w) => {
@@ -385,6 +458,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn what_a_foreign_domain_uses() {
+        use crate::plan::domain::DescribedDisk;
+        let disk = |kind: &str, source: Option<&str>, backing: Backing| DescribedDisk {
+            kind: kind.into(),
+            source: source.map(str::to_string),
+            backing,
+            ..DescribedDisk::default()
+        };
+        let d = DomainDescription {
+            disks: vec![
+                disk(
+                    "file",
+                    Some("/srv/pool/overlay.qcow2"),
+                    Backing::Known(Some("/srv/pool/base.qcow2".into())),
+                ),
+                disk("file", Some("/srv/pool/sub/deeper.img"), Backing::Unknown),
+                disk(
+                    "file",
+                    Some("/var/lib/elsewhere/data.img"),
+                    Backing::Unknown,
+                ),
+                disk("volume", Some("vol-a"), Backing::Unknown),
+                disk("block", Some("/dev/sdb"), Backing::Unknown),
+                disk("file", None, Backing::Unknown),
+                disk("file", Some("/srv/pool/overlay.qcow2"), Backing::Unknown),
+            ],
+            ..DomainDescription::default()
+        };
+        assert_eq!(
+            foreign_volumes(&d, Some("/srv/pool")),
+            vec!["base.qcow2", "overlay.qcow2", "vol-a"]
+        );
+        // The pool's directory unknown: every file disk counts by its name.
+        assert_eq!(
+            foreign_volumes(&d, None),
+            vec![
+                "base.qcow2",
+                "data.img",
+                "deeper.img",
+                "overlay.qcow2",
+                "vol-a"
+            ]
+        );
     }
 
     #[test]

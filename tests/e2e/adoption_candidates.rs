@@ -4,9 +4,11 @@
 use crate::support::cluster::{self, Cluster, wait_for};
 use crate::support::hosts::{boots, domain_on, highest_tick};
 use crate::support::lab;
-use crate::support::objects::{BOOT, LABEL, pool_manifest};
-use ferry::api::HostPool;
+use crate::support::objects::{
+    BOOT, LABEL, condition, host_of, pool_manifest, ready_reason, vm_manifest, wait_vm,
+};
 use ferry::api::host_pool::AdoptionCandidate;
+use ferry::api::{HostPool, VirtualMachine};
 use serde_json::json;
 use std::time::Duration;
 
@@ -141,6 +143,30 @@ async fn named_foreign_domains_are_described_and_left_alone() {
         "{text}"
     );
     assert!(row("legacy-odd").contains("not adoptable: "), "{text}");
+
+    // A namespace editor's VM may not attach a disk a domain ferry does not manage uses: it
+    // waits, saying whose the volume is, and is placed nowhere.
+    let mut taker = vm_manifest("taker", "lab", &lab, "Always");
+    taker["spec"]["disks"] = json!([{"name": "root", "volume": "legacy.qcow2"}]);
+    c.apply::<VirtualMachine>(taker).await;
+    let vm = wait_vm(
+        &c,
+        "taker",
+        "DiskNotAllowed",
+        Duration::from_secs(60),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "DiskNotAllowed"),
+    )
+    .await;
+    let msg = condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains(
+            "spec.disks[0].volume \"legacy.qcow2\" is used by libvirt domain legacy on host"
+        ) && msg.contains("which ferry does not manage"),
+        "{msg}"
+    );
+    assert_eq!(host_of(&vm), None, "placed nowhere");
 
     // Described, not touched.
     let text = lab::console_log(&log);

@@ -4,6 +4,7 @@
 
 mod backoff;
 mod caches;
+mod foreign;
 mod ha;
 mod hosts;
 mod load;
@@ -13,6 +14,7 @@ mod vm_runtime;
 
 pub use backoff::Backoff;
 pub use caches::Caches;
+pub use foreign::ForeignVolumes;
 pub use ha::{HA_VERDICT_TTL, HaKey, HaVerdicts, LiveHa, PolicyPool, PoolHost};
 pub use hosts::HostAccess;
 pub use load::{LOAD_WINDOW, LoadWindows};
@@ -58,6 +60,8 @@ pub struct Context {
     pub imports: Imports,
     /// Measured load per host of each pool (shared with the metrics' scrape).
     pub load: Arc<LoadWindows>,
+    /// The volumes libvirt domains ferry does not manage use, per host.
+    pub foreign_volumes: ForeignVolumes,
 }
 
 impl Context {
@@ -102,6 +106,7 @@ impl Context {
             backoff: Backoff::default(),
             imports: Imports::default(),
             load: Arc::default(),
+            foreign_volumes: ForeignVolumes::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! state and pool conditions.
 
 mod candidates;
+mod foreign;
 mod probe;
 mod report;
 

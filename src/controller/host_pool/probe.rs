@@ -148,6 +148,9 @@ pub(super) async fn probe(
         Ok(Some(hv)) => match read_host(hv.as_ref()).await {
             Ok((info, domains)) => {
                 h.adoption_candidates = candidates::describe(pool, hv.as_ref(), &domains).await;
+                if let Some(uses) = foreign::read(pool, &name, hv.as_ref(), &domains).await {
+                    ctx.foreign_volumes.record(&host, &pool.spec.storage, uses);
+                }
                 h.load = measure(hv.as_ref(), ctx, &host, &info, before).await;
                 Ok((info, domains))
             }

@@ -26,10 +26,12 @@ pub(super) fn check_access(
     vm: &VirtualMachine,
     pool: &HostPool,
     caches: &crate::controller::context::Caches,
+    foreign_volumes: &crate::controller::context::ForeignVolumes,
 ) -> Result<(), String> {
     let storage = &pool.spec.storage;
-    let (mut other_golden, mut neighbours) = (Vec::new(), Vec::new());
+    let (mut other_golden, mut neighbours, mut foreign) = (Vec::new(), Vec::new(), Vec::new());
     if vm.spec.disks.iter().any(|d| d.volume.is_some()) {
+        foreign = foreign_volumes.on(storage);
         let pools = caches.pools.state();
         let sharing = |p: &HostPool| volume_access::shares_storage(&p.spec.storage, storage);
         other_golden = pools
@@ -52,6 +54,7 @@ pub(super) fn check_access(
         storage,
         &other_golden,
         &neighbours,
+        &foreign,
     )
 }
 

@@ -67,7 +67,7 @@ pub(super) async fn place(
             Retry::After(RESYNC),
         )
     })?;
-    super::disks::check_access(vm, &pool, &ctx.caches).map_err(|m| {
+    super::disks::check_access(vm, &pool, &ctx.caches, &ctx.foreign_volumes).map_err(|m| {
         Blocked::new(
             waiting,
             volume_access::DISK_NOT_ALLOWED,
