@@ -1,9 +1,11 @@
-//! Domains made outside ferry that a HostPool's `spec.adoption.domains` names: read from the
-//! host and described in the host's status entry. Reading them changes nothing on the host.
+//! Domains made outside ferry that a HostPool's `spec.adoption.domains` names: described in the
+//! host's status entry from the probe's reading of them. Reading them changes nothing on the
+//! host.
 
+use super::foreign::Foreign;
 use crate::api::HostPool;
 use crate::api::host_pool::AdoptionCandidate;
-use crate::hypervisor::{DomainInfo, Hypervisor};
+use crate::hypervisor::Hypervisor;
 use crate::plan::adoption::{self, PoolView};
 
 /// At most this many candidates per host are described.
@@ -34,23 +36,23 @@ pub(super) fn bound(hosts: &mut [crate::api::HostStatus]) {
 }
 
 /// The host's domains without ferry metadata that the pool names, sorted by name, each as ferry
-/// would adopt it. A domain that cannot be read right now is left out until the next probe.
+/// would adopt it. A domain that could not be read at this probe is left out until the next.
 pub(super) async fn describe(
     pool: &HostPool,
     hv: &dyn Hypervisor,
-    domains: &[DomainInfo],
+    foreign: &Foreign,
 ) -> Vec<AdoptionCandidate> {
     let patterns = match &pool.spec.adoption {
         Some(a) if !a.domains.is_empty() => &a.domains,
         _ => return Vec::new(),
     };
-    let mut names: Vec<&str> = domains
-        .iter()
-        .filter(|d| d.live.is_none() && d.config.is_none())
-        .filter(|d| adoption::allowed(patterns, &d.name))
-        .map(|d| d.name.as_str())
+    // Sorted by name already.
+    let mut names: Vec<&str> = foreign
+        .described
+        .keys()
+        .filter(|name| adoption::allowed(patterns, name))
+        .map(String::as_str)
         .collect();
-    names.sort_unstable();
     names.truncate(MAX_PER_HOST);
     if names.is_empty() {
         return Vec::new();
@@ -73,18 +75,11 @@ pub(super) async fn describe(
         golden_images: &golden_images,
         boot_dirs: &boot_dirs,
     };
-    let mut out = Vec::new();
-    for name in names {
-        match hv.describe_domain(name).await {
-            Ok(Some((described, state))) => {
-                out.push(adoption::candidate(&described, state, &view));
-            }
-            // Gone since the listing.
-            Ok(None) => {}
-            Err(e) => tracing::warn!(domain = name, error = %e, "reading an adoption candidate"),
-        }
-    }
-    out
+    names
+        .into_iter()
+        .filter_map(|name| foreign.described.get(name))
+        .map(|(described, state)| adoption::candidate(described, *state, &view))
+        .collect()
 }
 
 #[cfg(test)]

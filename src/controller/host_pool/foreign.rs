@@ -1,34 +1,56 @@
-//! The volumes libvirt domains ferry does not manage use on a host, read at each probe so that
-//! no `volume:` disk of a VirtualMachine names one (see [`crate::plan::volume_access`]).
+//! Domains on a host that have no ferry metadata, read once per probe: described for adoption
+//! (see `candidates`), and the volumes they use kept so that no `volume:` disk of a
+//! VirtualMachine names one (see [`crate::plan::volume_access`]).
 
 use crate::api::HostPool;
-use crate::hypervisor::{DomainInfo, Hypervisor};
+use crate::hypervisor::{DomainInfo, DomainState, Hypervisor};
+use crate::plan::domain::DescribedDomain;
 use crate::plan::volume_access::{ForeignUse, foreign_volumes};
+use std::collections::BTreeMap;
 
-/// What the host's domains without ferry metadata attach or build on in the pool's storage,
-/// running or only defined. `None` when one of them could not be read: the previous reading
-/// stands until a probe reads them all.
-pub(super) async fn read(
-    pool: &HostPool,
-    node: &str,
-    hv: &dyn Hypervisor,
-    domains: &[DomainInfo],
-) -> Option<Vec<ForeignUse>> {
-    let dir = pool.spec.storage.path.as_deref();
-    let mut out = Vec::new();
+/// The host's foreign domains as read at one probe.
+#[derive(Default)]
+pub(super) struct Foreign {
+    /// By name: each domain's description and state.
+    pub described: BTreeMap<String, (DescribedDomain, DomainState)>,
+    /// Every foreign domain was read (none failed).
+    pub complete: bool,
+}
+
+/// Read every domain of `domains` without ferry metadata, running or only defined. One that is
+/// gone since the listing is skipped; one that cannot be read makes the reading incomplete.
+pub(super) async fn read(node: &str, hv: &dyn Hypervisor, domains: &[DomainInfo]) -> Foreign {
+    let mut out = Foreign {
+        complete: true,
+        ..Foreign::default()
+    };
     for d in domains
         .iter()
         .filter(|d| d.live.is_none() && d.config.is_none())
     {
-        let described = match hv.describe_domain(&d.name).await {
-            Ok(Some((described, _))) => described,
-            // Gone since the listing: it uses nothing any more.
-            Ok(None) => continue,
+        match hv.describe_domain(&d.name).await {
+            Ok(Some(found)) => {
+                out.described.insert(d.name.clone(), found);
+            }
+            Ok(None) => {}
             Err(e) => {
                 tracing::debug!(host = node, domain = %d.name, error = %e, "foreign domain not read");
-                return None;
+                out.complete = false;
             }
-        };
+        }
+    }
+    out
+}
+
+/// What the foreign domains attach or build on in `pool`'s storage. `None` when the reading is
+/// incomplete: the previous one stands until a probe reads them all.
+pub(super) fn uses(pool: &HostPool, node: &str, foreign: &Foreign) -> Option<Vec<ForeignUse>> {
+    if !foreign.complete {
+        return None;
+    }
+    let dir = pool.spec.storage.path.as_deref();
+    let mut out = Vec::new();
+    for (name, (described, _)) in &foreign.described {
         let mut volumes = foreign_volumes(&described.current, dir);
         if let Some(p) = &described.persistent {
             volumes.extend(foreign_volumes(p, dir));
@@ -37,7 +59,7 @@ pub(super) async fn read(
         volumes.dedup();
         out.extend(volumes.into_iter().map(|volume| ForeignUse {
             volume,
-            domain: d.name.clone(),
+            domain: name.clone(),
             host: node.to_string(),
         }));
     }

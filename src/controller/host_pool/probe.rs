@@ -147,8 +147,9 @@ pub(super) async fn probe(
     let answer = match connect_for_probe(pool, &uri, ctx, before).await {
         Ok(Some(hv)) => match read_host(hv.as_ref()).await {
             Ok((info, domains)) => {
-                h.adoption_candidates = candidates::describe(pool, hv.as_ref(), &domains).await;
-                if let Some(uses) = foreign::read(pool, &name, hv.as_ref(), &domains).await {
+                let found = foreign::read(&name, hv.as_ref(), &domains).await;
+                h.adoption_candidates = candidates::describe(pool, hv.as_ref(), &found).await;
+                if let Some(uses) = foreign::uses(pool, &name, &found) {
                     ctx.foreign_volumes.record(&host, &pool.spec.storage, uses);
                 }
                 h.load = measure(hv.as_ref(), ctx, &host, &info, before).await;
