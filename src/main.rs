@@ -256,6 +256,13 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.http_addr))?;
     tracing::info!(addr = %args.http_addr, "serving /healthz, /readyz and /metrics");
     tokio::spawn(async move {
+        // Console keystrokes and echoes are small writes: without TCP_NODELAY each waits for
+        // the peer's delayed ACK (about 40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY");
+            }
+        });
         if let Err(e) = axum::serve(listener, http::router(http_state)).await {
             tracing::error!(error = %e, "HTTP endpoint stopped");
         }

@@ -36,6 +36,11 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Console keystrokes and echoes are small writes: without TCP_NODELAY each
+                // waits for the peer's delayed ACK (about 40 ms).
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, error = %e, "TCP_NODELAY");
+                }
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {

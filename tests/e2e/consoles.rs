@@ -135,6 +135,23 @@ async fn consoles_are_authorised_by_rbac_and_reach_the_guest() {
         trips[trips.len() - 1]
     );
     ws.close(None).await.expect("close");
+    // The same with virsh console on the host's own socket, for comparison.
+    let uri = lab.hosts[0].unix_uri.clone();
+    let domain = format!("{ns}_con");
+    let mut direct =
+        tokio::task::spawn_blocking(move || consoles::virsh_console_round_trips(&uri, &domain, 20))
+            .await
+            .expect("virsh task");
+    direct.sort();
+    eprintln!(
+        "serial console line round trip with virsh console: median {:?}, max {:?} (20 lines)",
+        direct[direct.len() / 2],
+        direct[direct.len() - 1]
+    );
+    let mut ws = consoles::connect(port, &path("console"), &editor)
+        .await
+        .expect("serial console again");
+    ws.close(None).await.expect("close");
 
     // VNC: a full framebuffer update covering the guest's display.
     let ws = consoles::connect(port, &path("vnc"), &editor)

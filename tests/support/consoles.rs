@@ -749,3 +749,50 @@ pub async fn plugin_vnc_greeting(
     .await
     .expect("plugin task")
 }
+
+/// Round trips of `lines` lines typed into `virsh -c uri console domain --force` (under
+/// `script`, which gives virsh the terminal it needs): from writing each line to reading the
+/// guest's `FERRY-ECHO` answer.
+pub fn virsh_console_round_trips(uri: &str, domain: &str, lines: usize) -> Vec<Duration> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qfec",
+            &format!("virsh -c '{uri}' console {domain} --force"),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script virsh console");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let out = gather(child.stdout.take().expect("stdout"));
+    let seen = |needle: &str| out.lock().map(|t| t.contains(needle)).unwrap_or(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen("Escape character") {
+        assert!(Instant::now() < deadline, "virsh console did not attach");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut trips = Vec::new();
+    for i in 0..lines {
+        let needle = format!("FERRY-ECHO vrt{i}");
+        let started = Instant::now();
+        stdin
+            .write_all(format!("vrt{i}\r").as_bytes())
+            .expect("type into virsh");
+        while !seen(&needle) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no {needle:?} from virsh console"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        trips.push(started.elapsed());
+    }
+    let _ = stdin.write_all(&[0x1d]);
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    trips
+}
