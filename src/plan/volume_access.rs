@@ -180,11 +180,10 @@ pub fn check(
             }
             Some(DiskSource::Volume(v)) => {
                 let why = volume_problem(vm, v, storage, other_golden, neighbours).or_else(|| {
-                    foreign.iter().find(|f| f.volume == *v).map(|f| {
-                        format!(
-                            "used by libvirt domain {} on host {}, which ferry does not manage",
-                            f.domain, f.host
-                        )
+                    // Neither the domain nor its host is named: a namespace editor learns no more
+                    // about other workloads than that the volume is taken.
+                    foreign.iter().any(|f| f.volume == *v).then(|| {
+                        "used by a libvirt domain ferry does not manage (on a host of a pool on this storage; a platform admin can tell which)".to_string()
                     })
                 });
                 if let Some(why) = why {
@@ -424,7 +423,7 @@ mod tests {
             (
                 "a volume a domain ferry does not manage uses",
                 json!([{"name": "d", "volume": "legacy-root.qcow2"}]),
-                Some("used by libvirt domain legacy on host hv-2, which ferry does not manage"),
+                Some("used by a libvirt domain ferry does not manage"),
             ),
         ];
         let foreign = [ForeignUse {

@@ -32,6 +32,16 @@ pub(super) fn check_access(
     let (mut other_golden, mut neighbours, mut foreign) = (Vec::new(), Vec::new(), Vec::new());
     if vm.spec.disks.iter().any(|d| d.volume.is_some()) {
         foreign = foreign_volumes.on(storage);
+        for f in foreign.iter().filter(|f| {
+            vm.spec
+                .disks
+                .iter()
+                .any(|d| d.volume.as_ref() == Some(&f.volume))
+        }) {
+            // The VM's message does not name them (see volume_access::check): the log does.
+            tracing::debug!(vm = %vm.name_any(), volume = %f.volume, domain = %f.domain, host = %f.host,
+                "a volume: disk names a volume a foreign domain uses");
+        }
         let pools = caches.pools.state();
         let sharing = |p: &HostPool| volume_access::shares_storage(&p.spec.storage, storage);
         other_golden = pools
