@@ -37,44 +37,33 @@ use crate::plan::uri_policy::Role;
 
 /// The console routes.
 pub fn routes(web: Arc<Web>) -> Router {
+    let kind =
+        |k: ConsoleKind| move |state, path, headers, ws| session(state, path, headers, ws, k);
     Router::new()
         .route(
             "/api/v1/namespaces/{ns}/virtualmachines/{name}/console",
-            get(serial),
+            get(kind(ConsoleKind::Serial)),
         )
         .route(
             "/api/v1/namespaces/{ns}/virtualmachines/{name}/vnc",
-            get(vnc),
+            get(kind(ConsoleKind::Vnc)),
         )
         .with_state(web)
 }
 
-async fn serial(
+/// A request for `kind` console: the caller, then [`open`].
+async fn session(
     State(web): State<Arc<Web>>,
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    kind: ConsoleKind,
 ) -> Response {
     let who = match caller(&web, &headers).await {
         Ok((who, _)) => who,
         Err(r) => return r,
     };
-    open(web, who, ns, name, ConsoleKind::Serial, ws)
-        .await
-        .unwrap_or_else(|r| r)
-}
-
-async fn vnc(
-    State(web): State<Arc<Web>>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let who = match caller(&web, &headers).await {
-        Ok((who, _)) => who,
-        Err(r) => return r,
-    };
-    open(web, who, ns, name, ConsoleKind::Vnc, ws)
+    open(web, who, ns, name, kind, ws)
         .await
         .unwrap_or_else(|r| r)
 }
