@@ -3,7 +3,7 @@
 
 use super::support::{World, definition, host_uri, node, pool, vm};
 use ferry::api::HAPolicy;
-use ferry::api::ha_policy::FAILOVER_ANNOTATION;
+use ferry::api::ha_policy::{FAILOVER_ANNOTATION, PRIORITY_LABEL};
 use ferry::controller::ha::{HaContext, reconcile};
 use ferry::hypervisor::fake::{FakeConnector, FakeHost, Op};
 use ferry::plan::domain::{DomainState, ShutOffReason};
@@ -215,4 +215,82 @@ async fn act_on_the_verdict() {
         // h2 is never touched by what h1's verdict does.
         assert_eq!(h2.count(Op::DestroyDomain), 0, "{}", case.name);
     }
+}
+
+/// Restart waves: of two VMs on a host proven off, the one of the higher priority class is
+/// handed over; the other stays on the failed host, listed in the incident as waiting for that
+/// priority to run first (the VM controller does not run here, so the first never runs).
+#[tokio::test]
+async fn a_lower_priority_waits_for_the_higher_one_to_run() {
+    const DB_UID: &str = "0b6f1b7e-1111-2222-3333-777777777777";
+    let fakes = FakeConnector::new();
+    let h1 = fakes.add_host(&host_uri(1));
+    let _h2 = fakes.add_host_sharing_storage(&host_uri(2), &h1);
+    let mut web = vm("Always");
+    web.metadata.labels = Some([(PRIORITY_LABEL.to_string(), "high".to_string())].into());
+    let mut db = vm("Always");
+    db.metadata.name = Some("db".into());
+    db.metadata.uid = Some(DB_UID.into());
+    for v in [&mut web, &mut db] {
+        h1.add_domain(
+            &definition(v),
+            DomainState::ShutOff(ShutOffReason::Destroyed),
+        )
+        .expect("domain");
+        v.status = Some(
+            serde_json::from_value(json!({"host": "h1", "phase": "Running"})).expect("status"),
+        );
+    }
+    let mut p = policy("Restart");
+    p.spec.priority_classes =
+        serde_json::from_value(json!([{"name": "high", "value": 100}])).expect("classes");
+    let world = World::new(
+        fakes,
+        vec![pool(2)],
+        vec![node(1, false), node(2, true)],
+        vec![web, db],
+        vec![],
+        vec![p.clone()],
+    );
+    let hc = Arc::new(HaContext::new(world.ctx.clone()));
+    let handed = |w: &World, name: &str| {
+        w.server.seen().iter().any(|s| {
+            s.method == "PATCH"
+                && s.path.ends_with(&format!("/virtualmachines/{name}"))
+                && !s.body["metadata"]["annotations"][FAILOVER_ANNOTATION].is_null()
+        })
+    };
+    let waiting = |w: &World| -> Option<String> {
+        let st = w.server.get(&policy("None")).status?;
+        let incident = st.incidents.into_iter().find(|i| i.host == "h1")?;
+        incident
+            .vms
+            .into_iter()
+            .find(|v| v.name == "db")
+            .and_then(|v| v.waiting)
+    };
+    let mut last = None;
+    for _ in 0..40 {
+        let current = world.server.get(&p);
+        let _ = reconcile(Arc::new(current), hc.clone()).await;
+        last = waiting(&world);
+        if handed(&world, "web") && last.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(handed(&world, "web"), "the high-priority VM is handed over");
+    assert_eq!(
+        last.as_deref(),
+        Some("waiting for the VMs of priority 100 to run first"),
+        "db's place in the incident"
+    );
+    // A few more ticks: still held back while web does not run.
+    for _ in 0..5 {
+        let _ = reconcile(Arc::new(world.server.get(&p)), hc.clone()).await;
+    }
+    assert!(
+        !handed(&world, "db"),
+        "db is not handed over before web runs"
+    );
 }
