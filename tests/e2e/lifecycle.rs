@@ -254,7 +254,7 @@ async fn vm_lifecycle_on_a_real_host() {
         !ok && out.contains("no unfinished migration"),
         "kubectl ferry cancel without a migration: {out}"
     );
-    let (ok, out) = plugin(&c, &["console", "web", "--no-attach"]);
+    let (ok, out) = plugin(&c, &["console", "web", "--virsh", "--no-attach"]);
     assert!(
         ok && out.contains(&format!("{ns}_web.console.log")),
         "kubectl ferry console: {out}"
