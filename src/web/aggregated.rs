@@ -40,15 +40,16 @@ struct Aggregated {
 /// The aggregated API's routes.
 pub fn routes(web: Arc<Web>, headers: Arc<RequestHeaders>) -> Router {
     let base = format!("/apis/{SUBRESOURCE_GROUP}/{VERSION}");
+    let kind = |k: ConsoleKind| move |state, path, headers, ws| open(state, path, headers, ws, k);
     Router::new()
         .route(&base, get(discovery))
         .route(
             &format!("{base}/namespaces/{{ns}}/virtualmachines/{{name}}/console"),
-            get(serial),
+            get(kind(ConsoleKind::Serial)),
         )
         .route(
             &format!("{base}/namespaces/{{ns}}/virtualmachines/{{name}}/vnc"),
-            get(vnc),
+            get(kind(ConsoleKind::Vnc)),
         )
         .with_state(Aggregated { web, headers })
 }
@@ -107,31 +108,14 @@ async fn discovery() -> Response {
         .into_response()
 }
 
-async fn serial(
-    State(a): State<Aggregated>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    open(a, ns, name, ConsoleKind::Serial, headers, ws).await
-}
-
-async fn vnc(
-    State(a): State<Aggregated>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    open(a, ns, name, ConsoleKind::Vnc, headers, ws).await
-}
-
+/// A forwarded request for `kind` console: the user the front proxy names, then
+/// [`console::open`].
 async fn open(
-    a: Aggregated,
-    ns: String,
-    name: String,
-    kind: ConsoleKind,
+    State(a): State<Aggregated>,
+    Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    kind: ConsoleKind,
 ) -> Response {
     let Some(who) = a.headers.identity(&headers) else {
         return problem(
