@@ -9,6 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::cluster::Cluster;
+use super::openssl::openssl;
 use std::path::PathBuf;
 
 /// Run kubectl against the test cluster; its stdout, or the error text.
@@ -264,20 +265,6 @@ impl Rfb {
             }
         }
     }
-}
-
-/// Run `openssl` with `args` in `dir`; panics with its error text on failure.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A user `name` who authenticates with a client certificate the cluster signed (a

@@ -17,4 +17,5 @@ pub mod lab;
 pub mod migration;
 pub mod netns;
 pub mod objects;
+pub mod openssl;
 pub mod proxy;
