@@ -50,6 +50,7 @@ fn hosts() -> Vec<Host> {
                     memory: 256 * GI,
                 }),
                 foreign: Amount::default(),
+                measured: None,
             },
             capacity: Usage {
                 cpu_millis: 32_000,

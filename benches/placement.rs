@@ -42,6 +42,7 @@ fn hosts(n: usize) -> Vec<Candidate> {
                 memory: 1024 * GI,
             }),
             foreign: Amount::default(),
+            measured: None,
         })
         .collect()
 }

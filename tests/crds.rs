@@ -643,3 +643,50 @@ fn the_storm_guard_cannot_be_switched_off() {
     let field = &schema("HAPolicy")["properties"]["spec"]["properties"]["maxFailedHostsPercent"];
     assert_eq!(field["maximum"].as_f64(), Some(99.0), "{field}");
 }
+
+#[test]
+fn hostpool_balancing_settings_are_checked() {
+    let with = |b: Value| pool_errors(json!({ "balancing": b }));
+    assert_eq!(with(json!({"automation": "Manual"})), Vec::<String>::new());
+    assert_eq!(
+        with(
+            json!({"automation": "Full", "threshold": 5, "intervalSeconds": 30,
+                    "vmCooldownSeconds": 60})
+        ),
+        Vec::<String>::new()
+    );
+    for (bad, needle) in [
+        (
+            json!({"automation": "Full", "intervalSeconds": 600, "vmCooldownSeconds": 300}),
+            "vmCooldownSeconds must be at least intervalSeconds",
+        ),
+        (
+            json!({"automation": "Full", "vmCooldownSeconds": 120}),
+            "vmCooldownSeconds must be at least intervalSeconds (default 300)",
+        ),
+    ] {
+        let e = with(bad.clone());
+        assert!(e.iter().any(|m| m.contains(needle)), "{bad}: {e:?}");
+    }
+    // What the API server checks from the schema itself: the automation is required and one of
+    // three, and the numbers stay in range.
+    let s = schema("HostPool");
+    let b = &s["properties"]["spec"]["properties"]["balancing"];
+    assert_eq!(b["required"], json!(["automation"]));
+    assert_eq!(
+        b["properties"]["automation"]["enum"],
+        json!(["Manual", "Partial", "Full"])
+    );
+    for (field, min, max) in [
+        ("threshold", 1, 5),
+        ("intervalSeconds", 10, 86400),
+        ("vmCooldownSeconds", 10, 86400),
+    ] {
+        let f = &b["properties"][field];
+        assert_eq!(
+            (f["minimum"].as_f64(), f["maximum"].as_f64()),
+            (Some(min as f64), Some(max as f64)),
+            "{field}"
+        );
+    }
+}

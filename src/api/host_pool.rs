@@ -4,6 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, T
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::balancing::{BalancingSpec, BalancingStatus};
 use super::schema;
 use super::virtual_machine::ImageFormat;
 
@@ -77,6 +78,10 @@ pub struct HostPoolSpec {
     /// Unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<AdoptionSpec>,
+    /// Keep the hosts' measured load even by live-migrating VMs (`automation: Manual`,
+    /// `Partial` or `Full`). Unset: no balancing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancing: Option<BalancingSpec>,
 }
 
 /// Domains made outside ferry that the pool looks at for adoption.
@@ -447,6 +452,9 @@ pub struct HostPoolStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
+    /// What balancing decided last (with `spec.balancing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancing: Option<BalancingStatus>,
 }
 
 /// State of one host of the pool.

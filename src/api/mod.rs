@@ -3,6 +3,7 @@
 // kube-derive's repeated `printcolumn(type_ = ...)` arguments trip this lint.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod balancing;
 pub mod condition;
 pub mod ha_policy;
 pub mod host_pool;

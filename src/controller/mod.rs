@@ -1,6 +1,7 @@
 //! Controllers: one module per resource (fetch → plan → act → report), the modules they share,
 //! and the [`Context`] every reconcile receives.
 
+pub mod balancing;
 pub mod cloud_init;
 pub mod context;
 pub mod credentials;

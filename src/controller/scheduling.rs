@@ -2,10 +2,12 @@
 //! the reflector stores, call [`placement::choose_host`], and remember the choice until the VM
 //! store shows it, so that VMs placed at the same moment see each other.
 
-use super::context::{Caches, HaVerdicts, Placement, PoolHost};
+use super::context::{Caches, HaVerdicts, LoadWindows, Placement, PoolHost};
 use super::hosts::{cordoned, in_maintenance, node_ready};
 use crate::api::{HostPool, HostState, VirtualMachine};
+use crate::plan::balance::Usage;
 use crate::plan::capacity::Amount;
+use crate::plan::load;
 use crate::plan::placement::{self, Candidate, Placed, Request};
 use crate::plan::quantity::parse_bytes;
 use kube::ResourceExt;
@@ -45,6 +47,8 @@ pub fn need(vm: &VirtualMachine) -> Amount {
 /// Choose a host for `vm` (asking for `need`) in `pool` (never `exclude`) and reserve it for the
 /// VM until the VM store shows the VM placed (or the reservation is dropped with
 /// [`Placement::forget`]).
+/// In a pool balancing `Partial` or `Full`, hosts are also weighed by their measured `load`.
+#[allow(clippy::too_many_arguments)]
 pub fn choose(
     vm: &VirtualMachine,
     need: Amount,
@@ -52,6 +56,7 @@ pub fn choose(
     caches: &Caches,
     ha: &HaVerdicts,
     placement: &Placement,
+    load: &LoadWindows,
     exclude: Option<&str>,
 ) -> Result<String, NotPlaced> {
     let spec = vm.spec.placement.clone().unwrap_or_default();
@@ -63,9 +68,17 @@ pub fn choose(
         return Err(NotPlaced::NoHost(why));
     }
     let mut candidates = candidates(pool, caches, ha);
+    let by_load = pool
+        .spec
+        .balancing
+        .as_ref()
+        .is_some_and(|b| b.automation.places_by_load());
     for c in &mut candidates {
         if Some(c.name.as_str()) == exclude {
             c.reachable = false;
+        }
+        if by_load {
+            c.measured = measured(pool, &c.name, load);
         }
     }
     let mut placing = placement.in_flight();
@@ -86,6 +99,26 @@ pub fn choose(
     };
     placing.insert(uid.clone(), chosen);
     Ok(host)
+}
+
+/// Host `name`'s measured load in thousandths of its capacity (see [`load::share`]), when it
+/// was measured and its capacity is known.
+fn measured(pool: &HostPool, name: &str, load: &LoadWindows) -> Option<u64> {
+    let used = load.host(&PoolHost::of(pool, name))?;
+    let cap = pool
+        .status
+        .as_ref()?
+        .hosts
+        .iter()
+        .find(|h| h.name == name)?
+        .capacity
+        .as_ref()
+        .map(Amount::from)?;
+    let capacity = Usage {
+        cpu_millis: cap.cpus.saturating_mul(1000),
+        memory: cap.memory,
+    };
+    load::share(used.total, capacity)
 }
 
 /// `vm` as placement counts it on `host` (under `uid`): its labels, its need and what its
@@ -239,6 +272,7 @@ pub fn candidates(pool: &HostPool, caches: &Caches, ha: &HaVerdicts) -> Vec<Cand
                     .as_ref()
                     .map(Amount::from)
                     .unwrap_or_default(),
+                measured: None,
             }
         })
         .collect()

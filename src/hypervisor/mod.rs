@@ -375,7 +375,7 @@ pub trait Hypervisor: Send + Sync {
     async fn close(&self);
 }
 
-fn unsupported(operation: &'static str) -> HypervisorError {
+pub(crate) fn unsupported(operation: &'static str) -> HypervisorError {
     HypervisorError::OperationFailed {
         operation,
         code: 3,

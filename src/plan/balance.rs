@@ -22,10 +22,13 @@
 //! nor take), `evictionStrategy: None` and other reasons a VM may not move now (`Vm::pinned`),
 //! and per-host limits on outgoing and incoming moves.
 //!
-//! **Hysteresis.** A VM balancing moved within `Settings::cooldown` does not move again, and it
-//! never goes back, within `Settings::no_return`, to a host a balancing move took it from; within
-//! a run a VM moves at most once. Every move lowers the imbalance, and planning stops at the
-//! target, so the measurements a run leaves plan nothing further.
+//! **Hysteresis.** A run moves nothing unless the imbalance is above the target by more than
+//! `Settings::band`, and then brings it down to the target: measurements that wander a little
+//! around the target after a run start no new one. A VM balancing moved within
+//! `Settings::cooldown` does not move again, and it never goes back, within
+//! `Settings::no_return`, to a host a balancing move took it from; within a run a VM moves at
+//! most once. Every move lowers the imbalance, and planning stops at the target, so the
+//! measurements a run leaves plan nothing further.
 //!
 //! The target's hard rules are placement's own ([`placement::fits`], which includes the
 //! anti-affinity of the VMs already on the target); balancing adds what only a move has: the
@@ -116,8 +119,10 @@ pub struct PastMove {
 /// How eager balancing is, from the threshold, and the run's limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
-    /// Imbalance (points) at or below which nothing moves.
+    /// Imbalance (points) a run brings the pool down to.
     pub target: f64,
+    /// How far above the target (points) the imbalance must be before a run moves anything.
+    pub band: f64,
     /// Cost of a move per GiB copied, in points.
     pub cost_per_gib: f64,
     /// Smallest gain (points) a move must bring.
@@ -143,15 +148,16 @@ impl Settings {
     /// The settings of threshold `level` (1 conservative … 5 aggressive; out-of-range values are
     /// clamped) with the given limits, [`COOLDOWN`] and [`NO_RETURN`].
     pub fn level(level: i32, max_moves: usize, max_out: usize, max_in: usize) -> Settings {
-        let (target, cost_per_gib, min_gain) = match level.clamp(1, 5) {
-            1 => (25.0, 4.0, 5.0),
-            2 => (18.0, 2.0, 3.0),
-            3 => (12.0, 1.0, 2.0),
-            4 => (8.0, 0.5, 1.0),
-            _ => (5.0, 0.25, 0.5),
+        let (target, band, cost_per_gib, min_gain) = match level.clamp(1, 5) {
+            1 => (25.0, 5.0, 4.0, 5.0),
+            2 => (18.0, 4.0, 2.0, 3.0),
+            3 => (12.0, 3.0, 1.0, 2.0),
+            4 => (8.0, 2.0, 0.5, 1.0),
+            _ => (5.0, 1.5, 0.25, 0.5),
         };
         Settings {
             target,
+            band,
             cost_per_gib,
             min_gain,
             max_moves,
@@ -162,6 +168,38 @@ impl Settings {
         }
     }
 }
+
+impl Settings {
+    /// These settings with `cooldown` per VM, and a no-return window of four cooldowns (at
+    /// least [`NO_RETURN_MIN`]).
+    pub fn with_cooldown(mut self, cooldown: Duration) -> Settings {
+        self.cooldown = cooldown;
+        self.no_return = (cooldown * 4).max(NO_RETURN_MIN);
+        self
+    }
+
+    /// The imbalance above which a run moves VMs.
+    pub fn trigger(&self) -> f64 {
+        self.target + self.band
+    }
+}
+
+/// When the run after one at `last` is due, `interval` later plus a jitter of up to a tenth of
+/// it chosen by `seed` (so that pools started together do not all run at once); `None` when no
+/// run was made yet (one is due now).
+pub fn next_run(last: Option<Timestamp>, interval: Duration, seed: u64) -> Option<Timestamp> {
+    let last = last?;
+    let ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX / 2);
+    let jitter = ms / 10 * i64::try_from(seed % 1000).unwrap_or(0) / 1000;
+    let at = last
+        .as_millisecond()
+        .saturating_add(ms)
+        .saturating_add(jitter);
+    Some(Timestamp::from_millisecond(at).unwrap_or(Timestamp::MAX))
+}
+
+/// The shortest no-return window [`Settings::with_cooldown`] sets.
+pub const NO_RETURN_MIN: Duration = Duration::from_secs(3600);
 
 /// One proposed live migration.
 #[derive(Debug, Clone, PartialEq)]
@@ -449,7 +487,7 @@ pub fn plan(hosts: &[Host], vms: &[Vm], s: &Settings, now: Timestamp) -> Plan {
     let mut moves: Vec<Move> = Vec::new();
     let mut current = start;
     let mut stopped = None;
-    while current > s.target {
+    while start > s.trigger() && current > s.target {
         if moves.len() >= s.max_moves {
             stopped = Some(format!("the run's limit of {} move(s)", s.max_moves));
             break;
@@ -573,6 +611,12 @@ fn message(
         return format!(
             "imbalance {start:.1} points, within the target {:.1}: nothing to move",
             s.target
+        );
+    }
+    if start <= s.trigger() {
+        return format!(
+            "imbalance {start:.1} points, over the target {:.1} by less than the band {:.1}: nothing to move",
+            s.target, s.band
         );
     }
     let mut pinned: BTreeMap<&str, usize> = BTreeMap::new();

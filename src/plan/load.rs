@@ -135,6 +135,16 @@ impl Window {
     }
 }
 
+/// How much of `capacity` `used` takes, in thousandths: the mean of the CPU and memory shares,
+/// each at most 1000; `None` for a capacity with either at zero.
+pub fn share(used: Usage, capacity: Usage) -> Option<u64> {
+    if capacity.cpu_millis == 0 || capacity.memory == 0 {
+        return None;
+    }
+    let part = |u: u64, c: u64| ((u128::from(u) * 1000) / u128::from(c)).min(1000) as u64;
+    Some((part(used.cpu_millis, capacity.cpu_millis) + part(used.memory, capacity.memory)) / 2)
+}
+
 /// Steps of the reported CPU, in millicores.
 pub const CPU_STEP: u64 = 100;
 /// Steps of the reported memory, in bytes.

@@ -8,9 +8,10 @@
 //! required affinity (a VM matching each term on the host, when such a VM exists anywhere in the
 //! pool); memory and vCPUs fit in what is allocatable after what is already there (ferry's VMs
 //! placed on the host, started or not, and running foreign domains). Among the hosts that fit,
-//! the highest score wins; ties go to the lowest name. The score is the pool strategy's (`Spread`:
-//! 0–1000, higher for less allocated; `Pack`: higher for more allocated), plus 10 × the weight of
-//! every preferred term the host satisfies.
+//! the highest score wins; ties go to the less loaded host by measurement, then to the lowest
+//! name. The score is the pool strategy's (`Spread`: 0–1000, higher for less allocated, and
+//! with a measured load the mean of that and 1000 less the measured share; `Pack`: higher for
+//! more allocated), plus 10 × the weight of every preferred term the host satisfies.
 
 use super::capacity::Amount;
 use crate::api::host_pool::PlacementStrategy;
@@ -35,6 +36,9 @@ pub struct Candidate {
     pub allocatable: Option<Amount>,
     /// What running domains ferry does not manage use.
     pub foreign: Amount,
+    /// Measured use of the host's CPUs and memory, in thousandths of its capacity (the mean of
+    /// the two), when placement weighs measured load (a pool balancing `Partial` or `Full`).
+    pub measured: Option<u64>,
 }
 
 /// A VM that already has a host (placed, whether or not its domain exists or runs yet).
@@ -128,7 +132,7 @@ pub fn choose_host(
     }
     let affinity_in_pool = required_in_pool(req.affinity, by_host.values().flatten().copied());
     let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut best: Option<(u64, &str)> = None;
+    let mut best: Option<(u64, u64, &str)> = None;
     for c in candidates {
         let on_host = by_host
             .get(c.name.as_str())
@@ -137,17 +141,21 @@ pub fn choose_host(
         match judge(c, on_host, &affinity_in_pool, req, strategy) {
             Err(r) => *reasons.entry(r).or_default() += 1,
             Ok(score) => {
+                let load = c.measured.unwrap_or(0);
                 let better = match best {
                     None => true,
-                    Some((s, name)) => score > s || (score == s && c.name.as_str() < name),
+                    Some((s, l, name)) => {
+                        score > s
+                            || (score == s && (load < l || (load == l && c.name.as_str() < name)))
+                    }
                 };
                 if better {
-                    best = Some((score, c.name.as_str()));
+                    best = Some((score, load, c.name.as_str()));
                 }
             }
         }
     }
-    if let Some((_, name)) = best {
+    if let Some((_, _, name)) = best {
         return Ok(name.to_string());
     }
     Err(format!("no host fits: {}", tally(reasons)))
@@ -263,9 +271,10 @@ fn judge(
     };
     let used_share =
         (share(used.cpus, allocatable.cpus) + share(used.memory, allocatable.memory)) / 2;
-    let mut score = match strategy {
-        PlacementStrategy::Spread => 1000 - used_share,
-        PlacementStrategy::Pack => used_share,
+    let mut score = match (strategy, c.measured) {
+        (PlacementStrategy::Spread, None) => 1000 - used_share,
+        (PlacementStrategy::Spread, Some(m)) => 1000 - (used_share + m.min(1000)) / 2,
+        (PlacementStrategy::Pack, _) => used_share,
     };
     for t in req.affinity.iter().filter(|t| !t.required) {
         if any_here(t) {

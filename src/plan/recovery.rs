@@ -179,6 +179,7 @@ mod tests {
                 memory: gib * GI,
             }),
             foreign: Amount::default(),
+            measured: None,
         }
     }
 

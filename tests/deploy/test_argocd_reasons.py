@@ -163,7 +163,7 @@ NOT_CONDITION_REASONS = {
     "SeedRemoved", "ImageRemoved", "ImportStarted", "LeftBehind", "RestartedAfterCrash",
     "OrphanDomains", "HostReady", "HostCordoned", "EvacuationBlocked", "EvacuationCancelled",
     "StaleDomainRemoved", "Fenced", "Confirmed", "Copied", "Start", "Stop", "Define", "Delete",
-    "ConsoleOpened", "ConsoleClosed", "Console", "Normal", "Released",
+    "ConsoleOpened", "ConsoleClosed", "Console", "Normal", "Released", "Balancing", "Balance",
     "Update", "Provision", "Import", "Schedule", "Migrate", "Cleanup", "Reconcile", "Probe",
     "Evacuate", "Fence", "Failover", "Recover", "ShutOff", "Resumed", "Pause", "Check",
     # never reported: a reconcile that read a stale copy of the VM stops without writing

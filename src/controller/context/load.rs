@@ -50,6 +50,12 @@ impl LoadWindows {
         out
     }
 
+    /// What `host`'s domains used at its last sample, if it was sampled since it last failed to
+    /// answer.
+    pub fn host(&self, host: &PoolHost) -> Option<HostUse> {
+        lock(&self.windows).get(host).map(|(_, last)| last.clone())
+    }
+
     /// Forget `host`'s window (it did not answer: a gap would make the next figure wrong).
     pub fn forget(&self, host: &PoolHost) {
         lock(&self.windows).remove(host);

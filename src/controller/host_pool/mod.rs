@@ -6,6 +6,7 @@ mod foreign;
 mod probe;
 mod report;
 
+use super::balancing;
 use super::hosts::pool_nodes;
 use super::{Context, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
@@ -88,13 +89,18 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
     let unreachable = hosts.iter().any(|h| h.state == HostState::Unreachable);
     st.hosts = hosts;
     report::evacuation(&ctx, &pool, &nodes, &mut st, now).await;
+    let balance_due = balancing::reconcile(&pool, &ctx, &mut st, now).await;
     apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
     ctx.pool_reports.wrote(&uid, st);
-    Ok(Requeue::requeue(if unreachable {
+    let probe = if unreachable {
         UNREACHABLE_PROBE_INTERVAL
     } else {
         PROBE_INTERVAL
-    }))
+    };
+    // A balancing run due before the next probe is not kept waiting for it.
+    Ok(Requeue::requeue(balance_due.map_or(probe, |d| {
+        d.max(Duration::from_secs(1)).min(probe)
+    })))
 }
 
 /// Failed reconciles back off.

@@ -121,6 +121,7 @@ pub(super) async fn place(
                 &ctx.caches,
                 &ctx.ha,
                 &ctx.placement,
+                &ctx.load,
                 exclude.as_deref(),
             )
             .map_err(|e| match e {

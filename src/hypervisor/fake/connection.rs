@@ -19,6 +19,7 @@ use crate::hypervisor::{
 use crate::plan::domain::{
     DomainDefinition, DomainInfo, GuestInfo, HostInfo, ShutOffReason, VolumeInfo,
 };
+use crate::plan::load::DomainCounters;
 
 /// What a connection shares with the fake hosts (to be told of events and losses).
 pub(super) struct ConnShared {
@@ -238,6 +239,30 @@ impl Hypervisor for FakeConnection {
     async fn list_domains(&self) -> HvResult<Vec<DomainInfo>> {
         self.call(Op::ListDomains, "", |w, h, _| {
             Ok(w.host(h).domains.values().map(FakeDomain::info).collect())
+        })
+        .await
+    }
+
+    async fn domain_counters(&self) -> HvResult<Vec<DomainCounters>> {
+        self.call(Op::DomainCounters, "", |w, h, _| {
+            let host = w.host(h);
+            let Some(counters) = &host.counters else {
+                return Err(crate::hypervisor::unsupported("domain_counters"));
+            };
+            Ok(host
+                .domains
+                .values()
+                .filter(|d| d.state.is_active())
+                .map(|d| {
+                    let (cpu_time_ns, rss_bytes) =
+                        counters.get(&d.uuid).copied().unwrap_or_default();
+                    DomainCounters {
+                        uuid: d.uuid.clone(),
+                        cpu_time_ns,
+                        rss_bytes,
+                    }
+                })
+                .collect())
         })
         .await
     }

@@ -38,6 +38,7 @@ pub enum Op {
     AbortJob,
     SetMigrationMaxDowntime,
     StartPostCopy,
+    DomainCounters,
 }
 
 impl Op {
@@ -72,6 +73,7 @@ impl Op {
             Op::AbortJob => "abort_job",
             Op::SetMigrationMaxDowntime => "set_migration_max_downtime",
             Op::StartPostCopy => "start_post_copy",
+            Op::DomainCounters => "domain_counters",
         }
     }
 }

@@ -124,6 +124,18 @@ impl FakeHost {
             .insert(uuid.to_string(), described);
     }
 
+    /// Have `domain_counters` report, for the running domain with this UUID, `cpu_time_ns` of
+    /// CPU time used so far and `rss_bytes` resident. Until a test calls this on a host, the
+    /// host's `domain_counters` is unsupported; running domains never set report zeros.
+    pub fn set_counters(&self, uuid: &str, cpu_time_ns: u64, rss_bytes: u64) {
+        self.net
+            .lock()
+            .host(&self.uri)
+            .counters
+            .get_or_insert_with(Default::default)
+            .insert(uuid.to_string(), (cpu_time_ns, rss_bytes));
+    }
+
     /// The domain with this UUID, as a `lookup_domain` call would report it (not logged).
     pub fn domain(&self, uuid: &str) -> Option<DomainInfo> {
         self.net

@@ -49,6 +49,10 @@ pub(super) struct HostState {
     pub(super) completed: BTreeMap<String, JobProgress>,
     /// What `describe_domain` reports for a domain, by UUID, when a test set it.
     pub(super) descriptions: BTreeMap<String, DescribedDomain>,
+    /// CPU time (ns) and resident memory (bytes) per domain UUID that `domain_counters`
+    /// reports for running domains; `None` (the default): the call is unsupported, as on a
+    /// hypervisor without statistics.
+    pub(super) counters: Option<BTreeMap<String, (u64, u64)>>,
 }
 
 /// A domain of a fake host.
@@ -508,6 +512,7 @@ impl HostState {
             jobs: BTreeMap::new(),
             completed: BTreeMap::new(),
             descriptions: BTreeMap::new(),
+            counters: None,
         }
     }
 }

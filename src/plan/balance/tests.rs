@@ -38,6 +38,7 @@ fn host(name: &str) -> Host {
                 memory: 64 * GI,
             }),
             foreign: Amount::default(),
+            measured: None,
         },
         capacity: Usage {
             cpu_millis: 4000,
@@ -148,6 +149,32 @@ fn cases() -> Vec<Case> {
             settings: level3(),
             want: vec![],
             says: "within the target 12.0",
+        },
+        Case {
+            name: "hysteresis: over the target by less than the band, nothing moves",
+            hosts: three(),
+            vms: vec![
+                vm("a", "h1", 1200),
+                vm("a2", "h1", 800),
+                vm("b", "h2", 800),
+                vm("c", "h3", 800),
+            ],
+            settings: level3(),
+            want: vec![],
+            says: "by less than the band 3.0",
+        },
+        Case {
+            name: "hysteresis: past the band, a run brings the imbalance down to the target",
+            hosts: three(),
+            vms: vec![
+                vm("a", "h1", 1200),
+                vm("a2", "h1", 1000),
+                vm("b", "h2", 800),
+                vm("c", "h3", 800),
+            ],
+            settings: level3(),
+            want: vec![("a2", "h1", "h2")],
+            says: "1 move(s) bring it to 10.",
         },
         Case {
             name: "an imbalance within threshold 3's target moves at threshold 5",
@@ -578,6 +605,42 @@ fn thresholds_go_from_conservative_to_aggressive() {
     }
     assert_eq!(Settings::level(0, 1, 1, 1), Settings::level(1, 1, 1, 1));
     assert_eq!(Settings::level(9, 1, 1, 1), Settings::level(5, 1, 1, 1));
+}
+
+#[test]
+fn runs_are_due_an_interval_after_the_last_plus_at_most_a_tenth() {
+    let interval = Duration::from_secs(300);
+    assert_eq!(next_run(None, interval, 7), None);
+    let last = ago(0);
+    let plain = next_run(Some(last), interval, 0).expect("a time");
+    assert_eq!(plain.as_second() - last.as_second(), 300);
+    for seed in [1u64, 499, 999, 1_000_003, u64::MAX] {
+        let at = next_run(Some(last), interval, seed).expect("a time");
+        let after = at.as_millisecond() - last.as_millisecond();
+        assert!(
+            (300_000..330_000).contains(&after),
+            "seed {seed}: {after} ms"
+        );
+    }
+    assert_ne!(
+        next_run(Some(last), interval, 100),
+        next_run(Some(last), interval, 900)
+    );
+}
+
+#[test]
+fn a_pools_cooldown_sets_the_no_return_window() {
+    let s = level3().with_cooldown(Duration::from_secs(1800));
+    assert_eq!(s.cooldown, Duration::from_secs(1800));
+    assert_eq!(s.no_return, Duration::from_secs(4 * 1800));
+    // A short cooldown still keeps VMs from going back for an hour.
+    let short = level3().with_cooldown(Duration::from_secs(60));
+    assert_eq!(short.no_return, NO_RETURN_MIN);
+    assert!((s.trigger() - (s.target + s.band)).abs() < 1e-9);
+    for l in 1..=5 {
+        let s = Settings::level(l, 1, 1, 1);
+        assert!(s.band > 0.0 && s.band < s.target, "level {l}");
+    }
 }
 
 #[test]

@@ -158,3 +158,21 @@ fn the_report_changes_by_five_percent_of_capacity_at_most_every_five_minutes() {
         r(200, 64, 300)
     );
 }
+
+#[test]
+fn share_is_the_mean_of_cpu_and_memory_in_thousandths() {
+    let cap = Usage {
+        cpu_millis: 4000,
+        memory: 1000 * MI,
+    };
+    let u = |cpu_millis: u64, mib: u64| Usage {
+        cpu_millis,
+        memory: mib * MI,
+    };
+    assert_eq!(share(u(2000, 0), cap), Some(250));
+    assert_eq!(share(u(1000, 500), cap), Some(375));
+    // Each part stops at the whole host.
+    assert_eq!(share(u(9000, 2000), cap), Some(1000));
+    assert_eq!(share(u(9000, 0), cap), Some(500));
+    assert_eq!(share(u(1, 1), Usage::default()), None);
+}

@@ -27,6 +27,7 @@ fn host(name: &str, cpus: u64, gib: u64) -> Candidate {
             memory: gib * GI,
         }),
         foreign: Amount::default(),
+        measured: None,
     }
 }
 
@@ -174,6 +175,45 @@ fn fit_spread_and_pack() {
             placed: vec![vm("1", "a", 1, 1, "x")],
             need: (1, 1),
             want: Ok("a"),
+            ..Case::default()
+        },
+        Case {
+            name: "measured load: spread weighs it with allocation (busy a loses to idle b)",
+            hosts: vec![
+                Candidate {
+                    measured: Some(900),
+                    ..host("a", 8, 8)
+                },
+                Candidate {
+                    measured: Some(100),
+                    ..host("b", 8, 8)
+                },
+            ],
+            placed: vec![vm("1", "b", 2, 2, "x")],
+            want: Ok("b"),
+            ..Case::default()
+        },
+        Case {
+            name: "measured load: without it, the less allocated host wins",
+            hosts: vec![host("a", 8, 8), host("b", 8, 8)],
+            placed: vec![vm("1", "b", 2, 2, "x")],
+            want: Ok("a"),
+            ..Case::default()
+        },
+        Case {
+            name: "measured load breaks a tie in pack before the name does",
+            hosts: vec![
+                Candidate {
+                    measured: Some(600),
+                    ..host("a", 8, 8)
+                },
+                Candidate {
+                    measured: Some(200),
+                    ..host("b", 8, 8)
+                },
+            ],
+            strategy: Pack,
+            want: Ok("b"),
             ..Case::default()
         },
         Case {
