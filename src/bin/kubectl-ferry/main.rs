@@ -12,6 +12,7 @@ mod migrate;
 mod output;
 mod power;
 mod proxy;
+mod recommend;
 mod release;
 mod report;
 
@@ -29,7 +30,7 @@ use std::process::ExitCode;
 const FIELD_MANAGER: &str = "kubectl-ferry";
 
 /// Manage ferry virtual machines: start, stop, restart, pause, unpause, migrate (and cancel),
-/// console, status, hosts, release.
+/// console, status, hosts, release, and a pool's balancing recommendations.
 ///
 /// Start and stop do not fight GitOps: for a VM with runStrategy Manual they set the
 /// ferry.dev/power annotation, which Argo CD and Flux leave alone when it is not in Git; for other
@@ -140,6 +141,15 @@ enum Command {
         #[arg(short, long, value_enum)]
         output: Option<Output>,
     },
+    /// Show a HostPool's balancing recommendations (VM, from, to, gain, cost, memory to copy);
+    /// `apply` creates the VirtualMachineMigrations that carry them out (reason `balance`).
+    Recommendations {
+        /// HostPool name.
+        pool: String,
+        /// `apply`: create the migrations for the current recommendations.
+        #[arg(value_enum)]
+        action: Option<RecommendationAction>,
+    },
     /// Show the hosts of one or all HostPools: state, libvirt version, VMs per host.
     Hosts {
         /// HostPool name; default: every HostPool in the namespace.
@@ -151,6 +161,13 @@ enum Command {
         #[arg(short, long, value_enum)]
         output: Option<Output>,
     },
+}
+
+/// What to do with a pool's recommendations besides showing them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RecommendationAction {
+    /// Create the VirtualMachineMigrations for the current recommendations.
+    Apply,
 }
 
 #[derive(clap::Args, Debug)]
@@ -348,6 +365,42 @@ async fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
+        Command::Recommendations { pool, action } => {
+            let pools: Api<HostPool> = Api::namespaced(client.clone(), &ns);
+            let obj = get(&pools, "HostPool", &ns, pool).await?;
+            if action.is_none() {
+                print!("{}", recommend::table(&obj));
+                return Ok(());
+            }
+            let all_vms = vms
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("listing VirtualMachines: {e}"))?
+                .items;
+            let api: Api<VirtualMachineMigration> = Api::namespaced(client, &ns);
+            let migrations = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("listing VirtualMachineMigrations: {e}"))?
+                .items;
+            let (create, skipped) = recommend::to_apply(&obj, &all_vms, &migrations)?;
+            for note in &skipped {
+                println!("skipped {note}");
+            }
+            for m in &create {
+                let created = api
+                    .create(&PostParams::default(), m)
+                    .await
+                    .map_err(|e| format!("creating the migration of {}: {e}", m.spec.vm_name))?;
+                println!(
+                    "virtualmachinemigration/{} created: {} to {}",
+                    created.name_any(),
+                    m.spec.vm_name,
+                    m.spec.target_host.as_deref().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
         Command::Hosts {
             pool,
             all_namespaces,
@@ -436,6 +489,13 @@ mod tests {
         );
         let cli = Cli::try_parse_from(["kubectl-ferry", "cancel", "web-1"]).expect("parses");
         assert!(matches!(cli.command, Command::Cancel { ref vm } if vm == "web-1"));
+        let cli = Cli::try_parse_from(["kubectl-ferry", "recommendations", "rack1", "apply"])
+            .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Recommendations { ref pool, action: Some(RecommendationAction::Apply) } if pool == "rack1"
+        ));
+        assert!(Cli::try_parse_from(["kubectl-ferry", "recommendations", "rack1", "now"]).is_err());
     }
 
     #[test]
