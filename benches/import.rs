@@ -87,7 +87,8 @@ async fn main() {
         .expect("pool");
 
     // ferry's importer, allowed to fetch from loopback as a pool would allow it.
-    let key = ImportKey::new(&uri, &pool_dir.to_string_lossy(), false, &sha);
+    let raw = ferry::api::virtual_machine::SourceFormat::Raw;
+    let key = ImportKey::new(&uri, &pool_dir.to_string_lossy(), false, &sha, raw);
     let spec: ferry::api::HostPoolSpec = serde_json::from_value(serde_json::json!({
         "nodeSelector": {}, "libvirt": {"uriTemplate": uri}, "storage": {"pool": POOL},
         "imports": {"allowedNetworks": ["127.0.0.0/8"]}
@@ -99,7 +100,7 @@ async fn main() {
         uri: uri.clone(),
         pool: POOL.into(),
         url: url.clone(),
-        format: ferry::api::virtual_machine::ImageFormat::Raw,
+        format: raw,
         policy,
         opts: ConnectOptions::default(),
     };
@@ -173,7 +174,7 @@ async fn main() {
 
     let _ = hv.delete_volume(POOL, &vol.name).await;
     let _ = hv
-        .delete_volume(POOL, &ferry::plan::naming::imported_marker_name(&sha))
+        .delete_volume(POOL, &ferry::plan::naming::imported_marker_name(&sha, raw))
         .await;
     let _ = hv.delete_volume(POOL, "plain.raw").await;
     hv.close().await;

@@ -717,7 +717,7 @@ impl Drop for SlowServer {
 fn import_request(
     uri: &str,
     url: &str,
-    format: ferry::api::virtual_machine::ImageFormat,
+    format: ferry::api::virtual_machine::SourceFormat,
 ) -> ferry::controller::image_import::Request {
     let spec: ferry::api::HostPoolSpec = serde_json::from_value(serde_json::json!({
         "nodeSelector": {}, "libvirt": {"uriTemplate": uri}, "storage": {"pool": POOL},
@@ -763,8 +763,9 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
         // its marker. Looking the image up removes it.
         let mib = 16;
         let sha = slow_server_sha256(mib);
-        let name = naming::imported_image_name(&sha);
-        let key = ImportKey::new(&uri, &pool_dir, true, &sha);
+        let raw = ferry::api::virtual_machine::SourceFormat::Raw;
+        let name = naming::imported_image_name(&sha, raw);
+        let key = ImportKey::new(&uri, &pool_dir, true, &sha, raw);
         let imports = image_import::Imports::default();
         host.upload_volume(
             POOL,
@@ -792,11 +793,7 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
             &hosts,
             key.clone(),
             &source,
-            import_request(
-                &uri,
-                &server.url,
-                ferry::api::virtual_machine::ImageFormat::Raw,
-            ),
+            import_request(&uri, &server.url, raw),
         );
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut looked_mid_import = 0;
@@ -825,7 +822,7 @@ async fn an_import_in_progress_is_left_alone_and_a_cut_short_one_removed() {
             looked_mid_import > 0,
             "the image was never looked up while its import ran"
         );
-        for v in [name.clone(), naming::imported_marker_name(&sha)] {
+        for v in [name.clone(), naming::imported_marker_name(&sha, raw)] {
             host.delete_volume(POOL, &v).await.expect("clean up");
         }
         drop(server);
@@ -1093,6 +1090,292 @@ async fn foreign_domains_read_as_adoption_sees_them() {
         for name in ["legacy", "odd"] {
             lab.virsh_ok("h1", &["undefine", name]).expect("undefine");
         }
+        host.close().await;
+    })
+    .await;
+    blocking(move || lab.down()).await.expect("lab down");
+}
+
+/// A static file server on loopback (python3 http.server) for `dir`; killed on drop.
+struct StaticServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl StaticServer {
+    fn start(dir: &Path) -> StaticServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 http.server");
+        let server = StaticServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    fn url(&self, file: &str) -> String {
+        format!("http://127.0.0.1:{}/{file}", self.port)
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn qemu_img(args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A sparse VMDK (made by qemu-img) of `sectors` whose embedded descriptor is `descriptor`: how
+/// an attacker names a host file inside a file that looks like a single-file VMDK.
+fn crafted_vmdk(dir: &Path, name: &str, sectors: u64, descriptor: &str) -> Vec<u8> {
+    let path = dir.join(format!("{name}.base"));
+    qemu_img(&["create", "-q", "-f", "vmdk", &path.to_string_lossy(), "1M"]);
+    let mut f = std::fs::read(&path).expect("vmdk");
+    std::fs::remove_file(&path).expect("remove");
+    f[12..20].copy_from_slice(&sectors.to_le_bytes());
+    f[512..512 + 20 * 512].fill(0);
+    f[512..512 + descriptor.len()].copy_from_slice(descriptor.as_bytes());
+    f
+}
+
+/// Imports `url` (declared `format`, checksum `sha`) into the lab's pool and waits for the end.
+async fn import_once(
+    uri: &str,
+    pool_dir: &str,
+    url: &str,
+    sha: &str,
+    format: ferry::api::virtual_machine::SourceFormat,
+) -> (
+    ferry::controller::image_import::ImportKey,
+    Result<Vec<ferry::controller::image_import::ImportState>, String>,
+) {
+    use ferry::controller::image_import::{self, ImportKey, ImportState};
+    let key = ImportKey::new(uri, pool_dir, true, sha, format);
+    let imports = image_import::Imports::default();
+    let hosts = HostConnections::default();
+    let source = image_import::source("lab", "lab", url);
+    imports.start(
+        &hosts,
+        key.clone(),
+        &source,
+        import_request(uri, url, format),
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = Vec::new();
+    loop {
+        match imports.state(&key, &source, Instant::now()) {
+            Some(ImportState::Done) => return (key, Ok(seen)),
+            Some(ImportState::Failed { message, kind, .. }) => {
+                assert_eq!(
+                    kind,
+                    image_import::FailureKind::Refused,
+                    "refused, not failed: {message}"
+                );
+                return (key, Err(message));
+            }
+            Some(s) => {
+                let phase = match s {
+                    ImportState::Running { .. } => ImportState::Running {
+                        bytes: 0,
+                        total: None,
+                    },
+                    s => s,
+                };
+                if seen.last() != Some(&phase) {
+                    seen.push(phase);
+                }
+            }
+            None => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "import of {url} not done in 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
+    use ferry::api::virtual_machine::SourceFormat;
+    use ferry::controller::image_import::ImportState;
+    if !Lab::should_run("foreign_images_are_converted_and_images_naming_host_files_refused") {
+        return;
+    }
+    let lab = blocking(|| Lab::up(1)).await.expect("lab up");
+    bounded(Duration::from_secs(600), async {
+        let uri = lab.host("h1").unix_uri.clone();
+        let host = LibvirtHost::connect(&uri, opts()).await.expect("connect");
+        let pool_dir = lab.pool_dir.to_string_lossy().to_string();
+        host.ensure_pool(POOL, Some(&pool_dir)).await.expect("pool");
+        let served = tempfile::tempdir().expect("tempdir");
+        let server = StaticServer::start(served.path());
+        let golden = lab.pool_dir.join(&lab.golden);
+        let golden = golden.to_string_lossy().to_string();
+
+        // The tiny guest's disk in each foreign format: converted into a standalone qcow2 that
+        // holds what the guest saw in the original, the download gone.
+        for (format, file, opts) in [
+            (SourceFormat::Vmdk, "tiny.vmdk", "subformat=streamOptimized"),
+            (SourceFormat::Vmdk, "tiny-sparse.vmdk", "subformat=monolithicSparse"),
+            (SourceFormat::Vdi, "tiny.vdi", "static=off"),
+            (SourceFormat::Vpc, "tiny.vhd", "subformat=dynamic"),
+        ] {
+            let path = served.path().join(file);
+            let path = path.to_string_lossy().to_string();
+            qemu_img(&["convert", "-q", "-O", format.as_str(), "-o", opts, &golden, &path]);
+            let sha = ferry::cloud_init::sha256_hex(&std::fs::read(&path).expect("served"));
+            let (key, outcome) =
+                import_once(&uri, &pool_dir, &server.url(file), &sha, format).await;
+            let phases = outcome.unwrap_or_else(|m| panic!("{file}: {m}"));
+            assert!(
+                phases.contains(&ImportState::Converting),
+                "{file}: a conversion phase is reported: {phases:?}"
+            );
+            let image = host
+                .lookup_volume(POOL, &key.image_name())
+                .await
+                .expect("lookup")
+                .unwrap_or_else(|| panic!("{file}: imported"));
+            assert_eq!(image.format, "qcow2", "{file}");
+            let info = qemu_img(&["info", "--output=json", "-U", &image.path]);
+            let info: serde_json::Value =
+                serde_json::from_slice(&info.stdout).expect("qemu-img info");
+            assert!(info.get("backing-filename").is_none(), "{file}: {info}");
+            qemu_img(&["compare", "-q", "-U", &golden, &image.path]);
+            let download = key.download_name().expect("converted");
+            assert_eq!(
+                host.lookup_volume(POOL, &download).await.expect("lookup"),
+                None,
+                "{file}: the download is removed"
+            );
+            assert!(
+                host.lookup_volume(POOL, &key.marker_name())
+                    .await
+                    .expect("lookup")
+                    .is_some(),
+                "{file}: marked complete"
+            );
+            for v in [key.image_name(), key.marker_name()] {
+                host.delete_volume(POOL, &v).await.expect("clean up");
+            }
+        }
+
+        // Files that name a host file: refused from their first bytes, nothing stored, and the
+        // file's content is nowhere in the pool.
+        let secret = "FERRY-CANARY-not-for-tenants\n";
+        let canary = lab.dir.join("canary.secret");
+        std::fs::write(&canary, secret.repeat(64)).expect("canary");
+        let canary = canary.to_string_lossy().to_string();
+        let desc = |create: &str, extra: &str, extent: &str| {
+            format!(
+                "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"{create}\"\n{extra}{extent}\n"
+            )
+        };
+        let attacks: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "capacity-0.vmdk",
+                crafted_vmdk(
+                    served.path(),
+                    "c0",
+                    0,
+                    &desc("monolithicFlat", "", &format!("RW 8 FLAT \"{canary}\" 0")),
+                ),
+                "capacity 0",
+            ),
+            (
+                "extent.vmdk",
+                crafted_vmdk(
+                    served.path(),
+                    "ex",
+                    2048,
+                    &desc("monolithicSparse", "", &format!("RW 2048 SPARSE \"{canary}\"")),
+                ),
+                "names the extent",
+            ),
+            (
+                "parent.vmdk",
+                crafted_vmdk(
+                    served.path(),
+                    "pa",
+                    2048,
+                    &desc(
+                        "monolithicSparse",
+                        &format!("parentFileNameHint=\"{canary}\"\n"),
+                        "RW 2048 SPARSE \"parent.vmdk\"",
+                    ),
+                ),
+                "parentFileNameHint",
+            ),
+            (
+                "text.vmdk",
+                desc("monolithicFlat", "", &format!("RW 8 FLAT \"{canary}\" 0")).into_bytes(),
+                "text descriptor",
+            ),
+        ];
+        for (file, bytes, why) in attacks {
+            std::fs::write(served.path().join(file), &bytes).expect("serve");
+            let sha = ferry::cloud_init::sha256_hex(&bytes);
+            let (key, outcome) =
+                import_once(&uri, &pool_dir, &server.url(file), &sha, SourceFormat::Vmdk).await;
+            let message = outcome.expect_err(file);
+            assert!(message.contains(why), "{file}: {message}");
+            for v in [
+                key.image_name(),
+                key.marker_name(),
+                key.download_name().expect("converted"),
+            ] {
+                assert_eq!(
+                    host.lookup_volume(POOL, &v).await.expect("lookup"),
+                    None,
+                    "{file}: nothing stored"
+                );
+            }
+        }
+        for entry in std::fs::read_dir(&lab.pool_dir).expect("pool dir") {
+            let path = entry.expect("entry").path();
+            if path.is_file() {
+                let content = std::fs::read(&path).expect("read");
+                assert!(
+                    !content
+                        .windows(secret.len())
+                        .any(|w| w == secret.as_bytes()),
+                    "{} holds the canary",
+                    path.display()
+                );
+            }
+        }
+        drop(server);
         host.close().await;
     })
     .await;

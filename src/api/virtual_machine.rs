@@ -346,16 +346,73 @@ pub struct Disk {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpImage {
-    /// `http://` or `https://` URL of the image (qcow2 or raw).
+    /// `http://` or `https://` URL of the image.
     #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://"))]
     pub url: String,
     /// SHA-256 of the file, 64 hex digits. Required: an image that does not match is discarded.
     #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
     pub sha256: String,
-    /// Format of the image: `qcow2` (default) or `raw`. A qcow2 image whose header names a
-    /// backing file or an external data file is refused.
+    /// Format of the file: `qcow2` (default) or `raw`, kept as downloaded; or `vmdk`
+    /// (VMware), `vhdx` (Hyper-V), `vdi` (VirtualBox) or `vpc` (VHD), converted to qcow2 on the
+    /// host once. Only self-contained images are accepted: one whose header names another file
+    /// (a backing file, a parent, an extent, an external data file) is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<ImageFormat>,
+    pub format: Option<SourceFormat>,
+}
+
+/// Format of the file to import: `qcow2` (default) or `raw`, stored as downloaded; `vmdk`,
+/// `vhdx`, `vdi` or `vpc` (VHD), converted to qcow2 on the host once. An image whose header
+/// names another file (backing file, parent, extent, external data file) is refused.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// The bytes as they are.
+    Raw,
+    /// QEMU copy-on-write v2 or v3.
+    Qcow2,
+    /// VMware virtual disk: a single-file sparse or stream-optimized image.
+    Vmdk,
+    /// Hyper-V virtual hard disk v2: a dynamic or fixed, not a differencing, image.
+    Vhdx,
+    /// VirtualBox disk image: a dynamic or fixed, not a differencing or undo, image.
+    Vdi,
+    /// Virtual PC / Hyper-V VHD: a dynamic, not a differencing, image (a fixed VHD is raw data
+    /// with a footer: import it as `raw`).
+    Vpc,
+}
+
+impl SourceFormat {
+    /// The name libvirt and QEMU use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Raw => "raw",
+            SourceFormat::Qcow2 => "qcow2",
+            SourceFormat::Vmdk => "vmdk",
+            SourceFormat::Vhdx => "vhdx",
+            SourceFormat::Vdi => "vdi",
+            SourceFormat::Vpc => "vpc",
+        }
+    }
+
+    /// The format the image is stored and opened in: as downloaded for raw and qcow2, qcow2
+    /// after conversion for the others.
+    pub fn stored(self) -> ImageFormat {
+        match self {
+            SourceFormat::Raw => ImageFormat::Raw,
+            _ => ImageFormat::Qcow2,
+        }
+    }
+
+    /// Whether the file is converted (to qcow2) rather than stored as downloaded.
+    pub fn is_converted(self) -> bool {
+        !matches!(self, SourceFormat::Raw | SourceFormat::Qcow2)
+    }
+}
+
+impl std::fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Format of an image or volume as QEMU opens it. Only formats that cannot name other files

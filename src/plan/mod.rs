@@ -25,6 +25,7 @@ pub mod pool_check;
 pub mod quantity;
 pub mod recovery;
 pub mod sighting;
+pub mod source_image;
 pub mod uri;
 pub mod uri_policy;
 pub mod validate;

@@ -2,6 +2,8 @@
 //!
 //! Kubernetes names are DNS labels/subdomains (no `_`), so `_` separates the parts unambiguously.
 
+use crate::api::virtual_machine::SourceFormat;
+
 /// libvirt domain name of a VM: `<namespace>_<name>`.
 pub fn domain_name(namespace: &str, name: &str) -> String {
     format!("{namespace}_{name}")
@@ -24,15 +26,37 @@ pub fn seed_volume_name(namespace: &str, name: &str, uid: &str, digest: &str) ->
     format!("{namespace}_{name}_cidata_{short}_{content}.iso")
 }
 
-/// Volume name of a golden image imported from a URL: one per pool and checksum, shared by every
-/// VM that names that checksum.
-pub fn imported_image_name(sha256: &str) -> String {
-    format!("ferry-image-{}.img", sha256.to_ascii_lowercase())
+/// Volume name of a golden image imported from a URL: one per pool, checksum and stored form,
+/// shared by every VM that names that checksum. A file kept as downloaded (raw or qcow2) is
+/// `ferry-image-<sha256>.img`; one converted from a foreign format is
+/// `ferry-image-<sha256>.<format>.qcow2`, so the same bytes declared in two ways never share a
+/// volume that holds only one of them.
+pub fn imported_image_name(sha256: &str, format: SourceFormat) -> String {
+    let sum = sha256.to_ascii_lowercase();
+    if format.is_converted() {
+        format!("ferry-image-{sum}.{format}.qcow2")
+    } else {
+        format!("ferry-image-{sum}.img")
+    }
 }
 
 /// Volume that marks an imported image as complete and verified (written after it).
-pub fn imported_marker_name(sha256: &str) -> String {
-    format!("ferry-image-{}.verified", sha256.to_ascii_lowercase())
+pub fn imported_marker_name(sha256: &str, format: SourceFormat) -> String {
+    let sum = sha256.to_ascii_lowercase();
+    if format.is_converted() {
+        format!("ferry-image-{sum}.{format}.verified")
+    } else {
+        format!("ferry-image-{sum}.verified")
+    }
+}
+
+/// Volume a file in a foreign format is downloaded into before it is converted (removed after
+/// the conversion).
+pub fn imported_download_name(sha256: &str, format: SourceFormat) -> String {
+    format!(
+        "ferry-image-{}.{format}.download",
+        sha256.to_ascii_lowercase()
+    )
 }
 
 /// What kind of volume ferry makes under the name `name`, if the name is one ferry gives its own
@@ -42,10 +66,16 @@ pub fn made_by_ferry(name: &str) -> Option<&'static str> {
     let hex = |s: &str, min: usize, max: usize| {
         (min..=max).contains(&s.len()) && s.chars().all(|c| c.is_ascii_hexdigit())
     };
+    let converted = |ext: &str| {
+        ext.split_once('.').is_some_and(|(format, kind)| {
+            matches!(format, "vmdk" | "vhdx" | "vdi" | "vpc")
+                && matches!(kind, "qcow2" | "verified" | "download")
+        })
+    };
     if let Some(rest) = name.strip_prefix("ferry-image-")
         && let Some((sum, ext)) = rest.split_once('.')
         && hex(sum, 64, 64)
-        && matches!(ext, "img" | "verified")
+        && (matches!(ext, "img" | "verified") || converted(ext))
     {
         return Some("an imported image");
     }
@@ -106,8 +136,28 @@ mod tests {
                 seed_volume_name("ns", "vm.x", "1234abcd-ef00", "00112233445566778899"),
                 Some("a cloud-init seed"),
             ),
-            (imported_image_name(&sum), Some("an imported image")),
-            (imported_marker_name(&sum), Some("an imported image")),
+            (
+                imported_image_name(&sum, SourceFormat::Qcow2),
+                Some("an imported image"),
+            ),
+            (
+                imported_marker_name(&sum, SourceFormat::Raw),
+                Some("an imported image"),
+            ),
+            (
+                imported_image_name(&sum, SourceFormat::Vmdk),
+                Some("an imported image"),
+            ),
+            (
+                imported_marker_name(&sum, SourceFormat::Vhdx),
+                Some("an imported image"),
+            ),
+            (
+                imported_download_name(&sum, SourceFormat::Vpc),
+                Some("an imported image"),
+            ),
+            (format!("ferry-image-{sum}.ova.qcow2"), None),
+            (format!("ferry-image-{sum}.vmdk.img"), None),
             ("tiny.qcow2".to_string(), None),
             ("data_disk.img".to_string(), None),
             ("a_b_c_notahex.qcow2".to_string(), None),

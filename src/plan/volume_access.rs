@@ -16,7 +16,7 @@
 //!   so, seeds raw, images and volumes as declared.
 
 use crate::api::host_pool::StorageSpec;
-use crate::api::virtual_machine::{Disk, ImageFormat, VirtualMachineSpec};
+use crate::api::virtual_machine::{Disk, ImageFormat, SourceFormat, VirtualMachineSpec};
 use crate::api::{DiskSource, VirtualMachine};
 use crate::plan::domain::{Backing, DomainDescription};
 use crate::plan::naming;
@@ -256,7 +256,7 @@ pub fn attached_format(d: &Disk) -> ImageFormat {
 pub fn backing_format(d: &Disk, storage: &StorageSpec) -> Option<ImageFormat> {
     match d.source()? {
         DiskSource::Image(image) => storage.golden_image(image),
-        DiskSource::Http(h) => Some(h.format.unwrap_or(ImageFormat::Qcow2)),
+        DiskSource::Http(h) => Some(h.format.unwrap_or(SourceFormat::Qcow2).stored()),
         DiskSource::Volume(_) | DiskSource::Clone(_) => None,
     }
 }
@@ -332,7 +332,7 @@ mod tests {
     fn what_disks_may_name() {
         let overlay = naming::overlay_volume_name("other", "db", "root", "abcdef01-2345");
         let seed = naming::seed_volume_name("other", "db", "abcdef01", "0123456789abcdef");
-        let image = naming::imported_image_name(&"0".repeat(64));
+        let image = naming::imported_image_name(&"0".repeat(64), SourceFormat::Raw);
         let others = vec![
             neighbour(
                 "db",

@@ -23,11 +23,25 @@
 //! least 5 min for a failure that needs a person: [`retry_after`]), however often the VMs
 //! waiting for it are reconciled; then the next look starts the import again.
 //!
+//! A file in a foreign format (VMDK, VDI, VHD) is downloaded the same way into a download volume,
+//! then converted into the image volume, a standalone qcow2, **through libvirt's storage API**:
+//! `virStorageVolCreateXMLFrom` with a qcow2 target makes libvirt run `qemu-img convert` on the
+//! host. ferry has no way to run a command on a host (libvirtd is its only agent there, and
+//! adding one would widen what a compromised controller can do), and libvirt already owns the
+//! pool, its permissions and its locking; the conversion is also where the data is, so nothing
+//! crosses the network twice. `qemu-img convert` follows whatever the file names (extents,
+//! parents), so the download's head is checked first ([`crate::plan::source_image`]), libvirt's
+//! own reading of the stored file must agree with the declared format (libvirt passes the format
+//! it probed to `qemu-img`), and the converted image's header is checked again as qcow2. The
+//! download volume is removed after the conversion; the marker is written only after a complete
+//! one.
+//!
 //! Imports run in the background; reconciles read their progress from [`Imports`].
 
 mod fetch;
 mod run;
 
+use crate::api::virtual_machine::SourceFormat;
 use crate::hypervisor::{ConnectOptions, HostConnections, Hypervisor, HypervisorError, VolumeInfo};
 use crate::plan::import_policy::Policy;
 use crate::plan::naming;
@@ -85,6 +99,8 @@ pub enum ImportState {
     Queued,
     /// Bytes received so far and the total when the server said it.
     Running { bytes: u64, total: Option<u64> },
+    /// Downloaded and verified; being converted to qcow2 on the host.
+    Converting,
     /// The image is in the pool, verified.
     Done,
     /// It failed, and nothing it made is left. Reported until `until`, then tried again.
@@ -96,17 +112,20 @@ pub enum ImportState {
 }
 
 /// One image in one storage: the directory of the storage pool, qualified with the host's URI
-/// unless every host of the pool sees the same storage.
+/// unless every host of the pool sees the same storage; the checksum; and the foreign format the
+/// image is converted from (`None` for raw and qcow2, stored as downloaded).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImportKey {
     pub storage: String,
     pub sha256: String,
+    pub converted_from: Option<SourceFormat>,
 }
 
 impl ImportKey {
-    /// The import of `sha256` into the storage pool whose directory on the host at `uri` is
-    /// `dir`; `shared` when every host of the pool sees that directory's contents.
-    pub fn new(uri: &str, dir: &str, shared: bool, sha256: &str) -> Self {
+    /// The import of `sha256`, declared `format`, into the storage pool whose directory on the
+    /// host at `uri` is `dir`; `shared` when every host of the pool sees that directory's
+    /// contents.
+    pub fn new(uri: &str, dir: &str, shared: bool, sha256: &str, format: SourceFormat) -> Self {
         ImportKey {
             storage: if shared {
                 format!("shared:{dir}")
@@ -114,7 +133,28 @@ impl ImportKey {
                 format!("{uri} {dir}")
             },
             sha256: sha256.to_ascii_lowercase(),
+            converted_from: format.is_converted().then_some(format),
         }
+    }
+
+    fn format(&self) -> SourceFormat {
+        self.converted_from.unwrap_or(SourceFormat::Qcow2)
+    }
+
+    /// The image's volume.
+    pub fn image_name(&self) -> String {
+        naming::imported_image_name(&self.sha256, self.format())
+    }
+
+    /// The volume that marks the image complete.
+    pub fn marker_name(&self) -> String {
+        naming::imported_marker_name(&self.sha256, self.format())
+    }
+
+    /// The volume a file to convert is downloaded into, if the image is converted.
+    pub fn download_name(&self) -> Option<String> {
+        self.converted_from
+            .map(|f| naming::imported_download_name(&self.sha256, f))
     }
 }
 
@@ -126,7 +166,7 @@ pub struct Request {
     pub pool: String,
     pub url: String,
     /// The format the spec declares (its header is checked for it).
-    pub format: crate::api::virtual_machine::ImageFormat,
+    pub format: SourceFormat,
     pub policy: Policy,
     pub opts: ConnectOptions,
 }
@@ -277,37 +317,45 @@ impl Imports {
     pub fn running(&self, key: &ImportKey) -> bool {
         matches!(
             self.table().get(key),
-            Some((ImportState::Queued | ImportState::Running { .. }, _))
+            Some((
+                ImportState::Queued | ImportState::Running { .. } | ImportState::Converting,
+                _
+            ))
         )
     }
 
-    /// The verified image if the pool has it. An image without its marker is either being
-    /// imported by this process (left alone) or the remainder of an import cut short, by a
-    /// controller restart say (removed); `None` is returned for both.
+    /// The verified image if the pool has it. An image without its marker (or a download
+    /// waiting for its conversion) is either being imported by this process (left alone) or the
+    /// remainder of an import cut short, by a controller restart say (removed); `None` is
+    /// returned for both.
     pub async fn lookup(
         &self,
         hv: &dyn Hypervisor,
         pool: &str,
         key: &ImportKey,
     ) -> Result<Option<VolumeInfo>, HypervisorError> {
-        let name = naming::imported_image_name(&key.sha256);
-        let Some(vol) = hv.lookup_volume(pool, &name).await? else {
-            return Ok(None);
-        };
-        if hv
-            .lookup_volume(pool, &naming::imported_marker_name(&key.sha256))
-            .await?
-            .is_some()
+        let name = key.image_name();
+        let image = hv.lookup_volume(pool, &name).await?;
+        if let Some(vol) = image.as_ref()
+            && hv.lookup_volume(pool, &key.marker_name()).await?.is_some()
         {
-            return Ok(Some(vol));
+            return Ok(Some(vol.clone()));
         }
-        // Asked after the volume was seen: an import marks itself running before it creates the
-        // volume and stays so until its marker is written.
+        // Asked after the volumes were seen: an import marks itself running before it creates
+        // them and stays so until its marker is written.
         if self.running(key) || matches!(self.table().get(key), Some((ImportState::Done, _))) {
             return Ok(None);
         }
-        tracing::warn!(volume = %name, "removing an image whose import did not finish");
-        hv.delete_volume(pool, &name).await?;
+        if let Some(download) = key.download_name()
+            && hv.lookup_volume(pool, &download).await?.is_some()
+        {
+            tracing::warn!(volume = %download, "removing a download whose conversion did not finish");
+            hv.delete_volume(pool, &download).await?;
+        }
+        if image.is_some() {
+            tracing::warn!(volume = %name, "removing an image whose import did not finish");
+            hv.delete_volume(pool, &name).await?;
+        }
         Ok(None)
     }
 
@@ -381,7 +429,7 @@ mod tests {
     #[test]
     fn states_are_reported_until_their_time() {
         let imports = Imports::default();
-        let key = ImportKey::new("test:///x", "/pool", true, "AB");
+        let key = ImportKey::new("test:///x", "/pool", true, "AB", SourceFormat::Qcow2);
         let (src, other) = (
             source("team", "lab", "http://a/x"),
             source("team", "lab", "http://b/x"),
@@ -436,7 +484,7 @@ mod tests {
     #[test]
     fn a_failed_import_starts_again_only_when_its_retry_is_due() {
         let imports = Imports::default();
-        let key = ImportKey::new("test:///x", "/pool", true, "cd");
+        let key = ImportKey::new("test:///x", "/pool", true, "cd", SourceFormat::Raw);
         let t0 = Instant::now();
         let at = |secs: u64| t0 + Duration::from_secs(secs);
         let src = source("team", "lab", "http://a/x");
@@ -462,11 +510,22 @@ mod tests {
 
     #[test]
     fn hosts_of_shared_storage_share_an_import() {
-        let a = ImportKey::new("qemu+tls://a/system", "/srv/pool", true, "ab");
-        let b = ImportKey::new("qemu+tls://b/system", "/srv/pool", true, "AB");
-        assert_eq!(a, b);
-        let a = ImportKey::new("qemu+tls://a/system", "/srv/pool", false, "ab");
-        let b = ImportKey::new("qemu+tls://b/system", "/srv/pool", false, "ab");
+        use SourceFormat::*;
+        let a = ImportKey::new("qemu+tls://a/system", "/srv/pool", true, "ab", Qcow2);
+        let b = ImportKey::new("qemu+tls://b/system", "/srv/pool", true, "AB", Raw);
+        assert_eq!(a, b, "raw and qcow2 store the same bytes");
+        let a = ImportKey::new("qemu+tls://a/system", "/srv/pool", false, "ab", Qcow2);
+        let b = ImportKey::new("qemu+tls://b/system", "/srv/pool", false, "ab", Qcow2);
         assert_ne!(a, b);
+        let vmdk = ImportKey::new("qemu+tls://a/system", "/srv/pool", true, "ab", Vmdk);
+        let raw = ImportKey::new("qemu+tls://a/system", "/srv/pool", true, "ab", Raw);
+        assert_ne!(vmdk, raw, "a converted image is another image");
+        assert_ne!(vmdk.image_name(), raw.image_name());
+        assert_ne!(vmdk.marker_name(), raw.marker_name());
+        assert_eq!(raw.download_name(), None);
+        assert!(
+            vmdk.download_name()
+                .is_some_and(|d| d.ends_with(".vmdk.download"))
+        );
     }
 }

@@ -1,14 +1,15 @@
-//! One import: download under the pool's policy, check the image's header, verify, upload, and
-//! mark the image complete; or leave nothing of what it made.
+//! One import: download under the pool's policy, check the image's header, verify, upload,
+//! convert a foreign format, and mark the image complete; or leave nothing of what it made.
 
 use super::fetch::{self, Refusal};
 use super::{FailureKind, ImportKey, ImportState, Request};
+use crate::api::virtual_machine::{ImageFormat, SourceFormat};
 use crate::cloud_init::hex;
 use crate::hypervisor::{
     ConnectOptions, HostConnections, Hypervisor, HypervisorError, UploadSource, error_code,
 };
 use crate::plan::import_policy::Policy;
-use crate::plan::{image_header, naming};
+use crate::plan::{image_header, source_image};
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -114,7 +115,7 @@ pub(super) async fn run(
     };
     let mut first = Vec::with_capacity(CHUNK);
     let mut ended = false;
-    while first.len() < image_header::HEAD_BYTES {
+    while first.len() < source_image::head_bytes(req.format) {
         match stream.next().await {
             Some(Ok(c)) => {
                 got.add(&c, &policy).map_err(refused)?;
@@ -127,7 +128,7 @@ pub(super) async fn run(
             }
         }
     }
-    image_header::check(req.format, &first).map_err(|why| {
+    source_image::check(req.format, &first, ended).map_err(|why| {
         refused(format!(
             "the image at {url} (declared {}) {why}",
             req.format
@@ -224,11 +225,25 @@ pub(super) async fn run(
         }
         None => Some(Err("the download stopped without finishing".into())),
     }));
-    let name = naming::imported_image_name(&key.sha256);
+    // A file to convert goes into a download volume first, the others into the image volume.
+    let name = key.download_name().unwrap_or_else(|| key.image_name());
     let upload = hv.upload_volume(&req.pool, &name, total.unwrap_or(0), source);
     let (uploaded, ()) = futures::join!(upload, download);
     let result = match uploaded {
-        Ok(_) => write_marker(hv.as_ref(), &req.pool, key).await,
+        Ok(vol) => match req.format.is_converted() {
+            false => write_marker(hv.as_ref(), &req.pool, key).await,
+            true => {
+                progress(ImportState::Converting);
+                let converted = convert(hv.as_ref(), &req.pool, key, req.format, &vol).await;
+                if let Err(e) = hv.delete_volume(&req.pool, &name).await {
+                    tracing::warn!(volume = %name, error = %e, "could not remove a converted download");
+                }
+                match converted {
+                    Ok(()) => write_marker(hv.as_ref(), &req.pool, key).await,
+                    Err(f) => Err(f),
+                }
+            }
+        },
         Err(e) => {
             let cause = cause.lock().unwrap_or_else(|p| p.into_inner()).take();
             Err(upload_failed(hv.as_ref(), &req.pool, &name, e, cause).await)
@@ -238,6 +253,61 @@ pub(super) async fn run(
     result
 }
 
+/// Convert the verified download `from`, declared `format`, into the image volume (qcow2)
+/// through libvirt (`virStorageVolCreateXMLFrom`: `qemu-img convert` on the host). libvirt hands
+/// `qemu-img` the format it probed for the stored file, so that must be the declared (and
+/// checked) one; the result must pass the qcow2 check. A failed conversion leaves no image.
+async fn convert(
+    hv: &dyn Hypervisor,
+    pool: &str,
+    key: &ImportKey,
+    format: SourceFormat,
+    from: &crate::hypervisor::VolumeInfo,
+) -> Result<(), Failure> {
+    if from.format != format.as_str() {
+        return Err(refused(format!(
+            "libvirt on the host reads the downloaded file as {}, not {format}: it is not converted",
+            from.format
+        )));
+    }
+    let name = key.image_name();
+    let image = match hv.clone_volume(pool, &name, from).await {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(match &e {
+                HypervisorError::OperationFailed { code, .. }
+                    if *code == error_code::STORAGE_VOL_EXIST =>
+                {
+                    other(format!(
+                        "volume {name} exists already in storage pool {pool:?}: another import of this image is under way, or one was cut short (it is removed at the next look)"
+                    ))
+                }
+                HypervisorError::OperationFailed { message, .. } => other(format!(
+                    "converting the {format} image to qcow2 failed: {message}"
+                )),
+                e => other(format!(
+                    "converting the {format} image to qcow2 failed: {e}"
+                )),
+            });
+        }
+    };
+    let head = hv
+        .read_volume_head(pool, &name, image_header::HEAD_BYTES)
+        .await
+        .map_err(|e| other(format!("reading the converted image's header failed: {e}")));
+    let checked = head.and_then(|head| {
+        image_header::check(ImageFormat::Qcow2, &head)
+            .map_err(|why| refused(format!("the image converted from {format} {why}")))
+    });
+    if let Err(f) = checked {
+        if let Err(e) = hv.delete_volume(pool, &image.name).await {
+            tracing::warn!(volume = %image.name, error = %e, "could not remove a refused conversion");
+        }
+        return Err(f);
+    }
+    Ok(())
+}
+
 /// Write the marker that makes the image complete; when that fails, remove the image (this
 /// import made it).
 async fn write_marker(hv: &dyn Hypervisor, pool: &str, key: &ImportKey) -> Result<(), Failure> {
@@ -245,7 +315,7 @@ async fn write_marker(hv: &dyn Hypervisor, pool: &str, key: &ImportKey) -> Resul
     let written = hv
         .upload_volume(
             pool,
-            &naming::imported_marker_name(&key.sha256),
+            &key.marker_name(),
             marker.len() as u64,
             Box::new(std::iter::once(Ok(marker))),
         )
@@ -253,7 +323,7 @@ async fn write_marker(hv: &dyn Hypervisor, pool: &str, key: &ImportKey) -> Resul
     match written {
         Ok(_) => Ok(()),
         Err(e) => {
-            let name = naming::imported_image_name(&key.sha256);
+            let name = key.image_name();
             if let Err(err) = hv.delete_volume(pool, &name).await {
                 tracing::warn!(volume = %name, error = %err, "could not remove an image without its marker");
             }

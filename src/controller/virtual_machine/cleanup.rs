@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::api::condition::{ConditionStatus, set_condition};
-use crate::api::virtual_machine::ABANDON_ANNOTATION;
+use crate::api::virtual_machine::{ABANDON_ANNOTATION, HttpImage, SourceFormat};
 use crate::api::{MigrationPhase, VirtualMachine, VmPhase};
 use crate::controller::cloud_init;
 use crate::controller::hosts::selects;
@@ -215,23 +215,26 @@ pub(super) async fn collect_images(
     host: &str,
 ) -> Result<()> {
     let others = ctx.caches.vms.state();
+    let stored = |h: &HttpImage| {
+        naming::imported_image_name(&h.sha256, h.format.unwrap_or(SourceFormat::Qcow2))
+    };
     for h in vm.spec.disks.iter().filter_map(|d| d.http.as_ref()) {
+        let image = stored(h);
         let used = others.iter().any(|o| {
             o.metadata.uid != vm.metadata.uid
-                && o.spec.disks.iter().any(|d| {
-                    d.http
-                        .as_ref()
-                        .is_some_and(|x| x.sha256.eq_ignore_ascii_case(&h.sha256))
-                })
+                && o.spec
+                    .disks
+                    .iter()
+                    .any(|d| d.http.as_ref().is_some_and(|x| stored(x) == image))
         });
         if used {
             continue;
         }
-        let image = naming::imported_image_name(&h.sha256);
         if hv.lookup_volume(pool, &image).await?.is_none() {
             continue;
         }
-        hv.delete_volume(pool, &naming::imported_marker_name(&h.sha256))
+        let format = h.format.unwrap_or(SourceFormat::Qcow2);
+        hv.delete_volume(pool, &naming::imported_marker_name(&h.sha256, format))
             .await?;
         hv.delete_volume(pool, &image).await?;
         ctx.event(

@@ -3,7 +3,7 @@
 //! reported.
 
 use super::*;
-use crate::api::virtual_machine::HttpImage;
+use crate::api::virtual_machine::{HttpImage, SourceFormat};
 use crate::controller::image_import;
 use crate::plan::import_policy;
 
@@ -22,7 +22,8 @@ pub(super) async fn imported_image(
     let storage = &placed.pool.spec.storage;
     let pool = storage.pool.as_str();
     let lost = |e: HypervisorError| host_blocked(host, e, "looking up images", None);
-    let key = image_import::ImportKey::new(hv.uri(), dir, storage.is_shared(), &h.sha256);
+    let format = h.format.unwrap_or(SourceFormat::Qcow2);
+    let key = image_import::ImportKey::new(hv.uri(), dir, storage.is_shared(), &h.sha256, format);
     if let Some(v) = ctx.imports.lookup(hv, pool, &key).await.map_err(lost)? {
         return Ok(v);
     }
@@ -48,9 +49,14 @@ pub(super) async fn imported_image(
             "waiting for a slot (at most {} imports run at once)",
             ctx.imports.limit()
         ))),
-        Some(image_import::ImportState::Running { bytes, total }) => {
-            Err(importing(image_import::progress(bytes, total)))
-        }
+        Some(image_import::ImportState::Running { bytes, total }) => Err(importing(format!(
+            "{}downloading, {}",
+            if format.is_converted() { "1/2 " } else { "" },
+            image_import::progress(bytes, total)
+        ))),
+        Some(image_import::ImportState::Converting) => Err(importing(format!(
+            "2/2 converting from {format} to qcow2 on the host"
+        ))),
         Some(image_import::ImportState::Failed {
             message,
             kind,
@@ -98,7 +104,7 @@ pub(super) async fn imported_image(
                 uri: hv.uri().to_string(),
                 pool: pool.to_string(),
                 url: h.url.clone(),
-                format: h.format.unwrap_or(ImageFormat::Qcow2),
+                format,
                 policy,
                 opts: crate::hypervisor::ConnectOptions::default(),
             };
