@@ -342,3 +342,170 @@ async fn imports_reach_only_what_the_pool_allows() {
     );
     assert!(domains(&lab).is_empty(), "no domain: {:?}", domains(&lab));
 }
+
+/// `qemu-img convert` of the lab's golden image into `format` (with `-o opts`) at `dest`.
+fn converted(lab: &lab::Lab, format: &str, opts: &str, dest: &std::path::Path) -> Vec<u8> {
+    let golden = std::path::Path::new(&lab.pool_dir).join(&lab.golden);
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-O", format, "-o", opts])
+        .arg(&golden)
+        .arg(dest)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img convert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(dest).expect("converted image")
+}
+
+fn http_vm_as(
+    name: &str,
+    lab: &lab::Lab,
+    url: &str,
+    sha256: &str,
+    format: &str,
+) -> serde_json::Value {
+    let mut m = http_vm(name, lab, url, sha256, "Always");
+    m["spec"]["disks"][0]["http"]["format"] = json!(format);
+    m
+}
+
+/// Images from other hypervisors: the tiny guest's disk as a VMDK (stream-optimized, as VMware
+/// exports it) is downloaded, converted to qcow2 on the host, and boots; the conversion is
+/// reported in status. A VMDK that names a host file (the lab's canary) is refused with
+/// `ImportRefused` and nothing is converted or kept; a format the CRD does not know is rejected
+/// by the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn foreign_images_are_converted_and_boot() {
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let lab = lab::Lab::up(1).expect("lab host");
+    let mut c = Cluster::new("ferry-e2e-foreign").await;
+    let node = format!("{}-h1", c.namespace);
+    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
+    let ctl = c.controller("e2e-foreign");
+    let ns = c.namespace.clone();
+    let mut pool = pool_manifest("lab", &lab);
+    pool["spec"]["imports"] = json!({"allowedNetworks": ["127.0.0.1/32"]});
+    c.apply::<ferry::api::HostPool>(pool).await;
+    let server = HttpServer::start();
+
+    // A format the CRD does not know: the API server says which ones it does.
+    let api: Api<VirtualMachine> = Api::namespaced(c.client.clone(), &ns);
+    let bogus = http_vm_as("bogus", &lab, &server.url("x"), &"0".repeat(64), "ova");
+    let err = api
+        .patch(
+            "bogus",
+            &kube::api::PatchParams::apply("ferry-e2e"),
+            &kube::api::Patch::Apply(&bogus),
+        )
+        .await
+        .expect_err("an unknown format is rejected");
+    let err = err.to_string();
+    assert!(err.contains("vmdk") && err.contains("ova"), "{err}");
+
+    // A VMDK whose embedded descriptor names a host file: refused, nothing converted.
+    let canary = std::path::Path::new(&lab.dir).join("canary.secret");
+    std::fs::write(&canary, "FERRY-CANARY-not-for-tenants\n".repeat(64)).expect("canary");
+    let base = server.dir.path().join("base.vmdk");
+    converted(&lab, "vmdk", "subformat=monolithicSparse", &base);
+    let mut evil = std::fs::read(&base).expect("vmdk");
+    let descriptor = format!(
+        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\nRW 2048 SPARSE \"{}\"\n",
+        canary.display()
+    );
+    evil[512..512 + 20 * 512].fill(0);
+    evil[512..512 + descriptor.len()].copy_from_slice(descriptor.as_bytes());
+    std::fs::write(server.dir.path().join("evil.vmdk"), &evil).expect("serve");
+    let evil_sha = ferry::cloud_init::sha256_hex(&evil);
+    c.apply::<VirtualMachine>(http_vm_as(
+        "evil",
+        &lab,
+        &server.url("evil.vmdk"),
+        &evil_sha,
+        "vmdk",
+    ))
+    .await;
+    let vm = wait_vm(
+        &c,
+        "evil",
+        "ImportRefused",
+        Duration::from_secs(120),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "ImportRefused"),
+    )
+    .await;
+    let msg = condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(msg.contains("names the extent"), "{msg}");
+    assert!(
+        image_volumes(&lab).is_empty(),
+        "nothing converted or kept: {:?}",
+        image_volumes(&lab)
+    );
+    assert!(domains(&lab).is_empty(), "no domain: {:?}", domains(&lab));
+    c.vms()
+        .delete("evil", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_vm_gone("evil", Duration::from_secs(60)).await;
+
+    // The tiny guest's disk as VMDK: converted, and the guest boots from it.
+    let vmdk = converted(
+        &lab,
+        "vmdk",
+        "subformat=streamOptimized",
+        &server.dir.path().join("tiny.vmdk"),
+    );
+    let sha = ferry::cloud_init::sha256_hex(&vmdk);
+    c.apply::<VirtualMachine>(http_vm_as(
+        "fromvmdk",
+        &lab,
+        &server.url("tiny.vmdk"),
+        &sha,
+        "vmdk",
+    ))
+    .await;
+    let vm = wait_vm(&c, "fromvmdk", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    assert!(vm.status.is_some());
+    let log = console(&lab, &ns, "fromvmdk");
+    lab::wait_for_console(&log, "FERRY-DISK FERRY-GOLDEN tiny v1", BOOT)
+        .expect("the guest boots from the converted image");
+    assert_eq!(
+        image_volumes(&lab),
+        [
+            format!("ferry-image-{sha}.vmdk.qcow2"),
+            format!("ferry-image-{sha}.vmdk.verified")
+        ],
+        "the converted image and its marker, no download left"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.client.clone(), &ns);
+    let started = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .any(|e| e.reason.as_deref() == Some("ImportStarted"));
+    assert!(started, "an ImportStarted Event");
+    c.vms()
+        .delete("fromvmdk", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_vm_gone("fromvmdk", Duration::from_secs(90)).await;
+    assert!(
+        image_volumes(&lab).is_empty(),
+        "removed with the last VM: {:?}",
+        image_volumes(&lab)
+    );
+    drop(server);
+    drop(ctl);
+}
