@@ -70,7 +70,7 @@ impl Head<'_> {
     /// `len` bytes at `at`, or why they cannot be looked at: past the end of the file, or past
     /// what ferry reads (then the file is refused rather than guessed about).
     fn get(&self, at: u64, len: usize, what: &str) -> Result<&[u8], String> {
-        let end = at.checked_add(len as u64).unwrap_or(u64::MAX);
+        let end = at.saturating_add(len as u64);
         if end <= self.bytes.len() as u64 {
             let at = at as usize;
             return Ok(&self.bytes[at..at + len]);
