@@ -182,6 +182,8 @@ NOT_CONDITION_REASONS = {
     # words of the libvirt, Redfish, IPMI and ISO 9660 edges
     "ForceOff", "On", "Off", "Other", "PowerState", "ResetType", "UUID", "RAKP", "Credentials", "ConnectOptions",
     "HostConnections", "LibvirtHost", "Hypervisor", "Seed", "SeedData", "FERRY", "HOSTNAME",
+    # words of disk image formats (VMDK magics and descriptor extent lines)
+    "KDMV", "COWD", "RW", "RDONLY", "NOACCESS", "SPARSE",
 }
 
 LITERAL = re.compile(r'"([A-Z][A-Za-z]+)"')
