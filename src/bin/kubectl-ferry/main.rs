@@ -10,7 +10,6 @@ mod console;
 mod fixtures;
 mod migrate;
 mod output;
-mod power;
 mod proxy;
 mod recommend;
 mod release;
@@ -18,11 +17,11 @@ mod report;
 
 use clap::{Parser, Subcommand};
 use ferry::api::{HostPool, VirtualMachine, VirtualMachineMigration};
+use ferry::plan::power_request::{self as power, Plan, Want};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 use output::Output;
-use power::{Plan, Want};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -278,7 +277,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             output,
         } => {
             let obj = get(&vms, "VirtualMachine", &ns, vm).await?;
-            let m = migrate::migration(&obj, to.as_deref(), reason.as_deref())?;
+            let m = migrate::migration(
+                &obj,
+                to.as_deref(),
+                reason.as_deref().unwrap_or(migrate::MANUAL),
+            )?;
             let api: Api<VirtualMachineMigration> = Api::namespaced(client, &ns);
             let created = api
                 .create(&PostParams::default(), &m)

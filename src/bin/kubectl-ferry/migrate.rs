@@ -1,63 +1,12 @@
 //! `migrate` and `cancel`: the VirtualMachineMigration to create, and which one to delete.
 
-use ferry::api::{
-    MigrationPhase, VirtualMachine, VirtualMachineMigration, VirtualMachineMigrationSpec, VmPhase,
-};
+use ferry::api::{MigrationPhase, VirtualMachineMigration};
 use kube::ResourceExt;
-use kube::api::ObjectMeta;
-use std::collections::BTreeMap;
 
-/// Label ferry and the plugin put on a migration: the name of the VM it moves.
-pub const VM_LABEL: &str = "ferry.dev/vm";
+pub use ferry::plan::migration_request::migration;
 
-fn phase(vm: &VirtualMachine) -> Option<VmPhase> {
-    vm.status.as_ref().and_then(|s| s.phase)
-}
-
-/// The VirtualMachineMigration `migrate` creates.
-pub fn migration(
-    vm: &VirtualMachine,
-    to: Option<&str>,
-    reason: Option<&str>,
-) -> Result<VirtualMachineMigration, String> {
-    let name = vm.name_any();
-    let host = vm
-        .status
-        .as_ref()
-        .and_then(|s| s.host.as_deref())
-        .ok_or_else(|| format!("{name} is not placed on a host yet: nothing to migrate"))?;
-    if to == Some(host) {
-        return Err(format!("{name} already runs on {host}"));
-    }
-    match phase(vm) {
-        Some(VmPhase::Running) => {}
-        other => {
-            let shown = other.map_or("without a phase".to_string(), |p| p.to_string());
-            return Err(format!(
-                "{name} is {shown}: only a running VM can be live-migrated"
-            ));
-        }
-    }
-    let mut m = VirtualMachineMigration::new(
-        "",
-        VirtualMachineMigrationSpec {
-            vm_name: name.clone(),
-            target_host: to.map(str::to_string),
-            reason: Some(
-                reason
-                    .unwrap_or("manual (kubectl ferry migrate)")
-                    .to_string(),
-            ),
-        },
-    );
-    m.metadata = ObjectMeta {
-        generate_name: Some(format!("{name}-")),
-        namespace: vm.namespace(),
-        labels: Some(BTreeMap::from([(VM_LABEL.to_string(), name)])),
-        ..ObjectMeta::default()
-    };
-    Ok(m)
-}
+/// The reason of a migration asked for without `--reason`.
+pub const MANUAL: &str = "manual (kubectl ferry migrate)";
 
 /// Whether a migration has ended (its record stays until deleted).
 fn ended(m: &VirtualMachineMigration) -> bool {
@@ -115,7 +64,7 @@ mod tests {
     #[test]
     fn migrations_name_the_vm_and_target() {
         let v = vm(None, json!({}), running());
-        let m = migration(&v, Some("hv-2"), None).expect("a migration");
+        let m = migration(&v, Some("hv-2"), MANUAL).expect("a migration");
         let obj = serde_json::to_value(&m).expect("json");
         assert_eq!(obj["metadata"]["generateName"], "web-1-");
         assert_eq!(obj["metadata"]["namespace"], "vms");
@@ -124,15 +73,15 @@ mod tests {
         assert_eq!(obj["spec"]["targetHost"], "hv-2");
         assert_eq!(obj["apiVersion"], "ferry.dev/v1alpha1");
         assert!(obj["metadata"].get("name").is_none());
-        let any = migration(&v, None, Some("maintenance")).expect("a migration");
+        let any = migration(&v, None, "maintenance").expect("a migration");
         assert_eq!(any.spec.target_host, None);
         assert_eq!(any.spec.reason.as_deref(), Some("maintenance"));
 
-        assert!(migration(&v, Some("hv-1"), None).is_err(), "same host");
+        assert!(migration(&v, Some("hv-1"), MANUAL).is_err(), "same host");
         let s = vm(None, json!({}), stopped());
-        assert!(migration(&s, None, None).is_err(), "not running");
+        assert!(migration(&s, None, MANUAL).is_err(), "not running");
         let unplaced = vm(None, json!({}), json!({"phase": "Pending"}));
-        assert!(migration(&unplaced, None, None).is_err(), "no host");
+        assert!(migration(&unplaced, None, MANUAL).is_err(), "no host");
     }
 
     fn record(name: &str, vm: &str, phase: Option<&str>, created: &str) -> VirtualMachineMigration {

@@ -1,4 +1,5 @@
-//! `start`, `stop` and `restart`: what to send for a VM, as pure functions of the VM read.
+//! `start`, `stop`, `restart`, `pause` and `unpause` (the plugin's commands and the dashboard's
+//! buttons): what to send for a VM, as pure functions of the VM read.
 //!
 //! Power changes are designed not to fight GitOps. A `Manual` VM is started and stopped through
 //! the `ferry.dev/power` annotation, which Argo CD and Flux leave alone when it is not in Git. For
@@ -6,9 +7,9 @@
 //! `spec.runStrategy`, which a GitOps tool with self-heal reverts: the plugin refuses and explains
 //! unless `--force-spec` is given.
 
-use ferry::api::virtual_machine::{PAUSE_ANNOTATION, POWER_ANNOTATION, RESTART_ANNOTATION};
-use ferry::api::{RunStrategy, VirtualMachine, VmPhase};
-use ferry::plan::lifecycle::Power;
+use crate::api::virtual_machine::{PAUSE_ANNOTATION, POWER_ANNOTATION, RESTART_ANNOTATION};
+use crate::api::{RunStrategy, VirtualMachine, VmPhase};
+use crate::plan::lifecycle::Power;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -200,7 +201,33 @@ pub fn unpause_plan(vm: &VirtualMachine) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{running, stopped, vm};
+
+    fn vm(strategy: Option<&str>, annotations: Value, status: Value) -> VirtualMachine {
+        let mut spec = json!({"hostPool": "rack1", "cpu": {"cores": 1}, "memory": "1Gi"});
+        if let Some(s) = strategy {
+            spec["runStrategy"] = json!(s);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "web-1", "namespace": "vms", "generation": 2,
+                         "annotations": annotations},
+            "spec": spec,
+            "status": status,
+        }))
+        .expect("valid VM")
+    }
+
+    fn running() -> Value {
+        json!({"phase": "Running", "host": "hv-1", "observedGeneration": 2,
+               "interfaces": [{"name": "eth0", "mac": "52:54:00:00:00:01", "ipAddress": "10.0.0.5"}],
+               "conditions": [{"type": "Ready", "status": "True", "reason": "Running",
+                               "message": "running on host hv-1", "observedGeneration": 2,
+                               "lastTransitionTime": "2026-01-10T08:00:00Z"}]})
+    }
+
+    fn stopped() -> Value {
+        json!({"phase": "Stopped", "host": "hv-1", "observedGeneration": 2})
+    }
 
     fn patch_of(plan: Plan) -> Value {
         match plan {
