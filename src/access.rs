@@ -101,6 +101,19 @@ impl Request {
         Self::vm("patch", "", namespace, name)
     }
 
+    /// Listing `resource` (of group `ferry.dev`, or `""` for the core group's `events`) in
+    /// `namespace`; in every namespace when `namespace` is empty.
+    pub fn list(resource: &'static str, namespace: &str) -> Request {
+        Request {
+            verb: "list",
+            group: if resource == "events" { "" } else { GROUP },
+            resource,
+            subresource: "",
+            namespace: namespace.into(),
+            name: String::new(),
+        }
+    }
+
     /// Creating a VirtualMachineMigration in `namespace`.
     pub fn create_migration(namespace: &str) -> Request {
         Request {
@@ -130,7 +143,9 @@ impl Request {
         if !self.subresource.is_empty() {
             resource = format!("{resource}/{}", self.subresource);
         }
-        let object = if self.name.is_empty() {
+        let object = if self.name.is_empty() && self.namespace.is_empty() {
+            "in all namespaces".to_string()
+        } else if self.name.is_empty() {
             format!("in namespace {}", self.namespace)
         } else {
             format!("{}/{}", self.namespace, self.name)
@@ -338,5 +353,15 @@ mod tests {
         assert_eq!(a.subresource.as_deref(), Some("vnc"));
         assert_eq!(a.group.as_deref(), Some("subresources.ferry.dev"));
         assert_eq!(Request::patch_vm("t", "w").attributes().subresource, None);
+        let everywhere = Request::list("hostpools", "");
+        assert_eq!(everywhere.attributes().namespace, None);
+        assert_eq!(
+            everywhere.describe(),
+            "list hostpools.ferry.dev in all namespaces"
+        );
+        assert_eq!(
+            Request::list("events", "t").attributes().group.as_deref(),
+            Some("")
+        );
     }
 }

@@ -71,8 +71,8 @@ struct ControllerArgs {
     /// replicas, must fit in it); default: half the grace period, at least 1 s.
     #[arg(long, env = "FERRY_LEASE_MARGIN_MS")]
     lease_margin_ms: Option<u64>,
-    /// Serve the console proxy on the HTTP address (behind Kubernetes
-    /// authentication: TokenReview and SubjectAccessReview).
+    /// Serve the console proxy and the web dashboard (/dashboard/) on the HTTP address (behind
+    /// Kubernetes authentication: TokenReview and SubjectAccessReview).
     #[arg(long, env = "FERRY_WEB", default_value_t = true, action = clap::ArgAction::Set)]
     web: bool,
     /// Serve ferry's aggregated API (`subresources.ferry.dev`: the consoles through the
@@ -239,13 +239,18 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
     let imports = args.imports()?;
     let config = client_config(&args).await?;
     let default_ns = config.default_namespace.clone();
+    let user_config = config.clone();
     let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let web = args
-        .web
-        .then(|| Arc::new(ferry::web::Web::new(client.clone(), identity.clone())));
+    let web = args.web.then(|| {
+        Arc::new(ferry::web::Web::new(
+            client.clone(),
+            user_config,
+            identity.clone(),
+        ))
+    });
     let http_state = HttpState {
         metrics: metrics.clone(),
         ready: ready.clone(),

@@ -177,6 +177,8 @@ NOT_CONDITION_REASONS = {
     "IPMI", "InternalIP", "ExternalIP", "Hostname", "True", "False",
     # discovery document of the aggregated API
     "APIResourceList",
+    # run strategies named in the plugin's and the dashboard's messages; an HTTP header value
+    "Always", "Halted", "DENY",
     # quantity units
     "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "KiB", "MiB", "GiB", "TiB", "KB", "MB", "GB",
     # words of the libvirt, Redfish, IPMI and ISO 9660 edges
