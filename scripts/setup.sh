@@ -35,6 +35,17 @@ if [ "$need_image" = 1 ]; then
   apt-get install -y -qq --no-install-recommends mmdebstrap umoci skopeo podman crun uidmap jq >/dev/null
 fi
 
+# The dashboard's browser test (tests/e2e/dashboard.rs): headless Chromium and chromedriver,
+# driven over the W3C WebDriver protocol from the Rust test itself.
+need_browser=0
+for p in chromium chromium-driver; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_browser=1
+done
+if [ "$need_browser" = 1 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+
 # Python venv for the Kubernetes API stand-in (e2e/standin), manifest checks and the Redfish
 # BMC emulator (sushy-emulator) of the fencing tests.
 VENV=${FERRY_VENV:-/opt/ferry-venv}

@@ -13,6 +13,7 @@ mod adoption_candidates;
 mod cloud_init;
 mod consoles;
 mod credentials;
+mod dashboard;
 mod debian;
 mod ha_adoption;
 mod ha_fencing;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod bmc;
+pub mod browser;
 pub mod chart_rbac;
 pub mod cluster;
 pub mod consoles;
