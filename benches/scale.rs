@@ -746,6 +746,11 @@ async fn main() {
         "controller RSS after the resync (peak)",
         format!("{rss:.0} MiB ({hwm:.0} MiB)"),
     );
+    if std::env::var_os("FERRY_STANDIN").is_some() {
+        eprintln!("scale: the API stand-in has no TokenReview: the dashboard is not measured");
+    } else {
+        measure_dashboard(&c, ctl.http_port, n_vms, &mut out).await;
+    }
     // For a look at the process (/proc/PID/smaps, threads) before it goes.
     let hold = env_num("FERRY_SCALE_HOLD_SECS", 0);
     if hold > 0 {
@@ -775,4 +780,62 @@ async fn main() {
         eprintln!("scale: host files kept in {}", keep.display());
     }
     drop(dir);
+}
+
+/// The web dashboard at this scale, for a user with `edit` in the test namespace: API answer
+/// times, update latency (a VM changed → the change event), and in headless Chromium (when
+/// installed) the first page load and a switch between pages of VMs.
+async fn measure_dashboard(c: &Cluster, port: u16, n_vms: usize, out: &mut Row) {
+    support::consoles::apply_user_roles(c);
+    let token = support::consoles::user(c, "dashboard-bench", "edit");
+    let s = support::dashboard::Session::login(port, &token)
+        .await
+        .expect("dashboard login");
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    let last = n_vms.div_ceil(50);
+    for (what, path) in [
+        ("overview (pools, counts)", "overview".to_string()),
+        ("first page of VMs (50)", "vms?page=1".to_string()),
+        ("last page of VMs", format!("vms?page={last}")),
+        ("VMs filtered by name", "vms?q=vm-0999".to_string()),
+        ("one VM (with Events, read as the user)", "vms/".to_string()),
+    ] {
+        let path = if path == "vms/" {
+            format!("vms/{}/vm-00000", c.namespace)
+        } else {
+            path
+        };
+        let (median, max) = s.timed(&path, 20).await.expect("dashboard API");
+        out.add(
+            format!("dashboard API: {what}, median / max of 20"),
+            format!("{} / {}", ms(median), ms(max)),
+        );
+    }
+    let (median, max) = s
+        .update_latency(&c.vms(), "vm-00000", 10)
+        .await
+        .expect("update latency");
+    out.add(
+        "dashboard: VM changed → change event on the page's stream, median / max of 10",
+        format!("{} / {}", ms(median), ms(max)),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    match support::browser::Browser::start(dir.path()).await {
+        Ok(b) => {
+            let base = format!("http://127.0.0.1:{port}");
+            let (load, median, max) = support::dashboard::browser_load(&b, &base, &token, 10)
+                .await
+                .expect("dashboard in Chromium");
+            out.add(
+                "dashboard in Chromium: load → first page of VMs drawn",
+                ms(load),
+            );
+            out.add(
+                "dashboard in Chromium: switch to another page of VMs, median / max of 10",
+                format!("{} / {}", ms(median), ms(max)),
+            );
+            b.quit().await;
+        }
+        Err(e) => eprintln!("scale: no browser for the dashboard ({e})"),
+    }
 }

@@ -11,6 +11,7 @@ pub mod browser;
 pub mod chart_rbac;
 pub mod cluster;
 pub mod consoles;
+pub mod dashboard;
 pub mod fake_pool;
 pub mod ha;
 pub mod hosts;
