@@ -1,9 +1,10 @@
 //! The web dashboard in a real browser (Debian's headless Chromium through chromedriver), on a
 //! real lab host and a real API server: a person logs in with a token, sees the lab's pool, host
 //! (versions, state, HA verdict) and VM, stops and starts the VM from its page and watches the
-//! phase change live; the API server's audit log shows the change made as that person. A user
-//! with only `view` sees no action buttons and gets 403 on an action POST; a standby replica
-//! answers 503. Screenshots go to the test's output directory (printed).
+//! phase change live, and types into its serial console in the page's terminal (xterm.js) and
+//! reads the guest's answer; the API server's audit log shows the changes made as that person.
+//! A user with only `view` sees no action buttons and gets 403 on an action POST; a standby
+//! replica answers 503. Screenshots go to the test's output directory (printed).
 //!
 //! Needs TokenReview and SubjectAccessReview, which the API stand-in does not have: skipped
 //! there (`e2e/run.sh dashboard` starts a real API server when KUBECONFIG is unset).
@@ -141,6 +142,38 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
         .await
         .expect("the page shows the VM running again");
 
+    // The serial console in the page's terminal (xterm.js): a typed line, the guest's answer.
+    b.click("#action-console")
+        .await
+        .expect("open the serial console");
+    b.wait_text("#console-state", "connected", PAGE)
+        .await
+        .expect("console connected");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut answered = false;
+    for i in 0.. {
+        let line = format!("hello {i} from the browser");
+        b.keys(".xterm-helper-textarea", &format!("{line}\u{e007}"))
+            .await
+            .expect("type into the terminal");
+        if b.wait_text(
+            "#terminal .xterm-rows",
+            &format!("FERRY-ECHO {line}"),
+            Duration::from_secs(5),
+        )
+        .await
+        .is_ok()
+        {
+            answered = true;
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    assert!(answered, "the guest answered in the browser's terminal");
+    b.screenshot("console.png").await.expect("screenshot");
+
     // The API server saw both changes made by the editor (the dashboard used their token).
     let audit = c
         .kubeconfig
@@ -196,6 +229,7 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
         .expect("no buttons");
     assert!(b.find("#action-stop").await.is_none());
     assert!(b.find("#action-migrate").await.is_none());
+    assert!(b.find("#action-console").await.is_none());
     b.screenshot("vm-viewer.png").await.expect("screenshot");
     let statuses = b
         .run_async(

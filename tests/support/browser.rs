@@ -219,6 +219,22 @@ impl Browser {
         .map(|_| ())
     }
 
+    /// Sends `text` as key presses to the first element `css` selects (WebDriver key codes such
+    /// as `\u{e007}`, Enter, included), without clearing it first.
+    pub async fn keys(&self, css: &str, text: &str) -> Result<(), String> {
+        let id = self
+            .find(css)
+            .await
+            .ok_or_else(|| format!("nothing matches {css:?}"))?;
+        self.call(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({"text": text})),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Runs `script` (an async function body whose last argument is the callback) in the page.
     pub async fn run_async(&self, script: &str, args: Value) -> Result<Value, String> {
         self.call(

@@ -43,6 +43,7 @@ use super::Web;
 use crate::access::{AccessError, Identity, Request};
 use crate::api::{VirtualMachine, VirtualMachineMigration};
 use crate::controller::Context;
+use crate::hypervisor::ConsoleKind;
 use crate::plan::migration_request;
 use crate::plan::power_request::{self, Plan, Want};
 
@@ -59,6 +60,11 @@ const INDEX_HTML: &str = include_str!("assets/index.html");
 const LOGIN_HTML: &str = include_str!("assets/login.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+/// xterm.js, vendored from npm (`@xterm/xterm` 6.0.0, MIT: `assets/vendor/xterm-6.0.0/`), for
+/// the serial console.
+const XTERM_JS: &str = include_str!("assets/vendor/xterm-6.0.0/xterm.js");
+const XTERM_CSS: &str = include_str!("assets/vendor/xterm-6.0.0/xterm.css");
+const XTERM_LICENSE: &str = include_str!("assets/vendor/xterm-6.0.0/LICENSE");
 
 /// The dashboard's state: sessions, change notices, and the cluster settings user clients are
 /// made from.
@@ -126,6 +132,10 @@ pub fn routes(web: Arc<Web>) -> Router {
         .route("/dashboard/api/vms", get(vms))
         .route("/dashboard/api/vms/{ns}/{name}", get(vm))
         .route("/dashboard/api/vms/{ns}/{name}/{action}", post(action))
+        .route(
+            "/dashboard/api/vms/{ns}/{name}/console",
+            get(serial_console),
+        )
         .route("/dashboard/api/migrations", get(migrations))
         .route("/dashboard/api/incidents", get(incidents))
         .route("/dashboard/api/changes", get(changes))
@@ -152,7 +162,9 @@ async fn security_headers(mut r: Response) -> Response {
     set(
         h,
         "content-security-policy",
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        // xterm.js sets the terminal's colours and sizes in <style> elements it creates:
+        // inline styles are allowed, inline scripts are not.
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     );
     set(h, "x-content-type-options", "nosniff");
     // `no-referrer` would make browsers send `Origin: null` on the login form, which
@@ -402,6 +414,9 @@ async fn asset(Path(file): Path<String>) -> Response {
     let (kind, body) = match file.as_str() {
         "app.js" => ("text/javascript; charset=utf-8", APP_JS),
         "app.css" => ("text/css; charset=utf-8", APP_CSS),
+        "xterm.js" => ("text/javascript; charset=utf-8", XTERM_JS),
+        "xterm.css" => ("text/css; charset=utf-8", XTERM_CSS),
+        "xterm-LICENSE.txt" => ("text/plain; charset=utf-8", XTERM_LICENSE),
         _ => return error(StatusCode::NOT_FOUND, "no such file"),
     };
     (
@@ -544,12 +559,14 @@ async fn vm(
         let who = s.who.clone();
         async move { web.access.allowed(&who, &r).await.unwrap_or(false) }
     };
-    let (patch, migrate) = futures::join!(
+    let (patch, migrate, serial) = futures::join!(
         may(Request::patch_vm(&ns, &name)),
-        may(Request::create_migration(&ns))
+        may(Request::create_migration(&ns)),
+        may(Request::console(&ns, &name)),
     );
+    let serial = serial && super::console::check_console(&vm, ConsoleKind::Serial).is_ok();
     body["actions"] = json!({
-        "start": patch, "stop": patch, "restart": patch, "migrate": migrate,
+        "start": patch, "stop": patch, "restart": patch, "migrate": migrate, "console": serial,
     });
     let (events, events_error) = match vm_events(&web, &s, &ns, &name).await {
         Ok(e) => (e, None),
@@ -710,6 +727,36 @@ async fn migrate(
         "created VirtualMachineMigration {}",
         made.metadata.name.unwrap_or_default()
     ))
+}
+
+/// The VM's serial console as a WebSocket for the page's terminal: the session's user, then the
+/// console proxy's own checks (RBAC on `virtualmachines/console`, a running VM) and Events.
+/// A handshake from another origin is refused (browsers send the session cookie with it).
+async fn serial_console(
+    State(web): State<Arc<Web>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Response {
+    if headers.get(header::ORIGIN).is_none() || !same_origin(&headers) {
+        return error(StatusCode::FORBIDDEN, "cross-origin console refused");
+    }
+    let s = try_response!(session(&web, &headers).await);
+    let ctx = try_response!(web.context());
+    try_response!(visible_vm(&web, &ctx, &s.who, &ns, &name).await);
+    super::console::open(
+        web.clone(),
+        s.who.clone(),
+        ns,
+        name,
+        ConsoleKind::Serial,
+        ws,
+    )
+    .await
+    .unwrap_or_else(|r| r)
 }
 
 async fn migrations(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {

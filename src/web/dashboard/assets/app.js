@@ -3,7 +3,7 @@
 // screen is reloaded when a kind it shows changed.
 "use strict";
 
-const state = { csrf: "", user: "", route: "", kinds: [], timer: null, busy: false };
+const state = { csrf: "", user: "", route: "", kinds: [], timer: null, busy: false, console: null };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -189,7 +189,9 @@ async function vmView(ns, name) {
       notice(`${action}: ${e.message}`, true);
     }
   };
-  const buttons = [act("start", "Start"), act("stop", "Stop"), act("restart", "Restart")].filter(Boolean);
+  const serial = d.actions.console
+    ? el("button", { type: "button", id: "action-console", onclick: () => openConsole(ns, name) }, "Serial console") : null;
+  const buttons = [act("start", "Start"), act("stop", "Stop"), act("restart", "Restart"), serial].filter(Boolean);
   const migrate = d.actions.migrate ? [target, act("migrate", "Migrate")] : [];
   const actions = buttons.length || migrate.length
     ? el("div", { class: "actions", id: "actions" }, buttons, migrate)
@@ -263,6 +265,42 @@ async function incidentsView() {
     items.length ? items : el("p", { class: "muted" }, "No incidents in the HA policies you may list.")];
 }
 
+// --- serial console (xterm.js over the console proxy's WebSocket) ----------------------------
+
+function closeConsole() {
+  const c = state.console;
+  state.console = null;
+  if (c) {
+    try { c.ws.close(); } catch (_) { /* closed */ }
+    c.term.dispose();
+  }
+  document.getElementById("console-pane").hidden = true;
+}
+
+function openConsole(ns, name) {
+  closeConsole();
+  const pane = document.getElementById("console-pane");
+  const box = document.getElementById("terminal");
+  const status = document.getElementById("console-state");
+  box.replaceChildren();
+  pane.hidden = false;
+  const term = new Terminal({ convertEol: false, cursorBlink: true, rows: 24, cols: 100 });
+  term.open(box);
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${scheme}//${location.host}/dashboard/api/vms/${enc(ns)}/${enc(name)}/console`);
+  ws.binaryType = "arraybuffer";
+  state.console = { ws, term, vm: `${ns}/${name}` };
+  status.textContent = `${ns}/${name}: connecting…`;
+  ws.addEventListener("open", () => { status.textContent = `${ns}/${name}: connected`; term.focus(); });
+  ws.addEventListener("close", () => { status.textContent = `${ns}/${name}: closed`; });
+  ws.addEventListener("message", (e) => {
+    term.write(typeof e.data === "string" ? e.data : new Uint8Array(e.data));
+  });
+  const encoder = new TextEncoder();
+  term.onData((data) => { if (ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data)); });
+  pane.scrollIntoView();
+}
+
 // --- routing and live updates ----------------------------------------------------------------
 
 function route() {
@@ -321,7 +359,13 @@ async function start() {
     try { await post("../logout"); } catch (_) { /* gone already */ }
     location.href = "/dashboard/login";
   });
-  window.addEventListener("hashchange", () => render(false));
+  document.getElementById("console-close").addEventListener("click", closeConsole);
+  window.addEventListener("hashchange", () => {
+    // A console belongs to its VM's page.
+    const c = state.console;
+    if (c && !location.hash.startsWith(`#/vm/${c.vm}`)) closeConsole();
+    render(false);
+  });
   live();
   render(false);
 }
