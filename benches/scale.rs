@@ -390,7 +390,7 @@ async fn main() {
             "apiVersion": "ferry.dev/v1alpha1", "kind": "HostPool", "metadata": {"name": "scale"},
             "spec": {"nodeSelector": {"matchLabels": {HOST_LABEL: ns}},
                      "libvirt": {"uriTemplate": format!("test://{}/{{name}}.xml", dir.path().display())},
-                     "storage": {"pool": STORAGE_POOL}}
+                     "storage": {"pool": STORAGE_POOL, "images": [{"name": GOLDEN}]}}
         }))
         .await;
 
