@@ -179,6 +179,8 @@ NOT_CONDITION_REASONS = {
     "APIResourceList",
     # run strategies named in the plugin's and the dashboard's messages; an HTTP header value
     "Always", "Halted", "DENY",
+    # a vendored file's name (noVNC's AUTHORS)
+    "AUTHORS",
     # quantity units
     "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "KiB", "MiB", "GiB", "TiB", "KB", "MB", "GB",
     # words of the libvirt, Redfish, IPMI and ISO 9660 edges

@@ -275,7 +275,7 @@ async fn consoles_are_authorised_by_rbac_and_reach_the_guest() {
 }
 
 /// Width and height of a PNG (its IHDR) or binary PPM (`P6 W H 255`) image.
-fn image_size(image: &[u8]) -> Option<(u32, u32)> {
+pub(crate) fn image_size(image: &[u8]) -> Option<(u32, u32)> {
     if image.starts_with(b"\x89PNG\r\n\x1a\n") && image.len() >= 24 {
         let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
         return Some((be(&image[16..20]), be(&image[20..24])));

@@ -1,8 +1,8 @@
 //! The web dashboard in a real browser (Debian's headless Chromium through chromedriver), on a
 //! real lab host and a real API server: a person logs in with a token, sees the lab's pool, host
 //! (versions, state, HA verdict) and VM, stops and starts the VM from its page and watches the
-//! phase change live, and types into its serial console in the page's terminal (xterm.js) and
-//! reads the guest's answer; the API server's audit log shows the changes made as that person.
+//! phase change live, types into its serial console in the page's terminal (xterm.js) and
+//! reads the guest's answer, and sees its VNC display in noVNC at the guest's display size; the API server's audit log shows the changes made as that person.
 //! A user with only `view` sees no action buttons and gets 403 on an action POST; a standby
 //! replica answers 503. Screenshots go to the test's output directory (printed).
 //!
@@ -174,6 +174,39 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
     assert!(answered, "the guest answered in the browser's terminal");
     b.screenshot("console.png").await.expect("screenshot");
 
+    // The VNC display in noVNC: its canvas is the size of the guest's display.
+    b.click("#action-vnc").await.expect("open the VNC console");
+    b.wait_text("#vnc-state", "connected", PAGE)
+        .await
+        .expect("VNC connected");
+    let canvas = b
+        .run_async(
+            "const done = arguments[arguments.length - 1];
+             const c = document.querySelector('#vnc canvas');
+             done(c ? [c.width, c.height] : null);",
+            json!([]),
+        )
+        .await
+        .expect("canvas size");
+    let screen = out.join("virsh-screenshot");
+    lab.virsh_ok(
+        &lab.hosts[0].name,
+        &[
+            "screenshot",
+            &format!("{ns}_web"),
+            &screen.to_string_lossy(),
+        ],
+    )
+    .expect("virsh screenshot");
+    let size = crate::consoles::image_size(&std::fs::read(&screen).expect("read the screenshot"));
+    eprintln!("dashboard: noVNC canvas {canvas}, guest display {size:?}");
+    assert_eq!(
+        size.map(|(w, h)| json!([w, h])),
+        Some(canvas),
+        "noVNC's canvas is the size of the guest's display"
+    );
+    b.screenshot("vnc.png").await.expect("screenshot");
+
     // The API server saw both changes made by the editor (the dashboard used their token).
     let audit = c
         .kubeconfig
@@ -230,6 +263,7 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
     assert!(b.find("#action-stop").await.is_none());
     assert!(b.find("#action-migrate").await.is_none());
     assert!(b.find("#action-console").await.is_none());
+    assert!(b.find("#action-vnc").await.is_none());
     b.screenshot("vm-viewer.png").await.expect("screenshot");
     let statuses = b
         .run_async(

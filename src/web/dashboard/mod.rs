@@ -12,6 +12,7 @@
 //!   caches ([`changes`]).
 
 pub mod changes;
+pub mod novnc;
 pub mod session;
 pub mod view;
 
@@ -127,6 +128,7 @@ pub fn routes(web: Arc<Web>) -> Router {
         .route("/dashboard/login", get(login_page).post(login))
         .route("/dashboard/logout", post(logout))
         .route("/dashboard/assets/{file}", get(asset))
+        .route("/dashboard/assets/novnc/{*path}", get(novnc_asset))
         .route("/dashboard/api/overview", get(overview))
         .route("/dashboard/api/pools/{ns}/{name}", get(pool))
         .route("/dashboard/api/vms", get(vms))
@@ -134,7 +136,11 @@ pub fn routes(web: Arc<Web>) -> Router {
         .route("/dashboard/api/vms/{ns}/{name}/{action}", post(action))
         .route(
             "/dashboard/api/vms/{ns}/{name}/console",
-            get(serial_console),
+            get(|state, path, headers, ws| console(state, path, headers, ws, ConsoleKind::Serial)),
+        )
+        .route(
+            "/dashboard/api/vms/{ns}/{name}/vnc",
+            get(|state, path, headers, ws| console(state, path, headers, ws, ConsoleKind::Vnc)),
         )
         .route("/dashboard/api/migrations", get(migrations))
         .route("/dashboard/api/incidents", get(incidents))
@@ -429,6 +435,20 @@ async fn asset(Path(file): Path<String>) -> Response {
         .into_response()
 }
 
+async fn novnc_asset(Path(path): Path<String>) -> Response {
+    match novnc::file(&path) {
+        Some((kind, body)) => (
+            [
+                (header::CONTENT_TYPE, kind),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such file"),
+    }
+}
+
 /// Runs `f` with the session and the leader's context, turning refusals into responses.
 macro_rules! with_session {
     ($web:expr, $headers:expr) => {{
@@ -559,14 +579,17 @@ async fn vm(
         let who = s.who.clone();
         async move { web.access.allowed(&who, &r).await.unwrap_or(false) }
     };
-    let (patch, migrate, serial) = futures::join!(
+    let (patch, migrate, serial, vnc) = futures::join!(
         may(Request::patch_vm(&ns, &name)),
         may(Request::create_migration(&ns)),
         may(Request::console(&ns, &name)),
+        may(Request::vnc(&ns, &name)),
     );
     let serial = serial && super::console::check_console(&vm, ConsoleKind::Serial).is_ok();
+    let vnc = vnc && super::console::check_console(&vm, ConsoleKind::Vnc).is_ok();
     body["actions"] = json!({
-        "start": patch, "stop": patch, "restart": patch, "migrate": migrate, "console": serial,
+        "start": patch, "stop": patch, "restart": patch, "migrate": migrate,
+        "console": serial, "vnc": vnc,
     });
     let (events, events_error) = match vm_events(&web, &s, &ns, &name).await {
         Ok(e) => (e, None),
@@ -729,10 +752,11 @@ async fn migrate(
     ))
 }
 
-/// The VM's serial console as a WebSocket for the page's terminal: the session's user, then the
-/// console proxy's own checks (RBAC on `virtualmachines/console`, a running VM) and Events.
-/// A handshake from another origin is refused (browsers send the session cookie with it).
-async fn serial_console(
+/// The VM's serial console (for the page's terminal, xterm.js) or VNC display (for noVNC) as a
+/// WebSocket: the session's user, then the console proxy's own checks (RBAC on
+/// `virtualmachines/console` or `/vnc`, a running VM) and Events. A handshake from another
+/// origin is refused (browsers send the session cookie with it).
+async fn console(
     State(web): State<Arc<Web>>,
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
@@ -740,6 +764,7 @@ async fn serial_console(
         axum::extract::ws::WebSocketUpgrade,
         axum::extract::ws::rejection::WebSocketUpgradeRejection,
     >,
+    kind: ConsoleKind,
 ) -> Response {
     if headers.get(header::ORIGIN).is_none() || !same_origin(&headers) {
         return error(StatusCode::FORBIDDEN, "cross-origin console refused");
@@ -747,16 +772,9 @@ async fn serial_console(
     let s = try_response!(session(&web, &headers).await);
     let ctx = try_response!(web.context());
     try_response!(visible_vm(&web, &ctx, &s.who, &ns, &name).await);
-    super::console::open(
-        web.clone(),
-        s.who.clone(),
-        ns,
-        name,
-        ConsoleKind::Serial,
-        ws,
-    )
-    .await
-    .unwrap_or_else(|r| r)
+    super::console::open(web.clone(), s.who.clone(), ns, name, kind, ws)
+        .await
+        .unwrap_or_else(|r| r)
 }
 
 async fn migrations(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {

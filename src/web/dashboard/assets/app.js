@@ -3,7 +3,7 @@
 // screen is reloaded when a kind it shows changed.
 "use strict";
 
-const state = { csrf: "", user: "", route: "", kinds: [], timer: null, busy: false, console: null };
+const state = { csrf: "", user: "", route: "", kinds: [], timer: null, busy: false, console: null, vnc: null };
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -191,7 +191,9 @@ async function vmView(ns, name) {
   };
   const serial = d.actions.console
     ? el("button", { type: "button", id: "action-console", onclick: () => openConsole(ns, name) }, "Serial console") : null;
-  const buttons = [act("start", "Start"), act("stop", "Stop"), act("restart", "Restart"), serial].filter(Boolean);
+  const vnc = d.actions.vnc
+    ? el("button", { type: "button", id: "action-vnc", onclick: () => openVnc(ns, name) }, "VNC console") : null;
+  const buttons = [act("start", "Start"), act("stop", "Stop"), act("restart", "Restart"), serial, vnc].filter(Boolean);
   const migrate = d.actions.migrate ? [target, act("migrate", "Migrate")] : [];
   const actions = buttons.length || migrate.length
     ? el("div", { class: "actions", id: "actions" }, buttons, migrate)
@@ -301,6 +303,46 @@ function openConsole(ns, name) {
   pane.scrollIntoView();
 }
 
+// --- VNC console (noVNC over the console proxy's WebSocket) -----------------------------------
+
+function closeVnc() {
+  const v = state.vnc;
+  state.vnc = null;
+  if (v && v.rfb) {
+    try { v.rfb.disconnect(); } catch (_) { /* gone */ }
+  }
+  document.getElementById("vnc-pane").hidden = true;
+}
+
+async function openVnc(ns, name) {
+  closeVnc();
+  const pane = document.getElementById("vnc-pane");
+  const box = document.getElementById("vnc");
+  const status = document.getElementById("vnc-state");
+  box.replaceChildren();
+  pane.hidden = false;
+  status.textContent = `${ns}/${name}: connecting…`;
+  const entry = { vm: `${ns}/${name}`, rfb: null };
+  state.vnc = entry;
+  try {
+    const { default: RFB } = await import("/dashboard/assets/novnc/core/rfb.js");
+    if (state.vnc !== entry) return;
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const url = `${scheme}//${location.host}/dashboard/api/vms/${enc(ns)}/${enc(name)}/vnc`;
+    const rfb = new RFB(box, url, { wsProtocols: ["binary"] });
+    entry.rfb = rfb;
+    rfb.addEventListener("connect", () => { status.textContent = `${ns}/${name}: connected`; });
+    rfb.addEventListener("disconnect", (e) => {
+      status.textContent = `${ns}/${name}: ${e.detail.clean ? "closed" : "connection lost"}`;
+    });
+    rfb.addEventListener("securityfailure", (e) => { status.textContent = `${ns}/${name}: refused (${e.detail.reason || e.detail.status})`; });
+    rfb.addEventListener("desktopname", (e) => { pane.dataset.desktop = e.detail.name; });
+  } catch (e) {
+    status.textContent = `${ns}/${name}: ${e.message}`;
+  }
+  pane.scrollIntoView();
+}
+
 // --- routing and live updates ----------------------------------------------------------------
 
 function route() {
@@ -360,10 +402,13 @@ async function start() {
     location.href = "/dashboard/login";
   });
   document.getElementById("console-close").addEventListener("click", closeConsole);
+  document.getElementById("vnc-close").addEventListener("click", closeVnc);
   window.addEventListener("hashchange", () => {
     // A console belongs to its VM's page.
     const c = state.console;
     if (c && !location.hash.startsWith(`#/vm/${c.vm}`)) closeConsole();
+    const v = state.vnc;
+    if (v && !location.hash.startsWith(`#/vm/${v.vm}`)) closeVnc();
     render(false);
   });
   live();
