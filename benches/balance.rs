@@ -189,6 +189,8 @@ fn main() {
         let mut moved = 0;
         let start = plan(&hosts, &pool, &s, at).imbalance;
         let end = loop {
+            // After the first run, each run continues one its limits cut short (no band).
+            let s = if runs == 0 { s } else { s.continuing() };
             let p = plan(&hosts, &pool, &s, at);
             runs += 1;
             if p.moves.is_empty() || runs >= 1000 {

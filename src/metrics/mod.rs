@@ -42,6 +42,13 @@ pub struct ActionLabels {
     pub action: &'static str,
 }
 
+/// Labels naming a HostPool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub object_namespace: String,
+    pub pool: String,
+}
+
 /// Labels of a libvirt call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -65,6 +72,7 @@ pub struct Metrics {
     fences: Family<ResultLabels, Counter>,
     ha_judged: Gauge,
     withheld: Family<ActionLabels, Counter>,
+    balancing_migrations: Family<PoolLabels, Counter>,
     /// What the state gauges are computed from at each scrape (shared with the collector).
     inventory: Arc<RwLock<Option<InventorySource>>>,
 }
@@ -129,6 +137,12 @@ impl Default for Metrics {
             "Host and BMC actions this replica withheld because its leader lease lapsed, per action",
             withheld.clone(),
         );
+        let balancing_migrations = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "balancing_migrations",
+            "Live migrations balancing created (automation Full), per HostPool",
+            balancing_migrations.clone(),
+        );
         registry.register(
             "build",
             "The ferry build: version and git commit (always 1)",
@@ -143,6 +157,7 @@ impl Default for Metrics {
             fences,
             ha_judged,
             withheld,
+            balancing_migrations,
             registry,
             reconciles,
             failures,
@@ -188,6 +203,16 @@ impl Metrics {
         self.migrations
             .get_or_create(&ResultLabels { result })
             .inc();
+    }
+
+    /// Count the migrations balancing created in pool `pool` of `namespace`.
+    pub fn balancing_migrations(&self, namespace: &str, pool: &str, n: usize) {
+        self.balancing_migrations
+            .get_or_create(&PoolLabels {
+                object_namespace: namespace.to_string(),
+                pool: pool.to_string(),
+            })
+            .inc_by(n as u64);
     }
 
     /// Count a host or BMC action withheld by the [`crate::gate::ActionGate`].
@@ -305,7 +330,14 @@ mod tests {
         });
         m.fence_finished(false);
         m.action_withheld("start_domain");
+        m.balancing_migrations("vms", "rack1", 2);
         let text = m.encode().expect("encodes");
+        assert!(
+            text.contains(
+                "ferry_balancing_migrations_total{object_namespace=\"vms\",pool=\"rack1\"} 2"
+            ),
+            "{text}"
+        );
         let page = include_str!("../../docs/observability.md");
         let mut names = Vec::new();
         for line in text.lines() {

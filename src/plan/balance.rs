@@ -24,7 +24,8 @@
 //!
 //! **Hysteresis.** A run moves nothing unless the imbalance is above the target by more than
 //! `Settings::band`, and then brings it down to the target: measurements that wander a little
-//! around the target after a run start no new one. A VM balancing moved within
+//! around the target after a run start no new one ([`Settings::continuing`] drops the band for
+//! a run that carries on where the run's limits cut the last one short). A VM balancing moved within
 //! `Settings::cooldown` does not move again, and it never goes back, within
 //! `Settings::no_return`, to a host a balancing move took it from; within a run a VM moves at
 //! most once. Every move lowers the imbalance, and planning stops at the target, so the
@@ -175,6 +176,13 @@ impl Settings {
     pub fn with_cooldown(mut self, cooldown: Duration) -> Settings {
         self.cooldown = cooldown;
         self.no_return = (cooldown * 4).max(NO_RETURN_MIN);
+        self
+    }
+
+    /// These settings for a run that carries on where the last one was cut short by the
+    /// run's limits: no band, the run goes on down to the target.
+    pub fn continuing(mut self) -> Settings {
+        self.band = 0.0;
         self
     }
 

@@ -10,6 +10,7 @@
 mod support;
 
 mod adoption_candidates;
+mod balancing;
 mod cloud_init;
 mod consoles;
 mod credentials;

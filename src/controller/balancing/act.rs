@@ -49,12 +49,12 @@ pub fn migration(vm: &VirtualMachine, pool: &str, from: &str, to: &str) -> Virtu
 }
 
 /// What a move is, in numbers, for Events.
-pub fn describe(m: &Move, plan: &Plan) -> String {
+pub(super) fn describe(m: &Move, plan: &Plan) -> String {
     format!(
         "gain {:.1} points, cost {:.1} points, {} to copy; pool imbalance {:.1} → {:.1} points (target {:.1})",
         m.gain,
         m.cost,
-        capacity::quantity(m.copy_bytes),
+        capacity::quantity(super::whole_mib(m.copy_bytes)),
         plan.imbalance,
         m.after,
         plan.target

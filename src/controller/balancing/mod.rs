@@ -10,7 +10,7 @@
 mod act;
 mod facts;
 
-pub use act::{BALANCING_EVENT, describe, migration};
+pub use act::{BALANCING_EVENT, migration};
 
 use crate::api::balancing::{
     BalanceMove, BalancingAutomation, REBALANCE_ANNOTATION, Recommendation,
@@ -56,13 +56,22 @@ pub async fn reconcile(
         return Some(until(at, now));
     }
     let policy = migration::Policy::of(pool);
-    let settings = Settings::level(
+    let mut settings = Settings::level(
         spec.level(),
         MAX_RECOMMENDATIONS,
         MAX_RECOMMENDATIONS,
         MAX_RECOMMENDATIONS,
     )
     .with_cooldown(spec.cooldown());
+    // A Full run the migration limits cut short is carried on down to the target.
+    let made = b
+        .recommendations
+        .iter()
+        .filter(|r| r.migration.is_some())
+        .count();
+    if made > 0 && b.planned.unwrap_or(0) as usize > made {
+        settings = settings.continuing();
+    }
     // Moves remembered for no longer than they bar a return.
     let keep = i64::try_from(settings.no_return.as_millis()).unwrap_or(i64::MAX);
     b.recent_moves
@@ -87,6 +96,12 @@ pub async fn reconcile(
         };
         let plan = balance::plan(&facts.hosts, &facts.vms, &limited, now);
         let created = act::create(ctx, pool, &facts.pool_vms, &plan).await;
+        let made = created.iter().flatten().count();
+        if made > 0 {
+            let ns = pool.namespace().unwrap_or_default();
+            ctx.metrics
+                .balancing_migrations(&ns, &pool.name_any(), made);
+        }
         (plan, created)
     } else {
         (whole.clone(), Vec::new())
@@ -104,7 +119,7 @@ pub async fn reconcile(
             to: m.to.clone(),
             gain: format!("{:.1}", m.gain),
             cost: format!("{:.1}", m.cost),
-            memory: capacity::quantity(m.copy_bytes),
+            memory: capacity::quantity(whole_mib(m.copy_bytes)),
             computed_at: Time(now),
             migration: created.get(i).cloned().flatten(),
         })
@@ -182,6 +197,12 @@ fn seed(pool: &HostPool) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     pool.metadata.uid.hash(&mut h);
     h.finish()
+}
+
+/// `bytes` rounded to the nearest MiB (what a person reads in a table).
+pub(super) fn whole_mib(bytes: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    bytes.saturating_add(MIB / 2) / MIB * MIB
 }
 
 fn until(at: Timestamp, now: Timestamp) -> Duration {

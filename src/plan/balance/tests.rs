@@ -629,6 +629,22 @@ fn runs_are_due_an_interval_after_the_last_plus_at_most_a_tenth() {
 }
 
 #[test]
+fn a_run_cut_short_by_its_limits_is_continued_below_the_band() {
+    // Within the band: a new run moves nothing, a continued one goes down to the target.
+    let vms = vec![
+        vm("a", "h1", 1200),
+        vm("a2", "h1", 800),
+        vm("b", "h2", 800),
+        vm("c", "h3", 800),
+    ];
+    let s = level3();
+    assert!(plan(&three(), &vms, &s, now()).moves.is_empty());
+    let p = plan(&three(), &vms, &s.continuing(), now());
+    assert_eq!(p.moves.len(), 1, "{}", p.message);
+    assert!(p.expected <= s.target);
+}
+
+#[test]
 fn a_pools_cooldown_sets_the_no_return_window() {
     let s = level3().with_cooldown(Duration::from_secs(1800));
     assert_eq!(s.cooldown, Duration::from_secs(1800));
