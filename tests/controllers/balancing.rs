@@ -315,3 +315,40 @@ async fn manual_recommends_the_moves_without_making_them() {
         b.message
     );
 }
+
+#[tokio::test]
+async fn full_stays_within_the_pools_migration_limits() {
+    // One migration may leave a host at once: the run makes one of the two planned moves and
+    // says so; the next run carries on once it has ended.
+    let mut p = balanced_pool("Full");
+    p.spec.migration =
+        Some(serde_json::from_value(json!({"maxOutboundPerHost": 1})).expect("policy"));
+    let (w, hosts) = world(&p);
+    let start = std::time::Instant::now();
+    let on_h1 = [(0, "a"), (0, "b"), (0, "c")];
+    reconcile(Arc::new(p.clone()), w.ctx.clone())
+        .await
+        .expect("reconcile");
+    tick(&hosts, &on_h1, start).await;
+    reconcile(Arc::new(p.clone()), w.ctx.clone())
+        .await
+        .expect("reconcile");
+    let created = migrations_created(&w);
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["spec"]["vmName"], "a");
+    let b = w
+        .server
+        .get(&p)
+        .status
+        .and_then(|s| s.balancing)
+        .expect("balancing");
+    assert_eq!(b.planned, Some(2));
+    assert_eq!(b.recommendations.len(), 1);
+    assert!(
+        b.message
+            .as_deref()
+            .is_some_and(|m| m.contains("(2 in the whole plan; the migration limits allow 1 now)")),
+        "{:?}",
+        b.message
+    );
+}
