@@ -1249,6 +1249,8 @@ async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
             (SourceFormat::Vmdk, "tiny.vmdk", "subformat=streamOptimized"),
             (SourceFormat::Vmdk, "tiny-sparse.vmdk", "subformat=monolithicSparse"),
             (SourceFormat::Vdi, "tiny.vdi", "static=off"),
+            (SourceFormat::Vhdx, "tiny.vhdx", "subformat=dynamic"),
+            (SourceFormat::Vhdx, "tiny-fixed.vhdx", "subformat=fixed,block_size=1M"),
             (SourceFormat::Vpc, "tiny.vhd", "subformat=dynamic"),
         ] {
             let path = served.path().join(file);
@@ -1269,12 +1271,13 @@ async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
                 serde_json::from_slice(&info.stdout).expect("qemu-img info");
             assert!(info.get("backing-filename").is_none(), "{file}: {info}");
             qemu_img(&["compare", "-q", "-U", &golden, &image.path]);
-            let download = key.download_name().expect("converted");
-            assert_eq!(
-                host.lookup_volume(POOL, &download).await.expect("lookup"),
-                None,
-                "{file}: the download is removed"
-            );
+            for left in [key.download_name(), key.scratch_name()].into_iter().flatten() {
+                assert_eq!(
+                    host.lookup_volume(POOL, &left).await.expect("lookup"),
+                    None,
+                    "{file}: {left} is removed"
+                );
+            }
             assert!(
                 host.lookup_volume(POOL, &key.marker_name())
                     .await
@@ -1344,9 +1347,44 @@ async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
                 "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"{create}\"\n{extra}{extent}\n"
             )
         };
-        let attacks: Vec<(&str, Vec<u8>, &str)> = vec![
+        // A VHDX whose disk starts with a qcow2 header naming the canary as its backing file:
+        // fine as a VHDX, but libvirt would probe the raw disk read out of it as qcow2.
+        let inner = served.path().join("inner.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            &canary,
+            "-F",
+            "raw",
+            &inner.to_string_lossy(),
+            "1M",
+        ]);
+        let wrapped = served.path().join("wrapped.vhdx");
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "vhdx",
+            &inner.to_string_lossy(),
+            &wrapped.to_string_lossy(),
+        ]);
+        let wrapped = std::fs::read(&wrapped).expect("vhdx");
+        let vmdk = SourceFormat::Vmdk;
+        let attacks: Vec<(&str, SourceFormat, Vec<u8>, &str)> = vec![
+            (
+                "qcow2-inside.vhdx",
+                SourceFormat::Vhdx,
+                wrapped,
+                "reads the disk inside the vhdx file as qcow2",
+            ),
             (
                 "capacity-0.vmdk",
+                vmdk,
                 crafted_vmdk(
                     served.path(),
                     "c0",
@@ -1357,6 +1395,7 @@ async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
             ),
             (
                 "extent.vmdk",
+                vmdk,
                 crafted_vmdk(
                     served.path(),
                     "ex",
@@ -1367,6 +1406,7 @@ async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
             ),
             (
                 "parent.vmdk",
+                vmdk,
                 crafted_vmdk(
                     served.path(),
                     "pa",
@@ -1381,22 +1421,21 @@ async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
             ),
             (
                 "text.vmdk",
+                vmdk,
                 desc("monolithicFlat", "", &format!("RW 8 FLAT \"{canary}\" 0")).into_bytes(),
                 "text descriptor",
             ),
         ];
-        for (file, bytes, why) in attacks {
+        for (file, format, bytes, why) in attacks {
             std::fs::write(served.path().join(file), &bytes).expect("serve");
             let sha = ferry::cloud_init::sha256_hex(&bytes);
             let (key, outcome) =
-                import_once(&uri, &pool_dir, &server.url(file), &sha, SourceFormat::Vmdk).await;
+                import_once(&uri, &pool_dir, &server.url(file), &sha, format).await;
             let message = outcome.expect_err(file);
             assert!(message.contains(why), "{file}: {message}");
-            for v in [
-                key.image_name(),
-                key.marker_name(),
-                key.download_name().expect("converted"),
-            ] {
+            let made = [key.image_name(), key.marker_name()];
+            let left = [key.download_name(), key.scratch_name()];
+            for v in made.into_iter().chain(left.into_iter().flatten()) {
                 assert_eq!(
                     host.lookup_volume(POOL, &v).await.expect("lookup"),
                     None,

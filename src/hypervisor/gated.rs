@@ -123,6 +123,15 @@ impl Hypervisor for Gated {
     async fn read_volume_head(&self, pool: &str, name: &str, len: usize) -> HvResult<Vec<u8>> {
         self.inner.read_volume_head(pool, name, len).await
     }
+    async fn read_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> HvResult<Vec<u8>> {
+        self.inner.read_volume(pool, name, offset, len).await
+    }
     async fn clone_volume(
         &self,
         pool: &str,

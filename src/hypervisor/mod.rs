@@ -296,6 +296,22 @@ pub trait Hypervisor: Send + Sync {
     /// (`virStorageVolDownload`), so it works on remote hosts: enough to check an image's header
     /// before QEMU opens it.
     async fn read_volume_head(&self, pool: &str, name: &str, len: usize) -> HvResult<Vec<u8>>;
+    /// `len` bytes of a volume from byte `offset` (fewer when it ends first), read through
+    /// libvirt (`virStorageVolDownload`) as [`Hypervisor::read_volume_head`] does. Hosts that
+    /// cannot read at an offset read only from 0.
+    async fn read_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> HvResult<Vec<u8>> {
+        if offset == 0 {
+            self.read_volume_head(pool, name, len).await
+        } else {
+            Err(unsupported("read_volume"))
+        }
+    }
     /// Create volume `name` in `pool` as a standalone qcow2 copy of `source` (same pool): what the
     /// guest sees in `source`, backing chain included, copied by libvirt
     /// (`virStorageVolCreateXMLFrom`). A failed copy leaves nothing. It runs as long as the copy

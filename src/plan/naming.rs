@@ -50,6 +50,12 @@ pub fn imported_marker_name(sha256: &str, format: SourceFormat) -> String {
     }
 }
 
+/// Volume the disk inside a VHDX is written into, raw, before libvirt converts it to qcow2
+/// (removed after the conversion).
+pub fn imported_scratch_name(sha256: &str, format: SourceFormat) -> String {
+    format!("ferry-image-{}.{format}.raw", sha256.to_ascii_lowercase())
+}
+
 /// Volume a file in a foreign format is downloaded into before it is converted (removed after
 /// the conversion).
 pub fn imported_download_name(sha256: &str, format: SourceFormat) -> String {
@@ -69,7 +75,7 @@ pub fn made_by_ferry(name: &str) -> Option<&'static str> {
     let converted = |ext: &str| {
         ext.split_once('.').is_some_and(|(format, kind)| {
             matches!(format, "vmdk" | "vhdx" | "vdi" | "vpc")
-                && matches!(kind, "qcow2" | "verified" | "download")
+                && matches!(kind, "qcow2" | "verified" | "download" | "raw")
         })
     };
     if let Some(rest) = name.strip_prefix("ferry-image-")
@@ -154,6 +160,10 @@ mod tests {
             ),
             (
                 imported_download_name(&sum, SourceFormat::Vpc),
+                Some("an imported image"),
+            ),
+            (
+                imported_scratch_name(&sum, SourceFormat::Vhdx),
                 Some("an imported image"),
             ),
             (format!("ferry-image-{sum}.ova.qcow2"), None),

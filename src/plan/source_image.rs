@@ -54,7 +54,7 @@ pub fn check(format: SourceFormat, head: &[u8], whole: bool) -> Result<Option<u6
             image_header::check(ImageFormat::Qcow2, head).map(|q| q.map(|q| q.virtual_size))
         }
         SourceFormat::Vmdk => vmdk(&Head { bytes: head, whole }).map(Some),
-        SourceFormat::Vhdx => vhdx(&Head { bytes: head, whole }).map(Some),
+        SourceFormat::Vhdx => vhdx(&Head { bytes: head, whole }).map(|l| Some(l.virtual_size)),
         SourceFormat::Vdi => vdi(&Head { bytes: head, whole }).map(Some),
         SourceFormat::Vpc => vpc(&Head { bytes: head, whole }).map(Some),
     }
@@ -290,6 +290,18 @@ const VHDX_VIRTUAL_DISK_SIZE: [u8; 16] = guid(
     0x4876,
     *b"\xB2\x11\x5D\xBE\xD8\x3B\xF4\xB8",
 );
+const VHDX_LOGICAL_SECTOR_SIZE: [u8; 16] = guid(
+    0x8141BF1D,
+    0xA96F,
+    0x4709,
+    *b"\xBA\x47\xF2\x33\xA8\xFA\xAB\x5F",
+);
+const VHDX_BAT_REGION: [u8; 16] = guid(
+    0x2DC27766,
+    0xF623,
+    0x4200,
+    *b"\x9D\x64\x11\x5E\x9B\xFD\x4A\x08",
+);
 /// File parameters flag: the disk is a differencing disk.
 const VHDX_HAS_PARENT: u32 = 1 << 1;
 /// Most entries a region or metadata table holds.
@@ -305,7 +317,99 @@ const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
     ]
 }
 
-fn vhdx(h: &Head) -> Result<u64, String> {
+/// Where a VHDX keeps its blocks: what ferry needs to read the disk's content out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VhdxLayout {
+    /// Size of the disk the guest sees, in bytes.
+    pub virtual_size: u64,
+    /// Bytes per payload block (1 MiB to 256 MiB, a power of two).
+    pub block_size: u64,
+    /// Bytes per logical sector (512 or 4096).
+    pub logical_sector: u64,
+    /// The block allocation table: its offset in the file and its length.
+    pub bat_offset: u64,
+    pub bat_length: u64,
+}
+
+/// Where a block of the guest's disk is in a VHDX file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VhdxBlock {
+    /// Reads as zeros (never written, discarded, or zeroed).
+    Zero,
+    /// At this byte offset of the file.
+    At(u64),
+}
+
+impl VhdxLayout {
+    /// Payload blocks of the disk.
+    pub fn blocks(&self) -> u64 {
+        self.virtual_size.div_ceil(self.block_size)
+    }
+
+    /// Payload blocks per sector-bitmap block: the BAT interleaves one bitmap entry after each
+    /// run of this many payload entries.
+    fn chunk_ratio(&self) -> u64 {
+        ((1u64 << 23) * self.logical_sector) / self.block_size
+    }
+
+    /// Bytes of the BAT that describe the payload blocks.
+    pub fn bat_bytes(&self) -> u64 {
+        let n = self.blocks();
+        (n + n.saturating_sub(1) / self.chunk_ratio()) * 8
+    }
+
+    /// Each payload block's place, from the BAT's first [`VhdxLayout::bat_bytes`] bytes, for a
+    /// file of `file_size` bytes. A partially present block (a differencing disk's) or an
+    /// entry pointing outside the file is refused.
+    pub fn locate(&self, bat: &[u8], file_size: u64) -> Result<Vec<VhdxBlock>, String> {
+        if (bat.len() as u64) < self.bat_bytes() {
+            return Err("is a VHDX whose block allocation table is cut short".into());
+        }
+        let ratio = self.chunk_ratio();
+        (0..self.blocks())
+            .map(|i| {
+                let at = ((i + i / ratio) * 8) as usize;
+                let mut e = [0u8; 8];
+                e.copy_from_slice(&bat[at..at + 8]);
+                let entry = u64::from_le_bytes(e);
+                match entry & 7 {
+                    0..=3 => Ok(VhdxBlock::Zero),
+                    6 => {
+                        let offset = (entry >> 20) << 20;
+                        if offset < (1 << 20) || offset.saturating_add(self.block_size) > file_size {
+                            Err(format!(
+                                "is a VHDX whose block {i} lies outside the file (at byte {offset})"
+                            ))
+                        } else {
+                            Ok(VhdxBlock::At(offset))
+                        }
+                    }
+                    7 => Err(
+                        "is a differencing VHDX (a block is partially present, the rest in its parent): only self-contained images are imported"
+                            .into(),
+                    ),
+                    s => Err(format!("is a VHDX with a block in unknown state {s}")),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The layout of the VHDX whose first bytes are `head` (the whole file when `whole`), if it is
+/// a self-contained image; what is wrong with it otherwise.
+pub fn vhdx_layout(head: &[u8], whole: bool) -> Result<VhdxLayout, String> {
+    vhdx(&Head { bytes: head, whole })
+}
+
+/// What a metadata table says.
+#[derive(Default)]
+struct VhdxMetadata {
+    virtual_size: Option<u64>,
+    block_size: Option<u64>,
+    logical_sector: Option<u64>,
+}
+
+fn vhdx(h: &Head) -> Result<VhdxLayout, String> {
     if h.get(0, 8, "VHDX file identifier")? != b"vhdxfile" {
         return Err(
             "is not a VHDX image (it does not start with \"vhdxfile\"): declare the format it has"
@@ -334,42 +438,86 @@ fn vhdx(h: &Head) -> Result<u64, String> {
                 .into(),
         );
     }
-    let mut size = None;
-    let mut tables = 0;
+    let mut found: Option<(VhdxMetadata, u64, u64)> = None;
     for at in [192 * 1024u64, 256 * 1024] {
         if h.get(at, 4, "VHDX region table")? != b"regi" {
             continue;
         }
-        tables += 1;
         let count = h.le32(at + 8, "VHDX region table")?;
         if count > VHDX_MAX_ENTRIES {
             return Err(format!(
                 "is a VHDX with {count} regions, more than the format allows"
             ));
         }
-        let mut metadata = 0;
+        let (mut metadata, mut bat) = (Vec::new(), Vec::new());
         for i in 0..u64::from(count) {
             let entry = at + 16 + i * 32;
-            if h.get(entry, 16, "VHDX region table")? == VHDX_METADATA_REGION {
-                metadata += 1;
-                let offset = h.le64(entry + 16, "VHDX region table")?;
-                size = vhdx_metadata(h, offset)?.or(size);
+            let id = h.get(entry, 16, "VHDX region table")?;
+            let offset = h.le64(entry + 16, "VHDX region table")?;
+            let length = u64::from(h.le32(entry + 24, "VHDX region table")?);
+            if id == VHDX_METADATA_REGION {
+                metadata.push(vhdx_metadata(h, offset)?);
+            } else if id == VHDX_BAT_REGION {
+                bat.push((offset, length));
             }
         }
-        if metadata != 1 {
-            return Err(format!(
-                "is a VHDX whose region table lists {metadata} metadata regions instead of one"
-            ));
+        match (metadata.pop(), metadata.is_empty(), bat.as_slice()) {
+            (Some(m), true, [(offset, length)]) => {
+                if found.is_none() {
+                    found = Some((m, *offset, *length));
+                }
+            }
+            (m, _, b) => {
+                return Err(format!(
+                    "is a VHDX whose region table lists {} metadata regions and {} allocation tables instead of one each",
+                    metadata.len() + usize::from(m.is_some()),
+                    b.len()
+                ));
+            }
         }
     }
-    if tables == 0 {
+    let Some((m, bat_offset, bat_length)) = found else {
         return Err("is a VHDX without a region table".into());
+    };
+    let virtual_size = m
+        .virtual_size
+        .ok_or("is a VHDX whose metadata gives no virtual disk size")?;
+    let block_size = m
+        .block_size
+        .ok_or("is a VHDX whose metadata gives no block size")?;
+    let logical_sector = m
+        .logical_sector
+        .ok_or("is a VHDX whose metadata gives no logical sector size")?;
+    if !block_size.is_power_of_two() || !((1 << 20)..=(256 << 20)).contains(&block_size) {
+        return Err(format!(
+            "is a VHDX with a block size of {block_size} bytes, which the format does not allow"
+        ));
     }
-    size.ok_or_else(|| "is a VHDX whose metadata gives no virtual disk size".into())
+    if !matches!(logical_sector, 512 | 4096) {
+        return Err(format!(
+            "is a VHDX with a logical sector size of {logical_sector} bytes, which the format does not allow"
+        ));
+    }
+    if virtual_size == 0 || virtual_size > (64u64 << 40) {
+        return Err(format!(
+            "is a VHDX of {virtual_size} bytes, which the format does not allow"
+        ));
+    }
+    let layout = VhdxLayout {
+        virtual_size,
+        block_size,
+        logical_sector,
+        bat_offset,
+        bat_length,
+    };
+    if layout.bat_bytes() > bat_length {
+        return Err("is a VHDX whose block allocation table is smaller than its disk needs".into());
+    }
+    Ok(layout)
 }
 
-/// The virtual size from the metadata table at `region`, or why the image is refused.
-fn vhdx_metadata(h: &Head, region: u64) -> Result<Option<u64>, String> {
+/// What the metadata table at `region` says, or why the image is refused.
+fn vhdx_metadata(h: &Head, region: u64) -> Result<VhdxMetadata, String> {
     if h.get(region, 8, "VHDX metadata table")? != b"metadata" {
         return Err("is a VHDX whose metadata region has no metadata table".into());
     }
@@ -382,7 +530,7 @@ fn vhdx_metadata(h: &Head, region: u64) -> Result<Option<u64>, String> {
             "is a VHDX with {count} metadata items, more than the format allows"
         ));
     }
-    let mut size = None;
+    let mut m = VhdxMetadata::default();
     for i in 0..u64::from(count) {
         let entry = region + 32 + i * 32;
         let id = h.get(entry, 16, "VHDX metadata table")?;
@@ -393,19 +541,23 @@ fn vhdx_metadata(h: &Head, region: u64) -> Result<Option<u64>, String> {
                     .into(),
             );
         }
-        if id == VHDX_FILE_PARAMETERS
-            && h.le32(region + offset + 4, "VHDX file parameters")? & VHDX_HAS_PARENT != 0
-        {
-            return Err(
-                "is a differencing VHDX (its file parameters say it has a parent): only self-contained images are imported"
-                    .into(),
-            );
-        }
-        if id == VHDX_VIRTUAL_DISK_SIZE {
-            size = Some(h.le64(region + offset, "VHDX virtual disk size")?);
+        if id == VHDX_FILE_PARAMETERS {
+            if h.le32(region + offset + 4, "VHDX file parameters")? & VHDX_HAS_PARENT != 0 {
+                return Err(
+                    "is a differencing VHDX (its file parameters say it has a parent): only self-contained images are imported"
+                        .into(),
+                );
+            }
+            m.block_size = Some(u64::from(h.le32(region + offset, "VHDX file parameters")?));
+        } else if id == VHDX_VIRTUAL_DISK_SIZE {
+            m.virtual_size = Some(h.le64(region + offset, "VHDX virtual disk size")?);
+        } else if id == VHDX_LOGICAL_SECTOR_SIZE {
+            m.logical_sector = Some(u64::from(
+                h.le32(region + offset, "VHDX logical sector size")?,
+            ));
         }
     }
-    Ok(size)
+    Ok(m)
 }
 
 // ---- VDI ------------------------------------------------------------------------------------

@@ -373,7 +373,7 @@ fn http_vm_as(
 }
 
 /// Images from other hypervisors: the tiny guest's disk as a VMDK (stream-optimized, as VMware
-/// exports it) is downloaded, converted to qcow2 on the host, and boots; the conversion is
+/// exports it) and as a VHDX is downloaded, converted to qcow2 on the host, and boots; the conversion is
 /// reported in status. A VMDK that names a host file (the lab's canary) is refused with
 /// `ImportRefused` and nothing is converted or kept; a format the CRD does not know is rejected
 /// by the API server.
@@ -506,6 +506,44 @@ async fn foreign_images_are_converted_and_boot() {
         "removed with the last VM: {:?}",
         image_volumes(&lab)
     );
+
+    // The same disk as a Hyper-V VHDX: its blocks read out by ferry, converted, and it boots.
+    let vhdx = converted(
+        &lab,
+        "vhdx",
+        "subformat=dynamic",
+        &server.dir.path().join("tiny.vhdx"),
+    );
+    let sha = ferry::cloud_init::sha256_hex(&vhdx);
+    c.apply::<VirtualMachine>(http_vm_as(
+        "fromvhdx",
+        &lab,
+        &server.url("tiny.vhdx"),
+        &sha,
+        "vhdx",
+    ))
+    .await;
+    wait_vm(&c, "fromvhdx", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let log = console(&lab, &ns, "fromvhdx");
+    lab::wait_for_console(&log, "FERRY-DISK FERRY-GOLDEN tiny v1", BOOT)
+        .expect("the guest boots from the image converted from VHDX");
+    assert_eq!(
+        image_volumes(&lab),
+        [
+            format!("ferry-image-{sha}.vhdx.qcow2"),
+            format!("ferry-image-{sha}.vhdx.verified")
+        ],
+        "the converted image and its marker, no download or scratch volume left"
+    );
+    c.vms()
+        .delete("fromvhdx", &DeleteParams::default())
+        .await
+        .expect("delete");
+    c.wait_vm_gone("fromvhdx", Duration::from_secs(90)).await;
+    assert!(image_volumes(&lab).is_empty(), "{:?}", image_volumes(&lab));
     drop(server);
     drop(ctl);
 }

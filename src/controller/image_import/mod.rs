@@ -23,7 +23,7 @@
 //! least 5 min for a failure that needs a person: [`retry_after`]), however often the VMs
 //! waiting for it are reconciled; then the next look starts the import again.
 //!
-//! A file in a foreign format (VMDK, VDI, VHD) is downloaded the same way into a download volume,
+//! A file in a foreign format (VMDK, VHDX, VDI, VHD) is downloaded the same way into a download volume,
 //! then converted into the image volume, a standalone qcow2, **through libvirt's storage API**:
 //! `virStorageVolCreateXMLFrom` with a qcow2 target makes libvirt run `qemu-img convert` on the
 //! host. ferry has no way to run a command on a host (libvirtd is its only agent there, and
@@ -35,6 +35,14 @@
 //! it probed to `qemu-img`), and the converted image's header is checked again as qcow2. The
 //! download volume is removed after the conversion; the marker is written only after a complete
 //! one.
+//!
+//! libvirt does not know VHDX (no version has it among its volume formats), so it cannot hand one
+//! to `qemu-img`. ferry reads the disk out of a VHDX itself, through the same storage API: it
+//! parses the block allocation table ([`crate::plan::source_image::VhdxLayout`]), reads the
+//! present blocks from the download volume (`virStorageVolDownload` at their offsets) and writes
+//! the disk, zeros where no block is present, into a raw scratch volume (`virStorageVolUpload`),
+//! which libvirt then converts to qcow2 as above (after its probe says raw: a disk whose first
+//! bytes look like an image that names files is refused). Nothing of QEMU's VHDX driver runs.
 //!
 //! Imports run in the background; reconciles read their progress from [`Imports`].
 
@@ -149,6 +157,12 @@ impl ImportKey {
     /// The volume that marks the image complete.
     pub fn marker_name(&self) -> String {
         naming::imported_marker_name(&self.sha256, self.format())
+    }
+
+    /// The volume the disk inside a VHDX is written into (raw) before its conversion.
+    pub fn scratch_name(&self) -> Option<String> {
+        (self.converted_from == Some(SourceFormat::Vhdx))
+            .then(|| naming::imported_scratch_name(&self.sha256, SourceFormat::Vhdx))
     }
 
     /// The volume a file to convert is downloaded into, if the image is converted.
@@ -346,11 +360,14 @@ impl Imports {
         if self.running(key) || matches!(self.table().get(key), Some((ImportState::Done, _))) {
             return Ok(None);
         }
-        if let Some(download) = key.download_name()
-            && hv.lookup_volume(pool, &download).await?.is_some()
+        for left in [key.download_name(), key.scratch_name()]
+            .into_iter()
+            .flatten()
         {
-            tracing::warn!(volume = %download, "removing a download whose conversion did not finish");
-            hv.delete_volume(pool, &download).await?;
+            if hv.lookup_volume(pool, &left).await?.is_some() {
+                tracing::warn!(volume = %left, "removing what an unfinished conversion left");
+                hv.delete_volume(pool, &left).await?;
+            }
         }
         if image.is_some() {
             tracing::warn!(volume = %name, "removing an image whose import did not finish");

@@ -6,9 +6,11 @@ use super::{FailureKind, ImportKey, ImportState, Request};
 use crate::api::virtual_machine::{ImageFormat, SourceFormat};
 use crate::cloud_init::hex;
 use crate::hypervisor::{
-    ConnectOptions, HostConnections, Hypervisor, HypervisorError, UploadSource, error_code,
+    ConnectOptions, HostConnections, Hypervisor, HypervisorError, UploadSource, VolumeInfo,
+    error_code,
 };
 use crate::plan::import_policy::Policy;
+use crate::plan::source_image::{VhdxBlock, VhdxLayout};
 use crate::plan::{image_header, source_image};
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
@@ -128,12 +130,27 @@ pub(super) async fn run(
             }
         }
     }
-    source_image::check(req.format, &first, ended).map_err(|why| {
+    let declared = |why: String| {
         refused(format!(
             "the image at {url} (declared {}) {why}",
             req.format
         ))
-    })?;
+    };
+    source_image::check(req.format, &first, ended).map_err(declared)?;
+    let vhdx = match req.format {
+        SourceFormat::Vhdx => Some(source_image::vhdx_layout(&first, ended).map_err(declared)?),
+        _ => None,
+    };
+    // The disk inside a VHDX is written out in full before its conversion: it counts against the
+    // size cap as a download does.
+    if let Some(layout) = &vhdx {
+        policy.check_size(layout.virtual_size).map_err(|why| {
+            refused(format!(
+                "the disk inside the VHDX at {url} ({} bytes) is written out in full before its conversion: {why}",
+                layout.virtual_size
+            ))
+        })?;
+    }
 
     // A connection of its own: the upload occupies it for as long as the download lasts. Its
     // calls may take longer than the import's own deadline, which ends a stalled one first.
@@ -146,7 +163,7 @@ pub(super) async fn run(
         .await
         .map_err(|e| other(format!("connecting to the host for the upload: {e}")))?;
 
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(QUEUE);
     let expected = key.sha256.to_ascii_lowercase();
     let url_owned = url.to_string();
     let size_policy = policy.clone();
@@ -211,20 +228,7 @@ pub(super) async fn run(
         };
         let _ = send(&tx, last).await;
     };
-    // The download's own failure, which the upload only sees as a message.
-    let cause: Arc<Mutex<Option<Failure>>> = Arc::default();
-    let cause_slot = cause.clone();
-    // Runs on the upload connection's thread, which may block waiting for the download.
-    let source: UploadSource = Box::new(std::iter::from_fn(move || match rx.blocking_recv() {
-        Some(Piece::Data(d)) => Some(Ok(d)),
-        Some(Piece::Verified) => None,
-        Some(Piece::Failed(f)) => {
-            let message = f.message.clone();
-            *cause_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
-            Some(Err(message))
-        }
-        None => Some(Err("the download stopped without finishing".into())),
-    }));
+    let (source, cause) = upload_source(rx);
     // A file to convert goes into a download volume first, the others into the image volume.
     let name = key.download_name().unwrap_or_else(|| key.image_name());
     let upload = hv.upload_volume(&req.pool, &name, total.unwrap_or(0), source);
@@ -234,7 +238,10 @@ pub(super) async fn run(
             false => write_marker(hv.as_ref(), &req.pool, key).await,
             true => {
                 progress(ImportState::Converting);
-                let converted = convert(hv.as_ref(), &req.pool, key, req.format, &vol).await;
+                let converted = match vhdx {
+                    Some(layout) => convert_vhdx(hosts, req, hv.as_ref(), key, layout, &vol).await,
+                    None => convert(hv.as_ref(), &req.pool, key, req.format.as_str(), &vol).await,
+                };
                 if let Err(e) = hv.delete_volume(&req.pool, &name).await {
                     tracing::warn!(volume = %name, error = %e, "could not remove a converted download");
                 }
@@ -253,20 +260,152 @@ pub(super) async fn run(
     result
 }
 
-/// Convert the verified download `from`, declared `format`, into the image volume (qcow2)
-/// through libvirt (`virStorageVolCreateXMLFrom`: `qemu-img convert` on the host). libvirt hands
-/// `qemu-img` the format it probed for the stored file, so that must be the declared (and
-/// checked) one; the result must pass the qcow2 check. A failed conversion leaves no image.
+/// The upload side of a channel of pieces: runs on the upload connection's thread, which may
+/// block waiting for them. The second value receives the producer's own failure, which the
+/// upload only sees as a message.
+fn upload_source(
+    mut rx: tokio::sync::mpsc::Receiver<Piece>,
+) -> (UploadSource, Arc<Mutex<Option<Failure>>>) {
+    let cause: Arc<Mutex<Option<Failure>>> = Arc::default();
+    let cause_slot = cause.clone();
+    let source: UploadSource = Box::new(std::iter::from_fn(move || match rx.blocking_recv() {
+        Some(Piece::Data(d)) => Some(Ok(d)),
+        Some(Piece::Verified) => None,
+        Some(Piece::Failed(f)) => {
+            let message = f.message.clone();
+            *cause_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+            Some(Err(message))
+        }
+        None => Some(Err("the data stopped without finishing".into())),
+    }));
+    (source, cause)
+}
+
+/// Write the disk inside the verified VHDX download `from` (laid out as `layout`) into a raw
+/// scratch volume, reading its blocks through libvirt on a second connection, and have libvirt
+/// convert that to the image volume. The scratch volume is removed either way.
+async fn convert_vhdx(
+    hosts: &HostConnections,
+    req: &Request,
+    hv: &dyn Hypervisor,
+    key: &ImportKey,
+    layout: VhdxLayout,
+    from: &VolumeInfo,
+) -> Result<(), Failure> {
+    let pool = req.pool.as_str();
+    let opts = ConnectOptions {
+        call_timeout: IMPORT_TIMEOUT + Duration::from_secs(600),
+        ..req.opts.clone()
+    };
+    let reader = hosts
+        .dedicated(&req.uri, &opts)
+        .await
+        .map_err(|e| other(format!("connecting to the host to read the VHDX: {e}")))?;
+    let bat = reader
+        .read_volume(
+            pool,
+            &from.name,
+            layout.bat_offset,
+            layout.bat_bytes() as usize,
+        )
+        .await
+        .map_err(|e| {
+            other(format!(
+                "reading the VHDX's block allocation table failed: {e}"
+            ))
+        });
+    let blocks = bat.and_then(|bat| {
+        layout
+            .locate(&bat, from.capacity)
+            .map_err(|why| refused(format!("the image at {} (declared vhdx) {why}", req.url)))
+    });
+    let blocks = match blocks {
+        Ok(b) => b,
+        Err(f) => {
+            reader.close().await;
+            return Err(f);
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(QUEUE);
+    let read = async {
+        let mut done = 0u64;
+        for block in blocks {
+            let len = layout.block_size.min(layout.virtual_size - done);
+            let mut at = 0u64;
+            while at < len {
+                let n = (CHUNK as u64).min(len - at);
+                let piece = match block {
+                    VhdxBlock::Zero => Ok(vec![0u8; n as usize]),
+                    VhdxBlock::At(offset) => reader
+                        .read_volume(pool, &from.name, offset + at, n as usize)
+                        .await
+                        .map_err(|e| other(format!("reading the VHDX failed: {e}")))
+                        .and_then(|d| match d.len() as u64 == n {
+                            true => Ok(d),
+                            false => Err(refused(format!(
+                                "the VHDX at {} ends inside its block at byte {offset}",
+                                req.url
+                            ))),
+                        }),
+                };
+                let piece = match piece {
+                    Ok(d) => Piece::Data(d),
+                    Err(f) => Piece::Failed(f),
+                };
+                let failed = matches!(piece, Piece::Failed(_));
+                if tx.send(piece).await.is_err() || failed {
+                    return;
+                }
+                at += n;
+            }
+            done += len;
+        }
+        let _ = tx.send(Piece::Verified).await;
+    };
+    let (source, cause) = upload_source(rx);
+    let scratch = key
+        .scratch_name()
+        .unwrap_or_else(|| format!("{}.raw", key.image_name()));
+    let upload = hv.upload_volume(pool, &scratch, layout.virtual_size, source);
+    let (written, ()) = futures::join!(upload, read);
+    reader.close().await;
+    let result = match written {
+        Ok(vol) => {
+            let converted = convert(hv, pool, key, "raw", &vol).await;
+            if let Err(e) = hv.delete_volume(pool, &scratch).await {
+                tracing::warn!(volume = %scratch, error = %e, "could not remove a scratch volume");
+            }
+            converted
+        }
+        Err(e) => {
+            let cause = cause.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Err(upload_failed(hv, pool, &scratch, e, cause).await)
+        }
+    };
+    result
+}
+
+/// Convert `from` into the image volume (qcow2) through libvirt (`virStorageVolCreateXMLFrom`:
+/// `qemu-img convert` on the host). libvirt hands `qemu-img` the format it probed for the
+/// stored file, so that must be `expected` (the declared and checked format, or raw for the
+/// disk read out of a VHDX); the result must pass the qcow2 check. A failed conversion leaves no
+/// image.
 async fn convert(
     hv: &dyn Hypervisor,
     pool: &str,
     key: &ImportKey,
-    format: SourceFormat,
-    from: &crate::hypervisor::VolumeInfo,
+    expected: &str,
+    from: &VolumeInfo,
 ) -> Result<(), Failure> {
-    if from.format != format.as_str() {
+    let format = key.converted_from.map(|f| f.as_str()).unwrap_or(expected);
+    if from.format != expected {
         return Err(refused(format!(
-            "libvirt on the host reads the downloaded file as {}, not {format}: it is not converted",
+            "libvirt on the host reads {} as {}, not {expected} (its first bytes look like such an image): it is not converted",
+            if expected == format {
+                "the downloaded file".to_string()
+            } else {
+                format!("the disk inside the {format} file")
+            },
             from.format
         )));
     }

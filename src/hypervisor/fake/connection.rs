@@ -502,6 +502,23 @@ impl Hypervisor for FakeConnection {
         .await
     }
 
+    async fn read_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> HvResult<Vec<u8>> {
+        let end = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .saturating_add(len);
+        let head = self.read_volume_head(pool, name, end).await?;
+        let from = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(head.len());
+        Ok(head[from..].to_vec())
+    }
+
     async fn read_volume_head(&self, pool: &str, name: &str, len: usize) -> HvResult<Vec<u8>> {
         self.call(Op::ReadVolumeHead, &pool_target(pool, name), |w, h, _| {
             let p = w.pool(h, "read_volume_head", pool)?;

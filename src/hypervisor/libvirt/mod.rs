@@ -446,7 +446,21 @@ impl Hypervisor for LibvirtHost {
     async fn read_volume_head(&self, pool: &str, name: &str, len: usize) -> HvResult<Vec<u8>> {
         let (pool, name) = (pool.to_string(), name.to_string());
         self.call("read_volume_head", move |c| {
-            storage::read_head(c, &pool, &name, len)
+            storage::read_at(c, &pool, &name, 0, len)
+        })
+        .await
+    }
+
+    async fn read_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> HvResult<Vec<u8>> {
+        let (pool, name) = (pool.to_string(), name.to_string());
+        self.call("read_volume", move |c| {
+            storage::read_at(c, &pool, &name, offset, len)
         })
         .await
     }

@@ -244,12 +244,18 @@ pub(super) fn create_overlay(
     volume_info(&vol)
 }
 
-/// The first `len` bytes of a volume (fewer when it is shorter).
-pub(super) fn read_head(conn: &Connect, pool: &str, name: &str, len: usize) -> CallResult<Vec<u8>> {
+/// `len` bytes of a volume from `offset` (fewer when it ends first).
+pub(super) fn read_at(
+    conn: &Connect,
+    pool: &str,
+    name: &str,
+    offset: u64,
+    len: usize,
+) -> CallResult<Vec<u8>> {
     let pool = require_pool(conn, pool)?;
     let vol = pool.lookup_storage_vol_by_name(name)?;
     let stream = Stream::new(conn, 0)?;
-    if let Err(e) = vol.download(&stream, 0, len as u64, 0) {
+    if let Err(e) = vol.download(&stream, offset, len as u64, 0) {
         let _ = stream.abort();
         return Err(Fail::Virt(e));
     }

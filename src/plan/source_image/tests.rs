@@ -13,6 +13,7 @@ fn fixture(name: &str) -> Vec<u8> {
         "child.vmdk" => include_str!("fixtures/child.vmdk.hex"),
         "flat.vmdk" => include_str!("fixtures/flat.vmdk.hex"),
         "dynamic.vhdx" => include_str!("fixtures/dynamic.vhdx.hex"),
+        "data.vhdx" => include_str!("fixtures/data.vhdx.hex"),
         "normal.vdi" => include_str!("fixtures/normal.vdi.hex"),
         "static.vdi" => include_str!("fixtures/static.vdi.hex"),
         "dynamic.vpc" => include_str!("fixtures/dynamic.vpc.hex"),
@@ -388,5 +389,74 @@ fn raw_and_qcow2_are_checked_as_before() {
 fn what_is_read_is_bounded() {
     for f in [Raw, Qcow2, Vmdk, Vhdx, Vdi, Vpc] {
         assert!(head_bytes(f) <= HEAD_LIMIT, "{f}");
+    }
+}
+
+/// The guest's disk read out of a VHDX through its layout, as the importer reads it.
+fn vhdx_disk(file: &[u8]) -> Result<Vec<u8>, String> {
+    let n = head_bytes(Vhdx).min(file.len());
+    let layout = vhdx_layout(&file[..n], n == file.len())?;
+    let bat_at = layout.bat_offset as usize;
+    let bat = &file[bat_at..bat_at + layout.bat_bytes() as usize];
+    let mut disk = Vec::new();
+    for block in layout.locate(bat, file.len() as u64)? {
+        let len = (layout.block_size as usize).min(layout.virtual_size as usize - disk.len());
+        match block {
+            VhdxBlock::Zero => disk.resize(disk.len() + len, 0),
+            VhdxBlock::At(at) => disk.extend_from_slice(&file[at as usize..at as usize + len]),
+        }
+    }
+    Ok(disk)
+}
+
+#[test]
+fn a_vhdx_reads_as_the_disk_qemu_wrote() {
+    let disk = vhdx_disk(&fixture("data.vhdx")).expect("readable");
+    assert_eq!(disk.len(), 8 << 20);
+    let mut want = vec![0u8; 8 << 20];
+    want[1 << 20..(1 << 20) + 512].fill(0x5a);
+    want[5 << 20..(5 << 20) + 4096].fill(0xa5);
+    assert!(disk == want, "the blocks qemu-io wrote, zeros elsewhere");
+    let empty = vhdx_disk(&fixture("dynamic.vhdx")).expect("readable");
+    assert!(empty.len() == 64 << 20 && empty.iter().all(|b| *b == 0));
+}
+
+#[test]
+fn vhdx_blocks_that_are_not_the_files_own_are_refused() {
+    let file = fixture("data.vhdx");
+    let n = head_bytes(Vhdx).min(file.len());
+    let layout = vhdx_layout(&file[..n], n == file.len()).expect("layout");
+    let bat_at = layout.bat_offset as usize;
+    let bat = file[bat_at..bat_at + layout.bat_bytes() as usize].to_vec();
+    let entry =
+        |bat: &[u8], i: usize| u64::from_le_bytes(bat[i * 8..i * 8 + 8].try_into().expect("8"));
+    let with = |i: usize, e: u64| {
+        let mut b = bat.clone();
+        b[i * 8..i * 8 + 8].copy_from_slice(&e.to_le_bytes());
+        b
+    };
+    let size = file.len() as u64;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "partially present: a differencing disk's",
+            with(1, entry(&bat, 1) & !7 | 7),
+            "differencing",
+        ),
+        (
+            "past the end of the file",
+            with(1, (40u64 << 20) | 6),
+            "outside the file",
+        ),
+        ("inside the headers", with(1, 6), "outside the file"),
+        (
+            "an unknown state",
+            with(1, entry(&bat, 1) & !7 | 4),
+            "unknown state",
+        ),
+        ("a table cut short", bat[..8].to_vec(), "cut short"),
+    ];
+    for (name, bat, want) in cases {
+        let err = layout.locate(&bat, size).expect_err(name);
+        assert!(err.contains(want), "{name}: {err}");
     }
 }
