@@ -369,7 +369,7 @@ async fn convert_vhdx(
     let upload = hv.upload_volume(pool, &scratch, layout.virtual_size, source);
     let (written, ()) = futures::join!(upload, read);
     reader.close().await;
-    let result = match written {
+    match written {
         Ok(vol) => {
             let converted = convert(hv, pool, key, "raw", &vol).await;
             if let Err(e) = hv.delete_volume(pool, &scratch).await {
@@ -381,8 +381,7 @@ async fn convert_vhdx(
             let cause = cause.lock().unwrap_or_else(|p| p.into_inner()).take();
             Err(upload_failed(hv, pool, &scratch, e, cause).await)
         }
-    };
-    result
+    }
 }
 
 /// Convert `from` into the image volume (qcow2) through libvirt (`virStorageVolCreateXMLFrom`:
