@@ -23,6 +23,7 @@ pub mod monitoring;
 pub mod naming;
 pub mod placement;
 pub mod pool_check;
+pub mod power;
 pub mod power_request;
 pub mod quantity;
 pub mod recovery;

@@ -1,0 +1,288 @@
+//! Table tests for power management.
+
+use super::*;
+
+const GI: u64 = 1 << 30;
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).expect("a valid time")
+}
+
+fn ago(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 - secs).expect("a valid time")
+}
+
+/// Host `name`, on, 8 CPUs and 32 GiB, using `millis` of CPU and 4 GiB, with `vms` movable VMs.
+fn host(name: &str, millis: u64, vms: usize) -> Host {
+    Host {
+        name: name.into(),
+        power: Power::On,
+        has_bmc: true,
+        usable: true,
+        capacity: Usage {
+            cpu_millis: 8000,
+            memory: 32 * GI,
+        },
+        used: Usage {
+            cpu_millis: millis,
+            memory: 4 * GI,
+        },
+        vms,
+        pinned: 0,
+    }
+}
+
+fn with(mut h: Host, f: impl FnOnce(&mut Host)) -> Host {
+    f(&mut h);
+    h
+}
+
+fn settings() -> Settings {
+    Settings {
+        min_hosts_on: 2,
+        standby_below: 0.5,
+        wake_above: 0.8,
+        standby_after: Duration::from_secs(900),
+        failover_hosts: 1,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    hosts: Vec<Host>,
+    pending: usize,
+    low_since: Option<Timestamp>,
+    want: Action,
+    says: &'static str,
+}
+
+fn standby(h: &str) -> Action {
+    Action::Standby { host: h.into() }
+}
+
+fn wake(h: &str) -> Action {
+    Action::Wake { host: h.into() }
+}
+
+fn hold(low_since: Option<Timestamp>) -> Action {
+    Action::Hold { low_since }
+}
+
+#[test]
+fn power_table() {
+    let quiet = || {
+        vec![
+            host("h1", 1000, 3),
+            host("h2", 800, 2),
+            host("h3", 500, 1),
+            host("h4", 900, 2),
+        ]
+    };
+    let cases = vec![
+        Case {
+            name: "a quiet pool, low long enough: the least loaded host goes to Standby",
+            hosts: quiet(),
+            pending: 0,
+            low_since: Some(ago(901)),
+            want: standby("h3"),
+            says: "host h3 goes to Standby",
+        },
+        Case {
+            name: "a quiet pool, low for the first time: remember since when",
+            hosts: quiet(),
+            pending: 0,
+            low_since: None,
+            want: hold(Some(now())),
+            says: "waiting until it has been so for 900 s",
+        },
+        Case {
+            name: "low, but not yet for long enough: keep the time",
+            hosts: quiet(),
+            pending: 0,
+            low_since: Some(ago(300)),
+            want: hold(Some(ago(300))),
+            says: "waiting",
+        },
+        Case {
+            name: "a host holding a VM that may not move never goes",
+            hosts: vec![
+                host("h1", 1000, 3),
+                host("h2", 800, 2),
+                with(host("h3", 500, 1), |h| h.pinned = 1),
+                host("h4", 900, 2),
+            ],
+            pending: 0,
+            low_since: Some(ago(901)),
+            want: standby("h2"),
+            says: "host h2",
+        },
+        Case {
+            name: "a host without a BMC never goes",
+            hosts: vec![
+                host("h1", 1000, 3),
+                with(host("h3", 500, 1), |h| h.has_bmc = false),
+                host("h4", 900, 2),
+                host("h5", 900, 2),
+            ],
+            pending: 0,
+            low_since: Some(ago(901)),
+            want: standby("h4"),
+            says: "host h4",
+        },
+        Case {
+            name: "minimum and failover reserve: three hosts on stay on",
+            hosts: vec![host("h1", 100, 1), host("h2", 100, 1), host("h3", 100, 1)],
+            pending: 0,
+            low_since: Some(ago(901)),
+            want: hold(None),
+            says: "no fewer than 3 are kept on",
+        },
+        Case {
+            name: "busy: the others would be over the standby share",
+            hosts: vec![
+                host("h1", 4000, 3),
+                host("h2", 4000, 2),
+                host("h3", 3000, 1),
+                host("h4", 4000, 2),
+            ],
+            pending: 0,
+            low_since: Some(ago(901)),
+            want: hold(None),
+            says: "not below 50 %",
+        },
+        Case {
+            name: "VMs wait for capacity: the Standby host comes back",
+            hosts: vec![
+                host("h1", 1000, 3),
+                host("h2", 800, 2),
+                host("h4", 900, 2),
+                with(host("h3", 0, 0), |h| h.power = Power::Standby),
+            ],
+            pending: 2,
+            low_since: None,
+            want: wake("h3"),
+            says: "2 VM(s) wait for capacity",
+        },
+        Case {
+            name: "load past the wake share: a Standby host comes back",
+            hosts: vec![
+                host("h1", 7000, 3),
+                host("h2", 7000, 2),
+                host("h4", 7000, 2),
+                with(host("h3", 0, 0), |h| h.power = Power::Standby),
+            ],
+            pending: 0,
+            low_since: None,
+            want: wake("h3"),
+            says: "past 80 %",
+        },
+        Case {
+            name: "a host failed: fewer than the reserve on, a Standby host comes back",
+            hosts: vec![
+                host("h1", 1000, 3),
+                with(host("h2", 0, 2), |h| h.usable = false),
+                host("h4", 900, 2),
+                with(host("h3", 0, 0), |h| h.power = Power::Standby),
+            ],
+            pending: 0,
+            low_since: None,
+            want: wake("h3"),
+            says: "fewer than the 3 kept on",
+        },
+        Case {
+            name: "one host at a time: nothing while one powers on",
+            hosts: vec![
+                host("h1", 1000, 3),
+                host("h2", 800, 2),
+                with(host("h3", 0, 0), |h| h.power = Power::Waking),
+                with(host("h4", 0, 0), |h| h.power = Power::Standby),
+            ],
+            pending: 5,
+            low_since: None,
+            want: hold(None),
+            says: "host h3 is powering on",
+        },
+        Case {
+            name: "VMs wait, nothing in Standby: said so",
+            hosts: quiet(),
+            pending: 1,
+            low_since: Some(ago(901)),
+            want: hold(None),
+            says: "no host is in Standby",
+        },
+        Case {
+            name: "one host at a time: nothing more while one drains",
+            hosts: vec![
+                host("h1", 1000, 3),
+                host("h2", 800, 2),
+                with(host("h3", 500, 1), |h| h.power = Power::Draining),
+                host("h4", 900, 2),
+                host("h5", 900, 2),
+            ],
+            pending: 0,
+            low_since: Some(ago(901)),
+            want: hold(Some(ago(901))),
+            says: "host h3 is being emptied",
+        },
+    ];
+    for c in cases {
+        let d = decide(
+            &Inputs {
+                hosts: &c.hosts,
+                pending_for_capacity: c.pending,
+                low_since: c.low_since,
+                now: now(),
+            },
+            &settings(),
+        );
+        assert_eq!(d.action, c.want, "{}: {}", c.name, d.message);
+        assert!(
+            d.message.contains(c.says),
+            "{}: {:?} lacks {:?}",
+            c.name,
+            d.message,
+            c.says
+        );
+    }
+}
+
+#[test]
+fn the_failover_reserve_holds_after_a_standby() {
+    // Four hosts of which one may fail: without the quietest, three are left; losing the
+    // largest of those must still leave room for every VM's load. Memory is what is tight here.
+    let tight = |gib: u64| {
+        (1..=4)
+            .map(|i| {
+                with(host(&format!("h{i}"), 500, 1), |h| {
+                    h.used.memory = gib * GI;
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let s = Settings {
+        standby_below: 0.9,
+        ..settings()
+    };
+    let decide_for = |hosts: &[Host]| {
+        decide(
+            &Inputs {
+                hosts,
+                pending_for_capacity: 0,
+                low_since: Some(ago(901)),
+                now: now(),
+            },
+            &s,
+        )
+    };
+    // 4 × 15 GiB = 60 GiB over two surviving hosts of 32 GiB: holds.
+    assert_eq!(decide_for(&tight(15)).action, standby("h1"));
+    // 4 × 17 GiB = 68 GiB: does not.
+    let d = decide_for(&tight(17));
+    assert_eq!(d.action, hold(None));
+    assert!(
+        d.message
+            .contains("failover reserve (1 host(s)) would not hold"),
+        "{}",
+        d.message
+    );
+}
