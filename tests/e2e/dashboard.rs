@@ -1,8 +1,9 @@
-//! The web dashboard in a real browser (Debian's headless Chromium through chromedriver), on a
-//! real lab host and a real API server: a person logs in with a token, sees the lab's pool, host
+//! The web dashboard in a real browser (Debian's headless Chromium through chromedriver), on two
+//! real lab hosts and a real API server: a person logs in with a token, sees the lab's pool, host
 //! (versions, state, HA verdict) and VM, stops and starts the VM from its page and watches the
 //! phase change live, types into its serial console in the page's terminal (xterm.js) and
-//! reads the guest's answer, and sees its VNC display in noVNC at the guest's display size; the API server's audit log shows the changes made as that person.
+//! reads the guest's answer, sees its VNC display in noVNC at the guest's display size, and
+//! live-migrates it to the other host, watching the migration succeed on the migrations page; the API server's audit log shows the changes made as that person.
 //! A user with only `view` sees no action buttons and gets 403 on an action POST; a standby
 //! replica answers 503. Screenshots go to the test's output directory (printed).
 //!
@@ -10,9 +11,9 @@
 //! there (`e2e/run.sh dashboard` starts a real API server when KUBECONFIG is unset).
 
 use crate::support::browser::Browser;
-use crate::support::cluster::{self, Cluster};
+use crate::support::cluster;
 use crate::support::consoles;
-use crate::support::lab;
+use crate::support::migration;
 use crate::support::objects::{BOOT, LABEL, pool_manifest, ready_reason, vm_manifest, wait_vm};
 use ferry::api::VirtualMachine;
 use ferry::api::VmPhase;
@@ -34,26 +35,35 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
         );
         return;
     }
-    let lab = lab::Lab::up(1).expect("lab host");
-    let mut c = Cluster::new("ferry-e2e-dash").await;
+    // Two lab hosts with live migration between them (as the migration tests set them up).
+    let (lab, c, ctl) = migration::migration_lab(
+        "ferry-e2e-dash",
+        2,
+        LABEL,
+        |lab| pool_manifest("lab", lab),
+        json!({}),
+    )
+    .await;
     let node = format!("{}-h1", c.namespace);
-    c.add_node(&node, &lab.hosts[0].ip, LABEL).await;
-    let ctl = c.controller("e2e-dashboard");
+    let node2 = format!("{}-h2", c.namespace);
     let base = format!("http://127.0.0.1:{}", ctl.http_port);
     let ns = c.namespace.clone();
     consoles::apply_user_roles(&c);
     let viewer = consoles::user(&c, "alice", "view");
     let editor = consoles::user(&c, "bob", "edit");
 
-    c.apply::<ferry::api::HostPool>(pool_manifest("lab", &lab))
-        .await;
     let mut vm = vm_manifest("web", "lab", &lab, "Manual");
     vm["metadata"]["annotations"] = json!({"ferry.dev/power": "on"});
     c.apply::<VirtualMachine>(vm).await;
-    wait_vm(&c, "web", "Ready", BOOT, |vm| {
+    let placed = wait_vm(&c, "web", "Ready", BOOT, |vm| {
         ready_reason(vm) == Some(("True".into(), "Running".into()))
     })
     .await;
+    // The VM's host, and the other one (the migration's target).
+    let (node, node2) = match placed.status.as_ref().and_then(|s| s.host.clone()) {
+        Some(h) if h == node2 => (node2, node),
+        _ => (node, node2),
+    };
     consoles::wait_can(&c, &editor, "patch", "virtualmachines.ferry.dev", true).await;
     consoles::wait_can(&c, &viewer, "list", "virtualmachines.ferry.dev", true).await;
 
@@ -190,7 +200,7 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
         .expect("canvas size");
     let screen = out.join("virsh-screenshot");
     lab.virsh_ok(
-        &lab.hosts[0].name,
+        &lab.hosts[usize::from(node.ends_with("-h2"))].name,
         &[
             "screenshot",
             &format!("{ns}_web"),
@@ -206,6 +216,33 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
         "noVNC's canvas is the size of the guest's display"
     );
     b.screenshot("vnc.png").await.expect("screenshot");
+
+    // A live migration from the page, watched on the migrations page.
+    b.type_into("#migrate-target", &node2)
+        .await
+        .expect("target host");
+    b.click("#action-migrate").await.expect("migrate");
+    b.wait_text("#notice", "created VirtualMachineMigration", PAGE)
+        .await
+        .expect("migration created");
+    b.goto(&format!("{base}/dashboard/#/migrations"))
+        .await
+        .expect("migrations page");
+    b.wait_text("#recent-migrations .migration-row", "Succeeded", SHOWN)
+        .await
+        .expect("the migration succeeds on the page");
+    let row = b
+        .text("#recent-migrations .migration-row")
+        .await
+        .unwrap_or_default();
+    assert!(row.contains(&node2) && row.contains("100%"), "{row}");
+    b.screenshot("migrations.png").await.expect("screenshot");
+    b.goto(&format!("{base}/dashboard/#/vm/{ns}/web"))
+        .await
+        .expect("VM page");
+    b.wait_text("#vm-host", &node2, PAGE)
+        .await
+        .expect("the VM on its new host");
 
     // The API server saw both changes made by the editor (the dashboard used their token).
     let audit = c

@@ -28,9 +28,11 @@ function bytes(b) {
   return (Math.round(b * 10) / 10) + " " + units[i];
 }
 
-function bar(used, total, label) {
+// A bar of `used` out of `total`; allocation bars turn amber and red when nearly full,
+// progress bars (`progress` true) do not.
+function bar(used, total, label, progress) {
   const share = total > 0 ? Math.min(used / total, 1) : 0;
-  const cls = share >= 0.95 ? "bar full" : share >= 0.8 ? "bar high" : "bar";
+  const cls = progress ? "bar" : share >= 0.95 ? "bar full" : share >= 0.8 ? "bar high" : "bar";
   const fill = el("span");
   fill.style.width = (share * 100).toFixed(1) + "%";
   return el("span", {}, el("span", { class: cls, title: Math.round(share * 100) + "%" }, fill),
@@ -233,7 +235,7 @@ function migrationRow(m) {
     el("td", {}, badge(m.phase, ["Succeeded"], ["Failed"])),
     el("td", {}, `${m.source || "?"} → ${m.target || m.targetHost || "?"}`),
     el("td", { class: "progress" }, p === null || p === undefined ? "–"
-      : bar(p, 1, `${Math.round(p * 100)}% (${bytes(m.transferredBytes)} sent)`)),
+      : bar(p, 1, `${Math.round(p * 100)}% (${bytes(m.transferredBytes)} sent)`, true)),
     el("td", {}, m.downtimeMs === null || m.downtimeMs === undefined ? "–" : `${m.downtimeMs} ms`),
     el("td", {}, time(m.startTime)),
     el("td", {}, m.message || m.reason || ""));
