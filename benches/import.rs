@@ -2,6 +2,10 @@
 //! (streamed download, SHA-256 on the way, `virStorageVolUpload`) against the plain way, `curl`
 //! to a file and `virsh vol-upload`, for the same file in the same run.
 //!
+//! With `FERRY_BENCH_IMPORT_FORMAT=vmdk` the served file is that data as a monolithicSparse VMDK
+//! (made with `qemu-img convert`), imported by ferry with `format: vmdk` (download, then libvirt's
+//! conversion to qcow2 on the host), against `curl` to a file plus `qemu-img convert -O qcow2`.
+//!
 //! Needs root (a lab host). Run: `cargo bench --bench import` (`FERRY_BENCH_IMPORT_MIB` sets the
 //! image size, default 1024). Results go to BENCHMARKS.md by hand.
 
@@ -54,7 +58,32 @@ async fn main() {
             f.write_all(&block).expect("write");
         }
     }
-    let sha = ferry::cloud_init::hex(hasher.finish().as_ref());
+    let mut sha = ferry::cloud_init::hex(hasher.finish().as_ref());
+    let vmdk = std::env::var("FERRY_BENCH_IMPORT_FORMAT").as_deref() == Ok("vmdk");
+    let served_name = if vmdk { "image.vmdk" } else { "image.raw" };
+    if vmdk {
+        let out = served.path().join(served_name);
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                &file.to_string_lossy(),
+                &out.to_string_lossy(),
+            ],
+        );
+        std::fs::remove_file(&file).expect("remove the raw file");
+        sha = ferry::cloud_init::sha256_hex(&std::fs::read(&out).expect("vmdk"));
+    }
+    let format = if vmdk {
+        ferry::api::virtual_machine::SourceFormat::Vmdk
+    } else {
+        ferry::api::virtual_machine::SourceFormat::Raw
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
@@ -75,7 +104,7 @@ async fn main() {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let url = format!("http://127.0.0.1:{port}/image.raw");
+    let url = format!("http://127.0.0.1:{port}/{served_name}");
     let uri = lab.hosts[0].unix_uri.clone();
     let pool_dir = lab.pool_dir.join("bench");
     std::fs::create_dir_all(&pool_dir).expect("pool dir");
@@ -87,8 +116,7 @@ async fn main() {
         .expect("pool");
 
     // ferry's importer, allowed to fetch from loopback as a pool would allow it.
-    let raw = ferry::api::virtual_machine::SourceFormat::Raw;
-    let key = ImportKey::new(&uri, &pool_dir.to_string_lossy(), false, &sha, raw);
+    let key = ImportKey::new(&uri, &pool_dir.to_string_lossy(), false, &sha, format);
     let spec: ferry::api::HostPoolSpec = serde_json::from_value(serde_json::json!({
         "nodeSelector": {}, "libvirt": {"uriTemplate": uri}, "storage": {"pool": POOL},
         "imports": {"allowedNetworks": ["127.0.0.0/8"]}
@@ -100,7 +128,7 @@ async fn main() {
         uri: uri.clone(),
         pool: POOL.into(),
         url: url.clone(),
-        format: raw,
+        format,
         policy,
         opts: ConnectOptions::default(),
     };
@@ -122,15 +150,60 @@ async fn main() {
         .await
         .expect("lookup")
         .expect("imported");
-    assert_eq!(
-        std::fs::metadata(&vol.path).expect("image").len(),
-        mib << 20
-    );
+    if !vmdk {
+        assert_eq!(
+            std::fs::metadata(&vol.path).expect("image").len(),
+            mib << 20
+        );
+    } else {
+        assert_eq!(
+            vol.capacity,
+            mib << 20,
+            "the converted image's virtual size"
+        );
+    }
 
-    // curl + virsh vol-upload.
-    let tmp = served.path().join("downloaded.raw");
+    // curl + virsh vol-upload, or curl + qemu-img convert for a VMDK.
+    let tmp = served.path().join("downloaded");
     let t = Instant::now();
     run("curl", &["-sSf", "-o", &tmp.to_string_lossy(), &url]);
+    if vmdk {
+        let out = pool_dir.join("plain.qcow2");
+        run(
+            "qemu-img",
+            &[
+                "convert",
+                "-q",
+                "-f",
+                "vmdk",
+                "-O",
+                "qcow2",
+                &tmp.to_string_lossy(),
+                &out.to_string_lossy(),
+            ],
+        );
+        let plain_s = t.elapsed().as_secs_f64();
+        let rate = |s: f64| mib as f64 / s;
+        println!(
+            "image: {mib} MiB of incompressible data as a monolithicSparse VMDK, served from 127.0.0.1, lab host pool on local disk"
+        );
+        println!(
+            "ferry import (download + sha256 + upload + libvirt's qemu-img convert to qcow2): {ferry_s:.1} s, {:.0} MiB/s",
+            rate(ferry_s)
+        );
+        println!(
+            "curl + qemu-img convert -O qcow2:                                            {plain_s:.1} s, {:.0} MiB/s",
+            rate(plain_s)
+        );
+        println!("ferry / plain throughput: {:.2}", plain_s / ferry_s);
+        let _ = std::fs::remove_file(&out);
+        let _ = hv.delete_volume(POOL, &vol.name).await;
+        let _ = hv.delete_volume(POOL, &key.marker_name()).await;
+        hv.close().await;
+        let _ = server.kill();
+        let _ = server.wait();
+        return;
+    }
     run(
         "virsh",
         &[
@@ -173,9 +246,7 @@ async fn main() {
     println!("ferry / plain throughput: {:.2}", plain_s / ferry_s);
 
     let _ = hv.delete_volume(POOL, &vol.name).await;
-    let _ = hv
-        .delete_volume(POOL, &ferry::plan::naming::imported_marker_name(&sha, raw))
-        .await;
+    let _ = hv.delete_volume(POOL, &key.marker_name()).await;
     let _ = hv.delete_volume(POOL, "plain.raw").await;
     hv.close().await;
     let _ = server.kill();
