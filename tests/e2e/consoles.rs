@@ -75,6 +75,14 @@ async fn consoles_are_authorised_by_rbac_and_reach_the_guest() {
     )
     .await;
     consoles::wait_can(&c, &viewer, "get", "virtualmachines.ferry.dev", true).await;
+    consoles::wait_can(
+        &c,
+        &viewer,
+        "get",
+        "virtualmachines.subresources.ferry.dev/console",
+        false,
+    )
+    .await;
 
     let path = |kind: &str| format!("/api/v1/namespaces/{ns}/virtualmachines/con/{kind}");
     // No token, a bad token, a viewer, an unknown VM.

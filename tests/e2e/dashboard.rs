@@ -66,6 +66,7 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
     };
     consoles::wait_can(&c, &editor, "patch", "virtualmachines.ferry.dev", true).await;
     consoles::wait_can(&c, &viewer, "list", "virtualmachines.ferry.dev", true).await;
+    consoles::wait_can(&c, &viewer, "patch", "virtualmachines.ferry.dev", false).await;
 
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dashboard-{ns}"));
     eprintln!("dashboard screenshots: {}", out.display());

@@ -80,32 +80,55 @@ pub fn user(c: &Cluster, name: &str, role: &str) -> String {
     .to_string()
 }
 
-/// Waits until `user`'s token may (or may not) `verb resource` in the test namespace, as the
-/// API server's authorizer sees it (the role aggregation controller may take a moment).
+/// Waits until `token`'s holder may (or may not) `verb resource` in the test namespace, as the
+/// API server's authorizer sees it (the role aggregation controller may take a moment). The
+/// question is a SelfSubjectAccessReview sent with only that token: the test kubeconfig's own
+/// credentials (an admin client certificate) would answer for the admin instead.
+/// `resource` is `plural.group[/subresource]`.
 pub async fn wait_can(c: &Cluster, token: &str, verb: &str, resource: &str, expect: bool) {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let (resource_group, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (resource, None),
+    };
+    let (plural, group) = resource_group
+        .split_once('.')
+        .unwrap_or((resource_group, ""));
+    let mut config = kube::Config::infer().await.expect("the test kubeconfig");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(secrecy::SecretString::from(token.to_string())),
+        ..Default::default()
+    };
+    let user = kube::Client::try_from(config).expect("a client with only the token");
+    let reviews: kube::Api<SelfSubjectAccessReview> = kube::Api::all(user);
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(c.namespace.clone()),
+                verb: Some(verb.to_string()),
+                group: Some(group.to_string()),
+                resource: Some(plural.to_string()),
+                subresource,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = kubectl(
-            c,
-            &[
-                "-n",
-                &c.namespace,
-                "--token",
-                token,
-                "auth",
-                "can-i",
-                verb,
-                resource,
-            ],
-            None,
-        );
-        let yes = out.as_deref().map(str::trim) == Ok("yes");
-        if yes == expect {
+        let answer = reviews
+            .create(&Default::default(), &review)
+            .await
+            .map(|r| r.status.is_some_and(|s| s.allowed));
+        if answer.as_ref().ok() == Some(&expect) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "can-i {verb} {resource} is still {out:?}"
+            "may {verb} {resource}: still {answer:?}, expected {expect}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
