@@ -117,22 +117,6 @@ async fn spread(c: &Cluster) -> Option<BTreeSet<String>> {
     Some(hosts)
 }
 
-/// Run `kubectl-ferry` in the test namespace; returns (success, stdout + stderr).
-fn plugin(c: &Cluster, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
-        .args(["-n", &c.namespace])
-        .args(args)
-        .env("KUBECONFIG", &c.kubeconfig)
-        .output()
-        .expect("run kubectl-ferry");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster and root: run e2e/run.sh"]
 async fn full_balancing_spreads_busy_vms_and_then_holds_still() {
@@ -244,7 +228,7 @@ async fn manual_balancing_recommends_and_apply_carries_out() {
     // Nothing moves on its own.
     tokio::time::sleep(Duration::from_secs(INTERVAL + 5)).await;
     assert!(balance_migrations(&c).await.is_empty());
-    let (ok, table) = plugin(&c, &["recommendations", "lab"]);
+    let (ok, table) = c.plugin(&["recommendations", "lab"]);
     assert!(ok, "{table}");
     eprintln!("{table}");
     for r in &b.recommendations {
@@ -252,7 +236,7 @@ async fn manual_balancing_recommends_and_apply_carries_out() {
     }
     // The recommendations of the latest run (a later run may have refreshed them).
     let b = balancing_status(&c).await.expect("balancing status");
-    let (ok, out) = plugin(&c, &["recommendations", "lab", "apply"]);
+    let (ok, out) = c.plugin(&["recommendations", "lab", "apply"]);
     assert!(ok, "{out}");
     eprintln!("{out}");
     assert_eq!(

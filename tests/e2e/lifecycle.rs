@@ -14,22 +14,6 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::time::Duration;
 
-/// Run `kubectl-ferry` in the test namespace; returns (success, stdout + stderr).
-fn plugin(c: &Cluster, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
-        .args(["-n", &c.namespace])
-        .args(args)
-        .env("KUBECONFIG", &c.kubeconfig)
-        .output()
-        .expect("run kubectl-ferry");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster and root: run e2e/run.sh"]
 async fn vm_lifecycle_on_a_real_host() {
@@ -209,7 +193,7 @@ async fn vm_lifecycle_on_a_real_host() {
     );
 
     // Restart on request (kubectl ferry restart) applies it.
-    let (ok, out) = plugin(&c, &["restart", "web"]);
+    let (ok, out) = c.plugin(&["restart", "web"]);
     assert!(ok, "kubectl ferry restart: {out}");
     let token = c
         .vms()
@@ -233,41 +217,41 @@ async fn vm_lifecycle_on_a_real_host() {
     lab::wait_for_console(&log, "FERRY-BOOT 3", BOOT).expect("third boot after the restart");
 
     // The kubectl plugin reads what users look for.
-    let (ok, out) = plugin(&c, &["status", "web"]);
+    let (ok, out) = c.plugin(&["status", "web"]);
     assert!(
         ok && out.contains(&node) && out.contains("Running"),
         "kubectl ferry status: {out}"
     );
-    let (ok, out) = plugin(&c, &["hosts"]);
+    let (ok, out) = c.plugin(&["hosts"]);
     assert!(
         ok && out.contains(&node) && out.contains("Ready"),
         "kubectl ferry hosts: {out}"
     );
-    let (ok, out) = plugin(&c, &["status", "web", "-o", "json"]);
+    let (ok, out) = c.plugin(&["status", "web", "-o", "json"]);
     let obj: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     assert!(
         ok && obj["kind"] == "VirtualMachine" && obj["status"]["host"] == node.as_str(),
         "kubectl ferry status -o json: {out}"
     );
-    let (ok, out) = plugin(&c, &["cancel", "web"]);
+    let (ok, out) = c.plugin(&["cancel", "web"]);
     assert!(
         !ok && out.contains("no unfinished migration"),
         "kubectl ferry cancel without a migration: {out}"
     );
-    let (ok, out) = plugin(&c, &["console", "web", "--virsh", "--no-attach"]);
+    let (ok, out) = c.plugin(&["console", "web", "--virsh", "--no-attach"]);
     assert!(
         ok && out.contains(&format!("{ns}_web.console.log")),
         "kubectl ferry console: {out}"
     );
     // stop on a runStrategy Always VM would fight GitOps: refused with an explanation.
-    let (ok, out) = plugin(&c, &["stop", "web"]);
+    let (ok, out) = c.plugin(&["stop", "web"]);
     assert!(
         !ok && out.contains("Manual"),
         "kubectl ferry stop without --force-spec: {out}"
     );
 
     // pause / unpause: the domain's vCPUs stop and go on; Ready says why meanwhile.
-    let (ok, out) = plugin(&c, &["pause", "web"]);
+    let (ok, out) = c.plugin(&["pause", "web"]);
     assert!(
         ok && out.contains("ferry.dev/paused=true"),
         "kubectl ferry pause: {out}"
@@ -284,7 +268,7 @@ async fn vm_lifecycle_on_a_real_host() {
         .virsh(&lab.hosts[0].name, &["domstate", &format!("{ns}_web")])
         .stdout;
     assert_eq!(state.trim(), "paused");
-    let (ok, out) = plugin(&c, &["unpause", "web"]);
+    let (ok, out) = c.plugin(&["unpause", "web"]);
     assert!(ok, "kubectl ferry unpause: {out}");
     wait_vm(&c, "web", "running again", Duration::from_secs(60), |vm| {
         ready_reason(vm) == Some(("True".into(), "Running".into()))

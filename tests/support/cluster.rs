@@ -66,6 +66,22 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Run `kubectl-ferry` in the test namespace; returns (success, stdout + stderr).
+    pub fn plugin(&self, args: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+            .args(["-n", &self.namespace])
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("run kubectl-ferry");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// Connect, install the CRDs (server-side apply) and create a fresh namespace.
     pub async fn new(prefix: &str) -> Cluster {
         let kubeconfig =
