@@ -216,7 +216,7 @@ async fn manual_balancing_recommends_and_apply_carries_out() {
     assert!(cluster::enabled(), "set FERRY_E2E=1 and KUBECONFIG");
     let (_lab, c, _ctl) = packed("ferry-e2e-balm").await;
     balance(&c, "Manual").await;
-    let b = wait_for("recommendations", Duration::from_secs(240), || {
+    wait_for("recommendations", Duration::from_secs(240), || {
         let c = &c;
         async move {
             balancing_status(c)
@@ -228,14 +228,15 @@ async fn manual_balancing_recommends_and_apply_carries_out() {
     // Nothing moves on its own.
     tokio::time::sleep(Duration::from_secs(INTERVAL + 5)).await;
     assert!(balance_migrations(&c).await.is_empty());
+    // The recommendations of the latest run (a later run may have refreshed them, with other
+    // VMs when the measured load moved).
+    let b = balancing_status(&c).await.expect("balancing status");
     let (ok, table) = c.plugin(&["recommendations", "lab"]);
     assert!(ok, "{table}");
     eprintln!("{table}");
     for r in &b.recommendations {
         assert!(table.contains(&r.vm) && table.contains(&r.to), "{table}");
     }
-    // The recommendations of the latest run (a later run may have refreshed them).
-    let b = balancing_status(&c).await.expect("balancing status");
     let (ok, out) = c.plugin(&["recommendations", "lab", "apply"]);
     assert!(ok, "{out}");
     eprintln!("{out}");
