@@ -86,8 +86,10 @@ fn cpu_time(start: std::time::Instant) -> u64 {
 /// having used three CPUs meanwhile.
 async fn tick(hosts: &[FakeHost], placed: &[(usize, &str)], start: std::time::Instant) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    // One figure for all: equal loads, so the planner's tie-break (by name) decides the order.
+    let used = cpu_time(start);
     for (h, n) in placed {
-        hosts[*h].set_counters(&uid(n), cpu_time(start), 100 << 20);
+        hosts[*h].set_counters(&uid(n), used, 100 << 20);
     }
 }
 
