@@ -53,7 +53,9 @@ pub(super) fn upsert_incident(
             }
             Some(IncidentVm {
                 name: v.name_any(),
-                released: handed.map(|f| f.proven),
+                // When this VM was handed over (a later wave's VMs after the earlier ones ran);
+                // an annotation from before releases had times says only when the host was off.
+                released: handed.map(|f| f.released.unwrap_or(f.proven)),
                 host: rec.and_then(|r| r.to_host.clone()),
                 running: rec.and_then(|r| r.running.clone()),
                 waiting: waiting.cloned(),
@@ -252,4 +254,79 @@ pub(super) fn invalid_selector(
         policy.metadata.generation,
         now,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::context::{HaVerdicts, PoolHost};
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + s).expect("time")
+    }
+
+    /// A VM on `h1` handed over in incident `i-1` at `released` (seconds after the start).
+    fn handed(name: &str, released: Option<i64>) -> Arc<VirtualMachine> {
+        let failover = Failover {
+            incident: "i-1".into(),
+            host: "h1".into(),
+            evidence: "Fenced".into(),
+            detected: ts(at(0)),
+            proven: ts(at(2)),
+            released: released.map(|s| ts(at(s))),
+        };
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": name, "namespace": "team", "uid": format!("uid-{name}"),
+                             "annotations": {FAILOVER_ANNOTATION:
+                                 serde_json::to_string(&failover).expect("failover")}},
+                "spec": {"hostPool": "lab", "cpu": {"cores": 1}, "memory": "1Gi"},
+                "status": {"host": "h1"},
+            }))
+            .expect("valid VM"),
+        )
+    }
+
+    #[test]
+    fn each_vm_of_an_incident_says_when_it_was_handed_over() {
+        let host = PoolHost::new("team", "lab", "h1");
+        let key = HaKey::new("ha", host.clone());
+        let ha = HaVerdicts::default();
+        let vms = [
+            handed("first", Some(2)),
+            handed("second", Some(9)),
+            handed("old", None),
+            handed("not-released", Some(3)),
+        ];
+        for name in ["first", "second", "old"] {
+            ha.release(&format!("uid-{name}"), host.clone(), "i-1");
+        }
+        let open = Open {
+            id: "i-1".into(),
+            detected: at(0),
+            proven: Some((at(2), Evidence::Fenced)),
+            host_back: None,
+            waiting: Default::default(),
+        };
+        let mut list = Vec::new();
+        upsert_incident(&mut list, &key, &open, &vms, &ha);
+        let i = &list[0];
+        assert_eq!(i.proven_off, Some(ts(at(2))));
+        assert_eq!(i.evidence.as_deref(), Some("Fenced"));
+        let released: Vec<(&str, Option<Time>)> = i
+            .vms
+            .iter()
+            .map(|v| (v.name.as_str(), v.released.clone()))
+            .collect();
+        assert_eq!(
+            released,
+            [
+                ("first", Some(ts(at(2)))),
+                ("old", Some(ts(at(2)))),
+                ("second", Some(ts(at(9)))),
+            ],
+            "the release's own time; a VM only annotated (not released) is not listed"
+        );
+    }
 }
