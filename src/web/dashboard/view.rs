@@ -302,8 +302,19 @@ pub fn migration_list(
     })
 }
 
+/// One step of an incident's timeline: when, which kind (`detected`, `off`, `released`,
+/// `restarted`, `back`), the VM it is about (for `released` and `restarted`), and what happened.
+struct Step {
+    at: Time,
+    kind: &'static str,
+    vm: Option<String>,
+    what: String,
+}
+
 /// HA incidents of the policies the user may see, newest first, each as a timeline: detected,
-/// proven off (how), each VM released for restart and running again (where), the host back.
+/// proven off (fenced, or how else), each VM handed over for restart and restarted (where), the
+/// host back. Steps are in the order of their times (the API's times have whole seconds; steps
+/// of the same second keep that order).
 pub fn incident_list(policies: &[Arc<HAPolicy>], visible: impl Fn(&str) -> bool) -> Value {
     let mut rows: Vec<(Option<Time>, Value)> = Vec::new();
     for p in policies
@@ -316,17 +327,31 @@ pub fn incident_list(policies: &[Arc<HAPolicy>], visible: impl Fn(&str) -> bool)
             .map(|s| s.incidents.as_slice())
             .unwrap_or_default()
         {
-            let mut steps: Vec<(Time, String)> = vec![(
-                i.detected.clone(),
+            let step = |at: &Time, kind, vm: Option<&str>, what: String| Step {
+                at: at.clone(),
+                kind,
+                vm: vm.map(str::to_string),
+                what,
+            };
+            let mut steps = vec![step(
+                &i.detected,
+                "detected",
+                None,
                 format!("host {} failure detected", i.host),
             )];
             if let Some(t) = &i.proven_off {
-                let how = i.evidence.as_deref().unwrap_or("proven off");
-                steps.push((t.clone(), format!("host {} proven off ({how})", i.host)));
+                let what = match i.evidence.as_deref() {
+                    Some("Fenced") => format!("host {} fenced (proven off)", i.host),
+                    Some("Confirmed") => format!("host {} confirmed off by a person", i.host),
+                    Some(how) => format!("host {} proven off ({how})", i.host),
+                    None => format!("host {} proven off", i.host),
+                };
+                steps.push(step(t, "off", None, what));
             }
             for vm in &i.vms {
                 if let Some(t) = &vm.released {
-                    steps.push((t.clone(), format!("{} released for restart", vm.name)));
+                    let what = format!("{} handed over for restart", vm.name);
+                    steps.push(step(t, "released", Some(&vm.name), what));
                 }
                 if let Some(t) = &vm.running {
                     let at = vm
@@ -334,20 +359,22 @@ pub fn incident_list(policies: &[Arc<HAPolicy>], visible: impl Fn(&str) -> bool)
                         .as_deref()
                         .map(|h| format!(" on {h}"))
                         .unwrap_or_default();
-                    steps.push((t.clone(), format!("{} running again{at}", vm.name)));
+                    let what = format!("{} restarted{at}", vm.name);
+                    steps.push(step(t, "restarted", Some(&vm.name), what));
                 }
             }
             if let Some(t) = &i.host_back {
-                steps.push((t.clone(), format!("host {} back", i.host)));
+                steps.push(step(t, "back", None, format!("host {} back", i.host)));
             }
-            steps.sort_by_key(|(t, _)| t.0);
-            let first = steps.first().map(|(t, _)| t.0);
+            steps.sort_by_key(|s| s.at.0);
+            let first = steps.first().map(|s| s.at.0);
             let timeline: Vec<Value> = steps
                 .iter()
-                .map(|(t, what)| {
-                    let after =
-                        first.map(|f| (t.0.as_millisecond() - f.as_millisecond()) as f64 / 1000.0);
-                    json!({"at": t, "afterSeconds": after, "what": what})
+                .map(|s| {
+                    let after = first
+                        .map(|f| (s.at.0.as_millisecond() - f.as_millisecond()) as f64 / 1000.0);
+                    json!({"at": s.at, "afterSeconds": after, "step": s.kind, "vm": s.vm,
+                           "what": s.what})
                 })
                 .collect();
             let waiting: Vec<Value> = i
@@ -359,6 +386,7 @@ pub fn incident_list(policies: &[Arc<HAPolicy>], visible: impl Fn(&str) -> bool)
                         .map(|w| json!({"vm": v.name, "waiting": w}))
                 })
                 .collect();
+            let restarted = i.vms.iter().filter(|v| v.running.is_some()).count();
             rows.push((
                 Some(i.detected.clone()),
                 json!({
@@ -369,6 +397,7 @@ pub fn incident_list(policies: &[Arc<HAPolicy>], visible: impl Fn(&str) -> bool)
                     "pool": i.pool,
                     "evidence": i.evidence,
                     "vms": i.vms.len(),
+                    "restarted": restarted,
                     "timeline": timeline,
                     "waiting": waiting,
                 }),
@@ -534,29 +563,85 @@ mod tests {
             "status": {"incidents": [{
                 "name": "hv-2-1", "host": "hv-2", "detected": "2026-01-10T08:00:00Z",
                 "provenOff": "2026-01-10T08:00:01Z", "evidence": "Fenced",
-                "vms": [{"name": "team/web", "released": "2026-01-10T08:00:01Z",
+                // Listed by name; the second wave (web) was handed over once db ran.
+                "vms": [{"name": "db", "released": "2026-01-10T08:00:01Z",
                          "host": "hv-1", "running": "2026-01-10T08:00:03Z"},
-                        {"name": "team/db", "waiting": "no capacity"}]
+                        {"name": "lost", "waiting": "no capacity"},
+                        {"name": "web", "released": "2026-01-10T08:00:03Z",
+                         "host": "hv-3", "running": "2026-01-10T08:00:06Z"}]
+            }, {
+                "name": "hv-1-0", "host": "hv-1", "detected": "2026-01-09T08:00:00Z",
+                "provenOff": "2026-01-09T08:00:30Z", "evidence": "Confirmed",
+                "hostBack": "2026-01-09T09:00:00Z"
             }]},
         }))
         .expect("valid policy");
-        let list = incident_list(&[Arc::new(policy)], |_| true);
-        let steps: Vec<&str> = list["items"][0]["timeline"]
+        let policies = [Arc::new(policy)];
+        let list = incident_list(&policies, |_| true);
+        let newest = &list["items"][0];
+        assert_eq!(newest["incident"], "hv-2-1", "newest first");
+        let timeline = newest["timeline"].as_array().expect("timeline");
+        let steps: Vec<(&str, &str, &str)> = timeline
+            .iter()
+            .map(|s| {
+                (
+                    s["step"].as_str().unwrap_or_default(),
+                    s["at"].as_str().unwrap_or_default(),
+                    s["what"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (
+                    "detected",
+                    "2026-01-10T08:00:00Z",
+                    "host hv-2 failure detected"
+                ),
+                (
+                    "off",
+                    "2026-01-10T08:00:01Z",
+                    "host hv-2 fenced (proven off)"
+                ),
+                (
+                    "released",
+                    "2026-01-10T08:00:01Z",
+                    "db handed over for restart"
+                ),
+                ("restarted", "2026-01-10T08:00:03Z", "db restarted on hv-1"),
+                (
+                    "released",
+                    "2026-01-10T08:00:03Z",
+                    "web handed over for restart"
+                ),
+                ("restarted", "2026-01-10T08:00:06Z", "web restarted on hv-3"),
+            ]
+        );
+        assert_eq!(timeline[0]["vm"], Value::Null);
+        assert_eq!(timeline[5]["vm"], "web");
+        assert_eq!(timeline[5]["afterSeconds"], 6.0);
+        assert_eq!(newest["vms"], 3);
+        assert_eq!(newest["restarted"], 2);
+        assert_eq!(newest["waiting"][0]["vm"], "lost");
+
+        let older: Vec<&str> = list["items"][1]["timeline"]
             .as_array()
             .expect("timeline")
             .iter()
             .filter_map(|s| s["what"].as_str())
             .collect();
         assert_eq!(
-            steps,
+            older,
             [
-                "host hv-2 failure detected",
-                "host hv-2 proven off (Fenced)",
-                "team/web released for restart",
-                "team/web running again on hv-1",
+                "host hv-1 failure detected",
+                "host hv-1 confirmed off by a person",
+                "host hv-1 back",
             ]
         );
-        assert_eq!(list["items"][0]["timeline"][3]["afterSeconds"], 3.0);
-        assert_eq!(list["items"][0]["waiting"][0]["vm"], "team/db");
+        assert_eq!(
+            incident_list(&policies, |ns| ns != "infra")["items"],
+            json!([])
+        );
     }
 }

@@ -79,9 +79,10 @@ function notice(text, bad) {
   n.hidden = !text;
 }
 
+// Shows `nodes` (elements, or arrays of them at any depth) as the page.
 function show(...nodes) {
   const main = document.getElementById("main");
-  main.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
+  main.replaceChildren(...nodes.flat(Infinity).filter((n) => n !== null && n !== undefined && n !== false));
 }
 
 function link(href, text) { return el("a", { href }, text); }
@@ -260,13 +261,15 @@ async function migrationsView() {
 
 async function incidentsView() {
   const r = await api("incidents");
-  const items = r.items.map((i) => el("section", { class: "incident", "data-name": i.incident },
+  const items = r.items.map((i) => el("section", { class: "incident", "data-name": i.incident, "data-host": i.host },
     el("h2", {}, `Host ${i.host}`, el("span", { class: "muted" }, ` · incident ${i.incident} · policy ${i.namespace}/${i.policy}`)),
-    el("ol", { class: "timeline" }, i.timeline.map((s) => el("li", {},
-      el("strong", {}, time(s.at)), " ", el("span", { class: "muted" }, `+${(s.afterSeconds ?? 0).toFixed(1)} s`), " ", s.what))),
+    el("p", { class: "small incident-summary" }, i.evidence ? badge(i.evidence, ["Fenced", "Confirmed", "ShutOff"], []) : badge("Not proven off", [], ["Not proven off"]),
+      ` ${i.restarted} of ${i.vms} VMs restarted`),
+    el("ol", { class: "timeline" }, i.timeline.map((s) => el("li", { class: `step-${s.step}`, "data-step": s.step, "data-vm": s.vm, "data-at": s.at },
+      el("strong", {}, time(s.at)), " ", el("span", { class: "muted" }, `+${(s.afterSeconds ?? 0).toFixed(0)} s`), " ", s.what))),
     i.waiting.length ? el("p", { class: "small" }, "Waiting: ", i.waiting.map((w) => `${w.vm} (${w.waiting})`).join(", ")) : null));
   return [el("h1", {}, "HA incidents"),
-    items.length ? items : el("p", { class: "muted" }, "No incidents in the HA policies you may list.")];
+    items.length ? items : el("p", { class: "muted", id: "no-incidents" }, "No incidents in the HA policies you may list.")];
 }
 
 // --- serial console (xterm.js over the console proxy's WebSocket) ----------------------------
