@@ -13,6 +13,7 @@
 use crate::support::browser::Browser;
 use crate::support::cluster;
 use crate::support::consoles;
+use crate::support::dashboard;
 use crate::support::migration;
 use crate::support::objects::{BOOT, LABEL, pool_manifest, ready_reason, vm_manifest, wait_vm};
 use ferry::api::VirtualMachine;
@@ -29,7 +30,7 @@ const PAGE: Duration = Duration::from_secs(20);
 #[ignore = "needs a cluster, root and chromium: run e2e/run.sh dashboard"]
 async fn dashboard_shows_the_lab_and_acts_as_the_user() {
     assert!(cluster::enabled(), "set FERRY_E2E=1 and KUBECONFIG");
-    if std::env::var_os("FERRY_STANDIN").is_some() {
+    if !dashboard::supported() {
         eprintln!(
             "SKIPPED: the API stand-in has no TokenReview or SubjectAccessReview (e2e/run.sh runs it against a real API server where one is installed)"
         );
@@ -68,7 +69,7 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
     consoles::wait_can(&c, &viewer, "list", "virtualmachines.ferry.dev", true).await;
     consoles::wait_can(&c, &viewer, "patch", "virtualmachines.ferry.dev", false).await;
 
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dashboard-{ns}"));
+    let out = dashboard::output_dir(&ns);
     eprintln!("dashboard screenshots: {}", out.display());
     let b = Browser::start(&out).await.expect("headless Chromium");
 
@@ -83,10 +84,11 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
         .expect("a wrong token is refused");
 
     // The editor logs in and finds the pool, its host and the VM.
-    b.type_into("#token", &editor).await.expect("type");
-    b.click("#login").await.expect("submit");
     let user = format!("system:serviceaccount:{ns}:bob");
-    b.wait_text("#user", &user, PAGE).await.expect("logged in");
+    let shown = dashboard::log_in(&b, &base, &editor)
+        .await
+        .expect("logged in");
+    assert_eq!(shown, user);
     b.wait_text(".pool-row[data-name='lab']", "lab", PAGE)
         .await
         .expect("the pool");
@@ -284,11 +286,10 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
         .expect("the session ended");
 
     // A viewer sees the VM but no buttons, and an action POST is refused.
-    b.type_into("#token", &viewer).await.expect("type");
-    b.click("#login").await.expect("submit");
-    b.wait_text("#user", ":alice", PAGE)
+    let shown = dashboard::log_in(&b, &base, &viewer)
         .await
         .expect("logged in");
+    assert!(shown.ends_with(":alice"), "{shown}");
     b.goto(&format!("{base}/dashboard/#/vm/{ns}/web"))
         .await
         .expect("open");

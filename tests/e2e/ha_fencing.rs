@@ -1,7 +1,9 @@
 //! HA when a host fails: fencing through a real IPMI BMC, restart elsewhere exactly once by
-//! priority, confirmation without fencing, a failed fence, and the storm guard.
+//! priority (watched on the dashboard's incidents page in headless Chromium), confirmation
+//! without fencing, a failed fence, and the storm guard.
 
 use crate::support::cluster::{Cluster, wait_for};
+use crate::support::dashboard;
 use crate::support::ha::{
     ha_condition, ha_host, ha_setup, ha_setup_with_ipmi, ha_status, ipmi_power_off,
     put_bmc_password, wait_recovered,
@@ -37,6 +39,12 @@ async fn wait_restarted_by_priority(
 /// QEMU guests and libvirtd; ferry sees libvirt gone and the BMC reporting Off, fences (confirmed
 /// Off), and the host's ten VMs of three priority classes restart on the survivor in waves, each
 /// exactly once, no VM of a lower class started before one of a higher class.
+///
+/// A user with `view` watches it on the dashboard's HA incidents page, open in headless Chromium
+/// since before the power loss: the incident's timeline appears and grows without a reload
+/// (server-sent events) to detected → fenced → each VM restarted on the survivor, with the times
+/// the HAPolicy's status gives, in order. A screenshot is saved (`incident.png`, path printed).
+/// Not on the API stand-in (no TokenReview there): the HA part runs alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster and root: run e2e/run.sh"]
 async fn ha_power_loss_fences_and_restarts_elsewhere_once() {
@@ -54,6 +62,35 @@ async fn ha_power_loss_fences_and_restarts_elsewhere_once() {
     let ((mut c, lab, h1, h2, ctl), sim) =
         ha_setup_with_ipmi("ferry-e2e-ha-fence", &names, 8, "s3cret").await;
     let ns = c.namespace.clone();
+
+    // The dashboard's HA incidents page, open before the power loss, as a user with `view`.
+    let page = if dashboard::supported() {
+        let opened = std::time::Instant::now();
+        let b = dashboard::browser_as(&c, &ctl, "carol", "view", ("list", "hapolicies.ferry.dev"))
+            .await;
+        b.goto(&format!(
+            "http://127.0.0.1:{}/dashboard/#/incidents",
+            ctl.http_port
+        ))
+        .await
+        .expect("the incidents page");
+        b.wait_text("#no-incidents", "No incidents", Duration::from_secs(20))
+            .await
+            .expect("no incident before the power loss");
+        dashboard::watch_incidents(&b)
+            .await
+            .expect("watch the page");
+        eprintln!(
+            "dashboard: incidents page open {:.1}s after the lab was up",
+            opened.elapsed().as_secs_f64()
+        );
+        Some(b)
+    } else {
+        eprintln!(
+            "SKIPPED the dashboard part: the API stand-in has no TokenReview or SubjectAccessReview"
+        );
+        None
+    };
 
     // Power loss: the BMC cuts power (its hook kills h1's guests and libvirtd), kubelet goes
     // silent.
@@ -112,9 +149,13 @@ async fn ha_power_loss_fences_and_restarts_elsewhere_once() {
         .expect("incident");
     assert_eq!(inc.evidence.as_deref(), Some("Fenced"));
     assert_eq!(inc.vms.len(), names.len(), "{inc:?}");
+    let recovered = std::time::Instant::now();
+    if let Some(b) = &page {
+        incident_on_the_page(&c, b, &h1, &h2, names.len()).await;
+    }
     // Nothing restarts twice: wait a while and check again; one boot on h1 and one on h2 each
     // (the console logs are on shared storage).
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(recovered.elapsed())).await;
     assert_eq!(want(running(&lab, "h2")), all);
     for (name, _) in &names {
         let vm = c.vms().get(name).await.expect("vm");
@@ -125,6 +166,112 @@ async fn ha_power_loss_fences_and_restarts_elsewhere_once() {
         assert_eq!(boots(&text), 2, "{name}: {text}");
     }
     drop(ctl);
+}
+
+/// The incidents page (open since before the host failed, see
+/// [`dashboard::watch_incidents`]) shows the incident of `h1` as the HAPolicy's status has it:
+/// detected, fenced, each of its `vms` VMs restarted on `h2`, each step with its time, in order;
+/// drawn as it happened (the page showed it before every VM was restarted), never reloaded.
+async fn incident_on_the_page(
+    c: &Cluster,
+    b: &crate::support::browser::Browser,
+    h1: &str,
+    h2: &str,
+    vms: usize,
+) {
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let page = loop {
+        let page = dashboard::incidents_page(b).await.expect("read the page");
+        let restarted = page.steps.iter().filter(|s| s.step == "restarted").count();
+        if restarted == vms {
+            break page;
+        }
+        if std::time::Instant::now() > deadline {
+            let api = dashboard::fetch_in_page(b, "incidents").await;
+            panic!(
+                "the page shows {restarted} of {vms} VMs restarted after 60 s: {page:#?}\nthe API: {api:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "dashboard: every restart on the page {:?} after the test saw them; the page drew {:?} steps",
+        started.elapsed(),
+        page.drawn
+    );
+    // The status the page drew from (the test's own read may predate the last restarts'
+    // entries).
+    let st = ha_status(c).await.expect("HAPolicy status");
+    let inc = st
+        .incidents
+        .iter()
+        .find(|i| i.host == h1)
+        .expect("incident");
+    let shot = b.screenshot("incident.png").await.expect("screenshot");
+    eprintln!("dashboard: {}", shot.display());
+    assert!(!page.reloaded, "the page was reloaded: {page:#?}");
+    assert_eq!(page.hosts, [h1], "one incident, of {h1}");
+    assert!(
+        page.summary
+            .contains(&format!("{vms} of {vms} VMs restarted")),
+        "{page:#?}"
+    );
+    // Live: the page had no incident, then drew it before it was over, then all of it.
+    let total = page.steps.len();
+    assert_eq!(page.drawn.first(), Some(&0), "{page:#?}");
+    assert!(
+        page.drawn.iter().any(|n| (1..total).contains(n)),
+        "the page drew the incident only once it was over: {page:#?}"
+    );
+    assert_eq!(page.drawn.last(), Some(&total), "{page:#?}");
+    // Detected, fenced, each VM restarted on h2: at the status' times, in order.
+    let time = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+        serde_json::to_value(t)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let (detected, fenced) = (&page.steps[0], &page.steps[1]);
+    assert_eq!(
+        (detected.step.as_str(), detected.at.clone()),
+        ("detected", time(&inc.detected)),
+        "{page:#?}"
+    );
+    assert_eq!(fenced.step, "off", "{page:#?}");
+    assert!(
+        fenced.text.contains(&format!("host {h1} fenced")),
+        "{page:#?}"
+    );
+    assert_eq!(
+        Some(fenced.at.clone()),
+        inc.proven_off.as_ref().map(time),
+        "{page:#?}"
+    );
+    for vm in &inc.vms {
+        let shown: Vec<_> = page
+            .steps
+            .iter()
+            .filter(|s| s.step == "restarted" && s.vm.as_deref() == Some(vm.name.as_str()))
+            .collect();
+        assert_eq!(shown.len(), 1, "{}: {page:#?}", vm.name);
+        assert!(
+            shown[0]
+                .text
+                .contains(&format!("{} restarted on {h2}", vm.name)),
+            "{page:#?}"
+        );
+        assert_eq!(Some(shown[0].at.clone()), vm.running.as_ref().map(time));
+    }
+    for pair in page.steps.windows(2) {
+        assert!(pair[0].at <= pair[1].at, "out of order: {pair:#?}");
+    }
+    for s in &page.steps {
+        assert!(
+            s.text.contains(" s ") && s.text.len() > s.at.len(),
+            "a step with its time: {s:?}"
+        );
+    }
 }
 
 /// No fencing configured: a host whose libvirt and kubelet both went silent is not assumed
