@@ -119,6 +119,13 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         why: "Context::event: kube-runtime Recorder (create, then patch to count repeats)",
     },
     Permission {
+        group: "",
+        resource: "events",
+        verbs: &["list", "watch"],
+        scope: Watched,
+        why: "run::run: reflector of the Events about ferry's objects (involvedObject.apiVersion), read by the dashboard's VM pages",
+    },
+    Permission {
         group: "authentication.k8s.io",
         resource: "tokenreviews",
         verbs: &["create"],
@@ -174,6 +181,6 @@ mod tests {
                 assert!(known.contains(v), "unknown verb {v}");
             }
         }
-        assert_eq!(flattened().len(), 28);
+        assert_eq!(flattened().len(), 30);
     }
 }

@@ -5,7 +5,7 @@ use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
 use crate::gate::ActionGate;
 use crate::metrics::Metrics;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Event, Node};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
@@ -158,6 +158,24 @@ pub async fn run(
     let policy_store = policy_controller.store();
     let policy_store_for_metrics = policy_store.clone();
     let policy_store_for_waves = policy_store.clone();
+    // Events about ferry's objects (its group's kinds only), listed once and then watched: the
+    // dashboard's VM pages read them here instead of listing a namespace's Events per view.
+    let (event_store, event_writer) = reflector::store::<Event>();
+    let events = watcher(
+        api::<Event>(&client, &scope),
+        watcher::Config::default()
+            .any_semantic()
+            .fields(&ferry_events_selector()),
+    )
+    .default_backoff()
+    .modify(slim)
+    .reflect(event_writer)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "event cache watch");
+        }
+    });
+    let events = tokio::spawn(events);
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(
         Context::new(
@@ -170,6 +188,7 @@ pub async fn run(
         )
         .with_migrations(migration_store.clone())
         .with_policies(policy_store)
+        .with_events(event_store)
         .with_uri_limits(uri_limits)
         .with_imports(imports)
         .with_gate(gate),
@@ -354,6 +373,8 @@ pub async fn run(
     let _ = gauges.await;
     sweeper.abort();
     let _ = sweeper.await;
+    events.abort();
+    let _ = events.await;
     metrics.set_inventory_source(None);
     ctx.hosts.connections.close_all().await;
 }
@@ -368,6 +389,14 @@ fn slim<K: kube::Resource>(o: &mut K) {
     if let Some(a) = meta.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+/// The field selector of the Events about ferry's objects (`involvedObject.apiVersion`).
+fn ferry_events_selector() -> String {
+    format!(
+        "involvedObject.apiVersion={}",
+        <VirtualMachine as kube::Resource>::api_version(&())
+    )
 }
 
 /// What of a HostPool every one of its VMs depends on: its spec and its hosts' states (not

@@ -142,9 +142,20 @@ async fn dashboard_shows_the_lab_and_acts_as_the_user() {
         "dashboard: the page showed Stopped {:?} after the test's watch saw it",
         seen.elapsed()
     );
-    b.wait_text("#events", "", SHOWN)
+    b.wait_text("#events", "Started on host", SHOWN)
         .await
         .expect("the VM's Events");
+    // They come from the controller's Events cache: its watch works with the chart's RBAC.
+    let log = ctl.log_text();
+    assert!(
+        !log.contains("event cache watch"),
+        "the Events watch failed: {}",
+        log.lines()
+            .filter(|l| l.contains("event cache watch"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     b.screenshot("vm-stopped.png").await.expect("screenshot");
     b.click("#action-start").await.expect("start");
     wait_vm(&c, "web", "Running", SHOWN, |vm| {

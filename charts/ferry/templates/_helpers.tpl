@@ -108,4 +108,7 @@ src/controller/permissions.rs; tests/deploy.rs compares them).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list", "watch"]
 {{- end }}

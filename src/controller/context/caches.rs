@@ -4,7 +4,7 @@ use super::ha::{HaKey, LiveHa, PolicyPool, PoolHost};
 use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
 use crate::controller::hosts::pool_nodes;
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Event, Node};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store, store};
 use std::sync::Arc;
@@ -23,6 +23,9 @@ pub struct Caches {
     /// HAPolicies, from the HA controller's reflector (empty until
     /// [`super::Context::with_policies`] sets it).
     pub policies: Store<HAPolicy>,
+    /// Events about ferry's objects, for the dashboard (empty until
+    /// [`super::Context::with_events`] sets it).
+    pub events: Store<Event>,
 }
 
 impl Caches {
@@ -34,6 +37,7 @@ impl Caches {
             vms,
             migrations: store().0,
             policies: store().0,
+            events: store().0,
         }
     }
 
@@ -53,6 +57,25 @@ impl Caches {
         self.ready()
             && self.migrations.wait_until_ready().now_or_never().is_some()
             && self.policies.wait_until_ready().now_or_never().is_some()
+    }
+
+    /// The Events about the object of kind `kind` named `name` in `ns`, once the Events cache
+    /// holds its first complete list (`None` before, or when it has no watch behind it).
+    pub fn events_about(&self, kind: &str, ns: &str, name: &str) -> Option<Vec<Arc<Event>>> {
+        if !matches!(self.events.wait_until_ready().now_or_never(), Some(Ok(()))) {
+            return None;
+        }
+        Some(
+            self.events
+                .state()
+                .into_iter()
+                .filter(|e| {
+                    e.metadata.namespace.as_deref() == Some(ns)
+                        && e.involved_object.kind.as_deref() == Some(kind)
+                        && e.involved_object.name.as_deref() == Some(name)
+                })
+                .collect(),
+        )
     }
 
     /// The HostPool `vm` names.
@@ -132,5 +155,60 @@ impl Caches {
                 .cmp(&(b.metadata.creation_timestamp.as_ref(), b.name_any()))
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher;
+
+    fn event(ns: &str, name: &str, kind: &str, about: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": {"kind": kind, "name": about, "namespace": ns,
+                               "apiVersion": "ferry.dev/v1alpha1"},
+            "reason": "Started", "message": "started",
+        }))
+        .expect("valid Event")
+    }
+
+    #[test]
+    fn a_vms_events_come_from_the_cache_once_it_listed() {
+        let (pools, _) = store();
+        let (nodes, _) = store();
+        let (vms, _) = store();
+        let mut caches = Caches::new(pools, nodes, vms);
+        assert_eq!(
+            caches.events_about("VirtualMachine", "team", "web"),
+            None,
+            "no watch behind the cache"
+        );
+        let (events, mut writer) = store::<Event>();
+        caches.events = events;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        assert_eq!(
+            caches.events_about("VirtualMachine", "team", "web"),
+            None,
+            "still listing"
+        );
+        for e in [
+            event("team", "e1", "VirtualMachine", "web"),
+            event("team", "e2", "VirtualMachine", "db"),
+            event("team", "e3", "HostPool", "web"),
+            event("other", "e4", "VirtualMachine", "web"),
+            event("team", "e5", "VirtualMachine", "web"),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::InitApply(e));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let mut names: Vec<String> = caches
+            .events_about("VirtualMachine", "team", "web")
+            .expect("listed")
+            .iter()
+            .filter_map(|e| e.metadata.name.clone())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["e1", "e5"]);
     }
 }

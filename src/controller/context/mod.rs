@@ -140,6 +140,12 @@ impl Context {
         self
     }
 
+    /// Use `store` for the Events about ferry's objects.
+    pub fn with_events(mut self, store: Store<k8s_openapi::api::core::v1::Event>) -> Self {
+        self.caches.events = store;
+        self
+    }
+
     /// Use `store` for HAPolicies.
     pub fn with_policies(mut self, store: Store<crate::api::HAPolicy>) -> Self {
         self.caches.policies = store;

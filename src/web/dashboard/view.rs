@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::{Value, json};
@@ -146,6 +147,32 @@ pub fn vm_detail(vm: &VirtualMachine, migrations: &[Arc<VirtualMachineMigration>
         "conditions": vm.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default(),
         "migrations": moves.iter().map(|m| migration_row(m)).collect::<Vec<_>>(),
     })
+}
+
+/// The `n` most recent of `events` (by event time, else last seen, else creation), newest
+/// first, as the VM page shows them.
+pub fn event_rows(mut events: Vec<Arc<Event>>, n: usize) -> Vec<Value> {
+    let when = |e: &Event| {
+        e.event_time
+            .as_ref()
+            .map(|t| t.0)
+            .or(e.last_timestamp.as_ref().map(|t| t.0))
+            .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    events.sort_by_key(|e| std::cmp::Reverse(when(e)));
+    events
+        .iter()
+        .take(n)
+        .map(|e| {
+            json!({
+                "time": when(e).map(|t| t.to_string()),
+                "type": e.type_,
+                "reason": e.reason,
+                "message": e.message,
+                "count": e.count,
+            })
+        })
+        .collect()
 }
 
 /// The pools the user may see, each with its hosts' totals.
@@ -552,6 +579,32 @@ mod tests {
         assert_eq!(list["recent"][0]["progress"], 1.0);
         let v = vm("team", "web", "rack1", running("hv-1"));
         assert_eq!(vm_detail(&v, &all)["migrations"][0]["name"], "now");
+    }
+
+    #[test]
+    fn a_vms_events_newest_first_and_at_most_n() {
+        let e = |name: &str, event_time: Option<&str>, last: Option<&str>| {
+            Arc::new(
+                serde_json::from_value::<Event>(json!({
+                    "metadata": {"name": name, "namespace": "team",
+                                 "creationTimestamp": "2026-01-10T07:00:00Z"},
+                    "involvedObject": {"kind": "VirtualMachine", "name": "web"},
+                    "reason": name, "eventTime": event_time, "lastTimestamp": last,
+                }))
+                .expect("valid Event"),
+            )
+        };
+        let rows = event_rows(
+            vec![
+                e("old", None, None),
+                e("series", None, Some("2026-01-10T08:00:05Z")),
+                e("new", Some("2026-01-10T08:00:09.000000Z"), None),
+                e("mid", None, Some("2026-01-10T08:00:01Z")),
+            ],
+            3,
+        );
+        let reasons: Vec<&str> = rows.iter().filter_map(|r| r["reason"].as_str()).collect();
+        assert_eq!(reasons, ["new", "series", "mid"]);
     }
 
     #[test]
