@@ -9,11 +9,14 @@
 //! Needs root (a lab host). Run: `cargo bench --bench import` (`FERRY_BENCH_IMPORT_MIB` sets the
 //! image size, default 1024). Results go to BENCHMARKS.md by hand.
 
+#[path = "../tests/support/http_server.rs"]
+mod http_server;
 #[path = "../tests/support/lab.rs"]
 mod lab;
 
 use ferry::controller::image_import::{self, ImportKey, ImportState};
 use ferry::hypervisor::{ConnectOptions, Hypervisor, LibvirtHost};
+use http_server::PythonServer;
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -84,27 +87,8 @@ async fn main() {
     } else {
         ferry::api::virtual_machine::SourceFormat::Raw
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let mut server = Command::new("/usr/bin/python3")
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-        ])
-        .current_dir(served.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("http.server");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let url = format!("http://127.0.0.1:{port}/{served_name}");
+    let server = PythonServer::serving(served.path());
+    let url = server.url(served_name);
     let uri = lab.hosts[0].unix_uri.clone();
     let pool_dir = lab.pool_dir.join("bench");
     std::fs::create_dir_all(&pool_dir).expect("pool dir");
@@ -200,8 +184,7 @@ async fn main() {
         let _ = hv.delete_volume(POOL, &vol.name).await;
         let _ = hv.delete_volume(POOL, &key.marker_name()).await;
         hv.close().await;
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
         return;
     }
     run(
@@ -249,6 +232,5 @@ async fn main() {
     let _ = hv.delete_volume(POOL, &key.marker_name()).await;
     let _ = hv.delete_volume(POOL, "plain.raw").await;
     hv.close().await;
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }

@@ -5,6 +5,8 @@
 //! Needs root, libvirt and QEMU (see scripts/setup.sh); skipped elsewhere unless `CI` is set.
 //! Every wait is bounded; the lab is torn down by `Drop` even when an assertion fails.
 
+#[path = "support/http_server.rs"]
+mod http_server;
 #[path = "support/lab.rs"]
 mod lab;
 
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ferry::hypervisor::*;
 use ferry::plan::domain::*;
+use http_server::PythonServer;
 use lab::{Lab, console_len, wait_for_console, wait_for_console_since};
 
 /// Guest boot to FERRY-READY takes ~4–8 s under TCG on an idle machine; leave room for a busy one.
@@ -1096,52 +1099,6 @@ async fn foreign_domains_read_as_adoption_sees_them() {
     blocking(move || lab.down()).await.expect("lab down");
 }
 
-/// A static file server on loopback (python3 http.server) for `dir`; killed on drop.
-struct StaticServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl StaticServer {
-    fn start(dir: &Path) -> StaticServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = std::process::Command::new("/usr/bin/python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 http.server");
-        let server = StaticServer { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "http.server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-
-    fn url(&self, file: &str) -> String {
-        format!("http://127.0.0.1:{}/{file}", self.port)
-    }
-}
-
-impl Drop for StaticServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn qemu_img(args: &[&str]) -> std::process::Output {
     let out = std::process::Command::new("qemu-img")
         .args(args)
@@ -1239,7 +1196,7 @@ async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
         let pool_dir = lab.pool_dir.to_string_lossy().to_string();
         host.ensure_pool(POOL, Some(&pool_dir)).await.expect("pool");
         let served = tempfile::tempdir().expect("tempdir");
-        let server = StaticServer::start(served.path());
+        let server = PythonServer::serving(served.path());
         let golden = lab.pool_dir.join(&lab.golden);
         let golden = golden.to_string_lossy().to_string();
 

@@ -3,6 +3,7 @@
 
 use crate::support::cluster::{self, Cluster};
 use crate::support::hosts::{console, domains, volumes};
+use crate::support::http_server::PythonServer;
 use crate::support::lab;
 use crate::support::objects::{
     BOOT, LABEL, apply_placed, condition, pool_manifest, ready_reason, vm_manifest, wait_vm,
@@ -12,45 +13,6 @@ use kube::Api;
 use kube::api::DeleteParams;
 use serde_json::json;
 use std::time::Duration;
-
-/// A `python3` HTTP server on a free loopback port; killed on drop.
-struct PythonServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl PythonServer {
-    /// `python3 <args> <port> <extra>` in `dir`, once it accepts connections on the port.
-    fn start(what: &str, dir: &std::path::Path, args: &[&str], extra: &[&str]) -> PythonServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = std::process::Command::new("/usr/bin/python3")
-            .args(args)
-            .arg(port.to_string())
-            .args(extra)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start the {what}: {e}"));
-        let server = PythonServer { child, port };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "{what} did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        server
-    }
-}
-
-impl Drop for PythonServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A static HTTP server on loopback (Python's http.server) for the files in a temporary
 /// directory; killed on drop (before the directory is removed).
@@ -62,13 +24,12 @@ struct HttpServer {
 impl HttpServer {
     fn start() -> HttpServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let args = ["-m", "http.server", "--bind", "127.0.0.1"];
-        let http = PythonServer::start("HTTP server", dir.path(), &args, &[]);
+        let http = PythonServer::serving(dir.path());
         HttpServer { http, dir }
     }
 
     fn url(&self, file: &str) -> String {
-        format!("http://127.0.0.1:{}/{file}", self.http.port)
+        self.http.url(file)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod dashboard;
 pub mod fake_pool;
 pub mod ha;
 pub mod hosts;
+pub mod http_server;
 pub mod lab;
 pub mod migration;
 pub mod netns;
