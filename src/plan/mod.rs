@@ -29,6 +29,7 @@ pub mod quantity;
 pub mod recovery;
 pub mod sighting;
 pub mod source_image;
+pub mod tar_member;
 pub mod uri;
 pub mod uri_policy;
 pub mod validate;
