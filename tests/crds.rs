@@ -184,6 +184,59 @@ fn disks_and_nics_need_unique_names_and_one_source() {
 }
 
 #[test]
+fn an_archive_member_is_a_safe_relative_path_with_a_format() {
+    let disk = |member: Option<&str>, format: Option<&str>| {
+        let mut http = json!({"url": "http://images.example/web.ova", "sha256": "ab".repeat(32)});
+        if let Some(m) = member {
+            http["archiveMember"] = json!(m);
+        }
+        if let Some(f) = format {
+            http["format"] = json!(f);
+        }
+        let mut v = vm();
+        v["spec"]["disks"] = json!([{"name": "root", "http": http}]);
+        errors("VirtualMachine", &v, None)
+    };
+    for good in [
+        "disk1.vmdk",
+        "./disk1.vmdk",
+        "dir/Web Appliance-disk1.vmdk",
+        "a..b.vmdk",
+    ] {
+        assert_eq!(
+            disk(Some(good), Some("vmdk")),
+            Vec::<String>::new(),
+            "{good}"
+        );
+    }
+    assert_eq!(
+        disk(None, None),
+        Vec::<String>::new(),
+        "no member, no format"
+    );
+    let e = disk(Some("disk1.vmdk"), None);
+    assert!(
+        e.iter().any(|m| m.contains("archiveMember needs format")),
+        "{e:?}"
+    );
+    for bad in [
+        "/etc/shadow",
+        "../disk.vmdk",
+        "a/../../b",
+        "x/..",
+        "a//b",
+        "dir/",
+    ] {
+        let e = disk(Some(bad), Some("vmdk"));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("archiveMember must be a relative path")),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn cloud_init_takes_each_value_inline_or_from_a_secret() {
     let mut v = vm();
     v["spec"]["cloudInit"] = json!({

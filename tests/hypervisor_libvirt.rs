@@ -1136,8 +1136,28 @@ async fn import_once(
     ferry::controller::image_import::ImportKey,
     Result<Vec<ferry::controller::image_import::ImportState>, String>,
 ) {
-    use ferry::controller::image_import::{self, ImportKey, ImportState};
+    use ferry::controller::image_import::{FailureKind, ImportKey};
     let key = ImportKey::new(uri, pool_dir, true, sha, format);
+    let outcome = import_key(&key, uri, url, format).await;
+    let outcome = outcome.map_err(|(kind, message)| {
+        assert_eq!(kind, FailureKind::Refused, "refused, not failed: {message}");
+        message
+    });
+    (key, outcome)
+}
+
+/// Imports `url` (declared `format`) as `key` into the lab's pool and waits for the end: the
+/// phases seen, or how it failed.
+async fn import_key(
+    key: &ferry::controller::image_import::ImportKey,
+    uri: &str,
+    url: &str,
+    format: ferry::api::virtual_machine::SourceFormat,
+) -> Result<
+    Vec<ferry::controller::image_import::ImportState>,
+    (ferry::controller::image_import::FailureKind, String),
+> {
+    use ferry::controller::image_import::{self, ImportState};
     let imports = image_import::Imports::default();
     let hosts = HostConnections::default();
     let source = image_import::source("lab", "lab", url);
@@ -1150,16 +1170,9 @@ async fn import_once(
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut seen = Vec::new();
     loop {
-        match imports.state(&key, &source, Instant::now()) {
-            Some(ImportState::Done) => return (key, Ok(seen)),
-            Some(ImportState::Failed { message, kind, .. }) => {
-                assert_eq!(
-                    kind,
-                    image_import::FailureKind::Refused,
-                    "refused, not failed: {message}"
-                );
-                return (key, Err(message));
-            }
+        match imports.state(key, &source, Instant::now()) {
+            Some(ImportState::Done) => return Ok(seen),
+            Some(ImportState::Failed { message, kind, .. }) => return Err((kind, message)),
             Some(s) => {
                 let phase = match s {
                     ImportState::Running { .. } => ImportState::Running {
@@ -1180,6 +1193,107 @@ async fn import_once(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A disk taken out of an OVA: the tiny guest's disk as a stream-optimized VMDK, the second
+/// member of a tar archive after an OVF descriptor, imported by its member name and checked by
+/// the whole archive's SHA-256; the converted image holds what the guest saw. A member the
+/// archive lacks, or an archive whose checksum is not the one given, leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_is_taken_out_of_an_ova() {
+    use ferry::api::virtual_machine::SourceFormat;
+    use ferry::controller::image_import::{FailureKind, ImportKey};
+    if !Lab::should_run("a_disk_is_taken_out_of_an_ova") {
+        return;
+    }
+    let lab = blocking(|| Lab::up(1)).await.expect("lab up");
+    bounded(Duration::from_secs(300), async {
+        let uri = lab.host("h1").unix_uri.clone();
+        let host = LibvirtHost::connect(&uri, opts()).await.expect("connect");
+        let pool_dir = lab.pool_dir.to_string_lossy().to_string();
+        host.ensure_pool(POOL, Some(&pool_dir)).await.expect("pool");
+        let served = tempfile::tempdir().expect("tempdir");
+        let server = PythonServer::serving(served.path());
+        let golden = lab.pool_dir.join(&lab.golden);
+        let golden = golden.to_string_lossy().to_string();
+        let work = tempfile::tempdir().expect("tempdir");
+        let vmdk = work.path().join("appliance-disk1.vmdk");
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            &golden,
+            &vmdk.to_string_lossy(),
+        ]);
+        std::fs::write(work.path().join("appliance.ovf"), "<Envelope/>").expect("ovf");
+        let ova = served.path().join("appliance.ova");
+        let tar = std::process::Command::new("tar")
+            .args(["--format=pax", "-cf"])
+            .arg(&ova)
+            .args(["appliance.ovf", "appliance-disk1.vmdk"])
+            .current_dir(work.path())
+            .status()
+            .expect("tar");
+        assert!(tar.success());
+        let sha = ferry::cloud_init::sha256_hex(&std::fs::read(&ova).expect("ova"));
+        let url = server.url("appliance.ova");
+        let key = |member: &str, sha: &str| {
+            ImportKey::new(&uri, &pool_dir, true, sha, SourceFormat::Vmdk).in_archive(Some(member))
+        };
+
+        let missing = key("appliance-disk2.vmdk", &sha);
+        let (kind, message) = import_key(&missing, &uri, &url, SourceFormat::Vmdk)
+            .await
+            .expect_err("no such member");
+        assert_eq!(kind, FailureKind::Archive, "{message}");
+        assert!(
+            message.contains("has no member \"appliance-disk2.vmdk\""),
+            "{message}"
+        );
+        let wrong = key("appliance-disk1.vmdk", &"0".repeat(64));
+        let (kind, message) = import_key(&wrong, &uri, &url, SourceFormat::Vmdk)
+            .await
+            .expect_err("wrong checksum");
+        assert_eq!(kind, FailureKind::Checksum, "{message}");
+        for k in [&missing, &wrong] {
+            for v in [Some(k.image_name()), k.download_name()]
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(
+                    host.lookup_volume(POOL, &v).await.expect("lookup"),
+                    None,
+                    "{v}"
+                );
+            }
+        }
+
+        let member = key("./appliance-disk1.vmdk", &sha);
+        import_key(&member, &uri, &url, SourceFormat::Vmdk)
+            .await
+            .unwrap_or_else(|(_, m)| panic!("imported: {m}"));
+        let image = host
+            .lookup_volume(POOL, &member.image_name())
+            .await
+            .expect("lookup")
+            .expect("the member's image");
+        assert_eq!(image.format, "qcow2");
+        qemu_img(&["compare", "-q", "-U", &golden, &image.path]);
+        assert_ne!(
+            member.image_name(),
+            ImportKey::new(&uri, &pool_dir, true, &sha, SourceFormat::Vmdk).image_name(),
+            "a member is another image than the archive"
+        );
+        for v in [member.image_name(), member.marker_name()] {
+            host.delete_volume(POOL, &v).await.expect("clean up");
+        }
+        drop(server);
+        host.close().await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -345,6 +345,7 @@ pub struct Disk {
 /// A golden image to download.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.archiveMember) || has(self.format)").message("archiveMember needs format: say which format the member is in (an OVA's disks are usually vmdk)"))]
 pub struct HttpImage {
     /// `http://` or `https://` URL of the image.
     #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://"))]
@@ -358,6 +359,47 @@ pub struct HttpImage {
     /// (a backing file, a parent, an extent, an external data file) is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<SourceFormat>,
+    /// The file at `url` is a tar archive (an OVA) and the disk is this member of it, by its
+    /// path in the archive (`disk1.vmdk`): the whole archive is downloaded and its SHA-256
+    /// checked against `sha256`, and only this member is stored. A relative path without `..`
+    /// segments; the archive must hold exactly one member of that name. `kubectl ferry
+    /// import-ova` writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)') && !self.matches('//') && !self.endsWith('/')").message("archiveMember must be a relative path without .. segments, // or a trailing /"))]
+    #[schemars(length(min = 1, max = 255))]
+    pub archive_member: Option<String>,
+}
+
+impl HttpImage {
+    /// The identity of the stored image: the checksum of the file, or for a member of an
+    /// archive the SHA-256 of the archive's checksum and the member's path (64 hex digits
+    /// either way, so that the image's volume names keep their form).
+    pub fn image_id(&self) -> String {
+        image_id(&self.sha256, self.archive_member.as_deref())
+    }
+}
+
+/// The identity of an image downloaded with checksum `sha256`, or of member `member` of that
+/// archive: see [`HttpImage::image_id`].
+pub fn image_id(sha256: &str, member: Option<&str>) -> String {
+    let sum = sha256.to_ascii_lowercase();
+    match member {
+        None => sum,
+        Some(m) => {
+            // The archive walk reads `./disk.vmdk` as `disk.vmdk`: one member, one image.
+            let m = m.trim_start_matches("./");
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(b"ferry archive member\0");
+            ctx.update(sum.as_bytes());
+            ctx.update(b"\0");
+            ctx.update(m.as_bytes());
+            ctx.finish()
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }
+    }
 }
 
 /// Format of the file to import: `qcow2` (default) or `raw`, stored as downloaded; `vmdk`,

@@ -30,7 +30,9 @@ pub fn seed_volume_name(namespace: &str, name: &str, uid: &str, digest: &str) ->
 /// shared by every VM that names that checksum. A file kept as downloaded (raw or qcow2) is
 /// `ferry-image-<sha256>.img`; one converted from a foreign format is
 /// `ferry-image-<sha256>.<format>.qcow2`, so the same bytes declared in two ways never share a
-/// volume that holds only one of them.
+/// volume that holds only one of them. For a member of a downloaded archive (an OVA), the
+/// `<sha256>` is the image's id instead ([`crate::api::virtual_machine::image_id`]), as for every
+/// `imported_*` name.
 pub fn imported_image_name(sha256: &str, format: SourceFormat) -> String {
     let sum = sha256.to_ascii_lowercase();
     if format.is_converted() {

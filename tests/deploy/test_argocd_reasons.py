@@ -79,6 +79,7 @@ def vm_rows() -> list[Row]:
         ("False", "DiskNotAllowed", "Pending", "Degraded"),
         ("False", "ImageRefused", "Pending", "Degraded"),
         ("False", "ImportRefused", "Pending", "Degraded"),
+        ("False", "ArchiveMemberRefused", "Pending", "Degraded"),
         ("False", "DiskMissing", "Failed", "Degraded"),
         ("False", "DomainConflict", "Failed", "Degraded"),
         # Failures of a placed VM.

@@ -49,7 +49,7 @@
 mod fetch;
 mod run;
 
-use crate::api::virtual_machine::SourceFormat;
+use crate::api::virtual_machine::{SourceFormat, image_id};
 use crate::hypervisor::{ConnectOptions, HostConnections, Hypervisor, HypervisorError, VolumeInfo};
 use crate::plan::import_policy::Policy;
 use crate::plan::naming;
@@ -70,6 +70,10 @@ pub enum FailureKind {
     /// The pool's import policy refused it: an address it may not reach, an image larger than
     /// the cap, an image whose header names another file.
     Refused,
+    /// The download is a tar archive (an OVA) without the member the spec names, or one ferry
+    /// refuses: two members of that name, a member named by an absolute or `..` path, a damaged
+    /// or cut short archive.
+    Archive,
     /// The network, the server or the host failed.
     Other,
 }
@@ -86,7 +90,9 @@ const RETRY_LONGEST: Duration = Duration::from_secs(300);
 pub fn retry_after(kind: FailureKind, delay: Duration) -> Duration {
     match kind {
         FailureKind::Other => delay,
-        FailureKind::Checksum | FailureKind::Refused => delay.max(RETRY_LONGEST),
+        FailureKind::Checksum | FailureKind::Refused | FailureKind::Archive => {
+            delay.max(RETRY_LONGEST)
+        }
     }
 }
 
@@ -120,13 +126,15 @@ pub enum ImportState {
 }
 
 /// One image in one storage: the directory of the storage pool, qualified with the host's URI
-/// unless every host of the pool sees the same storage; the checksum; and the foreign format the
-/// image is converted from (`None` for raw and qcow2, stored as downloaded).
+/// unless every host of the pool sees the same storage; the checksum of the download; the
+/// foreign format the image is converted from (`None` for raw and qcow2, stored as downloaded);
+/// and the member of the downloaded tar archive (an OVA) that is the image, if it is one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImportKey {
     pub storage: String,
     pub sha256: String,
     pub converted_from: Option<SourceFormat>,
+    pub member: Option<String>,
 }
 
 impl ImportKey {
@@ -142,33 +150,46 @@ impl ImportKey {
             },
             sha256: sha256.to_ascii_lowercase(),
             converted_from: format.is_converted().then_some(format),
+            member: None,
         }
+    }
+
+    /// The same import, of member `member` of the archive rather than the whole download.
+    pub fn in_archive(mut self, member: Option<&str>) -> Self {
+        self.member = member.map(str::to_string);
+        self
     }
 
     fn format(&self) -> SourceFormat {
         self.converted_from.unwrap_or(SourceFormat::Qcow2)
     }
 
+    /// What the image's volumes are named by: the checksum, or for an archive's member the
+    /// digest of the checksum and the member ([`image_id`]).
+    fn id(&self) -> String {
+        image_id(&self.sha256, self.member.as_deref())
+    }
+
     /// The image's volume.
     pub fn image_name(&self) -> String {
-        naming::imported_image_name(&self.sha256, self.format())
+        naming::imported_image_name(&self.id(), self.format())
     }
 
     /// The volume that marks the image complete.
     pub fn marker_name(&self) -> String {
-        naming::imported_marker_name(&self.sha256, self.format())
+        naming::imported_marker_name(&self.id(), self.format())
     }
 
     /// The volume the disk inside a VHDX is written into (raw) before its conversion.
     pub fn scratch_name(&self) -> Option<String> {
         (self.converted_from == Some(SourceFormat::Vhdx))
-            .then(|| naming::imported_scratch_name(&self.sha256, SourceFormat::Vhdx))
+            .then(|| naming::imported_scratch_name(&self.id(), SourceFormat::Vhdx))
     }
 
     /// The volume a file to convert is downloaded into, if the image is converted.
     pub fn download_name(&self) -> Option<String> {
         self.converted_from
-            .map(|f| naming::imported_download_name(&self.sha256, f))
+            .map(|f| naming::imported_download_name(&self.id(), f))
     }
 }
 

@@ -11,6 +11,7 @@ use crate::hypervisor::{
 };
 use crate::plan::import_policy::Policy;
 use crate::plan::source_image::{VhdxBlock, VhdxLayout};
+use crate::plan::tar_member::MemberWalk;
 use crate::plan::{image_header, source_image};
 use futures::StreamExt;
 use std::sync::{Arc, Mutex};
@@ -45,12 +46,44 @@ fn refused(message: impl Into<String>) -> Failure {
     failure(FailureKind::Refused, message)
 }
 
+/// What is wrong with the archive at `url`: `why` is a phrase after "the archive".
+fn archive_failure(url: &str, why: String) -> Failure {
+    failure(FailureKind::Archive, format!("the archive at {url} {why}"))
+}
+
 /// A chunk from the download, or its end.
 enum Piece {
     Data(Vec<u8>),
     /// Everything arrived and the checksum matched.
     Verified,
     Failed(Failure),
+}
+
+/// The image's bytes among the download's: all of them, or one member's of a tar archive (an
+/// OVA).
+struct Picker(Option<MemberWalk>);
+
+impl Picker {
+    /// Append the image's bytes of `chunk` to `out`.
+    fn pick(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        match &mut self.0 {
+            None => {
+                out.extend_from_slice(chunk);
+                Ok(())
+            }
+            Some(w) => w.feed(chunk, out),
+        }
+    }
+
+    /// Whether the image's bytes have all been picked before the download ended.
+    fn complete(&self) -> bool {
+        self.0.as_ref().is_some_and(MemberWalk::member_complete)
+    }
+
+    /// The download ended: whether the archive held the member, whole.
+    fn finish(&self) -> Result<(), String> {
+        self.0.as_ref().map_or(Ok(()), |w| w.finish().map(|_| ()))
+    }
 }
 
 /// The bytes received so far, with their hash; checked against the size cap as they come.
@@ -109,36 +142,46 @@ pub(super) async fn run(
     }
     progress(ImportState::Running { bytes: 0, total });
 
-    // The image's header is checked before anything is created on the host.
+    // The image's header is checked before anything is created on the host. For a member of an
+    // archive, the archive's other members pass by (hashed, not kept) until it comes.
     let mut stream = resp.bytes_stream();
     let mut got = Received {
         hasher: ring::digest::Context::new(&ring::digest::SHA256),
         bytes: 0,
     };
+    let member = key.member.as_deref();
+    let what = match member {
+        Some(m) => format!("member {m:?} of the archive at {url}"),
+        None => format!("the image at {url}"),
+    };
+    let archive = |why: String| archive_failure(url, why);
+    let mut picker = Picker(member.map(MemberWalk::new));
     let mut first = Vec::with_capacity(CHUNK);
     let mut ended = false;
-    while first.len() < source_image::head_bytes(req.format) {
+    while first.len() < source_image::head_bytes(req.format) && !picker.complete() {
         match stream.next().await {
             Some(Ok(c)) => {
                 got.add(&c, &policy).map_err(refused)?;
-                first.extend_from_slice(&c);
+                picker.pick(&c, &mut first).map_err(archive)?;
+                progress(ImportState::Running {
+                    bytes: got.bytes,
+                    total,
+                });
             }
             Some(Err(e)) => return Err(failed_download(&e, &refusal)),
             None => {
                 ended = true;
+                picker.finish().map_err(archive)?;
                 break;
             }
         }
     }
-    let declared = |why: String| {
-        refused(format!(
-            "the image at {url} (declared {}) {why}",
-            req.format
-        ))
-    };
-    source_image::check(req.format, &first, ended).map_err(declared)?;
+    let declared = |why: String| refused(format!("{what} (declared {}) {why}", req.format));
+    source_image::check(req.format, &first, ended || picker.complete()).map_err(declared)?;
     let vhdx = match req.format {
-        SourceFormat::Vhdx => Some(source_image::vhdx_layout(&first, ended).map_err(declared)?),
+        SourceFormat::Vhdx => {
+            Some(source_image::vhdx_layout(&first, ended || picker.complete()).map_err(declared)?)
+        }
         _ => None,
     };
     // The disk inside a VHDX is written out in full before its conversion: it counts against the
@@ -163,6 +206,11 @@ pub(super) async fn run(
         .await
         .map_err(|e| other(format!("connecting to the host for the upload: {e}")))?;
 
+    // The upload's capacity: the member's size for an archive's member, else the download's.
+    let capacity = match &picker.0 {
+        Some(w) => w.member_size().unwrap_or(0),
+        None => total.unwrap_or(0),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(QUEUE);
     let expected = key.sha256.to_ascii_lowercase();
     let url_owned = url.to_string();
@@ -196,7 +244,11 @@ pub(super) async fn run(
                             let _ = send(&tx, Piece::Failed(refused(why))).await;
                             return;
                         }
-                        buf.extend_from_slice(&c);
+                        if let Err(why) = picker.pick(&c, &mut buf) {
+                            let _ =
+                                send(&tx, Piece::Failed(archive_failure(&url_owned, why))).await;
+                            return;
+                        }
                     }
                     Some(Err(e)) => {
                         let f = other(format!(
@@ -217,7 +269,10 @@ pub(super) async fn run(
         report(got.bytes);
         let sum = hex(got.hasher.finish().as_ref());
         let last = if sum == expected {
-            Piece::Verified
+            match picker.finish() {
+                Ok(()) => Piece::Verified,
+                Err(why) => Piece::Failed(archive_failure(&url_owned, why)),
+            }
         } else {
             Piece::Failed(failure(
                 FailureKind::Checksum,
@@ -231,7 +286,7 @@ pub(super) async fn run(
     let (source, cause) = upload_source(rx);
     // A file to convert goes into a download volume first, the others into the image volume.
     let name = key.download_name().unwrap_or_else(|| key.image_name());
-    let upload = hv.upload_volume(&req.pool, &name, total.unwrap_or(0), source);
+    let upload = hv.upload_volume(&req.pool, &name, capacity, source);
     let (uploaded, ()) = futures::join!(upload, download);
     let result = match uploaded {
         Ok(vol) => match req.format.is_converted() {

@@ -216,7 +216,7 @@ pub(super) async fn collect_images(
 ) -> Result<()> {
     let others = ctx.caches.vms.state();
     let stored = |h: &HttpImage| {
-        naming::imported_image_name(&h.sha256, h.format.unwrap_or(SourceFormat::Qcow2))
+        naming::imported_image_name(&h.image_id(), h.format.unwrap_or(SourceFormat::Qcow2))
     };
     for h in vm.spec.disks.iter().filter_map(|d| d.http.as_ref()) {
         let image = stored(h);
@@ -234,7 +234,7 @@ pub(super) async fn collect_images(
             continue;
         }
         let format = h.format.unwrap_or(SourceFormat::Qcow2);
-        hv.delete_volume(pool, &naming::imported_marker_name(&h.sha256, format))
+        hv.delete_volume(pool, &naming::imported_marker_name(&h.image_id(), format))
             .await?;
         hv.delete_volume(pool, &image).await?;
         ctx.event(

@@ -32,6 +32,7 @@ local needs_person = {
   HostMisconfigured = true, CloneSourceNotFound = true, CloneSourceElsewhere = true,
   CloneSourceRunning = true, DuplicateMAC = true, HostPoolRefused = true,
   BootFileNotAllowed = true, DiskNotAllowed = true, ImageRefused = true, ImportRefused = true,
+  ArchiveMemberRefused = true,
   ReleaseNotAllowed = true,
 }
 

@@ -23,7 +23,8 @@ pub(super) async fn imported_image(
     let pool = storage.pool.as_str();
     let lost = |e: HypervisorError| host_blocked(host, e, "looking up images", None);
     let format = h.format.unwrap_or(SourceFormat::Qcow2);
-    let key = image_import::ImportKey::new(hv.uri(), dir, storage.is_shared(), &h.sha256, format);
+    let key = image_import::ImportKey::new(hv.uri(), dir, storage.is_shared(), &h.sha256, format)
+        .in_archive(h.archive_member.as_deref());
     if let Some(v) = ctx.imports.lookup(hv, pool, &key).await.map_err(lost)? {
         return Ok(v);
     }
@@ -69,6 +70,10 @@ pub(super) async fn imported_image(
                 image_import::FailureKind::Refused => (
                     import_policy::IMPORT_REFUSED,
                     "use another URL, or have a platform admin change the HostPool's spec.imports",
+                ),
+                image_import::FailureKind::Archive => (
+                    "ArchiveMemberRefused",
+                    "fix http.archiveMember, the URL or the archive",
                 ),
                 image_import::FailureKind::Other => ("ImportFailed", "fix the URL or the server"),
             };
