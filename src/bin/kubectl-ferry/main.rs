@@ -10,6 +10,8 @@ mod console;
 mod fixtures;
 mod migrate;
 mod output;
+mod ova;
+mod ovf;
 mod proxy;
 mod recommend;
 mod release;
@@ -29,7 +31,8 @@ use std::process::ExitCode;
 const FIELD_MANAGER: &str = "kubectl-ferry";
 
 /// Manage ferry virtual machines: start, stop, restart, pause, unpause, migrate (and cancel),
-/// console, status, hosts, release, and a pool's balancing recommendations.
+/// console, status, hosts, release, a pool's balancing recommendations, and VirtualMachines
+/// for OVA appliances (import-ova).
 ///
 /// Start and stop do not fight GitOps: for a VM with runStrategy Manual they set the
 /// ferry.dev/power annotation, which Argo CD and Flux leave alone when it is not in Git; for other
@@ -149,6 +152,14 @@ enum Command {
         #[arg(value_enum)]
         action: Option<RecommendationAction>,
     },
+    /// Print the VirtualMachine (YAML) that runs an OVA appliance: its vCPUs, memory, disks
+    /// (imported from the OVA by the controller) and network adapters (mapped with --network).
+    ///
+    /// The OVA is read once (a FILE, or downloaded from a URL) for its SHA-256 and its OVF
+    /// descriptor; a manifest (.mf) in it is checked. What ferry does not carry over is listed in
+    /// comments at the top. Guest drivers are not changed (virt-v2v is not used). Nothing is
+    /// sent to the cluster: pipe the output to `kubectl apply -f -`.
+    ImportOva(ImportOvaArgs),
     /// Show the hosts of one or all HostPools: state, libvirt version, VMs per host.
     Hosts {
         /// HostPool name; default: every HostPool in the namespace.
@@ -167,6 +178,39 @@ enum Command {
 enum RecommendationAction {
     /// Create the VirtualMachineMigrations for the current recommendations.
     Apply,
+}
+
+/// The arguments of `import-ova`.
+#[derive(clap::Args, Debug)]
+struct ImportOvaArgs {
+    /// The OVA: a file, or an http:// or https:// URL the controller can download too.
+    source: String,
+    /// For a FILE: the URL where that same file is served to the controller.
+    #[arg(long)]
+    url: Option<String>,
+    /// Name of the VirtualMachine; default: the virtual system's name, made a DNS label.
+    #[arg(long)]
+    name: Option<String>,
+    /// HostPool that runs the VM.
+    #[arg(long)]
+    host_pool: String,
+    /// Connect the appliance's OVF network OVFNAME to the pool's libvirt network NETWORK, or
+    /// to the bridge BRIDGE with `OVFNAME=bridge:BRIDGE`. Every network the appliance's
+    /// adapters use must be mapped. Repeat for several.
+    #[arg(long = "network", value_name = "OVFNAME=NETWORK")]
+    networks: Vec<String>,
+    /// Attach every disk on this bus instead of the one nearest to the appliance's controller
+    /// (IDE and SATA: sata, SCSI: scsi, otherwise virtio).
+    #[arg(long, value_enum)]
+    disk_bus: Option<BusArg>,
+}
+
+/// A disk bus on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BusArg {
+    Virtio,
+    Sata,
+    Scsi,
 }
 
 #[derive(clap::Args, Debug)]
@@ -245,7 +289,106 @@ async fn apply_plan(api: &Api<VirtualMachine>, name: &str, plan: Plan) -> Result
     Ok(())
 }
 
+/// `import-ova`: read the OVA once, print the VirtualMachine.
+async fn import_ova(a: &ImportOvaArgs, namespace: Option<String>) -> Result<(), String> {
+    use futures::StreamExt;
+    use std::io::Read;
+    let is_url = a.source.starts_with("http://") || a.source.starts_with("https://");
+    let url = match (is_url, &a.url) {
+        (true, None) => a.source.clone(),
+        (true, Some(_)) => {
+            return Err("--url is for a FILE; for a URL the manifest names that URL".into());
+        }
+        (false, Some(u)) => u.clone(),
+        (false, None) => {
+            return Err(format!(
+                "{} is a file: give --url, where the controller downloads that same file",
+                a.source
+            ));
+        }
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("--url {url:?} is not an http:// or https:// URL"));
+    }
+    let mut networks = std::collections::BTreeMap::new();
+    for m in &a.networks {
+        let (from, to) = ovf::network_mapping(m)?;
+        if networks.insert(from.clone(), to).is_some() {
+            return Err(format!("--network maps {from:?} twice"));
+        }
+    }
+    let mut reader = ova::Reader::default();
+    if is_url {
+        ferry::telemetry::install_tls_provider();
+        let resp = reqwest::get(&a.source)
+            .await
+            .map_err(|e| format!("downloading {}: {e}", a.source))?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "downloading {}: the server answered {}",
+                a.source,
+                resp.status()
+            ));
+        }
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("downloading {}: {e}", a.source))?;
+            reader.feed(&chunk)?;
+        }
+    } else {
+        let mut file =
+            std::fs::File::open(&a.source).map_err(|e| format!("opening {}: {e}", a.source))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| format!("reading {}: {e}", a.source))?;
+            if n == 0 {
+                break;
+            }
+            reader.feed(&buf[..n])?;
+        }
+    }
+    let archive = reader.finish()?;
+    let checked = archive.check_manifest()?;
+    let opts = ovf::Options {
+        name: a.name.clone(),
+        namespace,
+        host_pool: a.host_pool.clone(),
+        url,
+        sha256: archive.sha256.clone(),
+        networks,
+        disk_bus: a.disk_bus.map(|b| match b {
+            BusArg::Virtio => ferry::api::virtual_machine::DiskBus::Virtio,
+            BusArg::Sata => ferry::api::virtual_machine::DiskBus::Sata,
+            BusArg::Scsi => ferry::api::virtual_machine::DiskBus::Scsi,
+        }),
+    };
+    let mapped = ovf::map(&archive.ovf, &opts)
+        .map_err(|e| format!("{} in {}: {e}", archive.ovf_name, a.source))?;
+    print!("{}", ovf::render(&mapped, &a.source)?);
+    match &archive.manifest {
+        Some((mf, _)) => eprintln!(
+            "{}: sha256 {}; manifest {mf} checked ({} files)",
+            a.source,
+            archive.sha256,
+            checked.len()
+        ),
+        None => eprintln!("{}: sha256 {}; no manifest", a.source, archive.sha256),
+    }
+    if !mapped.not_carried.is_empty() {
+        eprintln!(
+            "{} item(s) of the appliance not carried over: see the comments at the top",
+            mapped.not_carried.len()
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
+    if let Command::ImportOva(a) = &cli.command {
+        return import_ova(a, cli.namespace.clone()).await;
+    }
     let (client, ns) = client(&cli).await?;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
     match &cli.command {
@@ -404,6 +547,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::ImportOva(a) => import_ova(a, Some(ns)).await,
         Command::Hosts {
             pool,
             all_namespaces,
