@@ -333,9 +333,66 @@ fn http_vm_as(
     m
 }
 
+/// An OVA in `dir` (`tiny.ova`) as VMware exports one: an OVF descriptor (one vCPU, 128 MiB,
+/// `vmdk` as its disk on a SCSI controller, a VMXNET3 adapter on "VM Network", a CD-ROM), the
+/// disk, and a manifest of both, in a ustar archive.
+fn build_ova(vmdk: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
+    let work = tempfile::tempdir().expect("tempdir");
+    let disk = std::fs::read(vmdk).expect("vmdk");
+    let ovf = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
+  <References><File ovf:href="tiny-disk1.vmdk" ovf:id="file1" ovf:size="{}"/></References>
+  <DiskSection><Info>disks</Info>
+    <Disk ovf:capacity="64" ovf:capacityAllocationUnits="byte * 2^20" ovf:diskId="vmdisk1" ovf:fileRef="file1" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
+  </DiskSection>
+  <NetworkSection><Info>networks</Info><Network ovf:name="VM Network"/></NetworkSection>
+  <VirtualSystem ovf:id="tiny">
+    <Info>the tiny guest</Info><Name>tiny</Name>
+    <VirtualHardwareSection><Info>hardware</Info>
+      <Item><rasd:ElementName>1 virtual CPU</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:ElementName>128MB of memory</rasd:ElementName><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>128</rasd:VirtualQuantity></Item>
+      <Item><rasd:ElementName>SCSI controller 0</rasd:ElementName><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceSubType>lsilogic</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
+      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:ElementName>Hard disk 1</rasd:ElementName><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
+      <Item><rasd:Connection>VM Network</rasd:Connection><rasd:ElementName>Network adapter 1</rasd:ElementName><rasd:InstanceID>5</rasd:InstanceID><rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType></Item>
+      <Item ovf:required="false"><rasd:ElementName>CD-ROM 1</rasd:ElementName><rasd:InstanceID>6</rasd:InstanceID><rasd:ResourceType>15</rasd:ResourceType></Item>
+    </VirtualHardwareSection>
+  </VirtualSystem>
+</Envelope>
+"#,
+        disk.len()
+    );
+    let mf = format!(
+        "SHA256(tiny.ovf)= {}\nSHA256(tiny-disk1.vmdk)= {}\n",
+        ferry::cloud_init::sha256_hex(ovf.as_bytes()),
+        ferry::cloud_init::sha256_hex(&disk)
+    );
+    std::fs::write(work.path().join("tiny.ovf"), &ovf).expect("ovf");
+    std::fs::write(work.path().join("tiny-disk1.vmdk"), &disk).expect("disk");
+    std::fs::write(work.path().join("tiny.mf"), &mf).expect("mf");
+    let ova = dir.join("tiny.ova");
+    let out = std::process::Command::new("tar")
+        .arg("--format=ustar")
+        .arg("-cf")
+        .arg(&ova)
+        .args(["tiny.ovf", "tiny-disk1.vmdk", "tiny.mf"])
+        .current_dir(work.path())
+        .output()
+        .expect("tar");
+    assert!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ova
+}
+
 /// Images from other hypervisors: the tiny guest's disk as a VMDK (stream-optimized, as VMware
-/// exports it) and as a VHDX is downloaded, converted to qcow2 on the host, and boots; the conversion is
-/// reported in status. A VMDK that names a host file (the lab's canary) is refused with
+/// exports it), in an OVA (turned into a VirtualMachine by `kubectl ferry import-ova`, its disk
+/// taken out of the archive by the controller) and as a VHDX is downloaded, converted to qcow2
+/// on the host, and boots (the plain VMDK is converted, not booted: the OVA boots the same
+/// disk); the conversion is reported in status. An OVA member that is missing is refused with
+/// `ArchiveMemberRefused`. A VMDK that names a host file (the lab's canary) is refused with
 /// `ImportRefused` and nothing is converted or kept; a format the CRD does not know is rejected
 /// by the API server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +473,8 @@ async fn foreign_images_are_converted_and_boot() {
         .expect("delete");
     c.wait_vm_gone("evil", Duration::from_secs(60)).await;
 
-    // The tiny guest's disk as VMDK: converted, and the guest boots from it.
+    // The tiny guest's disk as VMDK (stream-optimized, as VMware exports it): converted (the
+    // VM is defined, not booted: the same disk boots from the OVA below).
     let vmdk = converted(
         &lab,
         "vmdk",
@@ -424,22 +482,13 @@ async fn foreign_images_are_converted_and_boot() {
         &server.dir.path().join("tiny.vmdk"),
     );
     let sha = ferry::cloud_init::sha256_hex(&vmdk);
-    c.apply::<VirtualMachine>(http_vm_as(
-        "fromvmdk",
-        &lab,
-        &server.url("tiny.vmdk"),
-        &sha,
-        "vmdk",
-    ))
-    .await;
-    let vm = wait_vm(&c, "fromvmdk", "Ready", BOOT, |vm| {
-        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    let mut m = http_vm_as("fromvmdk", &lab, &server.url("tiny.vmdk"), &sha, "vmdk");
+    m["spec"]["runStrategy"] = json!("Halted");
+    c.apply::<VirtualMachine>(m).await;
+    wait_vm(&c, "fromvmdk", "Stopped", BOOT, |vm| {
+        vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Stopped)
     })
     .await;
-    assert!(vm.status.is_some());
-    let log = console(&lab, &ns, "fromvmdk");
-    lab::wait_for_console(&log, "FERRY-DISK FERRY-GOLDEN tiny v1", BOOT)
-        .expect("the guest boots from the converted image");
     assert_eq!(
         image_volumes(&lab),
         [
@@ -462,6 +511,110 @@ async fn foreign_images_are_converted_and_boot() {
         .await
         .expect("delete");
     c.wait_vm_gone("fromvmdk", Duration::from_secs(90)).await;
+    assert!(
+        image_volumes(&lab).is_empty(),
+        "removed with the last VM: {:?}",
+        image_volumes(&lab)
+    );
+
+    // The same VMDK in an OVA with an OVF descriptor and a manifest: `kubectl ferry import-ova`
+    // prints the VirtualMachine, whose disk the controller takes out of the OVA; it boots.
+    let ova = build_ova(&server.dir.path().join("tiny.vmdk"), server.dir.path());
+    let ova_path = ova.to_string_lossy().to_string();
+    let ova_url = server.url("tiny.ova");
+    let (ok, out) = c.plugin(&[
+        "import-ova",
+        &ova_path,
+        "--url",
+        &ova_url,
+        "--host-pool",
+        "lab",
+        "--name",
+        "fromova",
+    ]);
+    assert!(!ok, "an unmapped network is an error");
+    assert!(
+        out.contains("OVF network \"VM Network\", which no --network maps"),
+        "{out}"
+    );
+    let (ok, out) = c.plugin(&[
+        "import-ova",
+        &ova_path,
+        "--url",
+        &ova_url,
+        "--host-pool",
+        "lab",
+        "--name",
+        "fromova",
+        "--network",
+        "VM Network=bridge:gbr0",
+        "--disk-bus",
+        "virtio",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("manifest tiny.mf checked (2 files)"), "{out}");
+    assert!(out.contains("CD/DVD drive \"CD-ROM 1\""), "{out}");
+    let yaml = out.split("manifest tiny.mf").next().unwrap_or_default();
+    let yaml = &yaml[..yaml.rfind('\n').unwrap_or(0)];
+    let mut m: serde_json::Value = serde_yaml::from_str(yaml).expect("the plugin prints YAML");
+    let ova_sha = ferry::cloud_init::sha256_hex(&std::fs::read(&ova).expect("ova"));
+    assert_eq!(
+        m["spec"]["disks"],
+        json!([{"name": "disk0", "http": {"url": ova_url, "sha256": ova_sha, "format": "vmdk",
+                                          "archiveMember": "tiny-disk1.vmdk"}}])
+    );
+    assert_eq!(
+        m["spec"]["networks"],
+        json!([{"name": "eth0", "bridge": "gbr0"}])
+    );
+    assert_eq!(m["metadata"]["namespace"], json!(ns));
+    // The tiny guest boots its kernel directly (an appliance boots from its disk).
+    m["spec"]["boot"] = vm_manifest("x", "lab", &lab, "Always")["spec"]["boot"].clone();
+    m["spec"]["terminationGracePeriodSeconds"] = json!(20);
+    c.apply::<VirtualMachine>(m).await;
+    wait_vm(&c, "fromova", "Ready", BOOT, |vm| {
+        ready_reason(vm) == Some(("True".into(), "Running".into()))
+    })
+    .await;
+    let log = console(&lab, &ns, "fromova");
+    lab::wait_for_console(&log, "FERRY-DISK FERRY-GOLDEN tiny v1", BOOT)
+        .expect("the guest boots from the disk taken out of the OVA");
+    let id = ferry::api::virtual_machine::image_id(&ova_sha, Some("tiny-disk1.vmdk"));
+    assert_eq!(
+        image_volumes(&lab),
+        [
+            format!("ferry-image-{id}.vmdk.qcow2"),
+            format!("ferry-image-{id}.vmdk.verified")
+        ],
+        "the member's converted image and its marker, no download left"
+    );
+    // A member the OVA does not hold: a clear condition, nothing kept.
+    let mut m = http_vm_as("nomember", &lab, &ova_url, &ova_sha, "vmdk");
+    m["spec"]["disks"][0]["http"]["archiveMember"] = json!("tiny-disk2.vmdk");
+    c.apply::<VirtualMachine>(m).await;
+    let vm = wait_vm(
+        &c,
+        "nomember",
+        "ArchiveMemberRefused",
+        Duration::from_secs(120),
+        |vm| ready_reason(vm).is_some_and(|(_, r)| r == "ArchiveMemberRefused"),
+    )
+    .await;
+    let msg = condition(&vm, "Ready")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("has no member \"tiny-disk2.vmdk\"") && msg.contains("\"tiny-disk1.vmdk\""),
+        "{msg}"
+    );
+    assert_eq!(image_volumes(&lab).len(), 2, "only the first VM's image");
+    for name in ["nomember", "fromova"] {
+        c.vms()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        c.wait_vm_gone(name, Duration::from_secs(90)).await;
+    }
     assert!(
         image_volumes(&lab).is_empty(),
         "removed with the last VM: {:?}",
