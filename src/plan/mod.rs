@@ -34,3 +34,4 @@ pub mod uri;
 pub mod uri_policy;
 pub mod validate;
 pub mod volume_access;
+pub mod xml_tree;

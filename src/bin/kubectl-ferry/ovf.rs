@@ -14,107 +14,12 @@ use ferry::api::VirtualMachine;
 use ferry::api::virtual_machine::{
     CpuSpec, Disk, DiskBus, HttpImage, Nic, NicModel, SourceFormat, VirtualMachineSpec,
 };
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::reader::Reader;
+use ferry::plan::xml_tree::{self, Element as Node};
 use std::collections::BTreeMap;
-
-/// An element with its attributes (local names), text and children.
-#[derive(Debug, Default)]
-struct Node {
-    name: String,
-    attrs: Vec<(String, String)>,
-    text: String,
-    children: Vec<Node>,
-}
-
-impl Node {
-    fn attr(&self, key: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-    fn child(&self, name: &str) -> Option<&Node> {
-        self.children.iter().find(|c| c.name == name)
-    }
-    fn children<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
-        self.children.iter().filter(move |c| c.name == name)
-    }
-    fn text_of(&self, name: &str) -> Option<String> {
-        self.child(name)
-            .map(|c| c.text.trim().to_string())
-            .filter(|t| !t.is_empty())
-    }
-}
-
-fn open(e: &BytesStart) -> Result<Node, String> {
-    let mut node = Node {
-        name: String::from_utf8_lossy(e.local_name().as_ref()).into_owned(),
-        ..Node::default()
-    };
-    for a in e.attributes() {
-        let a = a.map_err(|e| format!("the OVF descriptor is not well-formed XML: {e}"))?;
-        let value = a
-            .unescape_value()
-            .map_err(|e| format!("the OVF descriptor is not well-formed XML: {e}"))?;
-        node.attrs.push((
-            String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned(),
-            value.into_owned(),
-        ));
-    }
-    Ok(node)
-}
 
 /// The document's root element as a tree.
 fn parse_tree(xml: &str) -> Result<Node, String> {
-    let bad = |e: &dyn std::fmt::Display| format!("the OVF descriptor is not well-formed XML: {e}");
-    let mut reader = Reader::from_str(xml);
-    let mut stack: Vec<Node> = Vec::new();
-    loop {
-        match reader.read_event().map_err(|e| bad(&e))? {
-            Event::Start(e) => stack.push(open(&e)?),
-            Event::Empty(e) => {
-                let node = open(&e)?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(node),
-                    None => return Ok(node),
-                }
-            }
-            Event::Text(t) => {
-                if let Some(n) = stack.last_mut() {
-                    n.text.push_str(&t.xml10_content().map_err(|e| bad(&e))?);
-                }
-            }
-            Event::CData(t) => {
-                if let Some(n) = stack.last_mut() {
-                    n.text.push_str(&t.decode().map_err(|e| bad(&e))?);
-                }
-            }
-            Event::GeneralRef(r) => {
-                let c = match r.resolve_char_ref().map_err(|e| bad(&e))? {
-                    Some(c) => c.to_string(),
-                    None => {
-                        let name = r.decode().map_err(|e| bad(&e))?;
-                        quick_xml::escape::resolve_predefined_entity(&name)
-                            .ok_or_else(|| bad(&format!("unknown entity &{name};")))?
-                            .to_string()
-                    }
-                };
-                if let Some(n) = stack.last_mut() {
-                    n.text.push_str(&c);
-                }
-            }
-            Event::End(_) => {
-                let node = stack.pop().ok_or_else(|| bad(&"an unopened element"))?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(node),
-                    None => return Ok(node),
-                }
-            }
-            Event::Eof => return Err(bad(&"it ends before its root element does")),
-            _ => {}
-        }
-    }
+    xml_tree::parse(xml).map_err(|e| format!("the OVF descriptor is not well-formed XML: {e}"))
 }
 
 /// Where an OVF network is connected in the pool.

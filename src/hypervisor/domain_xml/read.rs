@@ -1,103 +1,8 @@
 //! Reading any domain's XML (as libvirt returns it) into a [`DomainDescription`]: what adoption
 //! needs to know about a domain ferry did not define.
 
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::reader::Reader;
-
 use crate::plan::domain::{Backing, DescribedDisk, DescribedNic, DomainDescription};
-
-/// An element with its attributes, text and children (local names; domain XML has no
-/// namespaces outside `<metadata>`, which is skipped).
-#[derive(Debug, Default)]
-struct Node {
-    name: String,
-    attrs: Vec<(String, String)>,
-    text: String,
-    children: Vec<Node>,
-}
-
-impl Node {
-    fn attr(&self, key: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-    fn child(&self, name: &str) -> Option<&Node> {
-        self.children.iter().find(|c| c.name == name)
-    }
-    fn children<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
-        self.children.iter().filter(move |c| c.name == name)
-    }
-    fn text_of(&self, name: &str) -> Option<String> {
-        self.child(name)
-            .map(|c| c.text.trim().to_string())
-            .filter(|t| !t.is_empty())
-    }
-}
-
-fn open(e: &BytesStart) -> Option<Node> {
-    let mut node = Node {
-        name: String::from_utf8_lossy(e.local_name().as_ref()).into_owned(),
-        ..Node::default()
-    };
-    for a in e.attributes() {
-        let a = a.ok()?;
-        node.attrs.push((
-            String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned(),
-            a.unescape_value().ok()?.into_owned(),
-        ));
-    }
-    Some(node)
-}
-
-/// The document's root element as a tree; `None` for anything that is not well-formed XML.
-fn parse_tree(xml: &str) -> Option<Node> {
-    let mut reader = Reader::from_str(xml);
-    let mut stack: Vec<Node> = Vec::new();
-    loop {
-        match reader.read_event().ok()? {
-            Event::Start(e) => stack.push(open(&e)?),
-            Event::Empty(e) => {
-                let node = open(&e)?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(node),
-                    None => return Some(node),
-                }
-            }
-            Event::Text(t) => {
-                if let Some(n) = stack.last_mut() {
-                    n.text.push_str(&t.xml10_content().ok()?);
-                }
-            }
-            Event::CData(t) => {
-                if let Some(n) = stack.last_mut() {
-                    n.text.push_str(&t.decode().ok()?);
-                }
-            }
-            Event::GeneralRef(r) => {
-                let c = match r.resolve_char_ref().ok()? {
-                    Some(c) => c.to_string(),
-                    None => {
-                        quick_xml::escape::resolve_predefined_entity(&r.decode().ok()?)?.to_string()
-                    }
-                };
-                if let Some(n) = stack.last_mut() {
-                    n.text.push_str(&c);
-                }
-            }
-            Event::End(_) => {
-                let node = stack.pop()?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(node),
-                    None => return Some(node),
-                }
-            }
-            Event::Eof => return None,
-            _ => {}
-        }
-    }
-}
+use crate::plan::xml_tree::{self, Element as Node};
 
 fn kib(node: Option<&Node>) -> u64 {
     let Some(n) = node else { return 0 };
@@ -206,7 +111,7 @@ const PASSTHROUGH_DEVICES: &[&str] = &[
 /// Reads a domain's XML as libvirt returns it (live or inactive), or says why it is not domain
 /// XML.
 pub fn describe(xml: &str) -> Result<DomainDescription, String> {
-    let root = parse_tree(xml).ok_or("not well-formed XML")?;
+    let root = xml_tree::parse(xml).map_err(|e| format!("not well-formed XML: {e}"))?;
     if root.name != "domain" {
         return Err(format!("the root element is <{}>, not <domain>", root.name));
     }
