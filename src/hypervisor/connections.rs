@@ -15,6 +15,10 @@
 //! its next periodic probe. A handle ferry closed itself is replaced at once;
 //! [`HostConnections::invalidate`] does the same on request.
 //!
+//! A connection opened to a host that had one before (lost, closed, or attempts that failed) is
+//! announced on [`HostConnections::reconnected`]: the host's domain events between the two
+//! connections were not heard, so whatever depends on them (the VM controller) looks again.
+//!
 //! Every libvirt connection ferry opens comes from the registry's [`Connector`]: the shared ones
 //! from [`HostConnections::get`], connections of their own (a migration, a volume copy, an image
 //! upload) from [`HostConnections::dedicated`]. A test can therefore stand in for every host with
@@ -73,6 +77,7 @@ struct Inner {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     lost: tokio::sync::broadcast::Sender<String>,
     domains: tokio::sync::broadcast::Sender<String>,
+    reconnected: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Capacity of the lost-connection channel; a receiver that falls further behind skips ahead.
@@ -80,6 +85,8 @@ const LOST_CHANNEL: usize = 256;
 /// Capacity of the domain-event channel (a receiver that falls behind skips ahead: the periodic
 /// resync covers what it missed).
 const DOMAIN_CHANNEL: usize = 4096;
+/// Capacity of the reconnection channel; a receiver that falls further behind skips ahead.
+const RECONNECTED_CHANNEL: usize = 256;
 
 /// The observer handed to each connection: forwards calls to the caller's observer and
 /// announces lost connections on the registry's channel.
@@ -124,6 +131,8 @@ struct Entry {
 struct EntryState {
     conn: Option<Arc<dyn Hypervisor>>,
     failure: Option<Failure>,
+    /// A connection to this host was open before (events may have been missed since).
+    connected_before: bool,
 }
 
 /// The last failed attempt and when the next one may be made.
@@ -174,6 +183,7 @@ impl HostConnections {
                 entries: Mutex::new(HashMap::new()),
                 lost: tokio::sync::broadcast::channel(LOST_CHANNEL).0,
                 domains: tokio::sync::broadcast::channel(DOMAIN_CHANNEL).0,
+                reconnected: tokio::sync::broadcast::channel(RECONNECTED_CHANNEL).0,
             }),
         }
     }
@@ -192,6 +202,7 @@ impl HostConnections {
                 entries: Mutex::new(HashMap::new()),
                 lost: tokio::sync::broadcast::channel(LOST_CHANNEL).0,
                 domains: tokio::sync::broadcast::channel(DOMAIN_CHANNEL).0,
+                reconnected: tokio::sync::broadcast::channel(RECONNECTED_CHANNEL).0,
             }),
         }
     }
@@ -228,6 +239,7 @@ impl HostConnections {
                 entries: Mutex::new(entries),
                 lost: self.inner.lost.clone(),
                 domains: self.inner.domains.clone(),
+                reconnected: self.inner.reconnected.clone(),
             }),
         }
     }
@@ -278,8 +290,15 @@ impl HostConnections {
         match self.inner.connector.connect(uri, &opts).await {
             Ok(conn) => {
                 let conn = Gated::wrap(conn, &self.inner.gate);
+                let again = state.connected_before || state.failure.is_some();
                 state.failure = None;
+                state.connected_before = true;
                 state.conn = Some(conn.clone());
+                if again {
+                    tracing::info!(uri, "libvirt connection re-established");
+                    // No receiver is not an error: nobody is listening.
+                    let _ = self.inner.reconnected.send(uri.to_string());
+                }
                 Ok(conn)
             }
             Err(error) => {
@@ -312,6 +331,13 @@ impl HostConnections {
     /// as libvirt reports them.
     pub fn domain_events(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.inner.domains.subscribe()
+    }
+
+    /// URIs of hosts to which a shared connection was opened again after an earlier one (lost,
+    /// closed) or after failed attempts: the domain events of the time between were not heard.
+    /// The first connection to a host is not announced.
+    pub fn reconnected(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.reconnected.subscribe()
     }
 
     /// Remember a failed attempt (or a lost connection) and when to try again.

@@ -328,6 +328,46 @@ async fn a_partition_loses_connections_and_refuses_new_ones() {
 }
 
 #[tokio::test]
+async fn a_connection_opened_again_is_announced_the_first_is_not() {
+    let fakes = FakeConnector::new();
+    let h1 = fakes.add_host("qemu+tcp://h1/system");
+    let h2 = fakes.add_host("qemu+tcp://h2/system");
+    let hosts = fakes
+        .registry()
+        .with_backoff(Duration::ZERO, Duration::ZERO);
+    let mut again = hosts.reconnected();
+    let opts = ConnectOptions::default();
+    hosts.get(h1.uri(), &opts).await.unwrap();
+    hosts.get(h1.uri(), &opts).await.unwrap();
+    assert!(again.try_recv().is_err(), "a first connection is not news");
+
+    // Lost, then opened again: announced once.
+    h1.set_reachable(false);
+    assert!(hosts.get(h1.uri(), &opts).await.is_err());
+    assert!(hosts.get(h1.uri(), &opts).await.is_err());
+    h1.set_reachable(true);
+    hosts.get(h1.uri(), &opts).await.unwrap();
+    hosts.get(h1.uri(), &opts).await.unwrap();
+    assert_eq!(again.try_recv().unwrap(), h1.uri());
+    assert!(
+        again.try_recv().is_err(),
+        "one announcement per new connection"
+    );
+
+    // Closed by ferry and opened again: its events were not heard either.
+    hosts.invalidate(h1.uri()).await;
+    hosts.get(h1.uri(), &opts).await.unwrap();
+    assert_eq!(again.try_recv().unwrap(), h1.uri());
+
+    // A host never reached until now: its first connection follows failed attempts.
+    h2.set_reachable(false);
+    assert!(hosts.get(h2.uri(), &opts).await.is_err());
+    h2.set_reachable(true);
+    hosts.get(h2.uri(), &opts).await.unwrap();
+    assert_eq!(again.try_recv().unwrap(), h2.uri());
+}
+
+#[tokio::test]
 async fn dedicated_connections_come_from_the_same_connector() {
     let fakes = FakeConnector::new();
     let h1 = fakes.add_host("qemu+tcp://h1/system");
