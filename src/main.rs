@@ -121,6 +121,12 @@ struct ControllerArgs {
         value_delimiter = ','
     )]
     cluster_cidrs: Vec<String>,
+    /// Seconds after which a VirtualMachine in a steady state (running or stopped as asked) is
+    /// looked at again when nothing woke it earlier; each wait is jittered by ±15 %. Domain
+    /// lifecycle events, watches and reconnections to a host are how changes are noticed; this
+    /// only covers what they could miss.
+    #[arg(long, env = "FERRY_SAFETY_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    safety_resync_seconds: u64,
     /// Image imports that run at once; more wait their turn.
     #[arg(long, env = "FERRY_MAX_CONCURRENT_IMPORTS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     max_concurrent_imports: u16,
@@ -380,6 +386,7 @@ async fn controller(args: ControllerArgs) -> Result<(), String> {
         vm_concurrency: args.vm_concurrency,
         uri_limits,
         imports,
+        safety_resync: std::time::Duration::from_secs(args.safety_resync_seconds),
     };
     run::run(
         client,

@@ -2,7 +2,7 @@
 //! reached, and what its Node says about it. Shared by the controllers, so that none imports
 //! another.
 
-use crate::api::HostPool;
+use crate::api::{HostPool, VirtualMachine};
 use crate::plan::{pool_check, uri, uri_policy};
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
@@ -109,6 +109,44 @@ pub fn pools_reaching(pools: &[Arc<HostPool>], uri: &str) -> Vec<ObjectRef<HostP
         .collect()
 }
 
+/// The VirtualMachines placed on a host reached at `uri` (compared as in [`pools_reaching`]):
+/// those whose `status.host` is a host of their pool that the pool's status shows at `uri`. The
+/// VMs to look at again when the host's connection is re-established (its domain events of the
+/// time between were not heard).
+pub fn vms_on_host(
+    pools: &[Arc<HostPool>],
+    vms: &[Arc<VirtualMachine>],
+    uri: &str,
+) -> Vec<ObjectRef<VirtualMachine>> {
+    let shown = redact(uri);
+    // (namespace, pool, host) of every host shown at `uri`.
+    let at: Vec<(String, String, &str)> = pools
+        .iter()
+        .flat_map(|p| {
+            let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+            p.status
+                .iter()
+                .flat_map(|s| s.hosts.iter())
+                .filter(|h| h.uri.as_deref() == Some(&shown))
+                .map(move |h| (ns.clone(), name.clone(), h.name.as_str()))
+        })
+        .collect();
+    if at.is_empty() {
+        return Vec::new();
+    }
+    vms.iter()
+        .filter(|vm| {
+            let Some(host) = vm.status.as_ref().and_then(|s| s.host.as_deref()) else {
+                return false;
+            };
+            let ns = vm.namespace().unwrap_or_default();
+            at.iter()
+                .any(|(n, p, h)| *n == ns && *p == vm.spec.host_pool && *h == host)
+        })
+        .map(|vm| ObjectRef::from_obj(vm.as_ref()))
+        .collect()
+}
+
 /// Drop user info and query parameters (they may name key files) from a URI shown in status.
 pub fn redact(uri: &str) -> String {
     let no_query = uri.split('?').next().unwrap_or(uri);
@@ -166,6 +204,70 @@ mod tests {
         assert_eq!(names("qemu+tls://10.0.0.1/system?pkipath=/x"), vec!["a"]);
         assert_eq!(names("qemu+tls://10.0.0.2/system"), vec!["a", "b"]);
         assert!(names("qemu+tls://10.0.0.9/system").is_empty());
+    }
+
+    #[test]
+    fn a_reconnection_wakes_the_vms_placed_on_that_host() {
+        let pool = |ns: &str, name: &str, hosts: &[(&str, &str)]| {
+            let mut p = HostPool::new(
+                name,
+                serde_json::from_value(serde_json::json!({
+                    "nodeSelector": {"matchLabels": {"a": "b"}},
+                    "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
+                    "storage": {"pool": "p"}
+                }))
+                .expect("spec"),
+            );
+            p.metadata.namespace = Some(ns.into());
+            let mut st = crate::api::HostPoolStatus::default();
+            for (host, uri) in hosts {
+                let mut h = HostStatus::new(host.to_string(), HostState::Ready);
+                h.uri = Some(uri.to_string());
+                st.hosts.push(h);
+            }
+            p.status = Some(st);
+            Arc::new(p)
+        };
+        let vm = |ns: &str, name: &str, pool: &str, host: Option<&str>| {
+            let mut v: VirtualMachine = serde_json::from_value(serde_json::json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"hostPool": pool, "cpu": {"cores": 1}, "memory": "256Mi",
+                         "disks": [{"name": "root", "image": "tiny.qcow2"}]}
+            }))
+            .expect("vm");
+            v.status = Some(crate::api::VirtualMachineStatus {
+                host: host.map(String::from),
+                ..Default::default()
+            });
+            Arc::new(v)
+        };
+        let (u1, u2) = ("qemu+tls://10.0.0.1/system", "qemu+tls://10.0.0.2/system");
+        let pools = [
+            pool("a", "lab", &[("h1", u1), ("h2", u2)]),
+            // The same machine seen from another namespace's pool, under another Node name.
+            pool("b", "lab", &[("n1", u1)]),
+        ];
+        let vms = [
+            vm("a", "on-h1", "lab", Some("h1")),
+            vm("a", "on-h2", "lab", Some("h2")),
+            vm("a", "not-placed", "lab", None),
+            vm("a", "other-pool", "other", Some("h1")),
+            vm("b", "on-n1", "lab", Some("n1")),
+            vm("b", "h1-elsewhere", "lab", Some("h1")),
+        ];
+        let woken = |uri: &str| -> Vec<String> {
+            vms_on_host(&pools, &vms, uri)
+                .into_iter()
+                .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+                .collect()
+        };
+        assert_eq!(
+            woken("qemu+tls://10.0.0.1/system?pkipath=/x"),
+            vec!["a/on-h1", "b/on-n1"]
+        );
+        assert_eq!(woken(u2), vec!["a/on-h2"]);
+        assert!(woken("qemu+tls://10.0.0.9/system").is_empty());
     }
 
     #[test]

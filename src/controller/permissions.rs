@@ -37,9 +37,9 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
     Permission {
         group: "ferry.dev",
         resource: "virtualmachineclasses",
-        verbs: &["get"],
+        verbs: &["get", "list", "watch"],
         scope: Cluster,
-        why: "virtual_machine::resolve_resources: the VirtualMachineClass named by spec.className",
+        why: "virtual_machine::resolve_resources: the VirtualMachineClass named by spec.className; run: a changed class wakes the VMs that name it",
     },
     Permission {
         group: "",
@@ -181,6 +181,6 @@ mod tests {
                 assert!(known.contains(v), "unknown verb {v}");
             }
         }
-        assert_eq!(flattened().len(), 30);
+        assert_eq!(flattened().len(), 32);
     }
 }

@@ -1,7 +1,9 @@
 //! Wiring: reflectors, the two controllers, and their shared context.
 
 use super::{Context, ha, host_pool, hosts, migration, virtual_machine};
-use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
+use crate::api::{
+    HAPolicy, HostPool, VirtualMachine, VirtualMachineClass, VirtualMachineMigration,
+};
 use crate::gate::ActionGate;
 use crate::metrics::Metrics;
 use futures::StreamExt;
@@ -75,6 +77,8 @@ pub struct Settings {
     pub uri_limits: crate::plan::uri_policy::Limits,
     /// Image imports: at most so many at once, the cluster's networks.
     pub imports: crate::controller::image_import::Imports,
+    /// How often a VM in a steady state is looked at when nothing wakes it (jittered).
+    pub safety_resync: std::time::Duration,
 }
 
 /// Run the controllers until `shutdown` resolves; every host and BMC action asks `gate` first.
@@ -92,6 +96,7 @@ pub async fn run(
         vm_concurrency,
         uri_limits,
         imports,
+        safety_resync,
     } = settings;
     let (node_store, node_writer) = reflector::store::<Node>();
     let nodes = watcher(
@@ -191,8 +196,19 @@ pub async fn run(
         .with_events(event_store)
         .with_uri_limits(uri_limits)
         .with_imports(imports)
+        .with_safety_resync(safety_resync)
         .with_gate(gate),
     );
+    // A VirtualMachineClass that changes wakes the VMs that name it (their size, or the
+    // RestartRequired condition, follows it).
+    let classes = watcher(
+        Api::<VirtualMachineClass>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(slim)
+    .applied_objects()
+    .predicate_filter(kube::runtime::predicates::generation, Default::default());
     // A migration changes what the VM controller may do with its VM.
     let migrations_for_vms = watcher(
         api::<VirtualMachineMigration>(&client, &scope),
@@ -233,8 +249,36 @@ pub async fn run(
                 vm_store_for_events.find(|vm| vm.metadata.uid.as_deref() == Some(uuid.as_str()));
             async move { vm.map(|vm| ObjectRef::from_obj(vm.as_ref())) }
         });
+    // A host whose connection was re-established (after a loss, or after ferry closed it): the
+    // domain events of the time between were not heard, so each VM placed there is looked at
+    // once.
+    let (pools_for_reconnects, vms_for_reconnects) = (pool_store.clone(), vm_store.clone());
+    let reconnected = broadcast_stream(ctx.hosts.connections.reconnected()).flat_map(move |uri| {
+        let woken = hosts::vms_on_host(
+            &pools_for_reconnects.state(),
+            &vms_for_reconnects.state(),
+            &uri,
+        );
+        tracing::info!(
+            uri = %hosts::redact(&uri),
+            vms = woken.len(),
+            "host connection re-established: looking at its VMs again"
+        );
+        futures::stream::iter(woken)
+    });
+    let vm_store_for_classes = vm_store.clone();
     let vms = vm_controller
         .reconcile_on(domain_events)
+        .reconcile_on(reconnected)
+        .watches_stream(classes, move |class: VirtualMachineClass| {
+            let name = class.name_any();
+            vm_store_for_classes
+                .state()
+                .into_iter()
+                .filter(|vm| vm.spec.class_name.as_deref() == Some(name.as_str()))
+                .map(|vm| ObjectRef::from_obj(vm.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .watches_stream(migrations_for_vms, |m: VirtualMachineMigration| {
             let ns = m.namespace().unwrap_or_default();
             Some(ObjectRef::<VirtualMachine>::new(&m.spec.vm_name).within(&ns))

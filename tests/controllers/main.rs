@@ -10,5 +10,6 @@ mod ha;
 mod host_pool;
 mod migration;
 mod release;
+mod steady;
 mod support;
 mod virtual_machine;

@@ -10,6 +10,7 @@ mod hosts;
 mod load;
 mod migrations;
 mod placement;
+mod resync;
 mod vm_runtime;
 
 pub use backoff::Backoff;
@@ -20,6 +21,7 @@ pub use hosts::HostAccess;
 pub use load::{LOAD_WINDOW, LoadWindows};
 pub use migrations::{Job, JobResult, MigrationBook};
 pub use placement::Placement;
+pub use resync::{DEFAULT_JITTER, DEFAULT_SAFETY_RESYNC, SafetyResync, jittered};
 pub use vm_runtime::{PoolReports, VmRuntime};
 
 use crate::api::{HostPool, VirtualMachine};
@@ -62,6 +64,8 @@ pub struct Context {
     pub load: Arc<LoadWindows>,
     /// The volumes libvirt domains ferry does not manage use, per host.
     pub foreign_volumes: ForeignVolumes,
+    /// How long a VM in a steady state waits for its next look when no event wakes it.
+    pub safety_resync: SafetyResync,
 }
 
 impl Context {
@@ -107,6 +111,7 @@ impl Context {
             imports: Imports::default(),
             load: Arc::default(),
             foreign_volumes: ForeignVolumes::default(),
+            safety_resync: SafetyResync::default(),
         }
     }
 
@@ -131,6 +136,13 @@ impl Context {
     /// Allow in libvirt URIs what `limits` allow (the controller's flags).
     pub fn with_uri_limits(mut self, limits: crate::plan::uri_policy::Limits) -> Self {
         self.hosts.set_uri_limits(limits);
+        self
+    }
+
+    /// Look at steady VMs again every `period` (jittered; the controller's
+    /// `--safety-resync-seconds`).
+    pub fn with_safety_resync(mut self, period: std::time::Duration) -> Self {
+        self.safety_resync = SafetyResync::new(period, DEFAULT_JITTER);
         self
     }
 

@@ -251,7 +251,7 @@ async fn provision_disks(
                                         "spec.disks[{i}]: HostPool {} does not declare the image",
                                         placed.pool.name_any()
                                     ),
-                                    Retry::After(RESYNC),
+                                    Retry::After(RECHECK),
                                 )
                             })?;
                         let golden = match source {
@@ -416,7 +416,7 @@ fn refused_image(message: String) -> Blocked {
         VmPhase::Pending,
         IMAGE_REFUSED,
         message,
-        Retry::After(RESYNC),
+        Retry::After(RECHECK),
     )
 }
 

@@ -35,9 +35,31 @@ use std::time::Duration;
 
 const CONTROLLER: &str = "virtualmachine";
 
-/// How often a VM in a steady state is looked at again (crash detection until host event
-/// streams replace polling).
-const RESYNC: Duration = Duration::from_secs(30);
+/// How often a VM that waits for something outside its own spec and the caches' watches (a
+/// duplicate MAC elsewhere, a refused image, a pool an admin must fix) is looked at again. A VM
+/// in a steady state waits for the safety resync instead ([`Context::safety_resync`]): domain
+/// events, watches and reconnections to its host wake it.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// How often a VM whose cloud-init data comes from Secrets is looked at again (Secrets are not
+/// watched; new data gives a new seed and `RestartRequired`).
+const SECRET_RECHECK: Duration = Duration::from_secs(60);
+
+/// How often a running VM whose guest agent has not reported an address for each interface
+/// yet is asked again during the first [`ADDRESS_FAST_WINDOW`] after it started running (most
+/// guests' agents answer then).
+const ADDRESS_POLL_FAST: Duration = Duration::from_secs(10);
+
+/// See [`ADDRESS_POLL_FAST`].
+const ADDRESS_FAST_WINDOW: Duration = Duration::from_secs(120);
+
+/// How often the agent is asked after [`ADDRESS_FAST_WINDOW`], until [`ADDRESS_WINDOW`].
+const ADDRESS_POLL: Duration = Duration::from_secs(30);
+
+/// How long after a VM started running its guest agent is polled for missing addresses (a slow
+/// guest under emulation can take many minutes to boot); a guest without an agent (or without
+/// DHCP) is not polled for ever.
+const ADDRESS_WINDOW: Duration = Duration::from_secs(1800);
 
 /// How long a reconcile waits for the caches to fill after a (re)start.
 const CACHE_WAIT: Duration = Duration::from_millis(500);

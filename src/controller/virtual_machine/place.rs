@@ -64,7 +64,7 @@ pub(super) async fn place(
             waiting,
             "BootFileNotAllowed",
             format!("fix the spec: {m}"),
-            Retry::After(RESYNC),
+            Retry::After(RECHECK),
         )
     })?;
     super::disks::check_access(vm, &pool, &ctx.caches, &ctx.foreign_volumes).map_err(|m| {
@@ -72,7 +72,7 @@ pub(super) async fn place(
             waiting,
             volume_access::DISK_NOT_ALLOWED,
             format!("fix the spec: {m}"),
-            Retry::After(RESYNC),
+            Retry::After(RECHECK),
         )
     })?;
     // The HA controller proved the VM's host off: place it anew, once per incident, never on

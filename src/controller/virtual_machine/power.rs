@@ -131,16 +131,52 @@ pub(super) async fn run_state(
         generation,
         now,
     );
+    let steady = || {
+        let after = match address_poll(st, state, now) {
+            Some(poll) => poll,
+            None => ctx.safety_resync.next(&uid),
+        };
+        // Secrets are not watched: new cloud-init data in one is found by looking.
+        if crate::controller::cloud_init::uses_secrets(vm) {
+            after.min(SECRET_RECHECK)
+        } else {
+            after
+        }
+    };
     if let Some(after) = held.and_then(|h| h.retry_after) {
-        return Ok(after.min(RESYNC));
+        return Ok(after.min(steady()));
     }
     Ok(match phase {
         VmPhase::Starting | VmPhase::Stopping => match decision.action {
             Action::WaitForShutdown(d) => d.min(TRANSITION),
             _ => TRANSITION,
         },
-        _ => RESYNC,
+        // Steady: a domain event, a watch or a reconnection to the host wakes the VM earlier.
+        _ => steady(),
     })
+}
+
+/// When to ask the guest agent again: while the domain runs, an interface has no address yet,
+/// and the VM started running less than [`ADDRESS_WINDOW`] ago (by its Ready condition). `None`
+/// once every address is known (a later change shows at the next event or safety resync).
+pub(super) fn address_poll(
+    st: &VirtualMachineStatus,
+    state: DomainState,
+    now: Timestamp,
+) -> Option<Duration> {
+    if state != DomainState::Running || st.interfaces.iter().all(|i| i.ip_address.is_some()) {
+        return None;
+    }
+    let since = find(&st.conditions, "Ready")
+        .filter(|c| c.status == "True")?
+        .last_transition_time
+        .0;
+    let running_for = Duration::try_from(now.duration_since(since)).unwrap_or_default();
+    if running_for < ADDRESS_FAST_WINDOW {
+        Some(ADDRESS_POLL_FAST)
+    } else {
+        (running_for < ADDRESS_WINDOW).then_some(ADDRESS_POLL)
+    }
 }
 
 /// Ready reason of a VM paused through the `ferry.dev/paused` annotation.
@@ -483,5 +519,73 @@ pub(super) fn readiness(
             format!("creating disks and domain on host {host}"),
         ),
         other => (False, "NotRunning", format!("{other} on host {host}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::virtual_machine::InterfaceStatus;
+
+    fn status(
+        addresses: &[Option<&str>],
+        ready: ConditionStatus,
+        since: Timestamp,
+    ) -> VirtualMachineStatus {
+        let mut st = VirtualMachineStatus {
+            interfaces: addresses
+                .iter()
+                .enumerate()
+                .map(|(i, a)| InterfaceStatus {
+                    name: format!("eth{i}"),
+                    mac: format!("52:54:00:00:00:0{i}"),
+                    ip_address: a.map(String::from),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            ready,
+            "Running",
+            "",
+            Some(1),
+            since,
+        );
+        st
+    }
+
+    #[test]
+    fn the_agent_is_polled_only_while_an_address_is_missing_soon_after_the_start() {
+        let started: Timestamp = "2026-12-07T06:00:00Z".parse().expect("time");
+        let at = |secs: i64| started + k8s_openapi::jiff::SignedDuration::from_secs(secs);
+        let running = DomainState::Running;
+        let missing = status(&[Some("10.0.0.5"), None], ConditionStatus::True, started);
+        assert_eq!(
+            address_poll(&missing, running, at(5)),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            address_poll(&missing, running, at(121)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            address_poll(&missing, running, at(1799)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            address_poll(&missing, running, at(1801)),
+            None,
+            "a guest without an agent is not asked for ever"
+        );
+        assert_eq!(address_poll(&missing, DomainState::Paused, at(5)), None);
+        let known = status(&[Some("10.0.0.5")], ConditionStatus::True, started);
+        assert_eq!(address_poll(&known, running, at(5)), None);
+        let no_network = status(&[], ConditionStatus::True, started);
+        assert_eq!(address_poll(&no_network, running, at(5)), None);
+        let not_ready = status(&[None], ConditionStatus::False, started);
+        assert_eq!(address_poll(&not_ready, running, at(5)), None);
     }
 }

@@ -27,12 +27,8 @@ pub(super) async fn resolve(
             VmPhase::Failed,
             "InvalidSpec",
             format!("fix the spec: {m}"),
-            // A class that changes is looked at again at the next resync.
-            if resources.class_name.is_some() {
-                Retry::After(RESYNC)
-            } else {
-                Retry::OnChange
-            },
+            // A change of the VM's class wakes it (the controller watches classes).
+            Retry::OnChange,
         )
     })?;
     mac::check_vm(vm, &caches.vms.state()).map_err(|m| {
@@ -41,7 +37,7 @@ pub(super) async fn resolve(
             phase.unwrap_or(VmPhase::Pending),
             "DuplicateMAC",
             m,
-            Retry::After(RESYNC),
+            Retry::After(RECHECK),
         )
     })?;
     let seed = cloud_init::resolve(vm, client)
@@ -50,8 +46,8 @@ pub(super) async fn resolve(
     Ok((valid, seed))
 }
 
-/// The VM's size from its spec or its VirtualMachineClass (read at every reconcile, so a changed
-/// class shows as `RestartRequired` within one resync).
+/// The VM's size from its spec or its VirtualMachineClass (read at every reconcile; a change of
+/// the class wakes the VMs that name it, so it shows as `RestartRequired` at once).
 pub(super) async fn resolve_resources(
     vm: &VirtualMachine,
     client: &kube::Client,

@@ -102,7 +102,7 @@ pub(super) async fn imported_image(
                     VmPhase::Pending,
                     import_policy::IMPORT_REFUSED,
                     format!("HostPool {}: {m}", placed.pool.name_any()),
-                    Retry::After(RESYNC),
+                    Retry::After(RECHECK),
                 )
             })?;
             let req = image_import::Request {
