@@ -703,6 +703,9 @@ impl ControllerProcess {
             .env("FERRY_LIBVIRT_SOCKET_DIRS", LAB_SOCKETS_UNDER)
             // The ssh program may record host keys under ~/.ssh: keep that in the test's files.
             .env("HOME", dir.path())
+            // Changes are noticed by events, watches and reconnections, not by the safety
+            // resync: a test that passes only thanks to it would hide a missed event.
+            .env("FERRY_SAFETY_RESYNC_SECONDS", "600")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
