@@ -151,6 +151,8 @@ pub(super) async fn run_state(
             Action::WaitForShutdown(d) => d.min(TRANSITION),
             _ => TRANSITION,
         },
+        // libvirt cannot tell the domain's state: not steady.
+        VmPhase::Unknown => RECHECK.min(steady()),
         // Steady: a domain event, a watch or a reconnection to the host wakes the VM earlier.
         _ => steady(),
     })
