@@ -14,7 +14,9 @@
 //! definition code from the VMs' status), as a real host would keep them.
 //!
 //! Sizes: `FERRY_SCALE_HOSTS` (default 100), `FERRY_SCALE_VMS` (1000),
-//! `FERRY_SCALE_STEADY_SECS` (120); `FERRY_SCALE_IN_FLIGHT` (default 0, no limit) holds creation
+//! `FERRY_SCALE_STEADY_SECS` (120; a window shorter than the safety resync shows little of it);
+//! `FERRY_SCALE_SAFETY_RESYNC` (the controller's `--safety-resync-seconds`, default 300);
+//! `FERRY_SCALE_IN_FLIGHT` (default 0, no limit) holds creation
 //! back while that many created VMs are not yet Ready, for API servers (like the in-repo stand-in)
 //! that fall behind a burst of 10,000 creations; `FERRY_SCALE_KEEP_HOST_FILES=DIR` keeps the host
 //! files (what the simulated hosts cost on their own: `examples/test_driver_rss.rs`).
@@ -415,7 +417,18 @@ async fn main() {
             .for_each(|_| async {}),
     );
 
-    let quiet_log = [("RUST_LOG", "warn"), ("FERRY_ALLOW_TEST_DRIVER", "true")];
+    // The controller's default safety resync unless the run asks for another.
+    let safety_resync =
+        std::env::var("FERRY_SCALE_SAFETY_RESYNC").unwrap_or_else(|_| "300".to_string());
+    out.add(
+        "safety resync (--safety-resync-seconds)",
+        format!("{safety_resync} s"),
+    );
+    let quiet_log = [
+        ("RUST_LOG", "warn"),
+        ("FERRY_ALLOW_TEST_DRIVER", "true"),
+        ("FERRY_SAFETY_RESYNC_SECONDS", safety_resync.as_str()),
+    ];
     let mut ctl = c.controller_with_env("scale-1", &quiet_log);
     let pid = ctl.pid().expect("controller pid");
     let t = Instant::now();
