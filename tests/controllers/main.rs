@@ -9,6 +9,7 @@ mod fake_pool;
 mod ha;
 mod host_pool;
 mod migration;
+mod monitoring;
 mod release;
 mod steady;
 mod support;

@@ -39,6 +39,11 @@ pub struct VirtualMachineStatus {
     /// The guest shut itself down since it was last started; `RerunOnFailure` leaves it off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped_by_guest: bool,
+    /// VM monitoring holds the VM stopped (its HAPolicy's restart limit, or the storm guard):
+    /// kept while another reason, such as an unreachable host, shows in `Ready`, so that the
+    /// hold outlasts it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart_held: bool,
     /// The guest OS as its QEMU guest agent reports it (e.g. `Debian GNU/Linux 12 (bookworm)`);
     /// unset without an agent.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "guestOS")]

@@ -58,7 +58,12 @@ pub(super) async fn run_state(
     let mut decision = lifecycle::decide(&inputs);
     let held = match hold_for_failover(vm, ctx, &placed.name, &mut decision) {
         Some(h) => Some(h),
-        None => monitor_unplanned_stop(vm, ctx, st, prior_phase, &inputs, &mut decision, now).await,
+        None => {
+            let held =
+                monitor_unplanned_stop(vm, ctx, st, prior_phase, &inputs, &mut decision, now).await;
+            st.restart_held = held.is_some();
+            held
+        }
     };
     act(vm, ctx, hv, &placed.name, dom, decision.action).await?;
     if decision.restart_handled {
@@ -275,8 +280,12 @@ pub(super) async fn monitor_unplanned_stop(
         .into_iter()
         .map(Time)
         .collect();
-    let was_held = find(&st.conditions, "Ready")
-        .is_some_and(|c| c.reason == RESTART_LIMIT_REACHED || c.reason == STORM_GUARD_HOLDS);
+    // Held before: recorded in the status (the Ready reason may since show something else, such
+    // as an unreachable host, and the phase be Unknown), or, as written before that record
+    // existed, the Ready reason.
+    let was_held = st.restart_held
+        || find(&st.conditions, "Ready")
+            .is_some_and(|c| c.reason == RESTART_LIMIT_REACHED || c.reason == STORM_GUARD_HOLDS);
     let unplanned = decision.action == Action::Start
         && monitoring::unplanned_stop(
             inputs.state.is_active(),
