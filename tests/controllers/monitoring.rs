@@ -1,7 +1,7 @@
-//! VM monitoring under an HAPolicy: a VM held after too many unplanned restarts stays held
-//! through an outage of its host, whose `HostUnreachable` replaces the `RestartLimitReached`
-//! reason while it lasts: when the host answers again, its shut-off domain is not started
-//! without being counted.
+//! VM monitoring under an HAPolicy, across an outage of the VM's host (`Ready` then says
+//! `HostUnreachable` and the phase is `Unknown`): a VM held after too many unplanned restarts
+//! stays held when the host answers again, and a domain that stopped during the outage counts
+//! as an unplanned stop: neither is started again uncounted.
 
 use super::support::{World, host_uri, node, pool, vm};
 use ferry::api::virtual_machine::RESTART_ANNOTATION;
@@ -113,4 +113,48 @@ async fn a_vm_held_by_its_restart_limit_stays_held_through_a_host_outage() {
     let restarted = once(&mut world, &asked).await;
     assert_eq!(h1.count(Op::StartDomain), starts + 1);
     assert!(restarted.status.as_ref().is_some_and(|s| !s.restart_held));
+}
+
+#[tokio::test]
+async fn a_guest_that_stops_while_its_host_is_unreachable_counts_as_a_crash() {
+    let fakes = FakeConnector::new();
+    let h1 = fakes.add_host(&host_uri(1));
+    with_image(&h1);
+    let obj = vm("Always");
+    let mut world = World::new(
+        fakes,
+        vec![pool(1)],
+        vec![node(1, true)],
+        vec![obj.clone()],
+        vec![],
+        vec![no_restarts()],
+    );
+    let mut now = obj;
+    for _ in 0..6 {
+        now = once(&mut world, &now).await;
+        if phase(&now) == Some(VmPhase::Running) {
+            break;
+        }
+    }
+    assert_eq!(phase(&now), Some(VmPhase::Running), "{:?}", now.status);
+    let starts = h1.count(Op::StartDomain);
+
+    // The host stops answering; meanwhile its guest crashes (the event is never heard).
+    h1.set_reachable(false);
+    let cut = once(&mut world, &now).await;
+    assert_eq!(phase(&cut), Some(VmPhase::Unknown), "{:?}", cut.status);
+    h1.set_state(UID, DomainState::ShutOff(ShutOffReason::Crashed));
+    h1.set_reachable(true);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut back = cut;
+    for _ in 0..3 {
+        back = once(&mut world, &back).await;
+    }
+    assert_eq!(
+        ready_reason(&back),
+        "RestartLimitReached",
+        "{:?}",
+        back.status
+    );
+    assert_eq!(h1.count(Op::StartDomain), starts, "started uncounted");
 }

@@ -289,7 +289,9 @@ pub(super) async fn monitor_unplanned_stop(
     let unplanned = decision.action == Action::Start
         && monitoring::unplanned_stop(
             inputs.state.is_active(),
-            prior_phase == Some(VmPhase::Running),
+            // Unknown: its host did not answer for a while, and the domain stopped meanwhile
+            // (crashed, or the host restarted): as unplanned as a stop seen while it ran.
+            matches!(prior_phase, Some(VmPhase::Running | VmPhase::Unknown)),
             was_held,
             inputs.restart_pending,
         );
