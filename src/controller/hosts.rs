@@ -164,35 +164,35 @@ mod tests {
     use super::*;
     use crate::api::{HostState, HostStatus};
 
+    /// HostPool `name` in `ns` whose status shows `hosts` (Node name, libvirt URI).
+    fn pool(ns: &str, name: &str, hosts: &[(&str, &str)]) -> Arc<HostPool> {
+        let mut p = HostPool::new(
+            name,
+            serde_json::from_value(serde_json::json!({
+                "nodeSelector": {"matchLabels": {"a": "b"}},
+                "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
+                "storage": {"pool": "p"}
+            }))
+            .expect("spec"),
+        );
+        p.metadata.namespace = Some(ns.into());
+        let mut st = crate::api::HostPoolStatus::default();
+        for (host, uri) in hosts {
+            let mut h = HostStatus::new(host.to_string(), HostState::Ready);
+            h.uri = Some(uri.to_string());
+            st.hosts.push(h);
+        }
+        p.status = Some(st);
+        Arc::new(p)
+    }
+
     #[test]
     fn a_lost_connection_wakes_the_pools_that_show_its_host() {
-        let pool = |name: &str, uris: &[&str]| {
-            let mut p = HostPool::new(
-                name,
-                serde_json::from_value(serde_json::json!({
-                    "nodeSelector": {"matchLabels": {"a": "b"}},
-                    "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
-                    "storage": {"pool": "p"}
-                }))
-                .expect("spec"),
-            );
-            p.metadata.namespace = Some("ns".into());
-            let mut st = crate::api::HostPoolStatus::default();
-            for (i, u) in uris.iter().enumerate() {
-                let mut h = HostStatus::new(format!("h{i}"), HostState::Ready);
-                h.uri = Some(u.to_string());
-                st.hosts.push(h);
-            }
-            p.status = Some(st);
-            Arc::new(p)
-        };
+        let (u1, u2) = ("qemu+tls://10.0.0.1/system", "qemu+tls://10.0.0.2/system");
         let pools = [
-            pool(
-                "a",
-                &["qemu+tls://10.0.0.1/system", "qemu+tls://10.0.0.2/system"],
-            ),
-            pool("b", &["qemu+tls://10.0.0.2/system"]),
-            pool("c", &[]),
+            pool("ns", "a", &[("h0", u1), ("h1", u2)]),
+            pool("ns", "b", &[("h0", u2)]),
+            pool("ns", "c", &[]),
         ];
         let names = |uri: &str| -> Vec<String> {
             pools_reaching(&pools, uri)
@@ -208,26 +208,6 @@ mod tests {
 
     #[test]
     fn a_reconnection_wakes_the_vms_placed_on_that_host() {
-        let pool = |ns: &str, name: &str, hosts: &[(&str, &str)]| {
-            let mut p = HostPool::new(
-                name,
-                serde_json::from_value(serde_json::json!({
-                    "nodeSelector": {"matchLabels": {"a": "b"}},
-                    "libvirt": {"uriTemplate": "qemu+tls://{address}/system"},
-                    "storage": {"pool": "p"}
-                }))
-                .expect("spec"),
-            );
-            p.metadata.namespace = Some(ns.into());
-            let mut st = crate::api::HostPoolStatus::default();
-            for (host, uri) in hosts {
-                let mut h = HostStatus::new(host.to_string(), HostState::Ready);
-                h.uri = Some(uri.to_string());
-                st.hosts.push(h);
-            }
-            p.status = Some(st);
-            Arc::new(p)
-        };
         let vm = |ns: &str, name: &str, pool: &str, host: Option<&str>| {
             let mut v: VirtualMachine = serde_json::from_value(serde_json::json!({
                 "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachine",

@@ -48,8 +48,8 @@ fn with_image(h: &FakeHost) {
         .expect("image");
 }
 
-#[tokio::test]
-async fn a_vm_held_by_its_restart_limit_stays_held_through_a_host_outage() {
+/// VM `web` (`Always`) running on h1, under [`no_restarts`].
+async fn running() -> (World, FakeHost, VirtualMachine) {
     let fakes = FakeConnector::new();
     let h1 = fakes.add_host(&host_uri(1));
     with_image(&h1);
@@ -70,6 +70,12 @@ async fn a_vm_held_by_its_restart_limit_stays_held_through_a_host_outage() {
         }
     }
     assert_eq!(phase(&now), Some(VmPhase::Running), "{:?}", now.status);
+    (world, h1, now)
+}
+
+#[tokio::test]
+async fn a_vm_held_by_its_restart_limit_stays_held_through_a_host_outage() {
+    let (mut world, h1, now) = running().await;
     let starts = h1.count(Op::StartDomain);
 
     // The guest crashes: held, not started.
@@ -117,26 +123,7 @@ async fn a_vm_held_by_its_restart_limit_stays_held_through_a_host_outage() {
 
 #[tokio::test]
 async fn a_guest_that_stops_while_its_host_is_unreachable_counts_as_a_crash() {
-    let fakes = FakeConnector::new();
-    let h1 = fakes.add_host(&host_uri(1));
-    with_image(&h1);
-    let obj = vm("Always");
-    let mut world = World::new(
-        fakes,
-        vec![pool(1)],
-        vec![node(1, true)],
-        vec![obj.clone()],
-        vec![],
-        vec![no_restarts()],
-    );
-    let mut now = obj;
-    for _ in 0..6 {
-        now = once(&mut world, &now).await;
-        if phase(&now) == Some(VmPhase::Running) {
-            break;
-        }
-    }
-    assert_eq!(phase(&now), Some(VmPhase::Running), "{:?}", now.status);
+    let (mut world, h1, now) = running().await;
     let starts = h1.count(Op::StartDomain);
 
     // The host stops answering; meanwhile its guest crashes (the event is never heard).
