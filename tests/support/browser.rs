@@ -191,15 +191,27 @@ impl Browser {
         }
     }
 
-    /// Clicks the first element `css` selects.
+    /// Clicks the first element `css` selects. A live update may redraw the page between
+    /// finding the element and clicking it (WebDriver's "stale element reference"): it is then
+    /// found again and clicked, five times at most.
     pub async fn click(&self, css: &str) -> Result<(), String> {
-        let id = self
-            .find(css)
-            .await
-            .ok_or_else(|| format!("nothing matches {css:?}"))?;
-        self.call("POST", &format!("/element/{id}/click"), Some(json!({})))
-            .await
-            .map(|_| ())
+        let mut stale = 0;
+        loop {
+            let id = self
+                .find(css)
+                .await
+                .ok_or_else(|| format!("nothing matches {css:?}"))?;
+            match self
+                .call("POST", &format!("/element/{id}/click"), Some(json!({})))
+                .await
+            {
+                Err(e) if e.contains("stale element") && stale < 5 => {
+                    stale += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                done => return done.map(|_| ()),
+            }
+        }
     }
 
     /// Types `text` into the first element `css` selects.
