@@ -3,7 +3,7 @@
 //! stays held when the host answers again, and a domain that stopped during the outage counts
 //! as an unplanned stop: neither is started again uncounted.
 
-use super::support::{World, host_uri, node, pool, vm};
+use super::support::{World, host_uri, node, pool, vm, with_image};
 use ferry::api::virtual_machine::RESTART_ANNOTATION;
 use ferry::api::{HAPolicy, VirtualMachine, VmPhase};
 use ferry::controller::virtual_machine::reconcile;
@@ -30,6 +30,17 @@ async fn once(world: &mut World, vm: &VirtualMachine) -> VirtualMachine {
     world.refresh(vm)
 }
 
+/// Host h1 answers again: after the connection registry's first backoff (1 s), a few
+/// reconciles of `vm`; the VM after them.
+async fn host_back(world: &mut World, h1: &FakeHost, mut vm: VirtualMachine) -> VirtualMachine {
+    h1.set_reachable(true);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        vm = once(world, &vm).await;
+    }
+    vm
+}
+
 fn ready_reason(vm: &VirtualMachine) -> String {
     vm.status
         .as_ref()
@@ -40,12 +51,6 @@ fn ready_reason(vm: &VirtualMachine) -> String {
 
 fn phase(vm: &VirtualMachine) -> Option<VmPhase> {
     vm.status.as_ref().and_then(|s| s.phase)
-}
-
-fn with_image(h: &FakeHost) {
-    h.add_pool("images", "/var/lib/ferry/images");
-    h.add_volume("images", "tiny.qcow2", 1 << 30, "qcow2")
-        .expect("image");
 }
 
 /// VM `web` (`Always`) running on h1, under [`no_restarts`].
@@ -90,13 +95,7 @@ async fn a_vm_held_by_its_restart_limit_stays_held_through_a_host_outage() {
     assert_eq!(ready_reason(&cut), "HostUnreachable", "{:?}", cut.status);
 
     // It answers again, the domain still off: held again, still not started.
-    h1.set_reachable(true);
-    // The connection registry tries again after its first backoff (1 s).
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let mut back = cut;
-    for _ in 0..3 {
-        back = once(&mut world, &back).await;
-    }
+    let back = host_back(&mut world, &h1, cut).await;
     assert_eq!(
         ready_reason(&back),
         "RestartLimitReached",
@@ -131,12 +130,7 @@ async fn a_guest_that_stops_while_its_host_is_unreachable_counts_as_a_crash() {
     let cut = once(&mut world, &now).await;
     assert_eq!(phase(&cut), Some(VmPhase::Unknown), "{:?}", cut.status);
     h1.set_state(UID, DomainState::ShutOff(ShutOffReason::Crashed));
-    h1.set_reachable(true);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let mut back = cut;
-    for _ in 0..3 {
-        back = once(&mut world, &back).await;
-    }
+    let back = host_back(&mut world, &h1, cut).await;
     assert_eq!(
         ready_reason(&back),
         "RestartLimitReached",

@@ -3,10 +3,10 @@
 //! reconnections wake it earlier), and every few seconds while its guest agent has not reported
 //! an address yet.
 
-use super::support::{World, host_uri, node, pool, vm};
+use super::support::{World, host_uri, node, pool, vm, with_image};
 use ferry::api::{VirtualMachine, VmPhase};
 use ferry::controller::virtual_machine::reconcile;
-use ferry::hypervisor::fake::{FakeConnector, FakeHost, Op};
+use ferry::hypervisor::fake::{FakeConnector, Op};
 use ferry::plan::domain::{GuestInfo, GuestInterface};
 use kube::runtime::controller::Action;
 use std::sync::Arc;
@@ -51,12 +51,6 @@ async fn until_phase(
         }
     }
     panic!("never {phase:?}: {:?}", vm.status);
-}
-
-fn with_image(h: &FakeHost) {
-    h.add_pool("images", "/var/lib/ferry/images");
-    h.add_volume("images", "tiny.qcow2", 1 << 30, "qcow2")
-        .expect("image");
 }
 
 fn world(fakes: FakeConnector, vm: &VirtualMachine) -> World {

@@ -5,7 +5,7 @@
 use crate::fake_pool::filled;
 use ferry::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
 use ferry::controller::Context;
-use ferry::hypervisor::fake::FakeConnector;
+use ferry::hypervisor::fake::{FakeConnector, FakeHost};
 use ferry::metrics::Metrics;
 use ferry::plan::definition::{self, ResolvedDisk};
 use ferry::plan::domain::{DomainDefinition, VirtType};
@@ -214,6 +214,13 @@ impl World {
             .apply_watcher_event(&Event::Apply(now.clone()));
         now
     }
+}
+
+/// Give host `h` the pool's storage pool `images` holding golden image `tiny.qcow2`.
+pub fn with_image(h: &FakeHost) {
+    h.add_pool("images", "/var/lib/ferry/images");
+    h.add_volume("images", "tiny.qcow2", 1 << 30, "qcow2")
+        .expect("image");
 }
 
 /// The URI of lab host `name` (address 10.0.0.N) in [`pool`].

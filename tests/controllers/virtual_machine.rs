@@ -1,7 +1,7 @@
 //! The VirtualMachine controller's drive steps against a fake host: place → disks → define →
 //! power, and what each failure on the way shows.
 
-use super::support::{World, host_uri, node, pool, vm};
+use super::support::{World, host_uri, node, pool, vm, with_image};
 use ferry::api::condition::find;
 use ferry::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
 use ferry::controller::virtual_machine::reconcile;
@@ -25,12 +25,6 @@ struct Case {
 }
 
 /// Storage pool `images` with golden image `tiny.qcow2`.
-fn with_image(h: &FakeHost) {
-    h.add_pool("images", "/var/lib/ferry/images");
-    h.add_volume("images", "tiny.qcow2", 1 << 30, "qcow2")
-        .expect("image");
-}
-
 /// A world of one host, h1, in pool `lab`, and `vm`.
 fn one_host(fakes: FakeConnector, vm: VirtualMachine) -> (World, VirtualMachine) {
     let world = World::new(
