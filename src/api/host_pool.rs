@@ -545,6 +545,11 @@ pub struct AdoptionCandidate {
     /// What the guest would see differently after its first restart under ferry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The VirtualMachine spec that describes the domain as it runs (when adoptable): what
+    /// `kubectl ferry adopt` writes, with `adopt` naming this domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::free_object")]
+    pub spec: Option<serde_json::Value>,
 }
 
 /// Measured use of a host's CPUs and memory.

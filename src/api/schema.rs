@@ -172,3 +172,11 @@ pub fn host_directories(_: &mut SchemaGenerator) -> Schema {
     }))
     .unwrap_or_default()
 }
+
+/// An object whose fields the API server keeps as they are (`x-kubernetes-preserve-unknown-fields`).
+pub fn free_object(_: &mut SchemaGenerator) -> Schema {
+    Schema::try_from(
+        json!({"type": "object", "nullable": true, "x-kubernetes-preserve-unknown-fields": true}),
+    )
+    .unwrap_or_default()
+}

@@ -50,6 +50,8 @@ pub use status::{
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.className) ? (!has(self.cpu) && !has(self.memory)) : (has(self.cpu) && has(self.memory))").message("set className, or cpu and memory, not both"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.adopt) == has(oldSelf.adopt)").message("adopt is set when the VirtualMachine is created, and kept"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.adopt) || (!has(self.className) && !has(self.cloudInit) && self.disks.all(d, has(d.volume)))").message("an adopted VM describes its domain as it runs: cpu and memory (no className), volume disks only, no cloudInit"))]
 pub struct VirtualMachineSpec {
     /// When the VM should run. `Always` (default): keep it running, start it again whatever stopped it.
     /// `RerunOnFailure`: run it, start it again after a crash, but leave it stopped when the guest shuts
@@ -126,6 +128,35 @@ pub struct VirtualMachineSpec {
     /// listens on the host's network. A change takes effect at the next restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consoles: Option<ConsolesSpec>,
+
+    /// Take over a libvirt domain that runs (or is defined) on a host of the pool without ferry,
+    /// instead of defining a new one: the domain keeps running, keeps its name and UUID, and
+    /// nothing the guest notices changes; ferry records its ownership in the domain's metadata
+    /// and manages it from then on. Honoured only for a domain the HostPool names in
+    /// `spec.adoption.domains`, that no VM owns, that ferry can express, and that the rest of
+    /// this spec describes as it is (`kubectl ferry adopt` writes such a spec); otherwise
+    /// `Ready=False`, reason `AdoptionBlocked`, says why, and nothing on the host changes. Set
+    /// at creation; cannot be changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("adopt cannot be changed"))]
+    pub adopt: Option<AdoptSpec>,
+}
+
+/// The domain a VirtualMachine takes over.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptSpec {
+    /// Node name of the host the domain is on.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// The domain's name there (it keeps it).
+    #[schemars(length(min = 1, max = 255))]
+    pub domain: String,
+    /// The domain's UUID (it keeps it), lower-case hyphenated.
+    #[schemars(regex(
+        pattern = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    ))]
+    pub uuid: String,
 }
 
 /// Which consoles a VM has. Each is on unless set to `false`.
@@ -701,6 +732,12 @@ impl VirtualMachine {
     /// The effective run strategy (default `Always`).
     pub fn run_strategy(&self) -> RunStrategy {
         self.spec.run_strategy.unwrap_or_default()
+    }
+
+    /// Name and UUID of the domain ferry took over for this VM, from its status.
+    pub fn adopted(&self) -> Option<(&str, &str)> {
+        let st = self.status.as_ref()?;
+        Some((st.adopted_domain.as_deref()?, st.domain_uuid.as_deref()?))
     }
 
     /// Grace period for guest shutdown (default 60 s).

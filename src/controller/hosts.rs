@@ -159,6 +159,21 @@ pub fn redact(uri: &str) -> String {
     }
 }
 
+/// What adoption needs to know of `pool` (see [`crate::plan::adoption::PoolFacts`]), with the
+/// directory of its storage on the host `hv` (the libvirt pool's, when the HostPool names no
+/// path: only looked up, and started when it is stopped; nothing is defined).
+pub async fn adoption_facts(
+    pool: &HostPool,
+    hv: &dyn crate::hypervisor::Hypervisor,
+) -> crate::plan::adoption::PoolFacts {
+    let storage = &pool.spec.storage;
+    let storage_dir = match &storage.path {
+        Some(p) => Some(p.clone()),
+        None => hv.ensure_pool(&storage.pool, None).await.ok(),
+    };
+    crate::plan::adoption::PoolFacts::of(pool, storage_dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

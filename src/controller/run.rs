@@ -245,8 +245,7 @@ pub async fn run(
     let vm_store_for_events = vm_store.clone();
     let domain_events =
         broadcast_stream(ctx.hosts.connections.domain_events()).filter_map(move |uuid| {
-            let vm =
-                vm_store_for_events.find(|vm| vm.metadata.uid.as_deref() == Some(uuid.as_str()));
+            let vm = vm_store_for_events.find(|vm| crate::plan::naming::vm_domain_uuid(vm) == uuid);
             async move { vm.map(|vm| ObjectRef::from_obj(vm.as_ref())) }
         });
     // A host whose connection was re-established (after a loss, or after ferry closed it): the

@@ -14,11 +14,11 @@ use crate::api::virtual_machine::{
 };
 use crate::api::{HostPool, VirtualMachine, VirtualMachineSpec};
 use crate::plan::capacity::quantity;
-use crate::plan::domain::DomainInfo;
 use crate::plan::domain::{
     Backing, Bus, CpuModel, DescribedDomain, DomainDescription, DomainState, KernelBoot, NicDef,
     NicSource,
 };
+use crate::plan::domain::{DomainInfo, FerryMetadata, Owner, Shape};
 use crate::plan::{host_paths, naming};
 
 /// What adoption needs to know of the HostPool the domain would join.
@@ -31,6 +31,62 @@ pub struct PoolView<'a> {
     pub golden_images: &'a [String],
     /// The HostPool's `boot.directories`.
     pub boot_dirs: &'a [String],
+}
+
+/// The facts of a HostPool that a [`PoolView`] borrows.
+#[derive(Debug, Clone, Default)]
+pub struct PoolFacts {
+    /// See [`PoolView::storage_dir`].
+    pub storage_dir: Option<String>,
+    /// See [`PoolView::golden_images`].
+    pub golden_images: Vec<String>,
+    /// See [`PoolView::boot_dirs`].
+    pub boot_dirs: Vec<String>,
+}
+
+impl PoolFacts {
+    /// The facts of `pool`, whose storage is in `storage_dir` on the host (when known).
+    pub fn of(pool: &HostPool, storage_dir: Option<String>) -> PoolFacts {
+        PoolFacts {
+            storage_dir,
+            golden_images: pool
+                .spec
+                .storage
+                .images
+                .iter()
+                .map(|i| i.name.clone())
+                .collect(),
+            boot_dirs: pool
+                .spec
+                .boot
+                .as_ref()
+                .map(|b| b.directories.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The view [`assess`] and [`claim`] read.
+    pub fn view(&self) -> PoolView<'_> {
+        PoolView {
+            storage_dir: self.storage_dir.as_deref(),
+            golden_images: &self.golden_images,
+            boot_dirs: &self.boot_dirs,
+        }
+    }
+}
+
+/// The definition hash ferry writes into a domain's metadata when it takes the domain over: no
+/// definition of ferry's has it, so the VM controller's next look at the domain records the
+/// hash of the VM's definition in its place (again without redefining it).
+pub const TAKEN_OVER_HASH: &str = "taken-over";
+
+/// The metadata that records `owner` owning a domain it took over (see [`TAKEN_OVER_HASH`]).
+pub fn ownership(owner: Owner) -> FerryMetadata {
+    FerryMetadata {
+        owner,
+        definition_hash: TAKEN_OVER_HASH.to_string(),
+        shape: Shape::default(),
+    }
 }
 
 /// Whether `patterns` (a HostPool's `spec.adoption.domains`: exact names, or prefixes ending in
@@ -47,8 +103,7 @@ pub fn allowed(patterns: &[String], name: &str) -> bool {
 /// names in `spec.adoption.domains` may leave ferry's management: which domains do is a
 /// platform admin's decision.
 pub fn release_refusal(vm: &VirtualMachine, pool: Option<&HostPool>) -> Option<String> {
-    let ns = vm.metadata.namespace.as_deref().unwrap_or_default();
-    let domain = naming::domain_name(ns, vm.metadata.name.as_deref().unwrap_or_default());
+    let domain = naming::vm_domain_name(vm);
     let undo = format!(
         "remove the annotation {RELEASE_ANNOTATION} to delete the VM with its domain and disks"
     );
@@ -72,9 +127,19 @@ pub fn release_refusal(vm: &VirtualMachine, pool: Option<&HostPool>) -> Option<S
     })
 }
 
-/// The HostPool status entry of a domain in state `state`: what [`assess`] makes of it.
-pub fn candidate(d: &DescribedDomain, state: DomainState, pool: &PoolView) -> AdoptionCandidate {
+/// The status entry of HostPool `pool_name` for a domain in state `state`: what [`assess`] makes
+/// of it, with the spec that describes it ([`spec_for`]) when it is adoptable.
+pub fn candidate(
+    d: &DescribedDomain,
+    state: DomainState,
+    pool: &PoolView,
+    pool_name: &str,
+) -> AdoptionCandidate {
     let a = assess(d, state, pool);
+    let spec = a
+        .hardware
+        .as_ref()
+        .and_then(|h| serde_json::to_value(spec_for(h, state, pool_name)).ok());
     let c = &d.current;
     AdoptionCandidate {
         name: c.name.clone(),
@@ -96,6 +161,7 @@ pub fn candidate(d: &DescribedDomain, state: DomainState, pool: &PoolView) -> Ad
             .collect(),
         blockers: a.blockers,
         notes: a.notes,
+        spec,
     }
 }
 
@@ -602,6 +668,7 @@ pub fn spec_for(hw: &Hardware, state: DomainState, pool: &str) -> VirtualMachine
         migration: None,
         cloud_init: None,
         consoles,
+        adopt: None,
     }
 }
 

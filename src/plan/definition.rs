@@ -92,7 +92,7 @@ pub fn build(
     let namespace = vm.metadata.namespace.clone().unwrap_or_default();
     let name = vm.metadata.name.clone().unwrap_or_default();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    let domain = naming::domain_name(&namespace, &name);
+    let domain = naming::vm_domain_name(vm);
     let cpu_model = match valid.cpu_model.as_deref() {
         None | Some("host-model") => CpuModel::HostModel,
         Some("host-passthrough") => CpuModel::HostPassthrough,
@@ -146,7 +146,7 @@ pub fn build(
         console_log: serial_console.then(|| naming::console_log_path(console_dir, &domain)),
         graphics: ConsolesSpec::vnc_of(consoles).then_some(Graphics::Vnc),
         name: domain,
-        uuid: uid.clone(),
+        uuid: naming::vm_domain_uuid(vm),
         virt_type,
         vcpus: valid.vcpus,
         cpu_model,

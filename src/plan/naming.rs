@@ -2,11 +2,34 @@
 //!
 //! Kubernetes names are DNS labels/subdomains (no `_`), so `_` separates the parts unambiguously.
 
+use crate::api::VirtualMachine;
 use crate::api::virtual_machine::SourceFormat;
 
 /// libvirt domain name of a VM: `<namespace>_<name>`.
 pub fn domain_name(namespace: &str, name: &str) -> String {
     format!("{namespace}_{name}")
+}
+
+/// Name of `vm`'s libvirt domain: `<namespace>_<name>`, or the name of the domain it adopted
+/// (recorded in its status once ferry took the domain over).
+pub fn vm_domain_name(vm: &VirtualMachine) -> String {
+    match vm.adopted() {
+        Some((name, _)) => name.to_string(),
+        None => domain_name(
+            vm.metadata.namespace.as_deref().unwrap_or_default(),
+            vm.metadata.name.as_deref().unwrap_or_default(),
+        ),
+    }
+}
+
+/// UUID of `vm`'s libvirt domain: the VM's own UID, or the UUID of the domain it adopted
+/// (recorded in its status once ferry took the domain over; never read from `spec.adopt`,
+/// which a refused claim carries too).
+pub fn vm_domain_uuid(vm: &VirtualMachine) -> String {
+    match vm.adopted() {
+        Some((_, uuid)) => uuid.to_string(),
+        None => vm.metadata.uid.clone().unwrap_or_default(),
+    }
 }
 
 /// Volume name of the overlay ferry creates for a VM's image disk.
@@ -129,6 +152,35 @@ mod tests {
         assert_eq!(
             console_log_path("/logs/", "ns_vm"),
             "/logs/ns_vm.console.log"
+        );
+    }
+
+    #[test]
+    fn an_adopted_domain_is_named_by_the_status_never_by_the_spec() {
+        let mut vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "web", "namespace": "apps", "uid": "vm-uid"},
+            "spec": {"hostPool": "lab", "cpu": {"cores": 1}, "memory": "256Mi",
+                     "adopt": {"host": "h1", "domain": "legacy",
+                               "uuid": "70295d7a-b851-46e1-bfa3-4e82b34cff8b"}},
+            "status": {"host": "h1", "domainUuid": "vm-uid"}
+        }))
+        .expect("vm");
+        // Claimed, not taken over (yet): ferry's own name and UUID.
+        assert_eq!(
+            (vm_domain_name(&vm), vm_domain_uuid(&vm)),
+            ("apps_web".to_string(), "vm-uid".to_string())
+        );
+        if let Some(st) = vm.status.as_mut() {
+            st.adopted_domain = Some("legacy".into());
+            st.domain_uuid = Some("70295d7a-b851-46e1-bfa3-4e82b34cff8b".into());
+        }
+        assert_eq!(
+            (vm_domain_name(&vm), vm_domain_uuid(&vm)),
+            (
+                "legacy".to_string(),
+                "70295d7a-b851-46e1-bfa3-4e82b34cff8b".to_string()
+            )
         );
     }
 

@@ -175,6 +175,7 @@ mod tests {
             migration: None,
             cloud_init: None,
             consoles: None,
+            adopt: None,
         }
     }
 

@@ -103,7 +103,7 @@ pub(super) async fn open(
         )
     })?;
     let (hv, own) = connect(&ctx, &vm, kind).await?;
-    let uuid = vm.metadata.uid.clone().unwrap_or_default();
+    let uuid = crate::plan::naming::vm_domain_uuid(&vm);
     let stream = match hv.open_console(&uuid, kind).await {
         Ok(s) => s,
         Err(e) => {

@@ -10,7 +10,7 @@ use ferry::plan::domain::{
 use std::sync::Arc;
 
 /// A domain made outside ferry, as its XML reads: 1 vCPU, 256 MiB, one flat qcow2 disk `file`.
-fn foreign(name: &str, uuid: &str, file: &str) -> DescribedDomain {
+pub(super) fn foreign(name: &str, uuid: &str, file: &str) -> DescribedDomain {
     let d = DomainDescription {
         name: name.into(),
         uuid: uuid.into(),

@@ -3,6 +3,7 @@
 //! records every request. The hypervisor's own behaviour is tested against real libvirt
 //! elsewhere; these tests are about what the controllers do with what the hosts report.
 
+mod adoption;
 mod balancing;
 #[path = "../support/fake_pool.rs"]
 mod fake_pool;

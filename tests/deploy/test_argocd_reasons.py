@@ -41,6 +41,8 @@ def vm_rows() -> list[Row]:
         ("False", "NotRunning", "Terminating", "Progressing"),
         # Deleted for release, but the HostPool does not name the domain: a person decides.
         ("False", "ReleaseNotAllowed", "Terminating", "Degraded"),
+        # A claim on a domain ferry refuses to take over: a person fixes the spec or the pool.
+        ("False", "AdoptionBlocked", "Pending", "Degraded"),
         ("False", "HostFailingOver", "Stopped", "Progressing"),
         # VM monitoring waits for the storm guard to end: ferry starts it then.
         ("False", "StormGuardHolds", "Stopped", "Progressing"),
@@ -110,6 +112,7 @@ def vm_rows() -> list[Row]:
         Row("VirtualMachine", "Scheduled", "True", "Placed", "Running", "Healthy"),
         Row("VirtualMachine", "Scheduled", "True", "Migrated", "Running", "Healthy"),
         Row("VirtualMachine", "Scheduled", "True", "Adopted", "Running", "Healthy"),
+        Row("VirtualMachine", "Scheduled", "True", "TookOver", "Running", "Healthy"),
         Row("VirtualMachine", "Migrating", "True", "Migrating", "Migrating", "Progressing"),
         Row("VirtualMachine", "Migrating", "False", "NotMigrating", "Running", "Healthy"),
         Row("VirtualMachine", "Migrating", "False", "Migrated", "Running", "Healthy"),
@@ -166,7 +169,7 @@ NOT_CONDITION_REASONS = {
     "StaleDomainRemoved", "Fenced", "Confirmed", "Copied", "Start", "Stop", "Define", "Delete",
     "ConsoleOpened", "ConsoleClosed", "Console", "Normal", "Released", "Balancing", "Balance",
     "Update", "Provision", "Import", "Schedule", "Migrate", "Cleanup", "Reconcile", "Probe",
-    "Evacuate", "Fence", "Failover", "Recover", "ShutOff", "Resumed", "Pause", "Check",
+    "Evacuate", "Adopt", "Fence", "Failover", "Recover", "ShutOff", "Resumed", "Pause", "Check",
     # never reported: a reconcile that read a stale copy of the VM stops without writing
     "StaleCopy",
     # API values: kinds, status types, phases and states, printer columns, field names

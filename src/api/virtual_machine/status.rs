@@ -17,9 +17,14 @@ pub struct VirtualMachineStatus {
     /// Node name of the host the VM is placed on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// UUID of the libvirt domain (the VM's own UID, kept for its whole life).
+    /// UUID of the libvirt domain (the VM's own UID, kept for its whole life; an adopted
+    /// domain's own UUID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_uuid: Option<String>,
+    /// Name of the domain ferry took over for this VM (`spec.adopt`), which it keeps; unset for
+    /// a domain ferry defined (named `<namespace>_<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_domain: Option<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -31,7 +31,7 @@ pub fn console_target(
         .as_ref()
         .and_then(|s| s.host.clone())
         .ok_or_else(|| format!("{name} is not placed on a host yet: it has no console"))?;
-    let domain = naming::domain_name(&vm.namespace().unwrap_or_default(), &name);
+    let domain = naming::vm_domain_name(vm);
     let log_path = naming::console_log_path(pool.console_dir(), &domain);
     let uri = match node {
         Some(n) => uri::render(

@@ -5,6 +5,7 @@
 //! Everything that decides what to send is a pure function of the objects read, in the modules
 //! below (unit-tested there); this file only reads, writes and prints.
 
+mod adopt;
 mod console;
 #[cfg(test)]
 mod fixtures;
@@ -31,8 +32,8 @@ use std::process::ExitCode;
 const FIELD_MANAGER: &str = "kubectl-ferry";
 
 /// Manage ferry virtual machines: start, stop, restart, pause, unpause, migrate (and cancel),
-/// console, status, hosts, release, a pool's balancing recommendations, and VirtualMachines
-/// for OVA appliances (import-ova).
+/// console, status, hosts, adopt, release, a pool's balancing recommendations, and
+/// VirtualMachines for OVA appliances (import-ova).
 ///
 /// Start and stop do not fight GitOps: for a VM with runStrategy Manual they set the
 /// ferry.dev/power annotation, which Argo CD and Flux leave alone when it is not in Git; for other
@@ -127,6 +128,25 @@ enum Command {
         /// End after the first viewer disconnects.
         #[arg(long)]
         once: bool,
+    },
+    /// Take a domain made outside ferry over, without restarting it: prints the VirtualMachine
+    /// that describes the running domain (from its HostPool's adoption candidates, which
+    /// spec.adoption.domains names), then creates it unless --dry-run. The controller checks
+    /// the claim again and reports Ready=False, reason AdoptionBlocked, if it refuses.
+    Adopt {
+        /// Node name of the host the domain is on.
+        host: String,
+        /// The domain's name.
+        domain: String,
+        /// Name of the VirtualMachine; default: the domain's name, made a DNS label.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the VirtualMachine only; create nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the VirtualMachine in this format (default yaml).
+        #[arg(short, long, value_enum)]
+        output: Option<Output>,
     },
     /// Delete a VM but leave its domain on its host, running (or not) and defined, with its
     /// disks, without ferry's metadata (sets ferry.dev/release=true, then deletes). Only for a
@@ -478,6 +498,41 @@ async fn run(cli: Cli) -> Result<(), String> {
             let pools: Api<HostPool> = Api::namespaced(client.clone(), &ns);
             let pool = get(&pools, "HostPool", &ns, &obj.spec.host_pool).await?;
             console::attach(client, &obj, &pool, uri.clone(), *no_attach).await
+        }
+        Command::Adopt {
+            host,
+            domain,
+            name,
+            dry_run,
+            output,
+        } => {
+            let pools: Api<HostPool> = Api::namespaced(client.clone(), &ns);
+            let all = pools
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| format!("listing HostPools: {e}"))?
+                .items;
+            let (vm, notes) = adopt::manifest(&all, host, domain, name.as_deref(), &ns)?;
+            print!(
+                "{}",
+                adopt::render(&vm, &notes, output.unwrap_or(Output::Yaml))?
+            );
+            if *dry_run {
+                return Ok(());
+            }
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            vms.create(&pp, &vm)
+                .await
+                .map_err(|e| format!("creating VirtualMachine {}: {e}", vm.name_any()))?;
+            eprintln!(
+                "virtualmachine/{} created: ferry takes domain {domain} on host {host} over (kubectl ferry -n {ns} status {})",
+                vm.name_any(),
+                vm.name_any()
+            );
+            Ok(())
         }
         Command::Release { vm } => {
             let obj = get(&vms, "VirtualMachine", &ns, vm).await?;

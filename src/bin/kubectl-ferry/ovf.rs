@@ -555,6 +555,7 @@ pub fn map(ovf: &str, opts: &Options) -> Result<Mapped, String> {
         migration: None,
         cloud_init: None,
         consoles: None,
+        adopt: None,
     };
     let mut vm = VirtualMachine::new(&name, spec);
     vm.metadata.namespace = opts.namespace.clone();

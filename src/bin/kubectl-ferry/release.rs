@@ -15,7 +15,7 @@ pub fn release_plan(
     if let Some(why) = adoption::release_refusal(vm, pool) {
         return Err(why);
     }
-    let domain = naming::domain_name(&vm.namespace().unwrap_or_default(), &vm.name_any());
+    let domain = naming::vm_domain_name(vm);
     let host = vm
         .status
         .as_ref()

@@ -142,11 +142,12 @@ async fn stop_and_look(
         let Some(uid) = vm.metadata.uid.as_deref() else {
             continue;
         };
-        if let Err(e) = hv.destroy_domain(uid).await {
+        let uuid = crate::plan::naming::vm_domain_uuid(vm);
+        if let Err(e) = hv.destroy_domain(&uuid).await {
             tracing::warn!(host, vm = %vm.name_any(), error = %e, "could not stop the domain");
             continue;
         }
-        match hv.lookup_domain(uid).await {
+        match hv.lookup_domain(&uuid).await {
             Ok(Some(d)) if !d.state.is_active() => {
                 if let Some(m) = lock(&hc.hosts).get_mut(key) {
                     m.stopped.insert(uid.to_string(), Timestamp::now());

@@ -145,7 +145,7 @@ pub(super) fn stale_domains(
         .filter(|d| d.config.is_some() || d.live.is_some())
         .filter(|d| {
             vms.iter().any(|v| {
-                v.metadata.uid.as_deref() == Some(d.uuid.as_str())
+                crate::plan::naming::vm_domain_uuid(v) == d.uuid
                     && v.status
                         .as_ref()
                         .and_then(|s| s.host.as_deref())

@@ -6,7 +6,8 @@ use super::foreign::Foreign;
 use crate::api::HostPool;
 use crate::api::host_pool::AdoptionCandidate;
 use crate::hypervisor::Hypervisor;
-use crate::plan::adoption::{self, PoolView};
+use crate::plan::adoption;
+use kube::ResourceExt;
 
 /// At most this many candidates per host are described.
 pub(super) const MAX_PER_HOST: usize = 32;
@@ -57,28 +58,12 @@ pub(super) async fn describe(
     if names.is_empty() {
         return Vec::new();
     }
-    let storage = &pool.spec.storage;
-    let storage_dir = match &storage.path {
-        Some(p) => Some(p.clone()),
-        // Only looks the pool up (and starts it when it is stopped): no path, nothing defined.
-        None => hv.ensure_pool(&storage.pool, None).await.ok(),
-    };
-    let golden_images: Vec<String> = storage.images.iter().map(|i| i.name.clone()).collect();
-    let boot_dirs = pool
-        .spec
-        .boot
-        .as_ref()
-        .map(|b| b.directories.clone())
-        .unwrap_or_default();
-    let view = PoolView {
-        storage_dir: storage_dir.as_deref(),
-        golden_images: &golden_images,
-        boot_dirs: &boot_dirs,
-    };
+    let facts = crate::controller::hosts::adoption_facts(pool, hv).await;
+    let view = facts.view();
     names
         .into_iter()
         .filter_map(|name| foreign.described.get(name))
-        .map(|(described, state)| adoption::candidate(described, *state, &view))
+        .map(|(described, state)| adoption::candidate(described, *state, &view, &pool.name_any()))
         .collect()
 }
 

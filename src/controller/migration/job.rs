@@ -68,7 +68,7 @@ pub(super) async fn start(
     ctx.migrations.add_job(&uid(m), job.clone());
     let policy = Policy::for_vm(&pool, &vm);
     let request = request_for(&pool, &vm, &policy, &hosts.peer_uri);
-    let vm_uid = vm.metadata.uid.clone().unwrap_or_default();
+    let vm_uid = crate::plan::naming::vm_domain_uuid(&vm);
     let metrics = ctx.metrics.clone();
     let opts = ctx
         .hosts

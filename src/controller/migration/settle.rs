@@ -40,7 +40,7 @@ pub(super) async fn settle_failure(
     let Some(pool) = ctx.caches.pool_of(&vm) else {
         return finish(m, api, ctx, st, MigrationPhase::Failed, why).await;
     };
-    let vm_uid = vm.metadata.uid.clone().unwrap_or_default();
+    let vm_uid = crate::plan::naming::vm_domain_uuid(&vm);
     let (s, t) = observe(ctx, &pool, source, target, &vm_uid).await;
     match migration::outcome(s, t) {
         Outcome::Failed => {
@@ -163,7 +163,7 @@ pub(super) async fn recover_with(
         Ok(found) => found,
         Err(why) => return finish(m, api, ctx, st, MigrationPhase::Failed, why).await,
     };
-    let vm_uid = vm.metadata.uid.clone().unwrap_or_default();
+    let vm_uid = crate::plan::naming::vm_domain_uuid(&vm);
     let (s, t) = observe(ctx, &pool, &source, &target, &vm_uid).await;
     match migration::outcome(s, t) {
         Outcome::InProgress => {

@@ -70,7 +70,8 @@ pub(super) async fn clean_host(
     let host = host.to_string();
     let ns = vm.namespace().unwrap_or_default();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
-    let domain = naming::domain_name(&ns, &vm.name_any());
+    let uuid = naming::vm_domain_uuid(vm);
+    let domain = naming::vm_domain_name(vm);
     let pool = ctx
         .caches
         .pools
@@ -118,7 +119,7 @@ pub(super) async fn clean_host(
                     "LeftBehind",
                     "Delete",
                     format!(
-                        "Deleted without cleaning host {host} ({gone}; {why}): domain {domain} (UUID {uid}) and volumes [{}] may remain there; remove them if the host returns",
+                        "Deleted without cleaning host {host} ({gone}; {why}): domain {domain} (UUID {uuid}) and volumes [{}] may remain there; remove them if the host returns",
                         left.join(", ")
                     ),
                 )
@@ -145,14 +146,20 @@ pub(super) async fn clean_host(
         }
     };
     if super::release::requested(vm) {
-        super::release::release(vm, ctx, hv.as_ref(), &host, &uid, &domain).await?;
+        super::release::release(vm, ctx, hv.as_ref(), &host, &uuid, &domain).await?;
         ctx.vm_runtime.stopped(&uid);
         ctx.vm_runtime.forget_provisioned(&uid);
         ctx.backoff.reset(&key(vm));
         return Ok(Requeue::await_change());
     }
-    stop_for_delete(vm, hv.as_ref(), &uid).await?;
-    hv.undefine_domain(&uid).await?;
+    if vm.adopted().is_some() && !owned_by(hv.as_ref(), &uuid, &uid).await? {
+        // An adopted domain that no longer carries this VM's metadata (released, or claimed by
+        // another VM since) is not this VM's to remove.
+        tracing::warn!(vm = %vm.name_any(), %domain, "the adopted domain no longer carries this VM's metadata; left as it is");
+    } else {
+        stop_for_delete(vm, hv.as_ref(), &uuid).await?;
+        hv.undefine_domain(&uuid).await?;
+    }
     for (pool, volume) in &volumes {
         hv.delete_volume(pool, volume).await?;
     }
@@ -274,6 +281,19 @@ pub(super) fn owned_volumes(vm: &VirtualMachine, pool: Option<&str>) -> Vec<(Str
         }
     }
     out.into_iter().collect()
+}
+
+/// Whether the domain `uuid` on the host carries the metadata of the VM with UID `uid` (a host
+/// without the domain: yes, there is nothing of anyone else's to spare).
+async fn owned_by(hv: &dyn Hypervisor, uuid: &str, uid: &str) -> Result<bool> {
+    Ok(match hv.lookup_domain(uuid).await? {
+        None => true,
+        Some(d) => [d.live.as_ref(), d.config.as_ref()]
+            .into_iter()
+            .flatten()
+            .next()
+            .is_some_and(|m| m.owner.uid == uid),
+    })
 }
 
 /// Shut the guest down gracefully for deletion, forcing it off after the grace period.

@@ -2,7 +2,8 @@
 //! defined when it differs from what the host has, and the changes that wait for a restart.
 
 use super::*;
-use crate::plan::domain::{describe_changes, pending_restart};
+use crate::plan::adoption;
+use crate::plan::domain::{FerryMetadata, describe_changes, pending_restart};
 
 /// Whether a VM in this phase had its domain defined on its host.
 fn had_domain(phase: Option<VmPhase>) -> bool {
@@ -32,7 +33,7 @@ async fn look_elsewhere(
     now: Timestamp,
 ) -> Result<(), Blocked> {
     use crate::plan::sighting::{Verdict, decide};
-    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let uid = crate::plan::naming::vm_domain_uuid(vm);
     let seen = super::sighting::look(ctx, &placed.pool, &uid, &[placed.name.as_str()]).await;
     match decide(&seen) {
         Verdict::Free => Ok(()),
@@ -104,7 +105,7 @@ pub(super) async fn domain(
     let generation = vm.metadata.generation;
     let hv = placed.hv.as_ref();
     let pool = &placed.pool;
-    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let uid = crate::plan::naming::vm_domain_uuid(vm);
     let prior_phase = st.phase;
     let host_error = placed.blocked(prior_phase);
     let interfaces = definition::macs(vm);
@@ -140,7 +141,22 @@ pub(super) async fn domain(
         .as_ref()
         .and_then(|d| d.config.as_ref())
         .map(|m| m.definition_hash.as_str());
-    if configured != Some(hash.as_str()) {
+    if configured == Some(adoption::TAKEN_OVER_HASH) {
+        // Taken over: the domain stays as it is defined and runs; its metadata now says it is
+        // the VM's definition (the claim found the spec describing it).
+        let meta = FerryMetadata {
+            owner: def.owner.clone(),
+            definition_hash: hash.clone(),
+            shape: desired_shape.clone(),
+        };
+        hv.set_metadata(&uid, Some(&meta))
+            .await
+            .map_err(|e| host_error(e, "recording the VM's definition in the domain's metadata"))?;
+        dom = hv
+            .lookup_domain(&uid)
+            .await
+            .map_err(|e| host_error(e, "looking up the domain"))?;
+    } else if configured != Some(hash.as_str()) {
         hv.define_domain(&def).await.map_err(|e| match e {
             HypervisorError::InvalidDefinition { message } => Blocked::new(
                 VmPhase::Failed,

@@ -32,6 +32,11 @@ pub(super) fn check_access(
     let (mut other_golden, mut neighbours, mut foreign) = (Vec::new(), Vec::new(), Vec::new());
     if vm.spec.disks.iter().any(|d| d.volume.is_some()) {
         foreign = foreign_volumes.on(storage);
+        // The domain the VM takes over (or took) uses its volumes: whether it may is the claim's
+        // question (the pool names the domain, its disks are the spec's).
+        if let Some(a) = &vm.spec.adopt {
+            foreign.retain(|f| !(f.domain == a.domain && f.host == a.host));
+        }
         for f in foreign.iter().filter(|f| {
             vm.spec
                 .disks
@@ -487,7 +492,7 @@ pub(super) async fn clone_source(
     // libvirt can say whether the source runs when it is on this host.
     let active = match source.as_deref() {
         Some(s) if s.status.as_ref().and_then(|st| st.host.as_deref()) == Some(host) => {
-            let uid = s.metadata.uid.clone().unwrap_or_default();
+            let uid = crate::plan::naming::vm_domain_uuid(s);
             Some(
                 hv.lookup_domain(&uid)
                     .await

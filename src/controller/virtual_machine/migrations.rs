@@ -99,7 +99,7 @@ pub(super) async fn follow(
     let Some(landed) = landed else {
         return Ok(None);
     };
-    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let uid = crate::plan::naming::vm_domain_uuid(vm);
     let here = placed
         .hv
         .lookup_domain(&uid)

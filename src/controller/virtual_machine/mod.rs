@@ -1,6 +1,7 @@
 //! The VirtualMachine controller: place the VM, create its disks and domain on the host, drive the
 //! domain to the state the run strategy asks for, report status, and clean up on deletion.
 
+mod adopt;
 mod cleanup;
 mod define;
 mod disks;
@@ -235,6 +236,7 @@ async fn apply(vm: &VirtualMachine, api: &Api<VirtualMachine>, ctx: &Context) ->
                     | "HostPoolRefused"
                     | "BootFileNotAllowed"
                     | "DiskNotAllowed"
+                    | adopt::BLOCKED
             ) && st.host.is_none()
             {
                 set_condition(
@@ -275,6 +277,18 @@ async fn drive(
 ) -> Result<Duration, Blocked> {
     let (valid, seed) = spec::resolve(vm, &ctx.client, &ctx.caches, st).await?;
     let placed = place::place(vm, &valid, record, ctx, st, now).await?;
+    // Took its domain over just now: the rest of this reconcile works on that domain (its name
+    // and UUID are in the status written, not yet in the copy it started from).
+    let taken_over;
+    let vm = if st.adopted_domain.is_some() && vm.adopted().is_none() {
+        taken_over = VirtualMachine {
+            status: Some(st.clone()),
+            ..vm.clone()
+        };
+        &taken_over
+    } else {
+        vm
+    };
     if let Some(after) = migrations::follow(vm, ctx, &placed, st, now).await? {
         return Ok(after);
     }

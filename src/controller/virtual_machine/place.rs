@@ -113,6 +113,9 @@ pub(super) async fn place(
     }
     let host = match st.host.clone() {
         Some(h) => h,
+        None if super::adopt::pending(vm, st) => {
+            super::adopt::take_over(vm, &pool, record, ctx, st, now).await?
+        }
         None => {
             let host = scheduling::choose(
                 vm,
@@ -265,7 +268,7 @@ async fn look_before_start(
             ));
         }
     }
-    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let uid = crate::plan::naming::vm_domain_uuid(vm);
     // The failed host is asked too, unless the HA controller holds it fenced: a release does not
     // always come with a fence (the evidence may be libvirt's word that the domains shut off),
     // and a host wrongly judged off still shows the VM running.

@@ -75,7 +75,7 @@ pub(super) async fn run_state(
     let state = if decision.action == Action::None {
         dom.state
     } else {
-        hv.lookup_domain(&uid)
+        hv.lookup_domain(&crate::plan::naming::vm_domain_uuid(vm))
             .await
             .map_err(|e| host_error(e, "looking up the domain"))?
             .map(|d| d.state)
@@ -87,10 +87,12 @@ pub(super) async fn run_state(
     let phase = lifecycle::phase(Some(state), decision.action);
     // What the guest agent says (addresses, OS); nothing when it does not run or has no agent.
     let report = if state == DomainState::Running {
-        hv.guest_info(&uid).await.unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "guest agent not asked");
-            None
-        })
+        hv.guest_info(&crate::plan::naming::vm_domain_uuid(vm))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "guest agent not asked");
+                None
+            })
     } else {
         None
     };

@@ -22,8 +22,8 @@ pub(super) fn requested(vm: &VirtualMachine) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-/// Release the VM's domain (UUID `uid`, name `domain`) on `host`: ferry's metadata is removed,
-/// nothing else is touched. A host without the domain has nothing to release.
+/// Release the VM's domain (UUID `uid`, name `domain`) on `host`: ferry's metadata is removed
+/// (when it names this VM), nothing else is touched. A host without the domain has nothing to release.
 pub(super) async fn release(
     vm: &VirtualMachine,
     ctx: &Context,
@@ -35,7 +35,12 @@ pub(super) async fn release(
     let Some(d) = hv.lookup_domain(uid).await? else {
         return Ok(());
     };
-    if d.live.is_some() || d.config.is_some() {
+    let vm_uid = vm.metadata.uid.as_deref().unwrap_or_default();
+    if [d.live.as_ref(), d.config.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|m| m.owner.uid == vm_uid)
+    {
         hv.set_metadata(uid, None).await?;
     }
     let state = if d.state.is_active() {

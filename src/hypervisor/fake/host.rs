@@ -169,7 +169,7 @@ impl FakeHost {
             .as_ref()?
         {
             Definition::Ferry(def) | Definition::Released(def) => Some(def.as_ref().clone()),
-            Definition::Foreign { .. } => None,
+            Definition::Foreign { .. } | Definition::TakenOver { .. } => None,
         }
     }
 

@@ -79,6 +79,13 @@ pub(super) enum Definition {
     Foreign { vcpus: u32, memory_kib: u64 },
     /// By ferry, its metadata removed since (a released domain).
     Released(Box<DomainDefinition>),
+    /// By someone else, taken over by ferry since: its definition as it was, with ferry's
+    /// metadata.
+    TakenOver {
+        vcpus: u32,
+        memory_kib: u64,
+        meta: Box<FerryMetadata>,
+    },
 }
 
 impl Definition {
@@ -89,6 +96,7 @@ impl Definition {
                 definition_hash: definition_hash(def),
                 shape: shape(def),
             }),
+            Definition::TakenOver { meta, .. } => Some(meta.as_ref().clone()),
             Definition::Foreign { .. } | Definition::Released(_) => None,
         }
     }
@@ -96,7 +104,10 @@ impl Definition {
     fn size(&self) -> (u32, u64) {
         match self {
             Definition::Ferry(def) | Definition::Released(def) => (def.vcpus, def.memory_kib),
-            Definition::Foreign { vcpus, memory_kib } => (*vcpus, *memory_kib),
+            Definition::Foreign { vcpus, memory_kib }
+            | Definition::TakenOver {
+                vcpus, memory_kib, ..
+            } => (*vcpus, *memory_kib),
         }
     }
 
@@ -109,7 +120,7 @@ impl Definition {
                 .filter(|d| !d.read_only)
                 .map(|d| d.path.as_str())
                 .collect(),
-            Definition::Foreign { .. } => Vec::new(),
+            Definition::Foreign { .. } | Definition::TakenOver { .. } => Vec::new(),
         }
     }
 }
@@ -233,10 +244,28 @@ impl World {
         let Some(dom) = self.host(uri).domains.get_mut(uuid) else {
             return Err(no_domain(OP, uuid));
         };
-        let release = |d: &mut Option<Definition>| {
-            if let Some(Definition::Ferry(def)) = d.take() {
-                *d = Some(Definition::Released(def));
-            }
+        let release = |d: &mut Option<Definition>| match d.take() {
+            Some(Definition::Ferry(def)) => *d = Some(Definition::Released(def)),
+            Some(Definition::TakenOver {
+                vcpus, memory_kib, ..
+            }) => *d = Some(Definition::Foreign { vcpus, memory_kib }),
+            other => *d = other,
+        };
+        let take_over = |d: &mut Option<Definition>, m: &FerryMetadata| {
+            let (vcpus, memory_kib) = match d.as_ref() {
+                Some(
+                    def @ (Definition::Foreign { .. }
+                    | Definition::TakenOver { .. }
+                    | Definition::Released(_)),
+                ) => def.size(),
+                _ => return false,
+            };
+            *d = Some(Definition::TakenOver {
+                vcpus,
+                memory_kib,
+                meta: Box::new(m.clone()),
+            });
+            true
         };
         match meta {
             None => {
@@ -245,6 +274,10 @@ impl World {
                 Ok(())
             }
             Some(m) if dom.info().config.as_ref() == Some(m) => Ok(()),
+            Some(m) if take_over(&mut dom.config, m) => {
+                take_over(&mut dom.live, m);
+                Ok(())
+            }
             Some(_) => Err(failed(
                 OP,
                 error_code::OPERATION_INVALID,

@@ -408,7 +408,7 @@ fn the_allow_list_names_domains_and_prefixes() {
 #[test]
 fn a_candidate_says_what_ferry_makes_of_the_domain() {
     let dirs = boot_dirs();
-    let c = candidate(&described(legacy()), RUNNING, &pool(&dirs, &[]));
+    let c = candidate(&described(legacy()), RUNNING, &pool(&dirs, &[]), "lab");
     assert_eq!(
         (c.name.as_str(), c.state.as_str(), c.adoptable),
         ("legacy", "Running", true)
@@ -416,6 +416,10 @@ fn a_candidate_says_what_ferry_makes_of_the_domain() {
     assert_eq!((c.cpus, c.memory.as_str()), (1, "128Mi"));
     assert_eq!(c.volumes, ["legacy.qcow2"]);
     assert!(c.blockers.is_empty());
+    let spec: VirtualMachineSpec =
+        serde_json::from_value(c.spec.clone().expect("a spec")).expect("a VM spec");
+    assert_eq!(spec.host_pool, "lab");
+    assert_eq!(spec.disks[0].volume.as_deref(), Some("legacy.qcow2"));
 
     let mut bad = legacy();
     bad.passthrough.push("hostdev usb".into());
@@ -423,9 +427,11 @@ fn a_candidate_says_what_ferry_makes_of_the_domain() {
         &described(bad),
         DomainState::ShutOff(ShutOffReason::Shutdown),
         &pool(&dirs, &[]),
+        "lab",
     );
     assert_eq!((c.state.as_str(), c.adoptable), ("ShutOff", false));
     assert!(c.volumes.is_empty());
+    assert_eq!(c.spec, None);
     assert_eq!(
         c.blockers,
         ["hostdev usb: host hardware or files passed through to the guest"]

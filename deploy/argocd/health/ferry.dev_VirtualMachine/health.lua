@@ -34,6 +34,7 @@ local needs_person = {
   BootFileNotAllowed = true, DiskNotAllowed = true, ImageRefused = true, ImportRefused = true,
   ArchiveMemberRefused = true,
   ReleaseNotAllowed = true,
+  AdoptionBlocked = true,
 }
 
 local st = obj.status
