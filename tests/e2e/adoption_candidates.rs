@@ -1,5 +1,6 @@
 //! Domains made with plain virsh, outside ferry, that a HostPool names in `spec.adoption.domains`:
-//! described in the host's status as ferry would adopt them, and left exactly as they were.
+//! described in the host's status as ferry would adopt them, and left exactly as they were; one
+//! taken over without a restart, moved by ferry, and released again; a VM of ferry's released.
 
 use crate::support::cluster::{self, Cluster, wait_for};
 use crate::support::hosts::{boots, domain_on, highest_tick};
@@ -338,4 +339,198 @@ async fn a_released_vm_keeps_running_unmanaged() {
     .expect("remove the annotation");
     c.wait_vm_gone("other", Duration::from_secs(120)).await;
     assert!(!domain_on(&lab, "h1", &other).0, "removed with its VM");
+}
+
+/// A domain defined and started with plain virsh on h1 (a flat disk in the pool, the tiny guest
+/// ticking every 50 ms) is taken over with `kubectl ferry adopt` (dry run first): ferry owns and
+/// reports it without restarting it (one boot, ticks go on, ferry's metadata in its running and
+/// persistent XML), live-migrates it to h2, and releases it again with `kubectl ferry release`:
+/// still the same boot, running on h2, without ferry's metadata. Prints the adoption time
+/// (create → status Running on the adopted domain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a cluster and root: run e2e/run.sh"]
+async fn a_running_domain_is_taken_over_moved_and_released_without_a_restart() {
+    use crate::support::migration::{TICK, migration_lab, start_migration, wait_migration};
+    use ferry::api::{MigrationPhase, VmPhase};
+    assert!(
+        cluster::enabled(),
+        "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
+    );
+    let (lab, c, _ctl) = migration_lab(
+        "ferry-e2e-takeover",
+        2,
+        LABEL,
+        |lab| {
+            let mut p = pool_manifest("lab", lab);
+            p["spec"]["adoption"] = json!({"domains": ["legacy"]});
+            p
+        },
+        json!({}),
+    )
+    .await;
+    let ns = c.namespace.clone();
+    let (h1, h2) = (format!("{ns}-h1"), format!("{ns}-h2"));
+
+    let flat = lab.pool_dir.join("legacy.qcow2");
+    std::fs::copy(lab.golden_path(), &flat).expect("copy the golden image");
+    let log = lab.console_dir.join("legacy.log");
+    let file = lab.dir.join("legacy.xml");
+    std::fs::write(
+        &file,
+        lab.tiny_domain_xml_with("legacy", &flat, &log, TICK, ""),
+    )
+    .expect("write XML");
+    lab.virsh_ok("h1", &["define", &file.to_string_lossy()])
+        .expect("virsh define");
+    lab.virsh_ok("h1", &["start", "legacy"])
+        .expect("virsh start");
+    lab::wait_for_console(&log, "FERRY-BOOT 1", BOOT).expect("legacy booted");
+    let pools = c.pools();
+    let h1_name = h1.clone();
+    wait_for(
+        "legacy listed as adoptable",
+        Duration::from_secs(60),
+        || {
+            let pools = pools.clone();
+            let h1 = h1_name.clone();
+            async move {
+                let st = pools.get("lab").await.ok()?.status?;
+                let h = st.hosts.into_iter().find(|h| h.name == h1)?;
+                h.adoption_candidates
+                    .into_iter()
+                    .find(|c| c.name == "legacy" && c.adoptable && c.spec.is_some())
+            }
+        },
+    )
+    .await;
+
+    let plugin = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-ferry"))
+            .args(["-n", &ns])
+            .args(args)
+            .output()
+            .expect("run kubectl-ferry");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kubectl ferry {args:?}: {said}");
+        said
+    };
+    let dry = plugin(&["adopt", &h1, "legacy", "--dry-run"]);
+    assert!(
+        dry.contains("domain: legacy") && dry.contains("volume: legacy.qcow2"),
+        "{dry}"
+    );
+    assert!(
+        c.vms().get_opt("legacy").await.expect("get").is_none(),
+        "dry run creates nothing"
+    );
+
+    let started = std::time::Instant::now();
+    plugin(&["adopt", &h1, "legacy"]);
+    let vm = wait_vm(
+        &c,
+        "legacy",
+        "taken over and running",
+        Duration::from_secs(60),
+        |vm| {
+            vm.status.as_ref().is_some_and(|s| {
+                s.adopted_domain.as_deref() == Some("legacy") && s.phase == Some(VmPhase::Running)
+            }) && ready_reason(vm).is_some_and(|(s, _)| s == "True")
+        },
+    )
+    .await;
+    let took = started.elapsed();
+    eprintln!(
+        "ADOPTION-TIME {} ms (create -> ferry owns and reports the running domain)",
+        took.as_millis()
+    );
+    assert_eq!(host_of(&vm).as_deref(), Some(h1.as_str()));
+    let restart = condition(&vm, "RestartRequired").expect("RestartRequired");
+    assert_eq!(restart.status, "False", "{}", restart.message);
+    for args in [
+        vec!["dumpxml", "legacy"],
+        vec!["dumpxml", "--inactive", "legacy"],
+    ] {
+        let xml = lab.virsh_ok("h1", &args).expect("dumpxml");
+        assert!(
+            xml.contains("ferry.dev/xmlns"),
+            "{args:?}: ferry's metadata"
+        );
+    }
+    let ticks = highest_tick(&lab::console_log(&log));
+    lab::wait_for_console(
+        &log,
+        &format!("FERRY-TICK {}", ticks + 10),
+        Duration::from_secs(30),
+    )
+    .expect("ticks go on after the takeover");
+    assert_eq!(
+        boots(&lab::console_log(&log)),
+        1,
+        "not restarted by the takeover"
+    );
+
+    // Moved by ferry.
+    start_migration(&c, "move", "legacy", Some(&h2)).await;
+    let m = wait_migration(
+        &c,
+        "move",
+        "ended",
+        Duration::from_secs(180),
+        crate::support::migration::is_terminal,
+    )
+    .await;
+    assert_eq!(m.phase, Some(MigrationPhase::Succeeded), "{m:?}");
+    let h2_name = h2.clone();
+    wait_vm(
+        &c,
+        "legacy",
+        "running on h2",
+        Duration::from_secs(60),
+        move |vm| {
+            host_of(vm).as_deref() == Some(h2_name.as_str())
+                && vm.status.as_ref().and_then(|s| s.phase) == Some(VmPhase::Running)
+        },
+    )
+    .await;
+    assert_eq!(domain_on(&lab, "h2", "legacy"), (true, true));
+    assert!(!domain_on(&lab, "h1", "legacy").0, "gone from h1");
+    let ticks = highest_tick(&lab::console_log(&log));
+    lab::wait_for_console(
+        &log,
+        &format!("FERRY-TICK {}", ticks + 10),
+        Duration::from_secs(30),
+    )
+    .expect("ticks go on after the move");
+    assert_eq!(
+        boots(&lab::console_log(&log)),
+        1,
+        "not restarted by the move"
+    );
+
+    // Released again: still the same running guest, unmanaged.
+    plugin(&["release", "legacy"]);
+    c.wait_vm_gone("legacy", Duration::from_secs(60)).await;
+    assert_eq!(domain_on(&lab, "h2", "legacy"), (true, true));
+    for args in [
+        vec!["dumpxml", "legacy"],
+        vec!["dumpxml", "--inactive", "legacy"],
+    ] {
+        let xml = lab.virsh_ok("h2", &args).expect("dumpxml");
+        assert!(
+            !xml.contains("ferry.dev/xmlns"),
+            "{args:?}: ferry's metadata is gone"
+        );
+    }
+    let ticks = highest_tick(&lab::console_log(&log));
+    lab::wait_for_console(
+        &log,
+        &format!("FERRY-TICK {}", ticks + 10),
+        Duration::from_secs(30),
+    )
+    .expect("ticks go on after the release");
+    assert_eq!(boots(&lab::console_log(&log)), 1, "booted once, all along");
 }
