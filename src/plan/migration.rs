@@ -279,9 +279,78 @@ pub fn outcome(source: Seen, target: Seen) -> Outcome {
     }
 }
 
+/// Whether a migration that succeeded (status `m`) was overtaken by the VM's last recovery `r`:
+/// its target host failed after the move, was proven off and the VM was placed anew, so the VM
+/// is no longer looked for on that target (which may never answer again). A migration that
+/// ended after the failure was detected is not overtaken.
+pub fn overtaken_by_recovery(
+    m: &crate::api::VirtualMachineMigrationStatus,
+    r: Option<&crate::api::virtual_machine::Recovery>,
+) -> bool {
+    let Some(r) = r else {
+        return false;
+    };
+    match (
+        m.target.as_deref(),
+        m.end_time.as_ref(),
+        r.detected.as_ref(),
+    ) {
+        (Some(target), Some(ended), Some(detected)) => {
+            r.from_host == target && r.to_host.is_some() && ended.0 <= detected.0
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_move_is_overtaken_by_a_later_failure_of_its_target() {
+        use crate::api::VirtualMachineMigrationStatus;
+        use crate::api::virtual_machine::Recovery;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let t = |s: &str| Some(Time(s.parse().expect("timestamp")));
+        let moved = VirtualMachineMigrationStatus {
+            source: Some("h1".into()),
+            target: Some("h2".into()),
+            end_time: t("2026-12-07T10:00:00Z"),
+            ..VirtualMachineMigrationStatus::default()
+        };
+        let recovery = |from: &str, detected: &str, to: Option<&str>| Recovery {
+            from_host: from.into(),
+            detected: t(detected),
+            to_host: to.map(str::to_string),
+            ..Recovery::default()
+        };
+        let cases = [
+            ("no recovery", None, false),
+            (
+                "h2 failed after the move, the VM placed anew on h1",
+                Some(recovery("h2", "2026-12-07T10:01:00Z", Some("h1"))),
+                true,
+            ),
+            (
+                "h2 failed, the VM not placed anew yet",
+                Some(recovery("h2", "2026-12-07T10:01:00Z", None)),
+                false,
+            ),
+            (
+                "another host failed",
+                Some(recovery("h3", "2026-12-07T10:01:00Z", Some("h1"))),
+                false,
+            ),
+            (
+                "h2 failed before this move ended",
+                Some(recovery("h2", "2026-12-07T09:59:00Z", Some("h1"))),
+                false,
+            ),
+        ];
+        for (what, r, want) in cases {
+            assert_eq!(overtaken_by_recovery(&moved, r.as_ref()), want, "{what}");
+        }
+    }
 
     fn a(source: &str, target: &str) -> Active {
         Active {

@@ -47,12 +47,16 @@ pub(super) async fn cleanup(
             m.name_any()
         )));
     }
-    // A move that succeeded but is not recorded in status yet: the domain is on the target.
+    // A move that succeeded but is not recorded in status yet: the domain is on the target
+    // (not when the target failed after it and the VM was placed anew: HA proved it off).
+    let recovery = vm.status.as_ref().and_then(|s| s.last_recovery.as_ref());
     let moved_to = migrations.iter().rev().find_map(|m| {
         let s = m.status.as_ref()?;
-        (s.phase == Some(MigrationPhase::Succeeded) && s.source.as_deref() == Some(host.as_str()))
-            .then(|| s.target.clone())
-            .flatten()
+        (s.phase == Some(MigrationPhase::Succeeded)
+            && s.source.as_deref() == Some(host.as_str())
+            && !crate::plan::migration::overtaken_by_recovery(s, recovery))
+        .then(|| s.target.clone())
+        .flatten()
     });
     if let Some(target) = moved_to {
         clean_host(vm, api, ctx, &target).await?;

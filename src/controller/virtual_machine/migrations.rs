@@ -62,13 +62,21 @@ pub(super) async fn follow(
         return Ok(Some(TRANSITION));
     }
     // The latest migration that left this host and succeeded: if both hosts confirm it, the VM
-    // now lives on the target.
-    let landed = migrations.iter().rev().find(|m| {
-        let s = m.status.clone().unwrap_or_default();
-        s.phase == Some(MigrationPhase::Succeeded)
-            && s.source.as_deref() == Some(placed.name.as_str())
-            && s.target.as_deref().is_some_and(|t| t != placed.name)
-    });
+    // now lives on the target. Not when the target failed after it and the VM was placed anew
+    // (HA proved the target off: it may never answer again).
+    let landed = migrations
+        .iter()
+        .rev()
+        .find(|m| {
+            let s = m.status.clone().unwrap_or_default();
+            s.phase == Some(MigrationPhase::Succeeded)
+                && s.source.as_deref() == Some(placed.name.as_str())
+                && s.target.as_deref().is_some_and(|t| t != placed.name)
+        })
+        .filter(|m| {
+            let s = m.status.clone().unwrap_or_default();
+            !crate::plan::migration::overtaken_by_recovery(&s, st.last_recovery.as_ref())
+        });
     let (reason, message) = match migrations.last().and_then(|m| m.status.clone()) {
         Some(s) if s.phase == Some(MigrationPhase::Failed) => (
             "MigrationFailed",
