@@ -344,25 +344,31 @@ async fn a_released_vm_keeps_running_unmanaged() {
 /// A domain defined and started with plain virsh on h1 (a flat disk in the pool, the tiny guest
 /// ticking every 50 ms) is taken over with `kubectl ferry adopt` (dry run first): ferry owns and
 /// reports it without restarting it (one boot, ticks go on, ferry's metadata in its running and
-/// persistent XML), live-migrates it to h2, and releases it again with `kubectl ferry release`:
-/// still the same boot, running on h2, without ferry's metadata. Prints the adoption time
-/// (create → status Running on the adopted domain).
+/// persistent XML) and live-migrates it to h2. h2 then loses power (IPMI BMC): HA fences it and
+/// restarts the VM on h1 from its disk, as the same domain (name and UUID; a second boot).
+/// Released with `kubectl ferry release`, it keeps running on h1 without ferry's metadata.
+/// Prints the adoption time (create → status Running on the adopted domain) and the recovery
+/// time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a cluster and root: run e2e/run.sh"]
 async fn a_running_domain_is_taken_over_moved_and_released_without_a_restart() {
+    use crate::support::ha::{
+        ha_policy, ipmi_fencing, ipmi_power_off, put_bmc_password, wait_recovered,
+    };
     use crate::support::migration::{TICK, migration_lab, start_migration, wait_migration};
     use ferry::api::{MigrationPhase, VmPhase};
     assert!(
         cluster::enabled(),
         "set FERRY_E2E=1 and KUBECONFIG (e2e/run.sh does both)"
     );
-    let (lab, c, _ctl) = migration_lab(
+    let (lab, mut c, _ctl) = migration_lab(
         "ferry-e2e-takeover",
         2,
         LABEL,
         |lab| {
             let mut p = pool_manifest("lab", lab);
             p["spec"]["adoption"] = json!({"domains": ["legacy"]});
+            p["spec"]["fencing"] = ipmi_fencing();
             p
         },
         json!({}),
@@ -387,7 +393,7 @@ async fn a_running_domain_is_taken_over_moved_and_released_without_a_restart() {
     lab::wait_for_console(&log, "FERRY-BOOT 1", BOOT).expect("legacy booted");
     let pools = c.pools();
     let h1_name = h1.clone();
-    wait_for(
+    let candidate = wait_for(
         "legacy listed as adoptable",
         Duration::from_secs(60),
         || {
@@ -511,15 +517,69 @@ async fn a_running_domain_is_taken_over_moved_and_released_without_a_restart() {
         "not restarted by the move"
     );
 
+    // h2 loses power: HA fences it through its BMC and restarts the VM on h1, defined by ferry
+    // now (same name and UUID), from its disk.
+    let sim =
+        crate::support::bmc::IpmiSim::start("admin", "s3cret", &lab.power_off_command("h2"), false);
+    put_bmc_password(&c, "s3cret").await;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.client.clone());
+    let bmc = sim.address().trim_start_matches("ipmi://").to_string();
+    for (n, a) in [(&h2, bmc.as_str()), (&h1, "127.0.0.1:9")] {
+        nodes
+            .patch(
+                n,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"metadata": {"annotations": {"ferry.dev/e2e-bmc": a}}}),
+                ),
+            )
+            .await
+            .expect("annotate Node");
+    }
+    c.apply::<ferry::api::HAPolicy>(ha_policy(8, json!({})))
+        .await;
+    let policies: kube::Api<ferry::api::HAPolicy> = kube::Api::namespaced(c.client.clone(), &ns);
+    wait_for("both hosts Healthy", Duration::from_secs(60), || {
+        let p = policies.clone();
+        async move {
+            let s = p.get("ha").await.ok()?.status?;
+            (s.hosts.len() == 2
+                && s.hosts
+                    .iter()
+                    .all(|h| h.verdict == ferry::api::ha_policy::HostVerdict::Healthy))
+            .then_some(())
+        }
+    })
+    .await;
+    let lost = std::time::Instant::now();
+    ipmi_power_off(&sim);
+    c.node_not_ready(&h2).await;
+    wait_recovered(&c, "legacy", &h2, &h1, "Fenced").await;
+    eprintln!(
+        "power loss of h2 -> the adopted VM Running on h1 (status seen) after {:.1}s",
+        lost.elapsed().as_secs_f64()
+    );
+    // ferry's definition logs the serial console under its own name for the domain.
+    let log = lab.console_dir.join("legacy.console.log");
+    lab::wait_for_console(&log, "FERRY-BOOT 2", BOOT).expect("booted again on h1, from its disk");
+    assert_eq!(domain_on(&lab, "h1", "legacy"), (true, true));
+    let uuid = lab.virsh_ok("h1", &["domuuid", "legacy"]).expect("domuuid");
+    assert_eq!(uuid.trim(), candidate.uuid, "the same domain UUID");
+    let vm = c.vms().get("legacy").await.expect("vm");
+    assert_eq!(
+        vm.status.as_ref().and_then(|s| s.adopted_domain.as_deref()),
+        Some("legacy")
+    );
+
     // Released again: still the same running guest, unmanaged.
     plugin(&["release", "legacy"]);
     c.wait_vm_gone("legacy", Duration::from_secs(60)).await;
-    assert_eq!(domain_on(&lab, "h2", "legacy"), (true, true));
+    assert_eq!(domain_on(&lab, "h1", "legacy"), (true, true));
     for args in [
         vec!["dumpxml", "legacy"],
         vec!["dumpxml", "--inactive", "legacy"],
     ] {
-        let xml = lab.virsh_ok("h2", &args).expect("dumpxml");
+        let xml = lab.virsh_ok("h1", &args).expect("dumpxml");
         assert!(
             !xml.contains("ferry.dev/xmlns"),
             "{args:?}: ferry's metadata is gone"
@@ -532,5 +592,8 @@ async fn a_running_domain_is_taken_over_moved_and_released_without_a_restart() {
         Duration::from_secs(30),
     )
     .expect("ticks go on after the release");
-    assert_eq!(boots(&lab::console_log(&log)), 1, "booted once, all along");
+    assert!(
+        !lab::console_log(&log).contains("FERRY-BOOT 3"),
+        "not restarted again by the release"
+    );
 }

@@ -143,7 +143,10 @@ pub(super) async fn place(
             // of the VM this choice was made on: if another reconcile (another process, or one
             // working from a stale cache) placed it meanwhile, this one fails and creates nothing.
             st.host = Some(host.clone());
-            st.domain_uuid = vm.metadata.uid.clone();
+            if st.adopted_domain.is_none() {
+                // An adopted domain keeps its UUID wherever it runs next.
+                st.domain_uuid = vm.metadata.uid.clone();
+            }
             if let Some(r) = st.last_recovery.as_mut()
                 && r.to_host.is_none()
             {
