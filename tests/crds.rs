@@ -743,3 +743,62 @@ fn hostpool_balancing_settings_are_checked() {
         );
     }
 }
+
+#[test]
+fn hostpool_power_settings_are_checked() {
+    let fencing = json!({"driver": "IPMI", "addressTemplate": "ipmi://{annotation:ferry.dev/bmc}",
+                         "credentialsSecret": "bmc"});
+    let with = |p: Value| pool_errors(json!({ "power": p, "fencing": fencing.clone() }));
+    assert_eq!(with(json!({})), Vec::<String>::new());
+    assert_eq!(
+        with(
+            json!({"minHostsOn": 1, "standbyBelowPercent": 30, "wakeAbovePercent": 40,
+                    "standbyAfterSeconds": 10, "wakeTimeoutSeconds": 120})
+        ),
+        Vec::<String>::new()
+    );
+    for (bad, needle) in [
+        (
+            json!({"standbyBelowPercent": 60, "wakeAbovePercent": 60}),
+            "standbyBelowPercent (default 50) must be below wakeAbovePercent (default 80)",
+        ),
+        (
+            json!({"wakeAbovePercent": 40}),
+            "standbyBelowPercent (default 50) must be below wakeAbovePercent",
+        ),
+    ] {
+        let e = with(bad.clone());
+        assert!(e.iter().any(|m| m.contains(needle)), "{bad}: {e:?}");
+    }
+    // Hosts are powered off and on through the BMCs fencing configures.
+    let e = pool_errors(json!({"power": {}}));
+    assert!(
+        e.iter().any(|m| m.contains("power needs spec.fencing")),
+        "{e:?}"
+    );
+    assert_eq!(
+        pool_errors(json!({"power": {"enabled": false}})),
+        Vec::<String>::new()
+    );
+    let s = schema("HostPool");
+    let p = &s["properties"]["spec"]["properties"]["power"];
+    for (field, min, max) in [
+        ("minHostsOn", 1, 1000),
+        ("standbyBelowPercent", 5, 95),
+        ("wakeAbovePercent", 10, 100),
+        ("standbyAfterSeconds", 1, 86400),
+        ("wakeTimeoutSeconds", 30, 3600),
+    ] {
+        let f = &p["properties"][field];
+        assert_eq!(
+            (f["minimum"].as_f64(), f["maximum"].as_f64()),
+            (Some(min as f64), Some(max as f64)),
+            "{field}"
+        );
+    }
+    // The host's power state, in the status.
+    let h = &s["properties"]["status"]["properties"]["hosts"]["items"]["properties"]["power"];
+    assert_eq!(h["pattern"], json!("^(On|Draining|Standby|Waking)$"));
+    // Not an enum: a YAML 1.1 reader (kubectl's) takes a bare `On` in the CRD file for `true`.
+    assert!(h.get("enum").is_none(), "{h}");
+}

@@ -298,6 +298,9 @@ pub enum HostVerdict {
     Recovering,
     /// Back after an incident, clean.
     Recovered,
+    /// Put in Standby, or being powered on, by the pool's power management: off on purpose,
+    /// not a failure (no fencing, no incident).
+    Standby,
 }
 
 impl HostVerdict {

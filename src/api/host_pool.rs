@@ -5,6 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::balancing::{BalancingSpec, BalancingStatus};
+use super::power::{HostPower, PowerSpec, PowerStatus};
 use super::schema;
 use super::virtual_machine::ImageFormat;
 
@@ -31,6 +32,11 @@ use super::virtual_machine::ImageFormat;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Standby",
+        type_ = "integer",
+        json_path = ".status.power.standbyHosts"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -41,6 +47,7 @@ use super::virtual_machine::ImageFormat;
 #[x_kube(validation = kube::core::Rule::new("!has(self.boot) || self.boot.directories.all(d, !(d == (has(self.console) ? self.console.logDirectory : '/var/log/libvirt/qemu') || d.startsWith((has(self.console) ? self.console.logDirectory : '/var/log/libvirt/qemu') + '/') || (has(self.console) ? self.console.logDirectory : '/var/log/libvirt/qemu').startsWith(d + '/')))").message("boot.directories may not overlap console.logDirectory (default /var/log/libvirt/qemu): a VM could boot another VM's console log"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.storage.path) || !has(self.console) || !(self.storage.path == self.console.logDirectory || self.storage.path.startsWith(self.console.logDirectory + '/') || self.console.logDirectory.startsWith(self.storage.path + '/'))").message("storage.path and console.logDirectory may not overlap: console logs would show up as volumes"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.migration) || !has(self.migration.peerUriTemplate) || !self.migration.peerUriTemplate.matches('[?&;](no_verify=1|known_hosts_verify=ignore)') || (has(self.libvirt.insecureSkipHostVerification) && self.libvirt.insecureSkipHostVerification)").message("no_verify=1 and known_hosts_verify=ignore in migration.peerUriTemplate turn off checking the host's identity: set libvirt.insecureSkipHostVerification: true to allow them"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.power) || has(self.fencing) || (has(self.power.enabled) && !self.power.enabled)").message("power needs spec.fencing: hosts are powered off and on through the BMCs it configures"))]
 pub struct HostPoolSpec {
     /// Nodes that belong to the pool. An empty selector selects no Node.
     pub node_selector: LabelSelector,
@@ -82,6 +89,11 @@ pub struct HostPoolSpec {
     /// `Partial` or `Full`). Unset: no balancing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balancing: Option<BalancingSpec>,
+    /// Put idle hosts in Standby (live-migrate their VMs away, power them off through their
+    /// BMC) and power them on again when VMs wait for capacity or the load rises. Needs
+    /// `fencing`. Unset: every host stays on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerSpec>,
 }
 
 /// Domains made outside ferry that the pool looks at for adoption.
@@ -455,6 +467,10 @@ pub struct HostPoolStatus {
     /// What balancing decided last (with `spec.balancing`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balancing: Option<BalancingStatus>,
+    /// What power management decided last (with `spec.power`, or while hosts are still in
+    /// Standby).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerStatus>,
 }
 
 /// State of one host of the pool.
@@ -518,6 +534,23 @@ pub struct HostStatus {
     /// while the host does not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<MeasuredLoad>,
+    /// Power management's state of the host: `On` (also when absent), `Draining` (its VMs move
+    /// away before it goes to Standby), `Standby` (powered off through its BMC, or being
+    /// powered off) or `Waking` (powered on, waiting for its Node and libvirt). A host in
+    /// Standby or Waking takes no VMs and is never taken for a failed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::host_power")]
+    pub power: Option<HostPower>,
+    /// When the host entered its power state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_since: Option<Time>,
+    /// What power management is doing with the host, or why it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_message: Option<String>,
+    /// When the host last failed to come up after a power-on (it is powered on again only
+    /// after other hosts in Standby, or 30 minutes later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_failed: Option<Time>,
 }
 
 /// A domain made outside ferry, as ferry would adopt it.
@@ -609,7 +642,16 @@ impl HostStatus {
             ha_verdict: None,
             adoption_candidates: Vec::new(),
             load: None,
+            power: None,
+            power_since: None,
+            power_message: None,
+            wake_failed: None,
         }
+    }
+
+    /// Power management's state of the host (`On` when unset).
+    pub fn power(&self) -> HostPower {
+        self.power.unwrap_or_default()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod condition;
 pub mod ha_policy;
 pub mod host_pool;
 pub mod migration;
+pub mod power;
 pub mod roles;
 pub mod schema;
 pub mod virtual_machine;

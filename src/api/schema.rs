@@ -94,6 +94,16 @@ pub fn cidrs(_: &mut SchemaGenerator) -> Schema {
     .unwrap_or_default()
 }
 
+/// A host's power state (`On`, `Draining`, `Standby`, `Waking`) as a pattern rather than an
+/// enum: YAML 1.1 readers (kubectl's among them) take a bare `On` in a CRD file for `true`.
+pub fn host_power(_: &mut SchemaGenerator) -> Schema {
+    Schema::try_from(json!({
+        "type": "string",
+        "pattern": "^(On|Draining|Standby|Waking)$"
+    }))
+    .unwrap_or_default()
+}
+
 /// Optional host memory reservation: 0 to 64Ti.
 pub fn reserved_memory(_: &mut SchemaGenerator) -> Schema {
     quantity_between("0", "64Ti", "reservedMemory")

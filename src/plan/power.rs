@@ -16,6 +16,10 @@
 //! are live-migrated away before it is powered off.
 
 use super::balance::Usage;
+use crate::api::power::{
+    DEFAULT_MIN_HOSTS_ON, DEFAULT_STANDBY_AFTER_SECONDS, DEFAULT_STANDBY_BELOW_PERCENT,
+    DEFAULT_WAKE_ABOVE_PERCENT, PowerSpec, secs,
+};
 use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
 
@@ -64,6 +68,22 @@ pub struct Settings {
     pub standby_after: Duration,
     /// Hosts whose failure the pool must survive (the HA policy's failover reserve).
     pub failover_hosts: usize,
+}
+
+impl Settings {
+    /// A pool's `spec.power`, defaults applied, with `failover_hosts` kept on besides.
+    pub fn of(spec: &PowerSpec, failover_hosts: usize) -> Settings {
+        let pct = |v: Option<i32>, d: i32| f64::from(v.unwrap_or(d).clamp(0, 100)) / 100.0;
+        Settings {
+            min_hosts_on: usize::try_from(spec.min_hosts_on.unwrap_or(DEFAULT_MIN_HOSTS_ON))
+                .unwrap_or(1)
+                .max(1),
+            standby_below: pct(spec.standby_below_percent, DEFAULT_STANDBY_BELOW_PERCENT),
+            wake_above: pct(spec.wake_above_percent, DEFAULT_WAKE_ABOVE_PERCENT),
+            standby_after: secs(spec.standby_after_seconds, DEFAULT_STANDBY_AFTER_SECONDS),
+            failover_hosts,
+        }
+    }
 }
 
 /// What power management sees at one moment.

@@ -178,6 +178,7 @@ NOT_CONDITION_REASONS = {
     "CloudInitSpec", "Pending", "Unknown", "Terminating", "Cordoned", "Unreachable",
     "Misconfigured", "Phase", "Host", "IP", "Age", "VM", "Source", "Target", "Strategy", "Hosts",
     "Selected", "Protected", "Capacity", "Action", "CPUs", "Memory", "Model", "Shared", "HA",
+    "Standby",
     "IPMI", "InternalIP", "ExternalIP", "Hostname", "True", "False",
     # discovery document of the aggregated API
     "APIResourceList",

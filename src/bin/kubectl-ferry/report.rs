@@ -107,12 +107,19 @@ pub fn hosts_report(pools: &[HostPool], vms: &[VirtualMachine]) -> String {
             .hosts
             .iter()
             .map(|h: &HostStatus| {
+                // A host power management holds is shown by its power state and what is done.
+                let (state, message) = match h.power() {
+                    ferry::api::power::HostPower::On => {
+                        (format!("{:?}", h.state), h.message.clone())
+                    }
+                    p => (p.to_string(), h.power_message.clone()),
+                };
                 (
                     h.name.clone(),
-                    format!("{:?}", h.state),
+                    state,
                     h.libvirt_version.clone().unwrap_or_else(|| "-".into()),
                     per_host.remove(&h.name).unwrap_or(0),
-                    h.message.clone().unwrap_or_default(),
+                    message.unwrap_or_default(),
                 )
             })
             .collect();
@@ -206,7 +213,9 @@ mod tests {
             "selectedHosts": 2, "readyHosts": 1,
             "hosts": [
                 {"name": "hv-1", "state": "Ready", "libvirtVersion": "9.0.0"},
-                {"name": "hv-2", "state": "Unreachable", "message": "connection refused"}
+                {"name": "hv-2", "state": "Unreachable", "message": "connection refused"},
+                {"name": "hv-3", "state": "Unreachable", "message": "connection refused",
+                 "power": "Standby", "powerMessage": "powered off: the BMC reports Off"}
             ],
             "conditions": [{"type": "Ready", "status": "True", "reason": "SomeHostsNotReady",
                             "message": "1 of 2", "lastTransitionTime": "2026-01-10T08:00:00Z"}]
@@ -233,6 +242,7 @@ mod tests {
         };
         assert_eq!(row("hv-1")[..4], ["hv-1", "Ready", "9.0.0", "2"]);
         assert_eq!(row("hv-2")[..4], ["hv-2", "Unreachable", "-", "1"]);
+        assert_eq!(row("hv-3")[..5], ["hv-3", "Standby", "-", "0", "powered"]);
         assert_eq!(row("hv-9")[..4], ["hv-9", "-", "-", "1"]);
         assert_eq!(row("(unplaced)")[..4], ["(unplaced)", "-", "-", "1"]);
         assert!(!text.contains("adoption"), "{text}");

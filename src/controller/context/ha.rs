@@ -176,6 +176,7 @@ fn severity(v: HostVerdict) -> u8 {
     match v {
         V::Healthy => 0,
         V::Recovered => 1,
+        V::Standby => 1,
         V::Suspect => 2,
         V::Degraded => 3,
         V::Evacuating => 4,

@@ -218,7 +218,9 @@ pub(super) async fn record(
     };
     if changed {
         let type_ = match d.verdict {
-            HostVerdict::Healthy | HostVerdict::Recovered => EventType::Normal,
+            HostVerdict::Healthy | HostVerdict::Recovered | HostVerdict::Standby => {
+                EventType::Normal
+            }
             _ => EventType::Warning,
         };
         ctx.event(
