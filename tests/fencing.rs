@@ -59,6 +59,31 @@ async fn redfish_fence_outcomes() {
         .expect("again");
     assert!(again.was_off);
 
+    // Powered on again (ResetType On), the named system only; a second power-on sends nothing.
+    assert!(
+        fence::power_on(&f).await.expect("power on"),
+        "a power-on was sent"
+    );
+    wait_for(&f, Power::On).await;
+    assert!(!fence::power_on(&f).await.expect("power on again"));
+    // A replica that may not act sends no power-on either.
+    let off = fence::fence(&f, Duration::from_secs(20), POLL).await;
+    assert!(off.is_ok(), "{off:?}");
+    let lapsed = ActionGate::leased();
+    lapsed.renewed_until(Instant::now());
+    let gated = Redfish::new(
+        &sushy.base(),
+        "/redfish/v1/Systems/h1",
+        creds(PASS, Some(sushy.pki.ca_pem())),
+        Duration::from_secs(3),
+        lapsed,
+    )
+    .expect("client");
+    let r = fence::power_on(&gated).await;
+    assert!(matches!(r, Err(FenceError::Withheld { .. })), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(f.power_state().await.expect("state"), Power::Off);
+
     // Wrong password: a failed fence that says so.
     let bad = redfish(&sushy, "h2", "wrong");
     match fence::fence(&bad, Duration::from_secs(5), POLL).await {
@@ -124,6 +149,19 @@ async fn redfish_power_off_not_confirmed_is_a_failed_fence() {
     assert!(start.elapsed() < Duration::from_secs(8));
 }
 
+/// Wait (at most 20 s) for the BMC to report `want`.
+async fn wait_for(f: &dyn Fencer, want: Power) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = f.power_state().await.expect("state");
+        if state == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the BMC still reports {state:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 fn ipmi(sim: &IpmiSim, password: &str) -> Ipmi {
     Ipmi::new(
         &sim.address(),
@@ -141,7 +179,14 @@ async fn ipmi_fence_outcomes() {
     }
     let marker = tempfile::tempdir().expect("tmp");
     let killed = marker.path().join("killed");
-    let mut sim = IpmiSim::start(USER, PASS, &format!("touch {}", killed.display()), false);
+    let started = marker.path().join("started");
+    let mut sim = IpmiSim::start_with_power_on(
+        USER,
+        PASS,
+        &format!("touch {}", killed.display()),
+        false,
+        &format!("touch {}", started.display()),
+    );
 
     let f = ipmi(&sim, PASS);
     assert_eq!(f.power_state().await.expect("state"), Power::On);
@@ -152,6 +197,19 @@ async fn ipmi_fence_outcomes() {
     assert!(!sim.power_on(), "the emulator holds power off");
     assert!(killed.exists(), "the power-off hook ran");
     assert_eq!(f.power_state().await.expect("state"), Power::Off);
+
+    // Powered on again (chassis power up): the power-on hook runs; a second one sends nothing.
+    assert!(!started.exists());
+    assert!(
+        fence::power_on(&f).await.expect("power on"),
+        "a power-on was sent"
+    );
+    assert!(sim.power_on(), "the emulator holds power on");
+    assert!(started.exists(), "the power-on hook ran");
+    assert_eq!(f.power_state().await.expect("state"), Power::On);
+    assert!(!fence::power_on(&f).await.expect("power on again"));
+    sim.set_power(false);
+    std::fs::remove_file(&started).expect("remove the hook's marker");
 
     // A replica that may not act (its leader lease lapsed): the BMC is asked nothing that
     // changes power, and the fence fails saying why.
@@ -166,6 +224,13 @@ async fn ipmi_fence_outcomes() {
         lapsed,
     )
     .expect("client");
+    // Nor powered on.
+    sim.set_power(false);
+    let r = fence::power_on(&gated).await;
+    assert!(matches!(r, Err(FenceError::Withheld { .. })), "{r:?}");
+    assert!(!sim.power_on(), "nothing was powered on");
+    assert!(!started.exists(), "the power-on hook did not run");
+    sim.set_power(true);
     let r = fence::fence(&gated, Duration::from_secs(5), POLL).await;
     assert!(matches!(r, Err(FenceError::Withheld { .. })), "{r:?}");
     assert!(sim.power_on(), "nothing was powered off");

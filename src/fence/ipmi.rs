@@ -1,7 +1,7 @@
 //! IPMI v2.0 over LAN fencing (RMCP+, cipher suite 3: RAKP-HMAC-SHA1, HMAC-SHA1-96, AES-CBC-128)
 //! through the `ipmi` crate: open a session, raise it to Administrator (Set Session Privilege
 //! Level, which the crate does not send itself and BMCs such as OpenIPMI's require before
-//! chassis control), then `Chassis Control: power down` or `Get Chassis Status`. Each call opens
+//! chassis control), then `Chassis Control: power down` (or `power up`) or `Get Chassis Status`. Each call opens
 //! its own short session on a blocking thread (the crate's async client holds a thread-local RNG
 //! across awaits, so its futures cannot move between tokio workers), bounded by the request
 //! timeout as a whole.
@@ -171,9 +171,17 @@ impl Fencer for Ipmi {
     }
 
     async fn power_off(&self) -> Result<(), FenceError> {
-        allowed(&self.gate, &self.describe())?;
+        allowed(&self.gate, &self.describe(), "fence power_off")?;
         self.with_session("Chassis Control power down", |c| {
             c.chassis_control(ipmi::ChassisControl::PowerDown)
+        })
+        .await
+    }
+
+    async fn power_on(&self) -> Result<(), FenceError> {
+        allowed(&self.gate, &self.describe(), "power_on")?;
+        self.with_session("Chassis Control power up", |c| {
+            c.chassis_control(ipmi::ChassisControl::PowerUp)
         })
         .await
     }

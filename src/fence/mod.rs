@@ -1,10 +1,12 @@
-//! Fencing: power a failed host off through its BMC and wait until the BMC confirms Off.
+//! Fencing: power a failed host off through its BMC and wait until the BMC confirms Off; and
+//! power a host on again (power management wakes hosts it put in Standby).
 //!
-//! One [`Fencer`] trait, two protocols: Redfish (`redfish.rs`, ComputerSystem.Reset ForceOff) and
-//! IPMI v2.0 over LAN (`ipmi.rs`, chassis power off). Every BMC call is bounded by a timeout. A
-//! fence counts only when the BMC reports Off: a timeout, an error or a state that stays On is a
-//! failed fence, and [`fence`] says which. Every driver is built with the [`ActionGate`] and asks
-//! it before cutting power: a replica that may not act (see [`crate::gate`]) never does.
+//! One [`Fencer`] trait, two protocols: Redfish (`redfish.rs`, ComputerSystem.Reset ForceOff /
+//! On) and IPMI v2.0 over LAN (`ipmi.rs`, chassis power off / on). Every BMC call is bounded by
+//! a timeout. A fence counts only when the BMC reports Off: a timeout, an error or a state that
+//! stays On is a failed fence, and [`fence`] says which. Every driver is built with the
+//! [`ActionGate`] and asks it before changing power either way: a replica that may not act (see
+//! [`crate::gate`]) never does.
 
 pub mod ipmi;
 pub mod redfish;
@@ -55,8 +57,8 @@ pub enum FenceError {
         expected: String,
         found: String,
     },
-    /// This replica may not act now (see [`crate::gate`]): no power-off was sent.
-    #[error("power-off through BMC {bmc} withheld: {reason}")]
+    /// This replica may not act now (see [`crate::gate`]): no power change was sent.
+    #[error("power change through BMC {bmc} withheld: {reason}")]
     Withheld { bmc: String, reason: String },
     /// The power-off was accepted but the BMC did not report Off in time.
     #[error(
@@ -79,6 +81,9 @@ pub trait Fencer: Send + Sync {
     async fn power_state(&self) -> Result<Power, FenceError>;
     /// Ask the BMC to cut power at once (no graceful shutdown).
     async fn power_off(&self) -> Result<(), FenceError>;
+    /// Ask the BMC to power the host on (it boots; the BMC may report On before the host's
+    /// services answer).
+    async fn power_on(&self) -> Result<(), FenceError>;
 }
 
 /// A confirmed fence.
@@ -126,6 +131,16 @@ pub async fn fence(
     }
 }
 
+/// Power the host on unless the BMC already reports On; `Ok(true)` when a power-on was sent.
+/// Does not wait for the host to boot (its Node and libvirt tell when it is up).
+pub async fn power_on(f: &dyn Fencer) -> Result<bool, FenceError> {
+    if f.power_state().await? == Power::On {
+        return Ok(false);
+    }
+    f.power_on().await?;
+    Ok(true)
+}
+
 /// BMC credentials, from the HostPool's `fencing.credentialsSecret`.
 #[derive(Clone, Default)]
 pub struct Credentials {
@@ -145,13 +160,12 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Ask `gate` before cutting power through `bmc`.
-pub(crate) fn allowed(gate: &ActionGate, bmc: &str) -> Result<(), FenceError> {
-    gate.check("fence power_off")
-        .map_err(|w| FenceError::Withheld {
-            bmc: bmc.to_string(),
-            reason: w.reason,
-        })
+/// Ask `gate` before changing power (`what`) through `bmc`.
+pub(crate) fn allowed(gate: &ActionGate, bmc: &str, what: &'static str) -> Result<(), FenceError> {
+    gate.check(what).map_err(|w| FenceError::Withheld {
+        bmc: bmc.to_string(),
+        reason: w.reason,
+    })
 }
 
 /// Run `fut` with a timeout, turning the elapsed timeout into [`FenceError::Timeout`].

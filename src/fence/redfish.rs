@@ -1,5 +1,5 @@
 //! Redfish fencing: `POST {system}/Actions/ComputerSystem.Reset {"ResetType":"ForceOff"}`, then
-//! `GET {system}` until `PowerState` is `Off`. HTTPS with a CA from the credentials Secret (or the
+//! `GET {system}` until `PowerState` is `Off`; power-on is the same action with `"On"`. HTTPS with a CA from the credentials Secret (or the
 //! system roots when none is given), basic auth, and the system path always named explicitly
 //! (never "the first/last system").
 
@@ -258,18 +258,40 @@ impl Fencer for Redfish {
     }
 
     async fn power_off(&self) -> Result<(), FenceError> {
+        self.reset(
+            "ForceOff",
+            "ComputerSystem.Reset ForceOff",
+            "fence power_off",
+        )
+        .await
+    }
+
+    async fn power_on(&self) -> Result<(), FenceError> {
+        self.reset("On", "ComputerSystem.Reset On", "power_on")
+            .await
+    }
+}
+
+impl Redfish {
+    /// `POST ComputerSystem.Reset` with `reset_type`, once the gate allows it.
+    async fn reset(
+        &self,
+        reset_type: &'static str,
+        what: &'static str,
+        gate_op: &'static str,
+    ) -> Result<(), FenceError> {
         let bmc = self.describe();
-        allowed(&self.gate, &bmc)?;
-        bounded(&bmc, "ComputerSystem.Reset ForceOff", self.timeout, async {
+        allowed(&self.gate, &bmc, gate_op)?;
+        bounded(&bmc, what, self.timeout, async {
             let resp = self
                 .client
                 .post(self.url("/Actions/ComputerSystem.Reset"))
                 .basic_auth(&self.creds.username, Some(&self.creds.password))
-                .json(&serde_json::json!({"ResetType": "ForceOff"}))
+                .json(&serde_json::json!({ "ResetType": reset_type }))
                 .send()
                 .await
-                .map_err(|e| self.error("ComputerSystem.Reset ForceOff", e))?;
-            self.check("ComputerSystem.Reset ForceOff", resp).await?;
+                .map_err(|e| self.error(what, e))?;
+            self.check(what, resp).await?;
             Ok(())
         })
         .await

@@ -318,6 +318,23 @@ impl IpmiSim {
         on_power_off: &str,
         ignore_power_off: bool,
     ) -> IpmiSim {
+        Self::start_with_power_on(user, password, on_power_off, ignore_power_off, "")
+    }
+
+    /// [`IpmiSim::start`] with `on_power_on`, a shell command run when the BMC powers the host
+    /// on (e.g. start a lab host's libvirtd); empty for none. Power is reported On once it ran.
+    pub fn start_with_power_on(
+        user: &str,
+        password: &str,
+        on_power_off: &str,
+        ignore_power_off: bool,
+        on_power_on: &str,
+    ) -> IpmiSim {
+        let on_power_on = if on_power_on.trim().is_empty() {
+            ":"
+        } else {
+            on_power_on
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let port = free_udp_port();
@@ -337,7 +354,9 @@ impl IpmiSim {
         } else {
             // Off is reported once the host's processes are gone, as a real BMC reports it once
             // the power is cut.
-            format!("power) [ \"$2\" = 0 ] && {{ {on_power_off} ; }}; echo $2 > \"$S\" ;;")
+            format!(
+                "power) if [ \"$2\" = 0 ]; then {{ {on_power_off} ; }}; else {{ {on_power_on} ; }}; fi; echo $2 > \"$S\" ;;"
+            )
         };
         let script = format!(
             "#!/bin/sh\nS='{}/power'\nshift; op=$1; shift\ncase $op in\n  get) for p in \"$@\"; do [ \"$p\" = power ] && echo \"power:$(cat \"$S\")\"; done ;;\n  set) while [ $# -ge 2 ]; do case $1 in {set} esac; shift 2; done ;;\nesac\nexit 0\n",
