@@ -2,6 +2,7 @@
 //! and the [`Context`] every reconcile receives.
 
 pub mod balancing;
+pub mod bmc;
 pub mod cloud_init;
 pub mod context;
 pub mod credentials;
@@ -12,6 +13,7 @@ pub mod hosts;
 pub mod image_import;
 pub mod migration;
 pub mod permissions;
+pub mod power;
 pub mod run;
 pub mod scheduling;
 pub mod status;

@@ -130,7 +130,7 @@ pub async fn run(
             p.metadata.generation.hash(&mut h);
             if let Some(s) = &p.status {
                 for host in &s.hosts {
-                    (&host.name, format!("{:?}", host.state)).hash(&mut h);
+                    (&host.name, format!("{:?}", host.state), host.power()).hash(&mut h);
                     // Capacity that appears (or frees up) lets Pending VMs be placed.
                     (&host.allocatable, &host.allocated, &host.foreign_allocated).hash(&mut h);
                 }
@@ -442,14 +442,14 @@ fn ferry_events_selector() -> String {
     )
 }
 
-/// What of a HostPool every one of its VMs depends on: its spec and its hosts' states (not
-/// their capacity, which matters only to VMs waiting to be placed or started).
+/// What of a HostPool every one of its VMs depends on: its spec and its hosts' states and power
+/// states (not their capacity, which matters only to VMs waiting to be placed or started).
 fn pool_shape(pool: &HostPool) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     pool.metadata.generation.hash(&mut h);
     if let Some(s) = &pool.status {
         for host in &s.hosts {
-            (&host.name, format!("{:?}", host.state)).hash(&mut h);
+            (&host.name, format!("{:?}", host.state), host.power()).hash(&mut h);
         }
     }
     h.finish()

@@ -255,16 +255,23 @@ pub fn candidates(pool: &HostPool, caches: &Caches, ha: &HaVerdicts) -> Vec<Cand
                 name: h.name.clone(),
                 // A host that an HAPolicy of this pool does not judge healthy takes no new VMs
                 // (another pool's view of the same Node does not count here).
+                // A Standby verdict only echoes power management, whose word (On) is newer.
                 reachable: matches!(h.state, HostState::Ready | HostState::Cordoned)
                     && ha
                         .of(&PoolHost::of(pool, &h.name))
                         .into_iter()
-                        .all(|(_, v)| takes_vms(v)),
+                        .all(|(_, v)| {
+                            takes_vms(v)
+                                || (v == crate::api::ha_policy::HostVerdict::Standby
+                                    && h.power().takes_vms())
+                        }),
                 node_ready: node.as_deref().is_some_and(node_ready),
-                // A host in maintenance takes nothing new, like a cordoned one.
+                // A host in maintenance takes nothing new, like a cordoned one; nor does one power
+                // management empties, keeps off or is powering on.
                 cordoned: node
                     .as_deref()
-                    .is_some_and(|n| cordoned(n) || in_maintenance(n)),
+                    .is_some_and(|n| cordoned(n) || in_maintenance(n))
+                    || !h.power().takes_vms(),
                 labels: node.map(|n| n.labels().clone()).unwrap_or_default(),
                 allocatable: h.allocatable.as_ref().map(Amount::from),
                 foreign: h

@@ -8,6 +8,7 @@
 //! [`ActionGate`] and asks it before changing power either way: a replica that may not act (see
 //! [`crate::gate`]) never does.
 
+pub mod fake;
 pub mod ipmi;
 pub mod redfish;
 

@@ -14,6 +14,13 @@
 //! | NotReady  | up, ≥ grace      |     | Evacuating (LiveMigrate…) or Failed (Restart) |
 //! | NotReady  | down, ≥ graces   |     | Failed → fence, or ask for confirmation        |
 //! | NotReady  | down, < a grace  |     | Suspect                                       |
+//! | Standby or Waking (power management) | any | | Standby: no fence, no incident     |
+//!
+//! A host the pool's power management keeps off (`Standby`) or is powering on (`Waking`) is
+//! judged `Standby` whatever its signals say, unless an incident was already under way: its
+//! silence is no failure, and none of its VMs is restarted elsewhere for it (power management
+//! only puts an empty host in Standby, and takes it back `On` when its libvirt answers with
+//! running domains).
 //!
 //! A restart elsewhere is only ever decided after a confirmed fence (the host's own BMC reports
 //! Off while the Node or libvirt also says the host is gone), a shut-off libvirt confirmed by
@@ -83,6 +90,9 @@ pub struct Inputs {
     /// Domains of VMs that now run elsewhere are still defined on the host (known once libvirt
     /// answers again).
     pub stale_domains: bool,
+    /// The pool's power management keeps the host off or is powering it on (`Standby` or
+    /// `Waking` in the pool's status).
+    pub standby: bool,
     /// The previous verdict and when it was reached.
     pub previous: HostVerdict,
     pub previous_since: Timestamp,
@@ -203,6 +213,13 @@ pub fn decide(i: &Inputs, t: &Timings) -> Decision {
         V::Fenced | V::Recovering => return recovering(i),
         V::Recovered if i.stale_domains || i.libvirt.up => return recovering(i),
         _ => {}
+    }
+    if i.standby && !i.previous.in_incident() {
+        return decision(
+            V::Standby,
+            HostAction::None,
+            "in Standby (the pool's power management keeps it off or is powering it on): not a failure, nothing is fenced or restarted",
+        );
     }
     let node_ready = i.node.is_some_and(|n| n.up);
     // A Recovered host keeps its incident's fence record until it is Healthy again; that old

@@ -2,10 +2,14 @@
 //! hosts' measured load, the VMs waiting for capacity, the HA failover reserve and the time. A
 //! pure function of its inputs (no clock: pass `now`); the controller carries the decision out.
 //!
-//! **Power on** (first, in this order of reasons): VMs wait for capacity; fewer hosts are on
-//! than `Settings::min_hosts_on` plus the failover reserve; or the hosts on use more than
-//! `Settings::wake_above` of their CPUs or memory. The Standby host with a BMC and the lowest
-//! name is woken, one at a time (a host already powering on answers all of these).
+//! **Power on** (first, in this order of reasons): VMs placed on a host in Standby wait for it
+//! (that host is woken); VMs wait for capacity; fewer hosts are on than
+//! `Settings::min_hosts_on` plus the failover reserve; the hosts on use more than
+//! `Settings::wake_above` of their CPUs or memory; or power management is off
+//! (`Inputs::enabled` false) while hosts are in Standby. A host being emptied for Standby is
+//! kept on first (`Action::Cancel`); otherwise the Standby host with a BMC whose last power-on
+//! did not fail, then the lowest name, is woken, one at a time (a host already powering on
+//! answers all of these).
 //!
 //! **Standby**: nothing waits, no host is powering on or off, more hosts are on than
 //! `min_hosts_on` plus the reserve, and without one host the others would still use less than
@@ -53,6 +57,10 @@ pub struct Host {
     pub vms: usize,
     /// Of those, VMs that may not move (`evictionStrategy: None`, not live-migratable).
     pub pinned: usize,
+    /// VMs placed on it that wait for it to be on (meaningful in Standby).
+    pub waiting: usize,
+    /// Its last power-on did not bring it up (lately): others are woken first.
+    pub wake_failed: bool,
 }
 
 /// The pool's power settings, defaults applied.
@@ -94,6 +102,9 @@ pub struct Inputs<'a> {
     pub pending_for_capacity: usize,
     /// Since when the load has been low enough for a Standby (from the last decision).
     pub low_since: Option<Timestamp>,
+    /// Power management is on (`spec.power.enabled`); when off, hosts in Standby are woken and
+    /// none is emptied.
+    pub enabled: bool,
     pub now: Timestamp,
 }
 
@@ -106,6 +117,8 @@ pub enum Action {
     Standby { host: String },
     /// Power host `host` on.
     Wake { host: String },
+    /// Keep host `host`, being emptied for Standby, on.
+    Cancel { host: String },
 }
 
 /// The decision and why, in a sentence.
@@ -152,6 +165,23 @@ pub fn decide(i: &Inputs<'_>, s: &Settings) -> Decision {
         sum(on.iter().copied(), |h| h.used),
         sum(on.iter().copied(), |h| h.capacity),
     );
+    let standby: Vec<&Host> = i
+        .hosts
+        .iter()
+        .filter(|h| h.power == Power::Standby && h.has_bmc)
+        .collect();
+    if let Some(h) = standby.iter().find(|h| h.waiting > 0) {
+        return Decision {
+            action: Action::Wake {
+                host: h.name.clone(),
+            },
+            message: format!(
+                "powering host {} on: {} VM(s) placed on it wait for it",
+                h.name, h.waiting
+            ),
+        };
+    }
+    let draining = i.hosts.iter().find(|h| h.power == Power::Draining);
     let wake_why = if i.pending_for_capacity > 0 {
         Some(format!(
             "{} VM(s) wait for capacity",
@@ -169,16 +199,22 @@ pub fn decide(i: &Inputs<'_>, s: &Settings) -> Decision {
             mem * 100.0,
             s.wake_above * 100.0
         ))
+    } else if !i.enabled && (draining.is_some() || !standby.is_empty()) {
+        Some("power management is off".to_string())
     } else {
         None
     };
     if let Some(why) = wake_why {
-        let mut standby: Vec<&Host> = i
-            .hosts
-            .iter()
-            .filter(|h| h.power == Power::Standby && h.has_bmc)
-            .collect();
-        standby.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(h) = draining {
+            return Decision {
+                action: Action::Cancel {
+                    host: h.name.clone(),
+                },
+                message: format!("host {} stays on: {why}", h.name),
+            };
+        }
+        let mut standby = standby;
+        standby.sort_by(|a, b| (a.wake_failed, &a.name).cmp(&(b.wake_failed, &b.name)));
         return match standby.first() {
             Some(h) => Decision {
                 action: Action::Wake {
@@ -189,7 +225,10 @@ pub fn decide(i: &Inputs<'_>, s: &Settings) -> Decision {
             None => hold(None, format!("{why}, and no host is in Standby")),
         };
     }
-    if let Some(h) = i.hosts.iter().find(|h| h.power == Power::Draining) {
+    if !i.enabled {
+        return hold(None, "power management is off".into());
+    }
+    if let Some(h) = draining {
         return hold(
             i.low_since,
             format!("host {} is being emptied for Standby", h.name),
@@ -219,6 +258,7 @@ pub fn decide(i: &Inputs<'_>, s: &Settings) -> Decision {
     let rest: Vec<&Host> = on.iter().copied().filter(|h| h.name != host.name).collect();
     let total_used = sum(on.iter().copied(), |h| h.used);
     let (cpu, mem) = share(total_used, sum(rest.iter().copied(), |h| h.capacity));
+    let (left_cpu, left_mem) = (cpu, mem);
     if cpu >= s.standby_below || mem >= s.standby_below {
         return hold(
             None,
@@ -268,8 +308,13 @@ pub fn decide(i: &Inputs<'_>, s: &Settings) -> Decision {
             host: host.name.clone(),
         },
         message: format!(
-            "host {} goes to Standby: the others carry the load with headroom",
-            host.name
+            "host {} goes to Standby: without it the other {} host(s) on use {:.0} % of their CPUs and {:.0} % of their memory (below {:.0} %), and the failover reserve ({} host(s)) holds",
+            host.name,
+            rest.len(),
+            left_cpu * 100.0,
+            left_mem * 100.0,
+            s.standby_below * 100.0,
+            s.failover_hosts
         ),
     }
 }

@@ -11,6 +11,7 @@ mod ha;
 mod host_pool;
 mod migration;
 mod monitoring;
+mod power;
 mod release;
 mod steady;
 mod support;

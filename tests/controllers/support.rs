@@ -5,6 +5,7 @@
 use crate::fake_pool::filled;
 use ferry::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
 use ferry::controller::Context;
+use ferry::fence::fake::FakeBmcs;
 use ferry::hypervisor::fake::{FakeConnector, FakeHost};
 use ferry::metrics::Metrics;
 use ferry::plan::definition::{self, ResolvedDisk};
@@ -145,6 +146,20 @@ impl World {
         migrations: Vec<VirtualMachineMigration>,
         policies: Vec<HAPolicy>,
     ) -> World {
+        Self::with_bmcs(fakes, pools, nodes, vms, migrations, policies, None)
+    }
+
+    /// [`World::new`] whose hosts' BMCs are `bmcs` (when given) rather than the pools' fencing
+    /// settings.
+    pub fn with_bmcs(
+        fakes: FakeConnector,
+        pools: Vec<HostPool>,
+        nodes: Vec<Node>,
+        vms: Vec<VirtualMachine>,
+        migrations: Vec<VirtualMachineMigration>,
+        policies: Vec<HAPolicy>,
+        bmcs: Option<FakeBmcs>,
+    ) -> World {
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(svc, "default");
         let server = Server::default();
@@ -200,6 +215,10 @@ impl World {
         )
         .with_migrations(migration_store)
         .with_policies(policy_store);
+        let ctx = match bmcs {
+            Some(b) => ctx.with_bmcs(b),
+            None => ctx,
+        };
         World {
             ctx: Arc::new(ctx),
             server,

@@ -56,6 +56,8 @@ def vm_rows() -> list[Row]:
         ("False", "DefineFailed", "Provisioning", "Progressing"),
         # Look before you start: waits that end by themselves.
         ("False", "OtherHostUnreachable", "Pending", "Progressing"),
+        # Placed on a host in Standby that power management powers on for it.
+        ("False", "HostStandby", "Pending", "Progressing"),
         ("False", "ActionWithheld", "Pending", "Progressing"),
         # A person must act: Degraded whatever the phase.
         ("False", "HostPoolNotFound", "Pending", "Degraded"),
@@ -107,6 +109,8 @@ def vm_rows() -> list[Row]:
     rows += [
         Row("VirtualMachine", "Ready", "False", "Stopped", "Stopped", "Healthy", strategy="Halted"),
         Row("VirtualMachine", "Ready", "False", "Stopped", "Stopped", "Healthy", strategy="Manual"),
+        # Stopped, and assigned to a host in Standby: nothing is missing.
+        Row("VirtualMachine", "Ready", "False", "HostStandby", "Stopped", "Healthy", strategy="Halted"),
         Row("VirtualMachine", "Ready", "False", "NoHostAvailable", "Pending", "Healthy", strategy="Halted", placed=False),
         # Conditions other than Ready do not change the health of a running VM.
         Row("VirtualMachine", "Scheduled", "True", "Placed", "Running", "Healthy"),
@@ -170,6 +174,8 @@ NOT_CONDITION_REASONS = {
     "ConsoleOpened", "ConsoleClosed", "Console", "Normal", "Released", "Balancing", "Balance",
     "Update", "Provision", "Import", "Schedule", "Migrate", "Cleanup", "Reconcile", "Probe",
     "Evacuate", "Adopt", "Fence", "Failover", "Recover", "ShutOff", "Resumed", "Pause", "Check",
+    "Draining", "PoweringOff", "PoweredOff", "Waking", "PoweringOn", "PoweredOn",
+    "StandbyCancelled", "StandbyAborted", "WakeFailed", "Power",
     # never reported: a reconcile that read a stale copy of the VM stops without writing
     "StaleCopy",
     # API values: kinds, status types, phases and states, printer columns, field names

@@ -66,6 +66,8 @@ pub struct Context {
     pub foreign_volumes: ForeignVolumes,
     /// How long a VM in a steady state waits for its next look when no event wakes it.
     pub safety_resync: SafetyResync,
+    /// BMC clients to use instead of those the pools' fencing settings describe (tests).
+    pub bmcs: Option<crate::fence::fake::FakeBmcs>,
 }
 
 impl Context {
@@ -112,6 +114,7 @@ impl Context {
             load: Arc::default(),
             foreign_volumes: ForeignVolumes::default(),
             safety_resync: SafetyResync::default(),
+            bmcs: None,
         }
     }
 
@@ -155,6 +158,12 @@ impl Context {
     /// Use `store` for the Events about ferry's objects.
     pub fn with_events(mut self, store: Store<k8s_openapi::api::core::v1::Event>) -> Self {
         self.caches.events = store;
+        self
+    }
+
+    /// Reach every host's BMC through `bmcs` instead of the pools' fencing settings (tests).
+    pub fn with_bmcs(mut self, bmcs: crate::fence::fake::FakeBmcs) -> Self {
+        self.bmcs = Some(bmcs);
         self
     }
 

@@ -38,9 +38,17 @@ pub(super) fn facts(
 ) -> Facts {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
+    // Hosts power management empties for Standby (as the status about to be written says)
+    // move all their VMs, as hosts in maintenance do.
+    let for_standby = |host: &str| {
+        pool.status
+            .as_ref()
+            .and_then(|s| s.hosts.iter().find(|h| h.name == host))
+            .is_some_and(|h| h.power() == crate::api::power::HostPower::Draining)
+    };
     let in_maintenance: BTreeSet<String> = nodes
         .iter()
-        .filter(|n| draining(pool, n))
+        .filter(|n| draining(pool, n) || for_standby(&n.name_any()))
         .map(|n| n.name_any())
         .collect();
     let mut by_ha = ha_evacuating(pool, nodes, caches, ha);

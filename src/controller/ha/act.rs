@@ -34,7 +34,7 @@ pub(super) async fn act(
     match d.action {
         HostAction::None | HostAction::AskConfirmation => {}
         HostAction::Fence => {
-            let f = match bmc::fencer(ctx, pool, node).await {
+            let f = match crate::controller::bmc::client(ctx, pool, node).await {
                 Ok(f) => f,
                 Err(e) => {
                     fence_done(hc, key, Err(e));

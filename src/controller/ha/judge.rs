@@ -100,9 +100,16 @@ pub(super) async fn pool(
     for n in &t.nodes {
         start_probe(hc, &key(n), t.pool, n, t.now);
     }
+    // Hosts power management keeps off count neither as failing nor as hosts of the pool.
+    let judged = t
+        .nodes
+        .iter()
+        .filter(|n| !kept_off(t.pool, &n.name_any()))
+        .count();
     let failing = t
         .nodes
         .iter()
+        .filter(|n| !kept_off(t.pool, &n.name_any()))
         .filter(|n| {
             let hosts = lock(&hc.hosts);
             hosts.get(&key(n)).is_some_and(|m| {
@@ -116,13 +123,12 @@ pub(super) async fn pool(
             })
         })
         .count();
-    let storm = host_health::storm(t.nodes.len(), failing, t.policy.max_failed_hosts_percent());
+    let storm = host_health::storm(judged, failing, t.policy.max_failed_hosts_percent());
     let guard = PolicyPool::new(&ns, &t.pool.name_any(), &t.policy.name_any());
     hc.ctx.ha.set_storm(&guard, storm);
     if storm {
         out.storm = Some(format!(
-            "{failing} of {} host(s) of HostPool {} look failed (more than {}%)",
-            t.nodes.len(),
+            "{failing} of {judged} host(s) of HostPool {} look failed (more than {}%)",
             t.pool.name_any(),
             t.policy.max_failed_hosts_percent()
         ));
@@ -189,11 +195,13 @@ async fn host(hc: &Arc<HaContext>, t: &PoolTick<'_>, key: &HaKey, n: &Arc<Node>,
         .iter()
         .filter(|v| v.status.as_ref().and_then(|s| s.host.as_deref()) == Some(name.as_str()))
         .collect();
-    let bmc = if !mem.libvirt.up && t.pool.spec.fencing.is_some() && !mem.fence.in_flight {
-        bmc::power_for_tick(hc, key, t.pool, n, mem.libvirt.since).await
-    } else {
-        None
-    };
+    let standby = kept_off(t.pool, &name);
+    let bmc =
+        if !mem.libvirt.up && t.pool.spec.fencing.is_some() && !mem.fence.in_flight && !standby {
+            bmc::power_for_tick(hc, key, t.pool, n, mem.libvirt.since).await
+        } else {
+            None
+        };
     let incident_id = mem.incident.as_ref().map(|i| i.id.clone());
     let human = incident_id
         .as_ref()
@@ -217,6 +225,7 @@ async fn host(hc: &Arc<HaContext>, t: &PoolTick<'_>, key: &HaKey, n: &Arc<Node>,
                     .is_some_and(|uid| mem.stopped.contains_key(uid))
             }),
         stale_domains: !stale.is_empty(),
+        standby,
         previous: mem.verdict,
         previous_since: mem.since,
         now: t.now,
@@ -285,4 +294,13 @@ fn outcome(hc: &HaContext, t: &PoolTick<'_>, key: &HaKey) -> Option<HostOutcome>
         fence_failed,
         incident: m.incident,
     })
+}
+
+/// Whether the pool's power management keeps `host` off or is powering it on (its status says
+/// `Standby` or `Waking`).
+fn kept_off(pool: &HostPool, host: &str) -> bool {
+    pool.status
+        .as_ref()
+        .and_then(|s| s.hosts.iter().find(|h| h.name == host))
+        .is_some_and(|h| h.power().kept_off())
 }

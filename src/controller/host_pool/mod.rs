@@ -6,10 +6,11 @@ mod foreign;
 mod probe;
 mod report;
 
-use super::balancing;
 use super::hosts::pool_nodes;
 use super::{Context, status::apply_status};
+use super::{balancing, power};
 use crate::api::condition::{ConditionStatus, set_condition};
+use crate::api::power::HostPower;
 use crate::api::{HostPool, HostPoolStatus, HostState};
 use crate::error::{Error, Result};
 use crate::plan::pool_check;
@@ -85,10 +86,18 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
     }
     let hosts = probe::hosts(&pool, &nodes, &ctx, &previous).await;
     report::transitions(&ctx, &pool, &nodes, &previous, &hosts).await;
-    report::conditions(&pool, &mut st, &hosts, now);
-    let unreachable = hosts.iter().any(|h| h.state == HostState::Unreachable);
     st.hosts = hosts;
-    report::evacuation(&ctx, &pool, &nodes, &mut st, now).await;
+    // Power management first: the hosts it empties for Standby are evacuated below.
+    let power_due = power::reconcile(&pool, &ctx, &nodes, &mut st, now).await;
+    let hosts = st.hosts.clone();
+    report::conditions(&pool, &mut st, &hosts, now);
+    // A host in Standby is expected not to answer; one being powered on is watched closely.
+    let unreachable = hosts
+        .iter()
+        .any(|h| h.state == HostState::Unreachable && h.power() != HostPower::Standby);
+    let mut fresh = pool.as_ref().clone();
+    fresh.status = Some(st.clone());
+    report::evacuation(&ctx, &fresh, &nodes, &mut st, now).await;
     let balance_due = balancing::reconcile(&pool, &ctx, &mut st, now).await;
     apply_status(&api, pool.as_ref(), pool.status.as_ref(), &st).await?;
     ctx.pool_reports.wrote(&uid, st);
@@ -97,8 +106,12 @@ pub async fn reconcile(pool: Arc<HostPool>, ctx: Arc<Context>) -> Result<Requeue
     } else {
         PROBE_INTERVAL
     };
-    // A balancing run due before the next probe is not kept waiting for it.
-    Ok(Requeue::requeue(balance_due.map_or(probe, |d| {
+    // A balancing run or a power step due before the next probe is not kept waiting for it.
+    let due = match (balance_due, power_due) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(Requeue::requeue(due.map_or(probe, |d| {
         d.max(Duration::from_secs(1)).min(probe)
     })))
 }

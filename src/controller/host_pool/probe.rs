@@ -54,6 +54,13 @@ pub(super) async fn hosts(
         {
             keep_last_known(h, b);
         }
+        // Power management's state is its own: carried over, changed only by it.
+        if let Some(b) = before {
+            h.power = b.power;
+            h.power_since = b.power_since.clone();
+            h.power_message = b.power_message.clone();
+            h.wake_failed = b.wake_failed.clone();
+        }
     }
     hosts
 }

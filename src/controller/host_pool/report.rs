@@ -62,7 +62,10 @@ pub(super) async fn transitions(
             ctx.event(pool, EventType::Warning, "OrphanDomains", "Probe", note)
                 .await;
         }
-        if before.map(|b| b.state) != Some(h.state) {
+        // A host in Standby, or being powered on, is expected not to answer: power
+        // management's Events say what happens to it.
+        let kept_off = h.power().kept_off() && h.state != HostState::Ready;
+        if before.map(|b| b.state) != Some(h.state) && !kept_off {
             let (type_, reason) = match h.state {
                 HostState::Ready => (EventType::Normal, "HostReady"),
                 HostState::Cordoned => (EventType::Normal, "HostCordoned"),
@@ -91,7 +94,10 @@ pub(super) fn conditions(
     let troubled: Vec<String> = hosts
         .iter()
         .filter(|h| h.state != HostState::Ready)
-        .map(|h| format!("{} {:?}", h.name, h.state))
+        .map(|h| match h.power() {
+            p if p.kept_off() => format!("{} {p}", h.name),
+            _ => format!("{} {:?}", h.name, h.state),
+        })
         .collect();
     let (status, reason, message) = if hosts.is_empty() {
         (
@@ -200,11 +206,13 @@ pub(super) async fn host_event(
 }
 
 /// `Degraded`: True while a selected host can neither take nor keep VMs (unreachable or
-/// misconfigured), naming them; a cordoned host is a choice, not a fault.
+/// misconfigured), naming them; a cordoned host is a choice, not a fault, and so is one in
+/// Standby or being powered on.
 pub(super) fn degraded(hosts: &[HostStatus]) -> (ConditionStatus, &'static str, String) {
     let bad: Vec<String> = hosts
         .iter()
         .filter(|h| matches!(h.state, HostState::Unreachable | HostState::Misconfigured))
+        .filter(|h| !h.power().kept_off())
         .map(|h| format!("{} {:?}", h.name, h.state))
         .collect();
     if bad.is_empty() {

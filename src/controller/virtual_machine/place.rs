@@ -8,6 +8,7 @@ use crate::api::virtual_machine::Recovery;
 use crate::api::{VirtualMachine, VirtualMachineStatus, VmPhase};
 use crate::controller::Context;
 use crate::controller::context::{HaVerdicts, PoolHost};
+use crate::controller::power::HOST_STANDBY;
 use crate::controller::scheduling::{self, NotPlaced};
 use crate::error::Result;
 use crate::plan::sighting::{self as sighting_plan, Verdict};
@@ -192,6 +193,32 @@ pub(super) async fn place(
             host
         }
     };
+    // A host the pool's power management keeps off, or is powering on: nothing is tried on it
+    // and nothing of it is started elsewhere. A VM that should run waits for it, which has
+    // power management power it on.
+    if let Some(p) = pool
+        .status
+        .as_ref()
+        .and_then(|s| s.hosts.iter().find(|h| h.name == host))
+        .map(|h| h.power())
+        .filter(|p| p.kept_off())
+    {
+        return Err(if wants_to_run(vm, st) {
+            Blocked::new(
+                VmPhase::Pending,
+                HOST_STANDBY,
+                format!("host {host} is {p} (power management): waiting for it to be powered on"),
+                Retry::After(Duration::from_secs(10)),
+            )
+        } else {
+            Blocked::new(
+                st.phase.unwrap_or(VmPhase::Stopped),
+                HOST_STANDBY,
+                format!("host {host} is {p} (power management); the VM stays assigned to it"),
+                Retry::After(Duration::from_secs(300)),
+            )
+        });
+    }
     let node = ctx.caches.node(&host).ok_or_else(|| {
         Blocked::new(
             VmPhase::Unknown,
@@ -218,6 +245,26 @@ pub(super) async fn place(
         pool: (*pool).clone(),
         hv,
     })
+}
+
+/// Whether the VM should run whatever its domain's state: `Always`, `Manual` with
+/// `ferry.dev/power=on`, or a restart asked for and not done yet.
+fn wants_to_run(vm: &VirtualMachine, st: &VirtualMachineStatus) -> bool {
+    use crate::api::virtual_machine::{POWER_ANNOTATION, RESTART_ANNOTATION};
+    use crate::plan::lifecycle::Power;
+    let restart = vm.annotations().get(RESTART_ANNOTATION);
+    let restart_pending = restart.is_some() && restart != st.last_restart_request.as_ref();
+    restart_pending
+        || match vm.run_strategy() {
+            crate::api::RunStrategy::Always => true,
+            crate::api::RunStrategy::Manual => {
+                vm.annotations()
+                    .get(POWER_ANNOTATION)
+                    .and_then(|v| Power::parse(v))
+                    == Some(Power::On)
+            }
+            _ => false,
+        }
 }
 
 /// Reason of a VM that is not restarted elsewhere after its host failed, because its disks

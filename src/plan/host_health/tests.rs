@@ -27,6 +27,7 @@ fn base() -> Inputs {
         has_vms: true,
         shut_off_confirmed: false,
         stale_domains: false,
+        standby: false,
         previous: V::Healthy,
         previous_since: at(1000),
         now: at(0),
@@ -72,6 +73,10 @@ fn verdict_table() {
     #[rustfmt::skip]
     let cases: Vec<(&str, Inputs, Timings, V, HostAction)> = vec![
         ("all well", base(), t, V::Healthy, HostAction::None),
+        ("Standby: Node NotReady, libvirt down, BMC Off: no fence, no incident", Inputs { node: Some(sig(false, 600)), libvirt: sig(false, 600), bmc: Some(Power::Off), standby: true, ..base() }, t, V::Standby, HostAction::None),
+        ("Standby, Node gone, no fencing configured: nobody is asked to confirm", Inputs { node: None, libvirt: sig(false, 600), fencing_configured: false, standby: true, ..base() }, restart, V::Standby, HostAction::None),
+        ("Standby (Waking) while libvirt answers and the Node is NotReady: nothing is stopped", Inputs { node: Some(sig(false, 600)), standby: true, ..base() }, restart, V::Standby, HostAction::None),
+        ("an incident under way goes on even if the host is put in Standby", Inputs { node: Some(sig(false, 60)), libvirt: sig(false, 60), fence: FenceRecord { attempts: 1, in_flight: true, ..Default::default() }, standby: true, previous: V::Fencing, ..base() }, t, V::Fencing, HostAction::None),
         ("partition: Node Ready, libvirt down long", Inputs { libvirt: sig(false, 600), ..base() }, t, V::Degraded, HostAction::None),
         ("partition with BMC On stays degraded", Inputs { libvirt: sig(false, 600), bmc: Some(Power::On), ..base() }, t, V::Degraded, HostAction::None),
         ("BMC Off: down now, no grace waited", Inputs { libvirt: sig(false, 1), bmc: Some(Power::Off), ..base() }, t, V::Fencing, HostAction::Fence),

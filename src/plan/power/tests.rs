@@ -29,6 +29,8 @@ fn host(name: &str, millis: u64, vms: usize) -> Host {
         },
         vms,
         pinned: 0,
+        waiting: 0,
+        wake_failed: false,
     }
 }
 
@@ -62,6 +64,10 @@ fn standby(h: &str) -> Action {
 
 fn wake(h: &str) -> Action {
     Action::Wake { host: h.into() }
+}
+
+fn cancel(h: &str) -> Action {
+    Action::Cancel { host: h.into() }
 }
 
 fn hold(low_since: Option<Timestamp>) -> Action {
@@ -224,6 +230,51 @@ fn power_table() {
             want: hold(Some(ago(901))),
             says: "host h3 is being emptied",
         },
+        Case {
+            name: "VMs placed on a Standby host wait for it: that host comes back",
+            hosts: vec![
+                host("h1", 1000, 3),
+                host("h2", 800, 2),
+                with(host("h3", 0, 0), |h| h.power = Power::Standby),
+                with(host("h4", 0, 1), |h| {
+                    h.power = Power::Standby;
+                    h.waiting = 1;
+                }),
+            ],
+            pending: 0,
+            low_since: None,
+            want: wake("h4"),
+            says: "1 VM(s) placed on it wait for it",
+        },
+        Case {
+            name: "VMs wait while a host is being emptied: it stays on",
+            hosts: vec![
+                host("h1", 1000, 3),
+                host("h2", 800, 2),
+                with(host("h3", 500, 1), |h| h.power = Power::Draining),
+                with(host("h4", 0, 0), |h| h.power = Power::Standby),
+            ],
+            pending: 1,
+            low_since: Some(ago(901)),
+            want: cancel("h3"),
+            says: "host h3 stays on: 1 VM(s) wait for capacity",
+        },
+        Case {
+            name: "a host whose last power-on failed is woken after the others",
+            hosts: vec![
+                host("h1", 1000, 3),
+                host("h2", 800, 2),
+                with(host("h3", 0, 0), |h| {
+                    h.power = Power::Standby;
+                    h.wake_failed = true;
+                }),
+                with(host("h4", 0, 0), |h| h.power = Power::Standby),
+            ],
+            pending: 1,
+            low_since: None,
+            want: wake("h4"),
+            says: "powering host h4 on",
+        },
     ];
     for c in cases {
         let d = decide(
@@ -231,6 +282,7 @@ fn power_table() {
                 hosts: &c.hosts,
                 pending_for_capacity: c.pending,
                 low_since: c.low_since,
+                enabled: true,
                 now: now(),
             },
             &settings(),
@@ -269,6 +321,7 @@ fn the_failover_reserve_holds_after_a_standby() {
                 hosts,
                 pending_for_capacity: 0,
                 low_since: Some(ago(901)),
+                enabled: true,
                 now: now(),
             },
             &s,
@@ -285,4 +338,45 @@ fn the_failover_reserve_holds_after_a_standby() {
         "{}",
         d.message
     );
+}
+
+#[test]
+fn power_management_turned_off_brings_every_host_back() {
+    let decide_off = |hosts: &[Host]| {
+        decide(
+            &Inputs {
+                hosts,
+                pending_for_capacity: 0,
+                low_since: Some(ago(901)),
+                enabled: false,
+                now: now(),
+            },
+            &settings(),
+        )
+    };
+    let quiet = [
+        host("h1", 1000, 3),
+        host("h2", 800, 2),
+        host("h3", 500, 1),
+        host("h4", 900, 2),
+    ];
+    // Nothing goes to Standby.
+    assert_eq!(decide_off(&quiet).action, hold(None));
+    // A host being emptied stays on.
+    let mut draining = quiet.clone();
+    draining[2].power = Power::Draining;
+    let d = decide_off(&draining);
+    assert_eq!(d.action, cancel("h3"), "{}", d.message);
+    assert!(
+        d.message.contains("power management is off"),
+        "{}",
+        d.message
+    );
+    // Hosts in Standby come back, one at a time.
+    let mut standby = quiet.clone();
+    standby[2].power = Power::Standby;
+    standby[3].power = Power::Standby;
+    assert_eq!(decide_off(&standby).action, wake("h3"));
+    standby[2].power = Power::Waking;
+    assert_eq!(decide_off(&standby).action, hold(None));
 }
