@@ -50,8 +50,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// A host whose power-on failed is woken after the other Standby hosts for this long.
 pub const WAKE_FAILED_FOR: Duration = Duration::from_secs(30 * 60);
 
-/// How soon the pool is looked at again while a host is in transition.
-pub const STEP: Duration = Duration::from_secs(2);
+/// How soon the pool is looked at again while a host is in transition (each look probes every
+/// host of the pool).
+pub const STEP: Duration = Duration::from_secs(5);
 
 /// What a host in Standby says once its BMC reported it Off.
 const POWERED_OFF: &str = "powered off: the BMC reports Off";
@@ -488,14 +489,15 @@ async fn standby_step(
                     .await;
                     true
                 }
+                // A BMC that fails is asked again at the next probe, not sooner.
                 Err(e) => {
                     h.power_message = Some(format!("the power-off failed: {e}"));
-                    true
+                    false
                 }
             },
             Err(e) => {
                 h.power_message = Some(format!("its BMC does not tell the power state: {e}"));
-                true
+                false
             }
         };
     }
