@@ -25,6 +25,7 @@ mod leadership;
 mod lifecycle;
 mod migration;
 mod pools;
+mod power;
 mod split_brain;
 mod tenancy;
 mod vm_monitoring;
