@@ -286,8 +286,15 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
+        // A start is a change of the host (what the HostPool probe read of it no longer stands).
+        let host_changes = events.host_changes();
         host.start_domain(&uuid).await.expect("start after the crash");
         wait_state(&host, &uuid, Duration::from_secs(30), |s| s.is_active()).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while events.host_changes() == host_changes {
+            assert!(Instant::now() < deadline, "no host change for the start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         host.destroy_domain(&uuid).await.expect("destroy");
         let d = wait_state(&host, &uuid, Duration::from_secs(30), |s| !s.is_active()).await;
         assert_eq!(d.state, DomainState::ShutOff(ShutOffReason::Destroyed));
@@ -329,11 +336,18 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
     blocking(move || lab.down()).await.expect("lab down");
 }
 
-/// Counts the lifecycle events libvirt reported, by domain UUID.
+/// Counts the lifecycle events libvirt reported, by domain UUID, and the changes of the host.
 #[derive(Default)]
-struct DomainEvents(std::sync::Mutex<Vec<String>>);
+struct DomainEvents(
+    std::sync::Mutex<Vec<String>>,
+    std::sync::atomic::AtomicUsize,
+);
 
 impl DomainEvents {
+    fn host_changes(&self) -> usize {
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn count(&self, uuid: &str) -> usize {
         self.0
             .lock()
@@ -349,6 +363,10 @@ impl CallObserver for DomainEvents {
         if let Ok(mut v) = self.0.lock() {
             v.push(uuid.to_string());
         }
+    }
+
+    fn host_changed(&self, _uri: &str) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -19,6 +19,12 @@
 //! announced on [`HostConnections::reconnected`]: the host's domain events between the two
 //! connections were not heard, so whatever depends on them (the VM controller) looks again.
 //!
+//! [`HostConnections::changes`] counts, per host, what may have changed its domains since they
+//! were last read: every domain lifecycle event heard (starts and definitions included), every
+//! call through a connection of the registry that changes the host, and every connection opened
+//! (events before it were not heard). A reader that saw the same count before its last reading
+//! knows that reading still stands, without asking the host.
+//!
 //! Every libvirt connection ferry opens comes from the registry's [`Connector`]: the shared ones
 //! from [`HostConnections::get`], connections of their own (a migration, a volume copy, an image
 //! upload) from [`HostConnections::dedicated`]. A test can therefore stand in for every host with
@@ -78,6 +84,40 @@ struct Inner {
     lost: tokio::sync::broadcast::Sender<String>,
     domains: tokio::sync::broadcast::Sender<String>,
     reconnected: tokio::sync::broadcast::Sender<String>,
+    changes: Arc<ChangeCounts>,
+}
+
+/// Per host URI, how often something may have changed its domains and how many connections
+/// were opened to it (see [`HostConnections::changes`]).
+#[derive(Default)]
+pub(super) struct ChangeCounts(Mutex<HashMap<String, (u64, u64)>>);
+
+impl ChangeCounts {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        match self.0.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Something may have changed the domains of the host at `uri`.
+    pub(super) fn bump(&self, uri: &str) {
+        let mut counts = self.counts();
+        let n = counts.entry(uri.to_string()).or_default();
+        n.0 = n.0.wrapping_add(1);
+    }
+
+    /// A connection to `uri` was opened: a change too.
+    fn opened(&self, uri: &str) {
+        let mut counts = self.counts();
+        let n = counts.entry(uri.to_string()).or_default();
+        n.0 = n.0.wrapping_add(1);
+        n.1 = n.1.wrapping_add(1);
+    }
+
+    fn get(&self, uri: &str) -> (u64, u64) {
+        self.counts().get(uri).copied().unwrap_or_default()
+    }
 }
 
 /// Capacity of the lost-connection channel; a receiver that falls further behind skips ahead.
@@ -94,6 +134,7 @@ struct Notifying {
     inner: Option<Arc<dyn CallObserver>>,
     lost: tokio::sync::broadcast::Sender<String>,
     domains: tokio::sync::broadcast::Sender<String>,
+    changes: Arc<ChangeCounts>,
 }
 
 impl CallObserver for Notifying {
@@ -118,6 +159,13 @@ impl CallObserver for Notifying {
             o.domain_changed(uri, uuid);
         }
         let _ = self.domains.send(uuid.to_string());
+    }
+
+    fn host_changed(&self, uri: &str) {
+        if let Some(o) = &self.inner {
+            o.host_changed(uri);
+        }
+        self.changes.bump(uri);
     }
 }
 
@@ -184,6 +232,7 @@ impl HostConnections {
                 lost: tokio::sync::broadcast::channel(LOST_CHANNEL).0,
                 domains: tokio::sync::broadcast::channel(DOMAIN_CHANNEL).0,
                 reconnected: tokio::sync::broadcast::channel(RECONNECTED_CHANNEL).0,
+                changes: Arc::default(),
             }),
         }
     }
@@ -203,6 +252,7 @@ impl HostConnections {
                 lost: tokio::sync::broadcast::channel(LOST_CHANNEL).0,
                 domains: tokio::sync::broadcast::channel(DOMAIN_CHANNEL).0,
                 reconnected: tokio::sync::broadcast::channel(RECONNECTED_CHANNEL).0,
+                changes: self.inner.changes.clone(),
             }),
         }
     }
@@ -240,6 +290,7 @@ impl HostConnections {
                 lost: self.inner.lost.clone(),
                 domains: self.inner.domains.clone(),
                 reconnected: self.inner.reconnected.clone(),
+                changes: self.inner.changes.clone(),
             }),
         }
     }
@@ -284,12 +335,15 @@ impl HostConnections {
                     .or_else(|| self.inner.observer.clone()),
                 lost: self.inner.lost.clone(),
                 domains: self.inner.domains.clone(),
+                changes: self.inner.changes.clone(),
             })),
             ..opts.clone()
         };
         match self.inner.connector.connect(uri, &opts).await {
             Ok(conn) => {
-                let conn = Gated::wrap(conn, &self.inner.gate);
+                // What happened before this connection's events were heard is unknown.
+                self.inner.changes.opened(uri);
+                let conn = Gated::wrap(conn, &self.inner.gate, &self.inner.changes);
                 let again = state.connected_before || state.failure.is_some();
                 state.failure = None;
                 state.connected_before = true;
@@ -318,7 +372,7 @@ impl HostConnections {
         opts: &ConnectOptions,
     ) -> HvResult<Arc<dyn Hypervisor>> {
         let conn = self.inner.connector.connect(uri, opts).await?;
-        Ok(Gated::wrap(conn, &self.inner.gate))
+        Ok(Gated::wrap(conn, &self.inner.gate, &self.inner.changes))
     }
 
     /// URIs of connections that the host or the network ended (keepalive timeout, daemon gone,
@@ -338,6 +392,23 @@ impl HostConnections {
     /// The first connection to a host is not announced.
     pub fn reconnected(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.inner.reconnected.subscribe()
+    }
+
+    /// How often the domains of the host at `uri` (as given to [`get`](Self::get)) may have
+    /// changed so far: a count that grows with every domain lifecycle event heard on its shared
+    /// connection (any kind, made by anyone), every call through a connection of this registry
+    /// that changes the host (counted once the call returned), and every connection opened to it.
+    /// Read it before reading the host: while it stays the same, that reading still stands
+    /// (as far as libvirt's events tell; a host whose connection cannot deliver events is only
+    /// covered by the calls ferry makes).
+    pub fn changes(&self, uri: &str) -> u64 {
+        self.inner.changes.get(uri).0
+    }
+
+    /// How many shared connections were opened to `uri` so far: it grows when a connection is
+    /// replaced (the host's daemon may have been restarted or upgraded meanwhile).
+    pub fn opened(&self, uri: &str) -> u64 {
+        self.inner.changes.get(uri).1
     }
 
     /// Remember a failed attempt (or a lost connection) and when to try again.

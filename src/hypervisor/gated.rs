@@ -1,11 +1,14 @@
 //! Every connection the registry hands out, behind the [`ActionGate`]: calls that change a host
 //! (define, start, shutdown, destroy, undefine, storage pool and volume changes, migration and
-//! its controls) pass only while the gate is open; reads and consoles always pass.
+//! its controls) pass only while the gate is open; reads and consoles always pass. A call that
+//! changes the host's domains counts as a change of the host once it returned (see
+//! [`HostConnections::changes`](super::HostConnections::changes)).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::connections::ChangeCounts;
 use super::{
     ConsoleKind, ConsoleStream, DomainInfo, GuestInfo, HostInfo, HvResult, Hypervisor,
     HypervisorError, JobProgress, MigrationRequest, UploadSource, VolumeInfo,
@@ -18,14 +21,27 @@ use crate::plan::load::DomainCounters;
 pub(super) struct Gated {
     inner: Arc<dyn Hypervisor>,
     gate: ActionGate,
+    changes: Arc<ChangeCounts>,
 }
 
 impl Gated {
-    pub(super) fn wrap(inner: Arc<dyn Hypervisor>, gate: &ActionGate) -> Arc<dyn Hypervisor> {
+    pub(super) fn wrap(
+        inner: Arc<dyn Hypervisor>,
+        gate: &ActionGate,
+        changes: &Arc<ChangeCounts>,
+    ) -> Arc<dyn Hypervisor> {
         Arc::new(Gated {
             inner,
             gate: gate.clone(),
+            changes: changes.clone(),
         })
+    }
+
+    /// `result` of a call that may have changed the host's domains (whether it failed or not):
+    /// counted as a change of the host.
+    fn changed<T>(&self, result: HvResult<T>) -> HvResult<T> {
+        self.changes.bump(self.inner.uri());
+        result
     }
 
     fn allow(&self, operation: &'static str) -> HvResult<()> {
@@ -70,35 +86,43 @@ impl Hypervisor for Gated {
     }
     async fn set_metadata(&self, uuid: &str, meta: Option<&FerryMetadata>) -> HvResult<()> {
         self.allow("set_metadata")?;
-        self.inner.set_metadata(uuid, meta).await
+        let result = self.inner.set_metadata(uuid, meta).await;
+        self.changed(result)
     }
     async fn define_domain(&self, def: &DomainDefinition) -> HvResult<()> {
         self.allow("define_domain")?;
-        self.inner.define_domain(def).await
+        let result = self.inner.define_domain(def).await;
+        self.changed(result)
     }
     async fn start_domain(&self, uuid: &str) -> HvResult<()> {
         self.allow("start_domain")?;
-        self.inner.start_domain(uuid).await
+        let result = self.inner.start_domain(uuid).await;
+        self.changed(result)
     }
     async fn pause_domain(&self, uuid: &str) -> HvResult<()> {
         self.allow("pause_domain")?;
-        self.inner.pause_domain(uuid).await
+        let result = self.inner.pause_domain(uuid).await;
+        self.changed(result)
     }
     async fn resume_domain(&self, uuid: &str) -> HvResult<()> {
         self.allow("resume_domain")?;
-        self.inner.resume_domain(uuid).await
+        let result = self.inner.resume_domain(uuid).await;
+        self.changed(result)
     }
     async fn shutdown_domain(&self, uuid: &str) -> HvResult<()> {
         self.allow("shutdown_domain")?;
-        self.inner.shutdown_domain(uuid).await
+        let result = self.inner.shutdown_domain(uuid).await;
+        self.changed(result)
     }
     async fn destroy_domain(&self, uuid: &str) -> HvResult<()> {
         self.allow("destroy_domain")?;
-        self.inner.destroy_domain(uuid).await
+        let result = self.inner.destroy_domain(uuid).await;
+        self.changed(result)
     }
     async fn undefine_domain(&self, uuid: &str) -> HvResult<()> {
         self.allow("undefine_domain")?;
-        self.inner.undefine_domain(uuid).await
+        let result = self.inner.undefine_domain(uuid).await;
+        self.changed(result)
     }
     async fn ensure_pool(&self, pool: &str, path: Option<&str>) -> HvResult<String> {
         self.allow("ensure_pool")?;
@@ -163,7 +187,8 @@ impl Hypervisor for Gated {
     }
     async fn migrate(&self, uuid: &str, req: &MigrationRequest) -> HvResult<()> {
         self.allow("migrate")?;
-        self.inner.migrate(uuid, req).await
+        let result = self.inner.migrate(uuid, req).await;
+        self.changed(result)
     }
     async fn job_progress(&self, uuid: &str) -> HvResult<Option<JobProgress>> {
         self.inner.job_progress(uuid).await

@@ -196,6 +196,12 @@ pub trait CallObserver: Send + Sync {
     /// The domain with this UUID on the host at `uri` stopped, crashed, paused, resumed or was
     /// undefined (a libvirt lifecycle event). Called from libvirt's event thread: keep it short.
     fn domain_changed(&self, _uri: &str, _uuid: &str) {}
+
+    /// Something about the domains of the host at `uri` changed: any lifecycle event (a domain
+    /// defined, started, stopped, paused, resumed or undefined, by ferry or anyone else), so
+    /// that what was read of the host's domains may be stale. Called from libvirt's event
+    /// thread: keep it short.
+    fn host_changed(&self, _uri: &str) {}
 }
 
 /// Any `Fn(op, seconds, ok)` closure is an observer.

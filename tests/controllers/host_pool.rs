@@ -110,3 +110,92 @@ async fn named_foreign_domains_are_described_for_adoption() {
         "each foreign domain read once"
     );
 }
+
+#[tokio::test]
+async fn a_host_is_read_again_only_when_it_changed() {
+    use ferry::hypervisor::fake::Op;
+    let fakes = FakeConnector::new();
+    let h1 = fakes.add_host(&host_uri(1));
+    let uuids = [
+        "70295d7a-b851-46e1-bfa3-4e82b34cff8b",
+        "a1c2e3f4-0000-4000-8000-000000000002",
+    ];
+    h1.add_foreign_domain("legacy", uuids[0], DomainState::Running);
+    let p = pool(1);
+    let world = World::new(
+        fakes,
+        vec![p.clone()],
+        vec![node(1, true)],
+        vec![],
+        vec![],
+        vec![],
+    );
+    let probe = || async {
+        reconcile(Arc::new(p.clone()), world.ctx.clone())
+            .await
+            .expect("reconcile");
+        let st = world.server.get(&p).status.expect("status");
+        st.hosts.into_iter().find(|h| h.name == "h1").expect("h1")
+    };
+    let ops = |calls: Vec<ferry::hypervisor::fake::Call>| -> Vec<(Op, String)> {
+        calls
+            .into_iter()
+            .filter(|c| c.op != Op::Connect)
+            .map(|c| (c.op, c.target))
+            .collect()
+    };
+    let h = probe().await;
+    assert_eq!(h.state, ferry::api::HostState::Ready);
+    assert_eq!(h.foreign_domains, Some(1));
+    let first: Vec<Op> = ops(h1.take_calls()).into_iter().map(|c| c.0).collect();
+    assert!(
+        [Op::HostInfo, Op::ListDomains, Op::DescribeDomain]
+            .iter()
+            .all(|op| first.contains(op)),
+        "{first:?}"
+    );
+
+    // Nothing changed: the host is asked nothing, and reported as before.
+    let again = probe().await;
+    assert_eq!(ops(h1.take_calls()), []);
+    assert_eq!(again, h);
+
+    // A domain appears (a lifecycle event): the domains are listed again and only the new
+    // foreign domain is read; the host's facts stand.
+    h1.add_foreign_domain("web-1", uuids[1], DomainState::Running);
+    let h = probe().await;
+    assert_eq!(h.foreign_domains, Some(2));
+    let calls = ops(h1.take_calls());
+    assert!(!calls.iter().any(|c| c.0 == Op::HostInfo), "{calls:?}");
+    assert!(calls.iter().any(|c| c.0 == Op::ListDomains), "{calls:?}");
+    let described: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.0 == Op::DescribeDomain)
+        .map(|c| c.1.as_str())
+        .collect();
+    assert_eq!(described, ["web-1"]);
+
+    // The connection dies (keepalive): reported at the next probe, without a call.
+    h1.set_reachable(false);
+    let h = probe().await;
+    assert_eq!(h.state, ferry::api::HostState::Unreachable);
+    assert_eq!(ops(h1.take_calls()), []);
+
+    // Back, on a new connection: everything is read again.
+    h1.set_reachable(true);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let mut h = probe().await;
+    if h.state != ferry::api::HostState::Ready {
+        // The reconnection finished in the background of the first probe.
+        h = probe().await;
+    }
+    assert_eq!(h.state, ferry::api::HostState::Ready);
+    let calls = ops(h1.take_calls());
+    let described: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.0 == Op::DescribeDomain)
+        .map(|c| c.1.as_str())
+        .collect();
+    assert!(calls.iter().any(|c| c.0 == Op::HostInfo), "{calls:?}");
+    assert_eq!(described, ["legacy", "web-1"]);
+}

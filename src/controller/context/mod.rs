@@ -64,10 +64,13 @@ pub struct Context {
     pub load: Arc<LoadWindows>,
     /// The volumes libvirt domains ferry does not manage use, per host.
     pub foreign_volumes: ForeignVolumes,
-    /// How long a VM in a steady state waits for its next look when no event wakes it.
+    /// How long a VM in a steady state waits for its next look when no event wakes it (and
+    /// how old a host's reading by the HostPool probe may grow when nothing changed it).
     pub safety_resync: SafetyResync,
     /// BMC clients to use instead of those the pools' fencing settings describe (tests).
     pub bmcs: Option<crate::fence::fake::FakeBmcs>,
+    /// What the HostPool probe last read of each host.
+    pub host_reads: crate::controller::host_pool::HostReads,
 }
 
 impl Context {
@@ -115,6 +118,7 @@ impl Context {
             foreign_volumes: ForeignVolumes::default(),
             safety_resync: SafetyResync::default(),
             bmcs: None,
+            host_reads: Default::default(),
         }
     }
 

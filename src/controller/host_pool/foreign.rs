@@ -1,6 +1,8 @@
-//! Domains on a host that have no ferry metadata, read once per probe: described for adoption
-//! (see `candidates`), and the volumes they use kept so that no `volume:` disk of a
-//! VirtualMachine names one (see [`crate::plan::volume_access`]).
+//! Domains on a host that have no ferry metadata, read when the host is read (see `reading`):
+//! described for adoption (see `candidates`), and the volumes they use kept so that no `volume:`
+//! disk of a VirtualMachine names one (see [`crate::plan::volume_access`]). After a change on the
+//! host only the foreign domains that are new or whose state changed are read again; all of them
+//! at the periodic full reading.
 
 use crate::api::HostPool;
 use crate::hypervisor::{DomainInfo, DomainState, Hypervisor};
@@ -9,7 +11,7 @@ use crate::plan::volume_access::{ForeignUse, foreign_volumes};
 use std::collections::BTreeMap;
 
 /// The host's foreign domains as read at one probe.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Foreign {
     /// By name: each domain's description and state.
     pub described: BTreeMap<String, (DescribedDomain, DomainState)>,
@@ -19,7 +21,14 @@ pub(super) struct Foreign {
 
 /// Read every domain of `domains` without ferry metadata, running or only defined. One that is
 /// gone since the listing is skipped; one that cannot be read makes the reading incomplete.
-pub(super) async fn read(node: &str, hv: &dyn Hypervisor, domains: &[DomainInfo]) -> Foreign {
+/// With `before` (the previous listing and what was read then), a domain listed then with the
+/// same UUID and state and read then is not read again.
+pub(super) async fn read(
+    node: &str,
+    hv: &dyn Hypervisor,
+    domains: &[DomainInfo],
+    before: Option<(&[DomainInfo], &Foreign)>,
+) -> Foreign {
     let mut out = Foreign {
         complete: true,
         ..Foreign::default()
@@ -28,6 +37,17 @@ pub(super) async fn read(node: &str, hv: &dyn Hypervisor, domains: &[DomainInfo]
         .iter()
         .filter(|d| d.live.is_none() && d.config.is_none())
     {
+        let unchanged = before.and_then(|(listed, read)| {
+            listed
+                .iter()
+                .any(|l| l.name == d.name && l.uuid == d.uuid && l.state == d.state)
+                .then(|| read.described.get(&d.name))
+                .flatten()
+        });
+        if let Some(found) = unchanged {
+            out.described.insert(d.name.clone(), found.clone());
+            continue;
+        }
         match hv.describe_domain(&d.name).await {
             Ok(Some(found)) => {
                 out.described.insert(d.name.clone(), found);

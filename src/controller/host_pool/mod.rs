@@ -4,7 +4,10 @@
 mod candidates;
 mod foreign;
 mod probe;
+mod reading;
 mod report;
+
+pub use reading::{HostReads, LOAD_SAMPLE_INTERVAL};
 
 use super::hosts::pool_nodes;
 use super::{Context, status::apply_status};
@@ -24,7 +27,8 @@ use std::time::Duration;
 
 const CONTROLLER: &str = "hostpool";
 
-/// How often each host is probed.
+/// How often each host is probed. A probe asks a host nothing while its last reading stands
+/// (see `reading`): the connection's keepalive and close callback tell when it goes away.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// How often a pool with an unreachable host is probed, so the host is seen back soon after it

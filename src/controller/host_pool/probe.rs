@@ -1,7 +1,9 @@
 //! Probing one host: connect (without waiting long for a host last seen unreachable), read its
-//! facts and domains, and turn them into its status entry.
+//! facts and domains when they may have changed since the last reading (see `reading`), and
+//! turn them into its status entry.
 
 use super::*;
+use super::{candidates, foreign, reading};
 use crate::api::host_pool::MeasuredLoad;
 use crate::api::{HostPool, HostState, HostStatus};
 use crate::controller::context::PoolHost;
@@ -39,8 +41,9 @@ pub(super) async fn hosts(
     // Nodes that left the pool leave no load window behind.
     let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
     let names: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
-    ctx.load
-        .retain(|h| h.namespace != namespace || h.pool != name || names.contains(&h.node));
+    let keep = |h: &PoolHost| h.namespace != namespace || h.pool != name || names.contains(&h.node);
+    ctx.load.retain(keep);
+    ctx.host_reads.retain(keep);
     for h in &mut hosts {
         let before = previous.hosts.iter().find(|p| p.name == h.name);
         // Keep the previous contact time while the state holds, so a steady pool causes no writes.
@@ -152,15 +155,23 @@ pub(super) async fn probe(
     h.ha_verdict = ctx.ha.worst(&host);
     // A lost connection needs no invalidation here: the registry replaces it, after its backoff.
     let answer = match connect_for_probe(pool, &uri, ctx, before).await {
-        Ok(Some(hv)) => match read_host(hv.as_ref()).await {
-            Ok((info, domains)) => {
-                let found = foreign::read(&name, hv.as_ref(), &domains).await;
-                h.adoption_candidates = candidates::describe(pool, hv.as_ref(), &found).await;
-                if let Some(uses) = foreign::uses(pool, &name, &found) {
-                    ctx.foreign_volumes.record(&host, &pool.spec.storage, uses);
-                }
-                h.load = measure(hv.as_ref(), ctx, &host, &info, before).await;
-                Ok((info, domains))
+        Ok(Some(hv)) => match reading(pool, &name, &host, hv.as_ref(), ctx).await {
+            Ok(r) => {
+                h.adoption_candidates = r.candidates.clone();
+                // Balancing and power management decide from the load: sampled at every
+                // probe. Otherwise often enough for the window to keep a CPU figure.
+                let due = pool.spec.balancing.is_some()
+                    || pool.spec.power.is_some()
+                    || ctx
+                        .host_reads
+                        .load_due(&host, reading::LOAD_SAMPLE_INTERVAL);
+                h.load = if due {
+                    ctx.host_reads.load_sampled(&host);
+                    measure(hv.as_ref(), ctx, &host, &r.info, before).await
+                } else {
+                    before.and_then(|b| b.load.clone())
+                };
+                Ok((r.info.clone(), r.domains.clone()))
             }
             Err(e) => Err(e),
         },
@@ -261,14 +272,64 @@ async fn measure(
     })
 }
 
-/// Host facts and domains, in one go.
-pub(super) async fn read_host(
+/// The host's facts, domains and foreign domains: the last reading while it stands (no call),
+/// else read afresh (see `reading`). The volumes foreign domains use are recorded at every
+/// fresh reading.
+async fn reading(
+    pool: &HostPool,
+    node: &str,
+    host: &PoolHost,
     hv: &dyn crate::hypervisor::Hypervisor,
-) -> crate::hypervisor::HvResult<(
-    crate::hypervisor::HostInfo,
-    Vec<crate::hypervisor::DomainInfo>,
-)> {
-    let info = hv.host_info().await?;
+    ctx: &Context,
+) -> crate::hypervisor::HvResult<Arc<reading::Reading>> {
+    let connections = &ctx.hosts.connections;
+    // Counted before reading: a change during the reading makes the next probe read again.
+    let (changes, opened) = (connections.changes(hv.uri()), connections.opened(hv.uri()));
+    let last = ctx.host_reads.last(host);
+    let generation = pool.metadata.generation;
+    let needed = reading::needed(
+        last.as_deref(),
+        hv.uri(),
+        changes,
+        opened,
+        generation,
+        ctx.safety_resync.period(),
+    );
+    let full = match (needed, &last) {
+        (None, Some(last)) => return Ok(last.clone()),
+        (needed, _) => needed.unwrap_or(true),
+    };
+    let previous = last.as_deref().filter(|_| !full);
+    let info = match previous {
+        Some(p) => p.info.clone(),
+        None => hv.host_info().await?,
+    };
     let domains = hv.list_domains().await?;
-    Ok((info, domains))
+    let found = foreign::read(
+        node,
+        hv,
+        &domains,
+        previous.map(|p| (p.domains.as_slice(), &p.foreign)),
+    )
+    .await;
+    let candidates = candidates::describe(pool, hv, &found).await;
+    if let Some(uses) = foreign::uses(pool, node, &found) {
+        ctx.foreign_volumes.record(host, &pool.spec.storage, uses);
+    }
+    let r = Arc::new(reading::Reading {
+        uri: hv.uri().to_string(),
+        changes,
+        opened,
+        generation,
+        full_at: match previous {
+            Some(p) => p.full_at,
+            None => std::time::Instant::now(),
+        },
+        info,
+        domains,
+        foreign: found,
+        candidates,
+    });
+    ctx.host_reads.keep(host, r.clone());
+    Ok(r)
 }

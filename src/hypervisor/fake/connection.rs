@@ -94,7 +94,16 @@ impl ConnShared {
     /// Tells the observer a domain changed, as libvirt's lifecycle events do.
     pub(super) fn domain_changed(&self, uuid: &str) {
         if let Some(o) = self.observer.as_ref().filter(|_| self.is_open()) {
+            o.host_changed(&self.uri);
             o.domain_changed(&self.uri, uuid);
+        }
+    }
+
+    /// Tells the observer the host's domains changed, as every libvirt lifecycle event does
+    /// (a start or a definition too).
+    pub(super) fn host_changed(&self) {
+        if let Some(o) = self.observer.as_ref().filter(|_| self.is_open()) {
+            o.host_changed(&self.uri);
         }
     }
 

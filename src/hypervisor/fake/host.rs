@@ -37,6 +37,16 @@ impl FakeHost {
     /// default: 8 CPUs, 16 GiB, libvirt 9.0.0, no KVM, the URI's host name).
     pub fn set_info(&self, info: HostInfo) {
         self.net.lock().host(&self.uri).info = info;
+        self.changed();
+    }
+
+    /// Tell every open connection to the host that its domains changed (as libvirt's lifecycle
+    /// events do for definitions, starts and stops).
+    fn changed(&self) {
+        let listeners = self.net.lock().listeners(&self.uri);
+        for c in listeners {
+            c.host_changed();
+        }
     }
 
     /// Cut the host off (`false`) or reconnect it (`true`). Cut off, every open connection is
@@ -111,6 +121,7 @@ impl FakeHost {
                 ignores_shutdown: false,
             },
         );
+        self.changed();
     }
 
     /// Have `describe_domain` report `described` for the domain with this UUID (as its XML
@@ -122,6 +133,7 @@ impl FakeHost {
             .host(&self.uri)
             .descriptions
             .insert(uuid.to_string(), described);
+        self.changed();
     }
 
     /// Have `domain_counters` report, for the running domain with this UUID, `cpu_time_ns` of
@@ -176,7 +188,8 @@ impl FakeHost {
     /// Something outside ferry changes the domain's state (the guest powers off, QEMU crashes,
     /// someone pauses it). A domain that starts runs its persistent definition; one that stops
     /// and is transient disappears. Observers hear a lifecycle event, except for a start
-    /// (libvirt's start events are not delivered, as with the libvirt implementation).
+    /// (libvirt's start events are not delivered, as with the libvirt implementation), which
+    /// they hear only as a change of the host.
     pub fn set_state(&self, uuid: &str, state: DomainState) {
         let listeners = {
             let mut world = self.net.lock();
@@ -197,14 +210,15 @@ impl FakeHost {
                 // Already off: only the reason changes.
                 d.state = state;
             }
-            if started {
-                Vec::new()
-            } else {
-                world.listeners(&self.uri)
-            }
+            (started, world.listeners(&self.uri))
         };
+        let (started, listeners) = listeners;
         for c in listeners {
-            c.domain_changed(uuid);
+            if started {
+                c.host_changed();
+            } else {
+                c.domain_changed(uuid);
+            }
         }
     }
 

@@ -118,14 +118,22 @@ impl FakeConnection {
                 .mark_lost(&format!("migrate did not answer within {:?}", req.timeout));
             return Err(self.shared.lost_error());
         }
-        let (result, deliveries) = {
+        let (result, deliveries, arrived) = {
             let mut world = self.net.lock();
             let mut events = Vec::new();
             let result = finish_migration(&mut world, &source, uuid, req, &job, &mut events);
-            (result, deliveries(&mut world, &events))
+            // The destination hears the domain start there (libvirt's started/migrated event).
+            let arrived = match world.resolve(&req.destination_uri) {
+                Some(dest) if result.is_ok() => world.listeners(&dest),
+                _ => Vec::new(),
+            };
+            (result, deliveries(&mut world, &events), arrived)
         };
         for (conn, uuid) in deliveries {
             conn.domain_changed(&uuid);
+        }
+        for conn in arrived {
+            conn.host_changed();
         }
         result
     }

@@ -71,7 +71,9 @@ unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: 
 /// libvirt's domain lifecycle events (`virConnectDomainEventRegisterAny`, which has no safe
 /// wrapper in `virt`): a domain that stops, crashes, pauses, resumes or disappears on the host is
 /// named to the observer at once, so that its VM is looked at without waiting for the periodic
-/// resync. Starts and definitions are left out: ferry makes those itself.
+/// resync. Starts and definitions are left out there (ferry makes those itself); every event,
+/// those included, tells the observer that the host's domains changed
+/// ([`CallObserver::host_changed`](crate::hypervisor::CallObserver::host_changed)).
 pub(super) struct LifecycleEvents(c_int);
 
 /// The C type of a lifecycle event callback (`virConnectDomainEventCallback`).
@@ -127,14 +129,18 @@ unsafe extern "C" fn on_lifecycle(
     if opaque.is_null() || dom.is_null() {
         return 0;
     }
+    // SAFETY: `opaque` is the `Arc<Shared>` given at registration, alive until `free_shared`.
+    let shared = unsafe { &*(opaque as *const Shared) };
+    // Every event, starts and definitions included, says the host's domains changed.
+    if let Some(o) = &shared.observer {
+        o.host_changed(&shared.uri);
+    }
     if matches!(
         event as u32,
         sys::VIR_DOMAIN_EVENT_DEFINED | sys::VIR_DOMAIN_EVENT_STARTED
     ) {
         return 0;
     }
-    // SAFETY: `opaque` is the `Arc<Shared>` given at registration, alive until `free_shared`.
-    let shared = unsafe { &*(opaque as *const Shared) };
     let mut buf = [0 as std::os::raw::c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
     // SAFETY: `dom` is valid for the callback's duration; the buffer has the size libvirt needs.
     if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } == 0

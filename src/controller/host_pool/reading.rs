@@ -1,0 +1,183 @@
+//! What the probe last read of each host (facts, domains, foreign domains, adoption
+//! candidates), and whether that reading still stands.
+//!
+//! A host is read afresh only when something may have changed it since: a domain lifecycle event
+//! heard on its connection or a call of ferry's that changed its domains (both counted by
+//! [`HostConnections::changes`](crate::hypervisor::HostConnections::changes)), a new connection,
+//! a change of the pool's spec, or when the last reading is a safety-resync period old (what
+//! events cannot tell, such as a foreign domain's disk attached while it runs). In between, a
+//! probe asks the host nothing: the connection's keepalive and libvirt's close callback say when
+//! it goes away (and wake the pool at once).
+
+use super::foreign::Foreign;
+use crate::api::host_pool::AdoptionCandidate;
+use crate::controller::context::{PoolHost, lock};
+use crate::hypervisor::{DomainInfo, HostInfo};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a host's domain counters are sampled for its measured load when the pool neither
+/// balances nor manages power (a pool with `spec.balancing` or `spec.power` samples at every
+/// probe): twice within the load window, so the CPU figure is kept.
+pub const LOAD_SAMPLE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One reading of a host.
+#[derive(Clone)]
+pub(super) struct Reading {
+    /// The URI the host was read through.
+    pub uri: String,
+    /// The host's change count before it was read.
+    pub changes: u64,
+    /// Connections opened to the host before it was read.
+    pub opened: u64,
+    /// The pool's generation when the host was read.
+    pub generation: Option<i64>,
+    /// When the facts and every foreign domain were read (a reading after a change keeps the
+    /// foreign domains whose state did not change, and the facts while the connection stays).
+    pub full_at: Instant,
+    pub info: HostInfo,
+    pub domains: Vec<DomainInfo>,
+    pub foreign: Foreign,
+    pub candidates: Vec<AdoptionCandidate>,
+}
+
+#[derive(Default)]
+struct Memory {
+    reading: Option<Arc<Reading>>,
+    /// When the host's domain counters were last sampled.
+    load_at: Option<Instant>,
+}
+
+/// The last reading of every host probed, per pool.
+#[derive(Default)]
+pub struct HostReads {
+    hosts: Mutex<HashMap<PoolHost, Memory>>,
+}
+
+impl std::fmt::Debug for HostReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostReads")
+            .field("hosts", &lock(&self.hosts).len())
+            .finish()
+    }
+}
+
+impl HostReads {
+    /// The last reading of `host`.
+    pub(super) fn last(&self, host: &PoolHost) -> Option<Arc<Reading>> {
+        lock(&self.hosts).get(host).and_then(|m| m.reading.clone())
+    }
+
+    /// Keep `reading` as `host`'s last.
+    pub(super) fn keep(&self, host: &PoolHost, reading: Arc<Reading>) {
+        lock(&self.hosts).entry(host.clone()).or_default().reading = Some(reading);
+    }
+
+    /// Whether `host`'s domain counters are due for a sample (at most every `every`).
+    pub(super) fn load_due(&self, host: &PoolHost, every: Duration) -> bool {
+        lock(&self.hosts)
+            .get(host)
+            .and_then(|m| m.load_at)
+            .is_none_or(|at| at.elapsed() >= every)
+    }
+
+    /// `host`'s domain counters were sampled now.
+    pub(super) fn load_sampled(&self, host: &PoolHost) {
+        lock(&self.hosts).entry(host.clone()).or_default().load_at = Some(Instant::now());
+    }
+
+    /// Keep only the hosts `keep` accepts.
+    pub(super) fn retain(&self, keep: impl Fn(&PoolHost) -> bool) {
+        lock(&self.hosts).retain(|h, _| keep(h));
+    }
+}
+
+/// What a new reading of a host needs, given the last one: nothing (`None`: it stands), only
+/// what changed (`Some(false)`), or everything (`Some(true)`).
+pub(super) fn needed(
+    last: Option<&Reading>,
+    uri: &str,
+    changes: u64,
+    opened: u64,
+    generation: Option<i64>,
+    full_every: Duration,
+) -> Option<bool> {
+    let Some(last) = last else {
+        return Some(true);
+    };
+    if last.uri != uri
+        || last.opened != opened
+        || last.generation != generation
+        || last.full_at.elapsed() >= full_every
+    {
+        return Some(true);
+    }
+    // A foreign domain that could not be read is tried again at the next probe.
+    (last.changes != changes || !last.foreign.complete).then_some(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(changes: u64, opened: u64, age: Duration) -> Reading {
+        Reading {
+            uri: "qemu+tls://h1/system".into(),
+            changes,
+            opened,
+            generation: Some(1),
+            full_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            info: HostInfo::default(),
+            domains: Vec::new(),
+            foreign: Foreign {
+                complete: true,
+                ..Foreign::default()
+            },
+            candidates: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_reading_stands_until_the_host_changes_or_it_is_a_period_old() {
+        let uri = "qemu+tls://h1/system";
+        let every = Duration::from_secs(300);
+        let r = reading(7, 1, Duration::from_secs(10));
+        assert_eq!(needed(None, uri, 7, 1, Some(1), every), Some(true));
+        assert_eq!(needed(Some(&r), uri, 7, 1, Some(1), every), None);
+        // A lifecycle event or a change made by ferry: what changed is read.
+        assert_eq!(needed(Some(&r), uri, 8, 1, Some(1), every), Some(false));
+        // A new connection, another URI, a new spec, or a period gone by: everything.
+        assert_eq!(needed(Some(&r), uri, 8, 2, Some(1), every), Some(true));
+        assert_eq!(
+            needed(Some(&r), "qemu+tls://h2/system", 7, 1, Some(1), every),
+            Some(true)
+        );
+        assert_eq!(needed(Some(&r), uri, 7, 1, Some(2), every), Some(true));
+        let old = reading(7, 1, Duration::from_secs(301));
+        assert_eq!(needed(Some(&old), uri, 7, 1, Some(1), every), Some(true));
+        // A foreign domain could not be read: tried again.
+        let mut incomplete = reading(7, 1, Duration::from_secs(10));
+        incomplete.foreign.complete = false;
+        assert_eq!(
+            needed(Some(&incomplete), uri, 7, 1, Some(1), every),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn load_is_sampled_at_most_every_interval() {
+        let reads = HostReads::default();
+        let host = PoolHost {
+            namespace: "ns".into(),
+            pool: "p".into(),
+            node: "h1".into(),
+        };
+        assert!(reads.load_due(&host, LOAD_SAMPLE_INTERVAL));
+        reads.load_sampled(&host);
+        assert!(!reads.load_due(&host, LOAD_SAMPLE_INTERVAL));
+        assert!(reads.load_due(&host, Duration::ZERO));
+        reads.retain(|_| false);
+        assert!(reads.load_due(&host, LOAD_SAMPLE_INTERVAL));
+    }
+}
