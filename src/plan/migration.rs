@@ -211,6 +211,44 @@ impl Tracker {
     }
 }
 
+/// How long a running migration's watcher waits before its next progress sample.
+///
+/// Every sample is a job-statistics call, which libvirt answers with a `query-migrate` on the
+/// source's QEMU monitor inside a job of its own. At the switch-over the guest is paused and
+/// libvirt's own monitor commands for the migration (its final statistics, then the hand-over
+/// to the destination, which resumes the guest) wait for such a job to end, while QEMU answers
+/// it only after the final copy: a sample at that moment adds its whole round trip to the
+/// guest's pause. So a sample is taken every `every`, except when the last two samples (bytes
+/// processed over the time between them) say the rest will be sent within two such periods:
+/// then the next one waits until `hold` after the expected end, by which time the job has
+/// usually ended and no sample is taken at all.
+pub fn next_sample(
+    previous: Option<(u64, u64)>,
+    latest: (u64, u64, u64),
+    every: Duration,
+    hold: Duration,
+) -> Duration {
+    let (elapsed_ms, processed, remaining) = latest;
+    let Some((prev_ms, prev_processed)) = previous else {
+        return every;
+    };
+    let (dt_ms, sent) = (
+        elapsed_ms.saturating_sub(prev_ms),
+        processed.saturating_sub(prev_processed),
+    );
+    if dt_ms == 0 || sent == 0 {
+        return every;
+    }
+    // Time to send the rest at the rate of the last period.
+    let eta_ms = u128::from(remaining) * u128::from(dt_ms) / u128::from(sent);
+    let eta = Duration::from_millis(u64::try_from(eta_ms).unwrap_or(u64::MAX));
+    if eta <= every * 2 {
+        (eta + hold).max(every)
+    } else {
+        every
+    }
+}
+
 /// What a host says about the migrating VM's domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
@@ -393,6 +431,48 @@ mod tests {
                 assert!(m.contains(why), "{m}");
             }
         }
+    }
+
+    #[test]
+    fn no_progress_sample_is_taken_while_a_switch_over_is_expected() {
+        let (every, hold) = (Duration::from_millis(500), Duration::from_secs(3));
+        // First sample: no rate yet.
+        assert_eq!(
+            next_sample(None, (500, 10 << 20, 100 << 20), every, hold),
+            every
+        );
+        // 20 MiB sent in 0.5 s, 100 MiB left: 2.5 s to go, sampled as usual.
+        assert_eq!(
+            next_sample(
+                Some((500, 10 << 20)),
+                (1000, 30 << 20, 100 << 20),
+                every,
+                hold
+            ),
+            every
+        );
+        // 5 MiB left at 40 MiB/s: the switch-over is due within 125 ms; the next sample waits
+        // until well after it.
+        assert_eq!(
+            next_sample(
+                Some((1000, 30 << 20)),
+                (1500, 50 << 20, 5 << 20),
+                every,
+                hold
+            ),
+            Duration::from_millis(125) + hold
+        );
+        // Nothing sent in the period (stalled, or a slow host): sampled as usual, so the
+        // progress timeout still applies.
+        assert_eq!(
+            next_sample(
+                Some((1500, 50 << 20)),
+                (2000, 50 << 20, 5 << 20),
+                every,
+                hold
+            ),
+            every
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::hypervisor::{Hypervisor, HypervisorError, MigrationRequest, StorageMode};
 use crate::metrics::MigrationOutcome;
 use crate::plan::image_header;
-use crate::plan::migration::{Policy, Tracker, Verdict};
+use crate::plan::migration::{Policy, Tracker, Verdict, next_sample};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
@@ -291,11 +291,15 @@ pub(super) async fn run_job(
     let mut tracker = Tracker::default();
     let mut downtime_set = false;
     let mut aborted: Option<String> = None;
+    // Samples are held back while a switch-over is expected (see `next_sample`).
+    let mut wait = SAMPLE;
+    let mut last_sample: Option<(u64, u64)> = None;
     let outcome = loop {
         tokio::select! {
             r = &mut call => break r,
-            _ = tokio::time::sleep(SAMPLE) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = SAMPLE;
         if aborted.is_none() && job.cancel_requested() {
             let why = job.cancel_reason().unwrap_or_else(|| "cancelled".into());
             aborted = Some(why);
@@ -322,6 +326,17 @@ pub(super) async fn run_job(
                 tracing::warn!(error = %e, "could not set the migration's maximum downtime");
             }
         }
+        wait = next_sample(
+            last_sample,
+            (
+                progress.elapsed_ms,
+                progress.data_processed,
+                progress.data_remaining,
+            ),
+            SAMPLE,
+            SWITCH_OVER_HOLD,
+        );
+        last_sample = Some((progress.elapsed_ms, progress.data_processed));
         let verdict = tracker.sample(policy, timeout, started.elapsed(), progress.data_remaining);
         job.sampled(progress);
         match verdict {
@@ -397,6 +412,8 @@ pub(super) async fn watch_adopted(
     let mut tracker = Tracker::default();
     let mut aborted = false;
     let mut errors = 0;
+    let mut wait = SAMPLE;
+    let mut last_sample: Option<(u64, u64)> = None;
     if let Err(e) = source
         .set_migration_max_downtime(vm_uid, policy.max_downtime_ms)
         .await
@@ -404,7 +421,8 @@ pub(super) async fn watch_adopted(
         tracing::debug!(error = %e, "could not set the adopted migration's maximum downtime");
     }
     loop {
-        tokio::time::sleep(SAMPLE).await;
+        tokio::time::sleep(wait).await;
+        wait = SAMPLE;
         if !aborted && job.cancel_requested() {
             aborted = true;
             if let Err(e) = source.abort_job(vm_uid).await {
@@ -424,6 +442,17 @@ pub(super) async fn watch_adopted(
             }
         };
         errors = 0;
+        wait = next_sample(
+            last_sample,
+            (
+                progress.elapsed_ms,
+                progress.data_processed,
+                progress.data_remaining,
+            ),
+            SAMPLE,
+            SWITCH_OVER_HOLD,
+        );
+        last_sample = Some((progress.elapsed_ms, progress.data_processed));
         let elapsed = Duration::from_millis(progress.elapsed_ms);
         let verdict = tracker.sample(policy, timeout, elapsed, progress.data_remaining);
         job.sampled(progress);

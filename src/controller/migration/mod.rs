@@ -55,6 +55,10 @@ const FOLLOW_AGAIN: Duration = Duration::from_millis(10);
 /// How often its progress is sampled by the job's watcher.
 const SAMPLE: Duration = Duration::from_millis(500);
 
+/// How long after a switch-over's expected time the next progress sample waits (see
+/// [`crate::plan::migration::next_sample`]).
+const SWITCH_OVER_HOLD: Duration = Duration::from_secs(3);
+
 /// How often a migration that waits for a slot or a target is looked at again.
 const WAIT: Duration = Duration::from_secs(10);
 
