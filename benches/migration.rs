@@ -92,7 +92,8 @@ fn pool_manifest(lab: &lab::Lab) -> serde_json::Value {
         "apiVersion": "ferry.dev/v1alpha1", "kind": "HostPool", "metadata": {"name": "lab"},
         "spec": {"nodeSelector": {"matchLabels": {LABEL: "true"}},
                  "libvirt": {"uriTemplate": lab.hosts[0].unix_uri, "connectTimeoutSeconds": 5},
-                 "storage": {"pool": "ferry", "path": lab.pool_dir},
+                 "storage": {"pool": "ferry", "path": lab.pool_dir,
+                             "images": [{"name": lab.golden, "format": "qcow2"}]},
                  // Lab hosts have 2 cores: let the evacuated host hold all its VMs.
                  "capacity": {"cpuOvercommit": "8"},
                  "console": {"logDirectory": lab.console_dir},
