@@ -3,6 +3,7 @@
 
 pub mod balancing;
 pub mod bmc;
+mod class_watch;
 pub mod cloud_init;
 pub mod context;
 pub mod credentials;

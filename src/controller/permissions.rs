@@ -39,7 +39,7 @@ pub const REQUIRED_PERMISSIONS: &[Permission] = &[
         resource: "virtualmachineclasses",
         verbs: &["get", "list", "watch"],
         scope: Cluster,
-        why: "virtual_machine::resolve_resources: the VirtualMachineClass named by spec.className; run: a changed class wakes the VMs that name it",
+        why: "run::run: VirtualMachineClass reflector (virtual_machine::resolve_resources reads spec.className from it, or gets it before the first list); a changed or deleted class wakes the VMs that name it",
     },
     Permission {
         group: "",

@@ -1,6 +1,6 @@
 //! Wiring: reflectors, the two controllers, and their shared context.
 
-use super::{Context, ha, host_pool, hosts, migration, virtual_machine};
+use super::{Context, class_watch, ha, host_pool, hosts, migration, virtual_machine};
 use crate::api::{
     HAPolicy, HostPool, VirtualMachine, VirtualMachineClass, VirtualMachineMigration,
 };
@@ -181,6 +181,21 @@ pub async fn run(
         }
     });
     let events = tokio::spawn(events);
+    // A VirtualMachineClass that changes (a new generation) or is deleted wakes the VMs that
+    // name it (their size, the RestartRequired condition or ClassNotFound follows it); the VM
+    // controller reads classes from this cache.
+    let (class_store, class_writer) = reflector::store::<VirtualMachineClass>();
+    let classes = watcher(
+        Api::<VirtualMachineClass>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(slim)
+    .reflect(class_writer)
+    .flat_map({
+        let mut seen = class_watch::ClassChanges::default();
+        move |event| futures::stream::iter(seen.changed(event))
+    });
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(
         Context::new(
@@ -197,18 +212,9 @@ pub async fn run(
         .with_uri_limits(uri_limits)
         .with_imports(imports)
         .with_safety_resync(safety_resync)
-        .with_gate(gate),
+        .with_gate(gate)
+        .with_classes(class_store),
     );
-    // A VirtualMachineClass that changes wakes the VMs that name it (their size, or the
-    // RestartRequired condition, follows it).
-    let classes = watcher(
-        Api::<VirtualMachineClass>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(slim)
-    .applied_objects()
-    .predicate_filter(kube::runtime::predicates::generation, Default::default());
     // A migration changes what the VM controller may do with its VM.
     let migrations_for_vms = watcher(
         api::<VirtualMachineMigration>(&client, &scope),

@@ -67,6 +67,26 @@ pub fn resolve(
     }
 }
 
+/// The size of a VM that is placed on a host (its domain defined, running or not) whose class
+/// is gone: the size the VM was last resolved to (`recorded`, from its status) when that came
+/// from the same class, so that the VM stays managed (power, monitoring, HA restarts) with the
+/// size its domain has. `None` when nothing recorded serves: the VM waits for the class.
+pub fn recorded_for_missing_class(
+    spec: &VirtualMachineSpec,
+    recorded: Option<&ResourcesStatus>,
+) -> Option<Resources> {
+    let name = spec.class_name.as_ref()?;
+    let r = recorded.filter(|r| r.class_name.as_ref() == Some(name))?;
+    (spec.cpu.is_none() && spec.memory.is_none()).then(|| Resources {
+        class_name: Some(name.clone()),
+        cpu: CpuSpec {
+            cores: r.cpus,
+            model: r.cpu_model.clone(),
+        },
+        memory: r.memory.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +181,33 @@ mod tests {
                 memory: "4Gi".into(),
             }
         );
+    }
+
+    #[test]
+    fn a_placed_vm_keeps_the_size_of_its_deleted_class() {
+        let recorded = Resources {
+            class_name: Some("small".into()),
+            cpu: small().cpu,
+            memory: "4Gi".into(),
+        };
+        let from = |spec: &VirtualMachineSpec, r: &Resources| {
+            recorded_for_missing_class(spec, Some(&r.status()))
+        };
+        assert_eq!(
+            from(&spec(Some("small"), None, None), &recorded),
+            Some(recorded.clone())
+        );
+        // Another class now named, nothing recorded, or a size in the spec: no fallback.
+        assert_eq!(from(&spec(Some("large"), None, None), &recorded), None);
+        assert_eq!(
+            recorded_for_missing_class(&spec(Some("small"), None, None), None),
+            None
+        );
+        assert_eq!(from(&spec(Some("small"), Some(1), None), &recorded), None);
+        let own = Resources {
+            class_name: None,
+            ..recorded.clone()
+        };
+        assert_eq!(from(&spec(Some("small"), None, None), &own), None);
     }
 }

@@ -5,6 +5,7 @@
 
 mod adoption;
 mod balancing;
+mod classes;
 #[path = "../support/fake_pool.rs"]
 mod fake_pool;
 mod ha;

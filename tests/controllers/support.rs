@@ -38,7 +38,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Hold `obj` (a ferry resource, namespaced) so that GETs and PATCHes find it.
+    /// Forget `obj`: GETs of it answer 404 from now on.
+    pub fn forget<K: kube::Resource<DynamicType = ()>>(&self, obj: &K) {
+        self.objects.lock().expect("lock").remove(&path_of(obj));
+    }
+
+    /// Hold `obj` (a ferry resource) so that GETs and PATCHes find it.
     pub fn hold<K: serde::Serialize + kube::Resource<DynamicType = ()>>(&self, obj: &K) {
         let path = path_of(obj);
         let v = serde_json::to_value(obj).expect("json");
@@ -122,11 +127,11 @@ fn path_of<K: kube::Resource<DynamicType = ()>>(obj: &K) -> String {
     let plural = K::plural(&());
     let group = K::group(&());
     let version = K::version(&());
-    format!(
-        "/apis/{group}/{version}/namespaces/{}/{plural}/{}",
-        obj.meta().namespace.as_deref().unwrap_or_default(),
-        obj.meta().name.as_deref().unwrap_or_default()
-    )
+    let name = obj.meta().name.as_deref().unwrap_or_default();
+    match obj.meta().namespace.as_deref() {
+        Some(ns) => format!("/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}"),
+        None => format!("/apis/{group}/{version}/{plural}/{name}"),
+    }
 }
 
 /// A context over `fakes`, with caches that hold `pools`, `nodes`, `vms` and `migrations`, and

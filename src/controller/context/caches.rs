@@ -1,7 +1,9 @@
 //! The reflector caches every controller reads, and the questions asked of them.
 
 use super::ha::{HaKey, LiveHa, PolicyPool, PoolHost};
-use crate::api::{HAPolicy, HostPool, VirtualMachine, VirtualMachineMigration};
+use crate::api::{
+    HAPolicy, HostPool, VirtualMachine, VirtualMachineClass, VirtualMachineMigration,
+};
 use crate::controller::hosts::pool_nodes;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Event, Node};
@@ -26,6 +28,8 @@ pub struct Caches {
     /// Events about ferry's objects, for the dashboard (empty until
     /// [`super::Context::with_events`] sets it).
     pub events: Store<Event>,
+    /// VirtualMachineClasses (empty until [`super::Context::with_classes`] sets it).
+    pub classes: Store<VirtualMachineClass>,
 }
 
 impl Caches {
@@ -38,7 +42,16 @@ impl Caches {
             migrations: store().0,
             policies: store().0,
             events: store().0,
+            classes: store().0,
         }
+    }
+
+    /// The VirtualMachineClass called `name` as the class cache holds it: `Some(found)` once the
+    /// cache holds its first complete list, `None` while it does not (still listing, or no
+    /// cache set): ask the API server then.
+    pub fn class(&self, name: &str) -> Option<Option<Arc<VirtualMachineClass>>> {
+        matches!(self.classes.wait_until_ready().now_or_never(), Some(Ok(())))
+            .then(|| self.classes.get(&ObjectRef::new(name)))
     }
 
     /// Whether the HostPool, Node and VirtualMachine caches hold their first complete list. Until

@@ -171,6 +171,12 @@ impl Context {
         self
     }
 
+    /// Use `store` for VirtualMachineClasses.
+    pub fn with_classes(mut self, store: Store<crate::api::VirtualMachineClass>) -> Self {
+        self.caches.classes = store;
+        self
+    }
+
     /// Use `store` for HAPolicies.
     pub fn with_policies(mut self, store: Store<crate::api::HAPolicy>) -> Self {
         self.caches.policies = store;

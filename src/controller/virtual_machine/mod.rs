@@ -275,7 +275,11 @@ async fn drive(
     st: &mut VirtualMachineStatus,
     now: Timestamp,
 ) -> Result<Duration, Blocked> {
-    let (valid, seed) = spec::resolve(vm, &ctx.client, &ctx.caches, st).await?;
+    let (valid, seed, class_gone) = spec::resolve(vm, &ctx.client, &ctx.caches, st).await?;
+    if let Some(warning) = class_gone {
+        ctx.event(vm, EventType::Warning, "ClassNotFound", "Resolve", warning)
+            .await;
+    }
     let placed = place::place(vm, &valid, record, ctx, st, now).await?;
     // Took its domain over just now: the rest of this reconcile works on that domain (its name
     // and UUID are in the status written, not yet in the copy it started from).

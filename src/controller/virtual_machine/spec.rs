@@ -12,15 +12,16 @@ use crate::plan::{class, mac};
 use kube::api::Api;
 use std::time::Duration;
 
-/// The VM's validated spec and its cloud-init seed (`None` without cloud-init); records the
-/// resolved size in `st`. A MAC address another VM of the pool has blocks the VM.
+/// The VM's validated spec, its cloud-init seed (`None` without cloud-init) and, for a placed VM
+/// whose class is gone, the warning to publish; records the resolved size in `st`. A MAC address
+/// another VM of the pool has blocks the VM.
 pub(super) async fn resolve(
     vm: &VirtualMachine,
     client: &kube::Client,
     caches: &Caches,
     st: &mut VirtualMachineStatus,
-) -> Result<(ValidSpec, Option<Seed>), Blocked> {
-    let resources = resolve_resources(vm, client).await?;
+) -> Result<(ValidSpec, Option<Seed>, Option<String>), Blocked> {
+    let (resources, class_gone) = resolve_resources(vm, client, caches).await?;
     st.resources = Some(resources.status());
     let valid = validate(&vm.spec, &resources).map_err(|m| {
         Blocked::new(
@@ -43,35 +44,56 @@ pub(super) async fn resolve(
     let seed = cloud_init::resolve(vm, client)
         .await
         .map_err(seed_blocked(vm))?;
-    Ok((valid, seed))
+    Ok((valid, seed, class_gone))
 }
 
-/// The VM's size from its spec or its VirtualMachineClass (read at every reconcile; a change of
-/// the class wakes the VMs that name it, so it shows as `RestartRequired` at once).
+/// The VM's size from its spec or its VirtualMachineClass: from the class cache once it holds
+/// its first list, from the API server before that. A change or deletion of the class wakes the
+/// VMs that name it, so it shows as `RestartRequired` or `ClassNotFound` at once. A VM placed on a
+/// host whose class is deleted keeps the size it was defined with (the warning says so), so that
+/// it stays managed; one not placed yet waits with `ClassNotFound`.
 pub(super) async fn resolve_resources(
     vm: &VirtualMachine,
     client: &kube::Client,
-) -> Result<class::Resources, Blocked> {
+    caches: &Caches,
+) -> Result<(class::Resources, Option<String>), Blocked> {
     let phase = if vm.status.as_ref().and_then(|s| s.host.as_ref()).is_some() {
         VmPhase::Failed
     } else {
         VmPhase::Pending
     };
     let found = match &vm.spec.class_name {
-        Some(name) => Api::<VirtualMachineClass>::all(client.clone())
-            .get_opt(name)
-            .await
-            .map_err(|e| {
-                Blocked::new(
-                    phase,
-                    "ClassUnavailable",
-                    format!("reading VirtualMachineClass {name} failed: {e}"),
-                    Retry::Backoff,
-                )
-            })?,
+        Some(name) => match caches.class(name) {
+            Some(cached) => cached,
+            None => Api::<VirtualMachineClass>::all(client.clone())
+                .get_opt(name)
+                .await
+                .map_err(|e| {
+                    Blocked::new(
+                        phase,
+                        "ClassUnavailable",
+                        format!("reading VirtualMachineClass {name} failed: {e}"),
+                        Retry::Backoff,
+                    )
+                })?
+                .map(std::sync::Arc::new),
+        },
         None => None,
     };
-    class::resolve(&vm.spec, found.as_ref().map(|c| &c.spec)).map_err(|e| match e {
+    let status = vm.status.as_ref();
+    let placed = status.is_some_and(|s| s.host.is_some());
+    let resolved = class::resolve(&vm.spec, found.as_ref().map(|c| &c.spec));
+    if let (Err(e @ class::ClassError::NotFound(_)), true) = (&resolved, placed)
+        && let Some(kept) =
+            class::recorded_for_missing_class(&vm.spec, status.and_then(|s| s.resources.as_ref()))
+    {
+        let warning = format!(
+            "{e}; the VM keeps the size its domain was defined with ({} vCPUs, {} memory) until the class exists again or the spec gives a size",
+            kept.cpu.cores, kept.memory
+        );
+        return Ok((kept, Some(warning)));
+    }
+    resolved.map(|r| (r, None)).map_err(|e| match e {
         class::ClassError::NotFound(_) => Blocked::new(
             phase,
             "ClassNotFound",
