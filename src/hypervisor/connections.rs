@@ -40,6 +40,7 @@ use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::time::Instant;
 
+use super::change_counts::ChangeCounts;
 use super::gated::Gated;
 use super::libvirt::LibvirtHost;
 use super::{HvResult, Hypervisor, HypervisorError};
@@ -85,39 +86,6 @@ struct Inner {
     domains: tokio::sync::broadcast::Sender<String>,
     reconnected: tokio::sync::broadcast::Sender<String>,
     changes: Arc<ChangeCounts>,
-}
-
-/// Per host URI, how often something may have changed its domains and how many connections
-/// were opened to it (see [`HostConnections::changes`]).
-#[derive(Default)]
-pub(super) struct ChangeCounts(Mutex<HashMap<String, (u64, u64)>>);
-
-impl ChangeCounts {
-    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
-        match self.0.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    /// Something may have changed the domains of the host at `uri`.
-    pub(super) fn bump(&self, uri: &str) {
-        let mut counts = self.counts();
-        let n = counts.entry(uri.to_string()).or_default();
-        n.0 = n.0.wrapping_add(1);
-    }
-
-    /// A connection to `uri` was opened: a change too.
-    fn opened(&self, uri: &str) {
-        let mut counts = self.counts();
-        let n = counts.entry(uri.to_string()).or_default();
-        n.0 = n.0.wrapping_add(1);
-        n.1 = n.1.wrapping_add(1);
-    }
-
-    fn get(&self, uri: &str) -> (u64, u64) {
-        self.counts().get(uri).copied().unwrap_or_default()
-    }
 }
 
 /// Capacity of the lost-connection channel; a receiver that falls further behind skips ahead.

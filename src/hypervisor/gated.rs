@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::connections::ChangeCounts;
+use super::change_counts::ChangeCounts;
 use super::{
     ConsoleKind, ConsoleStream, DomainInfo, GuestInfo, HostInfo, HvResult, Hypervisor,
     HypervisorError, JobProgress, MigrationRequest, UploadSource, VolumeInfo,

@@ -5,6 +5,7 @@
 //! without any I/O; `connections` keeps one open connection per host and opens every connection
 //! ferry makes, through a [`Connector`].
 
+mod change_counts;
 pub mod connections;
 pub mod console;
 pub mod domain_xml;

@@ -167,7 +167,7 @@ NOT_CONDITION_REASONS = {
     "Ready", "Scheduled", "Migrating", "RestartRequired", "Degraded", "Evacuating", "Complete",
     "StormGuard", "AwaitingConfirmation", "FenceFailed", "FailoverCapacity",
     # Event reasons and actions (kubectl get events)
-    "Started", "ShuttingDown", "ForcedOff", "Defined", "Deleted", "DiskCreated", "SeedCreated",
+    "Resolve", "Started", "ShuttingDown", "ForcedOff", "Defined", "Deleted", "DiskCreated", "SeedCreated",
     "SeedRemoved", "ImageRemoved", "ImportStarted", "LeftBehind", "RestartedAfterCrash",
     "OrphanDomains", "HostReady", "HostCordoned", "EvacuationBlocked", "EvacuationCancelled",
     "StaleDomainRemoved", "Fenced", "Confirmed", "Copied", "Start", "Stop", "Define", "Delete",

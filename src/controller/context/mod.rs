@@ -6,6 +6,7 @@ mod backoff;
 mod caches;
 mod foreign;
 mod ha;
+pub mod host_reads;
 mod hosts;
 mod load;
 mod migrations;
@@ -70,7 +71,7 @@ pub struct Context {
     /// BMC clients to use instead of those the pools' fencing settings describe (tests).
     pub bmcs: Option<crate::fence::fake::FakeBmcs>,
     /// What the HostPool probe last read of each host.
-    pub host_reads: crate::controller::host_pool::HostReads,
+    pub host_reads: host_reads::HostReads,
 }
 
 impl Context {

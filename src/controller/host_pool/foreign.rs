@@ -5,19 +5,10 @@
 //! at the periodic full reading.
 
 use crate::api::HostPool;
-use crate::hypervisor::{DomainInfo, DomainState, Hypervisor};
-use crate::plan::domain::DescribedDomain;
+use crate::hypervisor::{DomainInfo, Hypervisor};
 use crate::plan::volume_access::{ForeignUse, foreign_volumes};
-use std::collections::BTreeMap;
 
-/// The host's foreign domains as read at one probe.
-#[derive(Default, Clone)]
-pub(super) struct Foreign {
-    /// By name: each domain's description and state.
-    pub described: BTreeMap<String, (DescribedDomain, DomainState)>,
-    /// Every foreign domain was read (none failed).
-    pub complete: bool,
-}
+pub(super) use crate::controller::context::host_reads::Foreign;
 
 /// Read every domain of `domains` without ferry metadata, running or only defined. One that is
 /// gone since the listing is skipped; one that cannot be read makes the reading incomplete.

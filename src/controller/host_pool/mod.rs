@@ -4,9 +4,9 @@
 mod candidates;
 mod foreign;
 mod probe;
-mod reading;
 mod report;
 
+use crate::controller::context::host_reads as reading;
 pub use reading::{HostReads, LOAD_SAMPLE_INTERVAL};
 
 use super::hosts::pool_nodes;

@@ -9,11 +9,11 @@
 //! probe asks the host nothing: the connection's keepalive and libvirt's close callback say when
 //! it goes away (and wake the pool at once).
 
-use super::foreign::Foreign;
+use super::{PoolHost, lock};
 use crate::api::host_pool::AdoptionCandidate;
-use crate::controller::context::{PoolHost, lock};
-use crate::hypervisor::{DomainInfo, HostInfo};
-use std::collections::HashMap;
+use crate::hypervisor::{DomainInfo, DomainState, HostInfo};
+use crate::plan::domain::DescribedDomain;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,9 +22,18 @@ use std::time::{Duration, Instant};
 /// probe): twice within the load window, so the CPU figure is kept.
 pub const LOAD_SAMPLE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The host's foreign domains (no ferry metadata) as read at one probe.
+#[derive(Default, Clone)]
+pub(crate) struct Foreign {
+    /// By name: each domain's description and state.
+    pub described: BTreeMap<String, (DescribedDomain, DomainState)>,
+    /// Every foreign domain was read (none failed).
+    pub complete: bool,
+}
+
 /// One reading of a host.
 #[derive(Clone)]
-pub(super) struct Reading {
+pub(crate) struct Reading {
     /// The URI the host was read through.
     pub uri: String,
     /// The host's change count before it was read.
@@ -49,7 +58,7 @@ struct Memory {
     load_at: Option<Instant>,
 }
 
-/// The last reading of every host probed, per pool.
+/// The last reading of every host the HostPool probe read, per pool (kept in the [`super::Context`] so that a HostPool controller's readings outlive one reconcile).
 #[derive(Default)]
 pub struct HostReads {
     hosts: Mutex<HashMap<PoolHost, Memory>>,
@@ -65,17 +74,17 @@ impl std::fmt::Debug for HostReads {
 
 impl HostReads {
     /// The last reading of `host`.
-    pub(super) fn last(&self, host: &PoolHost) -> Option<Arc<Reading>> {
+    pub(crate) fn last(&self, host: &PoolHost) -> Option<Arc<Reading>> {
         lock(&self.hosts).get(host).and_then(|m| m.reading.clone())
     }
 
     /// Keep `reading` as `host`'s last.
-    pub(super) fn keep(&self, host: &PoolHost, reading: Arc<Reading>) {
+    pub(crate) fn keep(&self, host: &PoolHost, reading: Arc<Reading>) {
         lock(&self.hosts).entry(host.clone()).or_default().reading = Some(reading);
     }
 
     /// Whether `host`'s domain counters are due for a sample (at most every `every`).
-    pub(super) fn load_due(&self, host: &PoolHost, every: Duration) -> bool {
+    pub(crate) fn load_due(&self, host: &PoolHost, every: Duration) -> bool {
         lock(&self.hosts)
             .get(host)
             .and_then(|m| m.load_at)
@@ -83,19 +92,19 @@ impl HostReads {
     }
 
     /// `host`'s domain counters were sampled now.
-    pub(super) fn load_sampled(&self, host: &PoolHost) {
+    pub(crate) fn load_sampled(&self, host: &PoolHost) {
         lock(&self.hosts).entry(host.clone()).or_default().load_at = Some(Instant::now());
     }
 
     /// Keep only the hosts `keep` accepts.
-    pub(super) fn retain(&self, keep: impl Fn(&PoolHost) -> bool) {
+    pub(crate) fn retain(&self, keep: impl Fn(&PoolHost) -> bool) {
         lock(&self.hosts).retain(|h, _| keep(h));
     }
 }
 
 /// What a new reading of a host needs, given the last one: nothing (`None`: it stands), only
 /// what changed (`Some(false)`), or everything (`Some(true)`).
-pub(super) fn needed(
+pub(crate) fn needed(
     last: Option<&Reading>,
     uri: &str,
     changes: u64,
