@@ -766,10 +766,34 @@ fn hostpool_power_settings_are_checked() {
             json!({"wakeAbovePercent": 40}),
             "standbyBelowPercent (default 50) must be below wakeAbovePercent",
         ),
+        (
+            json!({"schedule": [{"from": "08:00", "to": "08:00", "minHostsOn": 3}]}),
+            "from and to are the same time",
+        ),
     ] {
         let e = with(bad.clone());
         assert!(e.iter().any(|m| m.contains(needle)), "{bad}: {e:?}");
     }
+    assert_eq!(
+        with(json!({"schedule": [
+            {"days": ["Mon", "Tue", "Wed", "Thu", "Fri"], "from": "07:30", "to": "18:00", "minHostsOn": 4},
+            {"from": "22:00", "to": "06:00", "minHostsOn": 3}
+        ]})),
+        Vec::<String>::new()
+    );
+    // The rest is the schema's (patterns, enums, ranges; the API server checks them).
+    let w =
+        &schema("HostPool")["properties"]["spec"]["properties"]["power"]["properties"]["schedule"];
+    assert_eq!(w["maxItems"], 16);
+    let item = &w["items"]["properties"];
+    for t in ["from", "to"] {
+        assert_eq!(item[t]["pattern"], "^([01][0-9]|2[0-3]):[0-5][0-9]$", "{t}");
+    }
+    assert_eq!(
+        item["days"]["items"]["enum"],
+        json!(["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"])
+    );
+    assert_eq!(item["minHostsOn"]["minimum"].as_f64(), Some(1.0));
     // Hosts are powered off and on through the BMCs fencing configures.
     let e = pool_errors(json!({"power": {}}));
     assert!(

@@ -45,6 +45,44 @@ pub struct PowerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 30, max = 3600))]
     pub wake_timeout_seconds: Option<i32>,
+    /// Time windows (UTC) in which more hosts are kept on, e.g. business hours: ferry starts
+    /// powering hosts on `wakeTimeoutSeconds` before a window begins, so that they are up when
+    /// it does, and puts none in Standby while fewer would be left on. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub schedule: Vec<PowerWindow>,
+}
+
+/// A time window, in UTC, in which at least `minHostsOn` hosts of the pool are kept on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.from != self.to").message("from and to are the same time: give a window of at least a minute (to before from means it ends the next day)"))]
+pub struct PowerWindow {
+    /// The days of the week the window begins on; every day when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    pub days: Vec<Weekday>,
+    /// When the window begins, `HH:MM` in UTC.
+    #[schemars(length(max = 5), regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub from: String,
+    /// When it ends, `HH:MM` in UTC; earlier than `from`: on the next day.
+    #[schemars(length(max = 5), regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub to: String,
+    /// Hosts kept on in the window (the failover reserve comes on top), 1 to 1000.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_hosts_on: i32,
+}
+
+/// A day of the week.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
 }
 
 /// Default of `minHostsOn`.

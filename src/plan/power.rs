@@ -22,7 +22,7 @@
 use super::balance::Usage;
 use crate::api::power::{
     DEFAULT_MIN_HOSTS_ON, DEFAULT_STANDBY_AFTER_SECONDS, DEFAULT_STANDBY_BELOW_PERCENT,
-    DEFAULT_WAKE_ABOVE_PERCENT, PowerSpec, secs,
+    DEFAULT_WAKE_ABOVE_PERCENT, PowerSpec, PowerWindow, Weekday, secs,
 };
 use k8s_openapi::jiff::Timestamp;
 use std::time::Duration;
@@ -76,22 +76,84 @@ pub struct Settings {
     pub standby_after: Duration,
     /// Hosts whose failure the pool must survive (the HA policy's failover reserve).
     pub failover_hosts: usize,
+    /// `min_hosts_on` was raised by a window of `spec.power.schedule` (said in messages).
+    pub scheduled: bool,
 }
 
 impl Settings {
-    /// A pool's `spec.power`, defaults applied, with `failover_hosts` kept on besides.
-    pub fn of(spec: &PowerSpec, failover_hosts: usize) -> Settings {
+    /// A pool's `spec.power` at `now`, defaults applied, with `failover_hosts` kept on besides;
+    /// a window of its schedule that is on (or begins within `wakeTimeoutSeconds`) raises the
+    /// hosts kept on.
+    pub fn of(spec: &PowerSpec, failover_hosts: usize, now: Timestamp) -> Settings {
         let pct = |v: Option<i32>, d: i32| f64::from(v.unwrap_or(d).clamp(0, 100)) / 100.0;
+        let base = usize::try_from(spec.min_hosts_on.unwrap_or(DEFAULT_MIN_HOSTS_ON))
+            .unwrap_or(1)
+            .max(1);
+        let scheduled =
+            scheduled_min_hosts_on(&spec.schedule, now, spec.wake_timeout()).filter(|n| *n > base);
         Settings {
-            min_hosts_on: usize::try_from(spec.min_hosts_on.unwrap_or(DEFAULT_MIN_HOSTS_ON))
-                .unwrap_or(1)
-                .max(1),
+            min_hosts_on: scheduled.unwrap_or(base),
             standby_below: pct(spec.standby_below_percent, DEFAULT_STANDBY_BELOW_PERCENT),
             wake_above: pct(spec.wake_above_percent, DEFAULT_WAKE_ABOVE_PERCENT),
             standby_after: secs(spec.standby_after_seconds, DEFAULT_STANDBY_AFTER_SECONDS),
             failover_hosts,
+            scheduled: scheduled.is_some(),
         }
     }
+}
+
+/// Minutes after midnight of an `HH:MM` time; `None` if it is not one.
+fn minutes(hhmm: &str) -> Option<i64> {
+    let (h, m) = hhmm.split_once(':')?;
+    let (h, m) = (h.parse::<i64>().ok()?, m.parse::<i64>().ok()?);
+    ((0..24).contains(&h) && (0..60).contains(&m)).then_some(h * 60 + m)
+}
+
+fn weekday(d: Weekday) -> k8s_openapi::jiff::civil::Weekday {
+    use k8s_openapi::jiff::civil::Weekday as W;
+    match d {
+        Weekday::Mon => W::Monday,
+        Weekday::Tue => W::Tuesday,
+        Weekday::Wed => W::Wednesday,
+        Weekday::Thu => W::Thursday,
+        Weekday::Fri => W::Friday,
+        Weekday::Sat => W::Saturday,
+        Weekday::Sun => W::Sunday,
+    }
+}
+
+/// The most hosts a window of `schedule` keeps on at `now` (UTC), counting a window as on from
+/// `lead` before it begins (so that hosts powered on are up when it does) until it ends. A
+/// window whose `to` is not after its `from` ends the next day. `None`: no window is on.
+pub fn scheduled_min_hosts_on(
+    schedule: &[PowerWindow],
+    now: Timestamp,
+    lead: Duration,
+) -> Option<usize> {
+    let t = now.as_second();
+    let lead = i64::try_from(lead.as_secs()).unwrap_or(i64::MAX / 4);
+    let today = now.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC).date();
+    let midnight = t - t.rem_euclid(86_400);
+    schedule
+        .iter()
+        .filter_map(|w| {
+            let (from, to) = (minutes(&w.from)?, minutes(&w.to)?);
+            let length = (to - from).rem_euclid(24 * 60) * 60;
+            // The window may have begun yesterday (and run past midnight), begin today, or
+            // begin tomorrow within `lead`.
+            let on = (-1..=1).any(|day: i64| {
+                let Ok(date) = today.checked_add(k8s_openapi::jiff::Span::new().days(day)) else {
+                    return false;
+                };
+                let begins = midnight + day * 86_400 + from * 60;
+                (w.days.is_empty() || w.days.iter().any(|d| weekday(*d) == date.weekday()))
+                    && length > 0
+                    && begins - lead <= t
+                    && t < begins + length
+            });
+            on.then(|| usize::try_from(w.min_hosts_on).unwrap_or(1).max(1))
+        })
+        .max()
 }
 
 /// What power management sees at one moment.
@@ -189,8 +251,13 @@ pub fn decide(i: &Inputs<'_>, s: &Settings) -> Decision {
         ))
     } else if on.len() < keep {
         Some(format!(
-            "{} host(s) on, fewer than the {keep} kept on (minimum and failover reserve)",
-            on.len()
+            "{} host(s) on, fewer than the {keep} kept on (minimum{} and failover reserve)",
+            on.len(),
+            if s.scheduled {
+                " of the spec.power.schedule window now on"
+            } else {
+                ""
+            }
         ))
     } else if cpu > s.wake_above || mem > s.wake_above {
         Some(format!(

@@ -359,3 +359,60 @@ async fn a_host_in_standby_is_not_failed_and_its_vms_wait_for_it() {
         "{said}"
     );
 }
+
+/// A window of `spec.power.schedule` that is on raises the hosts kept on: a host in Standby is
+/// powered on for it (no VM waits, the load is low), and the message says why.
+#[tokio::test]
+async fn a_schedule_window_powers_a_standby_host_on() {
+    let mut p = power_pool();
+    // Every day from 00:00 to 23:59 UTC, and from ten minutes ahead of it (the wake lead):
+    // always on. Three hosts kept on in it, against two outside.
+    p.spec.power = Some(
+        serde_json::from_value(json!({"minHostsOn": 2, "standbyAfterSeconds": 1,
+            "schedule": [{"from": "00:00", "to": "23:59", "minHostsOn": 3}]}))
+        .expect("power"),
+    );
+    let (fakes, hosts, bmcs) = hosts();
+    hosts[2].power_off();
+    bmcs.set_power("h3", Power::Off);
+    let st = p.status.as_mut().expect("status");
+    st.hosts[2] = serde_json::from_value(json!({
+        "name": "h3", "state": "Unreachable", "power": "Standby",
+        "powerSince": "2026-01-01T00:00:00Z",
+        "powerMessage": "powered off: the BMC reports Off",
+        "allocatable": {"cpus": 8, "memory": "16Gi"}
+    }))
+    .expect("host");
+    let w = World::with_bmcs(
+        fakes,
+        vec![p.clone()],
+        vec![node(1, true), node(2, true), node(3, false)],
+        vec![],
+        vec![],
+        vec![],
+        Some(bmcs.clone()),
+    );
+    let mut woken = false;
+    for _ in 0..20 {
+        pass(&w, &p).await;
+        if bmcs.changes().contains(&("h3".to_string(), "power_on")) {
+            woken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(woken, "h3 powered on: {:?}", host_power(&w, &p, "h3"));
+    // The Event of the wake says why.
+    let waking: Vec<String> = w
+        .server
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST" && s.path.ends_with("/events"))
+        .filter(|s| s.body["reason"] == "Waking")
+        .map(|s| s.body.to_string())
+        .collect();
+    assert!(
+        waking.iter().any(|e| e.contains("spec.power.schedule")),
+        "{waking:?}"
+    );
+}

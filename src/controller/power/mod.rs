@@ -111,7 +111,7 @@ pub async fn reconcile(
         message: before.message.clone(),
         ..PowerStatus::default()
     };
-    let settings = power::Settings::of(&spec, failover_hosts(pool, ctx, st.hosts.len()));
+    let settings = power::Settings::of(&spec, failover_hosts(pool, ctx, st.hosts.len()), now);
     // Unmeasured load holds a Standby back, never a power-on: VMs waiting or a host gone need
     // no load figure.
     let (hosts, unmeasured) = facts(pool, ctx, nodes, st, &pool_vms, now);

@@ -46,6 +46,7 @@ fn settings() -> Settings {
         wake_above: 0.8,
         standby_after: Duration::from_secs(900),
         failover_hosts: 1,
+        scheduled: false,
     }
 }
 
@@ -379,4 +380,115 @@ fn power_management_turned_off_brings_every_host_back() {
     assert_eq!(decide_off(&standby).action, wake("h3"));
     standby[2].power = Power::Waking;
     assert_eq!(decide_off(&standby).action, hold(None));
+}
+
+fn window(days: &[Weekday], from: &str, to: &str, min_hosts_on: i32) -> PowerWindow {
+    PowerWindow {
+        days: days.to_vec(),
+        from: from.into(),
+        to: to.into(),
+        min_hosts_on,
+    }
+}
+
+/// `2026-12-07` is a Monday; `hh:mm` UTC on that day, plus `days`.
+fn at(days: i64, hh: i64, mm: i64) -> Timestamp {
+    let monday = Timestamp::from_second(1_796_601_600).expect("2026-12-07T00:00Z");
+    Timestamp::from_second(monday.as_second() + days * 86_400 + hh * 3600 + mm * 60)
+        .expect("a valid time")
+}
+
+#[test]
+fn schedule_windows_table() {
+    use Weekday::*;
+    let lead = Duration::from_secs(600);
+    let business = [window(&[Mon, Tue, Wed, Thu, Fri], "08:00", "18:00", 4)];
+    let night = [window(&[Fri], "22:00", "06:00", 3)];
+    let both = [business[0].clone(), window(&[], "12:00", "13:00", 6)];
+    let cases: &[(&str, &[PowerWindow], Timestamp, Option<usize>)] = &[
+        ("Monday 07:49: not yet", &business, at(0, 7, 49), None),
+        ("Monday 07:50: wake lead", &business, at(0, 7, 50), Some(4)),
+        ("Monday noon", &business, at(0, 12, 0), Some(4)),
+        ("Monday 17:59", &business, at(0, 17, 59), Some(4)),
+        ("Monday 18:00: over", &business, at(0, 18, 0), None),
+        (
+            "Saturday noon: not a window day",
+            &business,
+            at(5, 12, 0),
+            None,
+        ),
+        (
+            "Sunday 23:55: Monday's lead is not Sunday's",
+            &business,
+            at(6, 23, 55),
+            None,
+        ),
+        ("Friday 23:00: night window", &night, at(4, 23, 0), Some(3)),
+        (
+            "Saturday 05:59: begun on Friday",
+            &night,
+            at(5, 5, 59),
+            Some(3),
+        ),
+        ("Saturday 06:00: over", &night, at(5, 6, 0), None),
+        (
+            "Saturday 23:00: begins Fridays only",
+            &night,
+            at(5, 23, 0),
+            None,
+        ),
+        (
+            "Monday 12:30: the larger of two",
+            &both,
+            at(0, 12, 30),
+            Some(6),
+        ),
+        ("Sunday 12:30: every day", &both, at(6, 12, 30), Some(6)),
+    ];
+    for (name, schedule, now, want) in cases {
+        assert_eq!(
+            scheduled_min_hosts_on(schedule, *now, lead),
+            *want,
+            "{name}"
+        );
+    }
+    // Across midnight into a window day: Monday 00:05 wakes ahead from Sunday 23:55.
+    let early = [window(&[Mon], "00:05", "01:00", 2)];
+    assert_eq!(scheduled_min_hosts_on(&early, at(6, 23, 55), lead), Some(2));
+}
+
+#[test]
+fn a_schedule_window_wakes_a_host_and_says_so() {
+    let spec = PowerSpec {
+        min_hosts_on: Some(1),
+        schedule: vec![window(&[], "08:00", "18:00", 3)],
+        ..PowerSpec::default()
+    };
+    let hosts = vec![
+        host("h1", 500, 1),
+        host("h2", 500, 1),
+        with(host("h3", 0, 0), |h| h.power = Power::Standby),
+    ];
+    let decide_at = |now: Timestamp| {
+        let s = Settings::of(&spec, 0, now);
+        decide(
+            &Inputs {
+                hosts: &hosts,
+                pending_for_capacity: 0,
+                low_since: None,
+                enabled: true,
+                now,
+            },
+            &s,
+        )
+    };
+    let night = decide_at(at(0, 3, 0));
+    assert!(matches!(night.action, Action::Hold { .. }), "{night:?}");
+    let morning = decide_at(at(0, 7, 55));
+    assert_eq!(morning.action, Action::Wake { host: "h3".into() });
+    assert!(
+        morning.message.contains("spec.power.schedule"),
+        "{}",
+        morning.message
+    );
 }
