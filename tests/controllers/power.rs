@@ -78,6 +78,22 @@ fn hosts() -> (FakeConnector, Vec<FakeHost>, FakeBmcs) {
     (fakes, hosts, bmcs)
 }
 
+/// [`hosts`], with h3 in Standby: powered off through its BMC, and so in `p`'s status.
+fn h3_in_standby(p: &mut HostPool) -> (FakeConnector, FakeBmcs) {
+    let (fakes, hosts, bmcs) = hosts();
+    hosts[2].power_off();
+    bmcs.set_power("h3", Power::Off);
+    let st = p.status.as_mut().expect("status");
+    st.hosts[2] = serde_json::from_value(json!({
+        "name": "h3", "state": "Unreachable", "power": "Standby",
+        "powerSince": "2026-01-01T00:00:00Z",
+        "powerMessage": "powered off: the BMC reports Off",
+        "allocatable": {"cpus": 8, "memory": "16Gi"}
+    }))
+    .expect("host");
+    (fakes, bmcs)
+}
+
 /// Run `name` on fake host `h`.
 fn run_on(h: &FakeHost, name: &str) {
     let def = sample_definition(
@@ -262,18 +278,8 @@ async fn an_idle_host_is_emptied_and_powered_off_then_a_waiting_vm_powers_it_on(
 #[tokio::test]
 async fn a_host_in_standby_is_not_failed_and_its_vms_wait_for_it() {
     let mut p = power_pool();
-    let (fakes, hosts, bmcs) = hosts();
-    hosts[2].power_off();
-    bmcs.set_power("h3", Power::Off);
     // h3 was put in Standby: powered off through its BMC.
-    let st = p.status.as_mut().expect("status");
-    st.hosts[2] = serde_json::from_value(json!({
-        "name": "h3", "state": "Unreachable", "power": "Standby",
-        "powerSince": "2026-01-01T00:00:00Z",
-        "powerMessage": "powered off: the BMC reports Off",
-        "allocatable": {"cpus": 8, "memory": "16Gi"}
-    }))
-    .expect("host");
+    let (fakes, bmcs) = h3_in_standby(&mut p);
     // A stopped VM stays assigned to h3; HA grace periods are zero.
     let mut parked = vm_on("a", "h3", "Stopped");
     parked.spec.run_strategy = Some(ferry::api::RunStrategy::Halted);
@@ -372,17 +378,7 @@ async fn a_schedule_window_powers_a_standby_host_on() {
             "schedule": [{"from": "00:00", "to": "23:59", "minHostsOn": 3}]}))
         .expect("power"),
     );
-    let (fakes, hosts, bmcs) = hosts();
-    hosts[2].power_off();
-    bmcs.set_power("h3", Power::Off);
-    let st = p.status.as_mut().expect("status");
-    st.hosts[2] = serde_json::from_value(json!({
-        "name": "h3", "state": "Unreachable", "power": "Standby",
-        "powerSince": "2026-01-01T00:00:00Z",
-        "powerMessage": "powered off: the BMC reports Off",
-        "allocatable": {"cpus": 8, "memory": "16Gi"}
-    }))
-    .expect("host");
+    let (fakes, bmcs) = h3_in_standby(&mut p);
     let w = World::with_bmcs(
         fakes,
         vec![p.clone()],
