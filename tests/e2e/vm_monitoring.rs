@@ -63,7 +63,15 @@ async fn a_crashed_guest_restarts_within_the_monitoring_limits() {
         noticed < Duration::from_secs(15),
         "restarted {noticed:?} after the crash"
     );
-    lab::wait_for_console(&log, "FERRY-BOOT 2", BOOT).expect("restarted after the crash");
+    if let Err(e) = lab::wait_for_console(&log, "FERRY-BOOT 2", BOOT) {
+        // What ferry and libvirt say, for whoever reads the failure.
+        let vm = c.vms().get("crashy").await.ok();
+        let state = lab.virsh_ok("h1", &["domstate", "--reason", &domain]);
+        panic!(
+            "not restarted after the crash: {e}\nlibvirt: {state:?}\nVM status: {:?}",
+            vm.and_then(|v| v.status)
+        );
+    }
     let vm = wait_vm(
         &c,
         "crashy",
