@@ -293,7 +293,7 @@ pub(super) async fn run_job(
     let mut aborted: Option<String> = None;
     // Samples are held back while a switch-over is expected (see `next_sample`).
     let mut wait = SAMPLE;
-    let mut last_sample: Option<(u64, u64)> = None;
+    let mut pace = Pace::default();
     let outcome = loop {
         tokio::select! {
             r = &mut call => break r,
@@ -326,17 +326,7 @@ pub(super) async fn run_job(
                 tracing::warn!(error = %e, "could not set the migration's maximum downtime");
             }
         }
-        wait = next_sample(
-            last_sample,
-            (
-                progress.elapsed_ms,
-                progress.data_processed,
-                progress.data_remaining,
-            ),
-            SAMPLE,
-            SWITCH_OVER_HOLD,
-        );
-        last_sample = Some((progress.elapsed_ms, progress.data_processed));
+        wait = pace.next(&progress);
         let verdict = tracker.sample(policy, timeout, started.elapsed(), progress.data_remaining);
         job.sampled(progress);
         match verdict {
@@ -413,7 +403,7 @@ pub(super) async fn watch_adopted(
     let mut aborted = false;
     let mut errors = 0;
     let mut wait = SAMPLE;
-    let mut last_sample: Option<(u64, u64)> = None;
+    let mut pace = Pace::default();
     if let Err(e) = source
         .set_migration_max_downtime(vm_uid, policy.max_downtime_ms)
         .await
@@ -442,17 +432,7 @@ pub(super) async fn watch_adopted(
             }
         };
         errors = 0;
-        wait = next_sample(
-            last_sample,
-            (
-                progress.elapsed_ms,
-                progress.data_processed,
-                progress.data_remaining,
-            ),
-            SAMPLE,
-            SWITCH_OVER_HOLD,
-        );
-        last_sample = Some((progress.elapsed_ms, progress.data_processed));
+        wait = pace.next(&progress);
         let elapsed = Duration::from_millis(progress.elapsed_ms);
         let verdict = tracker.sample(policy, timeout, elapsed, progress.data_remaining);
         job.sampled(progress);
@@ -470,4 +450,23 @@ pub(super) async fn watch_adopted(
         }
     }
     job.finish(JobResult::Ended);
+}
+
+/// When to sample a migration job next: every [`SAMPLE`], but not while its switch-over is
+/// expected ([`next_sample`] from the last two samples).
+#[derive(Default)]
+struct Pace(Option<(u64, u64)>);
+
+impl Pace {
+    /// The wait after the sample `p`.
+    fn next(&mut self, p: &crate::hypervisor::JobProgress) -> Duration {
+        let wait = next_sample(
+            self.0,
+            (p.elapsed_ms, p.data_processed, p.data_remaining),
+            SAMPLE,
+            SWITCH_OVER_HOLD,
+        );
+        self.0 = Some((p.elapsed_ms, p.data_processed));
+        wait
+    }
 }

@@ -164,18 +164,7 @@ pub(super) async fn take_over(
     );
     // Written before anything else is done: a crash here leaves the metadata, which the next
     // claim finds naming this VM (and accepts).
-    match record.write(st).await {
-        Ok(_) => {}
-        Err(WriteError::Stale) => return Err(stale()),
-        Err(WriteError::Failed(e)) => {
-            return Err(Blocked::new(
-                VmPhase::Pending,
-                "StatusWriteFailed",
-                format!("could not record the takeover: {e}"),
-                Retry::Backoff,
-            ));
-        }
-    }
+    record_first(record, st, VmPhase::Pending, "the takeover").await?;
     tracing::info!(vm = %vm.name_any(), domain = %a.domain, host = %a.host, "took the domain over");
     ctx.event(vm, EventType::Normal, TAKEN_OVER, "Adopt", message)
         .await;

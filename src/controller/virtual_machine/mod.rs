@@ -76,6 +76,27 @@ const STALE_WAIT: Duration = Duration::from_millis(500);
 /// the VM (its cache lags behind, or another process wrote since), so nothing it saw is written.
 const STALE: &str = "StaleCopy";
 
+/// Write `st` before going on (it records something the next steps rest on): a stale copy
+/// stops the reconcile; a failed write is `StatusWriteFailed` in `phase`, saying that `what`
+/// could not be recorded.
+async fn record_first(
+    record: &mut Record<'_>,
+    st: &VirtualMachineStatus,
+    phase: VmPhase,
+    what: &str,
+) -> Result<(), Blocked> {
+    match record.write(st).await {
+        Ok(_) => Ok(()),
+        Err(WriteError::Stale) => Err(stale()),
+        Err(WriteError::Failed(e)) => Err(Blocked::new(
+            phase,
+            "StatusWriteFailed",
+            format!("could not record {what}: {e}"),
+            Retry::Backoff,
+        )),
+    }
+}
+
 /// A reconcile that must stop because it worked from a stale copy of the VM.
 fn stale() -> Blocked {
     Blocked::new(

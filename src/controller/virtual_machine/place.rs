@@ -339,18 +339,13 @@ async fn look_before_start(
                 format!("found running on host {host} after host {} failed", f.host),
                 now,
             );
-            match record.write(st).await {
-                Ok(_) => {}
-                Err(WriteError::Stale) => return Err(stale()),
-                Err(WriteError::Failed(e)) => {
-                    return Err(Blocked::new(
-                        VmPhase::Unknown,
-                        "StatusWriteFailed",
-                        format!("could not record that the VM runs on host {host}: {e}"),
-                        Retry::Backoff,
-                    ));
-                }
-            }
+            record_first(
+                record,
+                st,
+                VmPhase::Unknown,
+                &format!("that the VM runs on host {host}"),
+            )
+            .await?;
             ctx.event(
                 vm,
                 EventType::Warning,
