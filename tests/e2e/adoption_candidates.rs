@@ -522,19 +522,9 @@ async fn a_running_domain_is_taken_over_moved_and_released_without_a_restart() {
     let sim =
         crate::support::bmc::IpmiSim::start("admin", "s3cret", &lab.power_off_command("h2"), false);
     put_bmc_password(&c, "s3cret").await;
-    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c.client.clone());
     let bmc = sim.address().trim_start_matches("ipmi://").to_string();
     for (n, a) in [(&h2, bmc.as_str()), (&h1, "127.0.0.1:9")] {
-        nodes
-            .patch(
-                n,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(
-                    json!({"metadata": {"annotations": {"ferry.dev/e2e-bmc": a}}}),
-                ),
-            )
-            .await
-            .expect("annotate Node");
+        crate::support::ha::set_node_bmc(&c, n, a).await;
     }
     c.apply::<ferry::api::HAPolicy>(ha_policy(8, json!({})))
         .await;

@@ -597,22 +597,12 @@ async fn ha_a_hung_bmc_holds_up_no_other_host() {
     let hung_port = hung.local_addr().expect("address").port();
     let sim = bmc::IpmiSim::start("admin", "s3cret", &lab.power_off_command("h2"), false);
     crate::support::ha::put_bmc_password(&c, "s3cret").await;
-    let nodes_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
     for (n, a) in [
         (&h1, format!("127.0.0.1:{hung_port}")),
         (&h2, sim.address().trim_start_matches("ipmi://").to_string()),
         (&h3, "127.0.0.1:9".to_string()),
     ] {
-        nodes_api
-            .patch(
-                n,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(
-                    json!({"metadata": {"annotations": {"ferry.dev/e2e-bmc": a}}}),
-                ),
-            )
-            .await
-            .expect("annotate Node");
+        crate::support::ha::set_node_bmc(&c, n, &a).await;
     }
     c.cordon(&h1, true).await;
     c.cordon(&h3, true).await;

@@ -12,8 +12,6 @@ use crate::support::objects::{
 };
 use ferry::api::power::HostPower;
 use ferry::api::{HostState, VirtualMachine};
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -39,21 +37,13 @@ async fn an_idle_host_goes_to_standby_and_a_waiting_vm_powers_it_on() {
         crate::support::migration::migration_lab("power", 3, LABEL, pool, json!({})).await;
     // One BMC per lab host; each Node names its own.
     put_bmc_password(&c, "s3cret").await;
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
     let mut sims = Vec::new();
     for h in &lab.hosts {
         let off = lab.power_off_command(&h.name);
         let on = off.replacen(" power-off ", " start-libvirtd ", 1);
         let sim = bmc::IpmiSim::start_with_power_on("admin", "s3cret", &off, false, &on);
         let addr = sim.address().trim_start_matches("ipmi://").to_string();
-        nodes
-            .patch(
-                &format!("{}-{}", c.namespace, h.name),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/e2e-bmc": addr}}})),
-            )
-            .await
-            .expect("annotate Node");
+        crate::support::ha::set_node_bmc(&c, &format!("{}-{}", c.namespace, h.name), &addr).await;
         sims.push(sim);
     }
     // Two idle one-CPU VMs, spread over two of the three two-CPU hosts.

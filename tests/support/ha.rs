@@ -213,19 +213,24 @@ pub async fn attach_ipmi(
 ) -> bmc::IpmiSim {
     let sim = bmc::IpmiSim::start("admin", "s3cret", &lab.power_off_command("h1"), false);
     put_bmc_password(c, password).await;
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
     let addr = sim.address().trim_start_matches("ipmi://").to_string();
-    for (n, a) in [(h1, addr.clone()), (h2, "127.0.0.1:9".to_string())] {
-        nodes
-            .patch(
-                n,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/e2e-bmc": a}}})),
-            )
-            .await
-            .expect("annotate Node");
-    }
+    set_node_bmc(c, h1, &addr).await;
+    set_node_bmc(c, h2, "127.0.0.1:9").await;
     sim
+}
+
+/// Point Node `node`'s BMC annotation (read by [`fencing`]'s address template) at `addr`
+/// (`host:port`).
+pub async fn set_node_bmc(c: &Cluster, node: &str, addr: &str) {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
+    nodes
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"ferry.dev/e2e-bmc": addr}}})),
+        )
+        .await
+        .expect("annotate Node");
 }
 
 /// Creates or replaces the Secret `bmc` (username admin).
