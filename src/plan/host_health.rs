@@ -561,20 +561,36 @@ fn recovering(i: &Inputs) -> Decision {
     )
 }
 
-/// Whether a host counts as failing for the storm guard: its libvirt silent past the grace, its
-/// Node NotReady (or gone) past the grace, or an incident under way (Failed, Fencing, Fenced).
-/// A controller cut off from the hosts, or the API server from the kubelets, makes many hosts
-/// look failed at once on either signal.
+/// Why a host counts as failing for the storm guard, if it does: its libvirt silent past the
+/// grace, its Node NotReady (or gone, or without a Ready condition) past the grace, or an
+/// incident under way (Failed, Fencing, Fenced). A controller cut off from the hosts, or the API
+/// server from the kubelets, makes many hosts look failed at once on either signal.
 pub fn looks_failed(
     node: Option<Signal>,
     libvirt: Signal,
     previous: HostVerdict,
     now: Timestamp,
     t: &Timings,
-) -> bool {
-    let libvirt_silent = !libvirt.up && elapsed(libvirt.since, now) >= t.libvirt_grace;
-    let node_lost = node.is_none_or(|n| !n.up && elapsed(n.since, now) >= t.not_ready_grace);
-    libvirt_silent || node_lost || previous.failing_over()
+) -> Option<String> {
+    if !libvirt.up && elapsed(libvirt.since, now) >= t.libvirt_grace {
+        return Some(format!(
+            "libvirt silent for {}s",
+            elapsed(libvirt.since, now).as_secs()
+        ));
+    }
+    match node {
+        None => return Some("its Node has no Ready condition".to_string()),
+        Some(n) if !n.up && elapsed(n.since, now) >= t.not_ready_grace => {
+            return Some(format!(
+                "its Node NotReady for {}s",
+                elapsed(n.since, now).as_secs()
+            ));
+        }
+        Some(_) => {}
+    }
+    previous
+        .failing_over()
+        .then(|| format!("an incident under way ({previous})"))
 }
 
 /// The storm guard: whether more than `max_percent` % of a pool's `hosts` look failed at once.

@@ -106,32 +106,41 @@ pub(super) async fn pool(
         .iter()
         .filter(|n| !kept_off(t.pool, &n.name_any()))
         .count();
-    let failing = t
+    let failing: Vec<String> = t
         .nodes
         .iter()
         .filter(|n| !kept_off(t.pool, &n.name_any()))
-        .filter(|n| {
+        .filter_map(|n| {
             let hosts = lock(&hc.hosts);
-            hosts.get(&key(n)).is_some_and(|m| {
-                host_health::looks_failed(
-                    node_signal(n, t.now),
-                    m.libvirt,
-                    m.verdict,
-                    t.now,
-                    &t.timings,
-                )
-            })
+            let m = hosts.get(&key(n))?;
+            host_health::looks_failed(
+                node_signal(n, t.now),
+                m.libvirt,
+                m.verdict,
+                t.now,
+                &t.timings,
+            )
+            .map(|why| format!("{} ({why})", n.name_any()))
         })
-        .count();
-    let storm = host_health::storm(judged, failing, t.policy.max_failed_hosts_percent());
+        .collect();
+    let storm = host_health::storm(judged, failing.len(), t.policy.max_failed_hosts_percent());
     let guard = PolicyPool::new(&ns, &t.pool.name_any(), &t.policy.name_any());
+    let held = hc.ctx.ha.storm(&guard);
     hc.ctx.ha.set_storm(&guard, storm);
     if storm {
-        out.storm = Some(format!(
-            "{failing} of {judged} host(s) of HostPool {} look failed (more than {}%)",
+        let why = format!(
+            "{} of {judged} host(s) of HostPool {} look failed (more than {}%): {}",
+            failing.len(),
             t.pool.name_any(),
-            t.policy.max_failed_hosts_percent()
-        ));
+            t.policy.max_failed_hosts_percent(),
+            failing.join(", ")
+        );
+        if !held {
+            tracing::warn!(policy = %t.policy.name_any(), "storm guard holds: {why}");
+        }
+        out.storm = Some(why);
+    } else if held {
+        tracing::info!(policy = %t.policy.name_any(), pool = %t.pool.name_any(), "storm guard ends");
     }
 
     // Every host at once, each within its deadline: one that hangs (a BMC or libvirt that does

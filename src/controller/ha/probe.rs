@@ -22,6 +22,11 @@ pub(super) fn node_signal(n: &Node, now: Timestamp) -> Option<Signal> {
     })
 }
 
+/// Say that the host's libvirt stopped answering the HA probe, and why.
+fn silent(key: &HaKey, why: &str) {
+    tracing::warn!(policy = %key.policy, pool = %key.host.pool, host = %key.host.node, "libvirt does not answer the HA probe: {why}");
+}
+
 /// Start a liveness probe of the host unless one runs; a probe running longer than the deadline
 /// marks libvirt down from when it started.
 pub(super) fn start_probe(
@@ -44,6 +49,7 @@ pub(super) fn start_probe(
         };
         if let Some(started) = m.probe_started {
             if started.elapsed() > PROBE_DEADLINE && m.libvirt.up && !m.probe_answered {
+                silent(key, "the probe has not answered within its deadline");
                 m.probed = false;
                 m.libvirt = Signal {
                     up: false,
@@ -66,6 +72,10 @@ pub(super) fn start_probe(
             if let Some(m) = lock(&hc.hosts).get_mut(key) {
                 m.probe_started = None;
                 if m.libvirt.up {
+                    silent(
+                        key,
+                        "the pool cannot make or may not use the host's libvirt URI",
+                    );
                     m.libvirt = Signal {
                         up: false,
                         since: now,
@@ -94,10 +104,15 @@ pub(super) fn start_probe(
             }
         })
         .await;
+        let mut failure = String::new();
         let hv = match alive {
             Ok(Ok(hv)) => Some(hv),
-            Ok(Err(_)) => None,
+            Ok(Err(e)) => {
+                failure = e.to_string();
+                None
+            }
             Err(_) => {
+                failure = format!("no answer within {}s", PROBE_DEADLINE.as_secs());
                 // Timed out: drop the probe connection (whatever URI the credentials made of it).
                 if let Ok(full) = hc.ctx.hosts.credentialed_uri(&uri, &pool).await {
                     hc.probes.invalidate(&full).await;
@@ -138,6 +153,7 @@ pub(super) fn start_probe(
                         m.domains = domains;
                     }
                     if !m.libvirt.up {
+                        tracing::info!(policy = %key.policy, pool = %key.host.pool, host = %key.host.node, "libvirt answers the HA probe again");
                         m.libvirt = Signal {
                             up: true,
                             since: now,
@@ -145,6 +161,7 @@ pub(super) fn start_probe(
                     }
                 }
                 None if m.libvirt.up => {
+                    silent(&key, &failure);
                     let began = started
                         .map(|s| now.as_millisecond() - s.elapsed().as_millis() as i64)
                         .and_then(|ms| Timestamp::from_millisecond(ms).ok())

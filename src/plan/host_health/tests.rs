@@ -217,13 +217,13 @@ fn what_counts_as_failing_for_the_storm_guard() {
         ("libvirt silent past its grace", Some(sig(true, 100)), sig(false, 11), V::Degraded, true),
         ("Node NotReady within its grace", Some(sig(false, 10)), sig(true, 100), V::Suspect, false),
         ("Node NotReady past its grace, libvirt answers", Some(sig(false, 31)), sig(true, 100), V::Suspect, true),
-        ("Node gone", None, sig(true, 100), V::Healthy, true),
+        ("Node gone or without a Ready condition", None, sig(true, 100), V::Healthy, true),
         ("an incident under way", Some(sig(true, 100)), sig(true, 100), V::Fencing, true),
         ("evacuated and recovered", Some(sig(true, 100)), sig(true, 100), V::Recovered, false),
     ];
     for (what, node, libvirt, previous, want) in cases {
         assert_eq!(
-            looks_failed(node, libvirt, previous, at(0), &t),
+            looks_failed(node, libvirt, previous, at(0), &t).is_some(),
             want,
             "{what}"
         );
