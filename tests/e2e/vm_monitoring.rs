@@ -67,9 +67,11 @@ async fn a_crashed_guest_restarts_within_the_monitoring_limits() {
         // What ferry and libvirt say, for whoever reads the failure.
         let vm = c.vms().get("crashy").await.ok();
         let state = lab.virsh_ok("h1", &["domstate", "--reason", &domain]);
+        let policy = c.policies().get("ha").await.ok();
         panic!(
-            "not restarted after the crash: {e}\nlibvirt: {state:?}\nVM status: {:?}",
-            vm.and_then(|v| v.status)
+            "not restarted after the crash: {e}\nlibvirt: {state:?}\nVM status: {:?}\nHAPolicy status: {:?}",
+            vm.and_then(|v| v.status),
+            policy.and_then(|p| p.status)
         );
     }
     let vm = wait_vm(

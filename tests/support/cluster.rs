@@ -128,6 +128,7 @@ impl Cluster {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create namespace");
+        sweep_leftover_nodes(&client).await;
         let identity = ChartIdentity::install(&client, &kubeconfig, &namespace).await;
         match &identity {
             Some(id) => eprintln!("e2e: controllers run as {} (the chart's RBAC)", id.user),
@@ -168,6 +169,7 @@ impl Cluster {
             .map(|(k, v)| (k.to_string(), json!(v)))
             .collect();
         all.insert("kubernetes.io/hostname".into(), json!(name));
+        all.insert(CLUSTER_LABEL.into(), json!(self.namespace));
         let node: Node = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": all},
             "spec": {}
@@ -275,6 +277,10 @@ impl Cluster {
     }
 
     pub fn pools(&self) -> Api<HostPool> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    pub fn policies(&self) -> Api<ferry::api::HAPolicy> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
@@ -485,7 +491,20 @@ impl Drop for Cluster {
                 .build()
             {
                 rt.block_on(async {
-                    let _ = tokio::time::timeout(Duration::from_secs(30), me.teardown()).await;
+                    // A client of this runtime: the test's may need a worker of the test's
+                    // runtime, which this drop blocks.
+                    if let Ok(client) = Client::try_default().await {
+                        me.client = client;
+                    }
+                    if tokio::time::timeout(Duration::from_secs(30), me.teardown())
+                        .await
+                        .is_err()
+                    {
+                        eprintln!(
+                            "e2e: the teardown of {} did not finish in 30 s",
+                            me.namespace
+                        );
+                    }
                 });
             }
         })
@@ -537,6 +556,37 @@ async fn heartbeat(client: &Client, name: &str, ip: &str, status: bool) {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         if ready {
             set_node_ready(client, name, ip, true).await;
+        }
+    }
+}
+
+/// The label on every Node a [`Cluster`] adds: the test namespace it belongs to.
+pub const CLUSTER_LABEL: &str = "e2e.ferry.dev/cluster";
+
+/// Delete the Nodes of earlier tests whose namespace is gone or going (a test whose teardown did
+/// not finish): their heartbeats stopped, so they turn NotReady, and a later test's pool that
+/// selects the same label would count them as failed hosts.
+async fn sweep_leftover_nodes(client: &Client) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let Ok(list) = nodes
+        .list(&kube::api::ListParams::default().labels(CLUSTER_LABEL))
+        .await
+    else {
+        return;
+    };
+    for n in list {
+        let Some(owner) = n.labels().get(CLUSTER_LABEL) else {
+            continue;
+        };
+        let gone = match namespaces.get_opt(owner).await {
+            Ok(None) => true,
+            Ok(Some(ns)) => ns.metadata.deletion_timestamp.is_some(),
+            Err(_) => false,
+        };
+        if gone {
+            eprintln!("e2e: deleting Node {} left by {owner}", n.name_any());
+            let _ = nodes.delete(&n.name_any(), &DeleteParams::default()).await;
         }
     }
 }
