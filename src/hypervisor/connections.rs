@@ -355,6 +355,12 @@ impl HostConnections {
         self.inner.domains.subscribe()
     }
 
+    /// Announce domain `uuid` on [`domain_events`](Self::domain_events) as if libvirt had: a
+    /// reading of its host found it changed though no event said so (an event was lost).
+    pub fn announce_domain_change(&self, uuid: &str) {
+        let _ = self.inner.domains.send(uuid.to_string());
+    }
+
     /// URIs of hosts to which a shared connection was opened again after an earlier one (lost,
     /// closed) or after failed attempts: the domain events of the time between were not heard.
     /// The first connection to a host is not announced.

@@ -80,6 +80,18 @@ pub fn apply_guest_report(interfaces: &mut [InterfaceStatus], report: Option<&Gu
     }
 }
 
+/// Keep the guest's view of each interface (addresses and name, by MAC) from `previous`, the
+/// status before this reconcile, when the guest agent is not asked this time.
+pub fn keep_guest_view(interfaces: &mut [InterfaceStatus], previous: &[InterfaceStatus]) {
+    for i in interfaces.iter_mut() {
+        if let Some(p) = previous.iter().find(|p| p.mac == i.mac) {
+            i.ip_addresses = p.ip_addresses.clone();
+            i.ip_address = p.ip_address.clone();
+            i.guest_name = p.guest_name.clone();
+        }
+    }
+}
+
 /// Build the definition. `disks` must hold one resolved volume per spec disk, in spec order.
 pub fn build(
     vm: &VirtualMachine,
@@ -238,5 +250,26 @@ mod tests {
             ifs.iter()
                 .all(|i| i.ip_address.is_none() && i.ip_addresses.is_empty())
         );
+    }
+
+    #[test]
+    fn the_guest_view_is_kept_by_mac_when_the_agent_is_not_asked() {
+        let mut before = vec![
+            iface("eth0", "52:54:00:00:00:01"),
+            iface("eth1", "52:54:00:00:00:02"),
+        ];
+        before[0].ip_address = Some("10.0.0.5".into());
+        before[0].ip_addresses = vec!["10.0.0.5".into()];
+        before[0].guest_name = Some("enp1s0".into());
+        // The spec's interfaces as the reconcile rebuilt them: eth1 removed, eth2 added.
+        let mut now = vec![
+            iface("eth0", "52:54:00:00:00:01"),
+            iface("eth2", "52:54:00:00:00:03"),
+        ];
+        keep_guest_view(&mut now, &before);
+        assert_eq!(now[0].ip_address.as_deref(), Some("10.0.0.5"));
+        assert_eq!(now[0].ip_addresses, ["10.0.0.5"]);
+        assert_eq!(now[0].guest_name.as_deref(), Some("enp1s0"));
+        assert_eq!(now[1], iface("eth2", "52:54:00:00:00:03"));
     }
 }

@@ -172,4 +172,58 @@ async fn the_guest_agent_is_asked_again_only_while_an_address_is_missing() {
         Some("10.0.0.50")
     );
     assert!(safety(requeue), "{requeue:?}");
+    // Its next look (a safety resync) does not ask the agent, and the address stays.
+    let asked = h1.count(Op::GuestInfo);
+    let (requeue, running) = once(&mut world, &running).await;
+    assert_eq!(h1.count(Op::GuestInfo), asked, "the agent was asked again");
+    assert_eq!(
+        running.status.as_ref().expect("status").interfaces[0]
+            .ip_address
+            .as_deref(),
+        Some("10.0.0.50")
+    );
+    assert!(safety(requeue), "{requeue:?}");
+}
+
+/// On a safety resync a steady VM asks its host nothing while the HostPool's last reading of the
+/// host stands (no domain event or change since); an event ends that, and the host is asked.
+#[tokio::test]
+async fn a_steady_vm_asks_its_host_nothing_while_the_pools_reading_stands() {
+    let fakes = FakeConnector::new();
+    let h1 = fakes.add_host(&host_uri(1));
+    with_image(&h1);
+    let obj = vm("Always");
+    let mut world = world(fakes, &obj);
+    let (_, running) = until_phase(&mut world, obj, VmPhase::Running).await;
+    // The pool's probe reads the host.
+    ferry::controller::host_pool::reconcile(Arc::new(pool(1)), world.ctx.clone())
+        .await
+        .expect("pool reconcile");
+    let before = h1.calls().len();
+    let (requeue, again) = once(&mut world, &running).await;
+    assert!(safety(requeue), "{requeue:?}");
+    assert_eq!(
+        again.status.as_ref().and_then(|s| s.phase),
+        Some(VmPhase::Running)
+    );
+    let asked: Vec<String> = h1.calls()[before..]
+        .iter()
+        .map(|c| format!("{:?}", c.op))
+        .collect();
+    assert!(asked.is_empty(), "a steady VM asked its host: {asked:?}");
+
+    // Destroyed behind ferry's back: the event ends the reading's standing; the VM looks and
+    // starts its domain again (Always).
+    h1.set_state(
+        UID,
+        ferry::plan::domain::DomainState::ShutOff(ferry::plan::domain::ShutOffReason::Destroyed),
+    );
+    let (lookups, starts) = (h1.count(Op::LookupDomain), h1.count(Op::StartDomain));
+    let (_, restarted) = once(&mut world, &again).await;
+    assert!(h1.count(Op::LookupDomain) > lookups, "the host was asked");
+    assert_eq!(h1.count(Op::StartDomain), starts + 1, "started again");
+    assert_eq!(
+        restarted.status.as_ref().and_then(|s| s.phase),
+        Some(VmPhase::Running)
+    );
 }

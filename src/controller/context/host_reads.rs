@@ -78,6 +78,31 @@ impl HostReads {
         lock(&self.hosts).get(host).and_then(|m| m.reading.clone())
     }
 
+    /// Domain `uuid` as `host`'s last reading shows it, while that reading stands ([`needed`]
+    /// finds nothing to read again: no domain event, no change made by ferry, no new connection
+    /// or pool spec since, and younger than `full_every`) and shows the domain. `None`: ask the
+    /// host (a domain the reading does not show is always looked up: it may have just arrived).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn standing_domain(
+        &self,
+        host: &PoolHost,
+        uri: &str,
+        changes: u64,
+        opened: u64,
+        generation: Option<i64>,
+        full_every: Duration,
+        uuid: &str,
+    ) -> Option<DomainInfo> {
+        let last = self.last(host)?;
+        if needed(Some(&last), uri, changes, opened, generation, full_every).is_some() {
+            return None;
+        }
+        last.domains
+            .iter()
+            .find(|d| d.uuid.eq_ignore_ascii_case(uuid))
+            .cloned()
+    }
+
     /// Keep `reading` as `host`'s last.
     pub(crate) fn keep(&self, host: &PoolHost, reading: Arc<Reading>) {
         lock(&self.hosts).entry(host.clone()).or_default().reading = Some(reading);
@@ -126,6 +151,25 @@ pub(crate) fn needed(
     (last.changes != changes || !last.foreign.complete).then_some(false)
 }
 
+/// UUIDs of the domains that differ between two readings of a host (appeared, gone, or read
+/// differently): between readings with no counted change, each is a domain event that was lost.
+pub(crate) fn changed_domains(before: &[DomainInfo], after: &[DomainInfo]) -> Vec<String> {
+    let mut changed: Vec<String> = after
+        .iter()
+        .filter(|d| !before.contains(d))
+        .map(|d| d.uuid.clone())
+        .collect();
+    changed.extend(
+        before
+            .iter()
+            .filter(|b| !after.iter().any(|a| a.uuid == b.uuid))
+            .map(|b| b.uuid.clone()),
+    );
+    changed.sort();
+    changed.dedup();
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +216,106 @@ mod tests {
             needed(Some(&incomplete), uri, 7, 1, Some(1), every),
             Some(false)
         );
+    }
+
+    #[test]
+    fn a_standing_reading_answers_for_the_domains_it_shows() {
+        let reads = HostReads::default();
+        let host = PoolHost::new("ns", "p", "h1");
+        let uri = "qemu+tls://h1/system";
+        let every = Duration::from_secs(300);
+        let uuid = "0b6f6a55-8f65-4d44-9d4e-0c1f1b2f9a01";
+        let mut r = reading(7, 1, Duration::from_secs(10));
+        r.domains.push(DomainInfo {
+            name: "ns_web".into(),
+            uuid: uuid.into(),
+            state: DomainState::Running,
+            persistent: true,
+            vcpus: 1,
+            memory_kib: 131_072,
+            live: None,
+            config: None,
+        });
+        let standing = |changes, opened, uuid: &str| {
+            reads.standing_domain(&host, uri, changes, opened, Some(1), every, uuid)
+        };
+        assert!(standing(7, 1, uuid).is_none(), "nothing read yet");
+        reads.keep(&host, Arc::new(r));
+        assert_eq!(
+            standing(7, 1, uuid).map(|d| d.state),
+            Some(DomainState::Running)
+        );
+        assert_eq!(
+            standing(7, 1, &uuid.to_ascii_uppercase()).map(|d| d.name),
+            Some("ns_web".to_string())
+        );
+        // A domain the reading does not show is asked for.
+        assert!(standing(7, 1, "0b6f6a55-8f65-4d44-9d4e-0c1f1b2f9a02").is_none());
+        // An event, a change of ferry's or a new connection since: asked for.
+        assert!(standing(8, 1, uuid).is_none());
+        assert!(standing(7, 2, uuid).is_none());
+        // Another pool spec, another URI, or another host: asked for.
+        assert!(
+            reads
+                .standing_domain(&host, uri, 7, 1, Some(2), every, uuid)
+                .is_none()
+        );
+        assert!(
+            reads
+                .standing_domain(&host, "qemu+tls://h2/system", 7, 1, Some(1), every, uuid)
+                .is_none()
+        );
+        assert!(
+            reads
+                .standing_domain(
+                    &PoolHost::new("ns", "p", "h2"),
+                    uri,
+                    7,
+                    1,
+                    Some(1),
+                    every,
+                    uuid
+                )
+                .is_none()
+        );
+        // A reading a period old: asked for.
+        assert!(
+            reads
+                .standing_domain(&host, uri, 7, 1, Some(1), Duration::from_secs(5), uuid)
+                .is_none()
+        );
+    }
+
+    fn domain(uuid: &str, state: DomainState) -> DomainInfo {
+        DomainInfo {
+            name: format!("ns_{uuid}"),
+            uuid: uuid.into(),
+            state,
+            persistent: true,
+            vcpus: 1,
+            memory_kib: 131_072,
+            live: None,
+            config: None,
+        }
+    }
+
+    #[test]
+    fn domains_that_differ_between_readings_are_named_once() {
+        let before = [
+            domain("a", DomainState::Running),
+            domain("b", DomainState::Running),
+            domain("c", DomainState::Running),
+        ];
+        let after = [
+            domain("a", DomainState::Running),
+            domain(
+                "b",
+                DomainState::ShutOff(crate::hypervisor::ShutOffReason::Crashed),
+            ),
+            domain("d", DomainState::Running),
+        ];
+        assert_eq!(changed_domains(&before, &after), ["b", "c", "d"]);
+        assert!(changed_domains(&before, &before).is_empty());
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct VmRuntime {
     stopping: Mutex<HashMap<String, Instant>>,
     /// Disks resolved for each VM (by UID), with the generation and host they were resolved for.
     provisioned: Mutex<HashMap<String, Provisioned>>,
+    /// When each running VM's guest agent was last asked, by VM UID.
+    agent_asked: Mutex<HashMap<String, Instant>>,
 }
 
 /// Disks resolved for one VM.
@@ -35,9 +37,23 @@ impl VmRuntime {
         lock(&self.stopping).get(uid).map(Instant::elapsed)
     }
 
-    /// Forget a shutdown request (the domain stopped, started or was forced off).
+    /// Forget a shutdown request and when the guest agent was asked (the domain stopped,
+    /// started or was forced off).
     pub fn stopped(&self, uid: &str) {
         lock(&self.stopping).remove(uid);
+        lock(&self.agent_asked).remove(uid);
+    }
+
+    /// Whether the guest agent of VM `uid` was not asked in this process within `every`.
+    pub fn agent_due(&self, uid: &str, every: Duration) -> bool {
+        lock(&self.agent_asked)
+            .get(uid)
+            .is_none_or(|at| at.elapsed() >= every)
+    }
+
+    /// The guest agent of VM `uid` was asked now.
+    pub fn agent_asked(&self, uid: &str) {
+        lock(&self.agent_asked).insert(uid.to_string(), Instant::now());
     }
 
     /// The disks resolved for VM `uid` at `generation` on `host`, if still known.

@@ -305,6 +305,22 @@ async fn reading(
         None => hv.host_info().await?,
     };
     let domains = hv.list_domains().await?;
+    // A reading due to its age, on the same connection, with no change counted since the last:
+    // a domain that differs was changed without its event being heard; its VM is told now,
+    // not at its next safety resync.
+    if let Some(last) = last
+        .as_deref()
+        .filter(|l| full && l.uri == hv.uri() && l.opened == opened && l.changes == changes)
+    {
+        for uuid in reading::changed_domains(&last.domains, &domains) {
+            tracing::info!(
+                host = node,
+                uuid,
+                "a domain changed without an event: looking at it"
+            );
+            connections.announce_domain_change(&uuid);
+        }
+    }
     let found = foreign::read(
         node,
         hv,

@@ -117,10 +117,25 @@ pub(super) async fn domain(
     let hash = domain_xml::definition_hash(&def);
     let desired_shape = domain_xml::shape(&def);
 
-    let mut dom = hv
-        .lookup_domain(&uid)
-        .await
-        .map_err(|e| host_error(e, "looking up the domain"))?;
+    // The host's last reading answers while it stands (a safety resync of a steady VM asks the
+    // host nothing); otherwise the host is asked.
+    let connections = &ctx.hosts.connections;
+    let standing = ctx.host_reads.standing_domain(
+        &crate::controller::context::PoolHost::of(pool, &placed.name),
+        hv.uri(),
+        connections.changes(hv.uri()),
+        connections.opened(hv.uri()),
+        pool.metadata.generation,
+        ctx.safety_resync.period(),
+        &uid,
+    );
+    let mut dom = match standing {
+        Some(d) => Some(d),
+        None => hv
+            .lookup_domain(&uid)
+            .await
+            .map_err(|e| host_error(e, "looking up the domain"))?,
+    };
     if let Some(d) = &dom
         && d.config.is_none()
     {

@@ -62,6 +62,11 @@ const ADDRESS_POLL: Duration = Duration::from_secs(30);
 /// DHCP) is not polled for ever.
 const ADDRESS_WINDOW: Duration = Duration::from_secs(1800);
 
+/// How often the guest agent of a running VM whose addresses are all known (or no longer polled
+/// for) is asked again: an address the guest changes without a restart shows within this. The
+/// agent is also asked whenever the domain starts, resumes or was not running at the last look.
+const GUEST_REFRESH: Duration = Duration::from_secs(1800);
+
 /// How long a reconcile waits for the caches to fill after a (re)start.
 const CACHE_WAIT: Duration = Duration::from_millis(500);
 

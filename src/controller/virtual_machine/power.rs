@@ -86,18 +86,32 @@ pub(super) async fn run_state(
     }
     let phase = lifecycle::phase(Some(state), decision.action);
     // What the guest agent says (addresses, OS); nothing when it does not run or has no agent.
-    let report = if state == DomainState::Running {
-        hv.guest_info(&crate::plan::naming::vm_domain_uuid(vm))
+    // A VM that keeps running is asked while an address is polled for, and every
+    // GUEST_REFRESH; in between what it said last stands (a safety resync asks nothing).
+    if state == DomainState::Running {
+        let before = vm.status.as_ref().map(|s| s.interfaces.as_slice());
+        definition::keep_guest_view(&mut st.interfaces, before.unwrap_or_default());
+    }
+    let ask_agent = state == DomainState::Running
+        && (decision.action != Action::None
+            || prior_phase != Some(VmPhase::Running)
+            || address_poll(st, state, now).is_some()
+            || ctx.vm_runtime.agent_due(&uid, GUEST_REFRESH));
+    if ask_agent {
+        let report = hv
+            .guest_info(&crate::plan::naming::vm_domain_uuid(vm))
             .await
             .unwrap_or_else(|e| {
                 tracing::debug!(error = %e, "guest agent not asked");
                 None
-            })
-    } else {
-        None
-    };
-    definition::apply_guest_report(&mut st.interfaces, report.as_ref());
-    st.guest_os = report.and_then(|r| r.os);
+            });
+        ctx.vm_runtime.agent_asked(&uid);
+        definition::apply_guest_report(&mut st.interfaces, report.as_ref());
+        st.guest_os = report.and_then(|r| r.os);
+    } else if state != DomainState::Running {
+        definition::apply_guest_report(&mut st.interfaces, None);
+        st.guest_os = None;
+    }
     if phase == VmPhase::Running && st.phase != Some(VmPhase::Running) {
         ctx.backoff.reset(&key(vm));
     }
