@@ -6,7 +6,7 @@
 use super::support::{World, host_uri, node, pool, vm, with_image};
 use ferry::api::{VirtualMachine, VmPhase};
 use ferry::controller::virtual_machine::reconcile;
-use ferry::hypervisor::fake::{FakeConnector, Op};
+use ferry::hypervisor::fake::{FakeConnector, FakeHost, Op};
 use ferry::plan::domain::{GuestInfo, GuestInterface};
 use kube::runtime::controller::Action;
 use std::sync::Arc;
@@ -46,11 +46,28 @@ async fn until_phase(
     for _ in 0..6 {
         let (requeue, now) = once(world, &vm).await;
         vm = now;
-        if vm.status.as_ref().and_then(|s| s.phase) == Some(phase) {
+        if self::phase(&vm) == Some(phase) {
             return (requeue, vm);
         }
     }
     panic!("never {phase:?}: {:?}", vm.status);
+}
+
+/// One host with the golden image.
+fn one_host() -> (FakeConnector, FakeHost) {
+    let fakes = FakeConnector::new();
+    let h1 = fakes.add_host(&host_uri(1));
+    with_image(&h1);
+    (fakes, h1)
+}
+
+fn phase(vm: &VirtualMachine) -> Option<VmPhase> {
+    vm.status.as_ref().and_then(|s| s.phase)
+}
+
+/// The first interface's address in the VM's status.
+fn address(vm: &VirtualMachine) -> Option<String> {
+    vm.status.as_ref()?.interfaces.first()?.ip_address.clone()
 }
 
 fn world(fakes: FakeConnector, vm: &VirtualMachine) -> World {
@@ -71,9 +88,7 @@ fn safety(d: Option<Duration>) -> bool {
 
 #[tokio::test]
 async fn a_steady_vm_waits_for_the_safety_resync_and_a_transition_does_not() {
-    let fakes = FakeConnector::new();
-    let h1 = fakes.add_host(&host_uri(1));
-    with_image(&h1);
+    let (fakes, h1) = one_host();
     let obj = vm("Always");
     let mut world = world(fakes, &obj);
     let (requeue, running) = until_phase(&mut world, obj, VmPhase::Running).await;
@@ -95,10 +110,7 @@ async fn a_steady_vm_waits_for_the_safety_resync_and_a_transition_does_not() {
     world.server.hold(&halted);
     let halted = world.refresh(&halted);
     let (requeue, stopping) = once(&mut world, &halted).await;
-    assert_eq!(
-        stopping.status.as_ref().and_then(|s| s.phase),
-        Some(VmPhase::Stopping)
-    );
+    assert_eq!(phase(&stopping), Some(VmPhase::Stopping));
     assert!(
         requeue.is_some_and(|d| d <= Duration::from_secs(2)),
         "{requeue:?}"
@@ -111,18 +123,13 @@ async fn a_steady_vm_waits_for_the_safety_resync_and_a_transition_does_not() {
         ferry::plan::domain::DomainState::ShutOff(ferry::plan::domain::ShutOffReason::Shutdown),
     );
     let (requeue, stopped) = once(&mut world, &stopping).await;
-    assert_eq!(
-        stopped.status.as_ref().and_then(|s| s.phase),
-        Some(VmPhase::Stopped)
-    );
+    assert_eq!(phase(&stopped), Some(VmPhase::Stopped));
     assert!(safety(requeue), "stopped: {requeue:?}");
 }
 
 #[tokio::test]
 async fn the_guest_agent_is_asked_again_only_while_an_address_is_missing() {
-    let fakes = FakeConnector::new();
-    let h1 = fakes.add_host(&host_uri(1));
-    with_image(&h1);
+    let (fakes, h1) = one_host();
     let mut obj = vm("Always");
     obj.spec.networks = serde_json::from_value(serde_json::json!([
         {"name": "eth0", "network": "default"}
@@ -165,23 +172,13 @@ async fn the_guest_agent_is_asked_again_only_while_an_address_is_missing() {
         }),
     );
     let (requeue, running) = once(&mut world, &running).await;
-    assert_eq!(
-        running.status.as_ref().expect("status").interfaces[0]
-            .ip_address
-            .as_deref(),
-        Some("10.0.0.50")
-    );
+    assert_eq!(address(&running).as_deref(), Some("10.0.0.50"));
     assert!(safety(requeue), "{requeue:?}");
     // Its next look (a safety resync) does not ask the agent, and the address stays.
     let asked = h1.count(Op::GuestInfo);
     let (requeue, running) = once(&mut world, &running).await;
     assert_eq!(h1.count(Op::GuestInfo), asked, "the agent was asked again");
-    assert_eq!(
-        running.status.as_ref().expect("status").interfaces[0]
-            .ip_address
-            .as_deref(),
-        Some("10.0.0.50")
-    );
+    assert_eq!(address(&running).as_deref(), Some("10.0.0.50"));
     assert!(safety(requeue), "{requeue:?}");
 }
 
@@ -189,9 +186,7 @@ async fn the_guest_agent_is_asked_again_only_while_an_address_is_missing() {
 /// host stands (no domain event or change since); an event ends that, and the host is asked.
 #[tokio::test]
 async fn a_steady_vm_asks_its_host_nothing_while_the_pools_reading_stands() {
-    let fakes = FakeConnector::new();
-    let h1 = fakes.add_host(&host_uri(1));
-    with_image(&h1);
+    let (fakes, h1) = one_host();
     let obj = vm("Always");
     let mut world = world(fakes, &obj);
     let (_, running) = until_phase(&mut world, obj, VmPhase::Running).await;
@@ -202,10 +197,7 @@ async fn a_steady_vm_asks_its_host_nothing_while_the_pools_reading_stands() {
     let before = h1.calls().len();
     let (requeue, again) = once(&mut world, &running).await;
     assert!(safety(requeue), "{requeue:?}");
-    assert_eq!(
-        again.status.as_ref().and_then(|s| s.phase),
-        Some(VmPhase::Running)
-    );
+    assert_eq!(phase(&again), Some(VmPhase::Running));
     let asked: Vec<String> = h1.calls()[before..]
         .iter()
         .map(|c| format!("{:?}", c.op))
@@ -222,8 +214,5 @@ async fn a_steady_vm_asks_its_host_nothing_while_the_pools_reading_stands() {
     let (_, restarted) = once(&mut world, &again).await;
     assert!(h1.count(Op::LookupDomain) > lookups, "the host was asked");
     assert_eq!(h1.count(Op::StartDomain), starts + 1, "started again");
-    assert_eq!(
-        restarted.status.as_ref().and_then(|s| s.phase),
-        Some(VmPhase::Running)
-    );
+    assert_eq!(phase(&restarted), Some(VmPhase::Running));
 }
