@@ -294,14 +294,17 @@ async fn vm_lifecycle_on_a_real_host() {
         "{body}"
     );
     // Measured load: the running guest's CPU and resident memory, once its host was sampled
-    // twice (the probe runs every 15 s).
+    // twice since the guest started (a pool without balancing or power management samples once
+    // a minute, at the probe after the minute is up: the probe runs every 15 s).
     let series =
         |name: &str| format!("{name}{{object_namespace=\"{ns}\",name=\"web\",host=\"{node}\"}} ");
     let value = |body: &str, name: &str| -> Option<u64> {
         let line = body.lines().find(|l| l.starts_with(&series(name)))?;
         line.rsplit(' ').next()?.parse().ok()
     };
-    let body: String = wait_for("the VM's load measured", Duration::from_secs(60), || {
+    let sampled_twice =
+        2 * ferry::controller::context::host_reads::LOAD_SAMPLE_INTERVAL + Duration::from_secs(30);
+    let body: String = wait_for("the VM's load measured", sampled_twice, || {
         let body = ctl.http_get("/metrics").map(|(_, b)| b);
         async move {
             let body = body?;
