@@ -256,9 +256,23 @@ async fn manual_balancing_recommends_and_apply_carries_out() {
         }
     })
     .await;
-    for r in &b.recommendations {
-        let vm = c.vms().get(&r.vm).await.expect("vm");
-        assert_eq!(host_of(&vm).as_deref(), Some(r.to.as_str()), "{r:?}");
-    }
+    // Each VM shows its new host once ferry confirmed the move there (its domain gone from
+    // the source): a moment after the migration reports Succeeded.
+    wait_for(
+        "each recommended VM on the host it was recommended",
+        Duration::from_secs(60),
+        || {
+            let c = &c;
+            let recs = &b.recommendations;
+            async move {
+                for r in recs {
+                    let vm = c.vms().get(&r.vm).await.ok()?;
+                    (host_of(&vm).as_deref() == Some(r.to.as_str())).then_some(())?;
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
     eprintln!("after apply: {hosts:?}");
 }
