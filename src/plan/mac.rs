@@ -92,14 +92,20 @@ impl Claimant {
     }
 }
 
-/// Check `vm` against the other VMs of its HostPool among `vms` (see [`check`]). A VM whose
-/// status already records every MAC it would use holds them (it passed this check when it
-/// recorded them) and is not looked at again, so a steady pool costs nothing here.
+/// Whether `vm`'s status already records every MAC it would use: it holds them (it passed
+/// [`check_vm`] when it recorded them), so it need not be checked against the other VMs, and a
+/// steady pool costs nothing here.
+pub fn holds_its_macs(vm: &VirtualMachine) -> bool {
+    Claimant::of(vm).nics.iter().all(|n| n.recorded)
+}
+
+/// Check `vm` against the other VMs of its HostPool among `vms` (see [`check`]). A VM that
+/// [holds its MACs](holds_its_macs) passes without looking at them.
 pub fn check_vm(vm: &VirtualMachine, vms: &[std::sync::Arc<VirtualMachine>]) -> Result<(), String> {
-    let me = Claimant::of(vm);
-    if me.nics.iter().all(|n| n.recorded) {
+    if holds_its_macs(vm) {
         return Ok(());
     }
+    let me = Claimant::of(vm);
     let pool = vm.spec.host_pool.as_str();
     let rivals: Vec<Claimant> = vms
         .iter()
@@ -347,6 +353,7 @@ mod tests {
         // Recorded MACs were checked when they were recorded.
         let settled = vm_in("team", "p", "me", 20, &[("eth0", Some(A))], &[("eth0", A)]);
         assert_eq!(check_vm(&settled, &[older("team", "p")]), Ok(()));
+        assert!(holds_its_macs(&settled) && !holds_its_macs(&me) && !holds_its_macs(&copycat));
         // The VM itself, as the cache holds it, is no rival.
         assert_eq!(check_vm(&me, &[Arc::new(me.clone())]), Ok(()));
     }

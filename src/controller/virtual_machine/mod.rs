@@ -190,7 +190,8 @@ impl Blocked {
 /// The host a VM is placed on, connected.
 struct Placed {
     name: String,
-    pool: HostPool,
+    /// The pool as the cache holds it (shared, not copied: its status lists every host).
+    pool: Arc<HostPool>,
     hv: Arc<dyn Hypervisor>,
 }
 

@@ -242,7 +242,7 @@ pub(super) async fn place(
         .map_err(|e| host_blocked(&host, e, "connecting", st.phase))?;
     Ok(Placed {
         name: host,
-        pool: (*pool).clone(),
+        pool,
         hv,
     })
 }
