@@ -11,7 +11,7 @@
 
 use super::{PoolHost, lock};
 use crate::api::host_pool::AdoptionCandidate;
-use crate::hypervisor::{DomainInfo, DomainState, HostInfo};
+use crate::hypervisor::{DomainInfo, DomainState, HostConnections, HostInfo};
 use crate::plan::domain::DescribedDomain;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,35 @@ use std::time::{Duration, Instant};
 /// balances nor manages power (a pool with `spec.balancing` or `spec.power` samples at every
 /// probe): twice within the load window, so the CPU figure is kept.
 pub const LOAD_SAMPLE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a host's reading is judged against: the connection it is read through now (its URI,
+/// the changes counted on it, how often it was opened), the pool's generation, and how old a
+/// reading may get.
+pub(crate) struct HostNow<'a> {
+    pub uri: &'a str,
+    pub changes: u64,
+    pub opened: u64,
+    pub generation: Option<i64>,
+    pub full_every: Duration,
+}
+
+impl<'a> HostNow<'a> {
+    /// The host behind `uri` as `connections` count it now.
+    pub(crate) fn of(
+        connections: &HostConnections,
+        uri: &'a str,
+        generation: Option<i64>,
+        full_every: Duration,
+    ) -> Self {
+        HostNow {
+            uri,
+            changes: connections.changes(uri),
+            opened: connections.opened(uri),
+            generation,
+            full_every,
+        }
+    }
+}
 
 /// The host's foreign domains (no ferry metadata) as read at one probe.
 #[derive(Default, Clone)]
@@ -82,19 +111,14 @@ impl HostReads {
     /// finds nothing to read again: no domain event, no change made by ferry, no new connection
     /// or pool spec since, and younger than `full_every`) and shows the domain. `None`: ask the
     /// host (a domain the reading does not show is always looked up: it may have just arrived).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn standing_domain(
         &self,
         host: &PoolHost,
-        uri: &str,
-        changes: u64,
-        opened: u64,
-        generation: Option<i64>,
-        full_every: Duration,
+        now: &HostNow,
         uuid: &str,
     ) -> Option<DomainInfo> {
         let last = self.last(host)?;
-        if needed(Some(&last), uri, changes, opened, generation, full_every).is_some() {
+        if needed(Some(&last), now).is_some() {
             return None;
         }
         last.domains
@@ -129,26 +153,19 @@ impl HostReads {
 
 /// What a new reading of a host needs, given the last one: nothing (`None`: it stands), only
 /// what changed (`Some(false)`), or everything (`Some(true)`).
-pub(crate) fn needed(
-    last: Option<&Reading>,
-    uri: &str,
-    changes: u64,
-    opened: u64,
-    generation: Option<i64>,
-    full_every: Duration,
-) -> Option<bool> {
+pub(crate) fn needed(last: Option<&Reading>, now: &HostNow) -> Option<bool> {
     let Some(last) = last else {
         return Some(true);
     };
-    if last.uri != uri
-        || last.opened != opened
-        || last.generation != generation
-        || last.full_at.elapsed() >= full_every
+    if last.uri != now.uri
+        || last.opened != now.opened
+        || last.generation != now.generation
+        || last.full_at.elapsed() >= now.full_every
     {
         return Some(true);
     }
     // A foreign domain that could not be read is tried again at the next probe.
-    (last.changes != changes || !last.foreign.complete).then_some(false)
+    (last.changes != now.changes || !last.foreign.complete).then_some(false)
 }
 
 /// UUIDs of the domains that differ between two readings of a host (appeared, gone, or read
@@ -191,31 +208,41 @@ mod tests {
         }
     }
 
+    /// The host as a reading is judged against (see [`HostNow`]).
+    fn host_now(uri: &str, changes: u64, opened: u64, generation: i64, every: u64) -> HostNow<'_> {
+        HostNow {
+            uri,
+            changes,
+            opened,
+            generation: Some(generation),
+            full_every: Duration::from_secs(every),
+        }
+    }
+
     #[test]
     fn a_reading_stands_until_the_host_changes_or_it_is_a_period_old() {
         let uri = "qemu+tls://h1/system";
-        let every = Duration::from_secs(300);
         let r = reading(7, 1, Duration::from_secs(10));
-        assert_eq!(needed(None, uri, 7, 1, Some(1), every), Some(true));
-        assert_eq!(needed(Some(&r), uri, 7, 1, Some(1), every), None);
+        let needs = |r: Option<&Reading>, changes, opened, generation| {
+            needed(r, &host_now(uri, changes, opened, generation, 300))
+        };
+        assert_eq!(needs(None, 7, 1, 1), Some(true));
+        assert_eq!(needs(Some(&r), 7, 1, 1), None);
         // A lifecycle event or a change made by ferry: what changed is read.
-        assert_eq!(needed(Some(&r), uri, 8, 1, Some(1), every), Some(false));
+        assert_eq!(needs(Some(&r), 8, 1, 1), Some(false));
         // A new connection, another URI, a new spec, or a period gone by: everything.
-        assert_eq!(needed(Some(&r), uri, 8, 2, Some(1), every), Some(true));
+        assert_eq!(needs(Some(&r), 8, 2, 1), Some(true));
         assert_eq!(
-            needed(Some(&r), "qemu+tls://h2/system", 7, 1, Some(1), every),
+            needed(Some(&r), &host_now("qemu+tls://h2/system", 7, 1, 1, 300)),
             Some(true)
         );
-        assert_eq!(needed(Some(&r), uri, 7, 1, Some(2), every), Some(true));
+        assert_eq!(needs(Some(&r), 7, 1, 2), Some(true));
         let old = reading(7, 1, Duration::from_secs(301));
-        assert_eq!(needed(Some(&old), uri, 7, 1, Some(1), every), Some(true));
+        assert_eq!(needs(Some(&old), 7, 1, 1), Some(true));
         // A foreign domain could not be read: tried again.
         let mut incomplete = reading(7, 1, Duration::from_secs(10));
         incomplete.foreign.complete = false;
-        assert_eq!(
-            needed(Some(&incomplete), uri, 7, 1, Some(1), every),
-            Some(false)
-        );
+        assert_eq!(needs(Some(&incomplete), 7, 1, 1), Some(false));
     }
 
     #[test]
@@ -223,21 +250,12 @@ mod tests {
         let reads = HostReads::default();
         let host = PoolHost::new("ns", "p", "h1");
         let uri = "qemu+tls://h1/system";
-        let every = Duration::from_secs(300);
         let uuid = "0b6f6a55-8f65-4d44-9d4e-0c1f1b2f9a01";
         let mut r = reading(7, 1, Duration::from_secs(10));
-        r.domains.push(DomainInfo {
-            name: "ns_web".into(),
-            uuid: uuid.into(),
-            state: DomainState::Running,
-            persistent: true,
-            vcpus: 1,
-            memory_kib: 131_072,
-            live: None,
-            config: None,
-        });
+        r.domains.push(domain(uuid, DomainState::Running));
+        r.domains[0].name = "ns_web".into();
         let standing = |changes, opened, uuid: &str| {
-            reads.standing_domain(&host, uri, changes, opened, Some(1), every, uuid)
+            reads.standing_domain(&host, &host_now(uri, changes, opened, 1, 300), uuid)
         };
         assert!(standing(7, 1, uuid).is_none(), "nothing read yet");
         reads.keep(&host, Arc::new(r));
@@ -257,23 +275,19 @@ mod tests {
         // Another pool spec, another URI, or another host: asked for.
         assert!(
             reads
-                .standing_domain(&host, uri, 7, 1, Some(2), every, uuid)
+                .standing_domain(&host, &host_now(uri, 7, 1, 2, 300), uuid)
                 .is_none()
         );
         assert!(
             reads
-                .standing_domain(&host, "qemu+tls://h2/system", 7, 1, Some(1), every, uuid)
+                .standing_domain(&host, &host_now("qemu+tls://h2/system", 7, 1, 1, 300), uuid)
                 .is_none()
         );
         assert!(
             reads
                 .standing_domain(
                     &PoolHost::new("ns", "p", "h2"),
-                    uri,
-                    7,
-                    1,
-                    Some(1),
-                    every,
+                    &host_now(uri, 7, 1, 1, 300),
                     uuid
                 )
                 .is_none()
@@ -281,7 +295,7 @@ mod tests {
         // A reading a period old: asked for.
         assert!(
             reads
-                .standing_domain(&host, uri, 7, 1, Some(1), Duration::from_secs(5), uuid)
+                .standing_domain(&host, &host_now(uri, 7, 1, 1, 5), uuid)
                 .is_none()
         );
     }

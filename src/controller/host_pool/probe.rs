@@ -284,17 +284,14 @@ async fn reading(
 ) -> crate::hypervisor::HvResult<Arc<reading::Reading>> {
     let connections = &ctx.hosts.connections;
     // Counted before reading: a change during the reading makes the next probe read again.
-    let (changes, opened) = (connections.changes(hv.uri()), connections.opened(hv.uri()));
-    let last = ctx.host_reads.last(host);
-    let generation = pool.metadata.generation;
-    let needed = reading::needed(
-        last.as_deref(),
+    let now = reading::HostNow::of(
+        connections,
         hv.uri(),
-        changes,
-        opened,
-        generation,
+        pool.metadata.generation,
         ctx.safety_resync.period(),
     );
+    let last = ctx.host_reads.last(host);
+    let needed = reading::needed(last.as_deref(), &now);
     let full = match (needed, &last) {
         (None, Some(last)) => return Ok(last.clone()),
         (needed, _) => needed.unwrap_or(true),
@@ -310,7 +307,7 @@ async fn reading(
     // not at its next safety resync.
     if let Some(last) = last
         .as_deref()
-        .filter(|l| full && l.uri == hv.uri() && l.opened == opened && l.changes == changes)
+        .filter(|l| full && l.uri == now.uri && l.opened == now.opened && l.changes == now.changes)
     {
         for uuid in reading::changed_domains(&last.domains, &domains) {
             tracing::info!(
@@ -333,10 +330,10 @@ async fn reading(
         ctx.foreign_volumes.record(host, &pool.spec.storage, uses);
     }
     let r = Arc::new(reading::Reading {
-        uri: hv.uri().to_string(),
-        changes,
-        opened,
-        generation,
+        uri: now.uri.to_string(),
+        changes: now.changes,
+        opened: now.opened,
+        generation: now.generation,
         full_at: match previous {
             Some(p) => p.full_at,
             None => std::time::Instant::now(),

@@ -2,6 +2,7 @@
 //! defined when it differs from what the host has, and the changes that wait for a restart.
 
 use super::*;
+use crate::controller::context::host_reads::HostNow;
 use crate::plan::adoption;
 use crate::plan::domain::{FerryMetadata, describe_changes, pending_restart};
 
@@ -119,14 +120,14 @@ pub(super) async fn domain(
 
     // The host's last reading answers while it stands (a safety resync of a steady VM asks the
     // host nothing); otherwise the host is asked.
-    let connections = &ctx.hosts.connections;
     let standing = ctx.host_reads.standing_domain(
         &crate::controller::context::PoolHost::of(pool, &placed.name),
-        hv.uri(),
-        connections.changes(hv.uri()),
-        connections.opened(hv.uri()),
-        pool.metadata.generation,
-        ctx.safety_resync.period(),
+        &HostNow::of(
+            &ctx.hosts.connections,
+            hv.uri(),
+            pool.metadata.generation,
+            ctx.safety_resync.period(),
+        ),
         &uid,
     );
     let mut dom = match standing {
