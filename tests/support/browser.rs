@@ -1,7 +1,8 @@
 //! A real browser for tests: Debian's headless Chromium driven through chromedriver with the W3C
 //! WebDriver protocol (plain HTTP and JSON, spoken here with reqwest). chromedriver runs in a
 //! process group of its own, which is killed with everything in it when the [`Browser`] drops,
-//! also when a test fails; the browser's profile is a temporary directory.
+//! also when a test fails. The browser's profile and its temporary files (`TMPDIR`; Chromium
+//! makes some outside its profile) are in one temporary directory, removed with it.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,8 @@ pub struct Browser {
     http: reqwest::Client,
     base: String,
     driver: Child,
-    profile: tempfile::TempDir,
+    /// `profile/` (Chromium's user data) and `tmp/` (its `TMPDIR`).
+    home: tempfile::TempDir,
     /// Where screenshots go.
     pub out: PathBuf,
 }
@@ -43,7 +45,11 @@ impl Browser {
             .map_err(|e| format!("a free port: {e}"))?
             .port();
         let log = out.join("chromedriver.log");
+        let home = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let tmp = home.path().join("tmp");
+        std::fs::create_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         let driver = Command::new(CHROMEDRIVER)
+            .env("TMPDIR", &tmp)
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
             .stdin(Stdio::null())
@@ -52,7 +58,6 @@ impl Browser {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("{CHROMEDRIVER}: {e}"))?;
-        let profile = tempfile::tempdir().map_err(|e| e.to_string())?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -61,7 +66,7 @@ impl Browser {
             http,
             base: format!("http://127.0.0.1:{port}"),
             driver,
-            profile,
+            home,
             out: out.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -91,7 +96,7 @@ impl Browser {
                     "--window-size=1280,900", "--no-first-run", "--disable-extensions",
                     "--disable-background-networking", "--disable-sync", "--disable-default-apps",
                     "--disable-component-update",
-                    format!("--user-data-dir={}", b.profile.path().display()),
+                    format!("--user-data-dir={}", b.home.path().join("profile").display()),
                 ],
             },
         }}});
