@@ -93,21 +93,24 @@ impl Claimant {
 }
 
 /// Whether `vm`'s status already records every MAC it would use: it holds them (it passed
-/// [`check_vm`] when it recorded them), so it need not be checked against the other VMs, and a
-/// steady pool costs nothing here.
-pub fn holds_its_macs(vm: &VirtualMachine) -> bool {
+/// [`check_vm`] when it recorded them), so it need not be checked against the other VMs.
+fn holds_its_macs(vm: &VirtualMachine) -> bool {
     Claimant::of(vm).nics.iter().all(|n| n.recorded)
 }
 
-/// Check `vm` against the other VMs of its HostPool among `vms` (see [`check`]). A VM that
-/// [holds its MACs](holds_its_macs) passes without looking at them.
-pub fn check_vm(vm: &VirtualMachine, vms: &[std::sync::Arc<VirtualMachine>]) -> Result<(), String> {
+/// Check `vm` against the other VMs of its HostPool among those `vms` lists (see [`check`]). A
+/// VM that holds its MACs passes without listing them, so a steady pool costs nothing here (the
+/// list of every VM is not made).
+pub fn check_vm(
+    vm: &VirtualMachine,
+    vms: impl FnOnce() -> Vec<std::sync::Arc<VirtualMachine>>,
+) -> Result<(), String> {
     if holds_its_macs(vm) {
         return Ok(());
     }
     let me = Claimant::of(vm);
     let pool = vm.spec.host_pool.as_str();
-    let rivals: Vec<Claimant> = vms
+    let rivals: Vec<Claimant> = vms()
         .iter()
         .filter(|v| {
             v.metadata.namespace == vm.metadata.namespace
@@ -342,19 +345,19 @@ mod tests {
         let older =
             |ns: &str, pool: &str| Arc::new(vm_in(ns, pool, "x", 10, &[("eth0", Some(A))], &[]));
         let me = vm_in("team", "p", "me", 20, &[("eth0", Some(A))], &[]);
-        assert!(check_vm(&me, &[older("team", "p")]).is_err());
-        assert_eq!(check_vm(&me, &[older("team", "other")]), Ok(()));
-        assert_eq!(check_vm(&me, &[older("elsewhere", "p")]), Ok(()));
+        assert!(check_vm(&me, || vec![older("team", "p")]).is_err());
+        assert_eq!(check_vm(&me, || vec![older("team", "other")]), Ok(()));
+        assert_eq!(check_vm(&me, || vec![older("elsewhere", "p")]), Ok(()));
         // A VM that never ran yet (no recorded MAC) is compared by its derived MAC.
         let fresh = vm_in("team", "p", "fresh", 10, &[("eth0", None)], &[]);
         let its_mac = Claimant::of(&fresh).nics[0].mac.clone();
         let copycat = vm_in("team", "p", "copycat", 20, &[("eth0", Some(&its_mac))], &[]);
-        assert!(check_vm(&copycat, &[Arc::new(fresh)]).is_err());
+        assert!(check_vm(&copycat, || vec![Arc::new(fresh)]).is_err());
         // Recorded MACs were checked when they were recorded.
         let settled = vm_in("team", "p", "me", 20, &[("eth0", Some(A))], &[("eth0", A)]);
-        assert_eq!(check_vm(&settled, &[older("team", "p")]), Ok(()));
+        assert_eq!(check_vm(&settled, || vec![older("team", "p")]), Ok(()));
         assert!(holds_its_macs(&settled) && !holds_its_macs(&me) && !holds_its_macs(&copycat));
         // The VM itself, as the cache holds it, is no rival.
-        assert_eq!(check_vm(&me, &[Arc::new(me.clone())]), Ok(()));
+        assert_eq!(check_vm(&me, || vec![Arc::new(me.clone())]), Ok(()));
     }
 }

@@ -32,18 +32,15 @@ pub(super) async fn resolve(
             Retry::OnChange,
         )
     })?;
-    // The list of all VMs is only made for a VM that does not hold its MACs yet.
-    if !mac::holds_its_macs(vm) {
-        mac::check_vm(vm, &caches.vms.state()).map_err(|m| {
-            let phase = st.phase.filter(|_| st.host.is_some());
-            Blocked::new(
-                phase.unwrap_or(VmPhase::Pending),
-                "DuplicateMAC",
-                m,
-                Retry::After(RECHECK),
-            )
-        })?;
-    }
+    mac::check_vm(vm, || caches.vms.state()).map_err(|m| {
+        let phase = st.phase.filter(|_| st.host.is_some());
+        Blocked::new(
+            phase.unwrap_or(VmPhase::Pending),
+            "DuplicateMAC",
+            m,
+            Retry::After(RECHECK),
+        )
+    })?;
     let seed = cloud_init::resolve(vm, client)
         .await
         .map_err(seed_blocked(vm))?;
