@@ -1551,3 +1551,86 @@ async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
     .await;
     blocking(move || lab.down()).await.expect("lab down");
 }
+
+/// Clients connected to host `k`'s libvirtd, as its admin interface counts them.
+fn libvirtd_clients(lab: &Lab, host: &str) -> usize {
+    let socket = lab.dir.join(host).join("run/libvirt/libvirt-admin-sock");
+    let uri = format!("libvirtd+unix:///system?socket={}", socket.display());
+    let out = lab::run_cmd(
+        "virt-admin",
+        &["-c", &uri, "srv-clients-list", "libvirtd"],
+        Duration::from_secs(10),
+    );
+    assert!(out.success(), "virt-admin: {out:?}");
+    // A header, a rule, then one line per client.
+    out.stdout
+        .lines()
+        .skip(2)
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// libvirtd serves 5 calls at once per client: with 8 calls for one host under way, the
+/// handle opens a second connection for the calls beyond 5 (every call answered), and closes it
+/// with the first.
+#[tokio::test]
+async fn calls_beyond_what_libvirtd_serves_per_client_take_a_second_connection() {
+    if !Lab::should_run("calls_beyond_what_libvirtd_serves_per_client_take_a_second_connection") {
+        return;
+    }
+    let lab = Arc::new(blocking(|| Lab::up(1)).await.expect("lab up"));
+    let uri = lab.host("h1").unix_uri.clone();
+    bounded(Duration::from_secs(120), async {
+        let idle = {
+            let l = lab.clone();
+            blocking(move || libvirtd_clients(&l, "h1")).await
+        };
+        let opts = ConnectOptions {
+            parallel_calls: 8,
+            ..opts()
+        };
+        let host = LibvirtHost::connect(&uri, opts).await.expect("connect");
+        // One call at a time: one connection.
+        host.host_info().await.expect("host_info");
+        let one = {
+            let l = lab.clone();
+            blocking(move || libvirtd_clients(&l, "h1")).await
+        };
+        assert_eq!(one, idle + 1, "one connection for calls one at a time");
+        // Many at once, for a while: the workers beyond 5 open a second connection.
+        let until = Instant::now() + Duration::from_secs(2);
+        let callers: Vec<_> = (0..32)
+            .map(|_| {
+                let h = host.clone();
+                tokio::spawn(async move {
+                    let mut answered = 0;
+                    while Instant::now() < until {
+                        h.list_domains().await.expect("list_domains");
+                        answered += 1;
+                    }
+                    answered
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = {
+            let l = lab.clone();
+            blocking(move || libvirtd_clients(&l, "h1")).await
+        };
+        for c in callers {
+            assert!(c.await.expect("caller") > 0, "every caller was answered");
+        }
+        assert_eq!(
+            busy,
+            idle + 2,
+            "a second connection while more than 5 calls run"
+        );
+        host.close().await;
+        let closed = {
+            let l = lab.clone();
+            blocking(move || libvirtd_clients(&l, "h1")).await
+        };
+        assert_eq!(closed, idle, "both connections closed");
+    })
+    .await;
+}

@@ -25,6 +25,8 @@ MAX_HOSTS=6
 GUEST_CMDLINE="console=ttyS0 loglevel=3 no_timer_check"
 KEEPALIVE_INTERVAL=${FERRY_LAB_KEEPALIVE_INTERVAL:-2}
 KEEPALIVE_COUNT=${FERRY_LAB_KEEPALIVE_COUNT:-3}
+# Concurrent calls libvirtd serves per client connection (libvirt's default, as on real hosts).
+MAX_CLIENT_REQUESTS=${FERRY_LAB_MAX_CLIENT_REQUESTS:-5}
 DAEMON_WAIT=${FERRY_LAB_DAEMON_WAIT:-30}   # seconds to wait for a daemon / socket
 PATH=$PATH:/usr/sbin:/sbin
 
@@ -331,6 +333,7 @@ unix_sock_admin_perms = "0700"
 host_uuid = "$uuid"
 keepalive_interval = $KEEPALIVE_INTERVAL
 keepalive_count = $KEEPALIVE_COUNT
+max_client_requests = $MAX_CLIENT_REQUESTS
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
   cat >"$d/etc/libvirt/qemu.conf" <<EOF

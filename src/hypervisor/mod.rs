@@ -145,9 +145,11 @@ pub struct ConnectOptions {
     /// Unanswered keepalive probes before libvirt closes the connection: a dead host is noticed
     /// after `keepalive_interval × (keepalive_count + 1)` seconds.
     pub keepalive_count: u32,
-    /// At most this many calls run at once on the connection (libvirt serves concurrent calls on
-    /// one connection, so a host starts several domains side by side); the others wait their
-    /// turn. Calls that last long (migrations, copies, uploads) take connections of their own.
+    /// At most this many calls run at once for the host (a host starts several domains side by
+    /// side); the others wait their turn. libvirtd serves only a few calls at once per client
+    /// connection (`max_client_requests`, 5 by default), so calls beyond that many run on a
+    /// further connection to the same host, opened while they do. Calls that last long
+    /// (migrations, copies, uploads) take connections of their own.
     pub parallel_calls: usize,
     /// Told the duration and outcome of every call (for metrics). A [`HostConnections`] registry
     /// fills in its own observer when this is `None`.

@@ -169,23 +169,119 @@ pub(super) fn connection_thread(
         close(conn, &shared);
         return;
     }
-    let ack = dispatch(&conn, &shared.uri, parallel.max(1), &rx);
+    let lanes = Lanes::new(&conn, &shared.uri, keepalive, parallel.max(1));
+    let ack = dispatch(&lanes, parallel.max(1), &rx);
+    lanes.close();
     close(conn, &shared);
     if let Some(ack) = ack {
         let _ = ack.send(());
     }
 }
 
+/// Calls libvirtd serves at once for one client connection: its `max_client_requests`, 5 unless
+/// the host's `libvirtd.conf` (or `virtqemud.conf`) says otherwise. Further calls on the same
+/// connection wait in the daemon, so workers beyond this many use another connection.
+pub(super) const CALLS_PER_CONNECTION: usize = 5;
+
+/// The connections a host's workers share: the first (which carries keepalive, the close
+/// callback and the lifecycle events) for the first [`CALLS_PER_CONNECTION`] workers and, for
+/// each further [`CALLS_PER_CONNECTION`], another connection to the same URI, opened by the
+/// first worker that needs it: only while that many calls run at once (a failover's restarts),
+/// never in the steady state. A lane that cannot be opened leaves its workers on the first
+/// connection; a lane whose host goes away fails its call, which marks the whole handle lost.
+pub(super) struct Lanes<'c> {
+    first: &'c Connect,
+    uri: &'c str,
+    keepalive: Option<(i32, u32)>,
+    more: Vec<OnceLock<Option<Connect>>>,
+}
+
+impl<'c> Lanes<'c> {
+    /// Lanes for `parallel` workers on `first`. libvirt's `test` driver keeps state per
+    /// connection, so its URIs get no further lanes.
+    pub(super) fn new(
+        first: &'c Connect,
+        uri: &'c str,
+        keepalive: Option<(i32, u32)>,
+        parallel: usize,
+    ) -> Self {
+        Lanes {
+            first,
+            uri,
+            keepalive,
+            more: (0..further_lanes(uri, parallel))
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// The URI every lane is connected to.
+    fn uri(&self) -> &str {
+        self.uri
+    }
+
+    /// The connection of worker `index` (counted from 0), opening its lane on first use.
+    fn of_worker(&self, index: usize) -> &Connect {
+        let lane = (index / CALLS_PER_CONNECTION)
+            .checked_sub(1)
+            .and_then(|i| self.more.get(i));
+        match lane {
+            None => self.first,
+            Some(lane) => lane
+                .get_or_init(|| open_lane(self.uri, self.keepalive))
+                .as_ref()
+                .unwrap_or(self.first),
+        }
+    }
+
+    /// Closes the further lanes (the first connection is its owner's to close).
+    pub(super) fn close(self) {
+        for lane in self.more {
+            if let Some(Some(conn)) = lane.into_inner() {
+                close_connection(conn, None, self.uri);
+            }
+        }
+    }
+}
+
+/// How many connections besides the first `parallel` workers on `uri` use.
+fn further_lanes(uri: &str, parallel: usize) -> usize {
+    if uri.starts_with("test:") {
+        0
+    } else {
+        parallel.div_ceil(CALLS_PER_CONNECTION).saturating_sub(1)
+    }
+}
+
+/// Another connection to `uri`, with the same keepalive; `None` (logged) when it cannot be
+/// opened.
+fn open_lane(uri: &str, keepalive: Option<(i32, u32)>) -> Option<Connect> {
+    let conn = match Connect::open(Some(uri)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(uri, error = %e, "cannot open another libvirt connection; calls share the first");
+            return None;
+        }
+    };
+    if let Some((interval, count)) = keepalive
+        && let Err(e) = conn.set_keep_alive(interval, count)
+        && e.code().to_raw() as i32 != VIR_ERR_NO_SUPPORT
+    {
+        tracing::warn!(uri, error = %e, "cannot enable libvirt keepalive");
+    }
+    Some(conn)
+}
+
 /// Hand every call on `rx` to a worker, starting another (up to `parallel`) when every idle one
-/// already has a call waiting for it.
+/// already has a call waiting for it; each worker uses its lane's connection.
 /// Returns once the handle closes the connection (with its acknowledgement) or goes away, after
 /// every worker has finished the calls it was given.
 fn dispatch(
-    conn: &Connect,
-    uri: &str,
+    lanes: &Lanes<'_>,
     parallel: usize,
     rx: &mpsc::Receiver<Msg>,
 ) -> Option<oneshot::Sender<()>> {
+    let uri = lanes.uri();
     let (work_tx, work_rx) = mpsc::channel::<Job>();
     let work_rx = Mutex::new(work_rx);
     // Workers waiting for a call, and calls sent that no worker has taken yet.
@@ -198,9 +294,13 @@ fn dispatch(
                     if waiting.load(Ordering::SeqCst) >= idle.load(Ordering::SeqCst)
                         && workers < parallel
                     {
+                        // The worker opens its lane itself: the dispatcher never waits on one.
+                        let (index, queue, idle, waiting) = (workers, &work_rx, &idle, &waiting);
                         let started = std::thread::Builder::new()
                             .name(thread_name(uri))
-                            .spawn_scoped(scope, || work(conn, uri, &work_rx, &idle, &waiting));
+                            .spawn_scoped(scope, move || {
+                                work(lanes.of_worker(index), uri, queue, idle, waiting)
+                            });
                         match started {
                             Ok(_) => workers += 1,
                             // The workers already running take the call.
@@ -304,10 +404,24 @@ mod tests {
             tx.send(Msg::Job(job)).expect("queue");
         }
         drop(tx);
-        assert!(dispatch(&conn, uri, parallel, &rx).is_none());
+        let lanes = Lanes::new(&conn, uri, None, parallel);
+        assert!(dispatch(&lanes, parallel, &rx).is_none());
+        lanes.close();
         close_connection(conn, None, uri);
         assert_eq!(answered.load(Ordering::SeqCst), jobs);
         most.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn workers_beyond_what_libvirtd_serves_per_client_get_another_connection() {
+        let uri = "qemu+tls://h1.example/system";
+        assert_eq!(further_lanes(uri, 1), 0);
+        assert_eq!(further_lanes(uri, CALLS_PER_CONNECTION), 0);
+        assert_eq!(further_lanes(uri, CALLS_PER_CONNECTION + 1), 1);
+        assert_eq!(further_lanes(uri, 8), 1);
+        assert_eq!(further_lanes(uri, 3 * CALLS_PER_CONNECTION), 2);
+        // The test driver's state is per connection: one connection only.
+        assert_eq!(further_lanes("test:///default", 8), 0);
     }
 
     #[test]
@@ -332,7 +446,7 @@ mod tests {
         }
         let (ack, _acked) = oneshot::channel();
         tx.send(Msg::Close(ack)).expect("queue");
-        assert!(dispatch(&conn, uri, 3, &rx).is_some());
+        assert!(dispatch(&Lanes::new(&conn, uri, None, 3), 3, &rx).is_some());
         assert_eq!(done.load(Ordering::SeqCst), 5);
         close_connection(conn, None, uri);
     }

@@ -3,8 +3,10 @@
 //! libvirt calls block and report errors through a per-thread slot, so each connection is owned
 //! by one OS thread. [`LibvirtHost`] sends that thread closures over a channel and awaits each
 //! answer on a oneshot (the tokio-rusqlite pattern); the thread hands them to up to
-//! [`ConnectOptions::parallel_calls`] workers sharing the connection: a call and the read of its
-//! error always run on the same thread, and no tokio worker ever blocks on libvirt.
+//! [`ConnectOptions::parallel_calls`] workers sharing the connection (five to a connection, what
+//! libvirtd serves at once per client; further workers open another connection to the host): a
+//! call and the read of its error always run on the same thread, and no tokio worker ever blocks
+//! on libvirt.
 //!
 //! Time bounds: opening waits at most [`ConnectOptions::connect_timeout`] (libvirt has no connect
 //! timeout; the opening thread is left to finish and close what it opened), and every call at
