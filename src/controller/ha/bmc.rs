@@ -17,9 +17,10 @@ const READING_FRESH: Duration = Duration::from_secs(30);
 
 /// The BMC's power state for this tick: a reading of the host's own BMC taken since `since`
 /// (when libvirt stopped answering) and not older than 30 s. Unless a read is under way one is
-/// started; it is awaited for at most [`BMC_READ_WAIT`], and a BMC slower than that (or one that
-/// hangs) answers in the background, for a later tick: it holds up neither this host's tick
-/// nor any other's.
+/// started; it is awaited (for at most [`BMC_READ_WAIT`]) only while no such reading exists: a
+/// tick with one goes on with it, and the new reading serves the next tick. A BMC slower than
+/// that (or one that hangs) answers in the background: it holds up neither this host's tick nor
+/// any other's, nor the restarts the ticks release during an incident.
 pub(super) async fn power_for_tick(
     hc: &Arc<HaContext>,
     key: &HaKey,
@@ -58,8 +59,16 @@ pub(super) async fn power_for_tick(
                 m.bmc = reading.ok().map(|p| (planner_power(p), Timestamp::now()));
             }
         });
-        let _ = tokio::time::timeout(BMC_READ_WAIT, read).await;
+        if usable(hc, key, since).is_none() {
+            let _ = tokio::time::timeout(BMC_READ_WAIT, read).await;
+        }
     }
+    usable(hc, key, since)
+}
+
+/// The host's last BMC reading, when it was taken since `since` and is not older than
+/// [`READING_FRESH`].
+fn usable(hc: &HaContext, key: &HaKey, since: Timestamp) -> Option<Power> {
     let now = Timestamp::now();
     lock(&hc.hosts)
         .get(key)

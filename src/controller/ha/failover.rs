@@ -145,48 +145,54 @@ pub(super) async fn restart(
             Vec::new(),
         )
     };
-    for uid in release {
-        let Some(vm) = on_host
+    // Released side by side: each VM's restart waits for nothing but its own annotation.
+    let releases = release.into_iter().filter_map(|uid| {
+        let vm = on_host
             .iter()
-            .find(|v| v.metadata.uid.as_deref() == Some(uid))
-        else {
-            continue;
-        };
-        let ns = vm.namespace().unwrap_or_default();
-        let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &ns);
+            .find(|v| v.metadata.uid.as_deref() == Some(uid))?;
         ctx.ha.release(uid, pool_host.clone(), &incident.id);
-        let patch = serde_json::json!({"metadata": {"annotations": {FAILOVER_ANNOTATION: value}}});
-        match api
-            .patch(&vm.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
-                ctx.event(
-                    vm.as_ref(),
-                    EventType::Warning,
-                    "Failover",
-                    "Failover",
-                    if pool.shared_storage() {
-                        format!(
-                            "Host {host} failed and is proven off ({}); restarting the VM elsewhere (incident {})",
-                            failover.evidence, incident.id
-                        )
-                    } else {
-                        format!(
-                            "Host {host} failed and is proven off ({}), but the VM's disks are on that host only (HostPool {} storage is not shared): not restarted elsewhere (incident {})",
-                            failover.evidence,
-                            pool.name_any(),
-                            incident.id
-                        )
-                    },
-                )
-                .await
-            }
-            Err(e) => {
-                ctx.ha.unrelease(uid);
-                tracing::warn!(vm = %vm.name_any(), error = %e, "could not hand the VM over for failover")
-            }
-        }
-    }
+        Some(hand_over(ctx, pool, &failover, &value, uid, vm))
+    });
+    futures::future::join_all(releases).await;
     waiting
+}
+
+/// Write the `ferry.dev/failover` annotation (`value`, serialised from `failover`) on one
+/// released VM, with a `Failover` Event; a failed write takes the release back.
+async fn hand_over(
+    ctx: &Context,
+    pool: &HostPool,
+    failover: &Failover,
+    value: &str,
+    uid: &str,
+    vm: &VirtualMachine,
+) {
+    let api: Api<VirtualMachine> =
+        Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {"annotations": {FAILOVER_ANNOTATION: value}}});
+    let written = api
+        .patch(
+            &vm.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await;
+    if let Err(e) = written {
+        ctx.ha.unrelease(uid);
+        tracing::warn!(vm = %vm.name_any(), error = %e, "could not hand the VM over for failover");
+        return;
+    }
+    let (host, evidence, incident) = (&failover.host, &failover.evidence, &failover.incident);
+    let note = if pool.shared_storage() {
+        format!(
+            "Host {host} failed and is proven off ({evidence}); restarting the VM elsewhere (incident {incident})"
+        )
+    } else {
+        format!(
+            "Host {host} failed and is proven off ({evidence}), but the VM's disks are on that host only (HostPool {} storage is not shared): not restarted elsewhere (incident {incident})",
+            pool.name_any(),
+        )
+    };
+    ctx.event(vm, EventType::Warning, "Failover", "Failover", note)
+        .await;
 }

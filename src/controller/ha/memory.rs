@@ -23,6 +23,8 @@ pub(super) struct Memory {
     pub(super) domains: Vec<DomainInfo>,
     /// `domains` comes from a probe made since libvirt last came up.
     pub(super) probed: bool,
+    /// When `domains` was listed, with the probe connection's counts then.
+    pub(super) listed: Option<Listed>,
     pub(super) probe_started: Option<Instant>,
     /// The running probe's liveness check answered (it is now listing domains, which may wait
     /// behind an operation on a domain).
@@ -41,6 +43,15 @@ pub(super) struct Memory {
     pub(super) bmc: Option<(Power, Timestamp)>,
     /// When the BMC read under way started (one at a time).
     pub(super) bmc_read: Option<Instant>,
+}
+
+/// When a host's domains were listed, and the domain changes heard and connections opened on
+/// its probe connection by then.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Listed {
+    pub(super) at: Instant,
+    pub(super) changes: u64,
+    pub(super) opened: u64,
 }
 
 /// The UIDs of the HAPolicy and HostPool a [`Memory`] belongs to.
@@ -111,6 +122,7 @@ pub(super) fn restore(
         },
         domains: Vec::new(),
         probed: false,
+        listed: None,
         probe_started: None,
         probe_answered: false,
         verdict,

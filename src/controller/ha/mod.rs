@@ -56,6 +56,11 @@ const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(4);
 /// How long a probe's domain listing may take once the host answered.
 const LIST_DEADLINE: Duration = Duration::from_secs(20);
 
+/// While a host's domains keep changing (a failover starting dozens of them there), its
+/// domains are listed again at most this often: a listing reads every domain, and each read
+/// competes with the starts for the host's libvirt.
+const LIST_CHURN_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How long a tick waits for a BMC reading before going on without it (the reading goes on in
 /// the background, for the next tick).
 const BMC_READ_WAIT: Duration = Duration::from_secs(1);

@@ -6,6 +6,7 @@ use crate::controller::lock;
 use crate::plan::host_health::Signal;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
+use memory::Listed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,6 +26,30 @@ pub(super) fn node_signal(n: &Node, now: Timestamp) -> Option<Signal> {
 /// Say that the host's libvirt stopped answering the HA probe, and why.
 fn silent(key: &HaKey, why: &str) {
     tracing::warn!(policy = %key.policy, pool = %key.host.pool, host = %key.host.node, "libvirt does not answer the HA probe: {why}");
+}
+
+/// What a probe that found the host alive learnt of its domains.
+enum Listing {
+    /// Listed now, with the probe connection's counts before the listing.
+    Fresh(Vec<crate::hypervisor::DomainInfo>, Listed),
+    /// Nothing changed since the last listing: it stands.
+    Stands,
+    /// The listing failed or took too long.
+    Failed,
+}
+
+/// Whether the probe lists the host's domains again: when no listing stands since libvirt last
+/// came up, after a new probe connection (events may have been missed), when a domain changed
+/// since the last listing (at most every [`LIST_CHURN_INTERVAL`] while they keep changing), and
+/// once every `full_every` (the safety resync) in any case.
+fn must_list(probed: bool, last: Option<&Listed>, now: &Listed, full_every: Duration) -> bool {
+    let Some(last) = last.filter(|_| probed) else {
+        return true;
+    };
+    let age = now.at.saturating_duration_since(last.at);
+    last.opened != now.opened
+        || (last.changes != now.changes && age >= LIST_CHURN_INTERVAL)
+        || age >= full_every
 }
 
 /// Start a liveness probe of the host unless one runs; a probe running longer than the deadline
@@ -120,19 +145,35 @@ pub(super) fn start_probe(
                 None
             }
         };
-        // The domains: the listing may wait behind an operation on a domain (a destroy holds
-        // the domain's lock until QEMU exits), which is no sign of a dead host.
+        // The domains, when they may have changed since the last listing: the listing may
+        // wait behind an operation on a domain (a destroy holds the domain's lock until QEMU
+        // exits), which is no sign of a dead host.
         let ok = match hv {
             Some(hv) => {
-                if let Some(m) = lock(&hc.hosts)
+                let now = Listed {
+                    at: Instant::now(),
+                    changes: hc.probes.changes(hv.uri()),
+                    opened: hc.probes.opened(hv.uri()),
+                };
+                let list = lock(&hc.hosts)
                     .get_mut(&key)
                     .filter(|m| m.probe_started == Some(started_at))
-                {
-                    m.probe_answered = true;
-                }
-                match tokio::time::timeout(LIST_DEADLINE, hv.list_domains()).await {
-                    Ok(Ok(domains)) => Some(Some(domains)),
-                    _ => Some(None),
+                    .is_some_and(|m| {
+                        m.probe_answered = true;
+                        must_list(
+                            m.probed,
+                            m.listed.as_ref(),
+                            &now,
+                            hc.ctx.safety_resync.period(),
+                        )
+                    });
+                if !list {
+                    Some(Listing::Stands)
+                } else {
+                    match tokio::time::timeout(LIST_DEADLINE, hv.list_domains()).await {
+                        Ok(Ok(domains)) => Some(Listing::Fresh(domains, now)),
+                        _ => Some(Listing::Failed),
+                    }
                 }
             }
             None => None,
@@ -146,11 +187,16 @@ pub(super) fn start_probe(
             let started = m.probe_started.take();
             m.probe_answered = false;
             match ok {
-                Some(listed) => {
-                    // Without a fresh listing nothing is concluded from the domains.
-                    m.probed = listed.is_some();
-                    if let Some(domains) = listed {
-                        m.domains = domains;
+                Some(listing) => {
+                    // Without a listing that stands nothing is concluded from the domains.
+                    match listing {
+                        Listing::Fresh(domains, counts) => {
+                            m.domains = domains;
+                            m.listed = Some(counts);
+                            m.probed = true;
+                        }
+                        Listing::Stands => {}
+                        Listing::Failed => m.probed = false,
                     }
                     if !m.libvirt.up {
                         tracing::info!(policy = %key.policy, pool = %key.host.pool, host = %key.host.node, "libvirt answers the HA probe again");
@@ -176,4 +222,36 @@ pub(super) fn start_probe(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(base: Instant, secs: u64, changes: u64, opened: u64) -> Listed {
+        Listed {
+            at: base + Duration::from_secs(secs),
+            changes,
+            opened,
+        }
+    }
+
+    #[test]
+    fn domains_are_listed_again_only_when_they_may_have_changed() {
+        let t = Instant::now();
+        let every = Duration::from_secs(300);
+        let last = at(t, 0, 7, 1);
+        // Nothing heard since: the listing stands, up to the safety resync.
+        assert!(!must_list(true, Some(&last), &at(t, 1, 7, 1), every));
+        assert!(!must_list(true, Some(&last), &at(t, 299, 7, 1), every));
+        assert!(must_list(true, Some(&last), &at(t, 300, 7, 1), every));
+        // A domain changed: listed again, at most every LIST_CHURN_INTERVAL.
+        assert!(!must_list(true, Some(&last), &at(t, 1, 9, 1), every));
+        let churn = LIST_CHURN_INTERVAL.as_secs();
+        assert!(must_list(true, Some(&last), &at(t, churn, 9, 1), every));
+        // A new probe connection (events may have been missed), libvirt back up, no listing yet.
+        assert!(must_list(true, Some(&last), &at(t, 1, 7, 2), every));
+        assert!(must_list(false, Some(&last), &at(t, 1, 7, 1), every));
+        assert!(must_list(true, None, &at(t, 0, 0, 0), every));
+    }
 }
