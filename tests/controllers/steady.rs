@@ -190,6 +190,11 @@ async fn a_steady_vm_asks_its_host_nothing_while_the_pools_reading_stands() {
     let obj = vm("Always");
     let mut world = world(fakes, &obj);
     let (_, running) = until_phase(&mut world, obj, VmPhase::Running).await;
+    // The first look after the start asks the guest agent (not asked at the start itself: the
+    // guest has not booted then).
+    let agent = h1.count(Op::GuestInfo);
+    let (_, running) = once(&mut world, &running).await;
+    assert_eq!(h1.count(Op::GuestInfo), agent + 1, "the agent was asked");
     // The pool's probe reads the host.
     ferry::controller::host_pool::reconcile(Arc::new(pool(1)), world.ctx.clone())
         .await

@@ -92,7 +92,11 @@ pub(super) async fn run_state(
         let before = vm.status.as_ref().map(|s| s.interfaces.as_slice());
         definition::keep_guest_view(&mut st.interfaces, before.unwrap_or_default());
     }
+    // Not right after starting the domain: its guest has not booted, so there is no agent to
+    // answer yet, and the call would only queue behind (and slow) the host's other starts (a
+    // failover starts dozens at once); the address poll asks once the VM runs.
     let ask_agent = state == DomainState::Running
+        && decision.action != Action::Start
         && (decision.action != Action::None
             || prior_phase != Some(VmPhase::Running)
             || address_poll(st, state, now).is_some()
