@@ -17,6 +17,7 @@
 //! status requests the API server served for VirtualMachines in that time (its
 //! `apiserver_request_total`, no-op writes included); and the Events about the VMs, by reason.
 //! Needs a cluster (`KUBECONFIG`) and root; prints one `HA-BENCH` line per run.
+//! `FERRY_HA_BENCH_KEEP_LOGS=DIR` keeps each run's controller log and metrics there.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -151,6 +152,19 @@ async fn main() {
             };
             eprintln!("HA-BENCH {row}");
             rows.push(row);
+            // The controller's log, to see where the time went (power-off at `t0`).
+            if let Ok(dir) = std::env::var("FERRY_HA_BENCH_KEEP_LOGS")
+                && !script
+            {
+                let to = std::path::Path::new(&dir).join(format!("ha-{n}-{run}.log"));
+                let head = format!("power-off at {t0}\n");
+                let metrics = ctl.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
+                let kept = std::fs::write(&to, head + &ctl.log_text())
+                    .and_then(|()| std::fs::write(to.with_extension("metrics"), metrics));
+                if let Err(e) = kept {
+                    eprintln!("cannot keep the controller log in {}: {e}", to.display());
+                }
+            }
             drop(ctl);
             drop(sim);
             drop(c);
