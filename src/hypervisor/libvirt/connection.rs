@@ -150,12 +150,7 @@ pub(super) fn connection_thread(
             return;
         }
     };
-    if let Some((interval, count)) = keepalive
-        && let Err(e) = conn.set_keep_alive(interval, count)
-        && e.code().to_raw() as i32 != VIR_ERR_NO_SUPPORT
-    {
-        tracing::warn!(uri = %shared.uri, error = %e, "cannot enable libvirt keepalive");
-    }
+    keep_alive(&conn, &shared.uri, keepalive);
     let callback = CloseCallback::register(&conn, &shared);
     let events = LifecycleEvents::register(&conn, &shared);
     let close = move |conn: Connect, shared: &Shared| {
@@ -263,13 +258,19 @@ fn open_lane(uri: &str, keepalive: Option<(i32, u32)>) -> Option<Connect> {
             return None;
         }
     };
+    keep_alive(&conn, uri, keepalive);
+    Some(conn)
+}
+
+/// Turn on libvirt's keepalive probes (`interval` seconds, `count` misses) on `conn`; a host
+/// that does not support them is left without, others are logged.
+fn keep_alive(conn: &Connect, uri: &str, keepalive: Option<(i32, u32)>) {
     if let Some((interval, count)) = keepalive
         && let Err(e) = conn.set_keep_alive(interval, count)
         && e.code().to_raw() as i32 != VIR_ERR_NO_SUPPORT
     {
         tracing::warn!(uri, error = %e, "cannot enable libvirt keepalive");
     }
-    Some(conn)
 }
 
 /// Hand every call on `rx` to a worker, starting another (up to `parallel`) when every idle one
