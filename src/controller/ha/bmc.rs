@@ -28,6 +28,7 @@ pub(super) async fn power_for_tick(
     node: &Node,
     since: Timestamp,
 ) -> Option<Power> {
+    let cached = usable(hc, key, since);
     let started = {
         let mut hosts = lock(&hc.hosts);
         let m = hosts.get_mut(key)?;
@@ -59,11 +60,12 @@ pub(super) async fn power_for_tick(
                 m.bmc = reading.ok().map(|p| (planner_power(p), Timestamp::now()));
             }
         });
-        if usable(hc, key, since).is_none() {
+        if cached.is_none() {
             let _ = tokio::time::timeout(BMC_READ_WAIT, read).await;
+            return usable(hc, key, since);
         }
     }
-    usable(hc, key, since)
+    cached
 }
 
 /// The host's last BMC reading, when it was taken since `since` and is not older than
