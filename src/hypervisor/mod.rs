@@ -148,7 +148,8 @@ pub struct ConnectOptions {
     /// At most this many calls run at once for the host (a host starts several domains side by
     /// side); the others wait their turn. libvirtd serves only a few calls at once per client
     /// connection (`max_client_requests`, 5 by default), so calls beyond that many run on a
-    /// further connection to the same host, opened while they do. Calls that last long
+    /// further connection to the same host, opened the first time they do and closed with the
+    /// first. Calls that last long
     /// (migrations, copies, uploads) take connections of their own.
     pub parallel_calls: usize,
     /// Told the duration and outcome of every call (for metrics). A [`HostConnections`] registry

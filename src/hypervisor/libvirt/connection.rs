@@ -176,15 +176,16 @@ pub(super) fn connection_thread(
 /// Calls libvirtd serves at once for one client connection: its `max_client_requests`, 5 unless
 /// the host's `libvirtd.conf` (or `virtqemud.conf`) says otherwise. Further calls on the same
 /// connection wait in the daemon, so workers beyond this many use another connection.
-pub(super) const CALLS_PER_CONNECTION: usize = 5;
+const CALLS_PER_CONNECTION: usize = 5;
 
 /// The connections a host's workers share: the first (which carries keepalive, the close
 /// callback and the lifecycle events) for the first [`CALLS_PER_CONNECTION`] workers and, for
 /// each further [`CALLS_PER_CONNECTION`], another connection to the same URI, opened by the
-/// first worker that needs it: only while that many calls run at once (a failover's restarts),
-/// never in the steady state. A lane that cannot be opened leaves its workers on the first
-/// connection; a lane whose host goes away fails its call, which marks the whole handle lost.
-pub(super) struct Lanes<'c> {
+/// first worker that needs it (workers beyond the first five start only while that many calls
+/// run at once, as in a failover's restarts; never in the steady state) and kept until the
+/// handle closes. A lane that cannot be opened leaves its workers on the first connection; a
+/// lane whose host goes away fails its call, which marks the whole handle lost.
+struct Lanes<'c> {
     first: &'c Connect,
     uri: &'c str,
     keepalive: Option<(i32, u32)>,
@@ -194,7 +195,7 @@ pub(super) struct Lanes<'c> {
 impl<'c> Lanes<'c> {
     /// Lanes for `parallel` workers on `first`. libvirt's `test` driver keeps state per
     /// connection, so its URIs get no further lanes.
-    pub(super) fn new(
+    fn new(
         first: &'c Connect,
         uri: &'c str,
         keepalive: Option<(i32, u32)>,
@@ -208,11 +209,6 @@ impl<'c> Lanes<'c> {
                 .map(|_| OnceLock::new())
                 .collect(),
         }
-    }
-
-    /// The URI every lane is connected to.
-    fn uri(&self) -> &str {
-        self.uri
     }
 
     /// The connection of worker `index` (counted from 0), opening its lane on first use.
@@ -230,7 +226,7 @@ impl<'c> Lanes<'c> {
     }
 
     /// Closes the further lanes (the first connection is its owner's to close).
-    pub(super) fn close(self) {
+    fn close(self) {
         for lane in self.more {
             if let Some(Some(conn)) = lane.into_inner() {
                 close_connection(conn, None, self.uri);
@@ -282,7 +278,7 @@ fn dispatch(
     parallel: usize,
     rx: &mpsc::Receiver<Msg>,
 ) -> Option<oneshot::Sender<()>> {
-    let uri = lanes.uri();
+    let uri = lanes.uri;
     let (work_tx, work_rx) = mpsc::channel::<Job>();
     let work_rx = Mutex::new(work_rx);
     // Workers waiting for a call, and calls sent that no worker has taken yet.
