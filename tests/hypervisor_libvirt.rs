@@ -1552,7 +1552,7 @@ async fn foreign_images_are_converted_and_images_naming_host_files_refused() {
     blocking(move || lab.down()).await.expect("lab down");
 }
 
-/// Clients connected to host `k`'s libvirtd, as its admin interface counts them.
+/// Clients connected to lab host `host`'s libvirtd, as its admin interface counts them.
 fn libvirtd_clients(lab: &Lab, host: &str) -> usize {
     let socket = lab.dir.join(host).join("run/libvirt/libvirt-admin-sock");
     let uri = format!("libvirtd+unix:///system?socket={}", socket.display());
@@ -1570,6 +1570,12 @@ fn libvirtd_clients(lab: &Lab, host: &str) -> usize {
         .count()
 }
 
+/// [`libvirtd_clients`] of h1, off the async workers.
+async fn h1_clients(lab: &Arc<Lab>) -> usize {
+    let lab = lab.clone();
+    blocking(move || libvirtd_clients(&lab, "h1")).await
+}
+
 /// libvirtd serves 5 calls at once per client: with 8 calls for one host under way, the
 /// handle opens a second connection for the calls beyond 5 (every call answered), and closes it
 /// with the first.
@@ -1581,10 +1587,7 @@ async fn calls_beyond_what_libvirtd_serves_per_client_take_a_second_connection()
     let lab = Arc::new(blocking(|| Lab::up(1)).await.expect("lab up"));
     let uri = lab.host("h1").unix_uri.clone();
     bounded(Duration::from_secs(120), async {
-        let idle = {
-            let l = lab.clone();
-            blocking(move || libvirtd_clients(&l, "h1")).await
-        };
+        let idle = h1_clients(&lab).await;
         let opts = ConnectOptions {
             parallel_calls: 8,
             ..opts()
@@ -1592,10 +1595,7 @@ async fn calls_beyond_what_libvirtd_serves_per_client_take_a_second_connection()
         let host = LibvirtHost::connect(&uri, opts).await.expect("connect");
         // One call at a time: one connection.
         host.host_info().await.expect("host_info");
-        let one = {
-            let l = lab.clone();
-            blocking(move || libvirtd_clients(&l, "h1")).await
-        };
+        let one = h1_clients(&lab).await;
         assert_eq!(one, idle + 1, "one connection for calls one at a time");
         // Many at once, for a while: the workers beyond 5 open a second connection.
         let until = Instant::now() + Duration::from_secs(2);
@@ -1613,10 +1613,7 @@ async fn calls_beyond_what_libvirtd_serves_per_client_take_a_second_connection()
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let busy = {
-            let l = lab.clone();
-            blocking(move || libvirtd_clients(&l, "h1")).await
-        };
+        let busy = h1_clients(&lab).await;
         for c in callers {
             assert!(c.await.expect("caller") > 0, "every caller was answered");
         }
@@ -1626,10 +1623,7 @@ async fn calls_beyond_what_libvirtd_serves_per_client_take_a_second_connection()
             "a second connection while more than 5 calls run"
         );
         host.close().await;
-        let closed = {
-            let l = lab.clone();
-            blocking(move || libvirtd_clients(&l, "h1")).await
-        };
+        let closed = h1_clients(&lab).await;
         assert_eq!(closed, idle, "both connections closed");
     })
     .await;
