@@ -6,6 +6,7 @@ use ferry::api::{MigrationPhase, VirtualMachineMigration};
 use ferry::controller::migration::{MIGRATION_FINALIZER, reconcile};
 use ferry::hypervisor::fake::{FakeConnector, FakeHost, Op};
 use ferry::plan::domain::DomainState;
+use ferry::plan::migration::Active;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -156,4 +157,92 @@ async fn settle_and_recover_after_a_restart() {
             assert_eq!(h1.count(Op::DestroyDomain), 0, "{}", case.name);
         }
     }
+}
+
+/// Migration `name` (UID `uid`) of VM `vm`, in `status`.
+fn migration(
+    name: &str,
+    uid: &str,
+    vm: &str,
+    status: serde_json::Value,
+) -> VirtualMachineMigration {
+    serde_json::from_value(json!({
+        "apiVersion": "ferry.dev/v1alpha1", "kind": "VirtualMachineMigration",
+        "metadata": {"name": name, "namespace": "apps", "uid": uid, "generation": 1,
+                     "finalizers": [MIGRATION_FINALIZER],
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"vmName": vm},
+        "status": status
+    }))
+    .expect("migration")
+}
+
+/// A migration this process has just finished still shows `Running` in the cache until the watch
+/// delivers its end; the slot it released is free for a waiting migration at once (it is woken
+/// right after the release), not only at its next periodic look.
+#[tokio::test]
+async fn a_slot_released_here_is_free_before_the_cache_shows_the_end() {
+    let fakes = FakeConnector::new();
+    let h1 = fakes.add_host(&host_uri(1));
+    fakes.add_host_sharing_storage(&host_uri(2), &h1);
+    let mut lab = pool(2);
+    lab.spec.migration = Some(serde_json::from_value(json!({"maxParallel": 1})).expect("policy"));
+    let running_on = |name: &str, uid: &str, host: &str| {
+        let mut v = vm("Always");
+        v.metadata.name = Some(name.into());
+        v.metadata.uid = Some(uid.into());
+        v.status = Some(
+            serde_json::from_value(json!({"host": host, "phase": "Running"})).expect("status"),
+        );
+        v
+    };
+    let done = migration(
+        "done",
+        "done-uid",
+        "db",
+        json!({"phase": "Running", "source": "h1", "target": "h2"}),
+    );
+    let waiting = migration(
+        "waiting",
+        "waiting-uid",
+        "web",
+        json!({"phase": "Pending", "message": "waiting for a migration slot"}),
+    );
+    let world = World::new(
+        fakes,
+        vec![lab],
+        vec![node(1, true), node(2, true)],
+        vec![
+            running_on("web", UID, "h1"),
+            running_on("db", "db-uid", "h1"),
+        ],
+        vec![done.clone(), waiting.clone()],
+        vec![],
+    );
+    let phase = |world: &World| {
+        let st = world.server.get(&waiting).status.unwrap_or_default();
+        (st.phase, st.message.unwrap_or_default())
+    };
+
+    // The one slot is held by `done`, as far as anyone can tell.
+    let _ = reconcile(Arc::new(waiting.clone()), world.ctx.clone()).await;
+    let (p, message) = phase(&world);
+    assert_eq!(p, Some(MigrationPhase::Pending), "{message}");
+    assert!(message.contains("migration slot"), "{message}");
+
+    // This process ran `done` and released its slot; the cache still shows it Running.
+    let slot = Active {
+        source: "h1".into(),
+        target: "h2".into(),
+    };
+    world.ctx.migrations.hold_slot("done-uid", slot);
+    world.ctx.migrations.release_slot("done-uid");
+    let _ = reconcile(Arc::new(waiting.clone()), world.ctx.clone()).await;
+    let st = world.server.get(&waiting).status.unwrap_or_default();
+    assert_eq!(
+        (st.phase, st.target.as_deref()),
+        (Some(MigrationPhase::Scheduled), Some("h2")),
+        "{:?}",
+        st.message
+    );
 }

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 /// A migration just created is not created again while the cache may not show it yet.
 const CREATED_RECENTLY: Duration = Duration::from_secs(30);
 
+/// How long a released slot is remembered: the cache may show its migration holding it until
+/// the watch delivers the final status, normally within milliseconds.
+const RELEASED_RECENTLY: Duration = Duration::from_secs(60);
+
 /// Migrations admitted and running in this process.
 #[derive(Default)]
 pub struct MigrationBook {
@@ -19,6 +23,8 @@ pub struct MigrationBook {
     slots: Mutex<HashMap<String, Active>>,
     /// Migrations running in this process, by migration UID.
     jobs: Mutex<HashMap<String, Arc<Job>>>,
+    /// Migrations whose slot was released here lately, by migration UID, with when.
+    released: Mutex<HashMap<String, Instant>>,
     /// Evacuation migrations created lately, by VM UID (until the cache shows them).
     evacuations_created: Mutex<HashMap<String, Instant>>,
     /// Signalled when a slot is released, so that waiting migrations are looked at again at once
@@ -36,13 +42,29 @@ impl MigrationBook {
     /// Record the slot migration `uid` holds.
     pub fn hold_slot(&self, uid: &str, slot: Active) {
         lock(&self.slots).insert(uid.to_string(), slot);
+        lock(&self.released).remove(uid);
     }
 
     /// Free the slot of migration `uid` (if it held one) and wake the migrations waiting for one.
+    /// The release is remembered for a while, so that the cache's older copy of the migration
+    /// (still `Scheduled` or `Running`) does not count as holding the slot.
     pub fn release_slot(&self, uid: &str) {
-        if lock(&self.slots).remove(uid).is_some() {
+        let held = lock(&self.slots).remove(uid).is_some();
+        {
+            let mut released = lock(&self.released);
+            released.retain(|_, at| at.elapsed() < RELEASED_RECENTLY);
+            released.insert(uid.to_string(), Instant::now());
+        }
+        if held {
             self.slot_freed.notify_one();
         }
+    }
+
+    /// Whether migration `uid` released its slot here lately (and has not taken one again).
+    pub fn released_lately(&self, uid: &str) -> bool {
+        lock(&self.released)
+            .get(uid)
+            .is_some_and(|at| at.elapsed() < RELEASED_RECENTLY)
     }
 
     /// The job of migration `uid`, when it runs in this process.
@@ -196,6 +218,22 @@ mod tests {
             t.elapsed()
         );
         assert_eq!(job.result(), Some(JobResult::Ended));
+    }
+
+    #[test]
+    fn a_released_slot_is_remembered_until_held_again() {
+        let book = MigrationBook::default();
+        let slot = Active {
+            source: "h1".into(),
+            target: "h2".into(),
+        };
+        book.hold_slot("m", slot.clone());
+        assert!(!book.released_lately("m"));
+        book.release_slot("m");
+        assert!(book.released_lately("m"));
+        assert!(!book.slots().contains_key("m"));
+        book.hold_slot("m", slot);
+        assert!(!book.released_lately("m"));
     }
 
     #[test]

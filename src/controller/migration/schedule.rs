@@ -169,7 +169,9 @@ pub(super) async fn schedule(
 }
 
 /// Slots taken in the pool: migrations admitted here and not finished, plus those the store shows
-/// as Scheduled or Running (after a restart), except `me`.
+/// as Scheduled or Running (after a restart), except `me`. A migration whose slot was released
+/// here lately does not count, although the store may not show its end yet: the wake-up of the
+/// waiting migrations comes right after the release, before the watch delivers the final status.
 pub(super) fn active_slots(
     ctx: &Context,
     pool: &HostPool,
@@ -184,7 +186,12 @@ pub(super) fn active_slots(
     let pool_ns = pool.namespace();
     for m in ctx.caches.migrations.state() {
         let k = uid(&m);
-        if k == me || out.contains_key(&k) || !m.holds_vm() || m.namespace() != pool_ns {
+        if k == me
+            || out.contains_key(&k)
+            || !m.holds_vm()
+            || m.namespace() != pool_ns
+            || ctx.migrations.released_lately(&k)
+        {
             continue;
         }
         let in_pool = vm_of(ctx, &m).is_some_and(|vm| vm.spec.host_pool == pool.name_any());
