@@ -17,7 +17,8 @@
 //! status requests the API server served for VirtualMachines in that time (its
 //! `apiserver_request_total`, no-op writes included); and the Events about the VMs, by reason.
 //! Needs a cluster (`KUBECONFIG`) and root; prints one `HA-BENCH` line per run.
-//! `FERRY_HA_BENCH_KEEP_LOGS=DIR` keeps each run's controller log and metrics there.
+//! `FERRY_HA_BENCH_KEEP_LOGS=DIR` keeps each run's controller log and metrics there (`.metrics`
+//! at the end, `.metrics-before` just before the power-off).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -70,6 +71,11 @@ async fn main() {
                     })
                     .collect::<Vec<_>>()
             });
+            // The metrics so far (setup), so that the kept ones can be told apart from the failover's.
+            let metrics_before = std::env::var("FERRY_HA_BENCH_KEEP_LOGS")
+                .ok()
+                .filter(|_| !script)
+                .and_then(|_| ctl.http_get("/metrics").map(|(_, b)| b));
             let t0 = k8s_openapi::jiff::Timestamp::now();
             let start = std::time::Instant::now();
             if hang {
@@ -160,7 +166,13 @@ async fn main() {
                 let head = format!("power-off at {t0}\n");
                 let metrics = ctl.http_get("/metrics").map(|(_, b)| b).unwrap_or_default();
                 let kept = std::fs::write(&to, head + &ctl.log_text())
-                    .and_then(|()| std::fs::write(to.with_extension("metrics"), metrics));
+                    .and_then(|()| std::fs::write(to.with_extension("metrics"), metrics))
+                    .and_then(|()| {
+                        std::fs::write(
+                            to.with_extension("metrics-before"),
+                            metrics_before.clone().unwrap_or_default(),
+                        )
+                    });
                 if let Err(e) = kept {
                     eprintln!("cannot keep the controller log in {}: {e}", to.display());
                 }

@@ -233,8 +233,8 @@ fn calls_by_op(body: &str) -> BTreeMap<String, f64> {
     out
 }
 
-/// `VmRSS` and `VmHWM` of a process, in MiB.
-fn rss_mib(pid: u32) -> (f64, f64) {
+/// `VmRSS` and `VmHWM` of a process in MiB, and its number of threads.
+fn memory(pid: u32) -> (f64, f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -243,9 +243,12 @@ fn rss_mib(pid: u32) -> (f64, f64) {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
-            / 1024.0
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    (
+        field("VmRSS:") / 1024.0,
+        field("VmHWM:") / 1024.0,
+        field("Threads:"),
+    )
 }
 
 /// CPU seconds (user + system) a process has used.
@@ -451,7 +454,7 @@ async fn main() {
     );
     out.add(
         "RSS, pool Ready, no VMs",
-        format!("{:.0} MiB", rss_mib(pid).0),
+        format!("{:.0} MiB", memory(pid).0),
     );
 
     // Fill the pool.
@@ -639,10 +642,10 @@ async fn main() {
             ),
         );
     }
-    let (rss, hwm) = rss_mib(pid);
+    let (rss, hwm, threads) = memory(pid);
     out.add(
-        "controller RSS after the steady window (peak so far)",
-        format!("{rss:.0} MiB ({hwm:.0} MiB)"),
+        "controller RSS after the steady window (peak so far), threads",
+        format!("{rss:.0} MiB ({hwm:.0} MiB), {threads:.0} threads"),
     );
 
     // Restart (SIGTERM, as a rolling update does: the Lease is released at once): what the
@@ -757,10 +760,10 @@ async fn main() {
             changed.len()
         );
     }
-    let (rss, hwm) = rss_mib(pid);
+    let (rss, hwm, threads) = memory(pid);
     out.add(
-        "controller RSS after the resync (peak)",
-        format!("{rss:.0} MiB ({hwm:.0} MiB)"),
+        "controller RSS after the resync (peak), threads",
+        format!("{rss:.0} MiB ({hwm:.0} MiB), {threads:.0} threads"),
     );
     if std::env::var_os("FERRY_STANDIN").is_some() {
         eprintln!("scale: the API stand-in has no TokenReview: the dashboard is not measured");
