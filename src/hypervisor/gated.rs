@@ -78,6 +78,9 @@ impl Hypervisor for Gated {
     async fn lookup_domain(&self, uuid: &str) -> HvResult<Option<DomainInfo>> {
         self.inner.lookup_domain(uuid).await
     }
+    async fn domain_state(&self, uuid: &str) -> HvResult<Option<DomainState>> {
+        self.inner.domain_state(uuid).await
+    }
     async fn describe_domain(
         &self,
         name: &str,

@@ -250,6 +250,11 @@ pub trait Hypervisor: Send + Sync {
     async fn list_domains(&self) -> HvResult<Vec<DomainInfo>>;
     /// The domain with this UUID, if the host has it.
     async fn lookup_domain(&self, uuid: &str) -> HvResult<Option<DomainInfo>>;
+    /// The state of the domain with this UUID, if the host has it: what
+    /// [`Hypervisor::lookup_domain`] reports as its state, with fewer calls to the host.
+    async fn domain_state(&self, uuid: &str) -> HvResult<Option<DomainState>> {
+        Ok(self.lookup_domain(uuid).await?.map(|d| d.state))
+    }
     /// The domain called `name`, whoever made it, as its XML describes it (running instance and
     /// persistent definition), with its state; `None` when the host has no domain of that name.
     /// Reads only.

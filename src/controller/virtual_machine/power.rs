@@ -75,10 +75,9 @@ pub(super) async fn run_state(
     let state = if decision.action == Action::None {
         dom.state
     } else {
-        hv.lookup_domain(&crate::plan::naming::vm_domain_uuid(vm))
+        hv.domain_state(&crate::plan::naming::vm_domain_uuid(vm))
             .await
             .map_err(|e| host_error(e, "looking up the domain"))?
-            .map(|d| d.state)
             .unwrap_or(dom.state)
     };
     if state.is_active() != dom.state.is_active() {

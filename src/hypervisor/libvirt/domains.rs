@@ -126,6 +126,19 @@ pub(super) fn counters(conn: &Connect) -> CallResult<Vec<DomainCounters>> {
     Ok(out)
 }
 
+/// The state of the domain with this UUID, if the host has it (two calls: the lookup and
+/// `virDomainGetState`).
+pub(super) fn state(conn: &Connect, uuid: &str) -> CallResult<Option<DomainState>> {
+    match lookup_dom(conn, uuid)? {
+        None => Ok(None),
+        Some(dom) => match raw_state(&dom) {
+            Ok((state, reason)) => Ok(Some(map_state(state, reason))),
+            Err(f) if is_code(&f, error_code::NO_DOMAIN) => Ok(None),
+            Err(f) => Err(f),
+        },
+    }
+}
+
 /// The domain with this UUID, if the host has it.
 pub(super) fn lookup(conn: &Connect, uuid: &str) -> CallResult<Option<DomainInfo>> {
     match lookup_dom(conn, uuid)? {

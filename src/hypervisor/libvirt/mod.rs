@@ -345,6 +345,12 @@ impl Hypervisor for LibvirtHost {
             .await
     }
 
+    async fn domain_state(&self, uuid: &str) -> HvResult<Option<DomainState>> {
+        let uuid = uuid.to_string();
+        self.call("domain_state", move |c| domains::state(c, &uuid))
+            .await
+    }
+
     async fn describe_domain(
         &self,
         name: &str,
