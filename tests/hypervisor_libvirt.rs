@@ -316,6 +316,18 @@ async fn tiny_guest_life_cycle_on_a_real_host() {
         host.delete_volume(POOL, "vm1-root.qcow2")
             .await
             .expect("delete again");
+        // Volumes made and removed behind libvirt's back (another host on shared storage): a
+        // lookup sees both, although libvirt knew the second one before its file went.
+        let behind = lab.pool_dir.join("behind.qcow2");
+        let made = qemu_img(&["create", "-q", "-f", "qcow2", &behind.to_string_lossy(), "1M"]);
+        assert!(made.status.success(), "qemu-img create: {made:?}");
+        let seen = host.lookup_volume(POOL, "behind.qcow2").await.expect("lookup");
+        assert_eq!(seen.map(|v| v.format), Some("qcow2".to_string()));
+        std::fs::remove_file(&behind).expect("remove behind libvirt's back");
+        assert_eq!(
+            host.lookup_volume(POOL, "behind.qcow2").await.expect("lookup"),
+            None
+        );
         assert_eq!(
             file_digest(&golden_file),
             golden_before,

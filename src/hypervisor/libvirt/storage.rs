@@ -202,14 +202,33 @@ pub(super) fn ensure_pool(conn: &Connect, name: &str, path: Option<&str>) -> Cal
     pool_path(&pool)
 }
 
-/// A volume of a pool, if it exists (the pool refreshed first).
+/// A volume of a pool, if it exists. Asked of the pool as libvirt knows it first; only a volume
+/// it does not know (or can no longer read) is looked for again after a refresh, which sees the
+/// volumes created or removed behind libvirt's back (by another host on shared storage). A
+/// refresh reads every file of the pool, one refresh at a time: a failover's dozens of lookups
+/// on one host need the first only.
 pub(super) fn lookup_volume(
     conn: &Connect,
     pool: &str,
     name: &str,
 ) -> CallResult<Option<VolumeInfo>> {
     let pool = require_pool(conn, pool)?;
+    match known_volume(&pool, name) {
+        Ok(Some(v)) => return Ok(Some(v)),
+        Err(Fail::Virt(e))
+            if is_connection_error(e.code().to_raw() as i32, e.domain().to_raw() as i32) =>
+        {
+            return Err(Fail::Virt(e));
+        }
+        // Unknown, or known but unreadable (its file went away): refresh and look again.
+        Ok(None) | Err(_) => {}
+    }
     refresh(&pool)?;
+    known_volume(&pool, name)
+}
+
+/// A volume of `pool` as libvirt knows it now (its details read afresh from its file).
+fn known_volume(pool: &StoragePool, name: &str) -> CallResult<Option<VolumeInfo>> {
     match found(
         pool.lookup_storage_vol_by_name(name),
         error_code::NO_STORAGE_VOL,
