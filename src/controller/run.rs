@@ -163,6 +163,7 @@ pub async fn run(
     let policy_store = policy_controller.store();
     let policy_store_for_metrics = policy_store.clone();
     let policy_store_for_waves = policy_store.clone();
+    let policy_store_for_ha = policy_store.clone();
     // Events about ferry's objects (its group's kinds only), listed once and then watched: the
     // dashboard's VM pages read them here instead of listing a namespace's Events per view.
     let (event_store, event_writer) = reflector::store::<Event>();
@@ -403,8 +404,37 @@ pub async fn run(
             )
         })
     };
+    // A host connection the host or the network ended (libvirt's close callback, keepalive, a
+    // failed call) has the policies covering that host probe it at once, and a probe that finds
+    // libvirt newly silent has them judge it at once: a host that lost power is not left until
+    // the next tick, twice.
+    let host_lost = {
+        let (pools, policies) = (pool_store.clone(), policy_store_for_ha.clone());
+        futures::stream::select(
+            broadcast_stream(ctx.hosts.connections.lost_connections()),
+            broadcast_stream(hacontext.lost_probes()),
+        )
+        .flat_map(move |uri| {
+            let reached = hosts::pools_reaching(&pools.state(), &uri);
+            futures::stream::iter(ha::policies_covering(&policies.state(), &reached))
+        })
+    };
+    let fell_silent = {
+        let policies = policy_store_for_ha;
+        notifications(hacontext.fell_silent.clone()).flat_map(move |()| {
+            futures::stream::iter(
+                policies
+                    .state()
+                    .into_iter()
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+    };
     let hapolicies = policy_controller
         .reconcile_on(restart_ran)
+        .reconcile_on(host_lost)
+        .reconcile_on(fell_silent)
         .graceful_shutdown_on(Box::pin(shutdown_signal()))
         .run(ha::reconcile, ha::error_policy, hacontext)
         .for_each(|r| async move {

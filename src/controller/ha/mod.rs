@@ -22,7 +22,7 @@ use super::hosts::pool_nodes;
 use super::{Context, lock, status::apply_status};
 use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::ha_policy::{CONFIRM_ANNOTATION, HostHealth};
-use crate::api::{HAPolicy, HAPolicyStatus, VirtualMachine};
+use crate::api::{HAPolicy, HAPolicyStatus, HostPool, VirtualMachine};
 use crate::error::{Error, Result};
 use crate::hypervisor::HostConnections;
 use crate::plan::host_health::{self, Evidence, Inputs};
@@ -95,9 +95,18 @@ pub struct HaContext {
     /// queue behind a slow call (a destroy waiting for QEMU to exit, a large define) and a busy
     /// host would be taken for a dead one.
     probes: HostConnections,
+    /// Signalled when a probe finds a host's libvirt newly silent, so that the policies judge
+    /// the host at once rather than at their next tick.
+    pub fell_silent: Arc<tokio::sync::Notify>,
 }
 
 impl HaContext {
+    /// Hosts whose probe connection the host or the network ended, by URI (see
+    /// [`HostConnections::lost_connections`]).
+    pub fn lost_probes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.probes.lost_connections()
+    }
+
     /// A context over the shared one.
     pub fn new(ctx: Arc<Context>) -> Self {
         let probes = ctx
@@ -109,8 +118,26 @@ impl HaContext {
             ctx,
             hosts: Mutex::default(),
             probes,
+            fell_silent: Arc::default(),
         }
     }
+}
+
+/// The HAPolicies that cover any of `pools` (same namespace, the pool named in `hostPools`).
+pub fn policies_covering(
+    policies: &[Arc<HAPolicy>],
+    pools: &[ObjectRef<HostPool>],
+) -> Vec<ObjectRef<HAPolicy>> {
+    policies
+        .iter()
+        .filter(|p| {
+            let ns = p.namespace();
+            pools
+                .iter()
+                .any(|pool| pool.namespace == ns && p.spec.host_pools.contains(&pool.name))
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
 }
 
 /// How often what is remembered for deleted policies, pools and Nodes is dropped.
@@ -274,5 +301,30 @@ mod tests {
                 .expect("deserialize");
         assert_eq!(read_back, written);
         assert_eq!(written.0.as_second(), 1_700_000_000);
+    }
+
+    #[test]
+    fn a_lost_host_wakes_the_policies_covering_its_pools_only() {
+        let policy = |ns: &str, name: &str, pools: &[&str]| {
+            let p: HAPolicy = serde_json::from_value(serde_json::json!({
+                "apiVersion": "ferry.dev/v1alpha1", "kind": "HAPolicy",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"hostPools": pools}
+            }))
+            .expect("policy");
+            Arc::new(p)
+        };
+        let policies = [
+            policy("infra", "a", &["lab", "edge"]),
+            policy("infra", "b", &["other"]),
+            policy("apps", "c", &["lab"]),
+        ];
+        let lab = ObjectRef::<HostPool>::new("lab").within("infra");
+        let woken: Vec<String> = policies_covering(&policies, &[lab])
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(woken, ["a"]);
+        assert!(policies_covering(&policies, &[]).is_empty());
     }
 }

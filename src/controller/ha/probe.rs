@@ -208,6 +208,7 @@ pub(super) fn start_probe(
                 }
                 None if m.libvirt.up => {
                     silent(&key, &failure);
+                    hc.fell_silent.notify_one();
                     let began = started
                         .map(|s| now.as_millisecond() - s.elapsed().as_millis() as i64)
                         .and_then(|ms| Timestamp::from_millisecond(ms).ok())
