@@ -51,8 +51,13 @@ pub(super) async fn power_for_tick(
             })
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {}s", limit.as_secs())));
-            if let Err(e) = &reading {
-                tracing::debug!(host = %key2.host.node, pool = %key2.host.pool, error = %e, "BMC reading failed");
+            match &reading {
+                Ok(p) => {
+                    tracing::debug!(host = %key2.host.node, pool = %key2.host.pool, power = ?p, took = ?at.elapsed(), "BMC read")
+                }
+                Err(e) => {
+                    tracing::debug!(host = %key2.host.node, pool = %key2.host.pool, error = %e, took = ?at.elapsed(), "BMC reading failed")
+                }
             }
             let mut hosts = lock(&hc2.hosts);
             if let Some(m) = hosts.get_mut(&key2).filter(|m| m.bmc_read == Some(at)) {

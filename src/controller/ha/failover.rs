@@ -183,6 +183,7 @@ async fn hand_over(
         return;
     }
     let (host, evidence, incident) = (&failover.host, &failover.evidence, &failover.incident);
+    tracing::debug!(vm = %vm.name_any(), host, incident, "handed over for a restart elsewhere");
     let note = if pool.shared_storage() {
         format!(
             "Host {host} failed and is proven off ({evidence}); restarting the VM elsewhere (incident {incident})"

@@ -72,13 +72,17 @@ pub(super) async fn run_state(
     if decision.action == Action::Start {
         st.stopped_by_guest = false;
     }
-    let state = if decision.action == Action::None {
-        dom.state
-    } else {
-        hv.domain_state(&crate::plan::naming::vm_domain_uuid(vm))
+    let state = match decision.action {
+        Action::None => dom.state,
+        // libvirt returns from a start once the guest's vCPUs run (or finds it running already:
+        // started meanwhile by someone else, whose start sends an event that has it looked at
+        // again). Asking would only queue behind the host's other starts in a failover.
+        Action::Start => DomainState::Running,
+        _ => hv
+            .domain_state(&crate::plan::naming::vm_domain_uuid(vm))
             .await
             .map_err(|e| host_error(e, "looking up the domain"))?
-            .unwrap_or(dom.state)
+            .unwrap_or(dom.state),
     };
     if state.is_active() != dom.state.is_active() {
         super::define::restate_up_to_date(st, state.is_active(), generation, now);
