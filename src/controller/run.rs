@@ -391,10 +391,15 @@ pub async fn run(
     let hacontext = Arc::new(ha::HaContext::new(ctx.clone()));
     // What is remembered for deleted policies, pools and Nodes is dropped.
     let sweeper = tokio::spawn(ha::sweep(hacontext.clone()));
-    // A released VM that runs on its new host lets the next restart wave start at once, not at
-    // the next tick.
-    let restart_ran = {
-        notifications(ctx.ha.restart_ran.clone()).flat_map(move |()| {
+    // A released VM that runs on its new host lets the next restart wave start at once, and a
+    // probe that finds a host's libvirt newly silent has the host judged at once: neither waits
+    // for the next tick.
+    let now_or_next_tick = {
+        futures::stream::select(
+            notifications(ctx.ha.restart_ran.clone()),
+            notifications(hacontext.fell_silent.clone()),
+        )
+        .flat_map(move |()| {
             futures::stream::iter(
                 policy_store_for_waves
                     .state()
@@ -405,11 +410,9 @@ pub async fn run(
         })
     };
     // A host connection the host or the network ended (libvirt's close callback, keepalive, a
-    // failed call) has the policies covering that host probe it at once, and a probe that finds
-    // libvirt newly silent has them judge it at once: a host that lost power is not left until
-    // the next tick, twice.
+    // failed call) has the policies covering that host probe it at once.
     let host_lost = {
-        let (pools, policies) = (pool_store.clone(), policy_store_for_ha.clone());
+        let (pools, policies) = (pool_store.clone(), policy_store_for_ha);
         futures::stream::select(
             broadcast_stream(ctx.hosts.connections.lost_connections()),
             broadcast_stream(hacontext.lost_probes()),
@@ -419,22 +422,9 @@ pub async fn run(
             futures::stream::iter(ha::policies_covering(&policies.state(), &reached))
         })
     };
-    let fell_silent = {
-        let policies = policy_store_for_ha;
-        notifications(hacontext.fell_silent.clone()).flat_map(move |()| {
-            futures::stream::iter(
-                policies
-                    .state()
-                    .into_iter()
-                    .map(|p| ObjectRef::from_obj(p.as_ref()))
-                    .collect::<Vec<_>>(),
-            )
-        })
-    };
     let hapolicies = policy_controller
-        .reconcile_on(restart_ran)
+        .reconcile_on(now_or_next_tick)
         .reconcile_on(host_lost)
-        .reconcile_on(fell_silent)
         .graceful_shutdown_on(Box::pin(shutdown_signal()))
         .run(ha::reconcile, ha::error_policy, hacontext)
         .for_each(|r| async move {
