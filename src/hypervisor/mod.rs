@@ -251,7 +251,8 @@ pub trait Hypervisor: Send + Sync {
     /// The domain with this UUID, if the host has it.
     async fn lookup_domain(&self, uuid: &str) -> HvResult<Option<DomainInfo>>;
     /// The state of the domain with this UUID, if the host has it: what
-    /// [`Hypervisor::lookup_domain`] reports as its state, with fewer calls to the host.
+    /// [`Hypervisor::lookup_domain`] reports as its state (which this default asks for); libvirt
+    /// answers it with fewer calls to the host.
     async fn domain_state(&self, uuid: &str) -> HvResult<Option<DomainState>> {
         Ok(self.lookup_domain(uuid).await?.map(|d| d.state))
     }
