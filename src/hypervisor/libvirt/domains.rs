@@ -126,29 +126,34 @@ pub(super) fn counters(conn: &Connect) -> CallResult<Vec<DomainCounters>> {
     Ok(out)
 }
 
-/// The state of the domain with this UUID, if the host has it (two calls: the lookup and
-/// `virDomainGetState`).
-pub(super) fn state(conn: &Connect, uuid: &str) -> CallResult<Option<DomainState>> {
+/// What `read` finds of the domain with this UUID, if the host has it (a domain gone between
+/// the lookup and the read is absent).
+fn read_domain<T>(
+    conn: &Connect,
+    uuid: &str,
+    read: impl FnOnce(&Domain) -> CallResult<T>,
+) -> CallResult<Option<T>> {
     match lookup_dom(conn, uuid)? {
         None => Ok(None),
-        Some(dom) => match raw_state(&dom) {
-            Ok((state, reason)) => Ok(Some(map_state(state, reason))),
+        Some(dom) => match read(&dom) {
+            Ok(v) => Ok(Some(v)),
             Err(f) if is_code(&f, error_code::NO_DOMAIN) => Ok(None),
             Err(f) => Err(f),
         },
     }
 }
 
+/// The state of the domain with this UUID, if the host has it (two calls: the lookup and
+/// `virDomainGetState`).
+pub(super) fn state(conn: &Connect, uuid: &str) -> CallResult<Option<DomainState>> {
+    read_domain(conn, uuid, |dom| {
+        raw_state(dom).map(|(state, reason)| map_state(state, reason))
+    })
+}
+
 /// The domain with this UUID, if the host has it.
 pub(super) fn lookup(conn: &Connect, uuid: &str) -> CallResult<Option<DomainInfo>> {
-    match lookup_dom(conn, uuid)? {
-        None => Ok(None),
-        Some(dom) => match domain_info(&dom) {
-            Ok(info) => Ok(Some(info)),
-            Err(f) if is_code(&f, error_code::NO_DOMAIN) => Ok(None),
-            Err(f) => Err(f),
-        },
-    }
+    read_domain(conn, uuid, domain_info)
 }
 
 /// The domain called `name` as its XML describes it (the running instance and the persistent
